@@ -1,0 +1,32 @@
+"""User-facing errors: each carries one line that names the problem.
+
+The CLI prints `error: <message>` and exits non-zero for any MoteError; anything else is a bug.
+"""
+
+
+class MoteError(Exception):
+    """Base class: a problem with the user's input, not a bug in mote-edge."""
+
+    exit_code = 1
+
+
+class ConfigError(MoteError):
+    """config.json is missing, malformed or inconsistent."""
+
+
+class CheckpointError(MoteError):
+    """A checkpoint directory is missing files or tensors, or a tensor has the wrong shape."""
+
+
+class ImageError(MoteError):
+    """An image file cannot be read or decoded."""
+
+
+class TokenizerError(MoteError):
+    """tokenizer.json cannot be loaded, or a prompt cannot be encoded."""
+
+
+class NotImplementedYet(MoteError):
+    """A CLI command that a later issue fills in."""
+
+    exit_code = 2

@@ -1,0 +1,1 @@
+"""Quantizer maths shared by the exporter and the runtime (numpy only)."""
