@@ -84,8 +84,7 @@ def vision_tensors(cfg: ModelConfig) -> list[TensorSpec]:
         out.append(TensorSpec(f"{b}mlp.fc1.bias", (v.intermediate_size,), "vision", layer=j))
         out.append(TensorSpec(f"{b}mlp.fc2.weight", (d, v.intermediate_size), "vision", layer=j))
         out.append(TensorSpec(f"{b}mlp.fc2.bias", (d,), "vision", layer=j))
-    out.append(TensorSpec(p + "post_layernorm.weight", (d,), "vision"))
-    out.append(TensorSpec(p + "post_layernorm.bias", (d,), "vision"))
+    # post_layernorm is not listed: LLaVA takes a hidden state, never the pooled output.
     return out
 
 
