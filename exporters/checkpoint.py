@@ -142,7 +142,7 @@ def write_checkpoint(out_dir: str | Path, config: ModelConfig, get_tensor: Calla
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     config.save(out / "config.json")
-    (out / "tokenizer.json").write_text(tokenizer_json if tokenizer_json is not None else Tokenizer.default_json())
+    (out / "tokenizer.json").write_text(tokenizer_json if tokenizer_json is not None else Tokenizer.default().to_str())
     image_config = image_config or clip_defaults(config.vision.image_size,
                                                  aspect_ratio=config.projector.image_aspect_ratio)
     (out / "preprocessor_config.json").write_text(json.dumps(image_config.to_preprocessor_config(), indent=2) + "\n")

@@ -69,7 +69,8 @@ class SafetensorsFile:
         self.entries: dict[str, dict[str, Any]] = header
         for name, e in header.items():
             self._check_entry(name, e, size - self.data_start)
-        self._mmap: np.memmap | None = None
+        # Map now (costs no memory): later reads see this file even if the path is replaced.
+        self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r") if size > 0 else np.zeros(0, np.uint8)
 
     def _check_entry(self, name: str, e: Any, data_size: int) -> None:
         try:
@@ -95,18 +96,12 @@ class SafetensorsFile:
     def get(self, name: str, dtype: Any = np.float32) -> np.ndarray:
         """A copy of tensor `name`, converted to `dtype` (float32 by default)."""
         e = self.entries[name]
-        if self._mmap is None:
-            self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r")
         begin, end = e["data_offsets"]
         raw = self._mmap[self.data_start + begin:self.data_start + end]
         shape = tuple(e["shape"])
         if e["dtype"] == "BF16":
             return bf16_bits_to_float32(raw.view(np.uint16)).reshape(shape).astype(dtype, copy=False)
         return np.array(raw.view(NUMPY_DTYPES[e["dtype"]]).reshape(shape), dtype=dtype, copy=True)
-
-    def close(self) -> None:
-        self._mmap = None
-
 
 class SafetensorsWriter:
     """Writes one .safetensors file tensor by tensor, in the order the header was planned.

@@ -124,10 +124,15 @@ class MoTELlavaForCausalLM(nn.Module):
         losses = [m.mlp.aux_loss for m in self.model.layers if isinstance(m.mlp, MoELayer)]
         return torch.stack(losses).sum() if losses else torch.zeros(())
 
-    @torch.no_grad()
     def generate(self, input_ids: list[int], pixels: torch.Tensor | None = None, max_new_tokens: int = 32,
                  eos_token_id: int | None = None) -> list[int]:
         """Greedy decoding with a KV cache; returns the new token ids (EOS excluded)."""
+        return list(self.generate_tokens(input_ids, pixels, max_new_tokens, eos_token_id))
+
+    @torch.no_grad()
+    def generate_tokens(self, input_ids: list[int], pixels: torch.Tensor | None = None, max_new_tokens: int = 32,
+                        eos_token_id: int | None = None) -> Iterator[int]:
+        """Greedy decoding with a KV cache, yielding each new token id as it is chosen."""
         self.eval()
         cache = KVCache(self.config.decoder.num_hidden_layers)
         embeds = self.embed(torch.tensor(input_ids, dtype=torch.long), pixels)[None]  # [1, T', H]
@@ -135,21 +140,19 @@ class MoTELlavaForCausalLM(nn.Module):
             raise ValueError(f"prompt of {embeds.shape[1]} positions + {max_new_tokens} new tokens exceeds "
                              f"the context of {self.config.decoder.max_position_embeddings}")
         logits = self.forward_embeds(embeds, cache)
-        out: list[int] = []
         for _ in range(max_new_tokens):
             token = int(logits[0, -1].argmax())
             if token == eos_token_id:
-                break
-            out.append(token)
+                return
+            yield token
             logits = self.forward_embeds(self.model.embed_tokens(torch.tensor([[token]])), cache)
-        return out
 
 
-def load_reference_model(checkpoint_dir: str | Path) -> MoTELlavaForCausalLM:
-    """Build the reference model from an HF-style checkpoint directory (float32, eval mode)."""
+def load_reference_model(checkpoint: "str | Path | Checkpoint") -> MoTELlavaForCausalLM:
+    """Build the reference model from a checkpoint (directory or opened), float32, eval mode."""
     from ..checkpoint import Checkpoint
 
-    ckpt = Checkpoint.open(checkpoint_dir)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.open(checkpoint)
     with torch.device("meta"):  # no random init: every parameter is loaded below
         model = MoTELlavaForCausalLM(ckpt.config)
     model = model.to_empty(device="cpu")
