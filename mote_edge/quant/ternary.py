@@ -38,3 +38,102 @@ def bitlinear_reference(x: np.ndarray, trits: np.ndarray, gamma: np.float32) -> 
     xq, s = quantize_activations_int8(x)
     acc = xq.astype(np.int32) @ trits.astype(np.int32).T  # [T, N] exact integer accumulators
     return acc.astype(np.float32) * (np.float32(gamma) / s)[:, None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing: 5 trits per byte (docs/KERNELS.md has the byte-by-byte layout).
+#
+# A row of K trits is cut into full blocks of 320 columns and one tail of r = K % 320 columns.
+#   full block (64 bytes):  byte j (0..63) holds columns j, j+64, j+128, j+192, j+256
+#   tail (B = ceil(r/5) bytes): byte j (0..B-1) holds columns j, j+B, j+2B, j+3B, j+4B;
+#                           columns >= K are padding and hold the trit 0.
+# The five trits t0..t4 of a byte (in that column order) become digits d = t + 1 in {0,1,2},
+#   v = 81*d0 + 27*d1 + 9*d2 + 3*d3 + d4   (0..242),   byte = ceil(v * 256 / 243)   (0..255)
+# so digit i is recovered by multiply-by-3-and-carry in 8-bit lanes (llama.cpp TQ1_0's trick):
+#   q = byte;  repeat 5 times: d = (3*q) >> 8;  q = (3*q) & 255
+# Rows are stored one after the other with no padding: a row takes ceil(K/5) bytes, the tensor
+# N * ceil(K/5) bytes, plus one float32 gamma kept beside it (<= 1.6 bits/weight + 5 bits/row).
+# ---------------------------------------------------------------------------------------------
+
+TRITS_PER_BYTE = 5
+BLOCK_BYTES = 64
+BLOCK_COLS = BLOCK_BYTES * TRITS_PER_BYTE  # 320
+_POW3 = np.array([81, 27, 9, 3, 1], dtype=np.int32)
+
+
+def ternary_row_bytes(K: int) -> int:
+    """Bytes per packed row: 64 per full 320-column block + ceil(tail / 5) = ceil(K / 5)."""
+    if K < 0:
+        raise ValueError(f"K must be >= 0, got {K}")
+    return -(-K // TRITS_PER_BYTE)
+
+
+def packed_ternary_nbytes(N: int, K: int) -> int:
+    """Bytes of the packed trits of an [N, K] tensor (the fp32 gamma is stored separately)."""
+    return N * ternary_row_bytes(K)
+
+
+def _tail_bytes(K: int) -> int:
+    return -(-(K % BLOCK_COLS) // TRITS_PER_BYTE)
+
+
+def _encode(digits: np.ndarray) -> np.ndarray:
+    """digits [..., 5, B] in {0,1,2} -> bytes [..., B] uint8 (the scaled base-3 number)."""
+    v = np.tensordot(digits.astype(np.int32), _POW3, axes=([-2], [0]))  # [..., B]
+    return ((v * 256 + 242) // 243).astype(np.uint8)
+
+
+def _decode(q: np.ndarray) -> np.ndarray:
+    """bytes [..., B] uint8 -> digits [..., 5, B] in {0,1,2} by multiply-by-3-and-carry."""
+    q = q.astype(np.uint16)
+    out = []
+    for _ in range(TRITS_PER_BYTE):
+        q3 = q * 3
+        out.append((q3 >> 8).astype(np.int8))
+        q = q3 & 0xFF
+    return np.stack(out, axis=-2)
+
+
+def pack_ternary(trits: np.ndarray) -> np.ndarray:
+    """trits [N, K] int8 in {-1, 0, 1} -> packed uint8 [N, ceil(K/5)] (contiguous)."""
+    t = np.asarray(trits)
+    if t.ndim != 2:
+        raise ValueError(f"trits must be 2-D [N, K], got shape {t.shape}")
+    if t.size and (t.min() < -1 or t.max() > 1):
+        raise ValueError("trits must be in {-1, 0, 1}")
+    N, K = t.shape
+    nfull, B = K // BLOCK_COLS, _tail_bytes(K)
+    d = (t.astype(np.int8) + 1).astype(np.int8)
+    full = d[:, : nfull * BLOCK_COLS].reshape(N, nfull, TRITS_PER_BYTE, BLOCK_BYTES)
+    parts = [_encode(full).reshape(N, nfull * BLOCK_BYTES)]
+    if B:
+        tail = np.ones((N, TRITS_PER_BYTE * B), dtype=np.int8)  # padding = trit 0 = digit 1
+        tail[:, : K - nfull * BLOCK_COLS] = d[:, nfull * BLOCK_COLS:]
+        parts.append(_encode(tail.reshape(N, TRITS_PER_BYTE, B)))
+    return np.ascontiguousarray(np.concatenate(parts, axis=1))
+
+
+def unpack_ternary(packed: np.ndarray, N: int, K: int) -> np.ndarray:
+    """packed uint8 (any shape, N * ceil(K/5) bytes) -> trits [N, K] int8."""
+    p = np.asarray(packed, dtype=np.uint8).reshape(-1)
+    if p.size != packed_ternary_nbytes(N, K):
+        raise ValueError(f"packed has {p.size} bytes, expected {packed_ternary_nbytes(N, K)} "
+                         f"for N={N}, K={K}")
+    p = p.reshape(N, ternary_row_bytes(K))
+    nfull, B = K // BLOCK_COLS, _tail_bytes(K)
+    full = _decode(p[:, : nfull * BLOCK_BYTES].reshape(N, nfull, BLOCK_BYTES))
+    cols = [full.reshape(N, nfull * BLOCK_COLS)]
+    if B:
+        cols.append(_decode(p[:, nfull * BLOCK_BYTES:]).reshape(N, TRITS_PER_BYTE * B))
+    d = np.concatenate(cols, axis=1)[:, :K]
+    return (d - 1).astype(np.int8)
+
+
+def ternary_matmul_reference(x: np.ndarray, packed: np.ndarray, gamma: float, N: int,
+                             K: int) -> np.ndarray:
+    """What the C ternary kernel computes: bitlinear_reference on the unpacked trits.
+
+    x [T, K] float32 -> y [T, N] float32;  y = (xq @ Wt^T) * (gamma / s), xq/s per token as
+    quantize_activations_int8 (the kernel matches this bit for bit).
+    """
+    return bitlinear_reference(x, unpack_ternary(packed, N, K), np.float32(gamma))
