@@ -1,0 +1,139 @@
+"""The `mote-edge` command line.
+
+Every user error is a MoteError: the CLI prints `error: <one line>` to stderr and exits non-zero.
+torch is imported only inside the commands that need the `[export]` extra.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from mote_edge import __version__
+from mote_edge.errors import MoteError, NotImplementedYet
+from mote_edge.presets import PRESETS
+
+app = typer.Typer(
+    name="mote-edge",
+    help="Run Mixture-of-Ternary-Experts vision-language models on edge devices under a memory budget.\n\n"
+         "Typical flow:  mote-edge synth --preset tiny -o ckpt/   (or bring a trained checkpoint)\n\n"
+         "               mote-edge export ckpt/ --bits 4 -o model.mote\n\n"
+         "               mote-edge run model.mote --image cat.jpg --prompt \"What is this?\" --memory-budget 300MB",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+PRESET_HELP = "; ".join(f"{name}: {spec[-1]}" for name, spec in PRESETS.items())
+
+
+def _needs_export_extra() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise MoteError("this command needs torch: pip install 'mote-edge[export]'") from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mote-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="HF-style checkpoint directory (config.json, *.safetensors, ...)."),
+    output: Path = typer.Option(..., "-o", "--output", help="The .mote file to write."),
+    bits: int = typer.Option(4, help="Bits for shared experts and non-expert weights (2, 3, 4, 8; 16 = fp16)."),
+) -> None:
+    """Quantize a MoTE / MoE-LLaVA checkpoint and pack it into one .mote file."""
+    raise NotImplementedYet("export is not implemented yet")
+
+
+@app.command()
+def run(
+    model: Path = typer.Argument(..., help="A .mote file."),
+    prompt: str = typer.Option(..., help="The question to ask."),
+    image: Optional[Path] = typer.Option(None, help="An image file (any format Pillow reads)."),
+    memory_budget: Optional[str] = typer.Option(None, help="Hard memory budget, e.g. 300MB or 1.5GiB."),
+) -> None:
+    """Answer a prompt (optionally about an image) with on-demand expert loading under a memory budget."""
+    raise NotImplementedYet("run is not implemented yet")
+
+
+@app.command()
+def info(model: Path = typer.Argument(..., help="A .mote file.")) -> None:
+    """Show a .mote file's config, quantization recipe and size by role."""
+    raise NotImplementedYet("info is not implemented yet")
+
+
+@app.command()
+def verify(model: Path = typer.Argument(..., help="A .mote file.")) -> None:
+    """Check every checksum and structural invariant of a .mote file (exit 0 = valid)."""
+    raise NotImplementedYet("verify is not implemented yet")
+
+
+@app.command()
+def synth(
+    preset: str = typer.Option(..., help=f"Model shape. {PRESET_HELP}."),
+    output: Path = typer.Option(..., "-o", "--output", help="Checkpoint directory to create."),
+    expert_type: str = typer.Option("ternary", help="ternary (MoTE: + shared expert) or fp (MoE-LLaVA)."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same weights."),
+    dtype: str = typer.Option("bf16", help="Stored dtype: bf16 (as published checkpoints), fp16 or fp32."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty output directory."),
+) -> None:
+    """Write a random-weight checkpoint with real shapes (for memory and speed benchmarks and tests).
+
+    Streams tensor by tensor: memory stays near the largest tensor, whatever the preset."""
+    from mote_edge.exporters.synth import synthesize_preset
+    from mote_edge.presets import preset_config
+    from mote_edge.schema import parameter_counts
+
+    counts = parameter_counts(preset_config(preset, expert_type))
+    typer.echo(f"synth {preset} ({expert_type} experts): {counts['total'] / 1e6:,.1f}M parameters, "
+               f"{counts['active'] / 1e6:,.1f}M active per token", err=True)
+    summary = synthesize_preset(preset, output, expert_type=expert_type, seed=seed, dtype=dtype,
+                                progress=sys.stderr.isatty(), force=force)
+    typer.echo(f"wrote {summary.directory} ({summary.nbytes / 1e6:,.1f} MB in {summary.shards} "
+               f"safetensors file{'s' if summary.shards > 1 else ''})")
+
+
+@app.command()
+def reference(
+    checkpoint: Path = typer.Argument(..., help="HF-style checkpoint directory."),
+    prompt: str = typer.Option(..., help="The question to ask."),
+    image: Optional[Path] = typer.Option(None, help="An image file."),
+    max_new_tokens: int = typer.Option(32, help="Maximum number of tokens to generate."),
+) -> None:
+    """Greedy generation with the torch reference model (needs the [export] extra; slow, exact)."""
+    _needs_export_extra()
+    from mote_edge.exporters.generate import reference_generate
+
+    for piece in reference_generate(checkpoint, prompt, image, max_new_tokens):
+        typer.echo(piece, nl=False)
+    typer.echo()
+
+
+def main() -> None:
+    try:
+        app()
+    except MoteError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
