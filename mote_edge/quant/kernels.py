@@ -1,0 +1,98 @@
+"""numpy-facing wrappers of the C kernels in mote_edge._native (validation here, maths in C).
+
+    ternary_matmul(x, packed, gamma, N, K, threads=1) -> y [T, N] float32    (BitLinear, bit-exact)
+    ternary_matmul_q8(xq, s, packed, gamma, N, K, threads=1) -> y            (pre-quantized x)
+    intn_matmul(x, w: IntNWeight, threads=1) -> y [T, N] float32
+    kernel_path() / set_kernel_path("auto"|"scalar"|"avx2"|"avx512") / available_paths()
+x may be [K] (one token) or [T, K]; the result then has shape [N] or [T, N]. `out` may be given
+(float32, C-contiguous, the result's shape) to avoid an allocation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mote_edge import _native
+
+from .intn import IntNWeight, intn_row_bytes, num_groups
+from .ternary import packed_ternary_nbytes
+
+kernel_path = _native.kernel_path
+set_kernel_path = _native.set_kernel_path
+available_paths = _native.available_paths
+
+
+def _array(a, dtype, name: str, shape: tuple | None = None) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise ValueError(f"{name} must be {np.dtype(dtype).name}, got {a.dtype}")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    return a
+
+
+def _tokens(x: np.ndarray, K: int, dtype, name: str) -> tuple[np.ndarray, int, bool]:
+    x = _array(x, dtype, name)
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+        vec = True
+    elif x.ndim == 2:
+        vec = False
+    else:
+        raise ValueError(f"{name} must be [K] or [T, K], got shape {x.shape}")
+    if x.shape[1] != K:
+        raise ValueError(f"{name} has {x.shape[1]} columns, expected K={K}")
+    return x, x.shape[0], vec
+
+
+def _out(out, T: int, N: int, vec: bool) -> np.ndarray:
+    shape = (N,) if vec else (T, N)
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    return _array(out, np.float32, "out", shape)
+
+
+def _packed_ternary(packed, N: int, K: int) -> np.ndarray:
+    packed = _array(packed, np.uint8, "packed")
+    if packed.size != packed_ternary_nbytes(N, K):
+        raise ValueError(f"packed has {packed.size} bytes, expected {packed_ternary_nbytes(N, K)} for N={N}, K={K}")
+    return packed
+
+
+def ternary_matmul(x: np.ndarray, packed: np.ndarray, gamma: float, N: int, K: int, threads: int = 1,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    """x [T, K] (or [K]) float32 -> y = BitLinear(x) [T, N] float32, = ternary_matmul_reference bit for bit."""
+    x, T, vec = _tokens(x, K, np.float32, "x")
+    packed = _packed_ternary(packed, N, K)
+    y = _out(out, T, N, vec)
+    _native.ternary_matmul(packed, float(gamma), x, T, K, N, y, int(threads))
+    return y
+
+
+def ternary_matmul_q8(xq: np.ndarray, s: np.ndarray, packed: np.ndarray, gamma: float, N: int, K: int,
+                      threads: int = 1, out: np.ndarray | None = None) -> np.ndarray:
+    """As ternary_matmul with x already quantized by quantize_activations_int8: xq [T, K] int8, s [T] float32."""
+    xq, T, vec = _tokens(xq, K, np.int8, "xq")
+    s = _array(np.atleast_1d(s), np.float32, "s", (T,))
+    packed = _packed_ternary(packed, N, K)
+    y = _out(out, T, N, vec)
+    _native.ternary_matmul_q8(packed, float(gamma), xq, s, T, K, N, y, int(threads))
+    return y
+
+
+def intn_matmul(x: np.ndarray, w: IntNWeight, threads: int = 1, out: np.ndarray | None = None) -> np.ndarray:
+    """x [T, K] (or [K]) float32 -> y [T, N] float32, = intn_matmul_reference within 1e-5 of the float terms."""
+    x, T, vec = _tokens(x, w.K, np.float32, "x")
+    ng = num_groups(w.K, w.group_size)
+    _array(w.packed, np.uint8, "packed")
+    if w.packed.size != w.N * intn_row_bytes(w.K, w.bits, w.group_size):
+        raise ValueError(f"packed has {w.packed.size} bytes, expected "
+                         f"{w.N * intn_row_bytes(w.K, w.bits, w.group_size)}")
+    scales = _array(w.scales, np.float16, "scales", (w.N, ng))
+    zeros = _array(w.zeros, np.float16, "zeros", (w.N, ng))
+    y = _out(out, T, w.N, vec)
+    _native.intn_matmul(w.packed, scales, zeros, w.bits, w.group_size, x, T, w.K, w.N, y, int(threads))
+    return y

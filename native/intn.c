@@ -1,0 +1,158 @@
+/* Group-wise int-N x int8 matmul: driver (activation prep, threading, dispatch), the bit-plane
+ * unpacker and the scalar path.
+ *
+ * Per row n, token t and group g (G columns; docs/KERNELS.md):
+ *   acc = sum_k q_k * xq_k - zero_g * sum_k xq_k       exact int32
+ *   y[t, n] += (float)acc * (scale_g * (1 / s_tg))     float32
+ * with xq, s BitLinear's int8 quantization of each (token, group) of x.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "threads.h"
+
+float mote_half_to_float(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1Fu, man = h & 0x3FFu, bits;
+    if (exp == 0x1F) {
+        bits = sign | 0x7F800000u | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112u) << 23) | (man << 13);
+    } else if (man == 0) {
+        bits = sign;
+    } else {                       /* subnormal: normalize */
+        int e = -1;
+        do {
+            man <<= 1;
+            e++;
+        } while (!(man & 0x400u));
+        bits = sign | ((uint32_t)(112 - e) << 23) | ((man & 0x3FFu) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* one p-bit plane of G values: byte j holds value j + i*m at bits [i*p, (i+1)*p), m = G*p/8 */
+static void unpack_plane(const uint8_t *src, int p, int G, int shift, uint8_t *q) {
+    int per = 8 / p, m = G * p / 8;
+    unsigned mask = (1u << p) - 1u;
+    for (int i = 0; i < per; i++)
+        for (int j = 0; j < m; j++) q[j + i * m] |= (uint8_t)(((src[j] >> (i * p)) & mask) << shift);
+}
+
+void mote_unpack_group(const uint8_t *src, int bits, int G, uint8_t *q) {
+    memset(q, 0, (size_t)G);
+    if (bits == 3) {               /* 2-bit plane of q & 3, then 1-bit plane of q >> 2 */
+        unpack_plane(src, 2, G, 0, q);
+        unpack_plane(src + G / 4, 1, G, 2, q);
+    } else {
+        unpack_plane(src, bits, G, 0, q);
+    }
+}
+
+size_t mote_intn_scratch_bytes(const mote_intn_args *a) {
+    return (size_t)a->kp + 64 + 8 * (size_t)a->ng;
+}
+
+void mote_intn_row_params(const mote_intn_args *a, int n, uint8_t *scratch, const float **sc, const int32_t **zp) {
+    float *s = (float *)(void *)(scratch + ((a->kp + 64) & ~(int64_t)63));
+    int32_t *z = (int32_t *)(void *)(s + a->ng);
+    const uint16_t *s16 = a->scales + (int64_t)n * a->ng, *z16 = a->zeros + (int64_t)n * a->ng;
+    for (int g = 0; g < a->ng; g++) {
+        s[g] = mote_half_to_float(s16[g]);
+        z[g] = (int32_t)mote_half_to_float(z16[g]);
+    }
+    *sc = s;
+    *zp = z;
+}
+
+/* ---- scalar path: decode a row once, then every token ---- */
+void mote_intn_rows_scalar(const mote_intn_args *a, int n0, int n1, uint8_t *scratch) {
+    const int G = a->G, gbytes = G * a->bits / 8;
+    uint8_t *q = scratch;  /* [kp] */
+    for (int n = n0; n < n1; n++) {
+        for (int g = 0; g < a->ng; g++) mote_unpack_group(a->w + n * a->rb + g * gbytes, a->bits, G, q + g * G);
+        const float *sc;
+        const int32_t *zp;
+        mote_intn_row_params(a, n, scratch, &sc, &zp);
+        for (int t = 0; t < a->T; t++) {
+            const int8_t *x = a->xq + t * a->kp;
+            float y = 0.0f;
+            for (int g = 0; g < a->ng; g++) {
+                int32_t dot = 0;
+                for (int k = g * G; k < (g + 1) * G; k++) dot += (int32_t)q[k] * x[k];
+                int32_t acc = dot - zp[g] * a->sumx[t * a->ng + g];
+                y += (float)acc * (sc[g] * a->rs[t * a->ng + g]);
+            }
+            a->y[(int64_t)t * a->N + n] = y;
+        }
+    }
+}
+
+/* ---- driver ---- */
+static mote_intn_rows_fn intn_rows_for(mote_path p) {
+    switch (p) {
+        case MOTE_PATH_AVX512: return mote_intn_rows_avx512;
+        case MOTE_PATH_AVX2: return mote_intn_rows_avx2;
+        default: return mote_intn_rows_scalar;
+    }
+}
+
+typedef struct {
+    const mote_intn_args *a;
+    mote_intn_rows_fn rows;
+    int failed;
+} intn_job;
+
+static void intn_task(void *ctx, int i, int n) {
+    intn_job *job = (intn_job *)ctx;
+    int n0, n1;
+    mote_split_rows(job->a->N, i, n, 16, &n0, &n1);
+    if (n0 >= n1) return;
+    uint8_t *scratch = malloc(mote_intn_scratch_bytes(job->a));
+    if (!scratch) {
+        job->failed = 1;
+        return;
+    }
+    job->rows(job->a, n0, n1, scratch);
+    free(scratch);
+}
+
+int mote_intn_matmul(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int bits, int G,
+                     const float *x, int T, int K, int N, float *y, int threads) {
+    mote_intn_args a;
+    a.w = w;
+    a.bits = bits;
+    a.G = G;
+    a.ng = (K + G - 1) / G;
+    a.kp = (int64_t)a.ng * G;
+    a.rb = a.kp * bits / 8;
+    a.scales = scales;
+    a.zeros = zeros;
+    a.N = N;
+    a.T = T;
+    int8_t *xq = calloc((size_t)(T * a.kp + 128), 1);          /* +128: SIMD tails may over-read */
+    int32_t *sumx = malloc(sizeof(int32_t) * (size_t)(T * a.ng + 1));
+    float *rs = malloc(sizeof(float) * (size_t)(T * a.ng + 1));
+    if (!xq || !sumx || !rs) {
+        free(xq), free(sumx), free(rs);
+        return -1;
+    }
+    for (int t = 0; t < T; t++)
+        for (int g = 0; g < a.ng; g++) {
+            int k0 = g * G, len = K - k0 < G ? K - k0 : G;
+            float s = mote_quantize_act(x + (int64_t)t * K + k0, len, xq + t * a.kp + k0, &sumx[t * a.ng + g]);
+            rs[t * a.ng + g] = 1.0f / s;
+        }
+    a.xq = xq;
+    a.sumx = sumx;
+    a.rs = rs;
+    a.y = y;
+    intn_job job = {&a, intn_rows_for(mote_get_path()), 0};
+    int nth = threads < 1 ? 1 : threads;
+    if (nth > (N + 15) / 16) nth = (N + 15) / 16;
+    mote_parallel(nth, intn_task, &job);
+    free(xq), free(sumx), free(rs);
+    return job.failed ? -1 : 0;
+}

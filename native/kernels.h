@@ -1,0 +1,87 @@
+/* Kernel arguments and entry points shared by the C files (docs/KERNELS.md describes the maths).
+ *
+ * Every matmul is y[T, N] = x[T, K] @ W[N, K]^T with int8 activations and packed weights.
+ * The drivers (ternary.c, intn.c) quantize activations, then split the N output rows across
+ * threads; each path (scalar / AVX2 / AVX-512) provides one "rows" function over [n0, n1).
+ */
+#ifndef MOTE_KERNELS_H
+#define MOTE_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- dispatch (dispatch.c) ---- */
+typedef enum { MOTE_PATH_SCALAR = 0, MOTE_PATH_AVX2 = 1, MOTE_PATH_AVX512 = 2, MOTE_PATH_AUTO = 3 } mote_path;
+
+int mote_path_supported(mote_path p);       /* 1 if this CPU can run path p */
+mote_path mote_best_path(void);             /* the fastest supported path */
+mote_path mote_get_path(void);              /* the path in use (forced or best) */
+int mote_set_path(mote_path p);             /* 0 on success, -1 if not supported */
+const char *mote_path_name(mote_path p);
+
+/* ---- ternary (ternary.c): packed layout in mote_edge/quant/ternary.py ---- */
+#define MOTE_TBLOCK_BYTES 64
+#define MOTE_TBLOCK_COLS 320
+
+typedef struct {
+    const uint8_t *w;     /* [N, rb] packed trits, rb = ceil(K / 5) */
+    int64_t rb;           /* bytes per packed row */
+    int nfull;            /* full 64-byte blocks per row */
+    int tail;             /* bytes of the tail block (0..63); 0 = no tail */
+    int nblk;             /* nfull + (tail > 0) */
+    int N, T;
+    int64_t kx;           /* nblk * 320: columns of the block-ordered activations */
+    const int8_t *xq;     /* [T, kx] activations in block order (tail rearranged, zero padded) */
+    const int32_t *sumx;  /* [T] sum of xq over the row */
+    const float *f;       /* [T] gamma / s: the output scale per token */
+    float *y;             /* [T, N] */
+} mote_tern_args;
+
+typedef void (*mote_tern_rows_fn)(const mote_tern_args *a, int n0, int n1, uint8_t *scratch);
+void mote_tern_rows_scalar(const mote_tern_args *a, int n0, int n1, uint8_t *scratch);
+void mote_tern_rows_avx2(const mote_tern_args *a, int n0, int n1, uint8_t *scratch);
+void mote_tern_rows_avx512(const mote_tern_args *a, int n0, int n1, uint8_t *scratch);
+
+/* x [T, K] float32 or (xq [T, K] int8, s [T]) -> y [T, N]; returns 0, or -1 on out of memory */
+int mote_ternary_matmul(const uint8_t *w, float gamma, const float *x, const int8_t *xq_in,
+                        const float *s_in, int T, int K, int N, float *y, int threads);
+
+/* ---- int-N group-wise (intn.c): packed layout in mote_edge/quant/intn.py ---- */
+typedef struct {
+    const uint8_t *w;        /* [N, rb] bit-plane packed groups */
+    int64_t rb;              /* bytes per row = ng * G * bits / 8 */
+    const uint16_t *scales;  /* [N, ng] fp16 */
+    const uint16_t *zeros;   /* [N, ng] fp16 holding integers */
+    int bits, G, ng, N, T;
+    int64_t kp;              /* ng * G */
+    const int8_t *xq;        /* [T, kp] activations, zero padded */
+    const int32_t *sumx;     /* [T, ng] */
+    const float *rs;         /* [T, ng] 1 / s per token and group */
+    float *y;                /* [T, N] */
+} mote_intn_args;
+
+typedef void (*mote_intn_rows_fn)(const mote_intn_args *a, int n0, int n1, uint8_t *scratch);
+void mote_intn_rows_scalar(const mote_intn_args *a, int n0, int n1, uint8_t *scratch);
+void mote_intn_rows_avx2(const mote_intn_args *a, int n0, int n1, uint8_t *scratch);
+void mote_intn_rows_avx512(const mote_intn_args *a, int n0, int n1, uint8_t *scratch);
+
+int mote_intn_matmul(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int bits, int G,
+                     const float *x, int T, int K, int N, float *y, int threads);
+
+/* shared helpers (intn.c) */
+float mote_half_to_float(uint16_t h);
+/* scratch of a rows function: [kp + 64 bytes: one unpacked row][ng floats][ng int32] */
+size_t mote_intn_scratch_bytes(const mote_intn_args *a);
+/* row n's scales and zero-points as float / int32, converted into the scratch */
+void mote_intn_row_params(const mote_intn_args *a, int n, uint8_t *scratch, const float **sc, const int32_t **zp);
+/* unpack one group (G values) of a bits-wide bit-plane group into q[G] */
+void mote_unpack_group(const uint8_t *src, int bits, int G, uint8_t *q);
+
+/* ---- activations (actquant.c): BitLinear's int8 quantization, bit-exact with numpy ---- */
+/* x[n] -> xq[n] with s = 127 / max(max|x|, 1e-5); returns s, *sum = sum of xq */
+float mote_quantize_act(const float *x, int n, int8_t *xq, int32_t *sum);
+
+/* ---- memory bandwidth probe (membench.c) ---- */
+uint64_t mote_read_sum(const uint64_t *p, size_t n);
+
+#endif

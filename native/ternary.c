@@ -1,0 +1,132 @@
+/* Ternary x int8 matmul: driver (activation prep, threading, dispatch) and the scalar path.
+ *
+ * Weights: rows of ceil(K/5) bytes; full 64-byte blocks hold 320 columns (byte j: columns j,
+ * j+64, ..., j+256), the tail block of B bytes holds columns j, j+B, ..., j+4B. Each byte is
+ * ceil(v * 256 / 243) of the base-3 number v = 81 d0 + 27 d1 + 9 d2 + 3 d3 + d4 with digits
+ * d = trit + 1, so  d_i = (3 q) >> 8;  q = (3 q) & 255  peels them off in order.
+ *
+ * Activations are re-laid in "block order" (kx = nblk * 320 columns per token) so that every
+ * block, tail included, is five runs of 64 activations: run i of block b = columns
+ * b*320 + 64 i + j for a full block; for the tail, column nfull*320 + B i + j at j < B and 0
+ * beyond. Then  sum_k t_k x_k = sum_k d_k x_k - sum_k x_k  with digits in {0,1,2} (u8) times
+ * int8 activations: exactly what vpdpbusd multiplies.
+ *   y[t, n] = (float)(sum_k d_k xq_k - sumx_t) * (gamma / s_t)     (bit-exact with numpy)
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "threads.h"
+
+/* ---- scalar path: one row, one token at a time; the readable reference ---- */
+static int32_t tern_dot_scalar(const uint8_t *w, const int8_t *x, int nfull, int tail) {
+    int32_t acc = 0;
+    for (int b = 0; b <= nfull; b++) {
+        int nbytes = b < nfull ? MOTE_TBLOCK_BYTES : tail;
+        const uint8_t *wb = w + (int64_t)b * MOTE_TBLOCK_BYTES;
+        const int8_t *xb = x + (int64_t)b * MOTE_TBLOCK_COLS;
+        for (int j = 0; j < nbytes; j++) {
+            unsigned q = wb[j];
+            for (int i = 0; i < 5; i++) {
+                unsigned q3 = q * 3u;
+                acc += (int32_t)(q3 >> 8) * xb[64 * i + j];
+                q = q3 & 0xFFu;
+            }
+        }
+    }
+    return acc;
+}
+
+void mote_tern_rows_scalar(const mote_tern_args *a, int n0, int n1, uint8_t *scratch) {
+    for (int n = n0; n < n1; n++)
+        for (int t = 0; t < a->T; t++) {
+            int32_t acc = tern_dot_scalar(a->w + n * a->rb, a->xq + t * a->kx, a->nfull, a->tail);
+            a->y[(int64_t)t * a->N + n] = (float)(acc - a->sumx[t]) * a->f[t];
+        }
+}
+
+/* ---- driver ---- */
+static mote_tern_rows_fn tern_rows_for(mote_path p) {
+    switch (p) {
+        case MOTE_PATH_AVX512: return mote_tern_rows_avx512;
+        case MOTE_PATH_AVX2: return mote_tern_rows_avx2;
+        default: return mote_tern_rows_scalar;
+    }
+}
+
+typedef struct {
+    const mote_tern_args *a;
+    mote_tern_rows_fn rows;
+    int failed;
+} tern_job;
+
+static void tern_task(void *ctx, int i, int n) {
+    tern_job *job = (tern_job *)ctx;
+    int n0, n1;
+    mote_split_rows(job->a->N, i, n, 16, &n0, &n1);
+    if (n0 >= n1) return;
+    uint8_t *scratch = malloc((size_t)job->a->kx + 64);  /* one decoded row (GEMM paths) */
+    if (!scratch) {
+        job->failed = 1;
+        return;
+    }
+    job->rows(job->a, n0, n1, scratch);
+    free(scratch);
+}
+
+/* one token's int8 activations (natural order, K) -> block order (kx), zero padded */
+static void to_block_order(const int8_t *src, int K, int nfull, int tail, int8_t *dst, int64_t kx) {
+    int64_t full = (int64_t)nfull * MOTE_TBLOCK_COLS;
+    memcpy(dst, src, (size_t)full);
+    memset(dst + full, 0, (size_t)(kx - full));
+    for (int i = 0; i < 5 && tail; i++)
+        for (int j = 0; j < tail; j++) {
+            int64_t col = full + (int64_t)tail * i + j;
+            if (col < K) dst[full + 64 * i + j] = src[col];
+        }
+}
+
+int mote_ternary_matmul(const uint8_t *w, float gamma, const float *x, const int8_t *xq_in,
+                        const float *s_in, int T, int K, int N, float *y, int threads) {
+    mote_tern_args a;
+    a.w = w;
+    a.rb = (K + 4) / 5;
+    a.nfull = K / MOTE_TBLOCK_COLS;
+    a.tail = (K % MOTE_TBLOCK_COLS + 4) / 5;
+    a.nblk = a.nfull + (a.tail > 0);
+    a.N = N;
+    a.T = T;
+    a.kx = (int64_t)a.nblk * MOTE_TBLOCK_COLS;
+    int8_t *xq = malloc((size_t)(T * a.kx + K + 64));
+    int32_t *sumx = malloc(sizeof(int32_t) * (size_t)(T + 1));
+    float *f = malloc(sizeof(float) * (size_t)(T + 1));
+    int8_t *row = xq + T * a.kx;   /* K bytes of scratch for one natural-order row */
+    if (!xq || !sumx || !f) {
+        free(xq), free(sumx), free(f);
+        return -1;
+    }
+    for (int t = 0; t < T; t++) {
+        float s;
+        if (x) {
+            s = mote_quantize_act(x + (int64_t)t * K, K, row, &sumx[t]);
+        } else {
+            memcpy(row, xq_in + (int64_t)t * K, (size_t)K);
+            s = s_in[t];
+            int32_t acc = 0;
+            for (int k = 0; k < K; k++) acc += row[k];
+            sumx[t] = acc;
+        }
+        f[t] = gamma / s;
+        to_block_order(row, K, a.nfull, a.tail, xq + t * a.kx, a.kx);
+    }
+    a.xq = xq;
+    a.sumx = sumx;
+    a.f = f;
+    a.y = y;
+    tern_job job = {&a, tern_rows_for(mote_get_path()), 0};
+    int nth = threads < 1 ? 1 : threads;
+    if (nth > (N + 15) / 16) nth = (N + 15) / 16;
+    mote_parallel(nth, tern_task, &job);
+    free(xq), free(sumx), free(f);
+    return job.failed ? -1 : 0;
+}

@@ -1,0 +1,221 @@
+"""C kernels (mote_edge._native) against the numpy references, on every SIMD path this CPU has.
+
+Ternary: bit-exact (integer accumulators and the same float32 scaling as bitlinear_reference).
+Int-N: integer part exact; the float sum over groups within 1e-5 of sum_g |acc_g * scale_g / s_g|
+(the SIMD paths sum per-lane partial products in a different order), plus an exactly representable
+case that must match bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mote_edge import _native
+from mote_edge.quant import kernels
+from mote_edge.quant.intn import (IntNWeight, intn_accumulators, intn_matmul_reference, pack_intn,
+                                  quantize_activations_grouped, quantize_intn, unpack_intn)
+from mote_edge.quant.ternary import (pack_ternary, packed_ternary_nbytes, quantize_activations_int8,
+                                     ternary_matmul_reference)
+
+PATHS = kernels.available_paths()
+
+
+@pytest.fixture(params=PATHS)
+def path(request):
+    kernels.set_kernel_path(request.param)
+    assert kernels.kernel_path() == request.param
+    yield request.param
+    kernels.set_kernel_path("auto")
+
+
+def test_paths_and_dispatch():
+    assert "scalar" in PATHS
+    feats = _native.cpu_features()
+    assert ("avx512" in PATHS) == all(feats[k] for k in ("avx512f", "avx512bw", "avx512vnni", "avx512vbmi"))
+    kernels.set_kernel_path("auto")
+    assert kernels.kernel_path() == PATHS[-1]
+    with pytest.raises(ValueError):
+        kernels.set_kernel_path("neon")
+
+
+# ---------------------------------------------------------------- ternary
+
+TERN_SHAPES = [  # (T, N, K): odd K (tails of 1..64 bytes), N = 1, 3, 4097, T around the GEMM tiles
+    (1, 1, 1), (1, 3, 5), (2, 3, 319), (1, 17, 320), (3, 5, 321), (4, 4, 640), (5, 33, 1000),
+    (1, 4097, 12), (9, 4097, 7), (1, 64, 1536), (8, 19, 896), (2, 7, 4864),
+]
+
+
+def _tern_case(rng, T, N, K):
+    trits = rng.integers(-1, 2, size=(N, K)).astype(np.int8)
+    x = (rng.standard_normal((T, K)) * rng.uniform(0.01, 10)).astype(np.float32)
+    return pack_ternary(trits), x
+
+
+@pytest.mark.parametrize("T,N,K", TERN_SHAPES)
+def test_ternary_bit_exact(path, T, N, K):
+    rng = np.random.default_rng(T * 100003 + N * 31 + K)
+    packed, x = _tern_case(rng, T, N, K)
+    y = kernels.ternary_matmul(x, packed, 0.37, N, K)
+    assert y.shape == (T, N) and y.dtype == np.float32
+    assert np.array_equal(y, ternary_matmul_reference(x, packed, 0.37, N, K))
+
+
+@pytest.mark.parametrize("case", ["all_minus", "all_zero", "all_plus", "max_x", "zero_x", "random_bytes"])
+@pytest.mark.parametrize("T", [1, 6])
+def test_ternary_adversarial(path, case, T):
+    rng = np.random.default_rng(7)
+    N, K = 13, 1541
+    trits = {"all_minus": -1, "all_zero": 0, "all_plus": 1}.get(case)
+    trits = np.full((N, K), trits if trits is not None else 0, dtype=np.int8)
+    trits[:, ::7] = trits[:, ::7] if case.startswith("all") else rng.integers(-1, 2, size=trits[:, ::7].shape)
+    packed = pack_ternary(trits)
+    if case == "random_bytes":  # every byte value, including the 13 that are no code
+        packed = rng.integers(0, 256, size=packed.shape).astype(np.uint8)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    if case == "max_x":
+        x = np.where(rng.random((T, K)) < 0.5, -3e38, 3e38).astype(np.float32)
+        x[:, 0] = 3.4e38
+    if case == "zero_x":
+        x[:] = 0
+    y = kernels.ternary_matmul(x, packed, 1.5, N, K)
+    with np.errstate(over="ignore"):   # max_x overflows to +-inf on both sides, identically
+        assert np.array_equal(y, ternary_matmul_reference(x, packed, 1.5, N, K))
+    if case == "zero_x":
+        assert np.all(y == 0)
+
+
+def test_ternary_empty_k(path):
+    y = kernels.ternary_matmul(np.ones((2, 0), np.float32), np.zeros(0, np.uint8), 1.0, 3, 0)
+    assert y.shape == (2, 3) and np.all(y == 0)
+
+
+def test_ternary_prequantized_and_vector(path):
+    rng = np.random.default_rng(3)
+    N, K = 70, 777
+    packed, x = _tern_case(rng, 5, N, K)
+    xq, s = quantize_activations_int8(x)
+    ref = ternary_matmul_reference(x, packed, 0.5, N, K)
+    assert np.array_equal(kernels.ternary_matmul_q8(xq, s, packed, 0.5, N, K), ref)
+    assert np.array_equal(kernels.ternary_matmul(x[2], packed, 0.5, N, K), ref[2])
+    out = np.empty((5, N), dtype=np.float32)
+    assert kernels.ternary_matmul(x, packed, 0.5, N, K, out=out) is out and np.array_equal(out, ref)
+
+
+@pytest.mark.parametrize("T", [1, 2, 7])
+def test_ternary_threads_identical(path, T):
+    rng = np.random.default_rng(T)
+    N, K = 301, 2000
+    packed, x = _tern_case(rng, T, N, K)
+    ys = [kernels.ternary_matmul(x, packed, 0.9, N, K, threads=th) for th in (1, 2, 3)]
+    assert np.array_equal(ys[0], ys[1]) and np.array_equal(ys[0], ys[2])
+
+
+# ---------------------------------------------------------------- int-N
+
+def _intn_close(x, wq, y):
+    """|y - ref| <= 1e-5 * sum_g factor_g * (sum_k q_k |xq_k| + zero_g |sum_k xq_k|): float32 rounding of
+    partial sums that are at most that large (a SIMD lane holds part of a group's integer dot)."""
+    G, ng = wq.group_size, -(-wq.K // wq.group_size)
+    xq, _ = quantize_activations_grouped(x, G)
+    q = np.zeros((wq.N, ng * G), np.float64)
+    q[:, :wq.K] = unpack_intn(wq.packed, wq.N, wq.K, wq.bits, G)
+    ax = np.abs(xq.astype(np.float64)).reshape(len(x), ng, G)
+    mag = np.einsum("tgk,ngk->tng", ax, q.reshape(wq.N, ng, G))
+    mag += wq.zeros.astype(np.float64)[None] * np.abs(xq.reshape(len(x), ng, G).sum(axis=2).astype(np.float64))[:, None]
+    _, factor = intn_accumulators(x, wq)
+    bound = 1e-5 * (mag * factor).sum(axis=2) + 1e-30
+    err = np.abs(y.astype(np.float64) - intn_matmul_reference(x, wq).astype(np.float64))
+    assert np.all(err <= bound), float((err / bound).max())
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("G", [32, 64, 128])
+def test_intn_matches_reference(path, bits, G):
+    rng = np.random.default_rng(bits * 7 + G)
+    for T, N, K in [(1, 3, G), (2, 1, 3 * G + 5), (5, 18, 2 * G - 1), (1, 4097, 20)]:
+        w = rng.standard_normal((N, K)).astype(np.float32)
+        x = rng.standard_normal((T, K)).astype(np.float32)
+        wq = quantize_intn(w, bits, G)
+        y = kernels.intn_matmul(x, wq)
+        assert y.shape == (T, N)
+        _intn_close(x, wq, y)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_intn_integer_part_exact(path, bits):
+    """scale = 1 and per-group max|x| = 127 make every float step exact: y = sum of int accumulators."""
+    rng = np.random.default_rng(bits)
+    G, N, K, T = 64, 9, 320, 3
+    q = rng.integers(0, 2 ** bits, size=(N, K)).astype(np.uint8)
+    q[0] = 2 ** bits - 1
+    ng = K // G
+    zeros = rng.integers(0, 2 ** bits, size=(N, ng)).astype(np.float16)
+    zeros[1] = 0
+    wq = IntNWeight(pack_intn(q, bits, G), np.ones((N, ng), np.float16), zeros, bits, G, N, K)
+    x = rng.integers(-127, 128, size=(T, K)).astype(np.float32)
+    x[:, ::G] = 127.0
+    x[1, :] = -127.0 if bits != 8 else x[1, :]
+    y = kernels.intn_matmul(x, wq)
+    acc, factor = intn_accumulators(x, wq)
+    assert np.all(factor == 1)
+    assert np.array_equal(y, acc.sum(axis=2).astype(np.float32))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_intn_adversarial_and_threads(path, bits):
+    rng = np.random.default_rng(11)
+    N, K = 67, 1000
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    w[0] = 0
+    w[1] = -5
+    wq = quantize_intn(w, bits, 128)
+    for x in (np.zeros((2, K), np.float32), np.full((3, K), -1e30, np.float32),
+              rng.standard_normal((6, K)).astype(np.float32)):
+        ys = [kernels.intn_matmul(x, wq, threads=th) for th in (1, 2)]
+        assert np.array_equal(ys[0], ys[1])
+        _intn_close(x, wq, ys[0])
+    assert np.all(kernels.intn_matmul(np.zeros((2, K), np.float32), wq) == 0)
+
+
+# ---------------------------------------------------------------- bad input never crashes
+
+def test_bad_inputs_raise():
+    rng = np.random.default_rng(0)
+    N, K = 4, 50
+    packed, x = _tern_case(rng, 2, N, K)
+    bad = [
+        lambda: kernels.ternary_matmul(x.astype(np.float64), packed, 1.0, N, K),
+        lambda: kernels.ternary_matmul(x[:, :-1], packed, 1.0, N, K),
+        lambda: kernels.ternary_matmul(np.asfortranarray(np.ones((3, K), np.float32)), packed, 1.0, N, K),
+        lambda: kernels.ternary_matmul(x, packed[:, :-1].copy(), 1.0, N, K),
+        lambda: kernels.ternary_matmul(x, packed, 1.0, N, K, out=np.empty((2, N), np.float64)),
+        lambda: kernels.ternary_matmul(x, packed, 1.0, N, K, threads=0),
+        lambda: kernels.ternary_matmul_q8(x.astype(np.int8), np.ones(3, np.float32), packed, 1.0, N, K),
+        lambda: _native.ternary_matmul(packed, 1.0, x, 2, K, N + 1, np.empty((2, N), np.float32)),
+        lambda: _native.ternary_matmul(packed, 1.0, x, -2, K, N, np.empty((2, N), np.float32)),
+        lambda: _native.ternary_matmul(packed, 1.0, x, 2, K, N, np.empty((2, N - 1), np.float32)),
+        lambda: _native.intn_matmul(packed, packed, packed, 5, 32, x, 2, K, N, np.empty((2, N), np.float32)),
+        lambda: _native.intn_matmul(packed, packed, packed, 4, 48, x, 2, K, N, np.empty((2, N), np.float32)),
+        lambda: _native.intn_matmul(packed, packed, packed, 4, 32, x, 2, K, N, np.empty((2, N), np.float32)),
+    ]
+    wq = quantize_intn(rng.standard_normal((N, K)).astype(np.float32), 4, 32)
+    bad += [
+        lambda: kernels.intn_matmul(x.astype(np.float16), wq),
+        lambda: kernels.intn_matmul(x, IntNWeight(wq.packed, wq.scales.astype(np.float32), wq.zeros, 4, 32, N, K)),
+        lambda: kernels.intn_matmul(x, IntNWeight(wq.packed[:, 1:].copy(), wq.scales, wq.zeros, 4, 32, N, K)),
+    ]
+    for f in bad:
+        with pytest.raises((ValueError, BufferError)):
+            f()
+    with pytest.raises((ValueError, TypeError)):   # read-only output buffer
+        out = np.empty((2, N), np.float32)
+        out.flags.writeable = False
+        _native.ternary_matmul(packed, 1.0, x, 2, K, N, out)
+    assert packed_ternary_nbytes(N, K) == packed.size
+
+
+def test_read_sum():
+    a = np.arange(1000, dtype=np.uint64)
+    assert _native.read_sum(a) == _native.read_sum(a, 2) == int(a.sum())
