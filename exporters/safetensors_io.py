@@ -26,6 +26,7 @@ NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": 
 ITEMSIZE = {**{k: np.dtype(v).itemsize for k, v in NUMPY_DTYPES.items()}, "BF16": 2}
 WRITE_DTYPES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}
 MAX_HEADER = 100 * 1024 * 1024
+WRITE_CHUNK = 1 << 22  # elements converted and written at a time
 
 
 def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -138,11 +139,14 @@ class SafetensorsWriter:
         if name != want_name or tuple(array.shape) != tuple(want_shape):
             raise CheckpointError(f"expected tensor {want_name} {list(want_shape)} next in {self.path.name}, "
                                   f"got {name} {list(array.shape)}")
-        if self.st_dtype == "BF16":
-            data = float32_to_bf16_bits(array)
-        else:
-            data = np.ascontiguousarray(array, dtype=NUMPY_DTYPES[self.st_dtype])
-        self._file.write(data.tobytes())
+        flat = np.ascontiguousarray(array).reshape(-1)
+        for start in range(0, flat.size, WRITE_CHUNK):  # chunks: conversion temporaries stay small
+            chunk = flat[start:start + WRITE_CHUNK]
+            if self.st_dtype == "BF16":
+                data = float32_to_bf16_bits(chunk)
+            else:
+                data = np.ascontiguousarray(chunk, dtype=NUMPY_DTYPES[self.st_dtype])
+            self._file.write(memoryview(data).cast("B"))
         self.next_index += 1
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ torch is imported only inside the commands that need the `[export]` extra.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Optional
@@ -54,10 +55,29 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 def export(
     checkpoint: Path = typer.Argument(..., help="HF-style checkpoint directory (config.json, *.safetensors, ...)."),
     output: Path = typer.Option(..., "-o", "--output", help="The .mote file to write."),
-    bits: int = typer.Option(4, help="Bits for shared experts and non-expert weights (2, 3, 4, 8; 16 = fp16)."),
+    bits: int = typer.Option(4, help="Bits for shared experts, fp experts, attention and dense FFNs: "
+                                     "2, 3, 4, 8, or 16 (fp16 everywhere but the ternary experts, for parity)."),
+    group_size: int = typer.Option(128, help="Int-N group size along the input dimension: 32, 64 or 128."),
+    method: str = typer.Option("rtn", help="rtn (round to nearest) or gptq (needs calibration data)."),
+    calib: Optional[Path] = typer.Option(None, help="GPTQ calibration .jsonl of {\"prompt\", \"image\"} "
+                                                    "(default: a built-in set of rendered shapes)."),
+    recipe: Optional[str] = typer.Option(None, help="Per-role overrides, e.g. embed=4,attn=8g64,router=16. Roles: "
+                                                    "embed, lm_head, attn, ffn, shared_expert, fp_expert, router, "
+                                                    "norm, vision."),
+    vision_bits: int = typer.Option(8, help="Vision tower + projector weights in ONNX: 8 (int8 per-channel) or 16."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
-    """Quantize a MoTE / MoE-LLaVA checkpoint and pack it into one .mote file."""
-    raise NotImplementedYet("export is not implemented yet")
+    """Quantize a MoTE / MoE-LLaVA checkpoint and pack it into one .mote file.
+
+    Ternary experts are packed at 1.6 bits per weight; shared experts and other weights get
+    group-wise int-N post-training quantization; embeddings and lm_head default to 8 bits."""
+    _needs_export_extra()
+    from mote_edge.exporters.export import ExportOptions, export_checkpoint, export_summary_text
+
+    opts = ExportOptions(bits=bits, group_size=group_size, method=method, recipe=recipe, vision_bits=vision_bits,
+                         calib=calib, force=force, progress=sys.stderr.isatty())
+    summary = export_checkpoint(checkpoint, output, opts)
+    typer.echo(export_summary_text(summary))
 
 
 @app.command()
@@ -72,15 +92,30 @@ def run(
 
 
 @app.command()
-def info(model: Path = typer.Argument(..., help="A .mote file.")) -> None:
-    """Show a .mote file's config, quantization recipe and size by role."""
-    raise NotImplementedYet("info is not implemented yet")
+def info(
+    model: Path = typer.Argument(..., help="A .mote file."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    context: Optional[int] = typer.Option(None, help="Context length for the memory estimates "
+                                                     "(default: min(max_position_embeddings, 4096))."),
+) -> None:
+    """Show a .mote file's config, quantization recipe, size by role and the memory a run needs."""
+    from mote_edge.format import MoteFile
+    from mote_edge.format.info import info_dict, info_text
+
+    with MoteFile(model) as f:
+        d = info_dict(f, context)
+    typer.echo(json.dumps(d, indent=2) if as_json else info_text(d))
 
 
 @app.command()
 def verify(model: Path = typer.Argument(..., help="A .mote file.")) -> None:
-    """Check every checksum and structural invariant of a .mote file (exit 0 = valid)."""
-    raise NotImplementedYet("verify is not implemented yet")
+    """Check every checksum and structural invariant of a .mote file (exit 0 = valid, 1 = not)."""
+    from mote_edge.format import MoteFile
+    from mote_edge.format.verify import verify_file
+
+    with MoteFile(model) as f:
+        checked = verify_file(f, progress=sys.stderr.isatty())
+    typer.echo(f"{model}: OK ({checked} items, {model.stat().st_size:,} bytes verified)")
 
 
 @app.command()

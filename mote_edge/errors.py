@@ -30,3 +30,11 @@ class NotImplementedYet(MoteError):
     """A CLI command that a later issue fills in."""
 
     exit_code = 2
+
+
+class FormatError(MoteError):
+    """A .mote file is not one, is truncated or corrupt, or has an unsupported version."""
+
+
+class ExportError(MoteError):
+    """The exporter cannot do what was asked (bad recipe, unsupported bits, ...)."""

@@ -1,0 +1,202 @@
+"""`mote-edge export`: checkpoint directory -> one .mote file.
+
+Stages (each with a progress bar): open + validate the checkpoint; export the vision tower and
+projector to ONNX (int8 per-channel by default); quantize every decoder tensor by the recipe
+and stream it into place (resident tensors, then one record per routed expert); finalize.
+Memory stays near the largest tensor plus the vision export: the decoder is never held whole.
+GPTQ (`method="gptq"`) first runs the float model on calibration data to collect Hessians.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mote_edge import __version__
+from mote_edge.chat import DEFAULT_SYSTEM
+from mote_edge.errors import ExportError
+from mote_edge.format.encoding import encode
+from mote_edge.format.stats import size_stats
+from mote_edge.format.writer import MoteWriter
+from mote_edge.progress import byte_progress, stderr_console
+from mote_edge.quant.gptq import gptq_quantize
+from mote_edge.quant.intn import IntNWeight, pack_intn
+from mote_edge.quant.recipe import Recipe
+from mote_edge.schema import TensorSpec, checkpoint_tensors
+
+from .checkpoint import Checkpoint
+
+VISION_ROLES = ("vision", "projector")
+PROJ_NAMES = ("gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class ExportOptions:
+    bits: int = 4
+    group_size: int = 128
+    method: str = "rtn"
+    recipe: str | None = None  # per-role overrides, "embed=4,attn=8g64"
+    vision_bits: int = 8
+    calib: Path | None = None  # GPTQ calibration: a .jsonl of {"prompt", "image"}; None = built-in set
+    calib_samples: int = 16
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass
+class ExportSummary:
+    path: Path
+    file_bytes: int
+    stats: dict
+    seconds: float
+    peak_rss_bytes: int
+    stage_seconds: dict = field(default_factory=dict)
+
+
+def _peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def build_metadata(ckpt: Checkpoint, recipe: Recipe) -> dict:
+    dc = ckpt.config.decoder
+    tok = ckpt.tokenizer()
+    return {
+        "format": "mote",
+        "created_by": f"mote-edge {__version__}",
+        "model": ckpt.config.to_dict(),
+        "tokenizer": {"json": tok.to_str(), "bos_token_id": dc.bos_token_id, "eos_token_id": tok.eos_id},
+        "chat_template": {"name": "moe-llava-v1", "system": DEFAULT_SYSTEM},
+        "image_preprocess": {**ckpt.image_config().to_preprocessor_config(),
+                             "image_aspect_ratio": ckpt.config.projector.image_aspect_ratio},
+        "recipe": recipe.to_dict(),
+    }
+
+
+def plan_file(writer: MoteWriter, specs: list[TensorSpec], recipe: Recipe) -> None:
+    """Resident tensors in schema order, then one record per (layer, expert)."""
+    experts: dict[tuple[int, int], list[TensorSpec]] = {}
+    for spec in specs:
+        if spec.role in VISION_ROLES:
+            continue
+        if spec.expert is not None:
+            experts.setdefault((spec.layer, spec.expert), []).append(spec)
+            continue
+        writer.add_tensor(spec.name, spec.role, recipe.scheme_for(spec.role), spec.shape)
+    for (layer, expert), group in experts.items():
+        by_proj = {s.name.rsplit(".", 2)[-2]: s for s in group}
+        writer.add_expert(layer, expert, [(p, by_proj[p].role, recipe.scheme_for(by_proj[p].role), by_proj[p].shape)
+                                          for p in PROJ_NAMES])
+
+
+def _vision_onnx(ckpt: Checkpoint, bits: int) -> bytes:
+    """Build only the vision tower + projector in torch and export them to ONNX bytes."""
+    import torch
+
+    from .reference import MoTELlavaForCausalLM
+    from .vision_onnx import export_vision_onnx
+
+    with torch.device("meta"):
+        model = MoTELlavaForCausalLM(ckpt.config)
+    model.model.vision_tower.to_empty(device="cpu")
+    model.model.mm_projector.to_empty(device="cpu")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for spec in ckpt.specs:
+            if spec.role in VISION_ROLES:
+                params[spec.name].copy_(torch.from_numpy(ckpt.tensor(spec.name)))
+    return export_vision_onnx(model.eval(), weight_bits=bits)
+
+
+def export_checkpoint(checkpoint_dir: str | Path, output: str | Path, opts: ExportOptions) -> ExportSummary:
+    t0 = time.perf_counter()
+    output = Path(output)
+    if output.exists() and not opts.force:
+        raise ExportError(f"{output} exists (use --force to overwrite)")
+    if output.is_dir():
+        raise ExportError(f"{output} is a directory")
+    recipe = Recipe.default(opts.bits, opts.group_size, opts.method, opts.vision_bits, opts.recipe)
+    ckpt = Checkpoint.open(checkpoint_dir)
+    specs = checkpoint_tensors(ckpt.config)
+    say = stderr_console.print if opts.progress else (lambda *a, **k: None)
+    stages: dict[str, float] = {}
+
+    hessians = None
+    if recipe_uses_gptq(recipe):
+        from .calibration import collect_hessians
+
+        t = time.perf_counter()
+        say(f"calibrating for GPTQ on {opts.calib or 'the built-in calibration set'}")
+        hessians = collect_hessians(ckpt, recipe, opts.calib, opts.calib_samples, progress=opts.progress)
+        stages["calibration"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say(f"exporting the vision tower to ONNX ({recipe.vision_bits}-bit weights)")
+    vision = _vision_onnx(ckpt, recipe.vision_bits)
+    stages["vision"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    writer = MoteWriter(output, build_metadata(ckpt, recipe))
+    plan_file(writer, specs, recipe)
+    writer.add_vision(len(vision), {"format": "onnx", "weight_bits": recipe.vision_bits,
+                                    "input": "pixel_values", "output": "image_features"})
+    writer.metadata["sizes"] = size_stats(writer.tensors.values(), writer.experts.values(), writer.vision)
+    decoder_bytes = sum(s.numel * 4 for s in specs if s.role not in VISION_ROLES)
+    with writer:
+        writer.begin()
+        with byte_progress(f"quantizing {Path(checkpoint_dir).name}", decoder_bytes, opts.progress) as bar:
+            _write_decoder(writer, ckpt, specs, hessians, bar)
+        writer.write_vision(vision)
+        writer.finalize()
+    stages["decoder"] = time.perf_counter() - t
+    return ExportSummary(output, output.stat().st_size, writer.metadata["sizes"], time.perf_counter() - t0,
+                         _peak_rss(), stages)
+
+
+def recipe_uses_gptq(recipe: Recipe) -> bool:
+    return any(s.kind == "intn" and s.method == "gptq" for s in recipe.roles.values())
+
+
+def _encode_spec(spec: TensorSpec, w: np.ndarray, scheme, hessians) -> dict:
+    if scheme.kind == "intn" and scheme.method == "gptq" and hessians is not None and spec.name in hessians:
+        q, scales, zeros = gptq_quantize(w, hessians[spec.name], scheme.bits, scheme.group_size)
+        packed = IntNWeight(pack_intn(q, scheme.bits, scheme.group_size), scales, zeros, scheme.bits,
+                            scheme.group_size, *w.shape)
+        return encode(w, scheme, intn_weight=packed)
+    return encode(w, scheme)
+
+
+def _write_decoder(writer: MoteWriter, ckpt: Checkpoint, specs: list[TensorSpec], hessians, bar) -> None:
+    pending: dict[tuple[int, int], dict[str, dict]] = {}
+    for spec in specs:
+        if spec.role in VISION_ROLES:
+            continue
+        w = ckpt.tensor(spec.name)
+        if spec.expert is None:
+            entry = writer.tensors[spec.name]
+            writer.write_tensor(spec.name, _encode_spec(spec, w, entry.scheme, hessians))
+        else:
+            key = (spec.layer, spec.expert)
+            proj = spec.name.rsplit(".", 2)[-2]
+            scheme = next(t.scheme for t in writer.experts[key].tensors if t.name == proj)
+            pending.setdefault(key, {})[proj] = _encode_spec(spec, w, scheme, hessians)
+            if len(pending[key]) == len(PROJ_NAMES):
+                writer.write_expert(*key, pending.pop(key))
+        bar.advance(spec.numel * 4)
+        del w
+
+
+def export_summary_text(s: ExportSummary) -> str:
+    from mote_edge.format.stats import bits_per_weight
+
+    roles = s.stats["by_role"]
+    expert_role = "ternary_expert" if "ternary_expert" in roles else "fp_expert"
+    lines = [f"wrote {s.path} ({s.file_bytes / 1e6:,.1f} MB) in {s.seconds:.1f} s, peak RSS {s.peak_rss_bytes / 1e6:,.0f} MB",
+             f"  resident {s.stats['resident_bytes'] / 1e6:,.1f} MB, experts {s.stats['expert_bytes'] / 1e6:,.1f} MB, "
+             f"vision {s.stats['vision_bytes'] / 1e6:,.1f} MB"]
+    if expert_role in roles:
+        lines.append(f"  routed experts: {bits_per_weight(roles[expert_role]):.3f} bits per weight")
+    return "\n".join(lines)

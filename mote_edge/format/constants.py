@@ -1,0 +1,26 @@
+"""Constants of the .mote v1 container (docs/FORMAT.md is the normative spec)."""
+
+import struct
+
+MAGIC = b"MOTE"
+TRAILER_MAGIC = b"MOTE-END"
+VERSION_MAJOR = 1
+VERSION_MINOR = 0
+
+# Header, 64 bytes, little-endian:
+#   magic 4s | major u16 | minor u16 | flags u32 | header_crc32 u32 | metadata_offset u64 |
+#   metadata_length u64 | data_offset u64 | file_size u64 | metadata_crc32 u32 | reserved 12x
+HEADER = struct.Struct("<4sHHIIQQQQI12x")
+HEADER_SIZE = HEADER.size  # 64
+# Trailer, 24 bytes at the very end: magic 8s | file_size u64 | metadata_crc32 u32 | reserved 4x
+TRAILER = struct.Struct("<8sQI4x")
+TRAILER_SIZE = TRAILER.size  # 24
+
+FLAG_HAS_VISION = 1 << 0
+KNOWN_FLAGS = FLAG_HAS_VISION
+
+TENSOR_ALIGN = 64  # every resident tensor and every part inside a tensor or record
+SECTION_ALIGN = 4096  # data section, every expert record, the vision section
+CRC_WIDTH = 8  # crc32 values are written in metadata as 8 lowercase hex digits
+
+assert HEADER_SIZE == 64 and TRAILER_SIZE == 24

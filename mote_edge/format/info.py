@@ -1,0 +1,67 @@
+"""`mote-edge info`: what is in a .mote file and what running it costs, as a dict or as text."""
+
+from __future__ import annotations
+
+from mote_edge.runtime.plan import default_context, minimum_slabs, plan
+
+from .reader import MoteFile
+from .stats import bits_per_weight
+
+ROLE_ORDER = ("embed", "lm_head", "attn", "attn_bias", "norm", "ffn", "router", "shared_expert", "ternary_expert",
+              "fp_expert", "residual_mlp", "residual_coef")
+
+
+def info_dict(f: MoteFile, context: int | None = None) -> dict:
+    cfg = f.config
+    sizes = f.metadata["sizes"]
+    context = context or default_context(cfg)
+    full = plan(cfg, sizes, context)
+    minimum = plan(cfg, sizes, context, minimum_slabs(cfg))
+    dc, v = cfg.decoder, cfg.vision
+    return {
+        "file": str(f.path), "file_bytes": f.size,
+        "version": f"{f.header.major}.{f.header.minor}", "created_by": f.metadata.get("created_by"),
+        "model": {
+            "decoder": f"{dc.num_hidden_layers} layers, hidden {dc.hidden_size}, ffn {dc.intermediate_size}, "
+                       f"heads {dc.num_attention_heads}/{dc.num_key_value_heads} kv, vocab {dc.vocab_size}",
+            "vision": f"ViT {v.num_hidden_layers} blocks, hidden {v.hidden_size}, {v.image_size}px / patch "
+                      f"{v.patch_size} ({v.num_patches} patches)",
+            "moe": (f"{cfg.moe.expert_type} experts: {cfg.moe.num_experts[0]} per layer on {len(cfg.moe_layers)} "
+                    f"layers, top-{cfg.moe.top_k_experts}, shared expert: {'yes' if cfg.moe.shared_expert else 'no'}")
+                   if cfg.moe_layers else "dense",
+        },
+        "recipe": {role: s.label for role, s in f.recipe.roles.items()} | {"vision": f"int{f.recipe.vision_bits}"
+                                                                            if f.recipe.vision_bits == 8 else
+                                                                            f"fp{f.recipe.vision_bits}"},
+        "roles": {role: {**sizes["by_role"][role], "bits_per_weight": round(bits_per_weight(sizes["by_role"][role]), 3)}
+                  for role in ROLE_ORDER if role in sizes["by_role"]},
+        "resident_bytes": sizes["resident_bytes"], "expert_bytes": sizes["expert_bytes"],
+        "expert_record_bytes": sizes["expert_record_max_bytes"], "expert_records": sizes["num_expert_records"],
+        "vision_bytes": sizes["vision_bytes"],
+        "memory": {"context": context, "full_cache_bytes": full.total_bytes, "full_cache_plan": full.breakdown(),
+                   "minimum_budget_bytes": minimum.total_bytes, "minimum_plan": minimum.breakdown()},
+    }
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def info_text(d: dict) -> str:
+    lines = [f"{d['file']}  ({_mb(d['file_bytes'])}, .mote v{d['version']}, {d['created_by']})", ""]
+    lines += [f"  {k:<8} {v}" for k, v in d["model"].items()]
+    lines += ["", "  recipe:   " + ", ".join(f"{r}={s}" for r, s in d["recipe"].items()), "",
+              f"  {'role':<16}{'params':>16}{'bytes':>16}{'bits/weight':>13}"]
+    for role, r in d["roles"].items():
+        lines.append(f"  {role:<16}{r['params']:>16,}{r['bytes']:>16,}{r['bits_per_weight']:>13.3f}")
+    lines += ["",
+              f"  resident (non-expert) {_mb(d['resident_bytes']):>14}",
+              f"  routed experts        {_mb(d['expert_bytes']):>14}   ({d['expert_records']} records of "
+              f"<= {d['expert_record_bytes']:,} bytes)",
+              f"  vision (ONNX)         {_mb(d['vision_bytes']):>14}", ""]
+    m = d["memory"]
+    for title, total, parts in (("full expert cache", m["full_cache_bytes"], m["full_cache_plan"]),
+                                ("minimum feasible budget", m["minimum_budget_bytes"], m["minimum_plan"])):
+        lines.append(f"  {title} at context {m['context']}: {_mb(total)}")
+        lines.append("    " + ", ".join(f"{k} {_mb(v)}" for k, v in parts.items()))
+    return "\n".join(lines)
