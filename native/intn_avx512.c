@@ -34,27 +34,47 @@ TGT INLINE int chunks(const rowview *r, int g, __m512i v[2]) {
     return r->nch;
 }
 
+/* per group of row n and token t0 + t: fac = scale * (1/s) and corr = zero * sum(xq), 16 groups at a time */
+TGT static void row_factors(const mote_intn_args *a, int n, int t0, int nt, float *fac, int32_t *corr) {
+    const int ng = a->ng;
+    const uint16_t *s16 = a->scales + (int64_t)n * ng, *z16 = a->zeros + (int64_t)n * ng;
+    for (int g = 0; g < ng; g += 16) {
+        __mmask16 m = ng - g >= 16 ? 0xFFFF : (__mmask16)((1u << (ng - g)) - 1);
+        __m512 sc = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s16 + g));
+        __m512i z = _mm512_cvtps_epi32(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, z16 + g)));
+        for (int t = 0; t < nt; t++) {
+            int64_t ix = (int64_t)(t0 + t) * ng + g;
+            _mm512_mask_storeu_ps(fac + t * ng + g, m, _mm512_mul_ps(sc, _mm512_maskz_loadu_ps(m, a->rs + ix)));
+            _mm512_mask_storeu_epi32(corr + t * ng + g, m,
+                                     _mm512_mullo_epi32(z, _mm512_maskz_loadu_epi32(m, a->sumx + ix)));
+        }
+    }
+}
+
 /* nt tokens (1..4, a compile-time constant after inlining) of row n */
-TGT INLINE void tile(const mote_intn_args *a, const rowview *r, const float *sc, const int32_t *zp, int n,
-                     int t0, const int nt) {
+TGT INLINE void tile(const mote_intn_args *a, const rowview *r, float *fac, int32_t *corr, int n, int t0,
+                     const int nt) {
+    const int ng = a->ng;
+    row_factors(a, n, t0, nt, fac, corr);
     __m512 accf[4];
     for (int t = 0; t < nt; t++) accf[t] = _mm512_setzero_ps();
-    for (int g = 0; g < a->ng; g++) {
+    for (int g = 0; g < ng; g++) {
         __m512i v[2];
         int nch = chunks(r, g, v);
         for (int t = 0; t < nt; t++) {
             const int8_t *x = a->xq + (t0 + t) * a->kp + (int64_t)g * a->G;
             __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v[0], _mm512_loadu_si512(x));
             if (nch > 1) acc = _mm512_dpbusd_epi32(acc, v[1], _mm512_loadu_si512(x + r->L));
-            int64_t ix = (int64_t)(t0 + t) * a->ng + g;
-            acc = _mm512_mask_sub_epi32(acc, 1, acc, _mm512_set1_epi32(zp[g] * a->sumx[ix]));
-            accf[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(sc[g] * a->rs[ix]), accf[t]);
+            acc = _mm512_mask_sub_epi32(acc, 1, acc, _mm512_set1_epi32(corr[t * ng + g]));
+            accf[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc), _mm512_set1_ps(fac[t * ng + g]), accf[t]);
         }
     }
     for (int t = 0; t < nt; t++) a->y[(int64_t)(t0 + t) * a->N + n] = _mm512_reduce_add_ps(accf[t]);
 }
 
 TGT void mote_intn_rows_avx512(const mote_intn_args *a, int n0, int n1, uint8_t *scratch) {
+    float *fac = (float *)(void *)(scratch + ((a->kp + 64) & ~(int64_t)63));   /* [4, ng] */
+    int32_t *corr = (int32_t *)(void *)(fac + 4 * a->ng);                       /* [4, ng] */
     for (int n = n0; n < n1; n++) {
         rowview r;
         r.src = a->w + n * a->rb;
@@ -69,15 +89,12 @@ TGT void mote_intn_rows_avx512(const mote_intn_args *a, int n0, int n1, uint8_t 
         r.L = r.bits == 4 ? a->G / 2 : (a->G < 64 ? a->G : 64);
         r.nch = r.bits == 4 ? 2 : a->G / r.L;
         r.m = r.L >= 64 ? ~0ULL : (1ULL << r.L) - 1;
-        const float *scp;
-        const int32_t *zpp;
-        mote_intn_row_params(a, n, scratch, &scp, &zpp);
         int t = 0;
-        for (; t + 4 <= a->T; t += 4) tile(a, &r, scp, zpp, n, t, 4);
+        for (; t + 4 <= a->T; t += 4) tile(a, &r, fac, corr, n, t, 4);
         switch (a->T - t) {
-            case 3: tile(a, &r, scp, zpp, n, t, 3); break;
-            case 2: tile(a, &r, scp, zpp, n, t, 2); break;
-            case 1: tile(a, &r, scp, zpp, n, t, 1); break;
+            case 3: tile(a, &r, fac, corr, n, t, 3); break;
+            case 2: tile(a, &r, fac, corr, n, t, 2); break;
+            case 1: tile(a, &r, fac, corr, n, t, 1); break;
             default: break;
         }
     }

@@ -70,7 +70,7 @@ int mote_intn_matmul(const uint8_t *w, const uint16_t *scales, const uint16_t *z
 
 /* shared helpers (intn.c) */
 float mote_half_to_float(uint16_t h);
-/* scratch of a rows function: [kp + 64 bytes: one unpacked row][ng floats][ng int32] */
+/* scratch of a rows function: [kp + 64 bytes: one unpacked row][4 * ng floats][4 * ng int32] */
 size_t mote_intn_scratch_bytes(const mote_intn_args *a);
 /* row n's scales and zero-points as float / int32, converted into the scratch */
 void mote_intn_row_params(const mote_intn_args *a, int n, uint8_t *scratch, const float **sc, const int32_t **zp);

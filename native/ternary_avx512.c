@@ -41,32 +41,54 @@ TGT static inline __m512i load_block(const uint8_t *w, int b, const mote_tern_ar
     return _mm512_maskz_loadu_epi8(m, w + (int64_t)b * 64);
 }
 
-/* fused decode + dot for nt (1 or 2) tokens of one row */
-TGT static inline void gemv_row(const mote_tern_args *a, const luts512 *L, int n, int t0, int nt) {
+/* fused decode + dot for nt (1 or 2) tokens of one row; one accumulator per digit so the five
+ * vpdpbusd of a block are independent */
+TGT static inline __attribute__((always_inline)) void gemv_row(const mote_tern_args *a, const luts512 *L, int n, int t0, int nt) {
     const uint8_t *w = a->w + n * a->rb;
     const int8_t *x0 = a->xq + t0 * a->kx, *x1 = x0 + (nt > 1 ? a->kx : 0);
-    __m512i acc0a = _mm512_setzero_si512(), acc0b = acc0a, acc1a = acc0a, acc1b = acc0a;
+    __m512i acc0[5], acc1[5];
+    for (int i = 0; i < 5; i++) acc0[i] = acc1[i] = _mm512_setzero_si512();
     for (int b = 0; b < a->nblk; b++) {
         __m512i q = load_block(w, b, a);
         __mmask64 top = _mm512_movepi8_mask(q);
         const int8_t *xb0 = x0 + (int64_t)b * 320, *xb1 = x1 + (int64_t)b * 320;
         for (int i = 0; i < 5; i++) {
             __m512i d = digit(L, q, top, i);
+            acc0[i] = _mm512_dpbusd_epi32(acc0[i], d, _mm512_loadu_si512(xb0 + 64 * i));
+            if (nt > 1) acc1[i] = _mm512_dpbusd_epi32(acc1[i], d, _mm512_loadu_si512(xb1 + 64 * i));
+        }
+    }
+    for (int t = 0; t < nt; t++) {
+        __m512i *acc = t ? acc1 : acc0;
+        __m512i s = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]),
+                                     _mm512_add_epi32(_mm512_add_epi32(acc[2], acc[3]), acc[4]));
+        a->y[(int64_t)(t0 + t) * a->N + n] = (float)(_mm512_reduce_add_epi32(s) - a->sumx[t0 + t]) * a->f[t0 + t];
+    }
+}
+
+/* one token, two rows: the activation loads are shared */
+TGT static inline __attribute__((always_inline)) void gemv_2rows(const mote_tern_args *a, const luts512 *L, int n) {
+    const uint8_t *w0 = a->w + n * a->rb, *w1 = w0 + a->rb;
+    const int8_t *x = a->xq;
+    __m512i a0 = _mm512_setzero_si512(), a1 = a0, b0 = a0, b1 = a0;
+    for (int b = 0; b < a->nblk; b++) {
+        __m512i q0 = load_block(w0, b, a), q1 = load_block(w1, b, a);
+        __mmask64 t0 = _mm512_movepi8_mask(q0), t1 = _mm512_movepi8_mask(q1);
+        const int8_t *xb = x + (int64_t)b * 320;
+        for (int i = 0; i < 5; i++) {
+            __m512i xv = _mm512_loadu_si512(xb + 64 * i);
             if (i & 1) {
-                acc0b = _mm512_dpbusd_epi32(acc0b, d, _mm512_loadu_si512(xb0 + 64 * i));
-                if (nt > 1) acc1b = _mm512_dpbusd_epi32(acc1b, d, _mm512_loadu_si512(xb1 + 64 * i));
+                a1 = _mm512_dpbusd_epi32(a1, digit(L, q0, t0, i), xv);
+                b1 = _mm512_dpbusd_epi32(b1, digit(L, q1, t1, i), xv);
             } else {
-                acc0a = _mm512_dpbusd_epi32(acc0a, d, _mm512_loadu_si512(xb0 + 64 * i));
-                if (nt > 1) acc1a = _mm512_dpbusd_epi32(acc1a, d, _mm512_loadu_si512(xb1 + 64 * i));
+                a0 = _mm512_dpbusd_epi32(a0, digit(L, q0, t0, i), xv);
+                b0 = _mm512_dpbusd_epi32(b0, digit(L, q1, t1, i), xv);
             }
         }
     }
-    int32_t s0 = _mm512_reduce_add_epi32(_mm512_add_epi32(acc0a, acc0b));
-    a->y[(int64_t)t0 * a->N + n] = (float)(s0 - a->sumx[t0]) * a->f[t0];
-    if (nt > 1) {
-        int32_t s1 = _mm512_reduce_add_epi32(_mm512_add_epi32(acc1a, acc1b));
-        a->y[(int64_t)(t0 + 1) * a->N + n] = (float)(s1 - a->sumx[t0 + 1]) * a->f[t0 + 1];
-    }
+    int32_t s0 = _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1)), s1 = _mm512_reduce_add_epi32(_mm512_add_epi32(b0, b1));
+    a->y[n] = (float)(s0 - a->sumx[0]) * a->f[0];
+    a->y[n + 1] = (float)(s1 - a->sumx[0]) * a->f[0];
 }
 
 /* decode one row into digits in block order: d[b*320 + 64 i + j] */
@@ -79,36 +101,52 @@ TGT static inline void decode_row(const mote_tern_args *a, const luts512 *L, int
     }
 }
 
-/* u8 digits [kx] . int8 activations, 4 tokens at a time */
-TGT static inline void dot_tile4(const mote_tern_args *a, const uint8_t *d, int n, int t0) {
+/* u8 digits of nr (1 or 2) rows [nr, kx] . int8 activations of 4 tokens: 8 independent chains */
+TGT static inline __attribute__((always_inline)) void dot_tile(const mote_tern_args *a, const uint8_t *d, int n,
+                                                               const int nr, int t0) {
     const int8_t *x = a->xq + t0 * a->kx;
     const int64_t kx = a->kx;
-    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0;
+    __m512i c[2][4];
+    for (int r = 0; r < 2; r++)
+        for (int t = 0; t < 4; t++) c[r][t] = _mm512_setzero_si512();
     for (int64_t k = 0; k < kx; k += 64) {
-        __m512i v = _mm512_loadu_si512(d + k);
-        c0 = _mm512_dpbusd_epi32(c0, v, _mm512_loadu_si512(x + k));
-        c1 = _mm512_dpbusd_epi32(c1, v, _mm512_loadu_si512(x + kx + k));
-        c2 = _mm512_dpbusd_epi32(c2, v, _mm512_loadu_si512(x + 2 * kx + k));
-        c3 = _mm512_dpbusd_epi32(c3, v, _mm512_loadu_si512(x + 3 * kx + k));
+        __m512i xv[4];
+        for (int t = 0; t < 4; t++) xv[t] = _mm512_loadu_si512(x + t * kx + k);
+        for (int r = 0; r < nr; r++) {
+            __m512i v = _mm512_loadu_si512(d + r * kx + k);
+            for (int t = 0; t < 4; t++) c[r][t] = _mm512_dpbusd_epi32(c[r][t], v, xv[t]);
+        }
     }
-    int32_t s[4] = {_mm512_reduce_add_epi32(c0), _mm512_reduce_add_epi32(c1), _mm512_reduce_add_epi32(c2),
-                    _mm512_reduce_add_epi32(c3)};
-    for (int t = 0; t < 4; t++) a->y[(int64_t)(t0 + t) * a->N + n] = (float)(s[t] - a->sumx[t0 + t]) * a->f[t0 + t];
+    for (int r = 0; r < nr; r++)
+        for (int t = 0; t < 4; t++)
+            a->y[(int64_t)(t0 + t) * a->N + n + r] =
+                (float)(_mm512_reduce_add_epi32(c[r][t]) - a->sumx[t0 + t]) * a->f[t0 + t];
 }
 
 TGT void mote_tern_rows_avx512(const mote_tern_args *a, int n0, int n1, uint8_t *scratch) {
     luts512 L;
     load_luts(&L);
     if (a->T <= 2) {
-        for (int n = n0; n < n1; n++) gemv_row(a, &L, n, 0, a->T);
+        if (a->T == 1) {
+            int n = n0;
+            for (; n + 2 <= n1; n += 2) gemv_2rows(a, &L, n);
+            for (; n < n1; n++) gemv_row(a, &L, n, 0, 1);
+        } else {
+            for (int n = n0; n < n1; n++) gemv_row(a, &L, n, 0, 2);
+        }
         return;
     }
-    for (int n = n0; n < n1; n++) {
-        decode_row(a, &L, n, scratch);
+    for (int n = n0; n < n1; n += 2) {   /* GEMM: decode 2 rows, then 2 x 4 tiles */
+        const int nr = n + 1 < n1 ? 2 : 1;
+        for (int r = 0; r < nr; r++) decode_row(a, &L, n + r, scratch + r * a->kx);
         int t = 0;
-        for (; t + 4 <= a->T; t += 4) dot_tile4(a, scratch, n, t);
-        for (; t < a->T; t++) {   /* leftover tokens: fused path on the packed row */
-            gemv_row(a, &L, n, t, 1);
+        for (; t + 4 <= a->T; t += 4) {
+            if (nr == 2)
+                dot_tile(a, scratch, n, 2, t);
+            else
+                dot_tile(a, scratch, n, 1, t);
         }
+        for (; t < a->T; t++)   /* leftover tokens: fused path on the packed rows */
+            for (int r = 0; r < nr; r++) gemv_row(a, &L, n + r, t, 1);
     }
 }

@@ -1,0 +1,217 @@
+"""Kernel benchmark: mote ternary / int-N kernels vs numpy fp32 and onnxruntime MatMulNBits.
+
+    python benchmarks/kernels.py [--quick] [--out benchmarks/out/kernels.json]
+
+For 1 and 2 threads (each in a child process, so OpenBLAS and ORT get their thread counts from
+the start) and the Qwen2.5-0.5B / 1.5B expert shapes:
+  * DRAM read bandwidth, measured in the same run (a C streaming read over 1 GiB);
+  * cold GEMV (1 token): each call uses the next of several distinct weight copies totalling
+    > 96 MiB (L3 is 32 MiB), so the weights come from DRAM; median of >= 10 passes;
+  * GEMM with 64 tokens (prefill), weights hot; median of >= 10 runs.
+Prints Gweights/s, GB/s of weight bytes read, % of the measured DRAM bandwidth, and ratios.
+Not part of the tests: it times things.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHAPES = [  # (name, K, N): rows N, input K
+    ("0.5B up 896->4864", 896, 4864),
+    ("0.5B down 4864->896", 4864, 896),
+    ("1.5B up 1536->8960", 1536, 8960),
+    ("1.5B down 8960->1536", 8960, 1536),
+]
+COLD_BYTES = 96 << 20
+GEMM_TOKENS = 64
+
+
+def median_time(fn, runs: int) -> float:
+    fn()
+    ts = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def dram_bandwidth(threads: int, runs: int) -> float:
+    from mote_edge import _native
+    buf = np.ones((1 << 30) // 8, dtype=np.uint64)
+    t = median_time(lambda: _native.read_sum(buf, threads), runs)
+    return buf.nbytes / t
+
+
+# ---------------------------------------------------------------- kernels under test
+# Each maker returns (call(copy_index, x), bytes_per_copy, ncopies_made)
+
+def make_ternary(K, N, ncopies, threads):
+    from mote_edge.quant import kernels
+    from mote_edge.quant.ternary import packed_ternary_nbytes
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 243, size=packed_ternary_nbytes(N, K), dtype=np.uint8)
+    copies = [base.copy() for _ in range(ncopies)]
+    outs = {}
+
+    def call(i, x):
+        out = outs.setdefault(x.shape[0], np.empty((x.shape[0], N), np.float32))
+        kernels.ternary_matmul(x, copies[i], 0.5, N, K, threads, out)
+    return call, base.nbytes + 4
+
+
+def make_intn(bits, K, N, ncopies, threads, G=128):
+    from mote_edge.quant import kernels
+    from mote_edge.quant.intn import IntNWeight, intn_row_bytes
+    rng = np.random.default_rng(0)
+    ng = K // G
+    base = IntNWeight(rng.integers(0, 256, size=(N, intn_row_bytes(K, bits, G)), dtype=np.uint8),
+                      (rng.random((N, ng)) * 0.01).astype(np.float16),
+                      np.full((N, ng), 2 ** (bits - 1), np.float16), bits, G, N, K)
+    copies = [IntNWeight(base.packed.copy(), base.scales.copy(), base.zeros.copy(), bits, G, N, K)
+              for _ in range(ncopies)]
+    outs = {}
+
+    def call(i, x):
+        out = outs.setdefault(x.shape[0], np.empty((x.shape[0], N), np.float32))
+        kernels.intn_matmul(x, copies[i], threads, out)
+    return call, base.nbytes
+
+
+def make_numpy(K, N, ncopies, threads):
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((N, K)).astype(np.float32)
+    copies = [base.copy() for _ in range(ncopies)]
+
+    def call(i, x):
+        x @ copies[i].T
+    return call, base.nbytes
+
+
+def make_ort(bits, K, N, ncopies, threads, block=128):
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(0)
+    kb = K // block
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sessions = []
+    for _ in range(ncopies):
+        b = rng.integers(0, 256, size=(N, kb, block * bits // 8), dtype=np.uint8)
+        s = (rng.random(N * kb) * 0.01).astype(np.float32)
+        node = helper.make_node("MatMulNBits", ["A", "B", "scales"], ["Y"], domain="com.microsoft",
+                                K=K, N=N, bits=bits, block_size=block, accuracy_level=4)
+        graph = helper.make_graph(
+            [node], "mnb", [helper.make_tensor_value_info("A", TensorProto.FLOAT, ["T", K])],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", N])],
+            initializer=[helper.make_tensor("B", TensorProto.UINT8, b.shape, b.tobytes(), raw=True),
+                         helper.make_tensor("scales", TensorProto.FLOAT, s.shape, s.tobytes(), raw=True)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                        helper.make_opsetid("com.microsoft", 1)])
+        sessions.append(ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]))
+    nbytes = N * kb * block * bits // 8 + N * kb * 4
+
+    def call(i, x):
+        sessions[i].run(None, {"A": x})
+    return call, nbytes
+
+
+KERNELS = {  # name -> (maker, is ours)
+    "mote ternary (1.6 bpw)": (make_ternary, True),
+    "mote int4 g128": (lambda K, N, c, t: make_intn(4, K, N, c, t), True),
+    "mote int8 g128": (lambda K, N, c, t: make_intn(8, K, N, c, t), True),
+    "numpy fp32": (make_numpy, False),
+    "ORT MatMulNBits 2-bit b128": (lambda K, N, c, t: make_ort(2, K, N, c, t), False),
+    "ORT MatMulNBits 4-bit b128": (lambda K, N, c, t: make_ort(4, K, N, c, t), False),
+}
+
+
+def bench_one(threads: int, quick: bool) -> dict:
+    runs = 10
+    res = {"threads": threads, "dram_GBps": dram_bandwidth(threads, 5 if quick else 10) / 1e9, "rows": []}
+    shapes = SHAPES[2:3] if quick else SHAPES
+    rng = np.random.default_rng(1)
+    for name, K, N in shapes:
+        x1 = rng.standard_normal((1, K)).astype(np.float32)
+        xg = rng.standard_normal((GEMM_TOKENS, K)).astype(np.float32)
+        for kname, (maker, ours) in KERNELS.items():
+            _, per = maker(K, N, 1, threads)
+            ncopies = max(2, -(-COLD_BYTES // per))
+            call, per = maker(K, N, ncopies, threads)
+
+            def cold_pass():
+                for i in range(ncopies):
+                    call(i, x1)
+            t_cold = median_time(cold_pass, runs) / ncopies
+            t_gemm = median_time(lambda: call(0, xg), runs)
+            res["rows"].append({
+                "shape": name, "K": K, "N": N, "kernel": kname, "ours": ours, "copies": ncopies,
+                "bytes": per, "bits_per_weight": per * 8 / (N * K),
+                "gemv_cold_s": t_cold, "gemv_Gwps": N * K / t_cold / 1e9, "gemv_GBps": per / t_cold / 1e9,
+                "gemv_pct_dram": 100 * per / t_cold / 1e9 / res["dram_GBps"],
+                "gemm64_s": t_gemm, "gemm64_GMACps": GEMM_TOKENS * N * K / t_gemm / 1e9,
+            })
+            del call
+            print(f"  [{threads} thr] {name:24s} {kname:28s} gemv {res['rows'][-1]['gemv_Gwps']:7.1f} Gw/s",
+                  file=sys.stderr, flush=True)
+    return res
+
+
+def report(results: list[dict]) -> None:
+    for r in results:
+        th = r["threads"]
+        print(f"\n== {th} thread(s); DRAM read bandwidth {r['dram_GBps']:.1f} GB/s "
+              f"(ternary roofline at 1.6 bpw: {r['dram_GBps'] * 5:.0f} Gw/s)")
+        print(f"{'shape':24s} {'kernel':28s} {'bpw':>5s} {'GEMV Gw/s':>9s} {'GB/s':>6s} {'%DRAM':>6s} "
+              f"{'GEMM64 GMAC/s':>13s}")
+        for row in r["rows"]:
+            print(f"{row['shape']:24s} {row['kernel']:28s} {row['bits_per_weight']:5.2f} {row['gemv_Gwps']:9.1f} "
+                  f"{row['gemv_GBps']:6.1f} {row['gemv_pct_dram']:6.0f} {row['gemm64_GMACps']:13.1f}")
+        print("ratios (GEMV cold / GEMM64):")
+        by = {(row["shape"], row["kernel"]): row for row in r["rows"]}
+        for shape in dict.fromkeys(row["shape"] for row in r["rows"]):
+            for ours, theirs in [("mote ternary (1.6 bpw)", "ORT MatMulNBits 2-bit b128"),
+                                 ("mote ternary (1.6 bpw)", "numpy fp32"),
+                                 ("mote int4 g128", "ORT MatMulNBits 4-bit b128")]:
+                a, b = by[(shape, ours)], by[(shape, theirs)]
+                print(f"  {shape:24s} {ours} / {theirs}: {a['gemv_Gwps'] / b['gemv_Gwps']:.2f}x / "
+                      f"{a['gemm64_GMACps'] / b['gemm64_GMACps']:.2f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, help="(internal) run one thread count in this process")
+    ap.add_argument("--quick", action="store_true", help="only the 1536->8960 shape, fewer bandwidth runs")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "kernels.json"))
+    args = ap.parse_args()
+    if args.threads:
+        print(json.dumps(bench_one(args.threads, args.quick)))
+        return
+    results = []
+    for th in (1, 2):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": str(th), "OMP_NUM_THREADS": str(th), "MKL_NUM_THREADS": str(th)}
+        cmd = [sys.executable, __file__, "--threads", str(th)] + (["--quick"] if args.quick else [])
+        out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    from mote_edge import _native
+    meta = {"kernel_path": _native.kernel_path(), "cpu": _native.cpu_features(), "gemm_tokens": GEMM_TOKENS,
+            "cold_bytes": COLD_BYTES, "results": results}
+    report(results)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(meta, indent=1))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
