@@ -70,8 +70,13 @@ TGT static inline __attribute__((always_inline)) void gemv_row(const mote_tern_a
 TGT static inline __attribute__((always_inline)) void gemv_2rows(const mote_tern_args *a, const luts512 *L, int n) {
     const uint8_t *w0 = a->w + n * a->rb, *w1 = w0 + a->rb;
     const int8_t *x = a->xq;
+    /* software prefetch k row pairs ahead (>= 2 KiB): the hardware prefetcher loses two
+     * interleaved row streams that jump at every pair when rows are long (large K) */
+    const int64_t pairs = 2 * a->rb, pf = pairs * (pairs >= 2048 ? 1 : (2048 + pairs - 1) / pairs);
     __m512i a0 = _mm512_setzero_si512(), a1 = a0, b0 = a0, b1 = a0;
     for (int b = 0; b < a->nblk; b++) {
+        _mm_prefetch((const char *)(w0 + pf + 64 * b), _MM_HINT_T0);
+        _mm_prefetch((const char *)(w1 + pf + 64 * b), _MM_HINT_T0);
         __m512i q0 = load_block(w0, b, a), q1 = load_block(w1, b, a);
         __mmask64 t0 = _mm512_movepi8_mask(q0), t1 = _mm512_movepi8_mask(q1);
         const int8_t *xb = x + (int64_t)b * 320;
