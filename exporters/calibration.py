@@ -79,9 +79,8 @@ def collect_hessians(ckpt: Checkpoint, recipe: Recipe, calib: Path | None, sampl
     from .reference import load_reference_model
 
     model = load_reference_model(ckpt)
-    wanted = {s.name for s in checkpoint_tensors(ckpt.config)
-              if recipe.scheme_for(s.role).kind == "intn" and recipe.scheme_for(s.role).method == "gptq"
-              and len(s.shape) == 2 and s.role not in ("embed",)}
+    gptq_roles = {r for r, s in recipe.roles.items() if s.kind == "intn" and s.method == "gptq"} - {"embed"}
+    wanted = {s.name for s in checkpoint_tensors(ckpt.config) if s.role in gptq_roles}
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     seen: dict[str, int] = {}  # input key -> the forward step that last added it
