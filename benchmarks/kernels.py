@@ -141,7 +141,11 @@ KERNELS = {  # name -> (maker, is ours)
 }
 
 
-def bench_one(threads: int, quick: bool) -> dict:
+def family(kname: str) -> str:
+    return kname.split()[0].lower()   # mote | numpy | ort
+
+
+def bench_one(threads: int, quick: bool, fam: str) -> dict:
     runs = 10
     res = {"threads": threads, "dram_GBps": dram_bandwidth(threads, 5 if quick else 10) / 1e9, "rows": [],
            "loadavg_before": os.getloadavg()}
@@ -151,6 +155,8 @@ def bench_one(threads: int, quick: bool) -> dict:
         x1 = rng.standard_normal((1, K)).astype(np.float32)
         xg = rng.standard_normal((GEMM_TOKENS, K)).astype(np.float32)
         for kname, (maker, ours) in KERNELS.items():
+            if family(kname) != fam:
+                continue
             call1, per = maker(K, N, 1, threads)          # GEMM: one weight copy, hot
             t_gemm = median_time(lambda: call1(0, xg), runs)
             del call1
@@ -202,18 +208,32 @@ def report(results: list[dict]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, help="(internal) run one thread count in this process")
+    ap.add_argument("--family", default="mote", help="(internal) mote | numpy | ort")
     ap.add_argument("--quick", action="store_true", help="only the 1536->8960 shape, fewer bandwidth runs")
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "kernels.json"))
     args = ap.parse_args()
     if args.threads:
-        print(json.dumps(bench_one(args.threads, args.quick)))
+        print(json.dumps(bench_one(args.threads, args.quick, args.family)))
         return
+    # one child process per (threads, family): thread pools that spin after a call (OpenBLAS, ORT,
+    # ours) would otherwise steal the second core from each other
     results = []
     for th in (1, 2):
         env = {**os.environ, "OPENBLAS_NUM_THREADS": str(th), "OMP_NUM_THREADS": str(th), "MKL_NUM_THREADS": str(th)}
-        cmd = [sys.executable, __file__, "--threads", str(th)] + (["--quick"] if args.quick else [])
-        out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
+        merged = None
+        for fam in ("mote", "numpy", "ort"):
+            cmd = [sys.executable, __file__, "--threads", str(th), "--family", fam] + (["--quick"] if args.quick else [])
+            out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
+            res = json.loads(out.strip().splitlines()[-1])
+            if merged is None:
+                merged = res
+            else:   # % of DRAM against the bandwidth measured in the first (mote) child
+                for row in res["rows"]:
+                    row["gemv_pct_dram"] = 100 * row["gemv_GBps"] / merged["dram_GBps"]
+                merged["rows"] += res["rows"]
+        order = {(r[0], k): i for i, (r, k) in enumerate((r, k) for r in SHAPES for k in KERNELS)}
+        merged["rows"].sort(key=lambda row: order[(row["shape"], row["kernel"])])
+        results.append(merged)
     from mote_edge import _native
     meta = {"kernel_path": _native.kernel_path(), "cpu": _native.cpu_features(), "gemm_tokens": GEMM_TOKENS,
             "cold_bytes": COLD_BYTES, "results": results}
