@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT := out
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench bench-kernels install clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard native/*.c native/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,15 +20,22 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Until the .mote runtime exists, the demo runs the torch reference model on the synthetic tiny
-# checkpoint (random weights: the answer is noise, the pipeline is real).
+# Until the .mote runtime exists, the demo exports the synthetic tiny checkpoint to .mote, shows
+# and verifies it, then answers with the torch reference model (random weights: the answer is
+# noise, the pipeline is real).
 demo: $(STAMP)
 	$(BIN)/mote-edge synth --preset tiny -o $(OUT)/tiny-ckpt --force
+	$(BIN)/mote-edge export $(OUT)/tiny-ckpt --bits 4 -o $(OUT)/tiny.mote --force
+	$(BIN)/mote-edge info $(OUT)/tiny.mote
+	$(BIN)/mote-edge verify $(OUT)/tiny.mote
 	$(BIN)/mote-edge reference $(OUT)/tiny-ckpt --image examples/images/shapes.png \
 		--prompt "What color is the circle?" --max-new-tokens 16
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/kernels.py
+bench: bench-kernels
+
+# Kernel speed vs numpy and onnxruntime MatMulNBits, cold weights (~4 min; writes benchmarks/out/kernels.json)
+bench-kernels: $(STAMP)
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/kernels.py
 
 clean:
 	rm -rf $(OUT) build *.egg-info mote_edge/*.so

@@ -27,6 +27,7 @@ ITEMSIZE = {**{k: np.dtype(v).itemsize for k, v in NUMPY_DTYPES.items()}, "BF16"
 WRITE_DTYPES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16"}
 MAX_HEADER = 100 * 1024 * 1024
 WRITE_CHUNK = 1 << 22  # elements converted and written at a time
+READ_CHUNK_BYTES = 1 << 24
 
 
 def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
@@ -70,8 +71,8 @@ class SafetensorsFile:
         self.entries: dict[str, dict[str, Any]] = header
         for name, e in header.items():
             self._check_entry(name, e, size - self.data_start)
-        # Map now (costs no memory): later reads see this file even if the path is replaced.
-        self._mmap = np.memmap(self.path, dtype=np.uint8, mode="r") if size > 0 else np.zeros(0, np.uint8)
+        # Keep the file open: later reads see this file even if the path is replaced.
+        self._fd = os.open(self.path, os.O_RDONLY)
 
     def _check_entry(self, name: str, e: Any, data_size: int) -> None:
         try:
@@ -95,14 +96,39 @@ class SafetensorsFile:
         return self.entries[name]["dtype"]
 
     def get(self, name: str, dtype: Any = np.float32) -> np.ndarray:
-        """A copy of tensor `name`, converted to `dtype` (float32 by default)."""
+        """A copy of tensor `name`, converted to `dtype` (float32 by default).
+
+        Read with pread in chunks straight into the result: no mmap (whose pages would pile up in
+        RSS over a whole checkpoint) and no full-size conversion temporaries.
+        """
         e = self.entries[name]
         begin, end = e["data_offsets"]
-        raw = self._mmap[self.data_start + begin:self.data_start + end]
-        shape = tuple(e["shape"])
-        if e["dtype"] == "BF16":
-            return bf16_bits_to_float32(raw.view(np.uint16)).reshape(shape).astype(dtype, copy=False)
-        return np.array(raw.view(NUMPY_DTYPES[e["dtype"]]).reshape(shape), dtype=dtype, copy=True)
+        src = np.dtype(np.uint16) if e["dtype"] == "BF16" else np.dtype(NUMPY_DTYPES[e["dtype"]])
+        out = np.empty(tuple(e["shape"]), dtype=dtype)
+        flat = out.reshape(-1)
+        per_chunk = max(1, READ_CHUNK_BYTES // src.itemsize)
+        for start in range(0, flat.size, per_chunk):
+            n = min(per_chunk, flat.size - start)
+            raw = self._pread(n * src.itemsize, self.data_start + begin + start * src.itemsize)
+            chunk = np.frombuffer(raw, dtype=src)
+            flat[start:start + n] = bf16_bits_to_float32(chunk) if e["dtype"] == "BF16" else chunk
+        return out
+
+    def _pread(self, n: int, offset: int) -> bytes:
+        data = os.pread(self._fd, n, offset)
+        while len(data) < n:
+            more = os.pread(self._fd, n - len(data), offset + len(data))
+            if not more:
+                raise CheckpointError(f"{self.path.name} is truncated (reading at offset {offset})")
+            data += more
+        return data
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            os.close(fd)
+            self._fd = None
+
 
 class SafetensorsWriter:
     """Writes one .safetensors file tensor by tensor, in the order the header was planned.

@@ -23,6 +23,7 @@ from mote_edge.quant.ternary import absmean_ternarize, pack_ternary, ternary_row
 
 PART_DTYPES = {"u8": np.uint8, "f16": np.float16, "f32": np.float32}
 DTYPE_NAMES = {np.dtype(v): k for k, v in PART_DTYPES.items()}
+ENCODE_CHUNK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,26 @@ def encode(w: np.ndarray, scheme: Scheme, intn_weight: IntNWeight | None = None)
     if scheme.kind == "f16":
         return {"data": np.ascontiguousarray(w, dtype=np.float16)}
     if scheme.kind == "intn":
-        q = intn_weight if intn_weight is not None else quantize_intn(w, scheme.bits, scheme.group_size)
-        return {"packed": q.packed, "scales": q.scales, "zeros": q.zeros}
+        if intn_weight is not None:
+            return {"packed": intn_weight.packed, "scales": intn_weight.scales, "zeros": intn_weight.zeros}
+        return _encode_intn_by_rows(w, scheme)
     if scheme.kind == "ternary":
         trits, gamma = absmean_ternarize(w)
         return {"packed": pack_ternary(trits), "gamma": np.array([gamma], dtype=np.float32)}
     raise ValueError(f"unknown scheme kind {scheme.kind!r}")
+
+
+def _encode_intn_by_rows(w: np.ndarray, scheme: Scheme) -> dict[str, np.ndarray]:
+    """RTN quantization is row-independent: do it in row blocks so temporaries stay small."""
+    n, k = w.shape
+    out = {p.name: np.empty(p.shape, PART_DTYPES[p.dtype]) for p in part_specs(scheme, w.shape)}
+    rows = max(1, ENCODE_CHUNK_ELEMENTS // max(1, k))
+    for start in range(0, n, rows):
+        q = quantize_intn(w[start:start + rows], scheme.bits, scheme.group_size)
+        out["packed"][start:start + rows] = q.packed.reshape(-1, out["packed"].shape[1])
+        out["scales"][start:start + rows] = q.scales
+        out["zeros"][start:start + rows] = q.zeros
+    return out
 
 
 def decode(parts: dict[str, np.ndarray], scheme: Scheme, shape: tuple[int, ...]) -> np.ndarray:
