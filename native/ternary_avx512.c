@@ -5,8 +5,10 @@
  * blend on bit 7: 3 instructions per 64 digits. The digits {0,1,2} go to vpdpbusd as the unsigned
  * operand against the int8 activations; sum(x) is subtracted once per row (see ternary.c).
  *
- * GEMV (T <= 2): decode fused with the dot products. GEMM (T > 2): decode a row once into scratch,
- * then run 4-token tiles over it.
+ * GEMV (T == 1): two LUTs per byte instead of five (digit 0, and digits 1..4 in 2-bit fields split
+ * by ANDs; see block_dot), two rows per pass sharing the activation loads, software prefetch of
+ * the rows one or more passes ahead. T == 2: the five-LUT decode fused with the dot products.
+ * GEMM (T > 2): decode a row once into scratch, then run 4-token tiles over it.
  */
 #include <immintrin.h>
 
@@ -66,34 +68,104 @@ TGT static inline __attribute__((always_inline)) void gemv_row(const mote_tern_a
     }
 }
 
-/* one token, two rows: the activation loads are shared */
-TGT static inline __attribute__((always_inline)) void gemv_2rows(const mote_tern_args *a, const luts512 *L, int n) {
+/* GEMV decode: two byte LUTs per packed byte q instead of five. d0 = mote_tern_lut[0][q] and
+ * g = mote_tern_lut_g[q] = d1 | d2 << 2 | d3 << 4 | d4 << 6; each digit is then one AND away
+ * (g & 0x03 = d1, g & 0x0C = 4 d2, g & 0x30 = 16 d3, g & 0xC0 = 64 d4). A digit scaled by 4^k
+ * goes to its own accumulator, which is shifted right by 2k (exact: every lane is a multiple of
+ * 4^k) before the row sum. Per 64-byte block: 4 vpermi2b + 2 blends + 4 ANDs + 5 vpdpbusd
+ * (instead of 10 vpermi2b + 5 blends + 5 vpdpbusd); vpermi2b and vpdpbusd share the same two
+ * execution ports on this core class, the blends and ANDs do not. */
+/* acc += u8 a . s8 b in place. The intrinsic makes GCC copy every accumulator twice per
+ * iteration in these register-heavy loops (it does not tie the accumulator to its register). */
+#define DPBUSD(acc, a, b) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
+
+typedef struct {
+    __m512i z0, z1, z2, z3;   /* digit 0: entries 0..63, 64..127, 128..191, 192..255 */
+    __m512i g0, g1, g2, g3;   /* packed digits 1..4 */
+} luts2;
+
+TGT static inline void load_luts2(luts2 *L) {
+    L->z0 = _mm512_loadu_si512(mote_tern_lut[0] + 0);
+    L->z1 = _mm512_loadu_si512(mote_tern_lut[0] + 64);
+    L->z2 = _mm512_loadu_si512(mote_tern_lut[0] + 128);
+    L->z3 = _mm512_loadu_si512(mote_tern_lut[0] + 192);
+    L->g0 = _mm512_loadu_si512(mote_tern_lut_g + 0);
+    L->g1 = _mm512_loadu_si512(mote_tern_lut_g + 64);
+    L->g2 = _mm512_loadu_si512(mote_tern_lut_g + 128);
+    L->g3 = _mm512_loadu_si512(mote_tern_lut_g + 192);
+}
+
+/* acc[0..4] += the five digit planes of block q against the block's five activation runs */
+TGT static inline __attribute__((always_inline)) void block_dot(const luts2 *L, __m512i q, const __m512i xv[5],
+                                                                __m512i acc[5]) {
+    const __mmask64 top = _mm512_movepi8_mask(q);
+    const __m512i d0 = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(L->z0, q, L->z1),
+                                              _mm512_permutex2var_epi8(L->z2, q, L->z3));
+    const __m512i g = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(L->g0, q, L->g1),
+                                             _mm512_permutex2var_epi8(L->g2, q, L->g3));
+    DPBUSD(acc[0], d0, xv[0]);
+    DPBUSD(acc[1], _mm512_and_si512(g, _mm512_set1_epi8(0x03)), xv[1]);
+    DPBUSD(acc[2], _mm512_and_si512(g, _mm512_set1_epi8(0x0C)), xv[2]);
+    DPBUSD(acc[3], _mm512_and_si512(g, _mm512_set1_epi8(0x30)), xv[3]);
+    DPBUSD(acc[4], _mm512_and_si512(g, _mm512_set1_epi8((char)0xC0)), xv[4]);
+}
+
+TGT static inline __m512i acc_total(const __m512i acc[5]) {
+    return _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]),
+                            _mm512_add_epi32(_mm512_srai_epi32(acc[2], 2),
+                                             _mm512_add_epi32(_mm512_srai_epi32(acc[3], 4), _mm512_srai_epi32(acc[4], 6))));
+}
+
+#ifndef MOTE_TERN_PF
+#define MOTE_TERN_PF 4096
+#endif
+
+/* sum of the 16 lanes of A -> lane 0, of B -> lane 8 (fewer shuffles than two reductions) */
+TGT static inline void reduce2(__m512i A, __m512i B, int32_t *sa, int32_t *sb) {
+    __m512i c = _mm512_add_epi32(_mm512_shuffle_i64x2(A, B, 0x44), _mm512_shuffle_i64x2(A, B, 0xEE));
+    c = _mm512_add_epi32(c, _mm512_shuffle_i64x2(c, c, 0xB1));
+    c = _mm512_add_epi32(c, _mm512_shuffle_epi32(c, (_MM_PERM_ENUM)0x4E));
+    c = _mm512_add_epi32(c, _mm512_shuffle_epi32(c, (_MM_PERM_ENUM)0xB1));
+    *sa = _mm_cvtsi128_si32(_mm512_castsi512_si128(c));
+    *sb = _mm_cvtsi128_si32(_mm512_extracti32x4_epi32(c, 2));
+}
+
+/* one token, R (1 or 2) rows per pass sharing the activation loads: nfull full blocks, then the
+ * tail block (masked load: B bytes, the rest 0) */
+TGT static inline __attribute__((always_inline)) void gemv_rows(const mote_tern_args *a, const luts2 *L, int n,
+                                                                const int R, int64_t pf) {
     const uint8_t *w0 = a->w + n * a->rb, *w1 = w0 + a->rb;
     const int8_t *x = a->xq;
-    /* software prefetch k row pairs ahead (>= 2 KiB): the hardware prefetcher loses two
-     * interleaved row streams that jump at every pair when rows are long (large K) */
-    const int64_t pairs = 2 * a->rb, pf = pairs * (pairs >= 2048 ? 1 : (2048 + pairs - 1) / pairs);
-    __m512i a0 = _mm512_setzero_si512(), a1 = a0, b0 = a0, b1 = a0;
-    for (int b = 0; b < a->nblk; b++) {
-        _mm_prefetch((const char *)(w0 + pf + 64 * b), _MM_HINT_T0);
-        _mm_prefetch((const char *)(w1 + pf + 64 * b), _MM_HINT_T0);
-        __m512i q0 = load_block(w0, b, a), q1 = load_block(w1, b, a);
-        __mmask64 t0 = _mm512_movepi8_mask(q0), t1 = _mm512_movepi8_mask(q1);
-        const int8_t *xb = x + (int64_t)b * 320;
-        for (int i = 0; i < 5; i++) {
-            __m512i xv = _mm512_loadu_si512(xb + 64 * i);
-            if (i & 1) {
-                a1 = _mm512_dpbusd_epi32(a1, digit(L, q0, t0, i), xv);
-                b1 = _mm512_dpbusd_epi32(b1, digit(L, q1, t1, i), xv);
-            } else {
-                a0 = _mm512_dpbusd_epi32(a0, digit(L, q0, t0, i), xv);
-                b0 = _mm512_dpbusd_epi32(b0, digit(L, q1, t1, i), xv);
-            }
+    __m512i acc0[5], acc1[5], xv[5];
+    for (int i = 0; i < 5; i++) acc0[i] = acc1[i] = _mm512_setzero_si512();
+    for (int b = 0; b < a->nfull; b++) {
+        for (int i = 0; i < 5; i++) xv[i] = _mm512_loadu_si512(x + 64 * i);
+        x += 320;
+        _mm_prefetch((const char *)(w0 + pf), _MM_HINT_T0);
+        block_dot(L, _mm512_loadu_si512(w0), xv, acc0);
+        w0 += 64;
+        if (R > 1) {
+            _mm_prefetch((const char *)(w1 + pf), _MM_HINT_T0);
+            block_dot(L, _mm512_loadu_si512(w1), xv, acc1);
+            w1 += 64;
         }
     }
-    int32_t s0 = _mm512_reduce_add_epi32(_mm512_add_epi32(a0, a1)), s1 = _mm512_reduce_add_epi32(_mm512_add_epi32(b0, b1));
-    a->y[n] = (float)(s0 - a->sumx[0]) * a->f[0];
-    a->y[n + 1] = (float)(s1 - a->sumx[0]) * a->f[0];
+    if (a->tail) {
+        const __mmask64 m = a->tail >= 64 ? ~0ULL : (1ULL << a->tail) - 1;
+        for (int i = 0; i < 5; i++) xv[i] = _mm512_loadu_si512(x + 64 * i);
+        block_dot(L, _mm512_maskz_loadu_epi8(m, w0), xv, acc0);
+        if (R > 1) block_dot(L, _mm512_maskz_loadu_epi8(m, w1), xv, acc1);
+    }
+    const int32_t sx = a->sumx[0];
+    const float f = a->f[0];
+    if (R > 1) {
+        int32_t s0, s1;
+        reduce2(acc_total(acc0), acc_total(acc1), &s0, &s1);
+        a->y[n] = (float)(s0 - sx) * f;
+        a->y[n + 1] = (float)(s1 - sx) * f;
+    } else {
+        a->y[n] = (float)(_mm512_reduce_add_epi32(acc_total(acc0)) - sx) * f;
+    }
 }
 
 /* decode one row into digits in block order: d[b*320 + 64 i + j] */
@@ -133,9 +205,14 @@ TGT void mote_tern_rows_avx512(const mote_tern_args *a, int n0, int n1, uint8_t 
     load_luts(&L);
     if (a->T <= 2) {
         if (a->T == 1) {
+            luts2 L2;
+            load_luts2(&L2);
             int n = n0;
-            for (; n + 2 <= n1; n += 2) gemv_2rows(a, &L, n);
-            for (; n < n1; n++) gemv_row(a, &L, n, 0, 1);
+            /* software prefetch: the same place in rows one or more passes ahead, >= MOTE_TERN_PF
+             * bytes on (the hardware prefetcher loses interleaved row streams that jump at every pass) */
+            const int64_t pass = 2 * a->rb, pf = pass * ((MOTE_TERN_PF + pass - 1) / pass);
+            for (; n + 2 <= n1; n += 2) gemv_rows(a, &L2, n, 2, pf);
+            for (; n < n1; n++) gemv_rows(a, &L2, n, 1, pf);
         } else {
             for (int n = n0; n < n1; n++) gemv_row(a, &L, n, 0, 2);
         }
