@@ -2,9 +2,9 @@
 
 `export_vision_onnx(model, weight_bits)` exports `pixel_values` float32 [batch, 3, S, S] ->
 `image_features` float32 [batch, P, H] (batch is a dynamic axis) and returns the serialized model
-as one bytes object (no external data). `run_vision_onnx` runs it with onnxruntime and
-`vision_onnx_summary` describes it; both are numpy-only (no torch, no onnx package), so the
-runtime can reuse them on a device that has only onnxruntime.
+as one bytes object (no external data). `run_vision_onnx` runs it with onnxruntime (it lives in
+`mote_edge.runtime.vision` and is re-exported here) and `vision_onnx_summary` describes it; both
+are numpy-only (no torch, no onnx package), so they work on a device that has only onnxruntime.
 
 Export path: torch's default (dynamo, torch.export-based) exporter at opset 18, saved with
 external data to a temp dir so the 2 GB protobuf limit never bites while exporting; tensors are
@@ -57,14 +57,13 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from mote_edge.errors import ExportError, FormatError
+from mote_edge.runtime.vision import INPUT_NAME, OUTPUT_NAME, run_vision_onnx  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:  # pragma: no cover
     from .reference.model import MoTELlavaForCausalLM
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "pixel_values"
-OUTPUT_NAME = "image_features"
 OPSET = 18
 WEIGHT_BITS = (8, 16, 32)
 INT8_BLOCK_SIZE = 128  # MatMulNBits block along K (power of two >= 16)
@@ -307,24 +306,6 @@ def _set_metadata(proto, props: dict[str, str]) -> None:
     for key, value in props.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-
-
-# ----------------------------------------------------------------------------------------- run
-def run_vision_onnx(onnx_bytes: bytes, pixels: np.ndarray, threads: int = 1) -> np.ndarray:
-    """Run an exported vision model: pixels [B, 3, S, S] float32 -> image features [B, P, H]."""
-    import onnxruntime as ort
-
-    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, int(threads))
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only
-    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-    expected = session.get_inputs()[0].shape  # ['batch', 3, S, S]
-    if pixels.ndim != len(expected) or any(isinstance(d, int) and d != n for d, n in zip(expected, pixels.shape)):
-        raise ValueError(f"pixels must have shape {['batch' if not isinstance(d, int) else d for d in expected]}, "
-                         f"got {list(pixels.shape)}")
-    return session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
 
 
 # ------------------------------------------------------------------------------------- summary

@@ -1,0 +1,101 @@
+"""The vision tower + projector (the .mote vision section, an ONNX model) run with onnxruntime.
+
+numpy + onnxruntime only (no torch, no onnx package). The exporter re-exports `run_vision_onnx`
+from here (`mote_edge.exporters.vision_onnx.run_vision_onnx`), so tests and tools on both sides
+run the exported model the same way.
+
+`VisionEncoder` is what the engine uses (DESIGN.md section 5: everything the process allocates for
+the model counts, including the vision encoder's peak). The vision model occupies memory only
+while an image is encoded: each `encode` loads the ONNX bytes, builds a session, runs it, then
+drops the session and the bytes and hands freed heap back to the OS before returning. The session
+is built without onnxruntime's CPU memory arena and memory-pattern planner, which would otherwise
+keep their buffers for the session's lifetime (and the arena, in some builds, for the process's).
+The cost is rebuilding the session per image (graph optimisation + weight prepacking); measure it
+with `last_encode_ms`.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from .memory import trim_heap
+
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "run_vision_onnx", "VisionEncoder"]
+
+INPUT_NAME = "pixel_values"  # float32 [batch, 3, S, S]
+OUTPUT_NAME = "image_features"  # float32 [batch, P, H]
+
+
+def _session(onnx_bytes: bytes, threads: int, release_memory: bool) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(1, int(threads))
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # errors only
+    if release_memory:
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
+    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def _run(session: Any, pixels: np.ndarray) -> np.ndarray:
+    expected = session.get_inputs()[0].shape  # ['batch', 3, S, S]
+    if pixels.ndim != len(expected) or any(isinstance(d, int) and d != n for d, n in zip(expected, pixels.shape)):
+        raise ValueError(f"pixels must have shape {['batch' if not isinstance(d, int) else d for d in expected]}, "
+                         f"got {list(pixels.shape)}")
+    return session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
+
+
+def run_vision_onnx(onnx_bytes: bytes, pixels: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Run an exported vision model: pixels [B, 3, S, S] float32 -> image features [B, P, H]."""
+    pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    session = _session(onnx_bytes, threads, release_memory=False)
+    return _run(session, pixels)
+
+
+class VisionEncoder:
+    """Encodes one image at a time; holds no onnxruntime state between calls.
+
+    `onnx_bytes_loader()` returns the serialized ONNX model (e.g. a checksum-verified pread of the
+    .mote vision section); it is called once per `encode`, and the encoder keeps no reference to
+    its result, so the caller must not keep one either if the memory is to be returned.
+    """
+
+    def __init__(self, onnx_bytes_loader: Callable[[], bytes], threads: int = 1) -> None:
+        self._loader = onnx_bytes_loader
+        self.threads = max(1, int(threads))
+        self.last_encode_ms: float | None = None  # wall time of the last encode: load + session + run
+        self.encodes = 0
+
+    def encode(self, pixels: np.ndarray) -> np.ndarray:
+        """pixels float32 [1, 3, S, S] -> image features float32 [P, H] (a fresh array)."""
+        pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+        if pixels.ndim != 4 or pixels.shape[0] != 1:
+            raise ValueError(f"VisionEncoder.encode takes one image, pixels [1, 3, S, S]; got {list(pixels.shape)}")
+        start = time.perf_counter()
+        blob: Any = self._loader()
+        session: Any = None
+        try:
+            session = _session(blob, self.threads, release_memory=True)
+            # The session holds its own copy of the weights from here on. onnxruntime's Python
+            # wrapper also keeps the model bytes (to rebuild the session on an execution-provider
+            # fallback, which a CPU-only session never does): drop that reference too, or the
+            # bytes stay alive for the whole run.
+            if getattr(session, "_model_bytes", None) is not None:
+                session._model_bytes = None
+            blob = None
+            out = _run(session, pixels)
+            features = np.array(out[0], dtype=np.float32, copy=True)  # owns its memory, not the session's
+            out = None
+        finally:
+            session = blob = None
+            gc.collect()
+            trim_heap()
+        self.encodes += 1
+        self.last_encode_ms = (time.perf_counter() - start) * 1e3
+        return features
