@@ -70,8 +70,8 @@ TGT static inline __attribute__((always_inline)) void gemv_row(const mote_tern_a
 
 /* GEMV decode: two byte LUTs per packed byte q instead of five. d0 = mote_tern_lut[0][q] and
  * g = mote_tern_lut_g[q] = d1 | d2 << 2 | d3 << 4 | d4 << 6; each digit is then one AND away
- * (g & 0x03 = d1, g & 0x0C = 4 d2, g & 0x30 = 16 d3, g & 0xC0 = 64 d4). A digit scaled by 4^k
- * goes to its own accumulator, which is shifted right by 2k (exact: every lane is a multiple of
+ * (g & 0x03 = d1, g & 0x0C = 4 d2, g & 0x30 = 16 d3, g & 0xC0 = 64 d4). Digits scaled by 4^k
+ * go to their own accumulator, which is shifted right by 2k (exact: every lane is a multiple of
  * 4^k) before the row sum. Per 64-byte block: 4 vpermi2b + 2 blends + 4 ANDs + 5 vpdpbusd
  * (instead of 10 vpermi2b + 5 blends + 5 vpdpbusd); vpermi2b and vpdpbusd share the same two
  * execution ports on this core class, the blends and ANDs do not. */
@@ -95,25 +95,25 @@ TGT static inline void load_luts2(luts2 *L) {
     L->g3 = _mm512_loadu_si512(mote_tern_lut_g + 192);
 }
 
-/* acc[0..4] += the five digit planes of block q against the block's five activation runs */
+/* acc[0..3] += the five digit planes of block q against the block's five activation runs:
+ * acc[0] gets d0 and d1 (scale 1), acc[1] 4 d2, acc[2] 16 d3, acc[3] 64 d4 */
 TGT static inline __attribute__((always_inline)) void block_dot(const luts2 *L, __m512i q, const __m512i xv[5],
-                                                                __m512i acc[5]) {
+                                                                __m512i acc[4]) {
     const __mmask64 top = _mm512_movepi8_mask(q);
     const __m512i d0 = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(L->z0, q, L->z1),
                                               _mm512_permutex2var_epi8(L->z2, q, L->z3));
     const __m512i g = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(L->g0, q, L->g1),
                                              _mm512_permutex2var_epi8(L->g2, q, L->g3));
     DPBUSD(acc[0], d0, xv[0]);
-    DPBUSD(acc[1], _mm512_and_si512(g, _mm512_set1_epi8(0x03)), xv[1]);
-    DPBUSD(acc[2], _mm512_and_si512(g, _mm512_set1_epi8(0x0C)), xv[2]);
-    DPBUSD(acc[3], _mm512_and_si512(g, _mm512_set1_epi8(0x30)), xv[3]);
-    DPBUSD(acc[4], _mm512_and_si512(g, _mm512_set1_epi8((char)0xC0)), xv[4]);
+    DPBUSD(acc[0], _mm512_and_si512(g, _mm512_set1_epi8(0x03)), xv[1]);
+    DPBUSD(acc[1], _mm512_and_si512(g, _mm512_set1_epi8(0x0C)), xv[2]);
+    DPBUSD(acc[2], _mm512_and_si512(g, _mm512_set1_epi8(0x30)), xv[3]);
+    DPBUSD(acc[3], _mm512_and_si512(g, _mm512_set1_epi8((char)0xC0)), xv[4]);
 }
 
-TGT static inline __m512i acc_total(const __m512i acc[5]) {
-    return _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]),
-                            _mm512_add_epi32(_mm512_srai_epi32(acc[2], 2),
-                                             _mm512_add_epi32(_mm512_srai_epi32(acc[3], 4), _mm512_srai_epi32(acc[4], 6))));
+TGT static inline __m512i acc_total(const __m512i acc[4]) {
+    return _mm512_add_epi32(_mm512_add_epi32(acc[0], _mm512_srai_epi32(acc[1], 2)),
+                            _mm512_add_epi32(_mm512_srai_epi32(acc[2], 4), _mm512_srai_epi32(acc[3], 6)));
 }
 
 #ifndef MOTE_TERN_PF
@@ -149,8 +149,8 @@ TGT static inline __attribute__((always_inline)) void gemv_rows(const mote_tern_
                                                                 const int R, int64_t pf, __m512i *tot) {
     const uint8_t *w0 = a->w + n * a->rb, *w1 = w0 + a->rb;
     const int8_t *x = a->xq;
-    __m512i acc0[5], acc1[5], xv[5];
-    for (int i = 0; i < 5; i++) acc0[i] = acc1[i] = _mm512_setzero_si512();
+    __m512i acc0[4], acc1[4], xv[5];
+    for (int i = 0; i < 4; i++) acc0[i] = acc1[i] = _mm512_setzero_si512();
     for (int b = 0; b < a->nfull; b++) {
         for (int i = 0; i < 5; i++) xv[i] = _mm512_loadu_si512(x + 64 * i);
         x += 320;
