@@ -20,16 +20,15 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# Until the .mote runtime exists, the demo exports the synthetic tiny checkpoint to .mote, shows
-# and verifies it, then answers with the torch reference model (random weights: the answer is
-# noise, the pipeline is real).
+# The main job on the shipped demo image: synthesize the tiny model (random weights, so the answer
+# is noise; the pipeline is real), export it at 4 bits, check it, and answer under a memory budget.
 demo: $(STAMP)
 	$(BIN)/mote-edge synth --preset tiny -o $(OUT)/tiny-ckpt --force
 	$(BIN)/mote-edge export $(OUT)/tiny-ckpt --bits 4 -o $(OUT)/tiny.mote --force
 	$(BIN)/mote-edge info $(OUT)/tiny.mote
 	$(BIN)/mote-edge verify $(OUT)/tiny.mote
-	$(BIN)/mote-edge reference $(OUT)/tiny-ckpt --image examples/images/shapes.png \
-		--prompt "What color is the circle?" --max-new-tokens 16
+	$(BIN)/mote-edge run $(OUT)/tiny.mote --image examples/images/shapes.png \
+		--prompt "What color is the circle?" --memory-budget 40MB --max-new-tokens 24 --report
 
 bench: bench-kernels
 

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 from mote_edge import __version__
-from mote_edge.errors import MoteError, NotImplementedYet
+from mote_edge.errors import MoteError
 from mote_edge.presets import PRESETS
 
 app = typer.Typer(
@@ -85,10 +85,40 @@ def run(
     model: Path = typer.Argument(..., help="A .mote file."),
     prompt: str = typer.Option(..., help="The question to ask."),
     image: Optional[Path] = typer.Option(None, help="An image file (any format Pillow reads)."),
-    memory_budget: Optional[str] = typer.Option(None, help="Hard memory budget, e.g. 300MB or 1.5GiB."),
+    memory_budget: Optional[str] = typer.Option(None, help="Hard memory budget for everything the model needs, "
+                                                           "e.g. 300MB or 1.5GiB (default: cache every expert)."),
+    max_new_tokens: int = typer.Option(128, help="Maximum number of tokens to generate."),
+    temperature: float = typer.Option(0.0, help="0 = greedy (deterministic); > 0 samples."),
+    top_k: int = typer.Option(0, help="Sample from the k most likely tokens (0 = off)."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling: smallest set with this much probability (1 = off)."),
+    seed: Optional[int] = typer.Option(None, help="Random seed for sampling."),
+    threads: Optional[int] = typer.Option(None, help="Threads for the kernels (default: all cores)."),
+    max_context: Optional[int] = typer.Option(None, help="Context positions to plan for (default: min(model's, 4096))."),
+    report: bool = typer.Option(False, "--report", help="Print the memory and speed report to stderr."),
+    report_json: Optional[Path] = typer.Option(None, help="Write the report as JSON to this file."),
 ) -> None:
-    """Answer a prompt (optionally about an image) with on-demand expert loading under a memory budget."""
-    raise NotImplementedYet("run is not implemented yet")
+    """Answer a prompt (optionally about an image), loading routed experts on demand under a memory budget.
+
+    The answer streams to stdout; the plan, warnings and the report go to stderr."""
+    from mote_edge.runtime.budget import format_bytes
+    from mote_edge.runtime.engine import Engine
+    from mote_edge.runtime.report import report_text
+
+    with Engine.load(model, memory_budget=memory_budget, threads=threads, max_context=max_context) as engine:
+        plan = engine.plan
+        cached = "all" if engine.experts is None or plan.expert_slabs == plan.total_experts else plan.expert_slabs
+        typer.echo(f"loaded {model.name}: plan {format_bytes(plan.total_bytes)} "
+                   f"({cached} of {plan.total_experts} experts cached, context {plan.context})", err=True)
+        for piece in engine.generate(prompt, image=image, max_new_tokens=max_new_tokens, temperature=temperature,
+                                     top_k=top_k, top_p=top_p, seed=seed):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        r = engine.report()
+    if report:
+        typer.echo(report_text(r), err=True)
+    if report_json is not None:
+        report_json.write_text(json.dumps(r, indent=2) + "\n")
 
 
 @app.command()

@@ -16,9 +16,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mote_edge.config import ModelConfig
+from mote_edge.format.constants import SECTION_ALIGN
+from mote_edge.format.layout import align
 
 ATTN_QUERY_CHUNK = 64
 VISION_ACTIVATION_FACTOR = 12  # live [P, D] float32 buffers at a ViT block's peak (qkv, scores, mlp)
+# Building an onnxruntime session from bytes holds ~3 copies of the model at its peak (our bytes,
+# the wrapper's reference, ORT's weights; measured 403 MB for a 134 MB model) plus the session.
+VISION_MODEL_COPIES = 3
+VISION_SESSION_BYTES = 8 * 10**6  # measured ~4 MB of anonymous memory per session
+# Shared-library code paged in on first use (onnxruntime kernels ~15 MB, numpy, tokenizers) and
+# kernel thread stacks: not model data, but RSS over the baseline, so the budget covers it.
+RUNTIME_CODE_BYTES = 24 * 10**6
 
 
 @dataclass
@@ -31,6 +40,8 @@ class MemoryPlan:
     expert_slab_bytes: int
     expert_slabs: int
     total_experts: int
+    overhead_bytes: int = 0  # metadata, tokenizer, RoPE tables
+
 
     @property
     def expert_cache_bytes(self) -> int:
@@ -39,11 +50,12 @@ class MemoryPlan:
     @property
     def total_bytes(self) -> int:
         return (self.resident_bytes + self.kv_cache_bytes + self.scratch_bytes + self.vision_peak_bytes
-                + self.expert_cache_bytes)
+                + self.overhead_bytes + self.expert_cache_bytes)
 
     def breakdown(self) -> dict[str, int]:
         return {"resident weights": self.resident_bytes, "KV cache": self.kv_cache_bytes,
                 "scratch": self.scratch_bytes, "vision peak": self.vision_peak_bytes,
+                "runtime + metadata": self.overhead_bytes,
                 f"expert cache ({self.expert_slabs} slabs)": self.expert_cache_bytes}
 
 
@@ -64,17 +76,27 @@ def vision_peak_bytes(cfg: ModelConfig, vision_bytes: int) -> int:
     tokens = v.num_patches + 1
     activations = VISION_ACTIVATION_FACTOR * tokens * max(v.intermediate_size, v.hidden_size) * 4
     scores = v.num_attention_heads * tokens * tokens * 4
-    return vision_bytes + activations + scores if vision_bytes else 0
+    if not vision_bytes:
+        return 0
+    return VISION_MODEL_COPIES * vision_bytes + VISION_SESSION_BYTES + activations + scores
 
 
-def plan(cfg: ModelConfig, sizes: dict, context: int, expert_slabs: int | None = None) -> MemoryPlan:
-    """`sizes` is the file's size statistics; expert_slabs None = every expert cached."""
+def overhead_bytes(cfg: ModelConfig, metadata_bytes: int) -> int:
+    """Parsed metadata and the tokenizer (~4x their JSON), the RoPE cos/sin tables, runtime code."""
+    return 4 * metadata_bytes + 2 * 4 * cfg.decoder.head_dim * default_context(cfg) + RUNTIME_CODE_BYTES
+
+
+def plan(cfg: ModelConfig, sizes: dict, context: int, expert_slabs: int | None = None,
+         resident_bytes: int | None = None, metadata_bytes: int = 0) -> MemoryPlan:
+    """`sizes` is the file's size statistics; expert_slabs None = every expert cached;
+    resident_bytes overrides the stored size (the runtime widens fp16 to fp32)."""
     total_experts = sizes["num_expert_records"]
     slabs = total_experts if expert_slabs is None else min(expert_slabs, total_experts)
-    return MemoryPlan(context=context, resident_bytes=sizes["resident_bytes"],
+    return MemoryPlan(context=context, overhead_bytes=overhead_bytes(cfg, metadata_bytes),
+                      resident_bytes=sizes["resident_bytes"] if resident_bytes is None else resident_bytes,
                       kv_cache_bytes=kv_cache_bytes(cfg, context), scratch_bytes=scratch_bytes(cfg, context),
                       vision_peak_bytes=vision_peak_bytes(cfg, sizes["vision_bytes"]),
-                      expert_slab_bytes=sizes["expert_record_max_bytes"], expert_slabs=slabs,
+                      expert_slab_bytes=align(sizes["expert_record_max_bytes"], SECTION_ALIGN), expert_slabs=slabs,
                       total_experts=total_experts)
 
 
@@ -84,3 +106,25 @@ def minimum_slabs(cfg: ModelConfig) -> int:
 
 def default_context(cfg: ModelConfig) -> int:
     return min(cfg.decoder.max_position_embeddings, 4096)
+
+
+def fit_budget(cfg: ModelConfig, sizes: dict, context: int, budget: int | None, resident_bytes: int,
+               metadata_bytes: int) -> MemoryPlan:
+    """The plan with as many expert slabs as `budget` allows (all when budget is None); raises
+    BudgetError naming the numbers when even the minimum does not fit. Allocates nothing."""
+    from .budget import BudgetError, format_bytes
+
+    full = plan(cfg, sizes, context, None, resident_bytes, metadata_bytes)
+    if budget is None:
+        return full
+    fixed = full.total_bytes - full.expert_cache_bytes
+    slabs = (budget - fixed) // full.expert_slab_bytes if full.expert_slab_bytes else 0
+    slabs = int(max(0, min(slabs, full.total_experts)))
+    need = minimum_slabs(cfg)
+    result = plan(cfg, sizes, context, slabs, resident_bytes, metadata_bytes)
+    if slabs < need or result.total_bytes > budget:
+        minimum = plan(cfg, sizes, context, need, resident_bytes, metadata_bytes)
+        parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in minimum.breakdown().items())
+        raise BudgetError(f"memory budget {format_bytes(budget)} is below the minimum {format_bytes(minimum.total_bytes)} "
+                          f"for this model at context {context} ({parts}); raise --memory-budget or lower --max-context")
+    return result

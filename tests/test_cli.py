@@ -15,13 +15,6 @@ def test_help_lists_every_command():
         assert command in r.stdout
 
 
-@pytest.mark.parametrize("args", [["run", "m.mote", "--prompt", "hi"]])
-def test_unbuilt_commands_say_so_and_exit_nonzero(args):
-    r = run_cli(*args)
-    assert r.returncode == 2
-    assert r.stderr.strip() == f"error: {args[0]} is not implemented yet"
-
-
 def test_unknown_preset_is_a_one_line_error(tmp_path):
     r = run_cli("synth", "--preset", "gpt5", "-o", str(tmp_path / "x"))
     assert r.returncode == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mote_edge.runtime.plan import default_context, minimum_slabs, plan
+from mote_edge.runtime.weights import runtime_nbytes
 
 from .reader import MoteFile
 from .stats import bits_per_weight
@@ -15,8 +16,9 @@ def info_dict(f: MoteFile, context: int | None = None) -> dict:
     cfg = f.config
     sizes = f.metadata["sizes"]
     context = context or default_context(cfg)
-    full = plan(cfg, sizes, context)
-    minimum = plan(cfg, sizes, context, minimum_slabs(cfg))
+    resident = sum(runtime_nbytes(t) for t in f.tensors.values())
+    full = plan(cfg, sizes, context, None, resident, f.header.metadata_length)
+    minimum = plan(cfg, sizes, context, minimum_slabs(cfg), resident, f.header.metadata_length)
     dc, v = cfg.decoder, cfg.vision
     return {
         "file": str(f.path), "file_bytes": f.size,

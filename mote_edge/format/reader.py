@@ -181,6 +181,25 @@ class MoteFile:
             raise self._fail(f"checksum mismatch in expert ({layer}, {expert})")
         return buf
 
+    def read_expert_into(self, layer: int, expert: int, buf: memoryview, verify: bool = True) -> ExpertEntry:
+        """Read one expert record into `buf` (a preallocated cache slab) with one preadv."""
+        e = self.expert_entry(layer, expert)
+        view = memoryview(buf).cast("B")[:e.nbytes]
+        if len(view) < e.nbytes:
+            raise FormatError(f"expert ({layer}, {expert}) needs {e.nbytes} bytes, the slab has {len(view)}")
+        done, offset = 0, self.header.data_offset + e.offset
+        while done < e.nbytes:
+            n = os.preadv(self._fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise FormatError(f"{self.name} is truncated: cannot read expert ({layer}, {expert})")
+            done += n
+        if verify and zlib.crc32(view) != e.crc32:
+            raise self._fail(f"checksum mismatch in expert ({layer}, {expert})")
+        return e
+
+    def fileno(self) -> int:
+        return self._fd
+
     def expert_entry(self, layer: int, expert: int) -> ExpertEntry:
         if (layer, expert) not in self.experts:
             raise FormatError(f"{self.name} has no expert ({layer}, {expert})")

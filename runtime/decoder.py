@@ -1,0 +1,169 @@
+"""The Qwen2 decoder with MoTE / MoE-LLaVA MoE layers, in numpy + mote_edge._native kernels.
+
+Same maths as the torch reference (mote_edge.exporters.reference), float32 throughout:
+    x += o_proj(attn(rope(q), rope(k), v))          GQA, causal, KV cache
+    x += ffn(rmsnorm(x))                            dense SwiGLU, or the MoE layer:
+         p = softmax(h Wg^T); top-1 raw p / top-2 renormalised; y = shared(h) + sum_k p_k E_k(h)
+MoE layers run a "wave": route every token of the step first, then load each needed expert once
+(cached ones first, so loads do not evict experts this wave still needs) and run it on its tokens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mote_edge.config import ModelConfig
+
+from .expert_cache import ExpertCache
+from .weights import Linear, ResidentWeights
+
+ATTN_QUERY_CHUNK = 64
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:  # [T, H]
+    return w * (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(eps)))
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (np.float32(1.0) + np.exp(-x))
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+class Rope:
+    """cos/sin tables [context, head_dim] (HF's rotate_half layout), built once."""
+
+    def __init__(self, head_dim: int, theta: float, context: int):
+        inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / head_dim))
+        angles = np.arange(context, dtype=np.float32)[:, None] * inv_freq.astype(np.float32)[None, :]
+        emb = np.concatenate([angles, angles], axis=-1)
+        self.cos, self.sin = np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+
+    def apply(self, x: np.ndarray, start: int) -> np.ndarray:  # x [T, heads, D]
+        t, half = x.shape[0], x.shape[-1] // 2
+        cos, sin = self.cos[start:start + t, None, :], self.sin[start:start + t, None, :]
+        rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+        return x * cos + rotated * sin
+
+
+class SwiGLU:
+    def __init__(self, w: ResidentWeights, prefix: str):
+        self.gate, self.up, self.down = (w.linear(f"{prefix}.{p}.weight") for p in ("gate_proj", "up_proj", "down_proj"))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.down(silu(self.gate(x)) * self.up(x))
+
+
+class Attention:
+    def __init__(self, cfg: ModelConfig, w: ResidentWeights, i: int):
+        dc = cfg.decoder
+        p = f"model.layers.{i}.self_attn"
+        self.q, self.k, self.v, self.o = (w.linear(f"{p}.{n}_proj.weight") for n in "qkvo")
+        self.bq, self.bk, self.bv = (w.vector(f"{p}.{n}_proj.bias") for n in "qkv")
+        self.n_heads, self.n_kv, self.head_dim = dc.num_attention_heads, dc.num_key_value_heads, dc.head_dim
+
+    def __call__(self, h: np.ndarray, start: int, rope: Rope, k_cache: np.ndarray, v_cache: np.ndarray) -> np.ndarray:
+        t, d = h.shape[0], self.head_dim
+        q = rope.apply((self.q(h) + self.bq).reshape(t, self.n_heads, d), start)  # [T, nH, D]
+        k = rope.apply((self.k(h) + self.bk).reshape(t, self.n_kv, d), start)  # [T, nKV, D]
+        v = (self.v(h) + self.bv).reshape(t, self.n_kv, d)
+        end = start + t
+        k_cache[:, start:end] = k.transpose(1, 0, 2)  # cache [nKV, context, D]
+        v_cache[:, start:end] = v.transpose(1, 0, 2)
+        keys, values = k_cache[:, :end], v_cache[:, :end]  # [nKV, S, D]
+        group = self.n_heads // self.n_kv
+        qg = q.reshape(t, self.n_kv, group, d).transpose(1, 2, 0, 3)  # [nKV, G, T, D]
+        out = np.empty_like(qg)
+        scale = np.float32(1.0 / np.sqrt(d))
+        for c0 in range(0, t, ATTN_QUERY_CHUNK):  # query chunks bound the score matrix
+            c1 = min(t, c0 + ATTN_QUERY_CHUNK)
+            scores = np.einsum("kgtd,ksd->kgts", qg[:, :, c0:c1], keys) * scale  # [nKV, G, C, S]
+            pos = start + np.arange(c0, c1)
+            scores[..., np.arange(end)[None, :] > pos[:, None]] = -np.inf
+            out[:, :, c0:c1] = np.einsum("kgts,ksd->kgtd", softmax(scores), values)
+        return self.o(np.ascontiguousarray(out.transpose(2, 0, 1, 3).reshape(t, self.n_heads * d)))
+
+
+class MoE:
+    def __init__(self, cfg: ModelConfig, w: ResidentWeights, i: int, cache: ExpertCache):
+        self.layer, self.cache, self.top_k = i, cache, cfg.moe.top_k_experts
+        p = f"model.layers.{i}.mlp"
+        self.router = w.matrix(f"{p}.deepspeed_moe.gate.wg.weight")  # [E, H] float32
+        self.shared = SwiGLU(w, f"{p}.shared_expert") if cfg.moe.shared_expert else None
+        self.residual = None
+        if cfg.moe.use_residual:
+            self.residual = (SwiGLU(w, f"{p}.mlp"), w.matrix(f"{p}.coefficient.weight"), w.vector(f"{p}.coefficient.bias"))
+        self.last_routes: np.ndarray | None = None
+
+    def route(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """h [T, H] -> (expert ids [T, k], weights [T, k])."""
+        probs = softmax(h @ self.router.T)  # [T, E] float32
+        if self.top_k == 1:
+            idx = probs.argmax(axis=-1)[:, None]
+            return idx, np.take_along_axis(probs, idx, axis=-1)
+        idx = np.argsort(-probs, axis=-1, kind="stable")[:, :self.top_k]
+        top = np.take_along_axis(probs, idx, axis=-1)
+        return idx, top / np.maximum(top.sum(axis=-1, keepdims=True), np.finfo(np.float32).eps)
+
+    def __call__(self, h: np.ndarray) -> np.ndarray:
+        idx, weight = self.route(h)
+        self.last_routes = idx
+        out = np.zeros_like(h)
+        needed = sorted(set(idx.reshape(-1).tolist()), key=lambda e: not self.cache.is_cached(self.layer, e))
+        for e in needed:  # wave: each needed expert loaded once, cached ones first
+            rows, slot = np.nonzero(idx == e)
+            out[rows] += self.cache.get(self.layer, e)(h[rows]) * weight[rows, slot, None]
+        if self.residual is not None:
+            mlp, cw, cb = self.residual
+            coef = softmax(h @ cw.T + cb)
+            out = out * coef[:, :1] + mlp(h) * coef[:, 1:]
+        if self.shared is not None:
+            out += self.shared(h)
+        return out
+
+
+class DecoderLayer:
+    def __init__(self, cfg: ModelConfig, w: ResidentWeights, i: int, cache: ExpertCache | None):
+        p = f"model.layers.{i}"
+        self.eps = cfg.decoder.rms_norm_eps
+        self.ln_in, self.ln_post = w.vector(f"{p}.input_layernorm.weight"), w.vector(f"{p}.post_attention_layernorm.weight")
+        self.attn = Attention(cfg, w, i)
+        self.mlp = MoE(cfg, w, i, cache) if cfg.is_moe_layer(i) else SwiGLU(w, f"{p}.mlp")
+
+    def __call__(self, x, start, rope, k_cache, v_cache):
+        x = x + self.attn(rms_norm(x, self.ln_in, self.eps), start, rope, k_cache, v_cache)
+        return x + self.mlp(rms_norm(x, self.ln_post, self.eps))
+
+
+class Decoder:
+    """Embeddings -> layers -> norm -> lm_head, with a preallocated KV cache for `context` positions."""
+
+    def __init__(self, cfg: ModelConfig, w: ResidentWeights, cache: ExpertCache | None, context: int):
+        dc = cfg.decoder
+        self.cfg, self.context = cfg, context
+        self.embed = w.embedding("model.embed_tokens.weight")
+        self.layers = [DecoderLayer(cfg, w, i, cache) for i in range(dc.num_hidden_layers)]
+        self.norm = w.vector("model.norm.weight")
+        head = "model.embed_tokens.weight" if dc.tie_word_embeddings else "lm_head.weight"
+        self.lm_head: Linear = w.linear(head)
+        self.rope = Rope(dc.head_dim, dc.rope_theta, context)
+        # [layers, 2 (k, v), kv_heads, context, head_dim]; zeros() is lazily committed by the OS
+        self.kv = np.zeros((dc.num_hidden_layers, 2, dc.num_key_value_heads, context, dc.head_dim), np.float32)
+        self.length = 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x [T, H] embeddings at positions length .. length + T -> logits of the last position [V]."""
+        t = x.shape[0]
+        if self.length + t > self.context:
+            raise ValueError(f"context of {self.context} positions exceeded")
+        for i, layer in enumerate(self.layers):
+            x = layer(x, self.length, self.rope, self.kv[i, 0], self.kv[i, 1])
+        self.length += t
+        last = rms_norm(x[-1:], self.norm, self.cfg.decoder.rms_norm_eps)
+        return self.lm_head(last)[0]

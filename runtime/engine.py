@@ -1,0 +1,168 @@
+"""Engine: the embeddable runtime API.
+
+    with Engine.load("model.mote", memory_budget="300MB") as engine:
+        for piece in engine.generate("What color is the circle?", image="shapes.png"):
+            print(piece, end="", flush=True)
+        print(engine.report())
+
+Load order keeps the budget honest: the plan is computed from the file's directory first and an
+infeasible budget fails before anything big is allocated; resident weights are read into
+anonymous memory (no mmap); expert slabs are allocated once; the vision model is loaded only
+while an image is encoded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import onnxruntime  # noqa: F401  (imported before the baseline reading: library code is not model memory)
+
+from mote_edge.chat import DEFAULT_SYSTEM, encode_prompt
+from mote_edge.config import IMAGE_TOKEN_INDEX
+from mote_edge.errors import MoteError
+from mote_edge.format.reader import MoteFile
+from mote_edge.image import ImagePreprocessConfig, load_image, preprocess
+from mote_edge.tokenizer import Tokenizer
+
+from .budget import parse_bytes
+from .decoder import Decoder
+from .expert_cache import ExpertCache
+from .memory import drop_page_cache, read_status
+from .plan import MemoryPlan, default_context, fit_budget
+from .report import RunStats, build_report
+from .sampler import Sampler, SamplingParams
+from .vision import VisionEncoder
+from .weights import ResidentWeights, runtime_nbytes
+
+
+class ContextError(MoteError):
+    """The prompt (with its image) and the requested new tokens do not fit the context."""
+
+
+class Engine:
+    def __init__(self, file: MoteFile, plan: MemoryPlan, budget: int | None, threads: int, baseline_rss: int):
+        self.file, self.plan, self.budget, self.threads = file, plan, budget, threads
+        self.baseline_rss = baseline_rss
+        cfg = self.config = file.config
+        meta = file.metadata
+        self.tokenizer = Tokenizer.from_str(meta["tokenizer"]["json"], bos_token_id=meta["tokenizer"]["bos_token_id"],
+                                            eos_token_id=meta["tokenizer"]["eos_token_id"])
+        pre = dict(meta["image_preprocess"])
+        self.image_config = ImagePreprocessConfig.from_preprocessor_config(
+            pre, aspect_ratio=pre.pop("image_aspect_ratio", cfg.projector.image_aspect_ratio))
+        self.system = meta.get("chat_template", {}).get("system", DEFAULT_SYSTEM)
+        self.weights = ResidentWeights(file, threads)
+        self.experts = ExpertCache(file, plan.expert_slabs, threads) if cfg.moe_layers else None
+        self.decoder = Decoder(cfg, self.weights, self.experts, plan.context)
+        self.vision = VisionEncoder(file.read_vision, threads) if file.vision is not None else None
+        self.stats = RunStats()
+        self.load_ms = 0.0
+        drop_page_cache(file.fileno())  # the resident section is in anonymous memory now
+
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | Path, memory_budget: str | int | None = None, threads: int | None = None,
+             max_context: int | None = None) -> "Engine":
+        t0 = time.perf_counter()
+        baseline = read_status()["VmRSS"]
+        threads = int(threads or os.cpu_count() or 1)
+        if threads < 1:
+            raise MoteError(f"threads must be >= 1, got {threads}")
+        budget = parse_bytes(memory_budget) if memory_budget is not None else None
+        f = MoteFile(path)
+        try:
+            cfg = f.config
+            context = max_context or default_context(cfg)
+            if not 1 <= context <= cfg.decoder.max_position_embeddings:
+                raise ContextError(f"max context {context} is outside 1..{cfg.decoder.max_position_embeddings} "
+                                   f"(the model's max_position_embeddings)")
+            resident = sum(runtime_nbytes(t) for t in f.tensors.values())
+            plan = fit_budget(cfg, f.metadata["sizes"], context, budget, resident, f.header.metadata_length)
+            engine = cls(f, plan, budget, threads, baseline)
+        except BaseException:
+            f.close()
+            raise
+        engine.load_ms = 1e3 * (time.perf_counter() - t0)
+        return engine
+
+    # ------------------------------------------------------------------ generation
+    def _prompt_embeddings(self, prompt: str, image) -> np.ndarray:
+        """[T', H]: the chat-templated prompt with the image's patch embeddings at the placeholder."""
+        ids = np.array(encode_prompt(self.tokenizer, prompt, has_image=image is not None, system=self.system))
+        if image is None:
+            return self.decoder.embed(ids)
+        if self.vision is None:
+            raise MoteError("this model has no vision section; drop --image")
+        pixels = preprocess(load_image(image), self.image_config)[None]  # [1, 3, S, S]
+        t0 = time.perf_counter()
+        features = self.vision.encode(pixels)  # [P, H]
+        drop_page_cache(self.file.fileno())  # the vision section's pages
+        self.stats.image_encode_ms = 1e3 * (time.perf_counter() - t0)
+        at = int(np.nonzero(ids == IMAGE_TOKEN_INDEX)[0][0])
+        return np.concatenate([self.decoder.embed(ids[:at]), features.astype(np.float32),
+                               self.decoder.embed(ids[at + 1:])])
+
+    def generate_ids(self, prompt: str, image=None, max_new_tokens: int = 128, temperature: float = 0.0,
+                     top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> Iterator[int]:
+        """Token ids of the answer, one at a time (EOS ends it and is not yielded)."""
+        if max_new_tokens < 1:
+            raise MoteError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        sampler = Sampler(SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
+        self.stats = RunStats()
+        t0 = time.perf_counter()
+        x = self._prompt_embeddings(prompt, image)
+        if x.shape[0] + max_new_tokens > self.plan.context:
+            raise ContextError(f"prompt of {x.shape[0]} positions + {max_new_tokens} new tokens exceeds the context "
+                               f"of {self.plan.context} (shorten the prompt, lower --max-new-tokens or raise --max-context)")
+        self.decoder.reset()
+        t1 = time.perf_counter()
+        logits = self.decoder.forward(x)
+        token = sampler.sample(logits)
+        now = time.perf_counter()
+        self.stats.prefill_tokens, self.stats.prefill_ms = x.shape[0], 1e3 * (now - t1)
+        self.stats.ttft_ms = 1e3 * (now - t0)
+        eos = self.tokenizer.eos_id
+        for step in range(max_new_tokens):
+            if token == eos:
+                return
+            yield token
+            if step == max_new_tokens - 1:
+                return
+            t2 = time.perf_counter()
+            logits = self.decoder.forward(self.decoder.embed(np.array([token])))
+            token = sampler.sample(logits)
+            self.stats.decode_tokens += 1
+            self.stats.decode_ms += 1e3 * (time.perf_counter() - t2)
+
+    def generate(self, prompt: str, image=None, **kwargs) -> Iterator[str]:
+        """The answer as text pieces, streamed as tokens come (same arguments as generate_ids)."""
+        decoder = self.tokenizer.incremental_decoder()
+        for token in self.generate_ids(prompt, image, **kwargs):
+            piece = decoder.feed(token)
+            if piece:
+                yield piece
+        tail = decoder.flush()
+        if tail:
+            yield tail
+
+    # ------------------------------------------------------------------ reporting / lifecycle
+    def report(self) -> dict:
+        return build_report(self)
+
+    def close(self) -> None:
+        if self.experts is not None:
+            self.experts.release()
+        self.weights.release()
+        self.decoder = None
+        self.file.close()
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,98 @@
+"""The routed-expert cache: fixed slabs, one pread per miss, LRU eviction, honest counters.
+
+A miss reads the expert's whole record into a free (or the least recently used) slab with one
+preadv, verifies its CRC, then drops the record's pages from the page cache (posix_fadvise
+DONTNEED) so the kernel does not keep a second copy outside the budget. Slabs are allocated once
+at load; nothing else is allocated per expert (the tensors are views into the slab).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from mote_edge.format.constants import SECTION_ALIGN
+from mote_edge.format.layout import align
+from mote_edge.format.reader import MoteFile, parse_parts
+
+from .memory import drop_page_cache
+from .weights import Linear
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    bytes_read: int = 0
+    stall_ms: float = 0.0
+    evictions: int = 0
+
+    @property
+    def uses(self) -> int:
+        return self.hits + self.misses
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.uses if self.uses else 0.0
+
+
+class Expert:
+    """One routed expert's SwiGLU: down(silu(gate(x)) * up(x)), weights are views into a slab."""
+
+    def __init__(self, projs: dict[str, Linear]):
+        self.gate, self.up, self.down = projs["gate_proj"], projs["up_proj"], projs["down_proj"]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:  # [T, H] -> [T, H]
+        g = self.gate(x)
+        return self.down(g / (1.0 + np.exp(-g)) * self.up(x))
+
+
+class ExpertCache:
+    def __init__(self, f: MoteFile, slabs: int, threads: int, drop_pages: bool = True):
+        self.file = f
+        self.threads = threads
+        self.drop_page_cache = drop_pages
+        self.slab_bytes = align(max((e.nbytes for e in f.experts.values()), default=0), SECTION_ALIGN)
+        self.slabs = [np.empty(self.slab_bytes, dtype=np.uint8) for _ in range(slabs)]
+        self.free = list(range(slabs))
+        self.resident: OrderedDict[tuple[int, int], tuple[int, Expert]] = OrderedDict()  # LRU order
+        self.stats = CacheStats()
+
+    @property
+    def nbytes(self) -> int:
+        return self.slab_bytes * len(self.slabs)
+
+    def is_cached(self, layer: int, expert: int) -> bool:
+        return (layer, expert) in self.resident
+
+    def get(self, layer: int, expert: int) -> Expert:
+        key = (layer, expert)
+        if key in self.resident:
+            self.stats.hits += 1
+            self.resident.move_to_end(key)
+            return self.resident[key][1]
+        t0 = time.perf_counter()
+        if self.free:
+            slab = self.free.pop()
+        else:
+            _, (slab, _) = self.resident.popitem(last=False)
+            self.stats.evictions += 1
+        entry = self.file.read_expert_into(layer, expert, self.slabs[slab])
+        if self.drop_page_cache:
+            drop_page_cache(self.file.fileno(), self.file.header.data_offset + entry.offset, entry.nbytes)
+        buf = self.slabs[slab]
+        projs = {t.name: Linear(parse_parts(t, buf, t.offset), t.scheme, t.shape, self.threads) for t in entry.tensors}
+        value = (slab, Expert(projs))
+        self.resident[key] = value
+        self.stats.misses += 1
+        self.stats.bytes_read += entry.nbytes
+        self.stats.stall_ms += 1e3 * (time.perf_counter() - t0)
+        return value[1]
+
+    def release(self) -> None:
+        self.resident.clear()
+        self.slabs.clear()
+        self.free.clear()

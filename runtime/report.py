@@ -1,0 +1,71 @@
+"""The memory and speed report of a run (`mote-edge run --report`, `Engine.report()`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .budget import format_bytes
+from .memory import page_cache_bytes, read_status
+
+
+@dataclass
+class RunStats:
+    image_encode_ms: float = 0.0
+    ttft_ms: float = 0.0
+    prefill_tokens: int = 0
+    prefill_ms: float = 0.0
+    decode_tokens: int = 0
+    decode_ms: float = 0.0
+
+
+def _rate(tokens: int, ms: float) -> float:
+    return 1e3 * tokens / ms if ms > 0 else 0.0
+
+
+def build_report(engine) -> dict:
+    status = read_status()
+    cache = engine.experts
+    s = engine.stats
+    experts = None
+    if cache is not None:
+        st = cache.stats
+        experts = {"slabs": len(cache.slabs), "total": len(engine.file.experts), "hits": st.hits, "misses": st.misses,
+                   "hit_rate": st.hit_rate, "evictions": st.evictions, "bytes_read": st.bytes_read,
+                   "stall_ms": st.stall_ms}
+    return {
+        "model": str(engine.file.path),
+        "budget_bytes": engine.budget,
+        "plan": {"context": engine.plan.context, "total_bytes": engine.plan.total_bytes,
+                 "breakdown": engine.plan.breakdown()},
+        "memory": {"baseline_rss": engine.baseline_rss, "peak_rss": status["VmHWM"], "rss": status["VmRSS"],
+                   "rss_anon": status["RssAnon"], "rss_file": status["RssFile"],
+                   "peak_over_baseline": status["VmHWM"] - engine.baseline_rss,
+                   "model_page_cache": page_cache_bytes(engine.file.path)},
+        "experts": experts,
+        "timing": {**asdict(s), "load_ms": engine.load_ms, "prefill_tok_s": _rate(s.prefill_tokens, s.prefill_ms),
+                   "decode_tok_s": _rate(s.decode_tokens, s.decode_ms)},
+        "threads": engine.threads,
+    }
+
+
+def report_text(r: dict) -> str:
+    m, t, e = r["memory"], r["timing"], r["experts"]
+    budget = format_bytes(r["budget_bytes"]) if r["budget_bytes"] is not None else "none (all experts cached)"
+    lines = [f"memory budget        {budget}",
+             f"plan                 {format_bytes(r['plan']['total_bytes'])} at context {r['plan']['context']}"]
+    lines += [f"  {k:<25}{format_bytes(v):>12}" for k, v in r["plan"]["breakdown"].items()]
+    cache = m["model_page_cache"]
+    lines += [f"baseline RSS         {format_bytes(m['baseline_rss'])} (before loading)",
+              f"peak RSS (VmHWM)     {format_bytes(m['peak_rss'])} ({format_bytes(m['peak_over_baseline'])} over baseline)",
+              f"RSS anon / file      {format_bytes(m['rss_anon'])} / {format_bytes(m['rss_file'])}",
+              f"model in page cache  {format_bytes(cache) if cache is not None else 'unknown'}"]
+    if e is not None:
+        lines += [f"experts              {e['slabs']} of {e['total']} cached; {e['hits']} hits, {e['misses']} misses "
+                  f"({100 * e['hit_rate']:.1f}% hit rate), {e['evictions']} evictions",
+                  f"expert loads         {format_bytes(e['bytes_read'])} read, {e['stall_ms']:.1f} ms stalled"]
+    lines += [f"image encode         {t['image_encode_ms']:.1f} ms",
+              f"time to first token  {t['ttft_ms']:.1f} ms",
+              f"prefill              {t['prefill_tokens']} tokens, {t['prefill_tok_s']:.1f} tok/s",
+              f"decode               {t['decode_tokens']} tokens, {t['decode_tok_s']:.1f} tok/s",
+              f"load                 {t['load_ms']:.1f} ms, {r['threads']} threads"]
+    return "\n".join(lines)

@@ -1,0 +1,174 @@
+"""The runtime against the torch reference on the same exported weights, the expert cache under
+every budget, and one-line errors for bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn.functional as F  # noqa: E402
+
+from conftest import REPO, run_cli  # noqa: E402
+from mote_edge.exporters.export import ExportOptions, export_checkpoint  # noqa: E402
+from mote_edge.exporters.reference import load_reference_model  # noqa: E402
+from mote_edge.format import MoteFile  # noqa: E402
+from mote_edge.format.encoding import decode  # noqa: E402
+from mote_edge.runtime.engine import Engine  # noqa: E402
+from mote_edge.runtime.vision import run_vision_onnx  # noqa: E402
+
+IMAGE = REPO / "examples" / "images" / "shapes.png"
+PROMPT = "What color is the circle?"
+
+
+@pytest.fixture(scope="module", params=[16, 4])
+def exported(request, tiny_ckpt, tmp_path_factory):
+    path = tmp_path_factory.mktemp("rt") / f"tiny-b{request.param}.mote"
+    export_checkpoint(tiny_ckpt, path, ExportOptions(bits=request.param, group_size=32, progress=False))
+    return path
+
+
+def _emulate_int8_groups(x: torch.Tensor, group: int) -> torch.Tensor:
+    """What the int-N kernel does to activations: int8 per (token, group), BitLinear style."""
+    k = x.shape[-1]
+    pad = (-k) % group
+    xp = F.pad(x, (0, pad)).reshape(*x.shape[:-1], -1, group)
+    s = 127.0 / xp.abs().amax(-1, keepdim=True).clamp(min=1e-5)
+    return (torch.clamp(torch.round(xp * s), -128, 127) / s).reshape(*x.shape[:-1], -1)[..., :k]
+
+
+def faithful_reference(ckpt_dir, mote_path):
+    """The torch reference with the .mote's dequantized weights (latent weights for ternary experts,
+    which the exporter ternarizes exactly as BitLinear does), int-N layers quantizing their inputs
+    as the kernel does, and the ONNX vision features."""
+    model = load_reference_model(ckpt_dir)
+    params = model.checkpoint_parameters()
+    modules = dict(model.named_modules())
+    with MoteFile(mote_path) as f, torch.no_grad():
+        for name, t in f.tensors.items():
+            params[name].copy_(torch.from_numpy(decode(f.read_tensor(name), t.scheme, t.shape)))
+            module = modules.get(name.rsplit(".", 1)[0])
+            if t.scheme.kind == "intn" and isinstance(module, torch.nn.Linear):
+                g = t.scheme.group_size
+                module.forward = lambda x, m=module, g=g: F.linear(_emulate_int8_groups(x, g), m.weight, m.bias)
+        if model.config.decoder.tie_word_embeddings:
+            raise AssertionError("tiny is untied; a tied head would need the same emulation on lm_head")
+        onnx = f.read_vision()
+    model.encode_image = lambda pixels: torch.from_numpy(run_vision_onnx(onnx, pixels.numpy()))
+    return model
+
+
+@pytest.mark.parametrize("with_image", [False, True])
+def test_logits_and_32_greedy_tokens_match_the_reference(tiny_ckpt, exported, with_image):
+    ref = faithful_reference(tiny_ckpt, exported)
+    image = IMAGE if with_image else None
+    with Engine.load(exported, threads=1) as engine:
+        x = engine._prompt_embeddings(PROMPT, image)
+        got_logits = engine.decoder.forward(x)
+        got_tokens = list(engine.generate_ids(PROMPT, image, max_new_tokens=32))
+        ids = __import__("mote_edge.chat", fromlist=["x"]).encode_prompt(engine.tokenizer, PROMPT, image is not None)
+        pixels = None
+        if image is not None:
+            from mote_edge.image import load_image, preprocess
+            pixels = torch.from_numpy(preprocess(load_image(image), engine.image_config))[None]
+    with torch.no_grad():
+        embeds = ref.embed(torch.tensor(ids), pixels)
+        want_logits = ref.forward_embeds(embeds[None])[0, -1].numpy()
+    np.testing.assert_allclose(embeds.numpy(), x, rtol=1e-5, atol=1e-6)
+    # float32 with different summation orders: relative to the logit scale
+    assert np.abs(got_logits - want_logits).max() <= 1e-4 * np.abs(want_logits).max()
+    want_tokens = ref.generate(ids, pixels, max_new_tokens=32, eos_token_id=0)
+    assert got_tokens == want_tokens and len(got_tokens) > 0
+
+
+def _min_budget(path) -> int:
+    from mote_edge.runtime.plan import fit_budget, minimum_slabs, plan
+    from mote_edge.runtime.weights import runtime_nbytes
+    with MoteFile(path) as f:
+        resident = sum(runtime_nbytes(t) for t in f.tensors.values())
+        p = plan(f.config, f.metadata["sizes"], 512, minimum_slabs(f.config), resident, f.header.metadata_length)
+        return p.total_bytes
+
+
+def test_same_output_at_every_budget_and_counters_add_up(exported):
+    with Engine.load(exported, threads=1) as full:
+        want = list(full.generate_ids(PROMPT, IMAGE, max_new_tokens=12))
+        fs = full.experts.stats
+        distinct_used = len(full.experts.resident)
+    assert fs.misses == distinct_used and fs.evictions == 0  # full cache: each used expert read once
+    minimum = _min_budget(exported)
+    with MoteFile(exported) as f:
+        sizes = {e.nbytes for e in f.experts.values()}
+    assert len(sizes) == 1  # every record the same size: bytes read = misses x record
+    record = sizes.pop()
+    slab = -(-record // 4096) * 4096
+    for extra_slabs in (0, 1, 3, 100):
+        budget = minimum + extra_slabs * slab
+        with Engine.load(exported, memory_budget=budget, threads=1) as engine:
+            assert engine.plan.total_bytes <= budget
+            got = list(engine.generate_ids(PROMPT, IMAGE, max_new_tokens=12))
+            st = engine.experts.stats
+        assert got == want, f"a budget with {engine.plan.expert_slabs} slabs changed the output"
+        assert st.hits + st.misses == fs.hits + fs.misses  # same routing -> same expert uses
+        assert st.misses >= distinct_used and st.bytes_read == st.misses * record
+        if engine.plan.expert_slabs < distinct_used:
+            assert st.evictions > 0 and st.hit_rate < fs.hit_rate
+
+
+def test_report_has_the_promised_fields(exported, tmp_path):
+    out = tmp_path / "r.json"
+    r = run_cli("run", str(exported), "--prompt", PROMPT, "--image", str(IMAGE), "--max-new-tokens", "4",
+                "--report", "--report-json", str(out))
+    assert r.returncode == 0, r.stderr
+    for needle in ("peak RSS", "hit rate", "time to first token", "decode", "image encode", "baseline RSS"):
+        assert needle in r.stderr
+    d = json.loads(out.read_text())
+    assert d["experts"]["hits"] + d["experts"]["misses"] > 0 and d["timing"]["prefill_tokens"] > 16
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--memory-budget", "100kB"], "is below the minimum"),
+    (["--memory-budget", "lots"], "invalid memory budget"),
+    (["--image", "missing.png"], "missing.png"),
+    (["--max-context", "20", "--image", str(IMAGE)], "exceeds the context of 20"),
+])
+def test_bad_run_inputs_are_one_line_errors(exported, args, message):
+    r = run_cli("run", str(exported), "--prompt", PROMPT, *args)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("error:") and message in lines[-1], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_corrupt_model_is_a_one_line_error(exported, tmp_path):
+    bad = tmp_path / "bad.mote"
+    bad.write_bytes(exported.read_bytes()[:-7])
+    r = run_cli("run", str(bad), "--prompt", PROMPT)
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert "truncated" in r.stderr
+
+
+RSS_RUN = r"""
+import json, sys
+from mote_edge.runtime.engine import Engine
+from mote_edge.runtime.memory import read_status
+with Engine.load(sys.argv[1], memory_budget=int(sys.argv[2]), threads=2) as engine:
+    for image in (None, sys.argv[3], sys.argv[3]):
+        list(engine.generate("What color is the circle?", image=image, max_new_tokens=24))
+    r = engine.report()
+print(json.dumps({"peak_over_baseline": r["memory"]["peak_over_baseline"], "plan": r["plan"]["total_bytes"],
+                  "slabs": r["experts"]["slabs"], "misses": r["experts"]["misses"]}))
+"""
+
+
+def test_peak_rss_over_baseline_stays_within_the_budget(exported):
+    import subprocess
+    import sys
+
+    budget = _min_budget(exported) + 2 * 8192  # two slabs above the minimum: evictions happen
+    r = subprocess.run([sys.executable, "-c", RSS_RUN, str(exported), str(budget), str(IMAGE)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["plan"] <= budget and d["slabs"] < 8 and d["misses"] > d["slabs"]
+    assert 0 < d["peak_over_baseline"] <= budget, d
