@@ -52,7 +52,9 @@ void mote_unpack_group(const uint8_t *src, int bits, int G, uint8_t *q) {
 }
 
 size_t mote_intn_scratch_bytes(const mote_intn_args *a) {
-    return (size_t)a->kp + 128 + 32 * (size_t)a->ng;   /* row + [4, ng] floats + [4, ng] int32 */
+    size_t flat = 4 * ((size_t)(a->ng > MOTE_INTN_FLAT ? a->ng : MOTE_INTN_FLAT) + 16) + 8 * ((size_t)a->ng + 16);
+    size_t tiles = 32 * (size_t)a->ng;                          /* [4, ng] floats + [4, ng] int32 */
+    return (size_t)a->kp + 128 + (flat > tiles ? flat : tiles);   /* + one unpacked row */
 }
 
 void mote_intn_row_params(const mote_intn_args *a, int n, uint8_t *scratch, const float **sc, const int32_t **zp) {

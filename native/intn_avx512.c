@@ -75,7 +75,137 @@ TGT INLINE void tile(const mote_intn_args *a, const rowview *r, float *fac, int3
     for (int t = 0; t < nt; t++) a->y[(int64_t)(t0 + t) * a->N + n] = _mm512_reduce_add_ps(accf[t]);
 }
 
+
+/* ---- GEMV (T == 1) for G = 128 at 4 or 8 bits: (row, group) pairs as one flat stream ----
+ * The packed rows are contiguous and a G = 128 group is exactly one (4-bit) or two (8-bit) 64-byte
+ * lines; scales and zeros ([N, ng]) are contiguous in the same order. So the groups of rows
+ * [n, n + rows) form one stream: per group two vpdpbusd into a fresh vector; per 16 groups one
+ * transposed reduction gives their 16 exact dots, then, as vectors over the 16 pairs,
+ * float(dot - zero sumx_g) * (scale / s_g) (sumx and 1/s repeated per row: rs_ext[i] = rs[i % ng])
+ * into a buffer; each row then sums its ng products. No per-group broadcast / convert, no
+ * per-row horizontal integer sum in the hot loop. */
+#define DPBUSD(acc, a, b) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
+#define MOTE_INTN_PF 4096
+
+/* exact int32 dot of group stream element p (group g of its row) */
+TGT static inline __attribute__((always_inline)) __m512i group_dot(const uint8_t *p, const int8_t *x, const int bits) {
+    __m512i acc = _mm512_setzero_si512();
+    if (bits == 4) {
+        const __m512i raw = _mm512_loadu_si512(p), lo4 = _mm512_set1_epi8(0x0F);
+        DPBUSD(acc, _mm512_and_si512(raw, lo4), _mm512_loadu_si512(x));
+        DPBUSD(acc, _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4), _mm512_loadu_si512(x + 64));
+    } else {
+        DPBUSD(acc, _mm512_loadu_si512(p), _mm512_loadu_si512(x));
+        DPBUSD(acc, _mm512_loadu_si512(p + 64), _mm512_loadu_si512(x + 64));
+    }
+    return acc;
+}
+
+/* 16 consecutive groups of the stream from p (group g of its row) -> their 16 exact dots; the
+ * transposed reduction is interleaved with the dot products to keep few vectors live */
+TGT static inline __attribute__((always_inline)) __m512i dots16(const mote_intn_args *a, const uint8_t **pp, int *gp,
+                                                                int cnt, const int bits) {
+    const int ng = a->ng, gb = 16 * bits;
+    const uint8_t *p = *pp;
+    int g = *gp;
+    __m512i t[8], u[4];
+#pragma GCC unroll 16
+    for (int j = 0; j < 16; j += 2) {
+        __m512i v[2];
+        for (int k = 0; k < 2; k++) {
+            if (j + k < cnt) {
+                _mm_prefetch((const char *)(p + MOTE_INTN_PF), _MM_HINT_T0);
+                if (bits == 8) _mm_prefetch((const char *)(p + MOTE_INTN_PF + 64), _MM_HINT_T0);
+                v[k] = group_dot(p, a->xq + (int64_t)g * 128, bits);
+                p += gb;
+                g = g + 1 == ng ? 0 : g + 1;
+            } else {
+                v[k] = _mm512_setzero_si512();
+            }
+        }
+        t[j / 2] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[0], v[1]), _mm512_unpackhi_epi32(v[0], v[1]));
+        if (j & 2)
+            u[j / 4] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[j / 2 - 1], t[j / 2]),
+                                        _mm512_unpackhi_epi64(t[j / 2 - 1], t[j / 2]));
+    }
+    *pp = p;
+    *gp = g;
+    __m512i w0 = _mm512_add_epi32(_mm512_shuffle_i32x4(u[0], u[1], 0x88), _mm512_shuffle_i32x4(u[0], u[1], 0xDD));
+    __m512i w1 = _mm512_add_epi32(_mm512_shuffle_i32x4(u[2], u[3], 0x88), _mm512_shuffle_i32x4(u[2], u[3], 0xDD));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(w0, w1, 0x88), _mm512_shuffle_i32x4(w0, w1, 0xDD));
+}
+
+typedef struct {
+    const float *rs_ext;      /* [ng + 16] 1 / s of group i % ng */
+    const int32_t *sx_ext;    /* [ng + 16] sumx of group i % ng */
+} flat_ext;
+
+/* the m (row, group) pairs starting at flat index f0 of the stream of rows from n: products
+ * prod[i] = float(dot - zero * sumx) * (scale / s) */
+TGT static inline __attribute__((always_inline)) void flat_products(const mote_intn_args *a, const flat_ext *e, int n,
+                                                                    int64_t f0, int m, float *prod, const int bits) {
+    const uint8_t *p = a->w + (int64_t)n * a->rb + f0 * 16 * bits;
+    const uint16_t *s16 = a->scales + (int64_t)n * a->ng + f0, *z16 = a->zeros + (int64_t)n * a->ng + f0;
+    int g = (int)(f0 % a->ng);
+    for (int i = 0; i < m; i += 16) {
+        const int cnt = m - i < 16 ? m - i : 16;
+        const int g0 = g;
+        const __m512i d = cnt == 16 ? dots16(a, &p, &g, 16, bits) : dots16(a, &p, &g, cnt, bits);
+        const __mmask16 k = cnt == 16 ? 0xFFFF : (__mmask16)((1u << cnt) - 1);
+        _mm_prefetch((const char *)(s16 + i + 512), _MM_HINT_T0);
+        _mm_prefetch((const char *)(z16 + i + 512), _MM_HINT_T0);
+        const __m512 sc = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, s16 + i));
+        const __m512i z = _mm512_cvtps_epi32(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, z16 + i)));
+        const __m512i c = _mm512_sub_epi32(d, _mm512_mullo_epi32(z, _mm512_loadu_si512(e->sx_ext + g0)));
+        _mm512_storeu_ps(prod + i, _mm512_mul_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(sc, _mm512_loadu_ps(e->rs_ext + g0))));
+    }
+}
+
+/* sum of the ng products of one row */
+TGT static inline float row_sum(const float *prod, int ng) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g += 16) {
+        __mmask16 m = ng - g >= 16 ? 0xFFFF : (__mmask16)((1u << (ng - g)) - 1);
+        acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, prod + g));
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+TGT static inline __attribute__((always_inline)) void gemv_flat(const mote_intn_args *a, int n0, int n1, uint8_t *buf,
+                                                                const int bits) {
+    const int ng = a->ng;
+    float *prod = (float *)(void *)buf;
+    float *rs_ext = prod + (ng > MOTE_INTN_FLAT ? ng : MOTE_INTN_FLAT) + 16;
+    int32_t *sx_ext = (int32_t *)(void *)(rs_ext + ng + 16);
+    for (int i = 0; i < ng + 16; i++) {
+        rs_ext[i] = a->rs[i % ng];
+        sx_ext[i] = a->sumx[i % ng];
+    }
+    const flat_ext e = {rs_ext, sx_ext};
+    int rows = MOTE_INTN_FLAT / ng;
+    if (rows < 1) rows = 1;
+    for (int n = n0; n < n1; n += rows) {
+        const int nr = n1 - n < rows ? n1 - n : rows;
+        const int64_t total = (int64_t)nr * ng;
+        for (int64_t f = 0; f < total; f += MOTE_INTN_FLAT) {   /* > 1 stretch only if ng > MOTE_INTN_FLAT */
+            const int m = total - f < MOTE_INTN_FLAT ? (int)(total - f) : MOTE_INTN_FLAT;
+            flat_products(a, &e, n, f, m, prod + f, bits);
+        }
+        for (int r = 0; r < nr; r++) a->y[n + r] = row_sum(prod + (int64_t)r * ng, ng);
+    }
+}
+
+static int flat_ok(const mote_intn_args *a) { return a->T == 1 && a->G == 128 && (a->bits == 4 || a->bits == 8); }
+
 TGT void mote_intn_rows_avx512(const mote_intn_args *a, int n0, int n1, uint8_t *scratch) {
+    if (flat_ok(a)) {
+        uint8_t *buf = scratch + ((a->kp + 64) & ~(int64_t)63);
+        if (a->bits == 4)
+            gemv_flat(a, n0, n1, buf, 4);
+        else
+            gemv_flat(a, n0, n1, buf, 8);
+        return;
+    }
     float *fac = (float *)(void *)(scratch + ((a->kp + 64) & ~(int64_t)63));   /* [4, ng] */
     int32_t *corr = (int32_t *)(void *)(fac + 4 * a->ng);                       /* [4, ng] */
     for (int n = n0; n < n1; n++) {

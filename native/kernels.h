@@ -68,9 +68,12 @@ void mote_intn_rows_avx512(const mote_intn_args *a, int n0, int n1, uint8_t *scr
 int mote_intn_matmul(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int bits, int G,
                      const float *x, int T, int K, int N, float *y, int threads);
 
+#define MOTE_INTN_FLAT 1024   /* AVX-512 int-N GEMV: (row, group) products per stretch */
+
 /* shared helpers (intn.c) */
 float mote_half_to_float(uint16_t h);
-/* scratch of a rows function: [kp + 64 bytes: one unpacked row][4 * ng floats][4 * ng int32] */
+/* scratch of a rows function: [kp + 64 bytes: one unpacked row][4 * ng floats][4 * ng int32], or
+ * after the row, for the AVX-512 GEMV: max(ng, MOTE_INTN_FLAT) + 16 floats, 2 (ng + 16) words */
 size_t mote_intn_scratch_bytes(const mote_intn_args *a);
 /* row n's scales and zero-points as float / int32, converted into the scratch */
 void mote_intn_row_params(const mote_intn_args *a, int n, uint8_t *scratch, const float **sc, const int32_t **zp);
