@@ -65,7 +65,7 @@ static void tern_task(void *ctx, int i, int n) {
     int n0, n1;
     mote_split_rows(job->a->N, i, n, 16, &n0, &n1);
     if (n0 >= n1) return;
-    uint8_t *scratch = malloc(2 * (size_t)job->a->kx + 64);  /* two decoded rows (GEMM paths) */
+    uint8_t *scratch = malloc(4 * (size_t)job->a->kx + 64);  /* four decoded rows (GEMM paths) */
     if (!scratch) {
         job->failed = 1;
         return;

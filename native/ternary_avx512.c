@@ -196,26 +196,52 @@ TGT static inline void decode_row(const mote_tern_args *a, const luts512 *L, int
     }
 }
 
-/* u8 digits of nr (1 or 2) rows [nr, kx] . int8 activations of 4 tokens: 8 independent chains */
+/* u8 digits of NR (1 or 4) decoded rows (d: [NR, kx]) . int8 activations of NT (1..4) tokens from
+ * t0: NR * NT independent vpdpbusd chains; a 4 x 4 tile ends in one transposed reduction */
 TGT static inline __attribute__((always_inline)) void dot_tile(const mote_tern_args *a, const uint8_t *d, int n,
-                                                               const int nr, int t0) {
+                                                               const int NR, int t0, const int NT) {
     const int8_t *x = a->xq + t0 * a->kx;
     const int64_t kx = a->kx;
-    __m512i c[2][4];
-    for (int r = 0; r < 2; r++)
-        for (int t = 0; t < 4; t++) c[r][t] = _mm512_setzero_si512();
+    __m512i c[16];   /* c[4 t + r] */
+    for (int i = 0; i < 16; i++) c[i] = _mm512_setzero_si512();
     for (int64_t k = 0; k < kx; k += 64) {
-        __m512i xv[4];
-        for (int t = 0; t < 4; t++) xv[t] = _mm512_loadu_si512(x + t * kx + k);
-        for (int r = 0; r < nr; r++) {
-            __m512i v = _mm512_loadu_si512(d + r * kx + k);
-            for (int t = 0; t < 4; t++) c[r][t] = _mm512_dpbusd_epi32(c[r][t], v, xv[t]);
+        __m512i w[4];
+        for (int r = 0; r < NR; r++) w[r] = _mm512_loadu_si512(d + r * kx + k);
+        for (int t = 0; t < NT; t++) {
+            const __m512i xv = _mm512_loadu_si512(x + t * kx + k);
+            for (int r = 0; r < NR; r++) DPBUSD(c[4 * t + r], w[r], xv);
         }
     }
-    for (int r = 0; r < nr; r++)
-        for (int t = 0; t < 4; t++)
-            a->y[(int64_t)(t0 + t) * a->N + n + r] =
-                (float)(_mm512_reduce_add_epi32(c[r][t]) - a->sumx[t0 + t]) * a->f[t0 + t];
+    if (NR == 4 && NT == 4) {
+        /* lane 4 t + r: output (t0 + t, n + r); 128-bit lane t = 4 consecutive outputs of token t0 + t */
+        const __m512i tok = _mm512_srli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 2);
+        const __m512i sx = _mm512_permutexvar_epi32(tok, _mm512_maskz_loadu_epi32(0xF, a->sumx + t0));
+        const __m512 f = _mm512_permutexvar_ps(tok, _mm512_maskz_loadu_ps(0xF, a->f + t0));
+        const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(reduce16(c), sx)), f);
+        float *yo = a->y + (int64_t)t0 * a->N + n;
+        _mm_storeu_ps(yo, _mm512_castps512_ps128(y));
+        _mm_storeu_ps(yo + a->N, _mm512_extractf32x4_ps(y, 1));
+        _mm_storeu_ps(yo + 2 * (int64_t)a->N, _mm512_extractf32x4_ps(y, 2));
+        _mm_storeu_ps(yo + 3 * (int64_t)a->N, _mm512_extractf32x4_ps(y, 3));
+    } else {
+        for (int t = 0; t < NT; t++)
+            for (int r = 0; r < NR; r++)
+                a->y[(int64_t)(t0 + t) * a->N + n + r] =
+                    (float)(_mm512_reduce_add_epi32(c[4 * t + r]) - a->sumx[t0 + t]) * a->f[t0 + t];
+    }
+}
+
+/* all T tokens of NR (1 or 4) decoded rows */
+TGT static inline __attribute__((always_inline)) void dot_rows(const mote_tern_args *a, const uint8_t *d, int n,
+                                                               const int NR) {
+    int t = 0;
+    for (; t + 4 <= a->T; t += 4) dot_tile(a, d, n, NR, t, 4);
+    switch (a->T - t) {
+        case 3: dot_tile(a, d, n, NR, t, 3); break;
+        case 2: dot_tile(a, d, n, NR, t, 2); break;
+        case 1: dot_tile(a, d, n, NR, t, 1); break;
+        default: break;
+    }
 }
 
 TGT void mote_tern_rows_avx512(const mote_tern_args *a, int n0, int n1, uint8_t *scratch) {
@@ -244,17 +270,13 @@ TGT void mote_tern_rows_avx512(const mote_tern_args *a, int n0, int n1, uint8_t 
         }
         return;
     }
-    for (int n = n0; n < n1; n += 2) {   /* GEMM: decode 2 rows, then 2 x 4 tiles */
-        const int nr = n + 1 < n1 ? 2 : 1;
-        for (int r = 0; r < nr; r++) decode_row(a, &L, n + r, scratch + r * a->kx);
-        int t = 0;
-        for (; t + 4 <= a->T; t += 4) {
-            if (nr == 2)
-                dot_tile(a, scratch, n, 2, t);
-            else
-                dot_tile(a, scratch, n, 1, t);
-        }
-        for (; t < a->T; t++)   /* leftover tokens: fused path on the packed rows */
-            for (int r = 0; r < nr; r++) gemv_row(a, &L, n + r, t, 1);
+    int n = n0;   /* GEMM: decode 4 rows into scratch, then 4 x 4 tiles over all tokens */
+    for (; n + 4 <= n1; n += 4) {
+        for (int r = 0; r < 4; r++) decode_row(a, &L, n + r, scratch + r * a->kx);
+        dot_rows(a, scratch, n, 4);
+    }
+    for (; n < n1; n++) {
+        decode_row(a, &L, n, scratch);
+        dot_rows(a, scratch, n, 1);
     }
 }
