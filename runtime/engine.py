@@ -43,6 +43,19 @@ class ContextError(MoteError):
     """The prompt (with its image) and the requested new tokens do not fit the context."""
 
 
+class _VocabMaskedSampler:
+    """Embedding tables are often padded past the tokenizer (Qwen2.5: 151,936 rows, 151,665 tokens):
+    ids the tokenizer cannot decode are never sampled."""
+
+    def __init__(self, sampler: Sampler, vocab: int):
+        self.sampler, self.vocab = sampler, vocab
+
+    def sample(self, logits: np.ndarray) -> int:
+        if logits.shape[0] > self.vocab:
+            logits = logits[: self.vocab]  # the kept ids are unchanged: slicing is a mask
+        return self.sampler.sample(logits)
+
+
 class Engine:
     def __init__(self, file: MoteFile, plan: MemoryPlan, budget: int | None, threads: int, baseline_rss: int):
         self.file, self.plan, self.budget, self.threads = file, plan, budget, threads
@@ -112,7 +125,8 @@ class Engine:
         """Token ids of the answer, one at a time (EOS ends it and is not yielded)."""
         if max_new_tokens < 1:
             raise MoteError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        sampler = Sampler(SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        sampler = _VocabMaskedSampler(Sampler(params), self.tokenizer.vocab_size)
         self.stats = RunStats()
         t0 = time.perf_counter()
         x = self._prompt_embeddings(prompt, image)

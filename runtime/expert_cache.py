@@ -8,6 +8,7 @@ at load; nothing else is allocated per expert (the tensors are views into the sl
 
 from __future__ import annotations
 
+import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -55,6 +56,9 @@ class ExpertCache:
         self.file = f
         self.threads = threads
         self.drop_page_cache = drop_pages
+        if drop_pages and hasattr(os, "posix_fadvise"):
+            # expert reads are random: no readahead, whose pages the per-record DONTNEED would miss
+            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
         self.slab_bytes = align(max((e.nbytes for e in f.experts.values()), default=0), SECTION_ALIGN)
         self.slabs = [np.empty(self.slab_bytes, dtype=np.uint8) for _ in range(slabs)]
         self.free = list(range(slabs))
@@ -82,7 +86,9 @@ class ExpertCache:
             self.stats.evictions += 1
         entry = self.file.read_expert_into(layer, expert, self.slabs[slab])
         if self.drop_page_cache:
-            drop_page_cache(self.file.fileno(), self.file.header.data_offset + entry.offset, entry.nbytes)
+            # records start page-aligned; round the length up so the last partial page goes too
+            drop_page_cache(self.file.fileno(), self.file.header.data_offset + entry.offset,
+                            align(entry.nbytes, SECTION_ALIGN))
         buf = self.slabs[slab]
         projs = {t.name: Linear(parse_parts(t, buf, t.offset), t.scheme, t.shape, self.threads) for t in entry.tensors}
         value = (slab, Expert(projs))

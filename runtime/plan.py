@@ -56,7 +56,7 @@ class MemoryPlan:
         return {"resident weights": self.resident_bytes, "KV cache": self.kv_cache_bytes,
                 "scratch": self.scratch_bytes, "vision peak": self.vision_peak_bytes,
                 "runtime + metadata": self.overhead_bytes,
-                f"expert cache ({self.expert_slabs} slabs)": self.expert_cache_bytes}
+                f"expert cache ({self.expert_slabs} slab{'' if self.expert_slabs == 1 else 's'})": self.expert_cache_bytes}
 
 
 def kv_cache_bytes(cfg: ModelConfig, context: int) -> int:

@@ -140,6 +140,15 @@ def test_bad_run_inputs_are_one_line_errors(exported, args, message):
     assert "Traceback" not in r.stderr
 
 
+def test_truncated_image_is_a_one_line_error(exported, tmp_path):
+    bad = tmp_path / "half.png"
+    bad.write_bytes(IMAGE.read_bytes()[:200])
+    r = run_cli("run", str(exported), "--prompt", PROMPT, "--image", str(bad))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot read image") and "half.png" in last
+
+
 def test_corrupt_model_is_a_one_line_error(exported, tmp_path):
     bad = tmp_path / "bad.mote"
     bad.write_bytes(exported.read_bytes()[:-7])
@@ -172,3 +181,21 @@ def test_peak_rss_over_baseline_stays_within_the_budget(exported):
     d = json.loads(r.stdout)
     assert d["plan"] <= budget and d["slabs"] < 8 and d["misses"] > d["slabs"]
     assert 0 < d["peak_over_baseline"] <= budget, d
+
+
+def test_expert_loads_leave_no_second_copy_in_the_page_cache(exported, tmp_path):
+    from mote_edge.runtime.memory import drop_page_cache, filesystem_type, page_cache_bytes
+    if filesystem_type(exported) in ("tmpfs", "ramfs"):
+        pytest.skip("tmpfs pages cannot be dropped from the page cache")
+    copy = tmp_path / "m.mote"  # a file of our own: page_cache_bytes needs to own it
+    copy.write_bytes(exported.read_bytes())
+    with open(copy, "rb") as fh:
+        os_fd = fh.fileno()
+        __import__("os").fsync(os_fd)
+        drop_page_cache(os_fd)
+    if page_cache_bytes(copy) is None:
+        pytest.skip("mincore residency is not available here")
+    with Engine.load(copy, memory_budget=_min_budget(copy) + 8192, threads=1) as engine:
+        list(engine.generate_ids(PROMPT, IMAGE, max_new_tokens=12))
+        assert engine.experts.stats.misses > 2
+        assert page_cache_bytes(copy) == 0

@@ -1,0 +1,95 @@
+"""Decode speed of the runtime against the torch reference (fp32, eager) in the same run, and the
+cost of a memory budget that holds half the experts.
+
+    python benchmarks/decode.py models/q05-ckpt models/q05-b4.mote [--tokens 32]
+
+Prints tok/s and the ratios; writes benchmarks/out/decode.json. Greedy decoding of the same text
+prompt everywhere; the first decode step is excluded (warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+PROMPT = "Describe the picture in detail. What shapes are there, what colors do they have, and where are they?"
+
+
+def runtime_decode(mote: Path, tokens: int, budget: int | None, threads: int) -> dict:
+    from mote_edge.runtime.engine import Engine
+
+    with Engine.load(mote, memory_budget=budget, threads=threads, max_context=1024) as engine:
+        times = []
+        t = time.perf_counter()
+        for _ in engine.generate_ids(PROMPT, max_new_tokens=tokens + 1):
+            now = time.perf_counter()
+            times.append(now - t)
+            t = now
+        r = engine.report()
+    decode = times[2:]  # times[0] = prefill, times[1] = first decode step (warm-up)
+    return {"tok_s": len(decode) / sum(decode), "slabs": r["experts"]["slabs"], "total_experts": r["experts"]["total"],
+            "hit_rate": r["experts"]["hit_rate"], "stall_ms": r["experts"]["stall_ms"],
+            "peak_over_baseline": r["memory"]["peak_over_baseline"], "plan_bytes": r["plan"]["total_bytes"],
+            "ttft_ms": r["timing"]["ttft_ms"], "prefill_tok_s": r["timing"]["prefill_tok_s"]}
+
+
+def torch_decode(ckpt: Path, tokens: int, threads: int) -> dict:
+    import torch
+
+    from mote_edge.chat import encode_prompt
+    from mote_edge.exporters.checkpoint import Checkpoint
+    from mote_edge.exporters.reference import load_reference_model
+
+    torch.set_num_threads(threads)
+    c = Checkpoint.open(ckpt)
+    model = load_reference_model(c)
+    ids = encode_prompt(c.tokenizer(), PROMPT, has_image=False)
+    times = []
+    t = time.perf_counter()
+    for _ in model.generate_tokens(ids, None, max_new_tokens=tokens + 1, eos_token_id=None):
+        now = time.perf_counter()
+        times.append(now - t)
+        t = now
+    decode = times[2:]
+    return {"tok_s": len(decode) / sum(decode)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("checkpoint", type=Path)
+    ap.add_argument("mote", type=Path)
+    ap.add_argument("--tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+    from mote_edge.format import MoteFile
+    from mote_edge.runtime.plan import fit_budget
+    from mote_edge.runtime.weights import runtime_nbytes
+
+    full = runtime_decode(args.mote, args.tokens, None, args.threads)
+    with MoteFile(args.mote) as f:
+        resident = sum(runtime_nbytes(t) for t in f.tensors.values())
+        p = fit_budget(f.config, f.metadata["sizes"], 1024, None, resident, f.header.metadata_length)
+    half_budget = p.total_bytes - p.expert_cache_bytes + p.expert_slab_bytes * (p.total_experts // 2)
+    half = runtime_decode(args.mote, args.tokens, half_budget, args.threads)
+    ref = torch_decode(args.checkpoint, args.tokens, args.threads)
+    result = {"threads": args.threads, "tokens": args.tokens, "runtime_full": full, "runtime_half": half,
+              "torch_fp32": ref, "speedup_vs_torch": full["tok_s"] / ref["tok_s"],
+              "half_vs_full": half["tok_s"] / full["tok_s"]}
+    print(f"decode tok/s ({args.threads} threads, {args.tokens} tokens)")
+    print(f"  mote-edge, all {full['total_experts']} experts cached: {full['tok_s']:8.2f}  "
+          f"(peak {full['peak_over_baseline'] / 1e6:,.0f} MB over baseline)")
+    print(f"  mote-edge, {half['slabs']} slabs (budget {half_budget / 1e6:,.0f} MB):    {half['tok_s']:8.2f}  "
+          f"(hit rate {100 * half['hit_rate']:.1f}%, stall {half['stall_ms']:.0f} ms, peak "
+          f"{half['peak_over_baseline'] / 1e6:,.0f} MB over baseline)")
+    print(f"  torch reference fp32 eager:          {ref['tok_s']:8.2f}")
+    print(f"  ratio runtime/torch {result['speedup_vs_torch']:.2f}x; half-cache/full {result['half_vs_full']:.2f}x")
+    out = Path(__file__).parent / "out"
+    out.mkdir(exist_ok=True)
+    (out / "decode.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
