@@ -19,6 +19,8 @@ Roles:
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 from mote_edge.config import ModelConfig
@@ -42,10 +44,7 @@ class TensorSpec:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 def swiglu_shapes(hidden: int, inter: int) -> dict[str, tuple[int, int]]:

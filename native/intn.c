@@ -54,6 +54,7 @@ void mote_unpack_group(const uint8_t *src, int bits, int G, uint8_t *q) {
 size_t mote_intn_scratch_bytes(const mote_intn_args *a) {
     size_t flat = 4 * ((size_t)(a->ng > MOTE_INTN_FLAT ? a->ng : MOTE_INTN_FLAT) + 16) + 8 * ((size_t)a->ng + 16);
     size_t tiles = 32 * (size_t)a->ng;                          /* [4, ng] floats + [4, ng] int32 */
+    if (a->xil) return 4 * ((size_t)a->kp + 64) + 48 * (size_t)a->ng + 64;   /* 4 rows + [4, ng] x 3 words */
     return (size_t)a->kp + 128 + (flat > tiles ? flat : tiles);   /* + one unpacked row */
 }
 
@@ -151,10 +152,43 @@ int mote_intn_matmul(const uint8_t *w, const uint16_t *scales, const uint16_t *z
     a.sumx = sumx;
     a.rs = rs;
     a.y = y;
-    intn_job job = {&a, intn_rows_for(mote_get_path()), 0};
+    a.xil = NULL;
+    a.sumx_il = NULL;
+    a.rs_il = NULL;
+    a.ntb = (T + 15) / 16;
+    const mote_path path = mote_get_path();
+    uint8_t *xil = NULL;
+    int32_t *sumx_il = NULL;
+    float *rs_il = NULL;
+    if (path == MOTE_PATH_AVX512 && T >= MOTE_INTN_IL_MIN) {   /* tokens in lanes (intn_avx512.c) */
+        const int64_t nch = a.kp / 4;
+        xil = malloc((size_t)(a.ntb * a.kp * 16 + 64));
+        sumx_il = calloc((size_t)a.ntb * a.ng * 16, sizeof(int32_t));
+        rs_il = calloc((size_t)a.ntb * a.ng * 16, sizeof(float));
+        if (!xil || !sumx_il || !rs_il) {
+            free(xq), free(sumx), free(rs), free(xil), free(sumx_il), free(rs_il);
+            return -1;
+        }
+        memset(xil, 128, (size_t)(a.ntb * a.kp * 16));
+        for (int t = 0; t < T; t++) {
+            const int tb = t / 16, l = t % 16;
+            const int8_t *src = xq + t * a.kp;
+            uint8_t *dst = xil + (int64_t)tb * a.kp * 16 + 4 * l;
+            for (int64_t j = 0; j < nch; j++)
+                for (int b = 0; b < 4; b++) dst[j * 64 + b] = (uint8_t)(src[4 * j + b] + 128);
+            for (int g = 0; g < a.ng; g++) {
+                sumx_il[((int64_t)tb * a.ng + g) * 16 + l] = sumx[t * a.ng + g];
+                rs_il[((int64_t)tb * a.ng + g) * 16 + l] = rs[t * a.ng + g];
+            }
+        }
+        a.xil = xil;
+        a.sumx_il = sumx_il;
+        a.rs_il = rs_il;
+    }
+    intn_job job = {&a, intn_rows_for(path), 0};
     int nth = threads < 1 ? 1 : threads;
     if (nth > (N + 15) / 16) nth = (N + 15) / 16;
     mote_parallel(nth, intn_task, &job);
-    free(xq), free(sumx), free(rs);
+    free(xq), free(sumx), free(rs), free(xil), free(sumx_il), free(rs_il);
     return job.failed ? -1 : 0;
 }

@@ -8,6 +8,7 @@
  * scale / s into a float accumulator; one horizontal sum per output.
  */
 #include <immintrin.h>
+#include <string.h>
 
 #include "kernels.h"
 
@@ -197,7 +198,115 @@ TGT static inline __attribute__((always_inline)) void gemv_flat(const mote_intn_
 
 static int flat_ok(const mote_intn_args *a) { return a->T == 1 && a->G == 128 && (a->bits == 4 || a->bits == 8); }
 
+
+/* ---- GEMM with tokens in lanes (T >= MOTE_INTN_IL_MIN) ----
+ * vpdpbusd lanes = 16 tokens: the u8 operand is 4 activation bytes of each of 16 tokens (xil, offset
+ * by +128 to be unsigned), the s8 operand 4 weight bytes of one row broadcast from memory
+ * ({1to16}). Rows are unpacked once into w_s = q - off (off = 128 at 8 bits, else 0; fits s8), so
+ *   sum (q - off)(x + 128) = sum q x + 128 sum q - off sum x - 128 off G
+ *   => sum q x - z sum x = acc - A_g - (z - off) sum x,   A_g = 128 sum_g q - 128 off G   (exact)
+ * No horizontal sums: per group and 4 rows x 16 tokens, 4 G/4 vpdpbusd, then per row one exact
+ * correction and one FMA over the 16 tokens. */
+#define DPBUSD_B(acc, xv, p) __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(xv), "m"(*(const int32_t *)(p)))
+
+/* row n -> ws [kp] (s8 weights), A [ng], zo [ng], sc [ng] */
+TGT static void unpack_row_s(const mote_intn_args *a, int n, uint8_t *ws, int32_t *A, int32_t *zo, float *sc) {
+    const int G = a->G, ng = a->ng, gbytes = G * a->bits / 8;
+    const uint8_t *src = a->w + (int64_t)n * a->rb;
+    const int off = a->bits == 8 ? 128 : 0;
+    for (int g = 0; g < ng; g++) {
+        const uint8_t *p = src + (int64_t)g * gbytes;
+        uint8_t *q = ws + (int64_t)g * G;
+        if (a->bits == 8) {
+            memcpy(q, p, (size_t)G);
+        } else if (a->bits == 4) {
+            const int h = G / 2;
+            for (int c = 0; c < h; c += 64) {
+                const __mmask64 m = h - c >= 64 ? ~0ULL : (1ULL << (h - c)) - 1;
+                const __m512i raw = _mm512_maskz_loadu_epi8(m, p + c), lo4 = _mm512_set1_epi8(0x0F);
+                _mm512_mask_storeu_epi8(q + c, m, _mm512_and_si512(raw, lo4));
+                _mm512_mask_storeu_epi8(q + h + c, m, _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4));
+            }
+        } else {
+            mote_unpack_group(p, a->bits, G, q);
+        }
+        __m512i s = _mm512_setzero_si512();
+        for (int c = 0; c < G; c += 64) {
+            const __mmask64 m = G - c >= 64 ? ~0ULL : (1ULL << (G - c)) - 1;
+            const __m512i v = _mm512_maskz_loadu_epi8(m, q + c);
+            s = _mm512_add_epi64(s, _mm512_sad_epu8(v, _mm512_setzero_si512()));
+            if (off) _mm512_mask_storeu_epi8(q + c, m, _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)));
+        }
+        A[g] = 128 * (int32_t)_mm512_reduce_add_epi64(s) - 128 * off * G;
+        zo[g] = (int32_t)mote_half_to_float(a->zeros[(int64_t)n * ng + g]) - off;
+        sc[g] = mote_half_to_float(a->scales[(int64_t)n * ng + g]);
+    }
+}
+
+/* R (1 or 4) unpacked rows x the 16 tokens of block tb */
+TGT static inline __attribute__((always_inline)) void il_tile(const mote_intn_args *a, const uint8_t *ws, int64_t kpa,
+                                                              const int32_t *A, const int32_t *zo, const float *sc,
+                                                              int n, int tb, const int R) {
+    const int G = a->G, ng = a->ng;
+    const uint8_t *xb = a->xil + (int64_t)tb * a->kp * 16;
+    __m512 yf[4];
+    for (int r = 0; r < R; r++) yf[r] = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        __m512i acc[4], acc2[4];   /* two chains per row (even / odd chunks): vpdpbusd latency */
+        for (int r = 0; r < R; r++) acc[r] = acc2[r] = _mm512_setzero_si512();
+        const uint8_t *xg = xb + (int64_t)g * G * 16, *wg = ws + (int64_t)g * G;
+#pragma GCC unroll 4
+        for (int j = 0; j < G / 4; j += 2) {   /* G / 4 is even (G >= 32) */
+            const __m512i xv = _mm512_loadu_si512(xg + 64 * j), xv2 = _mm512_loadu_si512(xg + 64 * j + 64);
+            for (int r = 0; r < R; r++) {
+                DPBUSD_B(acc[r], xv, wg + r * kpa + 4 * j);
+                DPBUSD_B(acc2[r], xv2, wg + r * kpa + 4 * j + 4);
+            }
+        }
+        for (int r = 0; r < R; r++) acc[r] = _mm512_add_epi32(acc[r], acc2[r]);
+        const __m512i sx = _mm512_loadu_si512(a->sumx_il + ((int64_t)tb * ng + g) * 16);
+        const __m512 rsv = _mm512_loadu_ps(a->rs_il + ((int64_t)tb * ng + g) * 16);
+        for (int r = 0; r < R; r++) {
+            const __m512i c = _mm512_sub_epi32(_mm512_sub_epi32(acc[r], _mm512_set1_epi32(A[r * ng + g])),
+                                               _mm512_mullo_epi32(_mm512_set1_epi32(zo[r * ng + g]), sx));
+            yf[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(_mm512_set1_ps(sc[r * ng + g]), rsv), yf[r]);
+        }
+    }
+    const int nt = a->T - 16 * tb < 16 ? a->T - 16 * tb : 16;
+    for (int r = 0; r < R; r++) {
+        float v[16];
+        _mm512_storeu_ps(v, yf[r]);
+        for (int l = 0; l < nt; l++) a->y[(int64_t)(16 * tb + l) * a->N + n + r] = v[l];
+    }
+}
+
+TGT static void gemm_il(const mote_intn_args *a, int n0, int n1, uint8_t *scratch) {
+    const int64_t kpa = (a->kp + 63) & ~(int64_t)63;
+    uint8_t *ws = scratch;
+    int32_t *A = (int32_t *)(void *)(scratch + 4 * kpa), *zo = A + 4 * a->ng;
+    float *sc = (float *)(void *)(zo + 4 * a->ng);
+    int n = n0;
+    for (; n + 4 <= n1; n += 4) {
+        for (int r = 0; r < 4; r++) unpack_row_s(a, n + r, ws + r * kpa, A + r * a->ng, zo + r * a->ng, sc + r * a->ng);
+        if (n + 8 <= n1) {   /* the next 4 rows into L2 while these are multiplied */
+            const uint8_t *nx = a->w + (int64_t)(n + 4) * a->rb;
+            for (int64_t o = 0; o < 4 * a->rb; o += 64) _mm_prefetch((const char *)(nx + o), _MM_HINT_T1);
+            _mm_prefetch((const char *)(a->scales + (int64_t)(n + 4) * a->ng), _MM_HINT_T1);
+            _mm_prefetch((const char *)(a->zeros + (int64_t)(n + 4) * a->ng), _MM_HINT_T1);
+        }
+        for (int tb = 0; tb < a->ntb; tb++) il_tile(a, ws, kpa, A, zo, sc, n, tb, 4);
+    }
+    for (; n < n1; n++) {
+        unpack_row_s(a, n, ws, A, zo, sc);
+        for (int tb = 0; tb < a->ntb; tb++) il_tile(a, ws, kpa, A, zo, sc, n, tb, 1);
+    }
+}
+
 TGT void mote_intn_rows_avx512(const mote_intn_args *a, int n0, int n1, uint8_t *scratch) {
+    if (a->xil) {
+        gemm_il(a, n0, n1, scratch);
+        return;
+    }
     if (flat_ok(a)) {
         uint8_t *buf = scratch + ((a->kp + 64) & ~(int64_t)63);
         if (a->bits == 4)

@@ -58,7 +58,17 @@ typedef struct {
     const int32_t *sumx;     /* [T, ng] */
     const float *rs;         /* [T, ng] 1 / s per token and group */
     float *y;                /* [T, N] */
+    /* GEMM operands with tokens in lanes (built by the driver for the AVX-512 path when
+     * T >= MOTE_INTN_IL_MIN, else NULL): ntb = ceil(T / 16) blocks of 16 tokens;
+     * xil[tb][j][l][b] = xq[16 tb + l][4 j + b] + 128 (u8; 128 for tokens >= T),
+     * sumx_il[tb][g][l], rs_il[tb][g][l] (0 for tokens >= T) */
+    const uint8_t *xil;
+    const int32_t *sumx_il;
+    const float *rs_il;
+    int ntb;
 } mote_intn_args;
+
+#define MOTE_INTN_IL_MIN 8
 
 typedef void (*mote_intn_rows_fn)(const mote_intn_args *a, int n0, int n1, uint8_t *scratch);
 void mote_intn_rows_scalar(const mote_intn_args *a, int n0, int n1, uint8_t *scratch);

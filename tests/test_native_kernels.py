@@ -134,9 +134,10 @@ def _intn_close(x, wq, y):
 @pytest.mark.parametrize("G", [32, 64, 128])
 def test_intn_matches_reference(path, bits, G):
     rng = np.random.default_rng(bits * 7 + G)
-    # T = 1 with many rows and groups: the AVX-512 GEMV streams groups across row boundaries
+    # T = 1 with many rows and groups: the AVX-512 GEMV streams groups across row boundaries;
+    # T >= 8: the AVX-512 GEMM with 16 tokens per vector (partial token blocks, rows not a multiple of 4)
     for T, N, K in [(1, 3, G), (2, 1, 3 * G + 5), (5, 18, 2 * G - 1), (1, 4097, 20), (1, 150, 9 * G - 3),
-                    (1, 7, 40 * G + 1)]:
+                    (1, 7, 40 * G + 1), (8, 5, 3 * G - 7), (17, 9, 2 * G + 3), (64, 6, 4 * G)]:
         w = rng.standard_normal((N, K)).astype(np.float32)
         x = rng.standard_normal((T, K)).astype(np.float32)
         wq = quantize_intn(w, bits, G)
@@ -146,10 +147,11 @@ def test_intn_matches_reference(path, bits, G):
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_intn_integer_part_exact(path, bits):
+@pytest.mark.parametrize("T", [3, 19])
+def test_intn_integer_part_exact(path, bits, T):
     """scale = 1 and per-group max|x| = 127 make every float step exact: y = sum of int accumulators."""
     rng = np.random.default_rng(bits)
-    G, N, K, T = 64, 9, 320, 3
+    G, N, K = 64, 9, 320
     q = rng.integers(0, 2 ** bits, size=(N, K)).astype(np.uint8)
     q[0] = 2 ** bits - 1
     ng = K // G
@@ -174,7 +176,8 @@ def test_intn_adversarial_and_threads(path, bits):
     w[1] = -5
     wq = quantize_intn(w, bits, 128)
     for x in (np.zeros((2, K), np.float32), np.full((3, K), -1e30, np.float32),
-              rng.standard_normal((6, K)).astype(np.float32)):
+              rng.standard_normal((6, K)).astype(np.float32), np.full((9, K), -1e30, np.float32),
+              rng.standard_normal((20, K)).astype(np.float32)):
         ys = [kernels.intn_matmul(x, wq, threads=th) for th in (1, 2)]
         assert np.array_equal(ys[0], ys[1])
         _intn_close(x, wq, ys[0])

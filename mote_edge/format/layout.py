@@ -6,6 +6,8 @@ part offsets are relative to their tensor, tensor offsets inside an expert recor
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 from mote_edge.quant.recipe import Scheme
@@ -52,10 +54,7 @@ class TensorEntry:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     def to_json(self, with_crc: bool) -> dict:
         d = {"name": self.name, "role": self.role, "scheme": self.scheme.to_dict(), "shape": list(self.shape),
