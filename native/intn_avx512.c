@@ -209,75 +209,104 @@ static int flat_ok(const mote_intn_args *a) { return a->T == 1 && a->G == 128 &&
  * correction and one FMA over the 16 tokens. */
 #define DPBUSD_B(acc, xv, p) __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(xv), "m"(*(const int32_t *)(p)))
 
-/* row n -> ws [kp] (s8 weights), A [ng], zo [ng], sc [ng] */
+/* row n -> ws [kp] (s8 weights), A [ng], zo [ng], sc [ng]. sum q from the registers (a reload of
+ * the masked stores would wait for them: no store forwarding) */
 TGT static void unpack_row_s(const mote_intn_args *a, int n, uint8_t *ws, int32_t *A, int32_t *zo, float *sc) {
     const int G = a->G, ng = a->ng, gbytes = G * a->bits / 8;
     const uint8_t *src = a->w + (int64_t)n * a->rb;
     const int off = a->bits == 8 ? 128 : 0;
+    const __m512i zero = _mm512_setzero_si512(), lo4 = _mm512_set1_epi8(0x0F);
     for (int g = 0; g < ng; g++) {
         const uint8_t *p = src + (int64_t)g * gbytes;
         uint8_t *q = ws + (int64_t)g * G;
-        if (a->bits == 8) {
-            memcpy(q, p, (size_t)G);
-        } else if (a->bits == 4) {
+        __m512i s = zero;
+        if (a->bits == 4) {
             const int h = G / 2;
             for (int c = 0; c < h; c += 64) {
                 const __mmask64 m = h - c >= 64 ? ~0ULL : (1ULL << (h - c)) - 1;
-                const __m512i raw = _mm512_maskz_loadu_epi8(m, p + c), lo4 = _mm512_set1_epi8(0x0F);
-                _mm512_mask_storeu_epi8(q + c, m, _mm512_and_si512(raw, lo4));
-                _mm512_mask_storeu_epi8(q + h + c, m, _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4));
+                const __m512i raw = _mm512_maskz_loadu_epi8(m, p + c);
+                const __m512i lo = _mm512_and_si512(raw, lo4), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4);
+                _mm512_mask_storeu_epi8(q + c, m, lo);
+                _mm512_mask_storeu_epi8(q + h + c, m, hi);
+                s = _mm512_add_epi64(s, _mm512_add_epi64(_mm512_sad_epu8(lo, zero), _mm512_sad_epu8(hi, zero)));
+            }
+        } else if (a->bits == 8) {
+            for (int c = 0; c < G; c += 64) {
+                const __mmask64 m = G - c >= 64 ? ~0ULL : (1ULL << (G - c)) - 1;
+                const __m512i raw = _mm512_maskz_loadu_epi8(m, p + c);
+                _mm512_mask_storeu_epi8(q + c, m, _mm512_xor_si512(raw, _mm512_set1_epi8((char)0x80)));
+                s = _mm512_add_epi64(s, _mm512_sad_epu8(raw, zero));
             }
         } else {
             mote_unpack_group(p, a->bits, G, q);
-        }
-        __m512i s = _mm512_setzero_si512();
-        for (int c = 0; c < G; c += 64) {
-            const __mmask64 m = G - c >= 64 ? ~0ULL : (1ULL << (G - c)) - 1;
-            const __m512i v = _mm512_maskz_loadu_epi8(m, q + c);
-            s = _mm512_add_epi64(s, _mm512_sad_epu8(v, _mm512_setzero_si512()));
-            if (off) _mm512_mask_storeu_epi8(q + c, m, _mm512_xor_si512(v, _mm512_set1_epi8((char)0x80)));
+            for (int c = 0; c < G; c += 64) {
+                const __mmask64 m = G - c >= 64 ? ~0ULL : (1ULL << (G - c)) - 1;
+                s = _mm512_add_epi64(s, _mm512_sad_epu8(_mm512_maskz_loadu_epi8(m, q + c), zero));
+            }
         }
         A[g] = 128 * (int32_t)_mm512_reduce_add_epi64(s) - 128 * off * G;
-        zo[g] = (int32_t)mote_half_to_float(a->zeros[(int64_t)n * ng + g]) - off;
-        sc[g] = mote_half_to_float(a->scales[(int64_t)n * ng + g]);
+    }
+    const uint16_t *s16 = a->scales + (int64_t)n * ng, *z16 = a->zeros + (int64_t)n * ng;
+    for (int g = 0; g < ng; g += 16) {
+        const __mmask16 m = ng - g >= 16 ? 0xFFFF : (__mmask16)((1u << (ng - g)) - 1);
+        _mm512_mask_storeu_ps(sc + g, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, s16 + g)));
+        _mm512_mask_storeu_epi32(zo + g, m, _mm512_sub_epi32(_mm512_cvtps_epi32(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, z16 + g))),
+                                                             _mm512_set1_epi32(off)));
     }
 }
 
-/* R (1 or 4) unpacked rows x the 16 tokens of block tb */
+/* R (1 or 4) unpacked rows x NB (1 or 2) blocks of 16 tokens from tb: R * NB vpdpbusd chains, the
+ * weights broadcast into registers once per 4 columns and shared by the token blocks */
 TGT static inline __attribute__((always_inline)) void il_tile(const mote_intn_args *a, const uint8_t *ws, int64_t kpa,
                                                               const int32_t *A, const int32_t *zo, const float *sc,
-                                                              int n, int tb, const int R) {
+                                                              int n, int tb, const int R, const int NB) {
     const int G = a->G, ng = a->ng;
-    const uint8_t *xb = a->xil + (int64_t)tb * a->kp * 16;
-    __m512 yf[4];
-    for (int r = 0; r < R; r++) yf[r] = _mm512_setzero_ps();
+    const int64_t xstride = a->kp * 16;   /* bytes per token block */
+    const uint8_t *xb = a->xil + (int64_t)tb * xstride;
+    __m512 yf[2][4];
+    for (int b = 0; b < NB; b++)
+        for (int r = 0; r < R; r++) yf[b][r] = _mm512_setzero_ps();
     for (int g = 0; g < ng; g++) {
-        __m512i acc[4], acc2[4];   /* two chains per row (even / odd chunks): vpdpbusd latency */
-        for (int r = 0; r < R; r++) acc[r] = acc2[r] = _mm512_setzero_si512();
+        __m512i acc[2][4];
+        for (int b = 0; b < NB; b++)
+            for (int r = 0; r < R; r++) acc[b][r] = _mm512_setzero_si512();
         const uint8_t *xg = xb + (int64_t)g * G * 16, *wg = ws + (int64_t)g * G;
 #pragma GCC unroll 4
-        for (int j = 0; j < G / 4; j += 2) {   /* G / 4 is even (G >= 32) */
-            const __m512i xv = _mm512_loadu_si512(xg + 64 * j), xv2 = _mm512_loadu_si512(xg + 64 * j + 64);
+        for (int j = 0; j < G / 4; j++) {
+            __m512i wv[4], xv[2];
+            for (int r = 0; r < R; r++) wv[r] = _mm512_set1_epi32(*(const int32_t *)(const void *)(wg + r * kpa + 4 * j));
+            for (int b = 0; b < NB; b++) xv[b] = _mm512_loadu_si512(xg + b * xstride + 64 * j);
+            for (int b = 0; b < NB; b++)
+                for (int r = 0; r < R; r++) DPBUSD(acc[b][r], xv[b], wv[r]);
+        }
+        for (int b = 0; b < NB; b++) {
+            const int64_t ix = ((int64_t)(tb + b) * ng + g) * 16;
+            const __m512i sx = _mm512_loadu_si512(a->sumx_il + ix);
+            const __m512 rsv = _mm512_loadu_ps(a->rs_il + ix);
             for (int r = 0; r < R; r++) {
-                DPBUSD_B(acc[r], xv, wg + r * kpa + 4 * j);
-                DPBUSD_B(acc2[r], xv2, wg + r * kpa + 4 * j + 4);
+                const __m512i c = _mm512_sub_epi32(_mm512_sub_epi32(acc[b][r], _mm512_set1_epi32(A[r * ng + g])),
+                                                   _mm512_mullo_epi32(_mm512_set1_epi32(zo[r * ng + g]), sx));
+                yf[b][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(_mm512_set1_ps(sc[r * ng + g]), rsv), yf[b][r]);
             }
         }
-        for (int r = 0; r < R; r++) acc[r] = _mm512_add_epi32(acc[r], acc2[r]);
-        const __m512i sx = _mm512_loadu_si512(a->sumx_il + ((int64_t)tb * ng + g) * 16);
-        const __m512 rsv = _mm512_loadu_ps(a->rs_il + ((int64_t)tb * ng + g) * 16);
+    }
+    for (int b = 0; b < NB; b++) {
+        const int nt = a->T - 16 * (tb + b) < 16 ? a->T - 16 * (tb + b) : 16;
         for (int r = 0; r < R; r++) {
-            const __m512i c = _mm512_sub_epi32(_mm512_sub_epi32(acc[r], _mm512_set1_epi32(A[r * ng + g])),
-                                               _mm512_mullo_epi32(_mm512_set1_epi32(zo[r * ng + g]), sx));
-            yf[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(_mm512_set1_ps(sc[r * ng + g]), rsv), yf[r]);
+            float v[16];
+            _mm512_storeu_ps(v, yf[b][r]);
+            for (int l = 0; l < nt; l++) a->y[(int64_t)(16 * (tb + b) + l) * a->N + n + r] = v[l];
         }
     }
-    const int nt = a->T - 16 * tb < 16 ? a->T - 16 * tb : 16;
-    for (int r = 0; r < R; r++) {
-        float v[16];
-        _mm512_storeu_ps(v, yf[r]);
-        for (int l = 0; l < nt; l++) a->y[(int64_t)(16 * tb + l) * a->N + n + r] = v[l];
-    }
+}
+
+/* R unpacked rows x all token blocks */
+TGT static inline __attribute__((always_inline)) void il_rows(const mote_intn_args *a, const uint8_t *ws, int64_t kpa,
+                                                              const int32_t *A, const int32_t *zo, const float *sc,
+                                                              int n, const int R) {
+    int tb = 0;
+    for (; tb + 2 <= a->ntb; tb += 2) il_tile(a, ws, kpa, A, zo, sc, n, tb, R, 2);
+    if (tb < a->ntb) il_tile(a, ws, kpa, A, zo, sc, n, tb, R, 1);
 }
 
 TGT static void gemm_il(const mote_intn_args *a, int n0, int n1, uint8_t *scratch) {
@@ -294,11 +323,11 @@ TGT static void gemm_il(const mote_intn_args *a, int n0, int n1, uint8_t *scratc
             _mm_prefetch((const char *)(a->scales + (int64_t)(n + 4) * a->ng), _MM_HINT_T1);
             _mm_prefetch((const char *)(a->zeros + (int64_t)(n + 4) * a->ng), _MM_HINT_T1);
         }
-        for (int tb = 0; tb < a->ntb; tb++) il_tile(a, ws, kpa, A, zo, sc, n, tb, 4);
+        il_rows(a, ws, kpa, A, zo, sc, n, 4);
     }
     for (; n < n1; n++) {
         unpack_row_s(a, n, ws, A, zo, sc);
-        for (int tb = 0; tb < a->ntb; tb++) il_tile(a, ws, kpa, A, zo, sc, n, tb, 1);
+        il_rows(a, ws, kpa, A, zo, sc, n, 1);
     }
 }
 
