@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT := out
 
-.PHONY: demo test bench bench-kernels install clean
+.PHONY: demo test bench bench-kernels bench-memory bench-decode install clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard native/*.c native/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,18 @@ demo: $(STAMP)
 	$(BIN)/mote-edge run $(OUT)/tiny.mote --image examples/images/shapes.png \
 		--prompt "What color is the circle?" --memory-budget 40MB --max-new-tokens 24 --report
 
-bench: bench-kernels
+bench: bench-memory bench-kernels bench-decode
+
+# The paper's memory table from the exporter's own layout planner (seconds)
+bench-memory: $(STAMP)
+	$(BIN)/python benchmarks/memory_table.py
+
+# Runtime vs torch reference decode speed on the synth Qwen2.5-0.5B MoTE (~6 GB of disk, ~5 min first time)
+MODELS := models
+bench-decode: $(STAMP)
+	test -f $(MODELS)/q05-ckpt/config.json || $(BIN)/mote-edge synth --preset qwen2.5-0.5b-e8 -o $(MODELS)/q05-ckpt --force
+	test -f $(MODELS)/q05-b4.mote || $(BIN)/mote-edge export $(MODELS)/q05-ckpt --bits 4 -o $(MODELS)/q05-b4.mote
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/decode.py $(MODELS)/q05-ckpt $(MODELS)/q05-b4.mote
 
 # Kernel speed vs numpy and onnxruntime MatMulNBits, cold weights (~4 min; writes benchmarks/out/kernels.json)
 bench-kernels: $(STAMP)

@@ -24,6 +24,10 @@ QWEN25_15B = DecoderConfig(vocab_size=151936, hidden_size=1536, intermediate_siz
                            num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
                            rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True,
                            bos_token_id=None, eos_token_id=0)
+QWEN25_3B = DecoderConfig(vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                          num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=32768,
+                          rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True,
+                          bos_token_id=None, eos_token_id=0)
 TINY_DECODER = DecoderConfig(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=4,
                              num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                              rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False,
