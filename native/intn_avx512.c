@@ -88,17 +88,44 @@ TGT INLINE void tile(const mote_intn_args *a, const rowview *r, float *fac, int3
 #define DPBUSD(acc, a, b) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
 #define MOTE_INTN_PF 4096
 
-/* exact int32 dot of group stream element p (group g of its row) */
-TGT static inline __attribute__((always_inline)) __m512i group_dot(const uint8_t *p, const int8_t *x, const int bits) {
-    __m512i acc = _mm512_setzero_si512();
-    if (bits == 4) {
+/* one G = 128 group at `bits` -> its values 0..63 (v[0]) and 64..127 (v[1]) as u8, vectorized for
+ * every width (docs/KERNELS.md bit planes). 2-bit: 32 bytes, field i of byte j = value j + 32 i:
+ * both 256-bit halves get the bytes, 16-bit variable shifts by (0 | 2) and (4 | 6), AND 3.
+ * 3-bit: that, plus the 1-bit plane (16 bytes, bit i of byte j = bit 2 of value j + 16 i) in all
+ * four 128-bit lanes, shifted by (0, 1, 2, 3) and (4, 5, 6, 7), AND 1, times 4. */
+TGT static inline __attribute__((always_inline)) void unpack128(const uint8_t *p, const int bits, __m512i v[2]) {
+    if (bits == 8) {
+        v[0] = _mm512_loadu_si512(p);
+        v[1] = _mm512_loadu_si512(p + 64);
+    } else if (bits == 4) {
         const __m512i raw = _mm512_loadu_si512(p), lo4 = _mm512_set1_epi8(0x0F);
-        DPBUSD(acc, _mm512_and_si512(raw, lo4), _mm512_loadu_si512(x));
-        DPBUSD(acc, _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4), _mm512_loadu_si512(x + 64));
+        v[0] = _mm512_and_si512(raw, lo4);
+        v[1] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4);
     } else {
-        DPBUSD(acc, _mm512_loadu_si512(p), _mm512_loadu_si512(x));
-        DPBUSD(acc, _mm512_loadu_si512(p + 64), _mm512_loadu_si512(x + 64));
+        const __m512i r = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(const void *)p));
+        const __m512i c02 = _mm512_set_epi64(0x0002000200020002LL, 0x0002000200020002LL, 0x0002000200020002LL,
+                                             0x0002000200020002LL, 0, 0, 0, 0);
+        const __m512i three = _mm512_set1_epi8(3);
+        v[0] = _mm512_and_si512(_mm512_srlv_epi16(r, c02), three);
+        v[1] = _mm512_and_si512(_mm512_srlv_epi16(r, _mm512_add_epi16(c02, _mm512_set1_epi16(4))), three);
+        if (bits == 3) {
+            const __m512i h = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(const void *)(p + 32)));
+            const __m512i c03 = _mm512_set_epi64(0x0003000300030003LL, 0x0003000300030003LL, 0x0002000200020002LL,
+                                                 0x0002000200020002LL, 0x0001000100010001LL, 0x0001000100010001LL, 0, 0);
+            const __m512i one = _mm512_set1_epi8(1);
+            v[0] = _mm512_or_si512(v[0], _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(h, c03), one), 2));
+            v[1] = _mm512_or_si512(v[1], _mm512_slli_epi16(
+                _mm512_and_si512(_mm512_srlv_epi16(h, _mm512_add_epi16(c03, _mm512_set1_epi16(4))), one), 2));
+        }
     }
+}
+
+/* exact int32 dot of a G = 128 group */
+TGT static inline __attribute__((always_inline)) __m512i group_dot(const uint8_t *p, const int8_t *x, const int bits) {
+    __m512i acc = _mm512_setzero_si512(), v[2];
+    unpack128(p, bits, v);
+    DPBUSD(acc, v[0], _mm512_loadu_si512(x));
+    DPBUSD(acc, v[1], _mm512_loadu_si512(x + 64));
     return acc;
 }
 
@@ -196,7 +223,7 @@ TGT static inline __attribute__((always_inline)) void gemv_flat(const mote_intn_
     }
 }
 
-static int flat_ok(const mote_intn_args *a) { return a->T == 1 && a->G == 128 && (a->bits == 4 || a->bits == 8); }
+static int flat_ok(const mote_intn_args *a) { return a->T == 1 && a->G == 128; }
 
 
 /* ---- GEMM with tokens in lanes (T >= MOTE_INTN_IL_MIN) ----
@@ -220,7 +247,17 @@ TGT static void unpack_row_s(const mote_intn_args *a, int n, uint8_t *ws, int32_
         const uint8_t *p = src + (int64_t)g * gbytes;
         uint8_t *q = ws + (int64_t)g * G;
         __m512i s = zero;
-        if (a->bits == 4) {
+        if (G == 128) {
+            __m512i v[2];
+            unpack128(p, a->bits, v);
+            s = _mm512_add_epi64(_mm512_sad_epu8(v[0], zero), _mm512_sad_epu8(v[1], zero));
+            if (off) {
+                v[0] = _mm512_xor_si512(v[0], _mm512_set1_epi8((char)0x80));
+                v[1] = _mm512_xor_si512(v[1], _mm512_set1_epi8((char)0x80));
+            }
+            _mm512_storeu_si512(q, v[0]);
+            _mm512_storeu_si512(q + 64, v[1]);
+        } else if (a->bits == 4) {
             const int h = G / 2;
             for (int c = 0; c < h; c += 64) {
                 const __mmask64 m = h - c >= 64 ? ~0ULL : (1ULL << (h - c)) - 1;
@@ -338,10 +375,12 @@ TGT void mote_intn_rows_avx512(const mote_intn_args *a, int n0, int n1, uint8_t 
     }
     if (flat_ok(a)) {
         uint8_t *buf = scratch + ((a->kp + 64) & ~(int64_t)63);
-        if (a->bits == 4)
-            gemv_flat(a, n0, n1, buf, 4);
-        else
-            gemv_flat(a, n0, n1, buf, 8);
+        switch (a->bits) {
+            case 2: gemv_flat(a, n0, n1, buf, 2); break;
+            case 3: gemv_flat(a, n0, n1, buf, 3); break;
+            case 4: gemv_flat(a, n0, n1, buf, 4); break;
+            default: gemv_flat(a, n0, n1, buf, 8); break;
+        }
         return;
     }
     float *fac = (float *)(void *)(scratch + ((a->kp + 64) & ~(int64_t)63));   /* [4, ng] */
@@ -351,8 +390,17 @@ TGT void mote_intn_rows_avx512(const mote_intn_args *a, int n0, int n1, uint8_t 
         r.src = a->w + n * a->rb;
         r.bits = a->bits;
         if (a->bits == 2 || a->bits == 3) {
-            for (int g = 0; g < a->ng; g++)
-                mote_unpack_group(r.src + g * (a->G * a->bits / 8), a->bits, a->G, scratch + g * a->G);
+            for (int g = 0; g < a->ng; g++) {
+                const uint8_t *p = r.src + g * (a->G * a->bits / 8);
+                if (a->G == 128) {
+                    __m512i v[2];
+                    unpack128(p, a->bits, v);
+                    _mm512_storeu_si512(scratch + g * 128, v[0]);
+                    _mm512_storeu_si512(scratch + g * 128 + 64, v[1]);
+                } else {
+                    mote_unpack_group(p, a->bits, a->G, scratch + g * a->G);
+                }
+            }
             r.src = scratch;
             r.bits = 8;
         }
