@@ -96,6 +96,8 @@ def run(
     max_context: Optional[int] = typer.Option(None, help="Context positions to plan for (default: min(model's, 4096))."),
     report: bool = typer.Option(False, "--report", help="Print the memory and speed report to stderr."),
     report_json: Optional[Path] = typer.Option(None, help="Write the report as JSON to this file."),
+    trace_out: Optional[Path] = typer.Option(None, help="Record every MoE wave's experts as JSON lines "
+                                                        "(replay with `mote-edge simulate`)."),
 ) -> None:
     """Answer a prompt (optionally about an image), loading routed experts on demand under a memory budget.
 
@@ -106,6 +108,8 @@ def run(
 
     with Engine.load(model, memory_budget=memory_budget, threads=threads, max_context=max_context) as engine:
         plan = engine.plan
+        if trace_out is not None and engine.experts is not None:
+            engine.experts.trace = []
         cached = "all" if engine.experts is None or plan.expert_slabs == plan.total_experts else plan.expert_slabs
         typer.echo(f"loaded {model.name}: plan {format_bytes(plan.total_bytes)} "
                    f"({cached} of {plan.total_experts} experts cached, context {plan.context})", err=True)
@@ -115,10 +119,43 @@ def run(
             sys.stdout.flush()
         sys.stdout.write("\n")
         r = engine.report()
+        if trace_out is not None:
+            trace_out.write_text("".join(json.dumps(w) + "\n" for w in (engine.experts.trace or [])
+                                         if engine.experts is not None))
     if report:
         typer.echo(report_text(r), err=True)
     if report_json is not None:
         report_json.write_text(json.dumps(r, indent=2) + "\n")
+
+
+@app.command()
+def simulate(
+    trace: Path = typer.Argument(..., help="A routing trace from `mote-edge run --trace-out`."),
+    slabs: Optional[str] = typer.Option(None, help="Comma-separated slab counts (default: 1, 2, 4 and quarters "
+                                                   "of the distinct experts in the trace)."),
+    policies: str = typer.Option("lru,lfu,layer,belady", help="Policies to compare: lru, lfu, layer, belady."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Replay a routing trace under cache sizes and policies; print the hit-rate curve.
+
+    belady (Belady's MIN, offline optimum) is the upper bound any policy could reach."""
+    from mote_edge.runtime.simulate import default_slab_counts, read_trace, sweep
+
+    waves = read_trace(trace)
+    try:
+        counts = [int(x) for x in slabs.split(",")] if slabs else default_slab_counts(waves)
+    except ValueError:
+        raise MoteError(f"--slabs must be comma-separated integers, got {slabs!r}") from None
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    results = sweep(waves, counts, names)
+    if as_json:
+        typer.echo(json.dumps(results, indent=2))
+        return
+    typer.echo(f"{len(waves)} waves; hit rate by cache slabs")
+    typer.echo(f"{'slabs':>6}" + "".join(f"{n:>9}" for n in names))
+    for c in counts:
+        row = {r["policy"]: r["hit_rate"] for r in results if r["slabs"] == c}
+        typer.echo(f"{c:>6}" + "".join(f"{100 * row[n]:>8.1f}%" for n in names))
 
 
 @app.command()

@@ -64,6 +64,7 @@ class ExpertCache:
         self.free = list(range(slabs))
         self.resident: OrderedDict[tuple[int, int], tuple[int, Expert]] = OrderedDict()  # LRU order
         self.stats = CacheStats()
+        self.trace: list[dict] | None = None  # set to a list to record every MoE wave (for `simulate`)
 
     @property
     def nbytes(self) -> int:

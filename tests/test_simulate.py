@@ -1,0 +1,69 @@
+"""The expert-cache simulator: exact against the runtime's own LRU counters, and Belady's MIN bounds."""
+
+import json
+import random
+
+import pytest
+
+from conftest import REPO, run_cli
+from mote_edge.errors import MoteError
+from mote_edge.runtime.simulate import POLICIES, Wave, read_trace, simulate, sweep
+
+IMAGE = REPO / "examples" / "images" / "shapes.png"
+
+
+def test_cyclic_trace_defeats_lru_but_not_belady():
+    waves = [Wave(0, [e]) for e in [0, 1, 2] * 10]  # 3 experts round robin, 2 slabs
+    assert simulate(waves, 2, "lru")["hits"] == 0
+    assert simulate(waves, 2, "belady")["hits"] == 14  # MIN keeps one of the pair every other step
+    assert simulate(waves, 3, "lru")["misses"] == 3
+
+
+def test_belady_bounds_every_policy_and_full_cache_only_misses_once():
+    rng = random.Random(0)
+    waves = [Wave(layer, rng.sample(range(8), rng.choice([1, 2]))) for _ in range(60) for layer in (0, 2, 4)]
+    distinct = len({(w.layer, e) for w in waves for e in w.experts})
+    for slabs in (2, 3, 5, 8, 12, distinct):
+        results = {p: simulate(waves, slabs, p) for p in POLICIES}
+        for p in POLICIES:
+            assert results[p]["hits"] <= results["belady"]["hits"], (slabs, p)
+        if slabs == distinct:
+            assert all(r["misses"] == distinct for r in results.values())
+
+
+@pytest.mark.parametrize("extra_slabs", [0, 2])
+def test_simulated_lru_equals_the_runtime_counters(tiny_ckpt, tmp_path, extra_slabs):
+    from mote_edge.exporters.export import ExportOptions, export_checkpoint
+    from mote_edge.runtime.engine import Engine
+
+    mote = tmp_path / "t.mote"
+    export_checkpoint(tiny_ckpt, mote, ExportOptions(bits=4, group_size=32, progress=False))
+    with Engine.load(mote, threads=1) as probe:
+        fixed = probe.plan.total_bytes - probe.plan.expert_cache_bytes
+        slab = probe.plan.expert_slab_bytes
+    trace = tmp_path / "routes.jsonl"
+    r = run_cli("run", str(mote), "--prompt", "What color is the circle?", "--image", str(IMAGE),
+                "--max-new-tokens", "16", "--memory-budget", str(fixed + (2 + extra_slabs) * slab),
+                "--trace-out", str(trace), "--report-json", str(tmp_path / "r.json"))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "r.json").read_text())["experts"]
+    waves = read_trace(trace)
+    assert len(waves) > 10
+    sim = simulate(waves, report["slabs"], "lru")
+    assert (sim["hits"], sim["misses"]) == (report["hits"], report["misses"])
+    curve = sweep(waves, [1, report["slabs"], 8], list(POLICIES))
+    assert len(curve) == 3 * len(POLICIES)
+
+
+def test_simulate_cli_and_bad_traces(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text("".join(json.dumps({"layer": 0, "experts": [e]}) + "\n" for e in [0, 1, 2] * 4))
+    r = run_cli("simulate", str(trace), "--slabs", "2,3", "--policies", "lru,belady")
+    assert r.returncode == 0 and "belady" in r.stdout and "100.0%" not in r.stdout.splitlines()[2]
+    trace.write_text("{not json\n")
+    with pytest.raises(MoteError, match="line 1 is not a wave record"):
+        read_trace(trace)
+    r = run_cli("simulate", str(tmp_path / "none.jsonl"))
+    assert r.returncode == 1 and r.stderr.startswith("error: cannot read trace")
+    with pytest.raises(MoteError, match="unknown cache policy"):
+        simulate([Wave(0, [1])], 1, "fifo")
