@@ -77,13 +77,14 @@ class Attention:
         group = self.n_heads // self.n_kv
         qg = q.reshape(t, self.n_kv, group, d).transpose(1, 2, 0, 3)  # [nKV, G, T, D]
         out = np.empty_like(qg)
+        keys_t = keys.transpose(0, 2, 1)[:, None]  # [nKV, 1, D, S]
         scale = np.float32(1.0 / np.sqrt(d))
         for c0 in range(0, t, ATTN_QUERY_CHUNK):  # query chunks bound the score matrix
             c1 = min(t, c0 + ATTN_QUERY_CHUNK)
-            scores = np.einsum("kgtd,ksd->kgts", qg[:, :, c0:c1], keys) * scale  # [nKV, G, C, S]
+            scores = np.matmul(qg[:, :, c0:c1], keys_t) * scale  # [nKV, G, C, S] (BLAS per head group)
             pos = start + np.arange(c0, c1)
             scores[..., np.arange(end)[None, :] > pos[:, None]] = -np.inf
-            out[:, :, c0:c1] = np.einsum("kgts,ksd->kgtd", softmax(scores), values)
+            out[:, :, c0:c1] = np.matmul(softmax(scores), values[:, None])
         return self.o(np.ascontiguousarray(out.transpose(2, 0, 1, 3).reshape(t, self.n_heads * d)))
 
 

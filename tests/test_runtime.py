@@ -75,8 +75,11 @@ def test_logits_and_32_greedy_tokens_match_the_reference(tiny_ckpt, exported, wi
         embeds = ref.embed(torch.tensor(ids), pixels)
         want_logits = ref.forward_embeds(embeds[None])[0, -1].numpy()
     np.testing.assert_allclose(embeds.numpy(), x, rtol=1e-5, atol=1e-6)
-    # float32 with different summation orders: relative to the logit scale
-    assert np.abs(got_logits - want_logits).max() <= 1e-4 * np.abs(want_logits).max()
+    # Relative to the logit scale. fp16 weights: only float32 summation order differs -> 1e-4.
+    # int-N weights: a summation-order difference can flip one int8 activation rounding (x*s at
+    # exactly .5), a discrete step of 1/127 of that group's max |x| -> 2e-2. Tokens must still agree.
+    tol = 1e-4 if "b16" in exported.name else 2e-2
+    assert np.abs(got_logits - want_logits).max() <= tol * np.abs(want_logits).max()
     want_tokens = ref.generate(ids, pixels, max_new_tokens=32, eos_token_id=0)
     assert got_tokens == want_tokens and len(got_tokens) > 0
 
