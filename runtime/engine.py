@@ -43,6 +43,13 @@ class ContextError(MoteError):
     """The prompt (with its image) and the requested new tokens do not fit the context."""
 
 
+def _usable_cpus() -> int:
+    """CPUs this process may run on (the affinity mask, not the machine's total)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class _VocabMaskedSampler:
     """Embedding tables are often padded past the tokenizer (Qwen2.5: 151,936 rows, 151,665 tokens):
     ids the tokenizer cannot decode are never sampled."""
@@ -76,14 +83,13 @@ class Engine:
         self.load_ms = 0.0
         drop_page_cache(file.fileno())  # the resident section is in anonymous memory now
 
-
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | Path, memory_budget: str | int | None = None, threads: int | None = None,
              max_context: int | None = None) -> "Engine":
         t0 = time.perf_counter()
         baseline = read_status()["VmRSS"]
-        threads = int(threads or os.cpu_count() or 1)
+        threads = int(threads if threads is not None else _usable_cpus())
         if threads < 1:
             raise MoteError(f"threads must be >= 1, got {threads}")
         budget = parse_bytes(memory_budget) if memory_budget is not None else None
