@@ -43,31 +43,6 @@ TGT static inline __m512i load_block(const uint8_t *w, int b, const mote_tern_ar
     return _mm512_maskz_loadu_epi8(m, w + (int64_t)b * 64);
 }
 
-/* fused decode + dot for nt (1 or 2) tokens of one row; one accumulator per digit so the five
- * vpdpbusd of a block are independent */
-TGT static inline __attribute__((always_inline)) void gemv_row(const mote_tern_args *a, const luts512 *L, int n, int t0, int nt) {
-    const uint8_t *w = a->w + n * a->rb;
-    const int8_t *x0 = a->xq + t0 * a->kx, *x1 = x0 + (nt > 1 ? a->kx : 0);
-    __m512i acc0[5], acc1[5];
-    for (int i = 0; i < 5; i++) acc0[i] = acc1[i] = _mm512_setzero_si512();
-    for (int b = 0; b < a->nblk; b++) {
-        __m512i q = load_block(w, b, a);
-        __mmask64 top = _mm512_movepi8_mask(q);
-        const int8_t *xb0 = x0 + (int64_t)b * 320, *xb1 = x1 + (int64_t)b * 320;
-        for (int i = 0; i < 5; i++) {
-            __m512i d = digit(L, q, top, i);
-            acc0[i] = _mm512_dpbusd_epi32(acc0[i], d, _mm512_loadu_si512(xb0 + 64 * i));
-            if (nt > 1) acc1[i] = _mm512_dpbusd_epi32(acc1[i], d, _mm512_loadu_si512(xb1 + 64 * i));
-        }
-    }
-    for (int t = 0; t < nt; t++) {
-        __m512i *acc = t ? acc1 : acc0;
-        __m512i s = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]),
-                                     _mm512_add_epi32(_mm512_add_epi32(acc[2], acc[3]), acc[4]));
-        a->y[(int64_t)(t0 + t) * a->N + n] = (float)(_mm512_reduce_add_epi32(s) - a->sumx[t0 + t]) * a->f[t0 + t];
-    }
-}
-
 /* GEMV decode: two byte LUTs per packed byte q instead of five. d0 = mote_tern_lut[0][q] and
  * g = mote_tern_lut_g[q] = d1 | d2 << 2 | d3 << 4 | d4 << 6; each digit is then one AND away
  * (g & 0x03 = d1, g & 0x0C = 4 d2, g & 0x30 = 16 d3, g & 0xC0 = 64 d4). Digits scaled by 4^k
@@ -186,6 +161,44 @@ TGT static inline __attribute__((always_inline)) void gemv_rows(const mote_tern_
     }
 }
 
+
+/* two tokens, one row: the digits decoded once (block_dot's LUTs) feed both tokens' activations */
+TGT static inline __attribute__((always_inline)) void block_dot_2tok(const luts2 *L, __m512i q, const int8_t *x0,
+                                                                     const int8_t *x1, __m512i acc0[4], __m512i acc1[4]) {
+    const __mmask64 top = _mm512_movepi8_mask(q);
+    const __m512i d0 = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(L->z0, q, L->z1),
+                                              _mm512_permutex2var_epi8(L->z2, q, L->z3));
+    const __m512i g = _mm512_mask_blend_epi8(top, _mm512_permutex2var_epi8(L->g0, q, L->g1),
+                                             _mm512_permutex2var_epi8(L->g2, q, L->g3));
+    const __m512i d[5] = {d0, _mm512_and_si512(g, _mm512_set1_epi8(0x03)), _mm512_and_si512(g, _mm512_set1_epi8(0x0C)),
+                          _mm512_and_si512(g, _mm512_set1_epi8(0x30)), _mm512_and_si512(g, _mm512_set1_epi8((char)0xC0))};
+    static const int slot[5] = {0, 0, 1, 2, 3};
+    for (int i = 0; i < 5; i++) {
+        DPBUSD(acc0[slot[i]], d[i], _mm512_loadu_si512(x0 + 64 * i));
+        DPBUSD(acc1[slot[i]], d[i], _mm512_loadu_si512(x1 + 64 * i));
+    }
+}
+
+TGT static void gemv_2tok(const mote_tern_args *a, const luts2 *L, int n) {
+    const uint8_t *w = a->w + n * a->rb;
+    const int8_t *x0 = a->xq, *x1 = a->xq + a->kx;
+    __m512i acc0[4], acc1[4];
+    for (int i = 0; i < 4; i++) acc0[i] = acc1[i] = _mm512_setzero_si512();
+    for (int b = 0; b < a->nfull; b++) {
+        _mm_prefetch((const char *)(w + MOTE_TERN_PF), _MM_HINT_T0);
+        block_dot_2tok(L, _mm512_loadu_si512(w), x0, x1, acc0, acc1);
+        w += 64, x0 += 320, x1 += 320;
+    }
+    if (a->tail) {
+        const __mmask64 m = a->tail >= 64 ? ~0ULL : (1ULL << a->tail) - 1;
+        block_dot_2tok(L, _mm512_maskz_loadu_epi8(m, w), x0, x1, acc0, acc1);
+    }
+    int32_t s0, s1;
+    reduce2(acc_total(acc0), acc_total(acc1), &s0, &s1);
+    a->y[n] = (float)(s0 - a->sumx[0]) * a->f[0];
+    a->y[(int64_t)a->N + n] = (float)(s1 - a->sumx[1]) * a->f[1];
+}
+
 /* decode one row into digits in block order: d[b*320 + 64 i + j] */
 TGT static inline void decode_row(const mote_tern_args *a, const luts512 *L, int n, uint8_t *d) {
     const uint8_t *w = a->w + n * a->rb;
@@ -266,7 +279,9 @@ TGT void mote_tern_rows_avx512(const mote_tern_args *a, int n0, int n1, uint8_t 
             for (; n + 2 <= n1; n += 2) gemv_rows(a, &L2, n, 2, pf, NULL);
             for (; n < n1; n++) gemv_rows(a, &L2, n, 1, pf, NULL);
         } else {
-            for (int n = n0; n < n1; n++) gemv_row(a, &L, n, 0, 2);
+            luts2 L2;
+            load_luts2(&L2);
+            for (int n = n0; n < n1; n++) gemv_2tok(a, &L2, n);
         }
         return;
     }
