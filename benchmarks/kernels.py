@@ -133,6 +133,8 @@ def make_ort(bits, K, N, ncopies, threads, block=128):
 
 KERNELS = {  # name -> (maker, is ours)
     "mote ternary (1.6 bpw)": (make_ternary, True),
+    "mote int2 g128": (lambda K, N, c, t: make_intn(2, K, N, c, t), True),
+    "mote int3 g128": (lambda K, N, c, t: make_intn(3, K, N, c, t), True),
     "mote int4 g128": (lambda K, N, c, t: make_intn(4, K, N, c, t), True),
     "mote int8 g128": (lambda K, N, c, t: make_intn(8, K, N, c, t), True),
     "numpy fp32": (make_numpy, False),
@@ -199,6 +201,7 @@ def report(results: list[dict]) -> None:
         for shape in dict.fromkeys(row["shape"] for row in r["rows"]):
             for ours, theirs in [("mote ternary (1.6 bpw)", "ORT MatMulNBits 2-bit b128"),
                                  ("mote ternary (1.6 bpw)", "numpy fp32"),
+                                 ("mote int2 g128", "ORT MatMulNBits 2-bit b128"),
                                  ("mote int4 g128", "ORT MatMulNBits 4-bit b128")]:
                 a, b = by[(shape, ours)], by[(shape, theirs)]
                 print(f"  {shape:24s} {ours} / {theirs}: {a['gemv_Gwps'] / b['gemv_Gwps']:.2f}x / "
