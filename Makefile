@@ -49,3 +49,10 @@ bench-kernels: $(STAMP)
 
 clean:
 	rm -rf $(OUT) build *.egg-info mote_edge/*.so
+
+# Train the tiny MoTE from scratch (DESIGN.md section 7; not part of CI): data + task tokenizer, dense VLM,
+# MoTE and fp-MoE up-cycling (out/train/), ship fp16 copies to examples/tiny-mote and examples/tiny-moe-fp,
+# then held-out exact match of each. About 30 minutes on 2 cores.
+train-tiny: $(STAMP)
+	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train
+	$(BIN)/python -m mote_edge.training.ship --out $(OUT)/train

@@ -129,8 +129,9 @@ def cached_encode(tok: Tokenizer, name: str, seeds) -> tuple[Encoded, list[int]]
     return enc, prefix
 
 
-def batch_logits(model, prefix: list[int], batch: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (logits at the answer position [B, V], logits at the EOS position [B, V])."""
+def batch_logits(model, prefix: list[int], batch: Encoded, full: bool = False):
+    """-> (logits at the answer position [B, V], logits at the EOS position [B, V])
+    (+ all logits [B, P + L, V] and P when `full`)."""
     b = len(batch)
     dc = model.config.decoder
     cache = KVCache(dc.num_hidden_layers)
@@ -144,12 +145,21 @@ def batch_logits(model, prefix: list[int], batch: Encoded) -> tuple[torch.Tensor
     rows = torch.arange(b)
     at_answer = logits[rows, p + batch.qlen - 1]
     at_eos = logits[rows, p + batch.qlen]
+    if full:
+        return at_answer, at_eos, logits, p
     return at_answer, at_eos
 
 
-def loss_fn(model, prefix, batch: Encoded, eos_id: int, aux_coef: float = 0.0):
-    la, le = batch_logits(model, prefix, batch)
+def loss_fn(model, prefix, batch: Encoded, eos_id: int, aux_coef: float = 0.0, lm_weight: float = 0.0):
+    """Answer-token CE + 0.2 x EOS CE (+ lm_weight x causal-LM CE on the question tokens after the
+    image, a dense grounding signal: the question names objects that are in the image)."""
+    la, le, logits, p = batch_logits(model, prefix, batch, full=True)
     loss = F.cross_entropy(la, batch.answer) + 0.2 * F.cross_entropy(le, torch.full_like(batch.answer, eos_id))
+    if lm_weight:
+        L = batch.suffix.shape[1]
+        pred = logits[:, p - 1:p - 1 + L]  # position p-1+j predicts suffix[j]
+        mask = torch.arange(L)[None] < batch.qlen[:, None]
+        loss = loss + lm_weight * F.cross_entropy(pred[mask], batch.suffix[mask])
     aux = model.aux_loss() if model.config.moe is not None else torch.zeros(())
     acc = ((la.argmax(-1) == batch.answer) & (le.argmax(-1) == eos_id)).float().mean()
     return loss + aux_coef * aux, loss.detach(), aux.detach(), acc.detach()

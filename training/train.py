@@ -35,6 +35,7 @@ from .common import OUT, cached_encode, image_config, loss_fn, model_config, tea
 from .data import heldout_seeds, train_seeds
 from .tokenizer import build_task_tokenizer
 
+LM_WEIGHT = 0.3  # causal-LM loss on the question tokens (see common.loss_fn)
 EXPERT_KEY = re.compile(r"^(model\.layers\.\d+\.mlp\.)(?:shared_expert\.|deepspeed_moe\.experts\.deepspeed_experts\.\d+\.)"
                         r"((?:gate|up|down)_proj\.weight)$")
 
@@ -98,7 +99,7 @@ def run_stage(model, prefix, train, held, tok, out: Path, name: str, steps: int,
         batch = train.subset(perm[pos:pos + bs])
         pos += bs
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss, plain, aux, acc = loss_fn(model, prefix, batch, tok.eos_id, aux_coef)
+            loss, plain, aux, acc = loss_fn(model, prefix, batch, tok.eos_id, aux_coef, LM_WEIGHT)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -1,0 +1,74 @@
+"""Accuracy against expert memory: reference eval, then export at each --bits and eval the .mote
+through the runtime (real deployed accuracy). One JSON line per row to out/train/report.jsonl.
+
+    python -m mote_edge.training.report NAME=CKPT_DIR [NAME=CKPT_DIR ...] [--bits 16,4,3,2] [-n 1000]
+
+"Expert memory" = the bytes of the FFN parts of the MoE-position layers (moe_layers_idx) in the
+.mote file: MoTE = ternary routed experts + shared experts; fp MoE = fp experts; dense = the
+dense FFNs of those same layers (its `ffn` role scaled by the share of layers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mote_edge.config import ModelConfig
+from mote_edge.config import default_moe_layers
+
+from .common import OUT
+from .eval import evaluate
+
+
+def expert_bytes(info: dict, cfg: ModelConfig) -> int:
+    roles = info["roles"]
+    if cfg.moe is None:
+        n = cfg.decoder.num_hidden_layers
+        share = len(default_moe_layers(n, "sparse")) / n
+        return int(roles["ffn"]["bytes"] * share)
+    return sum(roles[r]["bytes"] for r in ("ternary_expert", "shared_expert", "fp_expert") if r in roles)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="+", help="NAME=CKPT_DIR")
+    ap.add_argument("--bits", default="16,4,3,2")
+    ap.add_argument("-n", type=int, default=1000)
+    ap.add_argument("--out", type=Path, default=OUT / "report.jsonl")
+    ap.add_argument("--no-reference", action="store_true")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    mote_edge = str(Path(sys.executable).parent / "mote-edge")
+    for spec in args.models:
+        name, ckpt = spec.split("=", 1)
+        cfg = ModelConfig.load(ckpt)
+        rows = []
+        if not args.no_reference:
+            t0 = time.time()
+            rows.append(dict(model=name, precision="torch fp32 (reference)", **evaluate(ckpt, args.n),
+                             sec=round(time.time() - t0, 1)))
+        for bits in args.bits.split(","):
+            mote = Path(ckpt).parent / f"{Path(ckpt).name}-b{bits}.mote"
+            subprocess.run([mote_edge, "export", ckpt, "--bits", bits, "-o", str(mote), "--force"], check=True,
+                           capture_output=True)
+            info = json.loads(subprocess.run([mote_edge, "info", str(mote), "--json"], check=True,
+                                             capture_output=True, text=True).stdout)
+            t0 = time.time()
+            res = evaluate(mote, args.n, runtime=True, threads=1)
+            rows.append(dict(model=name, precision=f"runtime --bits {bits}", expert_bytes=expert_bytes(info, cfg),
+                             file_bytes=info["file_bytes"], **res, sec=round(time.time() - t0, 1)))
+        with open(args.out, "a") as f:
+            for r in rows:
+                print(json.dumps(r), flush=True)
+                f.write(json.dumps(r) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
