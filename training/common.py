@@ -54,20 +54,27 @@ def image_config():
 
 @dataclass
 class Encoded:
-    """A set of examples as tensors: pixels [N,3,S,S], suffix ids [N,L] (0-padded), lengths [N],
-    answer id [N], question type index [N]."""
+    """Rows of (image index, ids after the image) as tensors.
+
+    pixels [N_img, 3, S, S]; img [R] (row -> image); suffix [R, L] = question ids + answer ids + EOS,
+    0-padded; qlen / alen [R] = question / answer lengths; qtype [R] = index into QTYPES, or
+    len(QTYPES) for a caption row."""
 
     pixels: torch.Tensor
+    img: torch.Tensor
     suffix: torch.Tensor
     qlen: torch.Tensor
-    answer: torch.Tensor
+    alen: torch.Tensor
     qtype: torch.Tensor
 
     def __len__(self) -> int:
-        return len(self.answer)
+        return len(self.img)
 
     def subset(self, idx) -> "Encoded":
-        return Encoded(self.pixels[idx], self.suffix[idx], self.qlen[idx], self.answer[idx], self.qtype[idx])
+        return Encoded(self.pixels, self.img[idx], self.suffix[idx], self.qlen[idx], self.alen[idx], self.qtype[idx])
+
+    def batch_pixels(self) -> torch.Tensor:
+        return self.pixels[self.img]
 
 
 def prompt_parts(tok: Tokenizer, question: str) -> tuple[list[int], list[int]]:
@@ -86,40 +93,49 @@ def _init(tok_json: str) -> None:
 
 
 def _encode_one(seed: int):
-    from .data import QTYPES
+    from .data import CAPTION_QUESTION, QTYPES, caption
     ex = make_example(seed)
     pix = preprocess(ex.image, image_config())
-    prefix, suffix = prompt_parts(_TOK, ex.question)
+    prefix, q = prompt_parts(_TOK, ex.question)
     ans = _TOK.encode(" " + ex.answer)
     assert len(ans) == 1, ex.answer
-    return pix, prefix, suffix, ans[0], QTYPES.index(ex.qtype)
+    prefix2, cq = prompt_parts(_TOK, CAPTION_QUESTION)
+    assert prefix2 == prefix
+    cap = _TOK.encode(" " + caption(ex.objects))
+    return pix, prefix, [(q, ans, QTYPES.index(ex.qtype)), (cq, cap, len(QTYPES))]
 
 
-def encode_examples(tok: Tokenizer, seeds, procs: int = 2) -> tuple[Encoded, list[int]]:
+def encode_examples(tok: Tokenizer, seeds, procs: int = 2, captions: bool = True) -> tuple[Encoded, list[int]]:
+    """Each seed gives one image and its question row (+ a caption row when `captions`)."""
     seeds = list(seeds)
     if procs > 1:
         with Pool(procs, initializer=_init, initargs=(tok.to_str(),)) as pool:
-            rows = pool.map(_encode_one, seeds, chunksize=256)
+            out = pool.map(_encode_one, seeds, chunksize=256)
     else:
         _init(tok.to_str())
-        rows = [_encode_one(s) for s in seeds]
-    prefix = rows[0][1]
-    assert all(r[1] == prefix for r in rows), "prompt prefixes differ"
-    L = max(len(r[2]) for r in rows) + 1
+        out = [_encode_one(s) for s in seeds]
+    prefix = out[0][1]
+    assert all(r[1] == prefix for r in out), "prompt prefixes differ"
+    rows = [(i, *row) for i, r in enumerate(out) for row in (r[2] if captions else r[2][:1])]
+    L = max(len(q) + len(a) + 1 for _, q, a, _ in rows)
     suffix = torch.zeros(len(rows), L, dtype=torch.long)
-    for i, r in enumerate(rows):
-        suffix[i, :len(r[2])] = torch.tensor(r[2])
-        suffix[i, len(r[2])] = r[3]  # the answer token is the last input
-    enc = Encoded(pixels=torch.from_numpy(np.stack([r[0] for r in rows])),
-                  suffix=suffix, qlen=torch.tensor([len(r[2]) for r in rows]),
-                  answer=torch.tensor([r[3] for r in rows]), qtype=torch.tensor([r[4] for r in rows]))
+    for k, (_, q, a, _) in enumerate(rows):
+        suffix[k, :len(q) + len(a)] = torch.tensor(q + a)
+        suffix[k, len(q) + len(a)] = tok.eos_id
+    pixels = torch.empty(len(out), *out[0][0].shape)
+    for i, r in enumerate(out):
+        pixels[i] = torch.from_numpy(r[0])
+    del out
+    enc = Encoded(pixels=pixels, img=torch.tensor([r[0] for r in rows]), suffix=suffix,
+                  qlen=torch.tensor([len(r[1]) for r in rows]), alen=torch.tensor([len(r[2]) for r in rows]),
+                  qtype=torch.tensor([r[3] for r in rows]))
     return enc, prefix
 
 
 def cached_encode(tok: Tokenizer, name: str, seeds) -> tuple[Encoded, list[int]]:
     """encode_examples, cached under out/train/ (keyed by name and the seed range)."""
     seeds = list(seeds)
-    path = OUT / f"data-{name}-{seeds[0]}-{len(seeds)}-v{tok.vocab_size}.pt"
+    path = OUT / f"data2-{name}-{seeds[0]}-{len(seeds)}-v{tok.vocab_size}.pt"
     if path.exists():
         d = torch.load(path)
         return Encoded(**d["enc"]), d["prefix"]
@@ -129,53 +145,55 @@ def cached_encode(tok: Tokenizer, name: str, seeds) -> tuple[Encoded, list[int]]
     return enc, prefix
 
 
-def batch_logits(model, prefix: list[int], batch: Encoded, full: bool = False):
-    """-> (logits at the answer position [B, V], logits at the EOS position [B, V])
-    (+ all logits [B, P + L, V] and P when `full`)."""
+def batch_logits(model, prefix: list[int], batch: Encoded) -> tuple[torch.Tensor, int]:
+    """-> (logits [B, P + L, V], P); position P - 1 + j predicts suffix[:, j]."""
     b = len(batch)
     dc = model.config.decoder
     cache = KVCache(dc.num_hidden_layers)
     model.forward_embeds(model.model.embed_tokens(torch.tensor([prefix])), cache)
     cache.keys = [k.expand(b, -1, -1, -1) for k in cache.keys]
     cache.values = [v.expand(b, -1, -1, -1) for v in cache.values]
-    image = model.encode_image(batch.pixels)  # [B, P, H]
+    image = model.encode_image(batch.batch_pixels())  # [B, P, H]
     x = torch.cat([image, model.model.embed_tokens(batch.suffix)], dim=1)
-    logits = model.forward_embeds(x, cache)  # [B, P + L, V]
-    p = image.shape[1]
-    rows = torch.arange(b)
-    at_answer = logits[rows, p + batch.qlen - 1]
-    at_eos = logits[rows, p + batch.qlen]
-    if full:
-        return at_answer, at_eos, logits, p
-    return at_answer, at_eos
+    return model.forward_embeds(x, cache), image.shape[1]
+
+
+def _masks(batch: Encoded):
+    j = torch.arange(batch.suffix.shape[1])[None]
+    q = j < batch.qlen[:, None]
+    a = (j >= batch.qlen[:, None]) & (j <= (batch.qlen + batch.alen)[:, None])  # answer ids + EOS
+    return q, a
 
 
 def loss_fn(model, prefix, batch: Encoded, eos_id: int, aux_coef: float = 0.0, lm_weight: float = 0.0):
-    """Answer-token CE + 0.2 x EOS CE (+ lm_weight x causal-LM CE on the question tokens after the
-    image, a dense grounding signal: the question names objects that are in the image)."""
-    la, le, logits, p = batch_logits(model, prefix, batch, full=True)
-    loss = F.cross_entropy(la, batch.answer) + 0.2 * F.cross_entropy(le, torch.full_like(batch.answer, eos_id))
+    """CE on the answer tokens and EOS (+ lm_weight x causal-LM CE on the question tokens after the
+    image, a dense grounding signal: questions name objects that are in the image)."""
+    logits, p = batch_logits(model, prefix, batch)
+    pred = logits[:, p - 1:p - 1 + batch.suffix.shape[1]]
+    qmask, amask = _masks(batch)
+    loss = F.cross_entropy(pred[amask], batch.suffix[amask])
     if lm_weight:
-        L = batch.suffix.shape[1]
-        pred = logits[:, p - 1:p - 1 + L]  # position p-1+j predicts suffix[j]
-        mask = torch.arange(L)[None] < batch.qlen[:, None]
-        loss = loss + lm_weight * F.cross_entropy(pred[mask], batch.suffix[mask])
+        loss = loss + lm_weight * F.cross_entropy(pred[qmask], batch.suffix[qmask])
     aux = model.aux_loss() if model.config.moe is not None else torch.zeros(())
-    acc = ((la.argmax(-1) == batch.answer) & (le.argmax(-1) == eos_id)).float().mean()
+    hit = (pred.argmax(-1) == batch.suffix) | ~amask
+    acc = hit.all(dim=1).float().mean()
     return loss + aux_coef * aux, loss.detach(), aux.detach(), acc.detach()
 
 
 @torch.no_grad()
 def teacher_forced_accuracy(model, prefix, data: Encoded, eos_id: int, bs: int = 250) -> dict[str, float]:
-    """Exact match with teacher forcing (answer token argmax and EOS argmax), per question type.
-    For one-token answers this equals greedy decoding's exact match."""
+    """Exact match with teacher forcing (every answer token and the EOS are the argmax), per question
+    type, on the question rows. For one-token answers this equals greedy decoding's exact match."""
     from .data import QTYPES
     model.eval()
+    data = data.subset(data.qtype < len(QTYPES))
     ok = []
     for i in range(0, len(data), bs):
         batch = data.subset(slice(i, i + bs))
-        la, le = batch_logits(model, prefix, batch)
-        ok.append((la.argmax(-1) == batch.answer) & (le.argmax(-1) == eos_id))
+        logits, p = batch_logits(model, prefix, batch)
+        pred = logits[:, p - 1:p - 1 + batch.suffix.shape[1]]
+        _, amask = _masks(batch)
+        ok.append(((pred.argmax(-1) == batch.suffix) | ~amask).all(dim=1))
     ok = torch.cat(ok).float()
     out = {"all": float(ok.mean())}
     for t, name in enumerate(QTYPES):

@@ -204,6 +204,21 @@ def make_example(seed: int, qtype: str | None = None) -> Example:
     return Example(seed, image, qa[0], qa[1], qtype, tuple(objs))
 
 
+CAPTION_QUESTION = "Describe the image."
+
+
+def _where(v: float, names: tuple[str, str, str]) -> str:
+    return names[0] if v < 1 / 3 else names[1] if v < 2 / 3 else names[2]
+
+
+def caption(objs) -> str:
+    """Training-only caption (the alignment signal): objects left to right, each with a coarse
+    3x3 location, e.g. "red circle top left, blue star middle right"."""
+    parts = [f"{o.color} {o.shape} {_where(o.y, ('top', 'middle', 'bottom'))} {_where(o.x, ('left', 'center', 'right'))}"
+             for o in sorted(objs, key=lambda o: o.x)]
+    return ", ".join(parts)
+
+
 def train_seeds(n: int, start: int = 0) -> range:
     return range(TRAIN_BASE + start, TRAIN_BASE + start + n)
 
@@ -221,4 +236,5 @@ def corpus_lines(n: int = 4000, seed: int = 12345) -> list[str]:
         qa = _question(rng, objs, QTYPES[i % 4])
         if qa:
             lines.append(f"{qa[0]} {qa[1]}")
+        lines.append(f"{CAPTION_QUESTION} {caption(objs)}")
     return lines

@@ -21,8 +21,12 @@ VOCAB_SIZE = 512
 
 def _corpus() -> list[str]:
     out = []
+    from .data import CAPTION_QUESTION
     for line in corpus_lines():
-        q, a = line.rsplit(" ", 1)
+        if line.startswith(CAPTION_QUESTION):
+            q, a = CAPTION_QUESTION, line[len(CAPTION_QUESTION) + 1:]
+        else:
+            q, a = line.rsplit(" ", 1)
         # the two chunks encode_prompt encodes around the image placeholder, and the answer
         out += [f"{DEFAULT_SYSTEM}{USER}", f"\n{q}{ASSISTANT}", f" {a}"]
     out += [f" {n}" for n in range(10)] * 50

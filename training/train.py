@@ -32,7 +32,7 @@ from mote_edge.exporters.reference import MoTELlavaForCausalLM
 from mote_edge.tokenizer import Tokenizer
 
 from .common import OUT, cached_encode, image_config, loss_fn, model_config, teacher_forced_accuracy
-from .data import heldout_seeds, train_seeds
+from .data import QTYPES, heldout_seeds, train_seeds
 from .tokenizer import build_task_tokenizer
 
 LM_WEIGHT = 0.3  # causal-LM loss on the question tokens (see common.loss_fn)
@@ -81,23 +81,31 @@ def upcycle(dense: MoTELlavaForCausalLM, kind: str, seed: int, experts: int = 4,
 
 
 def run_stage(model, prefix, train, held, tok, out: Path, name: str, steps: int, lr: float, trainable,
-              bs: int, aux_coef: float, seed: int, eval_every: int, warmup: int = 100) -> None:
+              bs: int, aux_coef: float, seed: int, eval_every: int, warmup: int = 100, cap_frac: float = 0.0) -> None:
     params = [p for n, p in model.named_parameters() if trainable(n)]
     for n, p in model.named_parameters():
         p.requires_grad_(trainable(n))
-    log(out, stage=name, trainable_params=sum(p.numel() for p in params), steps=steps, lr=lr, bs=bs)
+    log(out, stage=name, trainable_params=sum(p.numel() for p in params), steps=steps, lr=lr, bs=bs,
+        caption_fraction=cap_frac)
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.02)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
     g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(len(train), generator=g)
-    pos, t0, acc_sum, loss_sum, aux_sum, n = 0, time.time(), 0.0, 0.0, 0.0, 0
+    pools = [torch.nonzero(train.qtype < len(QTYPES)).flatten(), torch.nonzero(train.qtype == len(QTYPES)).flatten()]
+    n_cap = int(round(bs * cap_frac)) if len(pools[1]) else 0
+    sizes = [bs - n_cap, n_cap]
+    perms = [pl[torch.randperm(len(pl), generator=g)] for pl in pools]
+    cursor = [0, 0]
+    t0, acc_sum, loss_sum, aux_sum, n = time.time(), 0.0, 0.0, 0.0, 0
     for step in range(1, steps + 1):
         model.train()
-        if pos + bs > len(perm):
-            perm, pos = torch.randperm(len(train), generator=g), 0
-        batch = train.subset(perm[pos:pos + bs])
-        pos += bs
+        take = []
+        for k in (0, 1):
+            if cursor[k] + sizes[k] > len(perms[k]):
+                perms[k], cursor[k] = pools[k][torch.randperm(len(pools[k]), generator=g)], 0
+            take.append(perms[k][cursor[k]:cursor[k] + sizes[k]])
+            cursor[k] += sizes[k]
+        batch = train.subset(torch.cat(take))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss, plain, aux, acc = loss_fn(model, prefix, batch, tok.eos_id, aux_coef, LM_WEIGHT)
         opt.zero_grad(set_to_none=True)
@@ -125,10 +133,12 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", default="dense,mote,fp")
     ap.add_argument("--train-examples", type=int, default=200_000)
     ap.add_argument("--bs", type=int, default=128)
-    ap.add_argument("--dense-steps", type=int, default=4000)
+    ap.add_argument("--dense-steps", type=int, default=3500)
     ap.add_argument("--dense-lr", type=float, default=2e-3)
-    ap.add_argument("--moe-steps", type=str, default="400,1000", help="steps of up-cycling stage (a),(b)")
+    ap.add_argument("--moe-steps", type=str, default="300,900", help="steps of up-cycling stage (a),(b)")
     ap.add_argument("--moe-lr", type=float, default=1e-3)
+    ap.add_argument("--dense-captions", type=float, default=0.5, help="share of caption rows in dense batches")
+    ap.add_argument("--moe-captions", type=float, default=0.2, help="share of caption rows in up-cycling batches")
     ap.add_argument("--experts", type=int, default=4)
     ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=500)
@@ -153,7 +163,7 @@ def main(argv=None) -> int:
         dense = MoTELlavaForCausalLM(model_config(tok.vocab_size, "dense"))
         init_weights(dense)
         run_stage(dense, prefix, train, held, tok, out, "dense", args.dense_steps, args.dense_lr, lambda n: True,
-                  args.bs, 0.0, args.seed, args.eval_every, warmup=200)
+                  args.bs, 0.0, args.seed, args.eval_every, warmup=200, cap_frac=args.dense_captions)
         save(dense, tok, out / "dense")
     else:
         from mote_edge.exporters.reference import load_reference_model
@@ -168,9 +178,9 @@ def main(argv=None) -> int:
         in_moe = lambda n: ".mlp.deepspeed_moe." in n  # noqa: E731  routers + routed experts
         not_shared = lambda n: ".mlp.shared_expert." not in n  # noqa: E731
         run_stage(model, prefix, train, held, tok, out, f"{kind}-a", sa, args.moe_lr, in_moe, args.bs, 0.01,
-                  args.seed + 1, args.eval_every)
+                  args.seed + 1, args.eval_every, cap_frac=args.moe_captions)
         run_stage(model, prefix, train, held, tok, out, f"{kind}-b", sb, args.moe_lr * 0.5, not_shared, args.bs,
-                  0.01, args.seed + 2, args.eval_every)
+                  0.01, args.seed + 2, args.eval_every, cap_frac=args.moe_captions)
         save(model, tok, out / kind)
     log(out, event="done", total_sec=round(time.time() - t_start, 1))
     return 0
