@@ -56,3 +56,4 @@ clean:
 train-tiny: $(STAMP)
 	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train
 	$(BIN)/python -m mote_edge.training.ship --out $(OUT)/train
+	$(BIN)/python -m mote_edge.training.report dense=$(OUT)/train/dense mote=examples/tiny-mote fp-moe=examples/tiny-moe-fp

@@ -54,7 +54,8 @@ def main(argv=None) -> int:
             rows.append(dict(model=name, precision="torch fp32 (reference)", **evaluate(ckpt, args.n),
                              sec=round(time.time() - t0, 1)))
         for bits in args.bits.split(","):
-            mote = Path(ckpt).parent / f"{Path(ckpt).name}-b{bits}.mote"
+            (OUT / "ptq").mkdir(parents=True, exist_ok=True)
+            mote = OUT / "ptq" / f"{name}-b{bits}.mote"
             subprocess.run([mote_edge, "export", ckpt, "--bits", bits, "-o", str(mote), "--force"], check=True,
                            capture_output=True)
             info = json.loads(subprocess.run([mote_edge, "info", str(mote), "--json"], check=True,
