@@ -53,6 +53,7 @@ def main(argv=None) -> int:
             t0 = time.time()
             rows.append(dict(model=name, precision="torch fp32 (reference)", **evaluate(ckpt, args.n),
                              sec=round(time.time() - t0, 1)))
+            _emit(args.out, rows[-1])
         for bits in args.bits.split(","):
             (OUT / "ptq").mkdir(parents=True, exist_ok=True)
             mote = OUT / "ptq" / f"{name}-b{bits}.mote"
@@ -64,11 +65,14 @@ def main(argv=None) -> int:
             res = evaluate(mote, args.n, runtime=True, threads=1)
             rows.append(dict(model=name, precision=f"runtime --bits {bits}", expert_bytes=expert_bytes(info, cfg),
                              file_bytes=info["file_bytes"], **res, sec=round(time.time() - t0, 1)))
-        with open(args.out, "a") as f:
-            for r in rows:
-                print(json.dumps(r), flush=True)
-                f.write(json.dumps(r) + "\n")
+            _emit(args.out, rows[-1])
     return 0
+
+
+def _emit(path: Path, row: dict) -> None:
+    print(json.dumps(row), flush=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":
