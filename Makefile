@@ -20,15 +20,16 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The main job on the shipped demo image: synthesize the tiny model (random weights, so the answer
-# is noise; the pipeline is real), export it at 4 bits, check it, and answer under a memory budget.
+# The main job: export the shipped trained tiny MoTE at 4 bits, check it, and answer questions about a
+# held-out task image under a memory budget, with the memory and speed report.
 demo: $(STAMP)
-	$(BIN)/mote-edge synth --preset tiny -o $(OUT)/tiny-ckpt --force
-	$(BIN)/mote-edge export $(OUT)/tiny-ckpt --bits 4 -o $(OUT)/tiny.mote --force
-	$(BIN)/mote-edge info $(OUT)/tiny.mote
-	$(BIN)/mote-edge verify $(OUT)/tiny.mote
-	$(BIN)/mote-edge run $(OUT)/tiny.mote --image examples/images/shapes.png \
-		--prompt "What color is the circle?" --memory-budget 40MB --max-new-tokens 24 --report
+	$(BIN)/mote-edge export examples/tiny-mote --bits 4 -o $(OUT)/tiny-mote.mote --force
+	$(BIN)/mote-edge info $(OUT)/tiny-mote.mote
+	$(BIN)/mote-edge verify $(OUT)/tiny-mote.mote
+	$(BIN)/mote-edge run $(OUT)/tiny-mote.mote --image examples/images/task-0.png \
+		--prompt "How many shapes are there?" --memory-budget 40MB
+	$(BIN)/mote-edge run $(OUT)/tiny-mote.mote --image examples/images/task-0.png \
+		--prompt "What color is the star?" --memory-budget 40MB --report
 
 bench: bench-memory bench-kernels bench-decode
 
