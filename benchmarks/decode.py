@@ -65,13 +65,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
     from mote_edge.format import MoteFile
-    from mote_edge.runtime.plan import fit_budget
-    from mote_edge.runtime.weights import runtime_nbytes
+    from mote_edge.runtime.plan import fit_file_budget
 
     full = runtime_decode(args.mote, args.tokens, None, args.threads)
     with MoteFile(args.mote) as f:
-        resident = sum(runtime_nbytes(t) for t in f.tensors.values())
-        p = fit_budget(f.config, f.metadata["sizes"], 1024, None, resident, f.header.metadata_length)
+        p = fit_file_budget(f, 1024, None)
     half_budget = p.total_bytes - p.expert_cache_bytes + p.expert_slab_bytes * (p.total_experts // 2)
     half = runtime_decode(args.mote, args.tokens, half_budget, args.threads)
     ref = torch_decode(args.checkpoint, args.tokens, args.threads)

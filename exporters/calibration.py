@@ -79,7 +79,7 @@ def collect_hessians(ckpt: Checkpoint, recipe: Recipe, calib: Path | None, sampl
     from .reference import load_reference_model
 
     model = load_reference_model(ckpt)
-    gptq_roles = {r for r, s in recipe.roles.items() if s.kind == "intn" and s.method == "gptq"} - {"embed"}
+    gptq_roles = recipe.gptq_roles() - {"embed"}  # an embedding is a lookup: no input Hessian
     wanted = {s.name for s in checkpoint_tensors(ckpt.config) if s.role in gptq_roles}
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}

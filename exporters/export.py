@@ -125,7 +125,7 @@ def export_checkpoint(checkpoint_dir: str | Path, output: str | Path, opts: Expo
     stages: dict[str, float] = {}
 
     hessians = None
-    if recipe_uses_gptq(recipe):
+    if recipe.gptq_roles():
         from .calibration import collect_hessians
 
         t = time.perf_counter()
@@ -154,10 +154,6 @@ def export_checkpoint(checkpoint_dir: str | Path, output: str | Path, opts: Expo
     stages["decoder"] = time.perf_counter() - t
     return ExportSummary(output, output.stat().st_size, writer.metadata["sizes"], time.perf_counter() - t0,
                          _peak_rss(), stages)
-
-
-def recipe_uses_gptq(recipe: Recipe) -> bool:
-    return any(s.kind == "intn" and s.method == "gptq" for s in recipe.roles.values())
 
 
 def _encode_spec(spec: TensorSpec, w: np.ndarray, scheme, hessians) -> dict:

@@ -32,11 +32,11 @@ from .budget import parse_bytes
 from .decoder import Decoder
 from .expert_cache import ExpertCache
 from .memory import drop_page_cache, read_status
-from .plan import MemoryPlan, default_context, fit_budget
+from .plan import MemoryPlan, default_context, fit_file_budget
 from .report import RunStats, build_report
 from .sampler import Sampler, SamplingParams
 from .vision import VisionEncoder
-from .weights import ResidentWeights, runtime_nbytes
+from .weights import ResidentWeights
 
 
 class ContextError(MoteError):
@@ -100,8 +100,7 @@ class Engine:
             if not 1 <= context <= cfg.decoder.max_position_embeddings:
                 raise ContextError(f"max context {context} is outside 1..{cfg.decoder.max_position_embeddings} "
                                    f"(the model's max_position_embeddings)")
-            resident = sum(runtime_nbytes(t) for t in f.tensors.values())
-            plan = fit_budget(cfg, f.metadata["sizes"], context, budget, resident, f.header.metadata_length)
+            plan = fit_file_budget(f, context, budget)
             engine = cls(f, plan, budget, threads, baseline)
         except BaseException:
             f.close()

@@ -108,6 +108,24 @@ def default_context(cfg: ModelConfig) -> int:
     return min(cfg.decoder.max_position_embeddings, 4096)
 
 
+def plan_file(f, context: int, expert_slabs: int | None = None) -> MemoryPlan:
+    """The plan of an opened MoteFile (resident bytes as loaded: fp16 is widened to fp32)."""
+    return plan(f.config, f.metadata["sizes"], context, expert_slabs, _resident_runtime_bytes(f),
+                f.header.metadata_length)
+
+
+def fit_file_budget(f, context: int, budget: int | None) -> MemoryPlan:
+    """fit_budget for an opened MoteFile."""
+    return fit_budget(f.config, f.metadata["sizes"], context, budget, _resident_runtime_bytes(f),
+                      f.header.metadata_length)
+
+
+def _resident_runtime_bytes(f) -> int:
+    from .weights import runtime_nbytes
+
+    return sum(runtime_nbytes(t) for t in f.tensors.values())
+
+
 def fit_budget(cfg: ModelConfig, sizes: dict, context: int, budget: int | None, resident_bytes: int,
                metadata_bytes: int) -> MemoryPlan:
     """The plan with as many expert slabs as `budget` allows (all when budget is None); raises

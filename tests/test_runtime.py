@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 import torch.nn.functional as F  # noqa: E402
 
 from conftest import REPO, run_cli  # noqa: E402
+from mote_edge.chat import encode_prompt  # noqa: E402
 from mote_edge.exporters.export import ExportOptions, export_checkpoint  # noqa: E402
 from mote_edge.exporters.reference import load_reference_model  # noqa: E402
 from mote_edge.format import MoteFile  # noqa: E402
@@ -66,7 +67,7 @@ def test_logits_and_32_greedy_tokens_match_the_reference(tiny_ckpt, exported, wi
         x = engine._prompt_embeddings(PROMPT, image)
         got_logits = engine.decoder.forward(x)
         got_tokens = list(engine.generate_ids(PROMPT, image, max_new_tokens=32))
-        ids = __import__("mote_edge.chat", fromlist=["x"]).encode_prompt(engine.tokenizer, PROMPT, image is not None)
+        ids = encode_prompt(engine.tokenizer, PROMPT, image is not None)
         pixels = None
         if image is not None:
             from mote_edge.image import load_image, preprocess
@@ -85,12 +86,9 @@ def test_logits_and_32_greedy_tokens_match_the_reference(tiny_ckpt, exported, wi
 
 
 def _min_budget(path) -> int:
-    from mote_edge.runtime.plan import fit_budget, minimum_slabs, plan
-    from mote_edge.runtime.weights import runtime_nbytes
+    from mote_edge.runtime.plan import minimum_slabs, plan_file
     with MoteFile(path) as f:
-        resident = sum(runtime_nbytes(t) for t in f.tensors.values())
-        p = plan(f.config, f.metadata["sizes"], 512, minimum_slabs(f.config), resident, f.header.metadata_length)
-        return p.total_bytes
+        return plan_file(f, 512, minimum_slabs(f.config)).total_bytes
 
 
 def test_same_output_at_every_budget_and_counters_add_up(exported):

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from mote_edge.runtime.plan import default_context, minimum_slabs, plan
-from mote_edge.runtime.weights import runtime_nbytes
+from mote_edge.runtime.plan import default_context, minimum_slabs, plan_file
 
 from .reader import MoteFile
 from .stats import bits_per_weight
@@ -16,9 +15,8 @@ def info_dict(f: MoteFile, context: int | None = None) -> dict:
     cfg = f.config
     sizes = f.metadata["sizes"]
     context = context or default_context(cfg)
-    resident = sum(runtime_nbytes(t) for t in f.tensors.values())
-    full = plan(cfg, sizes, context, None, resident, f.header.metadata_length)
-    minimum = plan(cfg, sizes, context, minimum_slabs(cfg), resident, f.header.metadata_length)
+    full = plan_file(f, context)
+    minimum = plan_file(f, context, minimum_slabs(cfg))
     dc, v = cfg.decoder, cfg.vision
     return {
         "file": str(f.path), "file_bytes": f.size,

@@ -114,6 +114,10 @@ class Recipe:
                 raise ExportError(f"role {role} is stored as fp32 or fp16 only (got {bits} bits)")
             self.roles[role] = scheme
 
+    def gptq_roles(self) -> set[str]:
+        """Roles quantized to int-N with GPTQ (they need calibration Hessians)."""
+        return {r for r, s in self.roles.items() if s.kind == "intn" and s.method == "gptq"}
+
     def scheme_for(self, role: str) -> Scheme:
         if role not in self.roles:
             raise ExportError(f"the recipe has no scheme for role {role!r}")
