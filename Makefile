@@ -6,8 +6,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT := out
+MODELS := models
 
-.PHONY: demo test bench bench-kernels bench-memory bench-decode install clean
+.PHONY: demo test bench bench-kernels bench-memory bench-decode bench-sweep bench-accuracy bench-deps install clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard native/*.c native/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,18 +32,37 @@ demo: $(STAMP)
 	$(BIN)/mote-edge run $(OUT)/tiny-mote.mote --image examples/images/task-0.png \
 		--prompt "What color is the star?" --memory-budget 40MB --report
 
-bench: bench-memory bench-kernels bench-decode
+bench: bench-memory bench-kernels bench-decode bench-sweep bench-accuracy
+
+# matplotlib for the plots (the [bench] extra), installed on first use
+bench-deps: $(STAMP)
+	$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
 
 # The paper's memory table from the exporter's own layout planner (seconds)
 bench-memory: $(STAMP)
 	$(BIN)/python benchmarks/memory_table.py
 
 # Runtime vs torch reference decode speed on the synth Qwen2.5-0.5B MoTE (~6 GB of disk, ~5 min first time)
-MODELS := models
-bench-decode: $(STAMP)
+bench-decode: $(MODELS)/q05-b4.mote
 	test -f $(MODELS)/q05-ckpt/config.json || $(BIN)/mote-edge synth --preset qwen2.5-0.5b-e8 -o $(MODELS)/q05-ckpt --force
-	test -f $(MODELS)/q05-b4.mote || $(BIN)/mote-edge export $(MODELS)/q05-ckpt --bits 4 -o $(MODELS)/q05-b4.mote
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/decode.py $(MODELS)/q05-ckpt $(MODELS)/q05-b4.mote
+
+$(MODELS)/q15-b4.mote: | $(STAMP)
+	test -f $(MODELS)/q15-ckpt/config.json || $(BIN)/mote-edge synth --preset qwen2.5-1.5b-e8 -o $(MODELS)/q15-ckpt --force
+	$(BIN)/mote-edge export $(MODELS)/q15-ckpt --bits 4 -o $@
+
+$(MODELS)/q05-b4.mote: | $(STAMP)
+	test -f $(MODELS)/q05-ckpt/config.json || $(BIN)/mote-edge synth --preset qwen2.5-0.5b-e8 -o $(MODELS)/q05-ckpt --force
+	$(BIN)/mote-edge export $(MODELS)/q05-ckpt --bits 4 -o $@
+
+# Budget sweeps of both synth presets (min feasible -> full cache; tiny-MoTE-skewed and uniform routing);
+# writes benchmarks/out/budget-sweep.json and a PNG per model (~15 GB of disk and ~15 min the first time)
+bench-sweep: bench-deps $(MODELS)/q05-b4.mote $(MODELS)/q15-b4.mote
+	$(BIN)/python benchmarks/budget_sweep.py $(MODELS)/q05-b4.mote $(MODELS)/q15-b4.mote
+
+# Held-out accuracy against expert memory through the runtime, int4/3/2 (~20 min on 1 thread)
+bench-accuracy: bench-deps
+	$(BIN)/python benchmarks/accuracy_memory.py --run
 
 # Kernel speed vs numpy and onnxruntime MatMulNBits, cold weights (~4 min; writes benchmarks/out/kernels.json)
 bench-kernels: $(STAMP)

@@ -92,6 +92,8 @@ def run(
     top_k: int = typer.Option(0, help="Sample from the k most likely tokens (0 = off)."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling: smallest set with this much probability (1 = off)."),
     seed: Optional[int] = typer.Option(None, help="Random seed for sampling."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Keep generating past end-of-sequence "
+                                                                "(exactly --max-new-tokens; for benchmarks)."),
     threads: Optional[int] = typer.Option(None, help="Threads for the kernels (default: all cores)."),
     max_context: Optional[int] = typer.Option(None, help="Context positions to plan for (default: min(model's, 4096))."),
     report: bool = typer.Option(False, "--report", help="Print the memory and speed report to stderr."),
@@ -114,7 +116,7 @@ def run(
         typer.echo(f"loaded {model.name}: plan {format_bytes(plan.total_bytes)} "
                    f"({cached} of {plan.total_experts} experts cached, context {plan.context})", err=True)
         for piece in engine.generate(prompt, image=image, max_new_tokens=max_new_tokens, temperature=temperature,
-                                     top_k=top_k, top_p=top_p, seed=seed):
+                                     top_k=top_k, top_p=top_p, seed=seed, ignore_eos=ignore_eos):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")

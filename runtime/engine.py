@@ -126,8 +126,10 @@ class Engine:
                                self.decoder.embed(ids[at + 1:])])
 
     def generate_ids(self, prompt: str, image=None, max_new_tokens: int = 128, temperature: float = 0.0,
-                     top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> Iterator[int]:
-        """Token ids of the answer, one at a time (EOS ends it and is not yielded)."""
+                     top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                     ignore_eos: bool = False) -> Iterator[int]:
+        """Token ids of the answer, one at a time (EOS ends it and is not yielded; with ignore_eos,
+        EOS is yielded like any token and exactly max_new_tokens come, as for benchmarks)."""
         if max_new_tokens < 1:
             raise MoteError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
@@ -145,7 +147,7 @@ class Engine:
         now = time.perf_counter()
         self.stats.prefill_tokens, self.stats.prefill_ms = x.shape[0], 1e3 * (now - t1)
         self.stats.ttft_ms = 1e3 * (now - t0)
-        eos = self.tokenizer.eos_id
+        eos = None if ignore_eos else self.tokenizer.eos_id
         for step in range(max_new_tokens):
             if token == eos:
                 return

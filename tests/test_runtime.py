@@ -200,3 +200,18 @@ def test_expert_loads_leave_no_second_copy_in_the_page_cache(exported, tmp_path)
         list(engine.generate_ids(PROMPT, IMAGE, max_new_tokens=12))
         assert engine.experts.stats.misses > 2
         assert page_cache_bytes(copy) == 0
+
+
+def test_ignore_eos_yields_exactly_max_new_tokens(exported):
+    """Without ignore_eos an EOS ends the answer and is not yielded; with it, exactly
+    max_new_tokens ids come and the ones before the first EOS are the same answer."""
+    eos_id = 0
+    with Engine.load(exported) as engine:
+        eos_id = engine.tokenizer.eos_id
+        plain = list(engine.generate_ids(PROMPT, IMAGE, max_new_tokens=40))
+        forced = list(engine.generate_ids(PROMPT, IMAGE, max_new_tokens=40, ignore_eos=True))
+    assert len(forced) == 40
+    assert eos_id not in plain
+    assert forced[:len(plain)] == plain
+    if len(plain) < 40:  # the model stopped: the forced run shows the EOS where it stopped
+        assert forced[len(plain)] == eos_id
