@@ -96,6 +96,9 @@ def run(
                                                                 "(exactly --max-new-tokens; for benchmarks)."),
     threads: Optional[int] = typer.Option(None, help="Threads for the kernels (default: all cores)."),
     max_context: Optional[int] = typer.Option(None, help="Context positions to plan for (default: min(model's, 4096))."),
+    cache_policy: str = typer.Option("layer", help="Expert eviction when the cache is full: layer (evict the expert "
+                                                   "whose MoE layer runs again last; default), lru or lfu. "
+                                                   "Compare them on a trace with `mote-edge simulate`."),
     report: bool = typer.Option(False, "--report", help="Print the memory and speed report to stderr."),
     report_json: Optional[Path] = typer.Option(None, help="Write the report as JSON to this file."),
     trace_out: Optional[Path] = typer.Option(None, help="Record every MoE wave's experts as JSON lines "
@@ -108,7 +111,8 @@ def run(
     from mote_edge.runtime.engine import Engine
     from mote_edge.runtime.report import report_text
 
-    with Engine.load(model, memory_budget=memory_budget, threads=threads, max_context=max_context) as engine:
+    with Engine.load(model, memory_budget=memory_budget, threads=threads, max_context=max_context,
+                     cache_policy=cache_policy) as engine:
         plan = engine.plan
         if trace_out is not None and engine.experts is not None:
             engine.experts.trace = []

@@ -114,6 +114,7 @@ class MoE:
         self.last_routes = idx
         out = np.zeros_like(h)
         needed = sorted(set(idx.reshape(-1).tolist()), key=lambda e: not self.cache.is_cached(self.layer, e))
+        self.cache.begin_wave(self.layer, needed)
         if self.cache.trace is not None:
             self.cache.trace.append({"layer": self.layer, "experts": needed, "tokens": int(h.shape[0])})
         for e in needed:  # wave: each needed expert loaded once, cached ones first

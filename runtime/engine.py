@@ -29,6 +29,7 @@ from mote_edge.image import ImagePreprocessConfig, load_image, preprocess
 from mote_edge.tokenizer import Tokenizer
 
 from .budget import parse_bytes
+from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES
 from .decoder import Decoder
 from .expert_cache import ExpertCache
 from .memory import drop_page_cache, read_status
@@ -64,7 +65,8 @@ class _VocabMaskedSampler:
 
 
 class Engine:
-    def __init__(self, file: MoteFile, plan: MemoryPlan, budget: int | None, threads: int, baseline_rss: int):
+    def __init__(self, file: MoteFile, plan: MemoryPlan, budget: int | None, threads: int, baseline_rss: int,
+                 cache_policy: str = DEFAULT_POLICY):
         self.file, self.plan, self.budget, self.threads = file, plan, budget, threads
         self.baseline_rss = baseline_rss
         cfg = self.config = file.config
@@ -76,7 +78,7 @@ class Engine:
             pre, aspect_ratio=pre.pop("image_aspect_ratio", cfg.projector.image_aspect_ratio))
         self.system = meta.get("chat_template", {}).get("system", DEFAULT_SYSTEM)
         self.weights = ResidentWeights(file, threads)
-        self.experts = ExpertCache(file, plan.expert_slabs, threads) if cfg.moe_layers else None
+        self.experts = ExpertCache(file, plan.expert_slabs, threads, policy=cache_policy) if cfg.moe_layers else None
         self.decoder = Decoder(cfg, self.weights, self.experts, plan.context)
         self.vision = VisionEncoder(file.read_vision, threads) if file.vision is not None else None
         self.stats = RunStats()
@@ -86,13 +88,15 @@ class Engine:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | Path, memory_budget: str | int | None = None, threads: int | None = None,
-             max_context: int | None = None) -> "Engine":
+             max_context: int | None = None, cache_policy: str = DEFAULT_POLICY) -> "Engine":
         t0 = time.perf_counter()
         baseline = read_status()["VmRSS"]
         threads = int(threads if threads is not None else _usable_cpus())
         if threads < 1:
             raise MoteError(f"threads must be >= 1, got {threads}")
         budget = parse_bytes(memory_budget) if memory_budget is not None else None
+        if cache_policy not in RUNTIME_POLICIES:
+            raise MoteError(f"unknown cache policy {cache_policy!r} (choose from {', '.join(RUNTIME_POLICIES)})")
         f = MoteFile(path)
         try:
             cfg = f.config
@@ -101,7 +105,7 @@ class Engine:
                 raise ContextError(f"max context {context} is outside 1..{cfg.decoder.max_position_embeddings} "
                                    f"(the model's max_position_embeddings)")
             plan = fit_file_budget(f, context, budget)
-            engine = cls(f, plan, budget, threads, baseline)
+            engine = cls(f, plan, budget, threads, baseline, cache_policy)
         except BaseException:
             f.close()
             raise

@@ -1,4 +1,5 @@
-"""The routed-expert cache: fixed slabs, one pread per miss, LRU eviction, honest counters.
+"""The routed-expert cache: fixed slabs, one pread per miss, a pluggable eviction policy
+(runtime/cache_policy.py; default "layer", LRU available), honest counters.
 
 A miss reads the expert's whole record into a free (or the least recently used) slab with one
 preadv, verifies its CRC, then drops the record's pages from the page cache (posix_fadvise
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +19,7 @@ from mote_edge.format.constants import SECTION_ALIGN
 from mote_edge.format.layout import align
 from mote_edge.format.reader import MoteFile, parse_parts
 
+from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES, Key, pick_victim
 from .memory import drop_page_cache
 from .weights import Linear
 
@@ -52,8 +53,12 @@ class Expert:
 
 
 class ExpertCache:
-    def __init__(self, f: MoteFile, slabs: int, threads: int, drop_pages: bool = True):
+    def __init__(self, f: MoteFile, slabs: int, threads: int, drop_pages: bool = True, policy: str = DEFAULT_POLICY):
+        if policy not in RUNTIME_POLICIES:
+            raise ValueError(f"unknown cache policy {policy!r} (choose from {', '.join(RUNTIME_POLICIES)})")
         self.file = f
+        self.policy = policy
+        self.cycle = {layer: i for i, layer in enumerate(sorted(f.config.moe_layers))}  # decode order of MoE layers
         self.threads = threads
         self.drop_page_cache = drop_pages
         if drop_pages and hasattr(os, "posix_fadvise"):
@@ -62,7 +67,12 @@ class ExpertCache:
         self.slab_bytes = align(max((e.nbytes for e in f.experts.values()), default=0), SECTION_ALIGN)
         self.slabs = [np.empty(self.slab_bytes, dtype=np.uint8) for _ in range(slabs)]
         self.free = list(range(slabs))
-        self.resident: OrderedDict[tuple[int, int], tuple[int, Expert]] = OrderedDict()  # LRU order
+        self.resident: dict[Key, tuple[int, Expert]] = {}  # key -> (slab index, expert)
+        self.last: dict[Key, int] = {}  # key -> clock of its last use
+        self.count: dict[Key, int] = {}  # key -> uses since it was loaded
+        self.clock = 0
+        self.layer = next(iter(self.cycle), 0)  # the MoE layer of the running wave
+        self.wave: set[Key] = set()
         self.stats = CacheStats()
         self.trace: list[dict] | None = None  # set to a list to record every MoE wave (for `simulate`)
 
@@ -73,17 +83,29 @@ class ExpertCache:
     def is_cached(self, layer: int, expert: int) -> bool:
         return (layer, expert) in self.resident
 
+    def begin_wave(self, layer: int, experts) -> None:
+        """A MoE layer is about to use `experts`: loads during the wave spare them if they can."""
+        self.layer, self.wave = layer, {(layer, e) for e in experts}
+
+    def _touch(self, key: Key) -> None:
+        self.clock += 1
+        self.last[key] = self.clock
+        self.count[key] = self.count.get(key, 0) + 1
+
     def get(self, layer: int, expert: int) -> Expert:
         key = (layer, expert)
         if key in self.resident:
             self.stats.hits += 1
-            self.resident.move_to_end(key)
+            self._touch(key)
             return self.resident[key][1]
         t0 = time.perf_counter()
         if self.free:
             slab = self.free.pop()
         else:
-            _, (slab, _) = self.resident.popitem(last=False)
+            victim = pick_victim(self.resident.keys(), self.policy, layer, self.cycle, self.last, self.count,
+                                 self.wave)
+            slab, _ = self.resident.pop(victim)
+            del self.last[victim], self.count[victim]
             self.stats.evictions += 1
         entry = self.file.read_expert_into(layer, expert, self.slabs[slab])
         if self.drop_page_cache:
@@ -94,6 +116,7 @@ class ExpertCache:
         projs = {t.name: Linear(parse_parts(t, buf, t.offset), t.scheme, t.shape, self.threads) for t in entry.tensors}
         value = (slab, Expert(projs))
         self.resident[key] = value
+        self._touch(key)
         self.stats.misses += 1
         self.stats.bytes_read += entry.nbytes
         self.stats.stall_ms += 1e3 * (time.perf_counter() - t0)
@@ -101,5 +124,7 @@ class ExpertCache:
 
     def release(self) -> None:
         self.resident.clear()
+        self.last.clear()
+        self.count.clear()
         self.slabs.clear()
         self.free.clear()

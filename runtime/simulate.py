@@ -6,13 +6,8 @@ A trace (`mote-edge run --trace-out routes.jsonl`) has one JSON line per MoE wav
 experts already cached are used first, then the misses are loaded one by one (a wave never evicts an
 expert it still needs, as long as at least one slab exists).
 
-Policies:
-    lru     least recently used (the runtime's policy)
-    lfu     least frequently used so far, ties broken by recency
-    layer   evict the expert whose layer comes back last in the layer cycle (decode visits the MoE
-            layers in order), ties by recency: Belady's idea using only the model's structure
-    belady  Belady's MIN: evict the expert whose next use is farthest in the future (offline optimum,
-            the upper bound on any policy's hit rate)
+Policies (runtime/cache_policy.py, the same rule the runtime uses): lru, lfu, layer (the runtime's
+default) and belady (Belady's MIN, the offline optimum: the upper bound on any policy's hit rate).
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ from pathlib import Path
 
 from mote_edge.errors import MoteError
 
-POLICIES = ("lru", "lfu", "layer", "belady")
+from .cache_policy import POLICIES, Key, pick_victim
 
 
 @dataclass
@@ -70,41 +65,29 @@ def simulate(waves: list[Wave], slabs: int, policy: str) -> dict:
     for i in range(len(keys) - 1, -1, -1):
         next_use[i] = last_seen.get(keys[i], len(keys) + 1)
         last_seen[keys[i]] = i
-    cache: dict[tuple[int, int], dict] = {}  # key -> {"last", "count", "next"}
+    last: dict[Key, int] = {}
+    count: dict[Key, int] = {}
+    nxt: dict[Key, int] = {}
     hits = misses = clock = pos = 0
     for w in waves:
-        order = sorted(w.experts, key=lambda e: (w.layer, e) not in cache)  # hits first, as the runtime
+        order = sorted(w.experts, key=lambda e: (w.layer, e) not in last)  # hits first, as the runtime
         wave_keys = {(w.layer, e) for e in w.experts}
         index_of = {k: pos + j for j, k in enumerate((w.layer, e) for e in w.experts)}
         for e in order:
             key = (w.layer, e)
             clock += 1
-            i = index_of[key]
-            if key in cache:
+            if key in last:
                 hits += 1
             else:
                 misses += 1
-                if len(cache) >= slabs:
-                    del cache[_victim(cache, policy, w.layer, cycle, len(layers), wave_keys)]
-                cache[key] = {"last": 0, "count": 0, "next": 0}
-            c = cache[key]
-            c["last"], c["count"], c["next"] = clock, c["count"] + 1, next_use[i]
+                if len(last) >= slabs:
+                    victim = pick_victim(last.keys(), policy, w.layer, cycle, last, count, wave_keys, nxt)
+                    del last[victim], count[victim], nxt[victim]
+                count[key] = 0
+            last[key], count[key], nxt[key] = clock, count[key] + 1, next_use[index_of[key]]
         pos += len(w.experts)
     total = hits + misses
     return {"policy": policy, "slabs": slabs, "hits": hits, "misses": misses, "hit_rate": hits / total if total else 0.0}
-
-
-def _victim(cache: dict, policy: str, layer: int, cycle: dict, n_layers: int, wave_keys: set) -> tuple[int, int]:
-    # never evict an expert the current wave still needs, unless nothing else is cached
-    candidates = [k for k in cache if k not in wave_keys] or list(cache)
-    if policy == "lru":
-        return min(candidates, key=lambda k: cache[k]["last"])
-    if policy == "lfu":
-        return min(candidates, key=lambda k: (cache[k]["count"], cache[k]["last"]))
-    if policy == "layer":
-        here = cycle[layer]
-        return max(candidates, key=lambda k: ((cycle[k[0]] - here - 1) % n_layers, -cache[k]["last"]))
-    return max(candidates, key=lambda k: cache[k]["next"])  # belady
 
 
 def sweep(waves: list[Wave], slab_counts: list[int], policies: list[str]) -> list[dict]:

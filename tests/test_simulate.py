@@ -31,8 +31,9 @@ def test_belady_bounds_every_policy_and_full_cache_only_misses_once():
             assert all(r["misses"] == distinct for r in results.values())
 
 
+@pytest.mark.parametrize("policy", ["lru", "lfu", "layer"])
 @pytest.mark.parametrize("extra_slabs", [0, 2])
-def test_simulated_lru_equals_the_runtime_counters(tiny_ckpt, tmp_path, extra_slabs):
+def test_simulation_equals_the_runtime_counters(tiny_ckpt, tmp_path, extra_slabs, policy):
     from mote_edge.exporters.export import ExportOptions, export_checkpoint
     from mote_edge.runtime.engine import Engine
 
@@ -44,15 +45,34 @@ def test_simulated_lru_equals_the_runtime_counters(tiny_ckpt, tmp_path, extra_sl
     trace = tmp_path / "routes.jsonl"
     r = run_cli("run", str(mote), "--prompt", "What color is the circle?", "--image", str(IMAGE),
                 "--max-new-tokens", "16", "--memory-budget", str(fixed + (2 + extra_slabs) * slab),
-                "--trace-out", str(trace), "--report-json", str(tmp_path / "r.json"))
+                "--trace-out", str(trace), "--report-json", str(tmp_path / "r.json"), "--cache-policy", policy)
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "r.json").read_text())["experts"]
     waves = read_trace(trace)
     assert len(waves) > 10
-    sim = simulate(waves, report["slabs"], "lru")
+    assert report["policy"] == policy and report["evictions"] > 0
+    sim = simulate(waves, report["slabs"], policy)
     assert (sim["hits"], sim["misses"]) == (report["hits"], report["misses"])
     curve = sweep(waves, [1, report["slabs"], 8], list(POLICIES))
     assert len(curve) == 3 * len(POLICIES)
+
+
+def test_layer_policy_keeps_the_layers_that_come_next():
+    """Decoding cycles through the MoE layers; with fewer slabs than layers LRU always evicts the
+    expert needed next, the layer-aware policy keeps it (as Belady would)."""
+    waves = [Wave(layer, [0]) for _ in range(20) for layer in (0, 2, 4)]
+    assert simulate(waves, 2, "lru")["hits"] == 0
+    layer = simulate(waves, 2, "layer")["hits"]
+    assert layer == simulate(waves, 2, "belady")["hits"] > 0
+
+
+def test_unknown_runtime_policy_is_a_one_line_error(tiny_ckpt, tmp_path):
+    from mote_edge.exporters.export import ExportOptions, export_checkpoint
+
+    mote = tmp_path / "t.mote"
+    export_checkpoint(tiny_ckpt, mote, ExportOptions(bits=4, group_size=32, progress=False))
+    r = run_cli("run", str(mote), "--prompt", "hi", "--cache-policy", "belady")
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: unknown cache policy 'belady'")
 
 
 def test_simulate_cli_and_bad_traces(tmp_path):
