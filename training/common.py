@@ -85,11 +85,12 @@ def prompt_parts(tok: Tokenizer, question: str) -> tuple[list[int], list[int]]:
 
 
 _TOK: Tokenizer | None = None
+_WHERE = False
 
 
-def _init(tok_json: str) -> None:
-    global _TOK
-    _TOK = Tokenizer.from_str(tok_json)
+def _init(tok_json: str, where: bool = False) -> None:
+    global _TOK, _WHERE
+    _TOK, _WHERE = Tokenizer.from_str(tok_json), where
 
 
 def _encode_one(seed: int):
@@ -102,17 +103,24 @@ def _encode_one(seed: int):
     prefix2, cq = prompt_parts(_TOK, CAPTION_QUESTION)
     assert prefix2 == prefix
     cap = _TOK.encode(" " + caption(ex.objects))
-    return pix, prefix, [(q, ans, QTYPES.index(ex.qtype)), (cq, cap, len(QTYPES))]
+    rows = [(q, ans, QTYPES.index(ex.qtype)), (cq, cap, len(QTYPES))]
+    if _WHERE:
+        from .data import where_rows
+        for wq, wa in where_rows(ex.objects):
+            rows.append((prompt_parts(_TOK, wq)[1], _TOK.encode(" " + wa), len(QTYPES)))
+    return pix, prefix, rows
 
 
-def encode_examples(tok: Tokenizer, seeds, procs: int = 2, captions: bool = True) -> tuple[Encoded, list[int]]:
-    """Each seed gives one image and its question row (+ a caption row when `captions`)."""
+def encode_examples(tok: Tokenizer, seeds, procs: int = 2, captions: bool = True,
+                    where: bool = False) -> tuple[Encoded, list[int]]:
+    """Each seed gives one image and its question row (+ auxiliary rows when `captions`: a caption,
+    and with `where` one "Where is the ..." lookup per uniquely named object; qtype len(QTYPES))."""
     seeds = list(seeds)
     if procs > 1:
-        with Pool(procs, initializer=_init, initargs=(tok.to_str(),)) as pool:
+        with Pool(procs, initializer=_init, initargs=(tok.to_str(), where)) as pool:
             out = pool.map(_encode_one, seeds, chunksize=256)
     else:
-        _init(tok.to_str())
+        _init(tok.to_str(), where)
         out = [_encode_one(s) for s in seeds]
     prefix = out[0][1]
     assert all(r[1] == prefix for r in out), "prompt prefixes differ"
@@ -132,14 +140,14 @@ def encode_examples(tok: Tokenizer, seeds, procs: int = 2, captions: bool = True
     return enc, prefix
 
 
-def cached_encode(tok: Tokenizer, name: str, seeds) -> tuple[Encoded, list[int]]:
-    """encode_examples, cached under out/train/ (keyed by name and the seed range)."""
+def cached_encode(tok: Tokenizer, name: str, seeds, where: bool = False) -> tuple[Encoded, list[int]]:
+    """encode_examples, cached under out/train/ (keyed by name, the seed range and the row kinds)."""
     seeds = list(seeds)
-    path = OUT / f"data2-{name}-{seeds[0]}-{len(seeds)}-v{tok.vocab_size}.pt"
+    path = OUT / f"data2-{name}-{seeds[0]}-{len(seeds)}-v{tok.vocab_size}{'-where' if where else ''}.pt"
     if path.exists():
         d = torch.load(path)
         return Encoded(**d["enc"]), d["prefix"]
-    enc, prefix = encode_examples(tok, seeds)
+    enc, prefix = encode_examples(tok, seeds, where=where)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"enc": enc.__dict__, "prefix": prefix}, path)
     return enc, prefix

@@ -219,6 +219,18 @@ def caption(objs) -> str:
     return ", ".join(parts)
 
 
+WHERE_QTYPE = "where"  # training-only auxiliary rows, never evaluated
+
+
+def where_rows(objs) -> list[tuple[str, str]]:
+    """Training-only lookups of position by name, one per uniquely named object:
+    "Where is the red circle?" -> "top left" (the caption's 3x3 location)."""
+    names = [(o.color, o.shape) for o in objs]
+    return [(f"Where is the {o.color} {o.shape}?",
+             f"{_where(o.y, ('top', 'middle', 'bottom'))} {_where(o.x, ('left', 'center', 'right'))}")
+            for o, nm in zip(objs, names) if names.count(nm) == 1]
+
+
 def train_seeds(n: int, start: int = 0) -> range:
     return range(TRAIN_BASE + start, TRAIN_BASE + start + n)
 

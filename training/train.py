@@ -63,6 +63,30 @@ def init_weights(model: torch.nn.Module, std: float = 0.02) -> None:
                     m.bias.zero_()
 
 
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """[grid*grid, dim] fixed 2-D sin-cos table (MAE / ViT style): the first half of the channels
+    encodes the column, the second half the row, so a patch's x and y are linearly readable."""
+    quarter = dim // 4
+    freq = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))  # [dim/4]
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32),
+                            indexing="ij")
+    def enc(v):  # [grid*grid] -> [grid*grid, dim/2]
+        a = v.flatten()[:, None] * freq[None]
+        return torch.cat([a.sin(), a.cos()], dim=1)
+    table = torch.cat([enc(xs), enc(ys)], dim=1)  # [grid*grid, 4*quarter]
+    return torch.nn.functional.pad(table, (0, dim - table.shape[1]))
+
+
+def init_position_table(model) -> None:
+    """Start the ViT's learned position embeddings from a 2-D sin-cos table (class token: zeros).
+    They stay trainable; only the starting point changes."""
+    emb = model.model.vision_tower.vision_model.embeddings.position_embedding.weight  # [1 + P, D]
+    grid = int(round((emb.shape[0] - 1) ** 0.5))
+    with torch.no_grad():
+        emb[0].zero_()
+        emb[1:] = sincos_2d(grid, emb.shape[1])
+
+
 def upcycle(dense: MoTELlavaForCausalLM, kind: str, seed: int, experts: int = 4, top_k: int = 2):
     """A MoE model (kind mote | fp) whose every tensor but the routers comes from `dense`."""
     torch.manual_seed(seed + 1000)
@@ -81,26 +105,33 @@ def upcycle(dense: MoTELlavaForCausalLM, kind: str, seed: int, experts: int = 4,
 
 
 def run_stage(model, prefix, train, held, tok, out: Path, name: str, steps: int, lr: float, trainable,
-              bs: int, aux_coef: float, seed: int, eval_every: int, warmup: int = 100, cap_frac: float = 0.0) -> None:
+              bs: int, aux_coef: float, seed: int, eval_every: int, warmup: int = 100, cap_frac: float = 0.0,
+              qtype_weights: tuple[float, ...] | None = None) -> None:
     params = [p for n, p in model.named_parameters() if trainable(n)]
     for n, p in model.named_parameters():
         p.requires_grad_(trainable(n))
     log(out, stage=name, trainable_params=sum(p.numel() for p in params), steps=steps, lr=lr, bs=bs,
-        caption_fraction=cap_frac)
+        caption_fraction=cap_frac, qtype_weights=qtype_weights)
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.02)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
     g = torch.Generator().manual_seed(seed)
-    pools = [torch.nonzero(train.qtype < len(QTYPES)).flatten(), torch.nonzero(train.qtype == len(QTYPES)).flatten()]
-    n_cap = int(round(bs * cap_frac)) if len(pools[1]) else 0
-    sizes = [bs - n_cap, n_cap]
+    # one pool of row indices per question type, then the caption rows; each batch takes a fixed
+    # number of rows from each pool (question types by qtype_weights, uniform by default)
+    weights = qtype_weights or (1.0,) * len(QTYPES)
+    pools = [torch.nonzero(train.qtype == t).flatten() for t in range(len(QTYPES) + 1)]
+    n_cap = int(round(bs * cap_frac)) if len(pools[-1]) else 0
+    n_q = bs - n_cap
+    sizes = [int(round(n_q * w / sum(weights))) for w in weights]
+    sizes[0] += n_q - sum(sizes)
+    sizes.append(n_cap)
     perms = [pl[torch.randperm(len(pl), generator=g)] for pl in pools]
-    cursor = [0, 0]
+    cursor = [0] * len(pools)
     t0, acc_sum, loss_sum, aux_sum, n = time.time(), 0.0, 0.0, 0.0, 0
     for step in range(1, steps + 1):
         model.train()
         take = []
-        for k in (0, 1):
+        for k in range(len(pools)):
             if cursor[k] + sizes[k] > len(perms[k]):
                 perms[k], cursor[k] = pools[k][torch.randperm(len(pools[k]), generator=g)], 0
             take.append(perms[k][cursor[k]:cursor[k] + sizes[k]])
@@ -139,6 +170,12 @@ def main(argv=None) -> int:
     ap.add_argument("--moe-lr", type=float, default=1e-3)
     ap.add_argument("--dense-captions", type=float, default=0.5, help="share of caption rows in dense batches")
     ap.add_argument("--moe-captions", type=float, default=0.2, help="share of caption rows in up-cycling batches")
+    ap.add_argument("--qtype-weights", default="1,1,1,1",
+                    help="sampling weights of the question types (color,shape,count,position) in dense batches")
+    ap.add_argument("--pos-init", choices=("random", "sincos"), default="random",
+                    help="start of the ViT position embeddings (sincos: a 2-D sin-cos table, still trained)")
+    ap.add_argument("--where", action="store_true",
+                    help="add training-only 'Where is the <object>?' rows (3x3 location) to the auxiliary pool")
     ap.add_argument("--experts", type=int, default=4)
     ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=500)
@@ -152,7 +189,7 @@ def main(argv=None) -> int:
     t_start = time.time()
 
     tok = build_task_tokenizer()
-    train, prefix = cached_encode(tok, "train", train_seeds(args.train_examples))
+    train, prefix = cached_encode(tok, "train", train_seeds(args.train_examples), where=args.where)
     held, prefix2 = cached_encode(tok, "held", heldout_seeds(1000))
     assert prefix == prefix2
     log(out, event="data", train=len(train), held=len(held), vocab=tok.vocab_size, prefix_tokens=len(prefix),
@@ -162,8 +199,11 @@ def main(argv=None) -> int:
         torch.manual_seed(args.seed)
         dense = MoTELlavaForCausalLM(model_config(tok.vocab_size, "dense"))
         init_weights(dense)
+        if args.pos_init == "sincos":
+            init_position_table(dense)
         run_stage(dense, prefix, train, held, tok, out, "dense", args.dense_steps, args.dense_lr, lambda n: True,
-                  args.bs, 0.0, args.seed, args.eval_every, warmup=200, cap_frac=args.dense_captions)
+                  args.bs, 0.0, args.seed, args.eval_every, warmup=200, cap_frac=args.dense_captions,
+                  qtype_weights=tuple(float(w) for w in args.qtype_weights.split(",")))
         save(dense, tok, out / "dense")
     else:
         from mote_edge.exporters.reference import load_reference_model
