@@ -3,7 +3,9 @@ cost of a memory budget that holds half the experts.
 
     python benchmarks/decode.py models/q05-ckpt models/q05-b4.mote [--tokens 32]
 
-Prints tok/s and the ratios; writes benchmarks/out/decode.json. Greedy decoding of the same text
+Also runs onnxruntime on an ONNX export of the dense-equivalent model (the same decoder with every
+FFN dense, i.e. the shared experts only; benchmarks/ort_dense.py), fp32 and MatMulNBits 4-bit, in the
+same run (skip with --no-ort). Prints tok/s and the ratios; writes benchmarks/out/decode.json. Greedy decoding of the same text
 prompt everywhere; the first decode step is excluded (warm-up).
 """
 
@@ -24,7 +26,7 @@ def runtime_decode(mote: Path, tokens: int, budget: int | None, threads: int) ->
     with Engine.load(mote, memory_budget=budget, threads=threads, max_context=1024) as engine:
         times = []
         t = time.perf_counter()
-        for _ in engine.generate_ids(PROMPT, max_new_tokens=tokens + 1):
+        for _ in engine.generate_ids(PROMPT, max_new_tokens=tokens + 1, ignore_eos=True):
             now = time.perf_counter()
             times.append(now - t)
             t = now
@@ -63,6 +65,8 @@ def main() -> None:
     ap.add_argument("mote", type=Path)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--preset", default="qwen2.5-0.5b-e8", help="synth preset of the model (for the ORT dense twin)")
+    ap.add_argument("--no-ort", action="store_true", help="skip onnxruntime on the dense-equivalent model")
     args = ap.parse_args()
     from mote_edge.format import MoteFile
     from mote_edge.runtime.plan import fit_file_budget
@@ -76,6 +80,18 @@ def main() -> None:
     result = {"threads": args.threads, "tokens": args.tokens, "runtime_full": full, "runtime_half": half,
               "torch_fp32": ref, "speedup_vs_torch": full["tok_s"] / ref["tok_s"],
               "half_vs_full": half["tok_s"] / full["tok_s"]}
+    ort = {}
+    if not args.no_ort:
+        import sys
+        sys.path.insert(0, str(Path(__file__).parent))
+        from ort_dense import ort_dense_decode
+
+        preset = args.preset
+        for name, bits in (("fp32", None), ("int4", 4)):
+            r = ort_dense_decode(preset, args.tokens, args.threads, bits)
+            ort[name] = {k: r[k] for k in ("tok_s", "prefill_tok_s", "file_bytes", "peak_rss_bytes") if k in r}
+        result["ort_dense"] = ort
+        result["runtime_vs_ort"] = {k: full["tok_s"] / v["tok_s"] for k, v in ort.items()}
     print(f"decode tok/s ({args.threads} threads, {args.tokens} tokens)")
     print(f"  mote-edge, all {full['total_experts']} experts cached: {full['tok_s']:8.2f}  "
           f"(peak {full['peak_over_baseline'] / 1e6:,.0f} MB over baseline)")
@@ -83,7 +99,11 @@ def main() -> None:
           f"(hit rate {100 * half['hit_rate']:.1f}%, stall {half['stall_ms']:.0f} ms, peak "
           f"{half['peak_over_baseline'] / 1e6:,.0f} MB over baseline)")
     print(f"  torch reference fp32 eager:          {ref['tok_s']:8.2f}")
-    print(f"  ratio runtime/torch {result['speedup_vs_torch']:.2f}x; half-cache/full {result['half_vs_full']:.2f}x")
+    for name, r in ort.items():
+        print(f"  onnxruntime, dense-equivalent {name}:  {r['tok_s']:8.2f}  (file {r['file_bytes'] / 1e6:,.0f} MB, "
+              f"peak RSS {r['peak_rss_bytes'] / 1e6:,.0f} MB)")
+    print(f"  ratio runtime/torch {result['speedup_vs_torch']:.2f}x; half-cache/full {result['half_vs_full']:.2f}x"
+          + "".join(f"; runtime/ORT dense {k} {v:.2f}x" for k, v in result.get("runtime_vs_ort", {}).items()))
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)
     (out / "decode.json").write_text(json.dumps(result, indent=2) + "\n")
