@@ -174,6 +174,7 @@ def main(argv=None) -> int:
                     help="sampling weights of the question types (color,shape,count,position) in dense batches")
     ap.add_argument("--pos-init", choices=("random", "sincos"), default="random",
                     help="start of the ViT position embeddings (sincos: a 2-D sin-cos table, still trained)")
+    ap.add_argument("--dense-from", type=Path, help="start the dense stage from this saved dense checkpoint")
     ap.add_argument("--where", action="store_true",
                     help="add training-only 'Where is the <object>?' rows (3x3 location) to the auxiliary pool")
     ap.add_argument("--experts", type=int, default=4)
@@ -197,10 +198,14 @@ def main(argv=None) -> int:
 
     if "dense" in stages:
         torch.manual_seed(args.seed)
-        dense = MoTELlavaForCausalLM(model_config(tok.vocab_size, "dense"))
-        init_weights(dense)
-        if args.pos_init == "sincos":
-            init_position_table(dense)
+        if args.dense_from:  # continue training a saved dense model (e.g. a position-heavy second phase)
+            from mote_edge.exporters.reference import load_reference_model
+            dense = load_reference_model(args.dense_from)
+        else:
+            dense = MoTELlavaForCausalLM(model_config(tok.vocab_size, "dense"))
+            init_weights(dense)
+            if args.pos_init == "sincos":
+                init_position_table(dense)
         run_stage(dense, prefix, train, held, tok, out, "dense", args.dense_steps, args.dense_lr, lambda n: True,
                   args.bs, 0.0, args.seed, args.eval_every, warmup=200, cap_frac=args.dense_captions,
                   qtype_weights=tuple(float(w) for w in args.qtype_weights.split(",")))
