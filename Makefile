@@ -42,7 +42,8 @@ bench-deps: $(STAMP)
 bench-memory: $(STAMP)
 	$(BIN)/python benchmarks/memory_table.py
 
-# Runtime vs torch reference decode speed on the synth Qwen2.5-0.5B MoTE (~6 GB of disk, ~5 min first time)
+# Runtime vs torch reference and onnxruntime (dense-equivalent, fp32 + int4) decode speed on the synth
+# Qwen2.5-0.5B MoTE (~6 GB of disk, ~8 min and 6.5 GB RAM the first time for the ONNX export)
 bench-decode: $(MODELS)/q05-b4.mote
 	test -f $(MODELS)/q05-ckpt/config.json || $(BIN)/mote-edge synth --preset qwen2.5-0.5b-e8 -o $(MODELS)/q05-ckpt --force
 	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/decode.py $(MODELS)/q05-ckpt $(MODELS)/q05-b4.mote
