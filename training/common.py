@@ -30,11 +30,12 @@ IMAGE_SIZE = 48
 OUT = Path("out/train")
 
 
-def model_config(vocab_size: int, kind: str = "dense", experts: int = 4, top_k: int = 2) -> ModelConfig:
+def model_config(vocab_size: int, kind: str = "dense", experts: int = 4, top_k: int = 2,
+                 decoder_layers: int = 4) -> ModelConfig:
     """kind: dense | mote (ternary routed + frozen shared expert) | fp (MoE-LLaVA: fp experts, no shared)."""
     vision = VisionConfig(hidden_size=96, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
                           image_size=IMAGE_SIZE, patch_size=8, hidden_act="quick_gelu")
-    decoder = DecoderConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+    decoder = DecoderConfig(vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=decoder_layers,
                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                             rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=True,
                             bos_token_id=None, eos_token_id=0)

@@ -90,7 +90,8 @@ def init_position_table(model) -> None:
 def upcycle(dense: MoTELlavaForCausalLM, kind: str, seed: int, experts: int = 4, top_k: int = 2):
     """A MoE model (kind mote | fp) whose every tensor but the routers comes from `dense`."""
     torch.manual_seed(seed + 1000)
-    model = MoTELlavaForCausalLM(model_config(dense.config.decoder.vocab_size, kind, experts, top_k))
+    model = MoTELlavaForCausalLM(model_config(dense.config.decoder.vocab_size, kind, experts, top_k,
+                                              dense.config.decoder.num_hidden_layers))
     init_weights(model)
     src = dense.checkpoint_parameters()
     with torch.no_grad():
@@ -174,6 +175,7 @@ def main(argv=None) -> int:
                     help="sampling weights of the question types (color,shape,count,position) in dense batches")
     ap.add_argument("--pos-init", choices=("random", "sincos"), default="random",
                     help="start of the ViT position embeddings (sincos: a 2-D sin-cos table, still trained)")
+    ap.add_argument("--decoder-layers", type=int, default=4)
     ap.add_argument("--dense-from", type=Path, help="start the dense stage from this saved dense checkpoint")
     ap.add_argument("--where", action="store_true",
                     help="add training-only 'Where is the <object>?' rows (3x3 location) to the auxiliary pool")
@@ -202,7 +204,7 @@ def main(argv=None) -> int:
             from mote_edge.exporters.reference import load_reference_model
             dense = load_reference_model(args.dense_from)
         else:
-            dense = MoTELlavaForCausalLM(model_config(tok.vocab_size, "dense"))
+            dense = MoTELlavaForCausalLM(model_config(tok.vocab_size, "dense", decoder_layers=args.decoder_layers))
             init_weights(dense)
             if args.pos_init == "sincos":
                 init_position_table(dense)
