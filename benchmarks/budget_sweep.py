@@ -4,13 +4,14 @@ the full cache, with trained-router-like and uniform routing.
     python benchmarks/budget_sweep.py models/q05-b4.mote [models/q15-b4.mote] [--points 7] [--tokens 32]
 
 Every point runs in a fresh process (so its peak RSS is its own): Engine.load(budget), one image +
-prompt, greedy decoding of --tokens tokens (EOS ignored). Routing: "skew" replays the routing statistics of the trained tiny MoTE
-(benchmarks/routing.py: Zipf skew + stickiness fitted per layer on held-out task prompts, measured
-in this run), "uniform" draws experts uniformly (the worst case for a cache), "router" keeps the
-random-weight model's own router. Per point: decode and prefill tok/s, time to first token, hit rate,
-expert bytes read per decoded token, peak RSS over baseline against the budget. The decode trace of
-the full-cache run is replayed by the cache simulator (LRU / LFU / layer-aware / Belady) at every
-swept slab count. Writes benchmarks/out/budget-sweep.json and one PNG per model.
+prompt, greedy decoding of --tokens tokens (EOS ignored), the runtime's default cache policy.
+Routing: "skew" replays the routing statistics of the trained tiny MoTE (benchmarks/routing.py: Zipf
+skew + stickiness fitted per layer on held-out task prompts, measured in this run), "uniform" draws
+experts uniformly (the worst case for a cache), "router" keeps the random-weight model's own router.
+Per point: decode and prefill tok/s, time to first token, hit rate (all and while decoding), expert
+bytes read per decoded token, peak RSS over baseline against the budget. The decode trace of the
+full-cache run is replayed by the cache simulator (LRU / LFU / layer-aware / Belady) at every swept
+slab count. Writes benchmarks/out/budget-sweep.json and one PNG per model.
 """
 
 from __future__ import annotations
