@@ -86,7 +86,9 @@ TGT INLINE void tile(const mote_intn_args *a, const rowview *r, float *fac, int3
  * into a buffer; each row then sums its ng products. No per-group broadcast / convert, no
  * per-row horizontal integer sum in the hot loop. */
 #define DPBUSD(acc, a, b) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
+#ifndef MOTE_INTN_PF
 #define MOTE_INTN_PF 4096
+#endif
 
 /* one G = 128 group at `bits` -> its values 0..63 (v[0]) and 64..127 (v[1]) as u8, vectorized for
  * every width (docs/KERNELS.md bit planes). 2-bit: 32 bytes, field i of byte j = value j + 32 i:

@@ -51,25 +51,29 @@ class Rope:
 
 class SwiGLU:
     def __init__(self, w: ResidentWeights, prefix: str):
-        self.gate, self.up, self.down = (w.linear(f"{prefix}.{p}.weight") for p in ("gate_proj", "up_proj", "down_proj"))
+        self.gate_up = w.fused_linear([f"{prefix}.gate_proj.weight", f"{prefix}.up_proj.weight"])
+        self.down = w.linear(f"{prefix}.down_proj.weight")
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.down(silu(self.gate(x)) * self.up(x))
+        gate, up = self.gate_up(x)  # [T, I] each
+        return self.down(silu(gate) * up)
 
 
 class Attention:
     def __init__(self, cfg: ModelConfig, w: ResidentWeights, i: int):
         dc = cfg.decoder
         p = f"model.layers.{i}.self_attn"
-        self.q, self.k, self.v, self.o = (w.linear(f"{p}.{n}_proj.weight") for n in "qkvo")
+        self.qkv = w.fused_linear([f"{p}.{n}_proj.weight" for n in "qkv"])
+        self.o = w.linear(f"{p}.o_proj.weight")
         self.bq, self.bk, self.bv = (w.vector(f"{p}.{n}_proj.bias") for n in "qkv")
         self.n_heads, self.n_kv, self.head_dim = dc.num_attention_heads, dc.num_key_value_heads, dc.head_dim
 
     def __call__(self, h: np.ndarray, start: int, rope: Rope, k_cache: np.ndarray, v_cache: np.ndarray) -> np.ndarray:
         t, d = h.shape[0], self.head_dim
-        q = rope.apply((self.q(h) + self.bq).reshape(t, self.n_heads, d), start)  # [T, nH, D]
-        k = rope.apply((self.k(h) + self.bk).reshape(t, self.n_kv, d), start)  # [T, nKV, D]
-        v = (self.v(h) + self.bv).reshape(t, self.n_kv, d)
+        q, k, v = self.qkv(h)  # [T, nH*D], [T, nKV*D], [T, nKV*D]
+        q = rope.apply((q + self.bq).reshape(t, self.n_heads, d), start)  # [T, nH, D]
+        k = rope.apply((k + self.bk).reshape(t, self.n_kv, d), start)  # [T, nKV, D]
+        v = (v + self.bv).reshape(t, self.n_kv, d)
         end = start + t
         k_cache[:, start:end] = k.transpose(1, 0, 2)  # cache [nKV, context, D]
         v_cache[:, start:end] = v.transpose(1, 0, 2)

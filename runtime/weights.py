@@ -14,7 +14,7 @@ from mote_edge.format.encoding import as_intn_weight
 from mote_edge.format.layout import TensorEntry
 from mote_edge.format.reader import MoteFile
 from mote_edge.quant import kernels
-from mote_edge.quant.intn import dequantize_intn
+from mote_edge.quant.intn import IntNWeight, dequantize_intn
 from mote_edge.quant.recipe import Scheme
 
 
@@ -38,6 +38,11 @@ class Linear:
         else:
             raise ValueError(f"unknown scheme {scheme.kind!r}")
 
+    @classmethod
+    def from_intn(cls, w: IntNWeight, scheme: Scheme, threads: int = 1) -> "Linear":
+        """A Linear over an already-built int-N weight (e.g. rows of several tensors concatenated)."""
+        return cls({"packed": w.packed, "scales": w.scales, "zeros": w.zeros}, scheme, (w.N, w.K), threads)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         kind = self.scheme.kind
@@ -46,6 +51,34 @@ class Linear:
         if kind == "intn":
             return kernels.intn_matmul(x, self.w, threads=self.threads)
         return kernels.ternary_matmul(x, self.packed, self.gamma, self.N, self.K, threads=self.threads)
+
+
+class FusedLinear:
+    """Several Linears on the same input as one kernel call when they share an int-N scheme: their
+    rows are concatenated once at load (x is quantized once, one thread-pool dispatch), and the call
+    returns one [T, N_i] view per part. Row results are identical to the separate Linears (the int-N
+    kernel computes every output row independently). Other schemes fall back to one call per part."""
+
+    def __init__(self, parts: list[Linear]):
+        self.sizes = [p.N for p in parts]
+        first = parts[0]
+        same = all(p.scheme == first.scheme and p.K == first.K for p in parts)
+        if first.scheme.kind == "intn" and same and len(parts) > 1:
+            w = [p.w for p in parts]
+            fused = IntNWeight(np.concatenate([x.packed.reshape(x.N, -1) for x in w]),  # [sum N, row bytes]
+                               np.concatenate([x.scales for x in w]), np.concatenate([x.zeros for x in w]),
+                               w[0].bits, w[0].group_size, int(sum(self.sizes)), w[0].K)
+            self.fused: Linear | None = Linear.from_intn(fused, first.scheme, first.threads)
+            self.parts = None
+        else:
+            self.fused, self.parts = None, parts
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        if self.fused is None:
+            return [p(x) for p in self.parts]
+        y = self.fused(x)  # [T, sum N]
+        bounds = np.cumsum([0] + self.sizes)
+        return [y[..., a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 class Embedding:
@@ -85,6 +118,15 @@ class ResidentWeights:
     def linear(self, name: str) -> Linear:
         e = self.entries[name]
         return Linear(self._parts[name], e.scheme, e.shape, self.threads)
+
+    def fused_linear(self, names: list[str]) -> FusedLinear:
+        """The Linears of `names` (same input) as one call; their separate buffers are freed once
+        concatenated, so resident memory does not grow (transient: one set of these tensors)."""
+        fused = FusedLinear([self.linear(n) for n in names])
+        if fused.fused is not None:
+            for n in names:
+                self._parts[n] = {}  # drop the originals; the fused copy replaces them
+        return fused
 
     def embedding(self, name: str) -> Embedding:
         e = self.entries[name]
