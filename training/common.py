@@ -27,6 +27,7 @@ from mote_edge.tokenizer import Tokenizer
 from .data import make_example
 
 IMAGE_SIZE = 48
+QUESTION_BEFORE_IMAGE = False  # experiment switch (train --question-before-image); the runtime template differs
 OUT = Path("out/train")
 
 
@@ -163,8 +164,15 @@ def batch_logits(model, prefix: list[int], batch: Encoded) -> tuple[torch.Tensor
     cache.keys = [k.expand(b, -1, -1, -1) for k in cache.keys]
     cache.values = [v.expand(b, -1, -1, -1) for v in cache.values]
     image = model.encode_image(batch.batch_pixels())  # [B, P, H]
-    x = torch.cat([image, model.model.embed_tokens(batch.suffix)], dim=1)
-    return model.forward_embeds(x, cache), image.shape[1]
+    parts = [image, model.model.embed_tokens(batch.suffix)]
+    if QUESTION_BEFORE_IMAGE:  # experiment: the question also precedes the image (left-padded with id 0)
+        lq = int(batch.qlen.max())
+        j = torch.arange(lq)[None]
+        src = (j - (lq - batch.qlen[:, None])).clamp(min=0)  # [B, lq] index into suffix
+        pre = torch.where(j >= lq - batch.qlen[:, None], torch.gather(batch.suffix, 1, src), 0)
+        parts.insert(0, model.model.embed_tokens(pre))
+    x = torch.cat(parts, dim=1)
+    return model.forward_embeds(x, cache), x.shape[1] - batch.suffix.shape[1]
 
 
 def _masks(batch: Encoded):

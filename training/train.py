@@ -176,6 +176,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pos-init", choices=("random", "sincos"), default="random",
                     help="start of the ViT position embeddings (sincos: a 2-D sin-cos table, still trained)")
     ap.add_argument("--decoder-layers", type=int, default=4)
+    ap.add_argument("--question-before-image", action="store_true",
+                    help="experiment: repeat the question before the image (the runtime's template does not)")
     ap.add_argument("--dense-from", type=Path, help="start the dense stage from this saved dense checkpoint")
     ap.add_argument("--where", action="store_true",
                     help="add training-only 'Where is the <object>?' rows (3x3 location) to the auxiliary pool")
@@ -185,6 +187,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.question_before_image:
+        from . import common
+        common.QUESTION_BEFORE_IMAGE = True
     torch.set_flush_denormal(True)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
