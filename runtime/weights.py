@@ -61,6 +61,8 @@ class FusedLinear:
 
     def __init__(self, parts: list[Linear]):
         self.sizes = [p.N for p in parts]
+        ends = np.cumsum(self.sizes).tolist()
+        self.bounds = list(zip([0] + ends[:-1], ends))  # column range of each part in the fused output
         first = parts[0]
         same = all(p.scheme == first.scheme and p.K == first.K for p in parts)
         if first.scheme.kind == "intn" and same and len(parts) > 1:
@@ -77,8 +79,7 @@ class FusedLinear:
         if self.fused is None:
             return [p(x) for p in self.parts]
         y = self.fused(x)  # [T, sum N]
-        bounds = np.cumsum([0] + self.sizes)
-        return [y[..., a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return [y[..., a:b] for a, b in self.bounds]
 
 
 class Embedding:
