@@ -1,10 +1,13 @@
 /* Fork-join over a persistent pthread pool (created on first use, grown on demand).
  *
- * mote_parallel(n, fn, ctx) runs fn(ctx, i, n) for i = 0 .. n-1: i = 0 on the calling thread,
- * the rest on pool workers. Workers spin briefly on a generation counter after each job (a decode
- * step calls many small matmuls back to back), then sleep on a condition variable. Each part
- * writes only its own output rows, so results do not depend on the number of threads. Calls from
- * several threads at once are serialized. After fork() the child starts with an empty pool.
+ * mote_parallel(n, fn, ctx) runs fn(ctx, i, n) once for every part i = 0 .. n-1. The parts are
+ * claimed from one atomic ticket by the calling thread and the pool workers alike, so a worker the
+ * OS has not scheduled (another process holds its core) never stalls the job: the caller runs the
+ * parts nobody claimed, and waits only for parts already started. Workers spin briefly on a
+ * generation counter after each job (a decode step calls many small matmuls back to back), then
+ * sleep on a condition variable. Each part writes only its own output rows with the same code
+ * whichever thread runs it, so results do not depend on the number of threads or on who ran what.
+ * Calls from several threads at once are serialized. After fork() the child starts with an empty pool.
  */
 #define _POSIX_C_SOURCE 200809L
 #include "threads.h"
@@ -23,10 +26,12 @@ static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cv_work = PTHREAD_COND_INITIALIZER, cv_done = PTHREAD_COND_INITIALIZER;
 static int nworkers = 0, atfork_set = 0;
 static atomic_uint gen;          /* bumped once per job */
-static atomic_int pending;       /* workers still busy with the current job */
-static mote_task_fn job_fn;
+/* (job generation << 32) | (parts << 16) | next part to claim: one atomic, so a claim can never
+ * pair one job's generation with another job's part count */
+static _Atomic uint64_t ticket;
+static atomic_int done_parts;    /* parts of the current job finished */
+static mote_task_fn job_fn;      /* written before the job's ticket is published */
 static void *job_ctx;
-static int job_n;
 static unsigned start_gen[MOTE_MAX_WORKERS + 1];   /* gen when worker i was created */
 
 /* spin step s: pause, and every 64th step yield, in case the thread we wait for shares our CPU */
@@ -38,6 +43,26 @@ static inline void cpu_relax(int s) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
+}
+
+/* claim and run parts of job g until none is left; returns whether this thread ran any part */
+static int run_parts(unsigned g) {
+    int ran = 0;
+    uint64_t t = atomic_load(&ticket);
+    for (;;) {
+        const unsigned tg = (unsigned)(t >> 32), n = (unsigned)(t >> 16) & 0xFFFF, i = (unsigned)t & 0xFFFF;
+        if (tg != g || i >= n) return ran;
+        if (!atomic_compare_exchange_weak(&ticket, &t, t + 1)) continue;   /* t reloaded */
+        /* job g cannot finish (so fn / ctx cannot change) before this claimed part is done */
+        job_fn(job_ctx, (int)i, (int)n);
+        ran = 1;
+        if (atomic_fetch_add(&done_parts, 1) + 1 == (int)n) {
+            pthread_mutex_lock(&mu);
+            pthread_cond_signal(&cv_done);
+            pthread_mutex_unlock(&mu);
+        }
+        t = atomic_load(&ticket);
+    }
 }
 
 static void *worker(void *arg) {
@@ -52,14 +77,7 @@ static void *worker(void *arg) {
             pthread_mutex_unlock(&mu);
         }
         seen = atomic_load(&gen);
-        used = idx < job_n;
-        if (!used) continue;
-        job_fn(job_ctx, idx, job_n);
-        if (atomic_fetch_sub(&pending, 1) == 1) {
-            pthread_mutex_lock(&mu);
-            pthread_cond_signal(&cv_done);
-            pthread_mutex_unlock(&mu);
-        }
+        used = run_parts(seen);
     }
     return NULL;
 }
@@ -98,28 +116,21 @@ int mote_parallel(int n, mote_task_fn fn, void *ctx) {
         if (!ok) break;
         nworkers++;
     }
-    int rc = 0, helpers = nworkers < n - 1 ? nworkers : n - 1;
-    if (helpers > 0) {
-        job_fn = fn;
-        job_ctx = ctx;
-        job_n = n;
-        atomic_store(&pending, helpers);
-        pthread_mutex_lock(&mu);
-        atomic_fetch_add(&gen, 1);
-        pthread_cond_broadcast(&cv_work);
-        pthread_mutex_unlock(&mu);
-    }
-    fn(ctx, 0, n);
-    for (int i = helpers + 1; i < n; i++) {   /* parts no worker could be started for */
-        fn(ctx, i, n);
-        rc = -1;
-    }
-    if (helpers > 0) {
-        for (int s = 0; s < MOTE_SPIN && atomic_load(&pending) > 0; s++) cpu_relax(s);
-        pthread_mutex_lock(&mu);
-        while (atomic_load(&pending) > 0) pthread_cond_wait(&cv_done, &mu);
-        pthread_mutex_unlock(&mu);
-    }
+    const int rc = nworkers < n - 1 ? -1 : 0;   /* fewer workers: the caller claims their parts */
+    job_fn = fn;
+    job_ctx = ctx;
+    atomic_store(&done_parts, 0);
+    const unsigned g = atomic_load(&gen) + 1;
+    atomic_store(&ticket, ((uint64_t)g << 32) | ((uint64_t)n << 16));
+    pthread_mutex_lock(&mu);
+    atomic_store(&gen, g);
+    pthread_cond_broadcast(&cv_work);
+    pthread_mutex_unlock(&mu);
+    run_parts(g);
+    for (int s = 0; s < MOTE_SPIN && atomic_load(&done_parts) < n; s++) cpu_relax(s);
+    pthread_mutex_lock(&mu);
+    while (atomic_load(&done_parts) < n) pthread_cond_wait(&cv_done, &mu);
+    pthread_mutex_unlock(&mu);
     pthread_mutex_unlock(&call_mu);
     return rc;
 }
