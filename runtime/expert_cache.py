@@ -20,6 +20,7 @@ from mote_edge.format.layout import align
 from mote_edge.format.reader import MoteFile, parse_parts
 
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES, Key, pick_victim
+from .hugepages import huge_buffer
 from .memory import drop_page_cache
 from .weights import Linear
 
@@ -65,7 +66,10 @@ class ExpertCache:
             # expert reads are random: no readahead, whose pages the per-record DONTNEED would miss
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
         self.slab_bytes = align(max((e.nbytes for e in f.experts.values()), default=0), SECTION_ALIGN)
-        self.slabs = [np.empty(self.slab_bytes, dtype=np.uint8) for _ in range(slabs)]
+        # one mapping for every slab, on huge pages where the OS grants them (runtime/hugepages.py):
+        # expert weights are streamed from DRAM on every use
+        self.region = huge_buffer(self.slab_bytes * slabs)
+        self.slabs = [self.region[i * self.slab_bytes:(i + 1) * self.slab_bytes] for i in range(slabs)]
         self.free = list(range(slabs))
         self.resident: dict[Key, tuple[int, Expert]] = {}  # key -> (slab index, expert)
         self.last: dict[Key, int] = {}  # key -> clock of its last use

@@ -5,7 +5,7 @@
     scratch               activations of a prefill of `context` tokens (attention in query
                           chunks) + logits
     vision peak           the ONNX vision session while an image is encoded (weights + activations)
-    expert cache          slabs x the largest expert record
+    expert cache          slabs x the largest expert record, rounded up to whole 2 MiB huge pages if >= 16 MiB
 
 The minimum feasible budget holds top_k slabs (one decode step of one MoE layer); the full plan
 caches every expert. Pure arithmetic over the file's directory: no allocation happens here.
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from mote_edge.config import ModelConfig
 from mote_edge.format.constants import SECTION_ALIGN
 from mote_edge.format.layout import align
+
+from .hugepages import huge_rounded
 
 ATTN_QUERY_CHUNK = 64
 VISION_ACTIVATION_FACTOR = 12  # live [P, D] float32 buffers at a ViT block's peak (qkv, scores, mlp)
@@ -45,7 +47,8 @@ class MemoryPlan:
 
     @property
     def expert_cache_bytes(self) -> int:
-        return self.expert_slab_bytes * self.expert_slabs
+        """The slabs share one huge-page mapping, faulted in whole 2 MiB pages (runtime/hugepages.py)."""
+        return huge_rounded(self.expert_slab_bytes * self.expert_slabs)
 
     @property
     def total_bytes(self) -> int:
@@ -138,6 +141,8 @@ def fit_budget(cfg: ModelConfig, sizes: dict, context: int, budget: int | None, 
     fixed = full.total_bytes - full.expert_cache_bytes
     slabs = (budget - fixed) // full.expert_slab_bytes if full.expert_slab_bytes else 0
     slabs = int(max(0, min(slabs, full.total_experts)))
+    while slabs > 0 and plan(cfg, sizes, context, slabs, resident_bytes, metadata_bytes).total_bytes > budget:
+        slabs -= 1  # the 2 MiB page rounding of the cache mapping
     need = minimum_slabs(cfg)
     result = plan(cfg, sizes, context, slabs, resident_bytes, metadata_bytes)
     if slabs < need or result.total_bytes > budget:

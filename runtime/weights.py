@@ -14,8 +14,10 @@ from mote_edge.format.encoding import as_intn_weight
 from mote_edge.format.layout import TensorEntry
 from mote_edge.format.reader import MoteFile
 from mote_edge.quant import kernels
-from mote_edge.quant.intn import IntNWeight, dequantize_intn
+from mote_edge.quant.intn import IntNWeight, dequantize_intn, intn_row_bytes, num_groups
 from mote_edge.quant.recipe import Scheme
+
+from .hugepages import Arena
 
 
 def runtime_nbytes(entry: TensorEntry) -> int:
@@ -55,31 +57,44 @@ class Linear:
 
 class FusedLinear:
     """Several Linears on the same input as one kernel call when they share an int-N scheme: their
-    rows are concatenated once at load (x is quantized once, one thread-pool dispatch), and the call
-    returns one [T, N_i] view per part. Row results are identical to the separate Linears (the int-N
-    kernel computes every output row independently). Other schemes fall back to one call per part."""
+    rows are concatenated (x is quantized once, one thread-pool dispatch), and the call returns one
+    [T, N_i] view per part. Row results are identical to the separate Linears (the int-N kernel
+    computes every output row independently). Other schemes run one call per part."""
 
-    def __init__(self, parts: list[Linear]):
-        self.sizes = [p.N for p in parts]
-        ends = np.cumsum(self.sizes).tolist()
+    def __init__(self, sizes: list[int], fused: Linear | None = None, parts: list[Linear] | None = None):
+        self.sizes = sizes
+        ends = np.cumsum(sizes).tolist()
         self.bounds = list(zip([0] + ends[:-1], ends))  # column range of each part in the fused output
-        first = parts[0]
-        same = all(p.scheme == first.scheme and p.K == first.K for p in parts)
-        if first.scheme.kind == "intn" and same and len(parts) > 1:
-            w = [p.w for p in parts]
-            fused = IntNWeight(np.concatenate([x.packed.reshape(x.N, -1) for x in w]),  # [sum N, row bytes]
-                               np.concatenate([x.scales for x in w]), np.concatenate([x.zeros for x in w]),
-                               w[0].bits, w[0].group_size, int(sum(self.sizes)), w[0].K)
-            self.fused: Linear | None = Linear.from_intn(fused, first.scheme, first.threads)
-            self.parts = None
-        else:
-            self.fused, self.parts = None, parts
+        self.fused, self.parts = fused, parts
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         if self.fused is None:
             return [p(x) for p in self.parts]
         y = self.fused(x)  # [T, sum N]
         return [y[..., a:b] for a, b in self.bounds]
+
+
+FUSED_PROJECTIONS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+
+
+def can_fuse(schemes: list[Scheme], in_features: list[int]) -> bool:
+    return (len(schemes) > 1 and schemes[0].kind == "intn" and all(s == schemes[0] for s in schemes)
+            and len(set(in_features)) == 1)
+
+
+def fusion_groups(entries: dict[str, TensorEntry]) -> list[tuple[str, ...]]:
+    """Resident tensors that run as one FusedLinear: q/k/v of an attention block, gate/up of an FFN
+    (the shared expert's included), when all exist and share the int-N scheme and the input size."""
+    groups = []
+    for name in entries:
+        for projs in FUSED_PROJECTIONS:
+            suffix = f".{projs[0]}.weight"
+            if name.endswith(suffix):
+                names = tuple(f"{name[:-len(suffix)]}.{p}.weight" for p in projs)
+                if all(n in entries for n in names) and can_fuse([entries[n].scheme for n in names],
+                                                                 [entries[n].shape[1] for n in names]):
+                    groups.append(names)
+    return groups
 
 
 class Embedding:
@@ -100,13 +115,55 @@ class Embedding:
 
 
 class ResidentWeights:
-    """Every non-expert tensor of a .mote file, read once with pread (checksums verified)."""
+    """Every non-expert tensor of a .mote file, read once with pread (checksums verified).
+
+    The int-N and ternary weights, which every decode step streams from DRAM, live in one huge-page
+    arena (runtime/hugepages.py): a plain tensor is read straight into it; the members of a fusion
+    group (q/k/v, gate/up) are copied into one fused [sum N, ...] weight there, so fusing costs no
+    second copy. Peak during the load: the arena plus one tensor."""
 
     def __init__(self, f: MoteFile, threads: int):
         self.entries = f.tensors
         self.threads = threads
-        self._parts = {name: f.read_tensor(name) for name in f.tensors}
+        groups = fusion_groups(f.tensors)
+        member = {n: g for g in groups for n in g}
+        streamed = [n for n, e in f.tensors.items() if e.scheme.kind in ("intn", "ternary") and n not in member]
+        self.arena = Arena(Arena.capacity_for([f.tensors[n].nbytes for n in streamed]
+                                              + [nb for g in groups for nb in self._fused_part_bytes(g)]))
+        self._parts: dict[str, dict[str, np.ndarray]] = {}
+        self._fused: dict[tuple[str, ...], IntNWeight] = {}
+        for name, e in f.tensors.items():
+            if name in member:
+                self._copy_into_group(member[name], name, f.read_tensor(name))
+            elif name in streamed:
+                self._parts[name] = f.read_tensor_into(name, self.arena.empty((e.nbytes,), np.uint8))
+            else:
+                self._parts[name] = f.read_tensor(name)
         self.nbytes = sum(runtime_nbytes(e) for e in f.tensors.values())
+
+    def _group_shape(self, group: tuple[str, ...]) -> tuple[int, int, Scheme]:
+        es = [self.entries[n] for n in group]
+        return sum(e.shape[0] for e in es), es[0].shape[1], es[0].scheme
+
+    def _fused_part_bytes(self, group: tuple[str, ...]) -> list[int]:
+        N, K, sc = self._group_shape(group)
+        return [N * intn_row_bytes(K, sc.bits, sc.group_size), 2 * N * num_groups(K, sc.group_size),
+                2 * N * num_groups(K, sc.group_size)]
+
+    def _copy_into_group(self, group: tuple[str, ...], name: str, parts: dict[str, np.ndarray]) -> None:
+        if group not in self._fused:
+            N, K, sc = self._group_shape(group)
+            ng = num_groups(K, sc.group_size)
+            self._fused[group] = IntNWeight(self.arena.empty((N, intn_row_bytes(K, sc.bits, sc.group_size)), np.uint8),
+                                            self.arena.empty((N, ng), np.float16),
+                                            self.arena.empty((N, ng), np.float16), sc.bits, sc.group_size, N, K)
+        w = self._fused[group]
+        i = group.index(name)
+        r0 = sum(self.entries[n].shape[0] for n in group[:i])
+        r1 = r0 + self.entries[name].shape[0]
+        w.packed[r0:r1] = parts["packed"].reshape(r1 - r0, -1)
+        w.scales[r0:r1] = parts["scales"]
+        w.zeros[r0:r1] = parts["zeros"]
 
     def vector(self, name: str) -> np.ndarray:
         """A 1-D float32 tensor (norm weights, biases)."""
@@ -121,13 +178,13 @@ class ResidentWeights:
         return Linear(self._parts[name], e.scheme, e.shape, self.threads)
 
     def fused_linear(self, names: list[str]) -> FusedLinear:
-        """The Linears of `names` (same input) as one call; their separate buffers are freed once
-        concatenated, so resident memory does not grow (transient: one set of these tensors)."""
-        fused = FusedLinear([self.linear(n) for n in names])
-        if fused.fused is not None:
-            for n in names:
-                self._parts[n] = {}  # drop the originals; the fused copy replaces them
-        return fused
+        """The Linears of `names` (same input) as one call: the fused weight built at load when they
+        form a fusion group, else one call per part."""
+        group, sizes = tuple(names), [self.entries[n].shape[0] for n in names]
+        if group in self._fused:
+            return FusedLinear(sizes, fused=Linear.from_intn(self._fused[group], self.entries[names[0]].scheme,
+                                                             self.threads))
+        return FusedLinear(sizes, parts=[self.linear(n) for n in names])
 
     def embedding(self, name: str) -> Embedding:
         e = self.entries[name]
@@ -135,3 +192,4 @@ class ResidentWeights:
 
     def release(self) -> None:
         self._parts.clear()
+        self._fused.clear()

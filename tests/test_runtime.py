@@ -215,3 +215,23 @@ def test_ignore_eos_yields_exactly_max_new_tokens(exported):
     assert forced[:len(plain)] == plain
     if len(plain) < 40:  # the model stopped: the forced run shows the EOS where it stopped
         assert forced[len(plain)] == eos_id
+
+
+def test_streamed_weights_live_in_the_arena_and_fused_groups_are_not_copied_twice(exported):
+    """int-N / ternary resident weights are read into one huge-page arena; q/k/v and gate/up are
+    fused there at load (no concatenated second copy), and the arena holds exactly what it planned."""
+    with Engine.load(exported, threads=1) as eng:
+        w, arena = eng.weights, eng.weights.arena
+        assert arena.used <= arena.capacity
+        streamed = {n for n, e in w.entries.items() if e.scheme.kind in ("intn", "ternary")}
+        if not streamed:  # --bits 16: every resident tensor is f16, nothing is streamed as packed
+            assert arena.capacity == 0
+            return
+        attn = eng.decoder.layers[0].attn
+        fused = attn.qkv.fused
+        assert fused is not None and attn.qkv.parts is None
+        assert fused.w.N == sum(w.entries[f"model.layers.0.self_attn.{p}_proj.weight"].shape[0] for p in "qkv")
+        for arr in (fused.w.packed, fused.w.scales, fused.w.zeros, attn.o.w.packed):
+            assert np.shares_memory(arr, arena.buffer)
+        expected = sum(w.entries[n].nbytes for n in streamed)
+        assert expected <= arena.capacity <= expected + 64 * 3 * len(streamed)

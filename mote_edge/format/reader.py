@@ -181,21 +181,33 @@ class MoteFile:
             raise self._fail(f"checksum mismatch in expert ({layer}, {expert})")
         return buf
 
+    def read_tensor_into(self, name: str, buf, verify: bool = True) -> dict[str, np.ndarray]:
+        """Read a resident tensor into `buf` (e.g. a slice of a huge-page arena) with preadv; its
+        parts as views into buf."""
+        if name not in self.tensors:
+            raise FormatError(f"{self.name} has no tensor {name}")
+        t = self.tensors[name]
+        self._read_into(buf, t.offset, t.nbytes, t.crc32, f"tensor {name}", verify)
+        return parse_parts(t, buf)
+
     def read_expert_into(self, layer: int, expert: int, buf: memoryview, verify: bool = True) -> ExpertEntry:
         """Read one expert record into `buf` (a preallocated cache slab) with one preadv."""
         e = self.expert_entry(layer, expert)
-        view = memoryview(buf).cast("B")[:e.nbytes]
-        if len(view) < e.nbytes:
-            raise FormatError(f"expert ({layer}, {expert}) needs {e.nbytes} bytes, the slab has {len(view)}")
-        done, offset = 0, self.header.data_offset + e.offset
-        while done < e.nbytes:
+        self._read_into(buf, e.offset, e.nbytes, e.crc32, f"expert ({layer}, {expert})", verify)
+        return e
+
+    def _read_into(self, buf, offset: int, nbytes: int, crc: int, what: str, verify: bool) -> None:
+        view = memoryview(buf).cast("B")[:nbytes]
+        if len(view) < nbytes:
+            raise FormatError(f"{what} needs {nbytes} bytes, the buffer has {len(view)}")
+        done, offset = 0, self.header.data_offset + offset
+        while done < nbytes:
             n = os.preadv(self._fd, [view[done:]], offset + done)
             if n <= 0:
-                raise FormatError(f"{self.name} is truncated: cannot read expert ({layer}, {expert})")
+                raise FormatError(f"{self.name} is truncated: cannot read {what}")
             done += n
-        if verify and zlib.crc32(view) != e.crc32:
-            raise self._fail(f"checksum mismatch in expert ({layer}, {expert})")
-        return e
+        if verify and zlib.crc32(view) != crc:
+            raise self._fail(f"checksum mismatch in {what}")
 
     def fileno(self) -> int:
         return self._fd
