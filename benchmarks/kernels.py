@@ -44,9 +44,29 @@ def median_time(fn, runs: int) -> float:
     return float(np.median(ts))
 
 
+# Where weight copies live: "4k" = ordinary numpy memory; "huge" = transparent huge pages, as the
+# runtime keeps its streamed weights (runtime/hugepages.py). Set per child process.
+PAGES = "4k"
+
+
+_chunk: list = []  # the current huge-page chunk being filled: [Arena]
+
+
+def place(a: np.ndarray) -> np.ndarray:
+    """A copy of `a` on the memory the run measures (huge: packed back to back in 256 MiB chunks)."""
+    if PAGES == "4k":
+        return a.copy()
+    from mote_edge.runtime.hugepages import Arena
+    if not _chunk or _chunk[0].used + a.nbytes + 4096 > _chunk[0].capacity:
+        _chunk[:] = [Arena(max(256 << 20, a.nbytes + 4096), align=4096)]
+    out = _chunk[0].empty(a.shape, a.dtype)
+    out[...] = a
+    return out
+
+
 def dram_bandwidth(threads: int, runs: int) -> float:
     from mote_edge import _native
-    buf = np.ones((1 << 30) // 8, dtype=np.uint64)
+    buf = place(np.ones((1 << 30) // 8, dtype=np.uint64))
     t = median_time(lambda: _native.read_sum(buf, threads), runs)
     return buf.nbytes / t
 
@@ -59,7 +79,7 @@ def make_ternary(K, N, ncopies, threads):
     from mote_edge.quant.ternary import packed_ternary_nbytes
     rng = np.random.default_rng(0)
     base = rng.integers(0, 243, size=packed_ternary_nbytes(N, K), dtype=np.uint8)
-    copies = [base.copy() for _ in range(ncopies)]
+    copies = [place(base) for _ in range(ncopies)]
     outs = {}
 
     def call(i, x):
@@ -76,7 +96,7 @@ def make_intn(bits, K, N, ncopies, threads, G=128):
     base = IntNWeight(rng.integers(0, 256, size=(N, intn_row_bytes(K, bits, G)), dtype=np.uint8),
                       (rng.random((N, ng)) * 0.01).astype(np.float16),
                       np.full((N, ng), 2 ** (bits - 1), np.float16), bits, G, N, K)
-    copies = [IntNWeight(base.packed.copy(), base.scales.copy(), base.zeros.copy(), bits, G, N, K)
+    copies = [IntNWeight(place(base.packed), place(base.scales), place(base.zeros), bits, G, N, K)
               for _ in range(ncopies)]
     outs = {}
 
@@ -89,7 +109,7 @@ def make_intn(bits, K, N, ncopies, threads, G=128):
 def make_numpy(K, N, ncopies, threads):
     rng = np.random.default_rng(0)
     base = rng.standard_normal((N, K)).astype(np.float32)
-    copies = [base.copy() for _ in range(ncopies)]
+    copies = [place(base) for _ in range(ncopies)]
 
     def call(i, x):
         x @ copies[i].T
@@ -147,9 +167,11 @@ def family(kname: str) -> str:
     return kname.split()[0].lower()   # mote | numpy | ort
 
 
-def bench_one(threads: int, quick: bool, fam: str) -> dict:
+def bench_one(threads: int, quick: bool, fam: str, pages: str = "4k") -> dict:
+    global PAGES
+    PAGES = pages
     runs = 10
-    res = {"threads": threads, "dram_GBps": dram_bandwidth(threads, 5 if quick else 10) / 1e9, "rows": [],
+    res = {"threads": threads, "pages": pages, "dram_GBps": dram_bandwidth(threads, 5 if quick else 10) / 1e9, "rows": [],
            "loadavg_before": os.getloadavg()}
     shapes = SHAPES[2:3] if quick else SHAPES
     rng = np.random.default_rng(1)
@@ -191,10 +213,13 @@ def report(results: list[dict]) -> None:
         print(f"\n== {th} thread(s); load average before {r['loadavg_before'][0]:.2f}; "
               f"DRAM read bandwidth {r['dram_GBps']:.1f} GB/s "
               f"(ternary roofline at 1.6 bpw: {r['dram_GBps'] * 5:.0f} Gw/s)")
-        print(f"{'shape':24s} {'kernel':28s} {'bpw':>5s} {'GEMV Gw/s':>9s} {'GB/s':>6s} {'%DRAM':>6s} "
+        if r.get("dram_huge_GBps"):
+            print(f"   on huge pages {r['dram_huge_GBps']:.1f} GB/s (roofline {r['dram_huge_GBps'] * 5:.0f} Gw/s); "
+                  f"'{HUGE_SUFFIX.strip()}' rows: % of this probe")
+        print(f"{'shape':24s} {'kernel':42s} {'bpw':>5s} {'GEMV Gw/s':>9s} {'GB/s':>6s} {'%DRAM':>6s} "
               f"{'GEMM64 GMAC/s':>13s}")
         for row in r["rows"]:
-            print(f"{row['shape']:24s} {row['kernel']:28s} {row['bits_per_weight']:5.2f} {row['gemv_Gwps']:9.1f} "
+            print(f"{row['shape']:24s} {row['kernel']:42s} {row['bits_per_weight']:5.2f} {row['gemv_Gwps']:9.1f} "
                   f"{row['gemv_GBps']:6.1f} {row['gemv_pct_dram']:6.0f} {row['gemm64_GMACps']:13.1f}")
         print("ratios (GEMV cold / GEMM64):")
         by = {(row["shape"], row["kernel"]): row for row in r["rows"]}
@@ -203,40 +228,60 @@ def report(results: list[dict]) -> None:
                                  ("mote ternary (1.6 bpw)", "numpy fp32"),
                                  ("mote int2 g128", "ORT MatMulNBits 2-bit b128"),
                                  ("mote int4 g128", "ORT MatMulNBits 4-bit b128")]:
-                a, b = by[(shape, ours)], by[(shape, theirs)]
-                print(f"  {shape:24s} {ours} / {theirs}: {a['gemv_Gwps'] / b['gemv_Gwps']:.2f}x / "
-                      f"{a['gemm64_GMACps'] / b['gemm64_GMACps']:.2f}x")
+                for o in (ours, ours + HUGE_SUFFIX):
+                    if (shape, o) not in by or (shape, theirs) not in by:
+                        continue
+                    a, b = by[(shape, o)], by[(shape, theirs)]
+                    print(f"  {shape:24s} {o} / {theirs}: {a['gemv_Gwps'] / b['gemv_Gwps']:.2f}x / "
+                          f"{a['gemm64_GMACps'] / b['gemm64_GMACps']:.2f}x")
+
+
+HUGE_SUFFIX = " [huge pages]"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, help="(internal) run one thread count in this process")
     ap.add_argument("--family", default="mote", help="(internal) mote | numpy | ort")
+    ap.add_argument("--pages", choices=("4k", "huge", "both"), default="both",
+                    help="where our weight copies (and the bandwidth probe) live: ordinary 4 KiB pages, "
+                         "transparent huge pages as the runtime uses them, or both side by side (default)")
     ap.add_argument("--quick", action="store_true", help="only the 1536->8960 shape, fewer bandwidth runs")
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "kernels.json"))
     args = ap.parse_args()
     if args.threads:
-        print(json.dumps(bench_one(args.threads, args.quick, args.family)))
+        print(json.dumps(bench_one(args.threads, args.quick, args.family, args.pages)))
         return
-    # one child process per (threads, family): thread pools that spin after a call (OpenBLAS, ORT,
-    # ours) would otherwise steal the second core from each other
+    # one child process per (threads, family, pages): thread pools that spin after a call (OpenBLAS,
+    # ORT, ours) would otherwise steal the second core from each other. onnxruntime allocates its own
+    # weights, so it only runs on its own memory.
+    page_kinds = ("4k", "huge") if args.pages == "both" else (args.pages,)
+    children = [("mote", p) for p in page_kinds] + [("numpy", page_kinds[0]), ("ort", "4k")]
     results = []
     for th in (1, 2):
         env = {**os.environ, "OPENBLAS_NUM_THREADS": str(th), "OMP_NUM_THREADS": str(th), "MKL_NUM_THREADS": str(th)}
-        merged = None
-        for fam in ("mote", "numpy", "ort"):
-            cmd = [sys.executable, __file__, "--threads", str(th), "--family", fam] + (["--quick"] if args.quick else [])
-            out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
-            res = json.loads(out.strip().splitlines()[-1])
-            if merged is None:
-                merged = res
-            else:   # % of DRAM against the bandwidth measured in the first (mote) child
-                for row in res["rows"]:
-                    row["gemv_pct_dram"] = 100 * row["gemv_GBps"] / merged["dram_GBps"]
-                merged["rows"] += res["rows"]
-        order = {(r[0], k): i for i, (r, k) in enumerate((r, k) for r in SHAPES for k in KERNELS)}
-        merged["rows"].sort(key=lambda row: order[(row["shape"], row["kernel"])])
-        results.append(merged)
+        runs = {}
+        for fam, pages in children:
+            cmd = [sys.executable, __file__, "--threads", str(th), "--family", fam, "--pages", pages]
+            out = subprocess.run(cmd + (["--quick"] if args.quick else []), env=env, check=True,
+                                 stdout=subprocess.PIPE, text=True).stdout
+            runs[(fam, pages)] = json.loads(out.strip().splitlines()[-1])
+        # % of DRAM against the probe on the same kind of pages, measured by our own child (numpy
+        # and onnxruntime against the 4 KiB-page probe)
+        dram = {pages: runs[("mote", pages)]["dram_GBps"] for pages in page_kinds}
+        rows = []
+        for (fam, pages), res in runs.items():
+            for row in res["rows"]:
+                probe = dram[pages] if fam == "mote" else dram[page_kinds[0]]
+                row["gemv_pct_dram"] = 100 * row["gemv_GBps"] / probe
+                row["kernel"] += HUGE_SUFFIX if pages == "huge" else ""
+                rows.append(row)
+        order = {(r[0], k): i for i, (r, k) in enumerate(
+            (r, k) for r in SHAPES for k in sorted([*KERNELS, *(k + HUGE_SUFFIX for k in KERNELS)], key=_kernel_rank))}
+        rows.sort(key=lambda row: order[(row["shape"], row["kernel"])])
+        first = runs[children[0]]
+        results.append({"threads": th, "loadavg_before": first["loadavg_before"], "dram_GBps": dram[page_kinds[0]],
+                         "dram_huge_GBps": dram.get("huge"), "rows": rows})
     from mote_edge import _native
     meta = {"kernel_path": _native.kernel_path(), "cpu": _native.cpu_features(), "gemm_tokens": GEMM_TOKENS,
             "cold_bytes": COLD_BYTES, "results": results}
@@ -244,6 +289,12 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(meta, indent=1))
     print(f"\nwrote {args.out}")
+
+
+def _kernel_rank(name: str) -> tuple[int, int]:
+    """Table order: KERNELS order, each huge-page row right after its 4 KiB row."""
+    base = name.removesuffix(HUGE_SUFFIX)
+    return list(KERNELS).index(base), name.endswith(HUGE_SUFFIX)
 
 
 if __name__ == "__main__":

@@ -124,9 +124,14 @@ def fit_file_budget(f, context: int, budget: int | None) -> MemoryPlan:
 
 
 def _resident_runtime_bytes(f) -> int:
+    """Resident tensors as loaded, plus what the huge-page arena of the streamed (int-N / ternary)
+    weights can add: 64-byte alignment of <= 3 arrays per tensor and the rounding to whole huge pages
+    (runtime/weights.py ResidentWeights)."""
     from .weights import runtime_nbytes
 
-    return sum(runtime_nbytes(t) for t in f.tensors.values())
+    streamed = [t.nbytes for t in f.tensors.values() if t.scheme.kind in ("intn", "ternary")]
+    arena = sum(streamed) + 3 * 64 * len(streamed)
+    return sum(runtime_nbytes(t) for t in f.tensors.values()) + huge_rounded(arena) - sum(streamed)
 
 
 def fit_budget(cfg: ModelConfig, sizes: dict, context: int, budget: int | None, resident_bytes: int,

@@ -235,3 +235,6 @@ def test_streamed_weights_live_in_the_arena_and_fused_groups_are_not_copied_twic
             assert np.shares_memory(arr, arena.buffer)
         expected = sum(w.entries[n].nbytes for n in streamed)
         assert expected <= arena.capacity <= expected + 64 * 3 * len(streamed)
+        # the plan covers the arena as allocated (alignment and huge-page rounding included)
+        from mote_edge.runtime.hugepages import huge_rounded
+        assert eng.plan.resident_bytes >= w.nbytes - expected + huge_rounded(arena.capacity)
