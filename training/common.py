@@ -88,11 +88,12 @@ def prompt_parts(tok: Tokenizer, question: str) -> tuple[list[int], list[int]]:
 
 _TOK: Tokenizer | None = None
 _WHERE = False
+_SHUFFLE_CAPTIONS = False
 
 
-def _init(tok_json: str, where: bool = False) -> None:
-    global _TOK, _WHERE
-    _TOK, _WHERE = Tokenizer.from_str(tok_json), where
+def _init(tok_json: str, where: bool = False, shuffle_captions: bool = False) -> None:
+    global _TOK, _WHERE, _SHUFFLE_CAPTIONS
+    _TOK, _WHERE, _SHUFFLE_CAPTIONS = Tokenizer.from_str(tok_json), where, shuffle_captions
 
 
 def _encode_one(seed: int):
@@ -104,7 +105,7 @@ def _encode_one(seed: int):
     assert len(ans) == 1, ex.answer
     prefix2, cq = prompt_parts(_TOK, CAPTION_QUESTION)
     assert prefix2 == prefix
-    cap = _TOK.encode(" " + caption(ex.objects))
+    cap = _TOK.encode(" " + caption(ex.objects, shuffle_seed=seed if _SHUFFLE_CAPTIONS else None))
     rows = [(q, ans, QTYPES.index(ex.qtype)), (cq, cap, len(QTYPES))]
     if _WHERE:
         from .data import where_rows
@@ -114,15 +115,15 @@ def _encode_one(seed: int):
 
 
 def encode_examples(tok: Tokenizer, seeds, procs: int = 2, captions: bool = True,
-                    where: bool = False) -> tuple[Encoded, list[int]]:
+                    where: bool = False, shuffle_captions: bool = False) -> tuple[Encoded, list[int]]:
     """Each seed gives one image and its question row (+ auxiliary rows when `captions`: a caption,
     and with `where` one "Where is the ..." lookup per uniquely named object; qtype len(QTYPES))."""
     seeds = list(seeds)
     if procs > 1:
-        with Pool(procs, initializer=_init, initargs=(tok.to_str(), where)) as pool:
+        with Pool(procs, initializer=_init, initargs=(tok.to_str(), where, shuffle_captions)) as pool:
             out = pool.map(_encode_one, seeds, chunksize=256)
     else:
-        _init(tok.to_str(), where)
+        _init(tok.to_str(), where, shuffle_captions)
         out = [_encode_one(s) for s in seeds]
     prefix = out[0][1]
     assert all(r[1] == prefix for r in out), "prompt prefixes differ"
@@ -142,14 +143,15 @@ def encode_examples(tok: Tokenizer, seeds, procs: int = 2, captions: bool = True
     return enc, prefix
 
 
-def cached_encode(tok: Tokenizer, name: str, seeds, where: bool = False) -> tuple[Encoded, list[int]]:
+def cached_encode(tok: Tokenizer, name: str, seeds, where: bool = False,
+                  shuffle_captions: bool = False) -> tuple[Encoded, list[int]]:
     """encode_examples, cached under out/train/ (keyed by name, the seed range and the row kinds)."""
     seeds = list(seeds)
-    path = OUT / f"data2-{name}-{seeds[0]}-{len(seeds)}-v{tok.vocab_size}{'-where' if where else ''}.pt"
+    path = OUT / f"data2-{name}-{seeds[0]}-{len(seeds)}-v{tok.vocab_size}{'-where' if where else ''}{'-shufcap' if shuffle_captions else ''}.pt"
     if path.exists():
         d = torch.load(path)
         return Encoded(**d["enc"]), d["prefix"]
-    enc, prefix = encode_examples(tok, seeds, where=where)
+    enc, prefix = encode_examples(tok, seeds, where=where, shuffle_captions=shuffle_captions)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"enc": enc.__dict__, "prefix": prefix}, path)
     return enc, prefix

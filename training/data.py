@@ -211,11 +211,16 @@ def _where(v: float, names: tuple[str, str, str]) -> str:
     return names[0] if v < 1 / 3 else names[1] if v < 2 / 3 else names[2]
 
 
-def caption(objs) -> str:
+def caption(objs, shuffle_seed: int | None = None) -> str:
     """Training-only caption (the alignment signal): objects left to right, each with a coarse
-    3x3 location, e.g. "red circle top left, blue star middle right"."""
+    3x3 location, e.g. "red circle top left, blue star middle right". With shuffle_seed the objects
+    come in a seeded random order instead, so a location cannot be told from the order: it has to
+    be read from the image tokens of the object just named (docs/ACCURACY.md, the position plateau)."""
+    order = sorted(objs, key=lambda o: o.x)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(order)
     parts = [f"{o.color} {o.shape} {_where(o.y, ('top', 'middle', 'bottom'))} {_where(o.x, ('left', 'center', 'right'))}"
-             for o in sorted(objs, key=lambda o: o.x)]
+             for o in order]
     return ", ".join(parts)
 
 

@@ -181,6 +181,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dense-from", type=Path, help="start the dense stage from this saved dense checkpoint")
     ap.add_argument("--where", action="store_true",
                     help="add training-only 'Where is the <object>?' rows (3x3 location) to the auxiliary pool")
+    ap.add_argument("--shuffle-captions", action="store_true",
+                    help="caption objects in a seeded random order instead of left to right")
     ap.add_argument("--experts", type=int, default=4)
     ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=500)
@@ -197,7 +199,8 @@ def main(argv=None) -> int:
     t_start = time.time()
 
     tok = build_task_tokenizer()
-    train, prefix = cached_encode(tok, "train", train_seeds(args.train_examples), where=args.where)
+    train, prefix = cached_encode(tok, "train", train_seeds(args.train_examples), where=args.where,
+                                  shuffle_captions=args.shuffle_captions)
     held, prefix2 = cached_encode(tok, "held", heldout_seeds(1000))
     assert prefix == prefix2
     log(out, event="data", train=len(train), held=len(held), vocab=tok.vocab_size, prefix_tokens=len(prefix),
