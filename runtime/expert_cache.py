@@ -132,3 +132,4 @@ class ExpertCache:
         self.count.clear()
         self.slabs.clear()
         self.free.clear()
+        self.region = huge_buffer(0)  # the mapping goes with its last view

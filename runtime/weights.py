@@ -193,3 +193,4 @@ class ResidentWeights:
     def release(self) -> None:
         self._parts.clear()
         self._fused.clear()
+        self.arena = Arena(0)  # the mapping goes with its last view (the decoder's Linears)
