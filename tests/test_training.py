@@ -92,3 +92,28 @@ def test_shipped_tiny_mote_answers_held_out_questions(tiny_mote_200):
     acc = 100 * res["all"]
     assert acc >= 75.0, res  # far above chance (~35%); the issue's 80% bar is the test above
     assert abs(acc - _documented_tiny_mote_accuracy()) <= 2.0, (acc, res)
+
+
+def test_left_or_right_form_is_deterministic_balanced_and_correct() -> None:
+    """The left-or-right position questions: pure functions of the seed, answers balanced, and each
+    answer agrees with the object centres (a = the first object named)."""
+    from mote_edge.training.data import POS_MARGIN, position_form, set_position_form
+
+    set_position_form("leftright")
+    try:
+        counts = {}
+        for seed in range(TRAIN_BASE, TRAIN_BASE + 400):
+            ex = make_example(seed, "position")
+            assert make_example(seed, "position").question == ex.question
+            counts[ex.answer] = counts.get(ex.answer, 0) + 1
+            by_name = {f"{o.color} {o.shape}": o for o in ex.objects}
+            rel = "left or right of" if " left or right of " in ex.question else "above or below"
+            a_name, b_name = ex.question[len("Is the "):-1].split(f" {rel} the ")
+            a, b = by_name[a_name], by_name[b_name]
+            d = (a.x - b.x) if rel == "left or right of" else (a.y - b.y)
+            assert abs(d) >= POS_MARGIN
+            assert ex.answer == {"left or right of": ("left", "right"), "above or below": ("above", "below")}[rel][d > 0]
+        assert set(counts) == {"left", "right", "above", "below"} and min(counts.values()) > 60
+    finally:
+        set_position_form("yesno")
+    assert position_form() == "yesno" and make_example(TRAIN_BASE, "position").answer in ("yes", "no")

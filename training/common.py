@@ -24,7 +24,7 @@ from mote_edge.exporters.reference.layers import KVCache
 from mote_edge.image import clip_defaults, preprocess
 from mote_edge.tokenizer import Tokenizer
 
-from .data import make_example
+from .data import make_example, position_form, set_position_form
 
 IMAGE_SIZE = 48
 QUESTION_BEFORE_IMAGE = False  # experiment switch (train --question-before-image); the runtime template differs
@@ -91,9 +91,10 @@ _WHERE = False
 _SHUFFLE_CAPTIONS = False
 
 
-def _init(tok_json: str, where: bool = False, shuffle_captions: bool = False) -> None:
+def _init(tok_json: str, where: bool = False, shuffle_captions: bool = False, form: str = "yesno") -> None:
     global _TOK, _WHERE, _SHUFFLE_CAPTIONS
     _TOK, _WHERE, _SHUFFLE_CAPTIONS = Tokenizer.from_str(tok_json), where, shuffle_captions
+    set_position_form(form)
 
 
 def _encode_one(seed: int):
@@ -120,10 +121,10 @@ def encode_examples(tok: Tokenizer, seeds, procs: int = 2, captions: bool = True
     and with `where` one "Where is the ..." lookup per uniquely named object; qtype len(QTYPES))."""
     seeds = list(seeds)
     if procs > 1:
-        with Pool(procs, initializer=_init, initargs=(tok.to_str(), where, shuffle_captions)) as pool:
+        with Pool(procs, initializer=_init, initargs=(tok.to_str(), where, shuffle_captions, position_form())) as pool:
             out = pool.map(_encode_one, seeds, chunksize=256)
     else:
-        _init(tok.to_str(), where, shuffle_captions)
+        _init(tok.to_str(), where, shuffle_captions, position_form())
         out = [_encode_one(s) for s in seeds]
     prefix = out[0][1]
     assert all(r[1] == prefix for r in out), "prompt prefixes differ"
@@ -147,7 +148,8 @@ def cached_encode(tok: Tokenizer, name: str, seeds, where: bool = False,
                   shuffle_captions: bool = False) -> tuple[Encoded, list[int]]:
     """encode_examples, cached under out/train/ (keyed by name, the seed range and the row kinds)."""
     seeds = list(seeds)
-    path = OUT / f"data2-{name}-{seeds[0]}-{len(seeds)}-v{tok.vocab_size}{'-where' if where else ''}{'-shufcap' if shuffle_captions else ''}.pt"
+    form = "" if position_form() == "yesno" else f"-{position_form()}"
+    path = OUT / f"data2{form}-{name}-{seeds[0]}-{len(seeds)}-v{tok.vocab_size}{'-where' if where else ''}{'-shufcap' if shuffle_captions else ''}.pt"
     if path.exists():
         d = torch.load(path)
         return Encoded(**d["enc"]), d["prefix"]

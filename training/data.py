@@ -17,8 +17,12 @@ Question types (uniform):
   count    "How many shapes are there?" / "How many {color} shapes are there?" /
            "How many {shape}s are there?"                     -> 0..4
   position "Is the {color} {shape} {left of|right of|above|below} the {color} {shape}?" -> yes|no
+           or, with set_position_form("leftright"),
+           "Is the {color} {shape} left or right of the {color} {shape}?" -> left|right
+           "Is the {color} {shape} above or below the {color} {shape}?"     -> above|below
 The question always names objects uniquely; position questions only compare objects whose
-centres differ by a clear margin along the asked axis.
+centres differ by a clear margin along the asked axis. The yes/no form makes the answer the XOR of
+the relation word and the objects' order; the left-or-right form does not (docs/ACCURACY.md).
 """
 
 from __future__ import annotations
@@ -42,6 +46,21 @@ COLORS = {
 SHAPES = ("circle", "square", "triangle", "star")
 QTYPES = ("color", "shape", "count", "position")
 RELATIONS = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}
+CHOICES = {"left or right of": (0, ("left", "right")), "above or below": (1, ("above", "below"))}
+POSITION_FORMS = ("yesno", "leftright")
+_position_form = "yesno"
+
+
+def set_position_form(form: str) -> None:
+    """Which position questions the task asks (process-wide: training, data caches and eval must agree)."""
+    global _position_form
+    if form not in POSITION_FORMS:
+        raise ValueError(f"position form must be one of {POSITION_FORMS}, not {form!r}")
+    _position_form = form
+
+
+def position_form() -> str:
+    return _position_form
 TRAIN_BASE = 0
 HELDOUT_BASE = 1_000_000_000
 POS_MARGIN = 0.12  # position questions need centres this far apart (fraction of the image)
@@ -169,6 +188,19 @@ def _question(rng: random.Random, objs: list[Obj], qtype: str) -> tuple[str, str
             return f"How many {c} shapes are there?", str(colors.count(c))
         s = rng.choice(shapes) if rng.random() < 0.75 else rng.choice(SHAPES)
         return f"How many {_plural(s)} are there?", str(shapes.count(s))
+    if qtype == "position" and _position_form == "leftright":
+        names = [(o.color, o.shape) for o in objs]
+        named = [o for o, nm in zip(objs, names) if names.count(nm) == 1]
+        rel = rng.choice(list(CHOICES))
+        axis, words = CHOICES[rel]
+        want = rng.randrange(2)  # balanced answers: 0 = left / above, 1 = right / below
+        offset = (lambda a, b: a.y - b.y) if axis else (lambda a, b: a.x - b.x)  # > 0: a right of / below b
+        pairs = [(a, b) for a in named for b in named
+                 if a is not b and abs(offset(a, b)) >= POS_MARGIN and (offset(a, b) > 0) == bool(want)]
+        if not pairs:
+            return None
+        a, b = rng.choice(pairs)
+        return f"Is the {a.color} {a.shape} {rel} the {b.color} {b.shape}?", words[want]
     if qtype == "position":
         names = [(o.color, o.shape) for o in objs]
         named = [o for o, nm in zip(objs, names) if names.count(nm) == 1]

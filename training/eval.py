@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from .data import QTYPES, heldout_seeds, make_example
+from .data import POSITION_FORMS, QTYPES, heldout_seeds, make_example, set_position_form
 
 
 def _reference_answerer(ckpt_dir: Path):
@@ -75,7 +75,10 @@ def main(argv=None) -> int:
     ap.add_argument("--runtime", action="store_true", help="run a .mote file through mote_edge's Engine")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--position-form", choices=POSITION_FORMS, default="yesno",
+                    help="the position questions the model was trained on (training/data.py)")
     args = ap.parse_args(argv)
+    set_position_form(args.position_form)
     if not args.runtime:
         import torch
 

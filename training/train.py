@@ -32,7 +32,7 @@ from mote_edge.exporters.reference import MoTELlavaForCausalLM
 from mote_edge.tokenizer import Tokenizer
 
 from .common import OUT, cached_encode, image_config, loss_fn, model_config, teacher_forced_accuracy
-from .data import QTYPES, heldout_seeds, train_seeds
+from .data import POSITION_FORMS, QTYPES, heldout_seeds, set_position_form, train_seeds
 from .tokenizer import build_task_tokenizer
 
 LM_WEIGHT = 0.3  # causal-LM loss on the question tokens (see common.loss_fn)
@@ -183,6 +183,12 @@ def main(argv=None) -> int:
                     help="add training-only 'Where is the <object>?' rows (3x3 location) to the auxiliary pool")
     ap.add_argument("--shuffle-captions", action="store_true",
                     help="caption objects in a seeded random order instead of left to right")
+    ap.add_argument("--position-form", choices=POSITION_FORMS, default="yesno",
+                    help="position questions: yes/no ('Is A left of B?') or left-or-right ('Is A left or right of B?')")
+    ap.add_argument("--dense-phase2-steps", type=int, default=0,
+                    help="a second dense phase from the first: captions in random object order + 'Where is' rows, "
+                         "half the lr (the recipe that gets position questions off chance); the MoE stages then "
+                         "use the same rows")
     ap.add_argument("--experts", type=int, default=4)
     ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=500)
@@ -198,6 +204,7 @@ def main(argv=None) -> int:
     stages = args.stages.split(",")
     t_start = time.time()
 
+    set_position_form(args.position_form)
     tok = build_task_tokenizer()
     train, prefix = cached_encode(tok, "train", train_seeds(args.train_examples), where=args.where,
                                   shuffle_captions=args.shuffle_captions)
@@ -219,6 +226,11 @@ def main(argv=None) -> int:
         run_stage(dense, prefix, train, held, tok, out, "dense", args.dense_steps, args.dense_lr, lambda n: True,
                   args.bs, 0.0, args.seed, args.eval_every, warmup=200, cap_frac=args.dense_captions,
                   qtype_weights=tuple(float(w) for w in args.qtype_weights.split(",")))
+        if args.dense_phase2_steps:
+            train, _ = cached_encode(tok, "train", train_seeds(args.train_examples), where=True, shuffle_captions=True)
+            run_stage(dense, prefix, train, held, tok, out, "dense-2", args.dense_phase2_steps, args.dense_lr * 0.5,
+                      lambda n: True, args.bs, 0.0, args.seed + 3, args.eval_every, warmup=100,
+                      cap_frac=args.dense_captions, qtype_weights=tuple(float(w) for w in args.qtype_weights.split(",")))
         save(dense, tok, out / "dense")
     else:
         from mote_edge.exporters.reference import load_reference_model
