@@ -99,6 +99,7 @@ def test_left_or_right_form_is_deterministic_balanced_and_correct() -> None:
     answer agrees with the object centres (a = the first object named)."""
     from mote_edge.training.data import POS_MARGIN, position_form, set_position_form
 
+    before = position_form()
     set_position_form("leftright")
     try:
         counts = {}
@@ -114,6 +115,8 @@ def test_left_or_right_form_is_deterministic_balanced_and_correct() -> None:
             assert abs(d) >= POS_MARGIN
             assert ex.answer == {"left or right of": ("left", "right"), "above or below": ("above", "below")}[rel][d > 0]
         assert set(counts) == {"left", "right", "above", "below"} and min(counts.values()) > 60
+        set_position_form("yesno")  # the earlier form stays available
+        assert make_example(TRAIN_BASE, "position").answer in ("yes", "no")
     finally:
-        set_position_form("yesno")
-    assert position_form() == "yesno" and make_example(TRAIN_BASE, "position").answer in ("yes", "no")
+        set_position_form(before)
+    assert position_form() == before
