@@ -47,6 +47,7 @@ def median_time(fn, runs: int) -> float:
 # Where weight copies live: "4k" = ordinary numpy memory; "huge" = transparent huge pages, as the
 # runtime keeps its streamed weights (runtime/hugepages.py). Set per child process.
 PAGES = "4k"
+HUGE_SUFFIX = " [huge pages]"  # kernel-name suffix of the rows measured on huge pages
 
 
 _chunk: list = []  # the current huge-page chunk being filled: [Arena]
@@ -235,8 +236,6 @@ def report(results: list[dict]) -> None:
                     print(f"  {shape:24s} {o} / {theirs}: {a['gemv_Gwps'] / b['gemv_Gwps']:.2f}x / "
                           f"{a['gemm64_GMACps'] / b['gemm64_GMACps']:.2f}x")
 
-
-HUGE_SUFFIX = " [huge pages]"
 
 
 def main() -> None:

@@ -127,9 +127,9 @@ def _resident_runtime_bytes(f) -> int:
     """Resident tensors as loaded, plus what the huge-page arena of the streamed (int-N / ternary)
     weights can add: 64-byte alignment of <= 3 arrays per tensor and the rounding to whole huge pages
     (runtime/weights.py ResidentWeights)."""
-    from .weights import runtime_nbytes
+    from .weights import STREAMED_KINDS, runtime_nbytes
 
-    streamed = [t.nbytes for t in f.tensors.values() if t.scheme.kind in ("intn", "ternary")]
+    streamed = [t.nbytes for t in f.tensors.values() if t.scheme.kind in STREAMED_KINDS]
     arena = sum(streamed) + 3 * 64 * len(streamed)
     return sum(runtime_nbytes(t) for t in f.tensors.values()) + huge_rounded(arena) - sum(streamed)
 

@@ -20,6 +20,9 @@ from mote_edge.quant.recipe import Scheme
 from .hugepages import Arena
 
 
+STREAMED_KINDS = ("intn", "ternary")  # schemes whose packed weights every decode step streams (huge-page arena)
+
+
 def runtime_nbytes(entry: TensorEntry) -> int:
     """Bytes a tensor occupies once loaded (f16 is widened to f32)."""
     return entry.numel * 4 if entry.scheme.kind == "f16" else entry.nbytes
@@ -127,9 +130,10 @@ class ResidentWeights:
         self.threads = threads
         groups = fusion_groups(f.tensors)
         member = {n: g for g in groups for n in g}
-        streamed = [n for n, e in f.tensors.items() if e.scheme.kind in ("intn", "ternary") and n not in member]
+        streamed = [n for n, e in f.tensors.items() if e.scheme.kind in STREAMED_KINDS and n not in member]
+        fused_arrays = [spec for g in groups for spec in self._fused_layout(g)]
         self.arena = Arena(Arena.capacity_for([f.tensors[n].nbytes for n in streamed]
-                                              + [nb for g in groups for nb in self._fused_part_bytes(g)]))
+                                              + [int(np.prod(shape)) * np.dtype(dt).itemsize for shape, dt in fused_arrays]))
         self._parts: dict[str, dict[str, np.ndarray]] = {}
         self._fused: dict[tuple[str, ...], IntNWeight] = {}
         for name, e in f.tensors.items():
@@ -141,22 +145,18 @@ class ResidentWeights:
                 self._parts[name] = f.read_tensor(name)
         self.nbytes = sum(runtime_nbytes(e) for e in f.tensors.values())
 
-    def _group_shape(self, group: tuple[str, ...]) -> tuple[int, int, Scheme]:
+    def _fused_layout(self, group: tuple[str, ...]) -> list[tuple[tuple[int, int], type]]:
+        """(shape, dtype) of the fused packed / scales / zeros arrays of a fusion group."""
         es = [self.entries[n] for n in group]
-        return sum(e.shape[0] for e in es), es[0].shape[1], es[0].scheme
-
-    def _fused_part_bytes(self, group: tuple[str, ...]) -> list[int]:
-        N, K, sc = self._group_shape(group)
-        return [N * intn_row_bytes(K, sc.bits, sc.group_size), 2 * N * num_groups(K, sc.group_size),
-                2 * N * num_groups(K, sc.group_size)]
+        N, K, sc = sum(e.shape[0] for e in es), es[0].shape[1], es[0].scheme
+        ng = num_groups(K, sc.group_size)
+        return [((N, intn_row_bytes(K, sc.bits, sc.group_size)), np.uint8), ((N, ng), np.float16), ((N, ng), np.float16)]
 
     def _copy_into_group(self, group: tuple[str, ...], name: str, parts: dict[str, np.ndarray]) -> None:
         if group not in self._fused:
-            N, K, sc = self._group_shape(group)
-            ng = num_groups(K, sc.group_size)
-            self._fused[group] = IntNWeight(self.arena.empty((N, intn_row_bytes(K, sc.bits, sc.group_size)), np.uint8),
-                                            self.arena.empty((N, ng), np.float16),
-                                            self.arena.empty((N, ng), np.float16), sc.bits, sc.group_size, N, K)
+            packed, scales, zeros = (self.arena.empty(shape, dt) for shape, dt in self._fused_layout(group))
+            sc, K = self.entries[group[0]].scheme, self.entries[group[0]].shape[1]
+            self._fused[group] = IntNWeight(packed, scales, zeros, sc.bits, sc.group_size, packed.shape[0], K)
         w = self._fused[group]
         i = group.index(name)
         r0 = sum(self.entries[n].shape[0] for n in group[:i])

@@ -48,6 +48,9 @@ QTYPES = ("color", "shape", "count", "position")
 RELATIONS = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}
 CHOICES = {"left or right of": (0, ("left", "right")), "above or below": (1, ("above", "below"))}
 POSITION_FORMS = ("yesno", "leftright")
+TRAIN_BASE = 0
+HELDOUT_BASE = 1_000_000_000
+POS_MARGIN = 0.12  # position questions need centres this far apart (fraction of the image)
 _position_form = "yesno"
 
 
@@ -61,9 +64,6 @@ def set_position_form(form: str) -> None:
 
 def position_form() -> str:
     return _position_form
-TRAIN_BASE = 0
-HELDOUT_BASE = 1_000_000_000
-POS_MARGIN = 0.12  # position questions need centres this far apart (fraction of the image)
 
 
 @dataclass(frozen=True)
@@ -188,9 +188,11 @@ def _question(rng: random.Random, objs: list[Obj], qtype: str) -> tuple[str, str
             return f"How many {c} shapes are there?", str(colors.count(c))
         s = rng.choice(shapes) if rng.random() < 0.75 else rng.choice(SHAPES)
         return f"How many {_plural(s)} are there?", str(shapes.count(s))
-    if qtype == "position" and _position_form == "leftright":
-        names = [(o.color, o.shape) for o in objs]
-        named = [o for o, nm in zip(objs, names) if names.count(nm) == 1]
+    if qtype != "position":
+        raise ValueError(qtype)
+    names = [(o.color, o.shape) for o in objs]
+    named = [o for o, nm in zip(objs, names) if names.count(nm) == 1]  # objects a question can name uniquely
+    if _position_form == "leftright":
         rel = rng.choice(list(CHOICES))
         axis, words = CHOICES[rel]
         want = rng.randrange(2)  # balanced answers: 0 = left / above, 1 = right / below
@@ -201,25 +203,21 @@ def _question(rng: random.Random, objs: list[Obj], qtype: str) -> tuple[str, str
             return None
         a, b = rng.choice(pairs)
         return f"Is the {a.color} {a.shape} {rel} the {b.color} {b.shape}?", words[want]
-    if qtype == "position":
-        names = [(o.color, o.shape) for o in objs]
-        named = [o for o, nm in zip(objs, names) if names.count(nm) == 1]
-        pairs = []
-        for rel, (axis, sign) in RELATIONS.items():
-            for a in named:
-                for b in named:
-                    if a is b:
-                        continue
-                    d = (a.y - b.y) if axis else (a.x - b.x)
-                    if abs(d) >= POS_MARGIN:
-                        pairs.append((rel, a, b, "yes" if d * sign > 0 else "no"))
-        if not pairs:
-            return None
-        want = "yes" if rng.random() < 0.5 else "no"
-        pool = [p for p in pairs if p[3] == want] or pairs
-        rel, a, b, ans = rng.choice(pool)
-        return f"Is the {a.color} {a.shape} {rel} the {b.color} {b.shape}?", ans
-    raise ValueError(qtype)
+    pairs = []
+    for rel, (axis, sign) in RELATIONS.items():
+        for a in named:
+            for b in named:
+                if a is b:
+                    continue
+                d = (a.y - b.y) if axis else (a.x - b.x)
+                if abs(d) >= POS_MARGIN:
+                    pairs.append((rel, a, b, "yes" if d * sign > 0 else "no"))
+    if not pairs:
+        return None
+    want = "yes" if rng.random() < 0.5 else "no"
+    pool = [p for p in pairs if p[3] == want] or pairs
+    rel, a, b, ans = rng.choice(pool)
+    return f"Is the {a.color} {a.shape} {rel} the {b.color} {b.shape}?", ans
 
 
 def make_example(seed: int, qtype: str | None = None) -> Example:

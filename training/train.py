@@ -213,6 +213,7 @@ def main(argv=None) -> int:
     log(out, event="data", train=len(train), held=len(held), vocab=tok.vocab_size, prefix_tokens=len(prefix),
         sec=round(time.time() - t_start, 1))
 
+    qtype_weights = tuple(float(w) for w in args.qtype_weights.split(","))
     if "dense" in stages:
         torch.manual_seed(args.seed)
         if args.dense_from:  # continue training a saved dense model (e.g. a position-heavy second phase)
@@ -225,12 +226,12 @@ def main(argv=None) -> int:
                 init_position_table(dense)
         run_stage(dense, prefix, train, held, tok, out, "dense", args.dense_steps, args.dense_lr, lambda n: True,
                   args.bs, 0.0, args.seed, args.eval_every, warmup=200, cap_frac=args.dense_captions,
-                  qtype_weights=tuple(float(w) for w in args.qtype_weights.split(",")))
+                  qtype_weights=qtype_weights)
         if args.dense_phase2_steps:
             train, _ = cached_encode(tok, "train", train_seeds(args.train_examples), where=True, shuffle_captions=True)
             run_stage(dense, prefix, train, held, tok, out, "dense-2", args.dense_phase2_steps, args.dense_lr * 0.5,
                       lambda n: True, args.bs, 0.0, args.seed + 3, args.eval_every, warmup=100,
-                      cap_frac=args.dense_captions, qtype_weights=tuple(float(w) for w in args.qtype_weights.split(",")))
+                      cap_frac=args.dense_captions, qtype_weights=qtype_weights)
         save(dense, tok, out / "dense")
     else:
         from mote_edge.exporters.reference import load_reference_model
