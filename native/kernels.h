@@ -19,18 +19,26 @@ mote_path mote_get_path(void);              /* the path in use (forced or best) 
 int mote_set_path(mote_path p);             /* 0 on success, -1 if not supported */
 const char *mote_path_name(mote_path p);
 
-/* ---- ternary (ternary.c): packed layout in mote_edge/quant/ternary.py ---- */
+/* ---- ternary (ternary.c): two packed layouts, chosen by tpb (trits per byte) ----
+ * tpb = 5: the file layout, 1.6 bits per weight (mote_edge/quant/ternary.py): blocks of 64 bytes =
+ *          320 columns, base-3 bytes;
+ * tpb = 4: the 2-bit cache-slab layout (mote_edge/quant/ternary_slab.py): blocks of 64 bytes = 256
+ *          columns, byte j holds the digits of columns j, j+64, j+128, j+192 in bits 0-1, 2-3, 4-5, 6-7.
+ * Both: the tail block holds columns j + B i in its B bytes; activations are re-laid in block order. */
 #define MOTE_TBLOCK_BYTES 64
 #define MOTE_TBLOCK_COLS 320
+#define MOTE_TPB_FILE 5
+#define MOTE_TPB_SLAB2 4
 
 typedef struct {
-    const uint8_t *w;     /* [N, rb] packed trits, rb = ceil(K / 5) */
+    int tpb;              /* trits per byte: 5 (file layout) or 4 (2-bit slab layout) */
+    const uint8_t *w;     /* [N, rb] packed trits, rb = ceil(K / tpb) */
     int64_t rb;           /* bytes per packed row */
     int nfull;            /* full 64-byte blocks per row */
     int tail;             /* bytes of the tail block (0..63); 0 = no tail */
     int nblk;             /* nfull + (tail > 0) */
     int N, T;
-    int64_t kx;           /* nblk * 320: columns of the block-ordered activations */
+    int64_t kx;           /* nblk * 64 * tpb: columns of the block-ordered activations */
     const int8_t *xq;     /* [T, kx] activations in block order (tail rearranged, zero padded) */
     const int32_t *sumx;  /* [T] sum of xq over the row */
     const float *f;       /* [T] gamma / s: the output scale per token */
@@ -41,9 +49,11 @@ typedef void (*mote_tern_rows_fn)(const mote_tern_args *a, int n0, int n1, uint8
 void mote_tern_rows_scalar(const mote_tern_args *a, int n0, int n1, uint8_t *scratch);
 void mote_tern_rows_avx2(const mote_tern_args *a, int n0, int n1, uint8_t *scratch);
 void mote_tern_rows_avx512(const mote_tern_args *a, int n0, int n1, uint8_t *scratch);
+/* the scalar and AVX2 paths read both layouts (a->tpb); AVX-512 has one function per layout */
+void mote_tern2_rows_avx512(const mote_tern_args *a, int n0, int n1, uint8_t *scratch);
 
 /* x [T, K] float32 or (xq [T, K] int8, s [T]) -> y [T, N]; returns 0, or -1 on out of memory */
-int mote_ternary_matmul(const uint8_t *w, float gamma, const float *x, const int8_t *xq_in,
+int mote_ternary_matmul(int tpb, const uint8_t *w, float gamma, const float *x, const int8_t *xq_in,
                         const float *s_in, int T, int K, int N, float *y, int threads);
 
 /* ---- int-N group-wise (intn.c): packed layout in mote_edge/quant/intn.py ---- */

@@ -88,7 +88,7 @@ static void release(Py_buffer *bufs, int n) {
 }
 
 /* ---- ternary ---- */
-static PyObject *ternary_common(PyObject *args, int prequant) {
+static PyObject *ternary_common(PyObject *args, int prequant, int tpb) {
     Py_buffer b[5] = {{0}};   /* packed, x | xq, s, out */
     float gamma;
     int T, K, N, threads = 1, rc = -2;
@@ -98,12 +98,12 @@ static PyObject *ternary_common(PyObject *args, int prequant) {
     } else if (!PyArg_ParseTuple(args, "y*fy*iiiw*|i", &b[0], &gamma, &b[1], &T, &K, &N, &b[3], &threads)) {
         return NULL;
     }
-    if (check_dims(T, K, N, threads) || check_len(&b[0], (long long)N * ((K + 4) / 5), "packed") ||
+    if (check_dims(T, K, N, threads) || check_len(&b[0], (long long)N * ((K + tpb - 1) / tpb), "packed") ||
         check_len(&b[1], (long long)T * K * (prequant ? 1 : 4), prequant ? "xq" : "x") ||
         (prequant && check_len(&b[2], (long long)T * 4, "s")) || check_len(&b[3], (long long)T * N * 4, "out"))
         goto done;
     Py_BEGIN_ALLOW_THREADS
-    rc = mote_ternary_matmul(b[0].buf, gamma, prequant ? NULL : b[1].buf, prequant ? b[1].buf : NULL,
+    rc = mote_ternary_matmul(tpb, b[0].buf, gamma, prequant ? NULL : b[1].buf, prequant ? b[1].buf : NULL,
                              prequant ? b[2].buf : NULL, T, K, N, b[3].buf, threads);
     Py_END_ALLOW_THREADS
     if (rc != 0) PyErr_NoMemory();
@@ -113,8 +113,10 @@ done:
     Py_RETURN_NONE;
 }
 
-static PyObject *py_ternary_matmul(PyObject *self, PyObject *args) { return ternary_common(args, 0); }
-static PyObject *py_ternary_matmul_q8(PyObject *self, PyObject *args) { return ternary_common(args, 1); }
+static PyObject *py_ternary_matmul(PyObject *self, PyObject *args) { return ternary_common(args, 0, MOTE_TPB_FILE); }
+static PyObject *py_ternary_matmul_q8(PyObject *self, PyObject *args) { return ternary_common(args, 1, MOTE_TPB_FILE); }
+static PyObject *py_ternary2_matmul(PyObject *self, PyObject *args) { return ternary_common(args, 0, MOTE_TPB_SLAB2); }
+static PyObject *py_ternary2_matmul_q8(PyObject *self, PyObject *args) { return ternary_common(args, 1, MOTE_TPB_SLAB2); }
 
 /* ---- int-N ---- */
 static PyObject *py_intn_matmul(PyObject *self, PyObject *args) {
@@ -189,6 +191,10 @@ static PyMethodDef native_methods[] = {
      "ternary_matmul(packed u8, gamma, x f32[T,K], T, K, N, out f32[T,N], threads=1): BitLinear y = x W^T."},
     {"ternary_matmul_q8", py_ternary_matmul_q8, METH_VARARGS,
      "ternary_matmul_q8(packed, gamma, xq i8[T,K], s f32[T], T, K, N, out, threads=1): pre-quantized x."},
+    {"ternary2_matmul", py_ternary2_matmul, METH_VARARGS,
+     "ternary2_matmul(packed2 u8, gamma, x, T, K, N, out, threads=1): the same from the 2-bit slab layout."},
+    {"ternary2_matmul_q8", py_ternary2_matmul_q8, METH_VARARGS,
+     "ternary2_matmul_q8(packed2, gamma, xq, s, T, K, N, out, threads=1): 2-bit slab layout, pre-quantized x."},
     {"intn_matmul", py_intn_matmul, METH_VARARGS,
      "intn_matmul(packed, scales f16, zeros f16, bits, group, x f32[T,K], T, K, N, out f32[T,N], threads=1)."},
     {"read_sum", py_read_sum, METH_VARARGS, "read_sum(buf, threads=1) -> int: sum of uint64 words (bandwidth probe)."},

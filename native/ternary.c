@@ -11,6 +11,10 @@
  * beyond. Then  sum_k t_k x_k = sum_k d_k x_k - sum_k x_k  with digits in {0,1,2} (u8) times
  * int8 activations: exactly what vpdpbusd multiplies.
  *   y[t, n] = (float)(sum_k d_k xq_k - sumx_t) * (gamma / s_t)     (bit-exact with numpy)
+ *
+ * The 2-bit cache-slab layout (tpb = 4, mote_edge/quant/ternary_slab.py) is the same with blocks
+ * of 256 columns (four runs of 64) and digit i of a byte in bits 2i..2i+1: a faster decode for
+ * 25% more bytes. Everything above applies with 4 for 5 and 256 for 320.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -18,16 +22,20 @@
 #include "kernels.h"
 #include "threads.h"
 
-/* ---- scalar path: one row, one token at a time; the readable reference ---- */
-static int32_t tern_dot_scalar(const uint8_t *w, const int8_t *x, int nfull, int tail) {
+/* ---- scalar path: one row, one token at a time; the readable reference (both layouts) ---- */
+static int32_t tern_dot_scalar(const uint8_t *w, const int8_t *x, int nfull, int tail, int tpb) {
     int32_t acc = 0;
     for (int b = 0; b <= nfull; b++) {
         int nbytes = b < nfull ? MOTE_TBLOCK_BYTES : tail;
         const uint8_t *wb = w + (int64_t)b * MOTE_TBLOCK_BYTES;
-        const int8_t *xb = x + (int64_t)b * MOTE_TBLOCK_COLS;
+        const int8_t *xb = x + (int64_t)b * MOTE_TBLOCK_BYTES * tpb;
         for (int j = 0; j < nbytes; j++) {
             unsigned q = wb[j];
-            for (int i = 0; i < 5; i++) {
+            if (tpb == MOTE_TPB_SLAB2) {   /* 2-bit fields, digit i in bits 2i..2i+1 */
+                for (int i = 0; i < 4; i++) acc += (int32_t)((q >> (2 * i)) & 3u) * xb[64 * i + j];
+                continue;
+            }
+            for (int i = 0; i < 5; i++) {   /* base 3: multiply by 3 and carry */
                 unsigned q3 = q * 3u;
                 acc += (int32_t)(q3 >> 8) * xb[64 * i + j];
                 q = q3 & 0xFFu;
@@ -40,15 +48,15 @@ static int32_t tern_dot_scalar(const uint8_t *w, const int8_t *x, int nfull, int
 void mote_tern_rows_scalar(const mote_tern_args *a, int n0, int n1, uint8_t *scratch) {
     for (int n = n0; n < n1; n++)
         for (int t = 0; t < a->T; t++) {
-            int32_t acc = tern_dot_scalar(a->w + n * a->rb, a->xq + t * a->kx, a->nfull, a->tail);
+            int32_t acc = tern_dot_scalar(a->w + n * a->rb, a->xq + t * a->kx, a->nfull, a->tail, a->tpb);
             a->y[(int64_t)t * a->N + n] = (float)(acc - a->sumx[t]) * a->f[t];
         }
 }
 
 /* ---- driver ---- */
-static mote_tern_rows_fn tern_rows_for(mote_path p) {
+static mote_tern_rows_fn tern_rows_for(mote_path p, int tpb) {
     switch (p) {
-        case MOTE_PATH_AVX512: return mote_tern_rows_avx512;
+        case MOTE_PATH_AVX512: return tpb == MOTE_TPB_SLAB2 ? mote_tern2_rows_avx512 : mote_tern_rows_avx512;
         case MOTE_PATH_AVX2: return mote_tern_rows_avx2;
         default: return mote_tern_rows_scalar;
     }
@@ -75,28 +83,30 @@ static void tern_task(void *ctx, int i, int n) {
 }
 
 /* one token's int8 activations (natural order, K) -> block order (kx), zero padded */
-static void to_block_order(const int8_t *src, int K, int nfull, int tail, int8_t *dst, int64_t kx) {
-    int64_t full = (int64_t)nfull * MOTE_TBLOCK_COLS;
+static void to_block_order(const int8_t *src, int K, int nfull, int tail, int tpb, int8_t *dst, int64_t kx) {
+    int64_t full = (int64_t)nfull * MOTE_TBLOCK_BYTES * tpb;
     memcpy(dst, src, (size_t)full);
     memset(dst + full, 0, (size_t)(kx - full));
-    for (int i = 0; i < 5 && tail; i++)
+    for (int i = 0; i < tpb && tail; i++)
         for (int j = 0; j < tail; j++) {
             int64_t col = full + (int64_t)tail * i + j;
             if (col < K) dst[full + 64 * i + j] = src[col];
         }
 }
 
-int mote_ternary_matmul(const uint8_t *w, float gamma, const float *x, const int8_t *xq_in,
+int mote_ternary_matmul(int tpb, const uint8_t *w, float gamma, const float *x, const int8_t *xq_in,
                         const float *s_in, int T, int K, int N, float *y, int threads) {
+    const int cols = MOTE_TBLOCK_BYTES * tpb;   /* columns per full block: 320 or 256 */
     mote_tern_args a;
+    a.tpb = tpb;
     a.w = w;
-    a.rb = (K + 4) / 5;
-    a.nfull = K / MOTE_TBLOCK_COLS;
-    a.tail = (K % MOTE_TBLOCK_COLS + 4) / 5;
+    a.rb = (K + tpb - 1) / tpb;
+    a.nfull = K / cols;
+    a.tail = (K % cols + tpb - 1) / tpb;
     a.nblk = a.nfull + (a.tail > 0);
     a.N = N;
     a.T = T;
-    a.kx = (int64_t)a.nblk * MOTE_TBLOCK_COLS;
+    a.kx = (int64_t)a.nblk * cols;
     int8_t *xq = malloc((size_t)(T * a.kx + K + 64));
     int32_t *sumx = malloc(sizeof(int32_t) * (size_t)(T + 1));
     float *f = malloc(sizeof(float) * (size_t)(T + 1));
@@ -117,13 +127,13 @@ int mote_ternary_matmul(const uint8_t *w, float gamma, const float *x, const int
             sumx[t] = acc;
         }
         f[t] = gamma / s;
-        to_block_order(row, K, a.nfull, a.tail, xq + t * a.kx, a.kx);
+        to_block_order(row, K, a.nfull, a.tail, tpb, xq + t * a.kx, a.kx);
     }
     a.xq = xq;
     a.sumx = sumx;
     a.f = f;
     a.y = y;
-    tern_job job = {&a, tern_rows_for(mote_get_path()), 0};
+    tern_job job = {&a, tern_rows_for(mote_get_path(), tpb), 0};
     int nth = threads < 1 ? 1 : threads;
     if (nth > (N + 15) / 16) nth = (N + 15) / 16;
     mote_parallel(nth, tern_task, &job);

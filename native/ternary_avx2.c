@@ -1,5 +1,6 @@
-/* Ternary x int8 matmul, AVX2 (no VNNI). Digits by unsigned compares: with q the byte after
- * i rounds of q = 3q mod 256, digit i = [q >= 86] + [q >= 171] (= (3q) >> 8). Products by
+/* Ternary x int8 matmul, AVX2 (no VNNI), both packed layouts (a->tpb). File layout: digits by
+ * unsigned compares: with q the byte after i rounds of q = 3q mod 256, digit i = [q >= 86] +
+ * [q >= 171] (= (3q) >> 8). 2-bit slab layout: digit i = (q >> 2i) & 3. Products by
  * vpmaddubsw (digits <= 2, so int16 cannot saturate) and vpmaddwd. Tail blocks are copied
  * into a zeroed 64-byte buffer. Same structure as ternary_avx512.c. */
 #include <immintrin.h>
@@ -9,8 +10,13 @@
 
 #define TGT __attribute__((target("avx2,fma")))
 
-/* 32 packed bytes -> their 5 digits */
-TGT static inline void digits32(__m256i q, __m256i d[5]) {
+/* 32 packed bytes -> their tpb digits (5: base 3; 4: 2-bit fields by shift and mask) */
+TGT static inline void digits32(__m256i q, __m256i d[5], int tpb) {
+    if (tpb == MOTE_TPB_SLAB2) {
+        const __m256i m3 = _mm256_set1_epi8(3);
+        for (int i = 0; i < 4; i++) d[i] = _mm256_and_si256(_mm256_srli_epi16(q, 2 * i), m3);
+        return;
+    }
     const __m256i c86 = _mm256_set1_epi8((char)86), c171 = _mm256_set1_epi8((char)171);
     for (int i = 0; i < 5; i++) {
         __m256i ge1 = _mm256_cmpeq_epi8(_mm256_max_epu8(q, c86), q);    /* -1 where q >= 86 */
@@ -40,12 +46,12 @@ TGT static void gemv_row(const mote_tern_args *a, int n, int t) {
     __m256i acc = _mm256_setzero_si256();
     for (int b = 0; b < a->nblk; b++) {
         const uint8_t *p = block_ptr(a, w, b, tmp);
-        const int8_t *xb = x + (int64_t)b * 320;
+        const int8_t *xb = x + (int64_t)b * 64 * a->tpb;
         __m256i s16 = _mm256_setzero_si256();   /* <= 10 products of <= 254 per lane: no overflow */
         for (int h = 0; h < 2; h++) {
             __m256i d[5];
-            digits32(_mm256_loadu_si256((const __m256i *)(p + 32 * h)), d);
-            for (int i = 0; i < 5; i++) s16 = _mm256_add_epi16(s16, dot16(d[i], xb + 64 * i + 32 * h));
+            digits32(_mm256_loadu_si256((const __m256i *)(p + 32 * h)), d, a->tpb);
+            for (int i = 0; i < a->tpb; i++) s16 = _mm256_add_epi16(s16, dot16(d[i], xb + 64 * i + 32 * h));
         }
         acc = _mm256_add_epi32(acc, _mm256_madd_epi16(s16, ones));
     }
@@ -62,9 +68,9 @@ TGT static void decode_row(const mote_tern_args *a, int n, uint8_t *dst) {
         const uint8_t *p = block_ptr(a, w, b, tmp);
         for (int h = 0; h < 2; h++) {
             __m256i d[5];
-            digits32(_mm256_loadu_si256((const __m256i *)(p + 32 * h)), d);
-            for (int i = 0; i < 5; i++)
-                _mm256_storeu_si256((__m256i *)(dst + (int64_t)b * 320 + 64 * i + 32 * h), d[i]);
+            digits32(_mm256_loadu_si256((const __m256i *)(p + 32 * h)), d, a->tpb);
+            for (int i = 0; i < a->tpb; i++)
+                _mm256_storeu_si256((__m256i *)(dst + (int64_t)b * 64 * a->tpb + 64 * i + 32 * h), d[i]);
         }
     }
 }
@@ -92,6 +98,7 @@ TGT static void dot_tile4(const mote_tern_args *a, const uint8_t *d, int n, int 
         a->y[(int64_t)(t0 + t) * a->N + n] = (float)(hsum(c[t]) - a->sumx[t0 + t]) * a->f[t0 + t];
 }
 
+/* both layouts */
 TGT void mote_tern_rows_avx2(const mote_tern_args *a, int n0, int n1, uint8_t *scratch) {
     for (int n = n0; n < n1; n++) {
         int t = 0;

@@ -15,8 +15,9 @@ from mote_edge import _native
 from mote_edge.quant import kernels
 from mote_edge.quant.intn import (IntNWeight, intn_accumulators, intn_matmul_reference, pack_intn,
                                   quantize_activations_grouped, quantize_intn, unpack_intn)
-from mote_edge.quant.ternary import (pack_ternary, packed_ternary_nbytes, quantize_activations_int8,
-                                     ternary_matmul_reference)
+from mote_edge.quant.ternary import (bitlinear_reference, pack_ternary, packed_ternary_nbytes,
+                                     quantize_activations_int8, unpack_ternary)
+from mote_edge.quant.ternary_slab import pack_ternary_slab2, unpack_ternary_slab2
 
 PATHS = kernels.available_paths()
 
@@ -47,31 +48,46 @@ TERN_SHAPES = [  # (T, N, K): odd K (tails of 1..64 bytes), N = 1, 3, 4097, T ar
 ]
 
 
-def _tern_case(rng, T, N, K):
+# both packed layouts: the 1.6-bit file layout and the 2-bit cache-slab layout
+PACK = {"file": pack_ternary, "slab2": pack_ternary_slab2}
+UNPACK = {"file": unpack_ternary, "slab2": unpack_ternary_slab2}
+
+
+@pytest.fixture(params=list(PACK))
+def layout(request):
+    return request.param
+
+
+def _tern_ref(x, packed, gamma, N, K, layout):
+    """numpy reference: BitLinear on the trits the packed bytes decode to (in `layout`)."""
+    return bitlinear_reference(x, UNPACK[layout](packed, N, K), np.float32(gamma))
+
+
+def _tern_case(rng, T, N, K, layout):
     trits = rng.integers(-1, 2, size=(N, K)).astype(np.int8)
     x = (rng.standard_normal((T, K)) * rng.uniform(0.01, 10)).astype(np.float32)
-    return pack_ternary(trits), x
+    return PACK[layout](trits), x
 
 
 @pytest.mark.parametrize("T,N,K", TERN_SHAPES)
-def test_ternary_bit_exact(path, T, N, K):
+def test_ternary_bit_exact(path, layout, T, N, K):
     rng = np.random.default_rng(T * 100003 + N * 31 + K)
-    packed, x = _tern_case(rng, T, N, K)
-    y = kernels.ternary_matmul(x, packed, 0.37, N, K)
+    packed, x = _tern_case(rng, T, N, K, layout)
+    y = kernels.ternary_matmul(x, packed, 0.37, N, K, layout=layout)
     assert y.shape == (T, N) and y.dtype == np.float32
-    assert np.array_equal(y, ternary_matmul_reference(x, packed, 0.37, N, K))
+    assert np.array_equal(y, _tern_ref(x, packed, 0.37, N, K, layout))
 
 
 @pytest.mark.parametrize("case", ["all_minus", "all_zero", "all_plus", "max_x", "zero_x", "random_bytes"])
 @pytest.mark.parametrize("T", [1, 6])
-def test_ternary_adversarial(path, case, T):
+def test_ternary_adversarial(path, layout, case, T):
     rng = np.random.default_rng(7)
     N, K = 13, 1541
     trits = {"all_minus": -1, "all_zero": 0, "all_plus": 1}.get(case)
     trits = np.full((N, K), trits if trits is not None else 0, dtype=np.int8)
     trits[:, ::7] = trits[:, ::7] if case.startswith("all") else rng.integers(-1, 2, size=trits[:, ::7].shape)
-    packed = pack_ternary(trits)
-    if case == "random_bytes":  # every byte value, including the 13 that are no code
+    packed = PACK[layout](trits)
+    if case == "random_bytes":  # every byte value, including those that are no code in the layout
         packed = rng.integers(0, 256, size=packed.shape).astype(np.uint8)
     x = rng.standard_normal((T, K)).astype(np.float32)
     if case == "max_x":
@@ -79,36 +95,36 @@ def test_ternary_adversarial(path, case, T):
         x[:, 0] = 3.4e38
     if case == "zero_x":
         x[:] = 0
-    y = kernels.ternary_matmul(x, packed, 1.5, N, K)
+    y = kernels.ternary_matmul(x, packed, 1.5, N, K, layout=layout)
     with np.errstate(over="ignore"):   # max_x overflows to +-inf on both sides, identically
-        assert np.array_equal(y, ternary_matmul_reference(x, packed, 1.5, N, K))
+        assert np.array_equal(y, _tern_ref(x, packed, 1.5, N, K, layout))
     if case == "zero_x":
         assert np.all(y == 0)
 
 
-def test_ternary_empty_k(path):
-    y = kernels.ternary_matmul(np.ones((2, 0), np.float32), np.zeros(0, np.uint8), 1.0, 3, 0)
+def test_ternary_empty_k(path, layout):
+    y = kernels.ternary_matmul(np.ones((2, 0), np.float32), np.zeros(0, np.uint8), 1.0, 3, 0, layout=layout)
     assert y.shape == (2, 3) and np.all(y == 0)
 
 
-def test_ternary_prequantized_and_vector(path):
+def test_ternary_prequantized_and_vector(path, layout):
     rng = np.random.default_rng(3)
     N, K = 70, 777
-    packed, x = _tern_case(rng, 5, N, K)
+    packed, x = _tern_case(rng, 5, N, K, layout)
     xq, s = quantize_activations_int8(x)
-    ref = ternary_matmul_reference(x, packed, 0.5, N, K)
-    assert np.array_equal(kernels.ternary_matmul_q8(xq, s, packed, 0.5, N, K), ref)
-    assert np.array_equal(kernels.ternary_matmul(x[2], packed, 0.5, N, K), ref[2])
+    ref = _tern_ref(x, packed, 0.5, N, K, layout)
+    assert np.array_equal(kernels.ternary_matmul_q8(xq, s, packed, 0.5, N, K, layout=layout), ref)
+    assert np.array_equal(kernels.ternary_matmul(x[2], packed, 0.5, N, K, layout=layout), ref[2])
     out = np.empty((5, N), dtype=np.float32)
-    assert kernels.ternary_matmul(x, packed, 0.5, N, K, out=out) is out and np.array_equal(out, ref)
+    assert kernels.ternary_matmul(x, packed, 0.5, N, K, out=out, layout=layout) is out and np.array_equal(out, ref)
 
 
 @pytest.mark.parametrize("T", [1, 2, 7])
-def test_ternary_threads_identical(path, T):
+def test_ternary_threads_identical(path, layout, T):
     rng = np.random.default_rng(T)
     N, K = 301, 2000
-    packed, x = _tern_case(rng, T, N, K)
-    ys = [kernels.ternary_matmul(x, packed, 0.9, N, K, threads=th) for th in (1, 2, 3)]
+    packed, x = _tern_case(rng, T, N, K, layout)
+    ys = [kernels.ternary_matmul(x, packed, 0.9, N, K, threads=th, layout=layout) for th in (1, 2, 3)]
     assert np.array_equal(ys[0], ys[1]) and np.array_equal(ys[0], ys[2])
 
 
@@ -190,7 +206,8 @@ def test_intn_adversarial_and_threads(path, bits):
 def test_bad_inputs_raise():
     rng = np.random.default_rng(0)
     N, K = 4, 50
-    packed, x = _tern_case(rng, 2, N, K)
+    packed, x = _tern_case(rng, 2, N, K, "file")
+    packed2 = _tern_case(rng, 2, N, K, "slab2")[0]
     bad = [
         lambda: kernels.ternary_matmul(x.astype(np.float64), packed, 1.0, N, K),
         lambda: kernels.ternary_matmul(x[:, :-1], packed, 1.0, N, K),
@@ -202,6 +219,10 @@ def test_bad_inputs_raise():
         lambda: _native.ternary_matmul(packed, 1.0, x, 2, K, N + 1, np.empty((2, N), np.float32)),
         lambda: _native.ternary_matmul(packed, 1.0, x, -2, K, N, np.empty((2, N), np.float32)),
         lambda: _native.ternary_matmul(packed, 1.0, x, 2, K, N, np.empty((2, N - 1), np.float32)),
+        lambda: kernels.ternary_matmul(x, packed, 1.0, N, K, layout="slab2"),   # 1.6-bit bytes as 2-bit
+        lambda: kernels.ternary_matmul(x, packed2, 1.0, N, K),                  # and the other way round
+        lambda: kernels.ternary_matmul(x, packed2, 1.0, N, K, layout="slab3"),
+        lambda: _native.ternary2_matmul(packed, 1.0, x, 2, K, N, np.empty((2, N), np.float32)),
         lambda: _native.intn_matmul(packed, packed, packed, 5, 32, x, 2, K, N, np.empty((2, N), np.float32)),
         lambda: _native.intn_matmul(packed, packed, packed, 4, 48, x, 2, K, N, np.empty((2, N), np.float32)),
         lambda: _native.intn_matmul(packed, packed, packed, 4, 32, x, 2, K, N, np.empty((2, N), np.float32)),

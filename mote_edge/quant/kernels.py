@@ -1,6 +1,7 @@
 """numpy-facing wrappers of the C kernels in mote_edge._native (validation here, maths in C).
 
-    ternary_matmul(x, packed, gamma, N, K, threads=1) -> y [T, N] float32    (BitLinear, bit-exact)
+    ternary_matmul(x, packed, gamma, N, K, threads=1, layout="file"|"slab2") -> y [T, N] float32
+                                                                           (BitLinear, bit-exact)
     ternary_matmul_q8(xq, s, packed, gamma, N, K, threads=1) -> y            (pre-quantized x)
     intn_matmul(x, w: IntNWeight, threads=1) -> y [T, N] float32
     kernel_path() / set_kernel_path("auto"|"scalar"|"avx2"|"avx512") / available_paths()
@@ -16,6 +17,7 @@ from mote_edge import _native
 
 from .intn import IntNWeight, intn_row_bytes, num_groups
 from .ternary import packed_ternary_nbytes
+from .ternary_slab import packed_slab2_nbytes
 
 kernel_path = _native.kernel_path
 set_kernel_path = _native.set_kernel_path
@@ -55,31 +57,47 @@ def _out(out, T: int, N: int, vec: bool) -> np.ndarray:
     return _array(out, np.float32, "out", shape)
 
 
-def _packed_ternary(packed, N: int, K: int) -> np.ndarray:
+TERNARY_LAYOUTS = ("file", "slab2")  # the 1.6-bit base-3 file layout, the 2-bit cache-slab layout
+
+
+def ternary_nbytes(N: int, K: int, layout: str = "file") -> int:
+    """Bytes of an [N, K] ternary tensor in `layout` (mote_edge/quant/ternary.py, ternary_slab.py)."""
+    if layout == "file":
+        return packed_ternary_nbytes(N, K)
+    if layout == "slab2":
+        return packed_slab2_nbytes(N, K)
+    raise ValueError(f"ternary layout must be one of {TERNARY_LAYOUTS}, not {layout!r}")
+
+
+def _packed_ternary(packed, N: int, K: int, layout: str) -> np.ndarray:
     packed = _array(packed, np.uint8, "packed")
-    if packed.size != packed_ternary_nbytes(N, K):
-        raise ValueError(f"packed has {packed.size} bytes, expected {packed_ternary_nbytes(N, K)} for N={N}, K={K}")
+    want = ternary_nbytes(N, K, layout)
+    if packed.size != want:
+        raise ValueError(f"packed has {packed.size} bytes, expected {want} for N={N}, K={K} ({layout} layout)")
     return packed
 
 
 def ternary_matmul(x: np.ndarray, packed: np.ndarray, gamma: float, N: int, K: int, threads: int = 1,
-                   out: np.ndarray | None = None) -> np.ndarray:
-    """x [T, K] (or [K]) float32 -> y = BitLinear(x) [T, N] float32, = ternary_matmul_reference bit for bit."""
+                   out: np.ndarray | None = None, layout: str = "file") -> np.ndarray:
+    """x [T, K] (or [K]) float32 -> y = BitLinear(x) [T, N] float32, = ternary_matmul_reference bit for bit.
+    `layout`: "file" (1.6-bit, as stored in .mote) or "slab2" (2-bit cache-slab layout)."""
     x, T, vec = _tokens(x, K, np.float32, "x")
-    packed = _packed_ternary(packed, N, K)
+    packed = _packed_ternary(packed, N, K, layout)
     y = _out(out, T, N, vec)
-    _native.ternary_matmul(packed, float(gamma), x, T, K, N, y, int(threads))
+    fn = _native.ternary2_matmul if layout == "slab2" else _native.ternary_matmul
+    fn(packed, float(gamma), x, T, K, N, y, int(threads))
     return y
 
 
 def ternary_matmul_q8(xq: np.ndarray, s: np.ndarray, packed: np.ndarray, gamma: float, N: int, K: int,
-                      threads: int = 1, out: np.ndarray | None = None) -> np.ndarray:
+                      threads: int = 1, out: np.ndarray | None = None, layout: str = "file") -> np.ndarray:
     """As ternary_matmul with x already quantized by quantize_activations_int8: xq [T, K] int8, s [T] float32."""
     xq, T, vec = _tokens(xq, K, np.int8, "xq")
     s = _array(np.atleast_1d(s), np.float32, "s", (T,))
-    packed = _packed_ternary(packed, N, K)
+    packed = _packed_ternary(packed, N, K, layout)
     y = _out(out, T, N, vec)
-    _native.ternary_matmul_q8(packed, float(gamma), xq, s, T, K, N, y, int(threads))
+    fn = _native.ternary2_matmul_q8 if layout == "slab2" else _native.ternary_matmul_q8
+    fn(packed, float(gamma), xq, s, T, K, N, y, int(threads))
     return y
 
 
