@@ -32,6 +32,7 @@ SHAPES = [  # (name, K, N): rows N, input K
 ]
 COLD_BYTES = 96 << 20
 GEMM_TOKENS = 64
+ONLY = [""]  # --only: kernel-name substrings to run
 
 
 def median_time(fn, runs: int) -> float:
@@ -75,17 +76,18 @@ def dram_bandwidth(threads: int, runs: int) -> float:
 # ---------------------------------------------------------------- kernels under test
 # Each maker returns (call(copy_index, x), bytes_per_copy, ncopies_made)
 
-def make_ternary(K, N, ncopies, threads):
+def make_ternary(K, N, ncopies, threads, layout="file"):
+    """layout "file": the 1.6-bit .mote layout; "slab2": the 2-bit cache-slab layout (ternary_slab.py)."""
     from mote_edge.quant import kernels
-    from mote_edge.quant.ternary import packed_ternary_nbytes
     rng = np.random.default_rng(0)
-    base = rng.integers(0, 243, size=packed_ternary_nbytes(N, K), dtype=np.uint8)
+    top = 243 if layout == "file" else 256
+    base = rng.integers(0, top, size=kernels.ternary_nbytes(N, K, layout), dtype=np.uint8)
     copies = [place(base) for _ in range(ncopies)]
     outs = {}
 
     def call(i, x):
         out = outs.setdefault(x.shape[0], np.empty((x.shape[0], N), np.float32))
-        kernels.ternary_matmul(x, copies[i], 0.5, N, K, threads, out)
+        kernels.ternary_matmul(x, copies[i], 0.5, N, K, threads, out, layout=layout)
     return call, base.nbytes + 4
 
 
@@ -154,6 +156,7 @@ def make_ort(bits, K, N, ncopies, threads, block=128):
 
 KERNELS = {  # name -> (maker, is ours)
     "mote ternary (1.6 bpw)": (make_ternary, True),
+    "mote ternary 2-bit slab": (lambda K, N, c, t: make_ternary(K, N, c, t, "slab2"), True),
     "mote int2 g128": (lambda K, N, c, t: make_intn(2, K, N, c, t), True),
     "mote int3 g128": (lambda K, N, c, t: make_intn(3, K, N, c, t), True),
     "mote int4 g128": (lambda K, N, c, t: make_intn(4, K, N, c, t), True),
@@ -180,7 +183,7 @@ def bench_one(threads: int, quick: bool, fam: str, pages: str = "4k") -> dict:
         x1 = rng.standard_normal((1, K)).astype(np.float32)
         xg = rng.standard_normal((GEMM_TOKENS, K)).astype(np.float32)
         for kname, (maker, ours) in KERNELS.items():
-            if family(kname) != fam:
+            if family(kname) != fam or not any(o in kname for o in ONLY):
                 continue
             call1, per = maker(K, N, 1, threads)          # GEMM: one weight copy, hot
             t_gemm = median_time(lambda: call1(0, xg), runs)
@@ -226,6 +229,7 @@ def report(results: list[dict]) -> None:
         by = {(row["shape"], row["kernel"]): row for row in r["rows"]}
         for shape in dict.fromkeys(row["shape"] for row in r["rows"]):
             for ours, theirs in [("mote ternary (1.6 bpw)", "ORT MatMulNBits 2-bit b128"),
+                                 ("mote ternary 2-bit slab", "ORT MatMulNBits 2-bit b128"),
                                  ("mote ternary (1.6 bpw)", "numpy fp32"),
                                  ("mote int2 g128", "ORT MatMulNBits 2-bit b128"),
                                  ("mote int4 g128", "ORT MatMulNBits 4-bit b128")]:
@@ -246,8 +250,13 @@ def main() -> None:
                     help="where our weight copies (and the bandwidth probe) live: ordinary 4 KiB pages, "
                          "transparent huge pages as the runtime uses them, or both side by side (default)")
     ap.add_argument("--quick", action="store_true", help="only the 1536->8960 shape, fewer bandwidth runs")
+    ap.add_argument("--only", default="", help="comma-separated substrings: run only the kernels whose name "
+                                               "contains one (e.g. 'ternary,2-bit'); default all")
+    ap.add_argument("--max-threads", type=int, default=2, choices=(1, 2), help="1: skip the 2-thread tables")
     ap.add_argument("--out", default=str(Path(__file__).parent / "out" / "kernels.json"))
     args = ap.parse_args()
+    global ONLY
+    ONLY = [o for o in args.only.split(",") if o] or [""]
     if args.threads:
         print(json.dumps(bench_one(args.threads, args.quick, args.family, args.pages)))
         return
@@ -256,12 +265,14 @@ def main() -> None:
     # weights, so it only runs on its own memory.
     page_kinds = ("4k", "huge") if args.pages == "both" else (args.pages,)
     children = [("mote", p) for p in page_kinds] + [("numpy", page_kinds[0]), ("ort", "4k")]
+    children = [c for c in children if c[0] == "mote" or any(  # the mote child always runs: it probes DRAM
+        family(k) == c[0] and any(o in k for o in ONLY) for k in KERNELS)]
     results = []
-    for th in (1, 2):
+    for th in range(1, args.max_threads + 1):
         env = {**os.environ, "OPENBLAS_NUM_THREADS": str(th), "OMP_NUM_THREADS": str(th), "MKL_NUM_THREADS": str(th)}
         runs = {}
         for fam, pages in children:
-            cmd = [sys.executable, __file__, "--threads", str(th), "--family", fam, "--pages", pages]
+            cmd = [sys.executable, __file__, "--threads", str(th), "--family", fam, "--pages", pages, "--only", args.only]
             out = subprocess.run(cmd + (["--quick"] if args.quick else []), env=env, check=True,
                                  stdout=subprocess.PIPE, text=True).stdout
             runs[(fam, pages)] = json.loads(out.strip().splitlines()[-1])

@@ -62,8 +62,8 @@ TGT INLINE void tile(const mote_intn_args *a, const rowview *r, float *fac, int3
     for (int g = 0; g < ng; g++) {
         __m512i v[2];
         /* software prefetch 2 KiB ahead of the weight stream (rows are consecutive) */
-        _mm_prefetch((const char *)(r->src + (int64_t)g * r->gbytes + 2048), _MM_HINT_T0);
-        if (r->gbytes > 64) _mm_prefetch((const char *)(r->src + (int64_t)g * r->gbytes + 2048 + 64), _MM_HINT_T0);
+        _mm_prefetch((const char *)(r->src + (int64_t)g * r->gbytes + 2048), MOTE_PF_HINT);
+        if (r->gbytes > 64) _mm_prefetch((const char *)(r->src + (int64_t)g * r->gbytes + 2048 + 64), MOTE_PF_HINT);
         int nch = chunks(r, g, v);
         for (int t = 0; t < nt; t++) {
             const int8_t *x = a->xq + (t0 + t) * a->kp + (int64_t)g * a->G;
@@ -144,8 +144,8 @@ TGT static inline __attribute__((always_inline)) __m512i dots16(const mote_intn_
         __m512i v[2];
         for (int k = 0; k < 2; k++) {
             if (j + k < cnt) {
-                _mm_prefetch((const char *)(p + MOTE_INTN_PF), _MM_HINT_T0);
-                if (bits == 8) _mm_prefetch((const char *)(p + MOTE_INTN_PF + 64), _MM_HINT_T0);
+                _mm_prefetch((const char *)(p + MOTE_INTN_PF), MOTE_PF_HINT);
+                if (bits == 8) _mm_prefetch((const char *)(p + MOTE_INTN_PF + 64), MOTE_PF_HINT);
                 v[k] = group_dot(p, a->xq + (int64_t)g * 128, bits);
                 p += gb;
                 g = g + 1 == ng ? 0 : g + 1;
@@ -182,8 +182,8 @@ TGT static inline __attribute__((always_inline)) void flat_products(const mote_i
         const int g0 = g;
         const __m512i d = cnt == 16 ? dots16(a, &p, &g, 16, bits) : dots16(a, &p, &g, cnt, bits);
         const __mmask16 k = cnt == 16 ? 0xFFFF : (__mmask16)((1u << cnt) - 1);
-        _mm_prefetch((const char *)(s16 + i + 512), _MM_HINT_T0);
-        _mm_prefetch((const char *)(z16 + i + 512), _MM_HINT_T0);
+        _mm_prefetch((const char *)(s16 + i + 512), MOTE_PF_HINT);
+        _mm_prefetch((const char *)(z16 + i + 512), MOTE_PF_HINT);
         const __m512 sc = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, s16 + i));
         const __m512i z = _mm512_cvtps_epi32(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, z16 + i)));
         const __m512i c = _mm512_sub_epi32(d, _mm512_mullo_epi32(z, _mm512_loadu_si512(e->sx_ext + g0)));

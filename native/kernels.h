@@ -19,6 +19,13 @@ mote_path mote_get_path(void);              /* the path in use (forced or best) 
 int mote_set_path(mote_path p);             /* 0 on success, -1 if not supported */
 const char *mote_path_name(mote_path p);
 
+/* Software prefetch of streamed weights goes to L2 (_MM_HINT_T1): on Zen 4 prefetching into L1
+ * stalled long-row GEMVs (K >= 4864) at ~10 GB/s cold; into L2 they stream at 18-22 GB/s
+ * (docs/KERNELS.md). Build with -DMOTE_PF_HINT=_MM_HINT_T0 to compare. */
+#ifndef MOTE_PF_HINT
+#define MOTE_PF_HINT _MM_HINT_T1
+#endif
+
 /* ---- ternary (ternary.c): two packed layouts, chosen by tpb (trits per byte) ----
  * tpb = 5: the file layout, 1.6 bits per weight (mote_edge/quant/ternary.py): blocks of 64 bytes =
  *          320 columns, base-3 bytes;

@@ -94,6 +94,9 @@ TGT static inline __m512i acc_total(const __m512i acc[4]) {
 #ifndef MOTE_TERN_PF
 #define MOTE_TERN_PF 8192
 #endif
+#ifndef MOTE_TERN_L2_ROW_BYTES   /* GEMV rows at least this long prefetch into L2 (gemv_file) */
+#define MOTE_TERN_L2_ROW_BYTES 512
+#endif
 
 /* sum of the 16 lanes of A -> lane 0, of B -> lane 8 (fewer shuffles than two reductions) */
 TGT static inline void reduce2(__m512i A, __m512i B, int32_t *sa, int32_t *sb) {
@@ -120,8 +123,11 @@ TGT static inline __m512i reduce16(const __m512i v[16]) {
 
 /* one token, R (1 or 2) rows per pass sharing the activation loads: nfull full blocks, then the
  * tail block (masked load: B bytes, the rest 0) */
+/* software prefetch into L1 (l2 = 0) or L2 (l2 = 1); see gemv_file */
+#define PREFETCH(p, l2) _mm_prefetch((const char *)(p), (l2) ? _MM_HINT_T1 : _MM_HINT_T0)
+
 TGT static inline __attribute__((always_inline)) void gemv_rows(const mote_tern_args *a, const luts2 *L, int n,
-                                                                const int R, int64_t pf, __m512i *tot) {
+                                                                const int R, int64_t pf, const int l2, __m512i *tot) {
     const uint8_t *w0 = a->w + n * a->rb, *w1 = w0 + a->rb;
     const int8_t *x = a->xq;
     __m512i acc0[4], acc1[4], xv[5];
@@ -129,11 +135,11 @@ TGT static inline __attribute__((always_inline)) void gemv_rows(const mote_tern_
     for (int b = 0; b < a->nfull; b++) {
         for (int i = 0; i < 5; i++) xv[i] = _mm512_loadu_si512(x + 64 * i);
         x += 320;
-        _mm_prefetch((const char *)(w0 + pf), _MM_HINT_T0);
+        PREFETCH(w0 + pf, l2);
         block_dot(L, _mm512_loadu_si512(w0), xv, acc0);
         w0 += 64;
         if (R > 1) {
-            _mm_prefetch((const char *)(w1 + pf), _MM_HINT_T0);
+            PREFETCH(w1 + pf, l2);
             block_dot(L, _mm512_loadu_si512(w1), xv, acc1);
             w1 += 64;
         }
@@ -185,7 +191,7 @@ TGT static void gemv_2tok(const mote_tern_args *a, const luts2 *L, int n) {
     __m512i acc0[4], acc1[4];
     for (int i = 0; i < 4; i++) acc0[i] = acc1[i] = _mm512_setzero_si512();
     for (int b = 0; b < a->nfull; b++) {
-        _mm_prefetch((const char *)(w + MOTE_TERN_PF), _MM_HINT_T0);
+        PREFETCH(w + MOTE_TERN_PF, 0);
         block_dot_2tok(L, _mm512_loadu_si512(w), x0, x1, acc0, acc1);
         w += 64, x0 += 320, x1 += 320;
     }
@@ -257,27 +263,35 @@ TGT static inline __attribute__((always_inline)) void dot_rows(const mote_tern_a
     }
 }
 
+/* The file layout's GEMV over rows [n0, n1). Software prefetch: the same place in rows one or more
+ * passes ahead, >= MOTE_TERN_PF bytes on (the hardware prefetcher loses interleaved row streams that
+ * jump at every pass), into L2 for long rows and into L1 for short ones: on Zen 4 cold, prefetching
+ * into L1 held rows of >= 973 bytes (K = 4864, 8960) to ~10 GB/s and L2 lifted them to 12-16 GB/s,
+ * while L1 stayed better for rows of <= 308 bytes (K = 896, 1536) (docs/KERNELS.md). */
+TGT static inline __attribute__((always_inline)) void gemv_file(const mote_tern_args *a, int n0, int n1, const int l2) {
+    luts2 L2;
+    load_luts2(&L2);
+    int n = n0;
+    const int64_t pass = 2 * a->rb, pf = pass * ((MOTE_TERN_PF + pass - 1) / pass);
+    const __m512i sx = _mm512_set1_epi32(a->sumx[0]);
+    const __m512 f = _mm512_set1_ps(a->f[0]);
+    for (; n + 16 <= n1; n += 16) {   /* 16 rows, then one transposed reduction */
+        __m512i tot[16];
+        for (int r = 0; r < 16; r += 2) gemv_rows(a, &L2, n + r, 2, pf, l2, tot + r);
+        const __m512i s = _mm512_sub_epi32(reduce16(tot), sx);
+        _mm512_storeu_ps(a->y + n, _mm512_mul_ps(_mm512_cvtepi32_ps(s), f));
+    }
+    for (; n + 2 <= n1; n += 2) gemv_rows(a, &L2, n, 2, pf, l2, NULL);
+    for (; n < n1; n++) gemv_rows(a, &L2, n, 1, pf, l2, NULL);
+}
+
 TGT void mote_tern_rows_avx512(const mote_tern_args *a, int n0, int n1, uint8_t *scratch) {
     luts512 L;
     load_luts(&L);
     if (a->T <= 2) {
         if (a->T == 1) {
-            luts2 L2;
-            load_luts2(&L2);
-            int n = n0;
-            /* software prefetch: the same place in rows one or more passes ahead, >= MOTE_TERN_PF
-             * bytes on (the hardware prefetcher loses interleaved row streams that jump at every pass) */
-            const int64_t pass = 2 * a->rb, pf = pass * ((MOTE_TERN_PF + pass - 1) / pass);
-            const __m512i sx = _mm512_set1_epi32(a->sumx[0]);
-            const __m512 f = _mm512_set1_ps(a->f[0]);
-            for (; n + 16 <= n1; n += 16) {   /* 16 rows, then one transposed reduction */
-                __m512i tot[16];
-                for (int r = 0; r < 16; r += 2) gemv_rows(a, &L2, n + r, 2, pf, tot + r);
-                const __m512i s = _mm512_sub_epi32(reduce16(tot), sx);
-                _mm512_storeu_ps(a->y + n, _mm512_mul_ps(_mm512_cvtepi32_ps(s), f));
-            }
-            for (; n + 2 <= n1; n += 2) gemv_rows(a, &L2, n, 2, pf, NULL);
-            for (; n < n1; n++) gemv_rows(a, &L2, n, 1, pf, NULL);
+            if (a->rb >= MOTE_TERN_L2_ROW_BYTES) gemv_file(a, n0, n1, 1);
+            else gemv_file(a, n0, n1, 0);
         } else {
             luts2 L2;
             load_luts2(&L2);
@@ -319,11 +333,11 @@ TGT static inline __attribute__((always_inline)) void gemv2_rows(const mote_tern
         x += 256;
         const int full = b < a->nfull;
         const __mmask64 m = full || a->tail >= 64 ? ~0ULL : (1ULL << a->tail) - 1;
-        _mm_prefetch((const char *)(w0 + pf), _MM_HINT_T0);
+        PREFETCH(w0 + pf, 1);   /* into L2 at every row length (cold: +30-100% over L1) */
         block2_dot(full ? _mm512_loadu_si512(w0) : _mm512_maskz_loadu_epi8(m, w0), xv, acc0);
         w0 += 64;
         if (R > 1) {
-            _mm_prefetch((const char *)(w1 + pf), _MM_HINT_T0);
+            PREFETCH(w1 + pf, 1);
             block2_dot(full ? _mm512_loadu_si512(w1) : _mm512_maskz_loadu_epi8(m, w1), xv, acc1);
             w1 += 64;
         }
