@@ -59,6 +59,12 @@ void mote_tern_rows_avx512(const mote_tern_args *a, int n0, int n1, uint8_t *scr
 /* the scalar and AVX2 paths read both layouts (a->tpb); AVX-512 has one function per layout */
 void mote_tern2_rows_avx512(const mote_tern_args *a, int n0, int n1, uint8_t *scratch);
 
+/* the file layout's [N, ceil(K/5)] bytes -> the 2-bit slab layout's [N, ceil(K/4)]; 0, or -1 on out of memory.
+ * Digits are copied as they decode (the 13 non-code bytes of the file layout decode to digits <= 2 too). */
+int mote_ternary_file_to_slab2(const uint8_t *src, int N, int K, uint8_t *dst);
+void mote_tern_digits_avx512(const uint8_t *w, int nfull, uint8_t *d);
+void mote_tern2_pack_avx512(const uint8_t *d, int nfull, uint8_t *out);
+
 /* x [T, K] float32 or (xq [T, K] int8, s [T]) -> y [T, N]; returns 0, or -1 on out of memory */
 int mote_ternary_matmul(int tpb, const uint8_t *w, float gamma, const float *x, const int8_t *xq_in,
                         const float *s_in, int T, int K, int N, float *y, int threads);

@@ -118,6 +118,23 @@ static PyObject *py_ternary_matmul_q8(PyObject *self, PyObject *args) { return t
 static PyObject *py_ternary2_matmul(PyObject *self, PyObject *args) { return ternary_common(args, 0, MOTE_TPB_SLAB2); }
 static PyObject *py_ternary2_matmul_q8(PyObject *self, PyObject *args) { return ternary_common(args, 1, MOTE_TPB_SLAB2); }
 
+static PyObject *py_ternary_file_to_slab2(PyObject *self, PyObject *args) {
+    Py_buffer b[2] = {{0}};   /* src, dst */
+    int N, K, rc = -2;
+    if (!PyArg_ParseTuple(args, "y*iiw*", &b[0], &N, &K, &b[1])) return NULL;
+    if (check_dims(1, K, N, 1) || check_len(&b[0], (long long)N * ((K + 4) / 5), "packed") ||
+        check_len(&b[1], (long long)N * ((K + 3) / 4), "out"))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    rc = mote_ternary_file_to_slab2(b[0].buf, N, K, b[1].buf);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) PyErr_NoMemory();
+done:
+    release(b, 2);
+    if (rc != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 /* ---- int-N ---- */
 static PyObject *py_intn_matmul(PyObject *self, PyObject *args) {
     Py_buffer b[5] = {{0}};   /* packed, scales, zeros, x, out */
@@ -195,6 +212,8 @@ static PyMethodDef native_methods[] = {
      "ternary2_matmul(packed2 u8, gamma, x, T, K, N, out, threads=1): the same from the 2-bit slab layout."},
     {"ternary2_matmul_q8", py_ternary2_matmul_q8, METH_VARARGS,
      "ternary2_matmul_q8(packed2, gamma, xq, s, T, K, N, out, threads=1): 2-bit slab layout, pre-quantized x."},
+    {"ternary_file_to_slab2", py_ternary_file_to_slab2, METH_VARARGS,
+     "ternary_file_to_slab2(packed u8 [N*ceil(K/5)], N, K, out u8 [N*ceil(K/4)]): re-lay to the 2-bit slab layout."},
     {"intn_matmul", py_intn_matmul, METH_VARARGS,
      "intn_matmul(packed, scales f16, zeros f16, bits, group, x f32[T,K], T, K, N, out f32[T,N], threads=1)."},
     {"read_sum", py_read_sum, METH_VARARGS, "read_sum(buf, threads=1) -> int: sum of uint64 words (bandwidth probe)."},

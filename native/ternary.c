@@ -140,3 +140,68 @@ int mote_ternary_matmul(int tpb, const uint8_t *w, float gamma, const float *x, 
     free(xq), free(sumx), free(f);
     return job.failed ? -1 : 0;
 }
+
+/* ---- file layout -> 2-bit slab layout ---- */
+/* one file row -> K digits in natural column order (full blocks by the path's decoder, tail here) */
+static void file_row_digits(const uint8_t *w, int K, uint8_t *d, int simd) {
+    const int nfull = K / MOTE_TBLOCK_COLS, B = (K % MOTE_TBLOCK_COLS + 4) / 5;
+    int b = 0;
+    if (simd) {
+        mote_tern_digits_avx512(w, nfull, d);
+        b = nfull;
+    }
+    for (; b < nfull; b++)
+        for (int j = 0; j < 64; j++) {
+            unsigned q = w[64 * b + j];
+            for (int i = 0; i < 5; i++) {
+                unsigned q3 = q * 3u;
+                d[MOTE_TBLOCK_COLS * b + 64 * i + j] = (uint8_t)(q3 >> 8);
+                q = q3 & 0xFFu;
+            }
+        }
+    for (int j = 0; j < B; j++) {   /* tail: byte j holds columns nfull*320 + j + B i */
+        unsigned q = w[64 * nfull + j];
+        for (int i = 0; i < 5; i++) {
+            unsigned q3 = q * 3u;
+            int64_t col = (int64_t)MOTE_TBLOCK_COLS * nfull + (int64_t)B * i + j;
+            if (col < K) d[col] = (uint8_t)(q3 >> 8);
+            q = q3 & 0xFFu;
+        }
+    }
+}
+
+/* K digits in natural order -> one 2-bit slab row of ceil(K/4) bytes (padding columns: digit 1 = trit 0) */
+static void slab2_row_pack(const uint8_t *d, int K, uint8_t *out, int simd) {
+    const int nfull = K / 256, B = (K % 256 + 3) / 4;
+    int b = 0;
+    if (simd) {
+        mote_tern2_pack_avx512(d, nfull, out);
+        b = nfull;
+    }
+    for (; b < nfull; b++)
+        for (int j = 0; j < 64; j++) {
+            const uint8_t *p = d + 256 * b + j;
+            out[64 * b + j] = (uint8_t)(p[0] | p[64] << 2 | p[128] << 4 | p[192] << 6);
+        }
+    for (int j = 0; j < B; j++) {
+        unsigned v = 0;
+        for (int i = 0; i < 4; i++) {
+            int64_t col = 256LL * nfull + (int64_t)B * i + j;
+            v |= (unsigned)(col < K ? d[col] : 1) << (2 * i);
+        }
+        out[64 * nfull + j] = (uint8_t)v;
+    }
+}
+
+int mote_ternary_file_to_slab2(const uint8_t *src, int N, int K, uint8_t *dst) {
+    uint8_t *d = malloc((size_t)K + 64);
+    if (!d) return -1;
+    const int simd = mote_get_path() == MOTE_PATH_AVX512;
+    const int64_t rb5 = (K + 4) / 5, rb4 = (K + 3) / 4;
+    for (int n = 0; n < N; n++) {
+        file_row_digits(src + n * rb5, K, d, simd);
+        slab2_row_pack(d, K, dst + n * rb4, simd);
+    }
+    free(d);
+    return 0;
+}

@@ -389,3 +389,27 @@ TGT void mote_tern2_rows_avx512(const mote_tern_args *a, int n0, int n1, uint8_t
         dot_rows(a, scratch, n, 1);
     }
 }
+
+/* ---- file layout -> 2-bit slab layout (ternary.c drives; these do the full blocks) ---- */
+/* nfull 64-byte file blocks -> their 320 nfull digits in natural column order */
+TGT void mote_tern_digits_avx512(const uint8_t *w, int nfull, uint8_t *d) {
+    luts512 L;
+    load_luts(&L);
+    for (int b = 0; b < nfull; b++) {
+        const __m512i q = _mm512_loadu_si512(w + (int64_t)b * 64);
+        const __mmask64 top = _mm512_movepi8_mask(q);
+        for (int i = 0; i < 5; i++) _mm512_storeu_si512(d + (int64_t)b * 320 + 64 * i, digit(&L, q, top, i));
+    }
+}
+
+/* 256 nfull digits in natural order -> nfull 64-byte 2-bit slab blocks (digits <= 2: a 16-bit
+ * shift by up to 6 never carries into the next byte) */
+TGT void mote_tern2_pack_avx512(const uint8_t *d, int nfull, uint8_t *out) {
+    for (int b = 0; b < nfull; b++) {
+        const uint8_t *p = d + (int64_t)b * 256;
+        const __m512i v = _mm512_or_si512(
+            _mm512_or_si512(_mm512_loadu_si512(p), _mm512_slli_epi16(_mm512_loadu_si512(p + 64), 2)),
+            _mm512_or_si512(_mm512_slli_epi16(_mm512_loadu_si512(p + 128), 4), _mm512_slli_epi16(_mm512_loadu_si512(p + 192), 6)));
+        _mm512_storeu_si512(out + (int64_t)b * 64, v);
+    }
+}

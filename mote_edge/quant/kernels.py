@@ -101,6 +101,17 @@ def ternary_matmul_q8(xq: np.ndarray, s: np.ndarray, packed: np.ndarray, gamma: 
     return y
 
 
+def file_to_slab2(packed: np.ndarray, N: int, K: int, out: np.ndarray | None = None) -> np.ndarray:
+    """The file layout's bytes -> the 2-bit slab layout [N, ceil(K/4)] (= ternary_slab.file_to_slab2
+    byte for byte, in C). `out`: a uint8 buffer of packed_slab2_nbytes(N, K) bytes to fill."""
+    packed = _packed_ternary(packed, N, K, "file")
+    if out is None:
+        out = np.empty((N, -(-K // 4)), np.uint8)
+    out = _array(out, np.uint8, "out")
+    _native.ternary_file_to_slab2(packed, N, K, out)
+    return out
+
+
 def intn_matmul(x: np.ndarray, w: IntNWeight, threads: int = 1, out: np.ndarray | None = None) -> np.ndarray:
     """x [T, K] (or [K]) float32 -> y [T, N] float32, = intn_matmul_reference within 1e-5 of the float terms."""
     x, T, vec = _tokens(x, w.K, np.float32, "x")
