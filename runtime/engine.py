@@ -32,6 +32,7 @@ from .budget import parse_bytes
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES
 from .decoder import Decoder
 from .expert_cache import ExpertCache
+from .expert_layout import EXPERT_LAYOUTS
 from .memory import drop_page_cache, read_status
 from .plan import MemoryPlan, default_context, fit_file_budget
 from .report import RunStats, build_report
@@ -78,7 +79,8 @@ class Engine:
             pre, aspect_ratio=pre.pop("image_aspect_ratio", cfg.projector.image_aspect_ratio))
         self.system = meta.get("chat_template", {}).get("system", DEFAULT_SYSTEM)
         self.weights = ResidentWeights(file, threads)
-        self.experts = ExpertCache(file, plan.expert_slabs, threads, policy=cache_policy) if cfg.moe_layers else None
+        self.experts = (ExpertCache(file, plan.expert_slabs, threads, policy=cache_policy, layout=plan.expert_layout)
+                        if cfg.moe_layers else None)
         self.decoder = Decoder(cfg, self.weights, self.experts, plan.context)
         self.vision = VisionEncoder(file.read_vision, threads) if file.vision is not None else None
         self.stats = RunStats()
@@ -88,7 +90,8 @@ class Engine:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: str | Path, memory_budget: str | int | None = None, threads: int | None = None,
-             max_context: int | None = None, cache_policy: str = DEFAULT_POLICY) -> "Engine":
+             max_context: int | None = None, cache_policy: str = DEFAULT_POLICY,
+             expert_layout: str = "auto") -> "Engine":
         t0 = time.perf_counter()
         baseline = read_status()["VmRSS"]
         threads = int(threads if threads is not None else _usable_cpus())
@@ -97,6 +100,8 @@ class Engine:
         budget = parse_bytes(memory_budget) if memory_budget is not None else None
         if cache_policy not in RUNTIME_POLICIES:
             raise MoteError(f"unknown cache policy {cache_policy!r} (choose from {', '.join(RUNTIME_POLICIES)})")
+        if expert_layout not in EXPERT_LAYOUTS:
+            raise MoteError(f"unknown expert layout {expert_layout!r} (choose from {', '.join(EXPERT_LAYOUTS)})")
         f = MoteFile(path)
         try:
             cfg = f.config
@@ -104,7 +109,7 @@ class Engine:
             if not 1 <= context <= cfg.decoder.max_position_embeddings:
                 raise ContextError(f"max context {context} is outside 1..{cfg.decoder.max_position_embeddings} "
                                    f"(the model's max_position_embeddings)")
-            plan = fit_file_budget(f, context, budget)
+            plan = fit_file_budget(f, context, budget, expert_layout)
             engine = cls(f, plan, budget, threads, baseline, cache_policy)
         except BaseException:
             f.close()

@@ -2,7 +2,8 @@
 (runtime/cache_policy.py; default "layer", LRU available), honest counters.
 
 A miss reads the expert's whole record into a free (or the least recently used) slab with one
-preadv, verifies its CRC, then drops the record's pages from the page cache (posix_fadvise
+preadv (or, for the 2-bit slab layout, into a staging buffer and converts it into the slab:
+runtime/expert_layout.py), verifies its CRC, then drops the record's pages from the page cache (posix_fadvise
 DONTNEED) so the kernel does not keep a second copy outside the budget. Slabs are allocated once
 at load; nothing else is allocated per expert (the tensors are views into the slab).
 """
@@ -20,6 +21,7 @@ from mote_edge.format.layout import align
 from mote_edge.format.reader import MoteFile, parse_parts
 
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES, Key, pick_victim
+from .expert_layout import place_slab2, slab_bytes, staging_bytes
 from .hugepages import huge_buffer
 from .memory import drop_page_cache
 from .weights import Linear
@@ -54,21 +56,26 @@ class Expert:
 
 
 class ExpertCache:
-    def __init__(self, f: MoteFile, slabs: int, threads: int, drop_pages: bool = True, policy: str = DEFAULT_POLICY):
+    def __init__(self, f: MoteFile, slabs: int, threads: int, drop_pages: bool = True, policy: str = DEFAULT_POLICY,
+                 layout: str = "file"):
         if policy not in RUNTIME_POLICIES:
             raise ValueError(f"unknown cache policy {policy!r} (choose from {', '.join(RUNTIME_POLICIES)})")
+        if layout not in ("file", "slab2"):
+            raise ValueError(f"unknown expert slab layout {layout!r} (file or slab2)")
         self.file = f
         self.policy = policy
+        self.layout = layout
         self.cycle = {layer: i for i, layer in enumerate(sorted(f.config.moe_layers))}  # decode order of MoE layers
         self.threads = threads
         self.drop_page_cache = drop_pages
         if drop_pages and hasattr(os, "posix_fadvise"):
             # expert reads are random: no readahead, whose pages the per-record DONTNEED would miss
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
-        self.slab_bytes = align(max((e.nbytes for e in f.experts.values()), default=0), SECTION_ALIGN)
+        self.slab_bytes = slab_bytes(f.experts.values(), layout)
         # one mapping for every slab, on huge pages where the OS grants them (runtime/hugepages.py):
         # expert weights are streamed from DRAM on every use
         self.region = huge_buffer(self.slab_bytes * slabs)
+        self.staging = np.zeros(staging_bytes(f.experts.values(), layout), np.uint8)  # slab2: records land here
         self.slabs = [self.region[i * self.slab_bytes:(i + 1) * self.slab_bytes] for i in range(slabs)]
         self.free = list(range(slabs))
         self.resident: dict[Key, tuple[int, Expert]] = {}  # key -> (slab index, expert)
@@ -82,7 +89,7 @@ class ExpertCache:
 
     @property
     def nbytes(self) -> int:
-        return self.slab_bytes * len(self.slabs)
+        return self.slab_bytes * len(self.slabs) + self.staging.nbytes
 
     def is_cached(self, layer: int, expert: int) -> bool:
         return (layer, expert) in self.resident
@@ -111,13 +118,18 @@ class ExpertCache:
             slab, _ = self.resident.pop(victim)
             del self.last[victim], self.count[victim]
             self.stats.evictions += 1
-        entry = self.file.read_expert_into(layer, expert, self.slabs[slab])
+        buf = self.slabs[slab]
+        entry = self.file.read_expert_into(layer, expert, buf if self.layout == "file" else self.staging)
         if self.drop_page_cache:
             # records start page-aligned; round the length up so the last partial page goes too
             drop_page_cache(self.file.fileno(), self.file.header.data_offset + entry.offset,
                             align(entry.nbytes, SECTION_ALIGN))
-        buf = self.slabs[slab]
-        projs = {t.name: Linear(parse_parts(t, buf, t.offset), t.scheme, t.shape, self.threads) for t in entry.tensors}
+        if self.layout == "file":
+            placed = {t.name: (parse_parts(t, buf, t.offset), "file") for t in entry.tensors}
+        else:
+            placed = place_slab2(entry, self.staging, buf)
+        projs = {t.name: Linear(placed[t.name][0], t.scheme, t.shape, self.threads, ternary_layout=placed[t.name][1])
+                 for t in entry.tensors}
         value = (slab, Expert(projs))
         self.resident[key] = value
         self._touch(key)
@@ -132,4 +144,5 @@ class ExpertCache:
         self.count.clear()
         self.slabs.clear()
         self.free.clear()
+        self.staging = np.zeros(0, np.uint8)
         self.region = huge_buffer(0)  # the mapping goes with its last view

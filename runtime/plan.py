@@ -6,6 +6,7 @@
                           chunks) + logits
     vision peak           the ONNX vision session while an image is encoded (weights + activations)
     expert cache          slabs x the largest expert record, rounded up to whole 2 MiB huge pages if >= 16 MiB
+                          (in the 2-bit slab layout: ternary tensors at 2 bpw, plus one staging record)
 
 The minimum feasible budget holds top_k slabs (one decode step of one MoE layer); the full plan
 caches every expert. Pure arithmetic over the file's directory: no allocation happens here.
@@ -43,12 +44,14 @@ class MemoryPlan:
     expert_slabs: int
     total_experts: int
     overhead_bytes: int = 0  # metadata, tokenizer, RoPE tables
-
+    expert_layout: str = "file"  # how experts sit in the slabs (runtime/expert_layout.py)
+    expert_staging_bytes: int = 0  # the read buffer of a converting slab layout
 
     @property
     def expert_cache_bytes(self) -> int:
-        """The slabs share one huge-page mapping, faulted in whole 2 MiB pages (runtime/hugepages.py)."""
-        return huge_rounded(self.expert_slab_bytes * self.expert_slabs)
+        """The slabs share one huge-page mapping, faulted in whole 2 MiB pages (runtime/hugepages.py),
+        plus the staging buffer of a converting layout."""
+        return huge_rounded(self.expert_slab_bytes * self.expert_slabs) + self.expert_staging_bytes
 
     @property
     def total_bytes(self) -> int:
@@ -59,7 +62,8 @@ class MemoryPlan:
         return {"resident weights": self.resident_bytes, "KV cache": self.kv_cache_bytes,
                 "scratch": self.scratch_bytes, "vision peak": self.vision_peak_bytes,
                 "runtime + metadata": self.overhead_bytes,
-                f"expert cache ({self.expert_slabs} slab{'' if self.expert_slabs == 1 else 's'})": self.expert_cache_bytes}
+                f"expert cache ({self.expert_slabs} slab{'' if self.expert_slabs == 1 else 's'}"
+                f"{', 2-bit layout' if self.expert_layout == 'slab2' else ''})": self.expert_cache_bytes}
 
 
 def kv_cache_bytes(cfg: ModelConfig, context: int) -> int:
@@ -89,18 +93,28 @@ def overhead_bytes(cfg: ModelConfig, metadata_bytes: int) -> int:
     return 4 * metadata_bytes + 2 * 4 * cfg.decoder.head_dim * default_context(cfg) + RUNTIME_CODE_BYTES
 
 
+@dataclass(frozen=True)
+class SlabSpec:
+    """How the expert cache lays out its slabs: bytes per slab, the staging buffer, the layout name."""
+    slab_bytes: int
+    staging_bytes: int = 0
+    layout: str = "file"
+
+
 def plan(cfg: ModelConfig, sizes: dict, context: int, expert_slabs: int | None = None,
-         resident_bytes: int | None = None, metadata_bytes: int = 0) -> MemoryPlan:
+         resident_bytes: int | None = None, metadata_bytes: int = 0, slab: SlabSpec | None = None) -> MemoryPlan:
     """`sizes` is the file's size statistics; expert_slabs None = every expert cached;
-    resident_bytes overrides the stored size (the runtime widens fp16 to fp32)."""
+    resident_bytes overrides the stored size (the runtime widens fp16 to fp32); `slab` overrides the
+    file layout's slabs (one stored record each)."""
     total_experts = sizes["num_expert_records"]
     slabs = total_experts if expert_slabs is None else min(expert_slabs, total_experts)
+    slab = slab or SlabSpec(align(sizes["expert_record_max_bytes"], SECTION_ALIGN))
     return MemoryPlan(context=context, overhead_bytes=overhead_bytes(cfg, metadata_bytes),
                       resident_bytes=sizes["resident_bytes"] if resident_bytes is None else resident_bytes,
                       kv_cache_bytes=kv_cache_bytes(cfg, context), scratch_bytes=scratch_bytes(cfg, context),
                       vision_peak_bytes=vision_peak_bytes(cfg, sizes["vision_bytes"]),
-                      expert_slab_bytes=align(sizes["expert_record_max_bytes"], SECTION_ALIGN), expert_slabs=slabs,
-                      total_experts=total_experts)
+                      expert_slab_bytes=slab.slab_bytes, expert_slabs=slabs, total_experts=total_experts,
+                      expert_layout=slab.layout, expert_staging_bytes=slab.staging_bytes)
 
 
 def minimum_slabs(cfg: ModelConfig) -> int:
@@ -111,16 +125,36 @@ def default_context(cfg: ModelConfig) -> int:
     return min(cfg.decoder.max_position_embeddings, 4096)
 
 
-def plan_file(f, context: int, expert_slabs: int | None = None) -> MemoryPlan:
+def file_slab_spec(f, layout: str = "file") -> SlabSpec:
+    """The slabs of an opened MoteFile's experts in `layout` ("file" or "slab2")."""
+    from .expert_layout import slab_bytes, staging_bytes
+
+    experts = f.experts.values()
+    return SlabSpec(slab_bytes(experts, layout), staging_bytes(experts, layout), layout)
+
+
+def plan_file(f, context: int, expert_slabs: int | None = None, layout: str = "file") -> MemoryPlan:
     """The plan of an opened MoteFile (resident bytes as loaded: fp16 is widened to fp32)."""
     return plan(f.config, f.metadata["sizes"], context, expert_slabs, _resident_runtime_bytes(f),
-                f.header.metadata_length)
+                f.header.metadata_length, file_slab_spec(f, layout))
 
 
-def fit_file_budget(f, context: int, budget: int | None) -> MemoryPlan:
-    """fit_budget for an opened MoteFile."""
-    return fit_budget(f.config, f.metadata["sizes"], context, budget, _resident_runtime_bytes(f),
-                      f.header.metadata_length)
+def fit_file_budget(f, context: int, budget: int | None, layout: str = "file") -> MemoryPlan:
+    """fit_budget for an opened MoteFile. layout "auto": the 2-bit slab layout when the budget caches
+    every expert in it, else the file layout (runtime/expert_layout.py)."""
+    args = (f.config, f.metadata["sizes"], context, budget, _resident_runtime_bytes(f), f.header.metadata_length)
+    if layout == "auto":
+        if not f.config.moe_layers or not any(t.scheme.kind == "ternary" for e in f.experts.values() for t in e.tensors):
+            return fit_budget(*args, file_slab_spec(f, "file"))
+        from .budget import BudgetError
+        try:
+            p = fit_budget(*args, file_slab_spec(f, "slab2"))
+            if p.expert_slabs == p.total_experts:
+                return p
+        except BudgetError:  # the file layout's smaller slabs may still fit; it reports the numbers if not
+            pass
+        layout = "file"
+    return fit_budget(*args, file_slab_spec(f, layout))
 
 
 def _resident_runtime_bytes(f) -> int:
@@ -135,23 +169,26 @@ def _resident_runtime_bytes(f) -> int:
 
 
 def fit_budget(cfg: ModelConfig, sizes: dict, context: int, budget: int | None, resident_bytes: int,
-               metadata_bytes: int) -> MemoryPlan:
+               metadata_bytes: int, slab: SlabSpec | None = None) -> MemoryPlan:
     """The plan with as many expert slabs as `budget` allows (all when budget is None); raises
     BudgetError naming the numbers when even the minimum does not fit. Allocates nothing."""
     from .budget import BudgetError, format_bytes
 
-    full = plan(cfg, sizes, context, None, resident_bytes, metadata_bytes)
+    def with_slabs(n):
+        return plan(cfg, sizes, context, n, resident_bytes, metadata_bytes, slab)
+
+    full = with_slabs(None)
     if budget is None:
         return full
-    fixed = full.total_bytes - full.expert_cache_bytes
+    fixed = full.total_bytes - full.expert_cache_bytes + full.expert_staging_bytes
     slabs = (budget - fixed) // full.expert_slab_bytes if full.expert_slab_bytes else 0
     slabs = int(max(0, min(slabs, full.total_experts)))
-    while slabs > 0 and plan(cfg, sizes, context, slabs, resident_bytes, metadata_bytes).total_bytes > budget:
+    while slabs > 0 and with_slabs(slabs).total_bytes > budget:
         slabs -= 1  # the 2 MiB page rounding of the cache mapping
     need = minimum_slabs(cfg)
-    result = plan(cfg, sizes, context, slabs, resident_bytes, metadata_bytes)
+    result = with_slabs(slabs)
     if slabs < need or result.total_bytes > budget:
-        minimum = plan(cfg, sizes, context, need, resident_bytes, metadata_bytes)
+        minimum = with_slabs(need)
         parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in minimum.breakdown().items())
         raise BudgetError(f"memory budget {format_bytes(budget)} is below the minimum {format_bytes(minimum.total_bytes)} "
                           f"for this model at context {context} ({parts}); raise --memory-budget or lower --max-context")

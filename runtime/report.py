@@ -29,7 +29,7 @@ def build_report(engine) -> dict:
     experts = None
     if cache is not None:
         st = cache.stats
-        experts = {"policy": cache.policy, "slabs": len(cache.slabs), "total": len(engine.file.experts), "hits": st.hits, "misses": st.misses,
+        experts = {"policy": cache.policy, "layout": cache.layout, "slabs": len(cache.slabs), "total": len(engine.file.experts), "hits": st.hits, "misses": st.misses,
                    "hit_rate": st.hit_rate, "evictions": st.evictions, "bytes_read": st.bytes_read,
                    "stall_ms": st.stall_ms}
     return {
@@ -61,7 +61,7 @@ def report_text(r: dict) -> str:
               f"model in page cache  {format_bytes(cache) if cache is not None else 'unknown'}"]
     if e is not None:
         lines += [f"experts              {e['slabs']} of {e['total']} cached; {e['hits']} hits, {e['misses']} misses "
-                  f"({100 * e['hit_rate']:.1f}% hit rate), {e['evictions']} evictions ({e['policy']})",
+                  f"({100 * e['hit_rate']:.1f}% hit rate), {e['evictions']} evictions ({e['policy']}, {e['layout']} layout)",
                   f"expert loads         {format_bytes(e['bytes_read'])} read, {e['stall_ms']:.1f} ms stalled"]
     lines += [f"image encode         {t['image_encode_ms']:.1f} ms",
               f"time to first token  {t['ttft_ms']:.1f} ms",

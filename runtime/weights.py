@@ -31,8 +31,9 @@ def runtime_nbytes(entry: TensorEntry) -> int:
 class Linear:
     """y = x @ W^T for a stored [N, K] weight; x [T, K] float32 -> [T, N] float32."""
 
-    def __init__(self, parts: dict[str, np.ndarray], scheme: Scheme, shape: tuple[int, int], threads: int = 1):
-        self.scheme, self.threads = scheme, threads
+    def __init__(self, parts: dict[str, np.ndarray], scheme: Scheme, shape: tuple[int, int], threads: int = 1,
+                 ternary_layout: str = "file"):
+        self.scheme, self.threads, self.ternary_layout = scheme, threads, ternary_layout
         self.N, self.K = shape
         if scheme.kind in ("f32", "f16"):
             self.w = np.ascontiguousarray(parts["data"], dtype=np.float32).reshape(shape)
@@ -55,7 +56,8 @@ class Linear:
             return x @ self.w.T
         if kind == "intn":
             return kernels.intn_matmul(x, self.w, threads=self.threads)
-        return kernels.ternary_matmul(x, self.packed, self.gamma, self.N, self.K, threads=self.threads)
+        return kernels.ternary_matmul(x, self.packed, self.gamma, self.N, self.K, threads=self.threads,
+                                      layout=self.ternary_layout)
 
 
 class FusedLinear:

@@ -238,3 +238,45 @@ def test_streamed_weights_live_in_the_arena_and_fused_groups_are_not_copied_twic
         # the plan covers the arena as allocated (alignment and huge-page rounding included)
         from mote_edge.runtime.hugepages import huge_rounded
         assert eng.plan.resident_bytes >= w.nbytes - expected + huge_rounded(arena.capacity)
+
+
+def test_2bit_slab_layout_gives_identical_logits_and_tokens(exported):
+    """The 2-bit slab layout is a re-lay of the same trits: every kernel is bit-exact on both layouts,
+    so logits match bit for bit, with a full cache and under evictions (conversion on every miss)."""
+    from mote_edge.runtime.expert_layout import record_slab_bytes
+    from mote_edge.runtime.plan import file_slab_spec, minimum_slabs, plan_file
+
+    runs = {}
+    for layout in ("file", "slab2"):
+        with Engine.load(exported, threads=1, expert_layout=layout) as eng:
+            assert eng.plan.expert_layout == eng.experts.layout == layout
+            x = eng._prompt_embeddings(PROMPT, IMAGE)
+            runs[layout] = (eng.decoder.forward(x), list(eng.generate_ids(PROMPT, IMAGE, max_new_tokens=12)))
+    assert np.array_equal(runs["file"][0], runs["slab2"][0]) and runs["file"][1] == runs["slab2"][1]
+    with MoteFile(exported) as f:
+        file_spec, slab2 = file_slab_spec(f, "file"), file_slab_spec(f, "slab2")
+        e = next(iter(f.experts.values()))
+        assert any(t.scheme.kind == "ternary" for t in e.tensors)
+        assert record_slab_bytes(e, "slab2") > record_slab_bytes(e, "file") == e.nbytes  # 2 bits > 1.6 bits a trit
+        assert slab2.slab_bytes >= file_spec.slab_bytes and slab2.staging_bytes >= e.nbytes
+        budget = plan_file(f, 512, minimum_slabs(f.config) + 2, "slab2").total_bytes
+    with Engine.load(exported, memory_budget=budget, threads=1, expert_layout="slab2") as eng:
+        assert eng.plan.total_bytes <= budget and eng.plan.expert_slabs < eng.plan.total_experts
+        assert list(eng.generate_ids(PROMPT, IMAGE, max_new_tokens=12)) == runs["file"][1]
+        assert eng.experts.stats.evictions > 0
+
+
+def test_auto_layout_is_slab2_only_when_every_expert_fits(exported):
+    from mote_edge.runtime.plan import fit_file_budget
+
+    with MoteFile(exported) as f:
+        assert fit_file_budget(f, 512, None, "auto").expert_layout == "slab2"
+        file_full = fit_file_budget(f, 512, None, "file")
+        slab2_full = fit_file_budget(f, 512, None, "slab2")
+        assert slab2_full.total_bytes > file_full.total_bytes
+        between = fit_file_budget(f, 512, file_full.total_bytes, "auto")  # all fit as stored, not re-laid
+        assert between.expert_layout == "file" and between.expert_slabs == between.total_experts
+        assert fit_file_budget(f, 512, slab2_full.total_bytes, "auto").expert_layout == "slab2"
+        assert fit_file_budget(f, 512, _min_budget(exported), "auto").expert_layout == "file"
+    r = run_cli("run", str(exported), "--prompt", PROMPT, "--expert-layout", "bits")
+    assert r.returncode != 0 and "unknown expert layout 'bits'" in r.stderr and "Traceback" not in r.stderr
