@@ -20,10 +20,10 @@ from pathlib import Path
 PROMPT = "Describe the picture in detail. What shapes are there, what colors do they have, and where are they?"
 
 
-def runtime_decode(mote: Path, tokens: int, budget: int | None, threads: int) -> dict:
+def runtime_decode(mote: Path, tokens: int, budget: int | None, threads: int, layout: str = "auto") -> dict:
     from mote_edge.runtime.engine import Engine
 
-    with Engine.load(mote, memory_budget=budget, threads=threads, max_context=1024) as engine:
+    with Engine.load(mote, memory_budget=budget, threads=threads, max_context=1024, expert_layout=layout) as engine:
         times = []
         t = time.perf_counter()
         for _ in engine.generate_ids(PROMPT, max_new_tokens=tokens + 1, ignore_eos=True):
@@ -32,7 +32,7 @@ def runtime_decode(mote: Path, tokens: int, budget: int | None, threads: int) ->
             t = now
         r = engine.report()
     decode = times[2:]  # times[0] = prefill, times[1] = first decode step (warm-up)
-    return {"tok_s": len(decode) / sum(decode), "slabs": r["experts"]["slabs"], "total_experts": r["experts"]["total"],
+    return {"tok_s": len(decode) / sum(decode), "layout": r["experts"]["layout"], "slabs": r["experts"]["slabs"], "total_experts": r["experts"]["total"],
             "hit_rate": r["experts"]["hit_rate"], "stall_ms": r["experts"]["stall_ms"],
             "peak_over_baseline": r["memory"]["peak_over_baseline"], "plan_bytes": r["plan"]["total_bytes"],
             "ttft_ms": r["timing"]["ttft_ms"], "prefill_tok_s": r["timing"]["prefill_tok_s"]}
@@ -71,13 +71,15 @@ def main() -> None:
     from mote_edge.format import MoteFile
     from mote_edge.runtime.plan import fit_file_budget
 
-    full = runtime_decode(args.mote, args.tokens, None, args.threads)
+    full = runtime_decode(args.mote, args.tokens, None, args.threads)  # auto: the 2-bit slab layout
+    full_file = runtime_decode(args.mote, args.tokens, None, args.threads, "file")
     with MoteFile(args.mote) as f:
         p = fit_file_budget(f, 1024, None)
     half_budget = p.total_bytes - p.expert_cache_bytes + p.expert_slab_bytes * (p.total_experts // 2)
     half = runtime_decode(args.mote, args.tokens, half_budget, args.threads)
     ref = torch_decode(args.checkpoint, args.tokens, args.threads)
-    result = {"threads": args.threads, "tokens": args.tokens, "runtime_full": full, "runtime_half": half,
+    result = {"threads": args.threads, "tokens": args.tokens, "runtime_full": full, "runtime_full_file_layout": full_file,
+              "slab2_vs_file": full["tok_s"] / full_file["tok_s"], "runtime_half": half,
               "torch_fp32": ref, "speedup_vs_torch": full["tok_s"] / ref["tok_s"],
               "half_vs_full": half["tok_s"] / full["tok_s"]}
     ort = {}
@@ -93,8 +95,9 @@ def main() -> None:
         result["ort_dense"] = ort
         result["runtime_vs_ort"] = {k: full["tok_s"] / v["tok_s"] for k, v in ort.items()}
     print(f"decode tok/s ({args.threads} threads, {args.tokens} tokens)")
-    print(f"  mote-edge, all {full['total_experts']} experts cached: {full['tok_s']:8.2f}  "
-          f"(peak {full['peak_over_baseline'] / 1e6:,.0f} MB over baseline)")
+    for r in (full, full_file):
+        print(f"  mote-edge, all {r['total_experts']} experts cached ({r['layout']:5s}): {r['tok_s']:8.2f}  "
+              f"(peak {r['peak_over_baseline'] / 1e6:,.0f} MB over baseline)")
     print(f"  mote-edge, {half['slabs']} slabs (budget {half_budget / 1e6:,.0f} MB):    {half['tok_s']:8.2f}  "
           f"(hit rate {100 * half['hit_rate']:.1f}%, stall {half['stall_ms']:.0f} ms, peak "
           f"{half['peak_over_baseline'] / 1e6:,.0f} MB over baseline)")
@@ -102,7 +105,8 @@ def main() -> None:
     for name, r in ort.items():
         print(f"  onnxruntime, dense-equivalent {name}:  {r['tok_s']:8.2f}  (file {r['file_bytes'] / 1e6:,.0f} MB, "
               f"peak RSS {r['peak_rss_bytes'] / 1e6:,.0f} MB)")
-    print(f"  ratio runtime/torch {result['speedup_vs_torch']:.2f}x; half-cache/full {result['half_vs_full']:.2f}x"
+    print(f"  ratio runtime/torch {result['speedup_vs_torch']:.2f}x; slab2/file layout {result['slab2_vs_file']:.2f}x; "
+          f"half-cache/full {result['half_vs_full']:.2f}x"
           + "".join(f"; runtime/ORT dense {k} {v:.2f}x" for k, v in result.get("runtime_vs_ort", {}).items()))
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)
