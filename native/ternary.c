@@ -142,54 +142,40 @@ int mote_ternary_matmul(int tpb, const uint8_t *w, float gamma, const float *x, 
 }
 
 /* ---- file layout -> 2-bit slab layout ---- */
-/* one file row -> K digits in natural column order (full blocks by the path's decoder, tail here) */
+/* one file row -> K digits in natural column order. Block b of the row (64 bytes, or the tail's
+ * B bytes) holds in byte j the columns 320 b + j + stride i, stride = 64 (full) or B (tail). */
 static void file_row_digits(const uint8_t *w, int K, uint8_t *d, int simd) {
     const int nfull = K / MOTE_TBLOCK_COLS, B = (K % MOTE_TBLOCK_COLS + 4) / 5;
-    int b = 0;
-    if (simd) {
-        mote_tern_digits_avx512(w, nfull, d);
-        b = nfull;
-    }
-    for (; b < nfull; b++)
-        for (int j = 0; j < 64; j++) {
+    if (simd) mote_tern_digits_avx512(w, nfull, d);   /* the full blocks */
+    for (int b = simd ? nfull : 0; b <= nfull; b++) {
+        const int nbytes = b < nfull ? 64 : B;
+        for (int j = 0; j < nbytes; j++) {
             unsigned q = w[64 * b + j];
             for (int i = 0; i < 5; i++) {
                 unsigned q3 = q * 3u;
-                d[MOTE_TBLOCK_COLS * b + 64 * i + j] = (uint8_t)(q3 >> 8);
+                int64_t col = (int64_t)MOTE_TBLOCK_COLS * b + (int64_t)nbytes * i + j;
+                if (col < K) d[col] = (uint8_t)(q3 >> 8);
                 q = q3 & 0xFFu;
             }
-        }
-    for (int j = 0; j < B; j++) {   /* tail: byte j holds columns nfull*320 + j + B i */
-        unsigned q = w[64 * nfull + j];
-        for (int i = 0; i < 5; i++) {
-            unsigned q3 = q * 3u;
-            int64_t col = (int64_t)MOTE_TBLOCK_COLS * nfull + (int64_t)B * i + j;
-            if (col < K) d[col] = (uint8_t)(q3 >> 8);
-            q = q3 & 0xFFu;
         }
     }
 }
 
-/* K digits in natural order -> one 2-bit slab row of ceil(K/4) bytes (padding columns: digit 1 = trit 0) */
+/* K digits in natural order -> one 2-bit slab row of ceil(K/4) bytes, the same block / tail scheme
+ * with 256 columns per block (padding columns: digit 1 = trit 0) */
 static void slab2_row_pack(const uint8_t *d, int K, uint8_t *out, int simd) {
     const int nfull = K / 256, B = (K % 256 + 3) / 4;
-    int b = 0;
-    if (simd) {
-        mote_tern2_pack_avx512(d, nfull, out);
-        b = nfull;
-    }
-    for (; b < nfull; b++)
-        for (int j = 0; j < 64; j++) {
-            const uint8_t *p = d + 256 * b + j;
-            out[64 * b + j] = (uint8_t)(p[0] | p[64] << 2 | p[128] << 4 | p[192] << 6);
+    if (simd) mote_tern2_pack_avx512(d, nfull, out);
+    for (int b = simd ? nfull : 0; b <= nfull; b++) {
+        const int nbytes = b < nfull ? 64 : B;
+        for (int j = 0; j < nbytes; j++) {
+            unsigned v = 0;
+            for (int i = 0; i < 4; i++) {
+                int64_t col = 256LL * b + (int64_t)nbytes * i + j;
+                v |= (unsigned)(col < K ? d[col] : 1) << (2 * i);
+            }
+            out[64 * b + j] = (uint8_t)v;
         }
-    for (int j = 0; j < B; j++) {
-        unsigned v = 0;
-        for (int i = 0; i < 4; i++) {
-            int64_t col = 256LL * nfull + (int64_t)B * i + j;
-            v |= (unsigned)(col < K ? d[col] : 1) << (2 * i);
-        }
-        out[64 * nfull + j] = (uint8_t)v;
     }
 }
 

@@ -128,6 +128,20 @@ def test_ternary_threads_identical(path, layout, T):
     assert np.array_equal(ys[0], ys[1]) and np.array_equal(ys[0], ys[2])
 
 
+@pytest.mark.parametrize("K", [0, 1, 5, 255, 256, 257, 319, 320, 321, 640, 896, 1000, 4864])
+def test_file_to_slab2_relayout_matches_numpy(path, K):
+    """The C re-lay of the file layout into the 2-bit slab layout equals the numpy reference byte for
+    byte, for every byte value (including the 13 that are no base-3 code)."""
+    from mote_edge.quant.ternary_slab import file_to_slab2
+    rng = np.random.default_rng(K)
+    for N in (1, 3, 17):
+        packed = rng.integers(0, 256, size=packed_ternary_nbytes(N, K), dtype=np.uint8)
+        got = kernels.file_to_slab2(packed, N, K)
+        assert got.shape == (N, -(-K // 4)) and np.array_equal(got, file_to_slab2(packed, N, K))
+    with pytest.raises(ValueError):
+        kernels.file_to_slab2(packed[:-1] if packed.size else np.zeros(1, np.uint8), N, K)
+
+
 # ---------------------------------------------------------------- int-N
 
 def _intn_close(x, wq, y):

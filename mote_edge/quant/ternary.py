@@ -94,39 +94,51 @@ def _decode(q: np.ndarray) -> np.ndarray:
     return np.stack(out, axis=-2)
 
 
-def pack_ternary(trits: np.ndarray) -> np.ndarray:
-    """trits [N, K] int8 in {-1, 0, 1} -> packed uint8 [N, ceil(K/5)] (contiguous)."""
+def pack_blocks(trits: np.ndarray, tpb: int, encode) -> np.ndarray:
+    """trits [N, K] -> [N, ceil(K / tpb)] bytes of a layout with `tpb` trits per byte (this file's 5, or
+    ternary_slab.py's 4): full blocks of 64 bytes (byte j: columns j + 64 i) and a tail of B bytes
+    (byte j: columns j + B i, padding digit 1 = trit 0); encode(digits [..., tpb, B]) -> bytes [..., B]."""
     t = np.asarray(trits)
     if t.ndim != 2:
         raise ValueError(f"trits must be 2-D [N, K], got shape {t.shape}")
     if t.size and (t.min() < -1 or t.max() > 1):
         raise ValueError("trits must be in {-1, 0, 1}")
     N, K = t.shape
-    nfull, B = K // BLOCK_COLS, _tail_bytes(K)
-    d = (t.astype(np.int8) + 1).astype(np.int8)
-    full = d[:, : nfull * BLOCK_COLS].reshape(N, nfull, TRITS_PER_BYTE, BLOCK_BYTES)
-    parts = [_encode(full).reshape(N, nfull * BLOCK_BYTES)]
+    cols = BLOCK_BYTES * tpb
+    nfull, B = K // cols, -(-(K % cols) // tpb)
+    d = (t.astype(np.int8) + 1).astype(np.uint8)
+    parts = [encode(d[:, : nfull * cols].reshape(N, nfull, tpb, BLOCK_BYTES)).reshape(N, nfull * BLOCK_BYTES)]
     if B:
-        tail = np.ones((N, TRITS_PER_BYTE * B), dtype=np.int8)  # padding = trit 0 = digit 1
-        tail[:, : K - nfull * BLOCK_COLS] = d[:, nfull * BLOCK_COLS:]
-        parts.append(_encode(tail.reshape(N, TRITS_PER_BYTE, B)))
+        tail = np.ones((N, tpb * B), dtype=np.uint8)  # padding = trit 0 = digit 1
+        tail[:, : K - nfull * cols] = d[:, nfull * cols:]
+        parts.append(encode(tail.reshape(N, tpb, B)))
     return np.ascontiguousarray(np.concatenate(parts, axis=1))
+
+
+def unpack_blocks(packed: np.ndarray, N: int, K: int, tpb: int, decode) -> np.ndarray:
+    """The inverse of pack_blocks: N * ceil(K / tpb) bytes (any shape) -> trits [N, K] int8;
+    decode(bytes [..., B]) -> digits [..., tpb, B]."""
+    p = np.asarray(packed, dtype=np.uint8).reshape(-1)
+    rb = -(-K // tpb)
+    if p.size != N * rb:
+        raise ValueError(f"packed has {p.size} bytes, expected {N * rb} for N={N}, K={K}")
+    p = p.reshape(N, rb)
+    cols = BLOCK_BYTES * tpb
+    nfull, B = K // cols, -(-(K % cols) // tpb)
+    out = [decode(p[:, : nfull * BLOCK_BYTES].reshape(N, nfull, BLOCK_BYTES)).reshape(N, nfull * cols)]
+    if B:
+        out.append(decode(p[:, nfull * BLOCK_BYTES:]).reshape(N, tpb * B))
+    return (np.concatenate(out, axis=1)[:, :K].astype(np.int8) - 1).astype(np.int8)
+
+
+def pack_ternary(trits: np.ndarray) -> np.ndarray:
+    """trits [N, K] int8 in {-1, 0, 1} -> packed uint8 [N, ceil(K/5)] (contiguous)."""
+    return pack_blocks(trits, TRITS_PER_BYTE, _encode)
 
 
 def unpack_ternary(packed: np.ndarray, N: int, K: int) -> np.ndarray:
     """packed uint8 (any shape, N * ceil(K/5) bytes) -> trits [N, K] int8."""
-    p = np.asarray(packed, dtype=np.uint8).reshape(-1)
-    if p.size != packed_ternary_nbytes(N, K):
-        raise ValueError(f"packed has {p.size} bytes, expected {packed_ternary_nbytes(N, K)} "
-                         f"for N={N}, K={K}")
-    p = p.reshape(N, ternary_row_bytes(K))
-    nfull, B = K // BLOCK_COLS, _tail_bytes(K)
-    full = _decode(p[:, : nfull * BLOCK_BYTES].reshape(N, nfull, BLOCK_BYTES))
-    cols = [full.reshape(N, nfull * BLOCK_COLS)]
-    if B:
-        cols.append(_decode(p[:, nfull * BLOCK_BYTES:]).reshape(N, TRITS_PER_BYTE * B))
-    d = np.concatenate(cols, axis=1)[:, :K]
-    return (d - 1).astype(np.int8)
+    return unpack_blocks(packed, N, K, TRITS_PER_BYTE, _decode)
 
 
 def ternary_matmul_reference(x: np.ndarray, packed: np.ndarray, gamma: float, N: int,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .ternary import unpack_ternary
+from .ternary import pack_blocks, unpack_blocks, unpack_ternary
 
 TRITS_PER_BYTE = 4
 BLOCK_BYTES = 64
@@ -38,47 +38,24 @@ def packed_slab2_nbytes(N: int, K: int) -> int:
     return N * slab2_row_bytes(K)
 
 
-def _tail_bytes(K: int) -> int:
-    return -(-(K % BLOCK_COLS) // TRITS_PER_BYTE)
+def _encode(digits: np.ndarray) -> np.ndarray:
+    """digits [..., 4, B] in {0,1,2} -> bytes [..., B]: d0 | d1 << 2 | d2 << 4 | d3 << 6."""
+    return np.bitwise_or.reduce(digits.astype(np.uint8) << _SHIFTS[:, None], axis=-2).astype(np.uint8)
+
+
+def _decode(q: np.ndarray) -> np.ndarray:
+    """bytes [..., B] -> digits [..., 4, B] (a field of 3 decodes to 3: trit 2, as the kernels do)."""
+    return (q[..., None, :] >> _SHIFTS[:, None]) & 3
 
 
 def pack_ternary_slab2(trits: np.ndarray) -> np.ndarray:
     """trits [N, K] int8 in {-1, 0, 1} -> uint8 [N, ceil(K/4)] in the 2-bit slab layout."""
-    t = np.asarray(trits)
-    if t.ndim != 2:
-        raise ValueError(f"trits must be 2-D [N, K], got shape {t.shape}")
-    if t.size and (t.min() < -1 or t.max() > 1):
-        raise ValueError("trits must be in {-1, 0, 1}")
-    N, K = t.shape
-    nfull, B = K // BLOCK_COLS, _tail_bytes(K)
-    d = (t.astype(np.int16) + 1).astype(np.uint8)
-
-    def encode(digits):  # [..., 4, B] -> [..., B]
-        return np.bitwise_or.reduce(digits << _SHIFTS[:, None], axis=-2).astype(np.uint8)
-
-    parts = [encode(d[:, : nfull * BLOCK_COLS].reshape(N, nfull, TRITS_PER_BYTE, BLOCK_BYTES)).reshape(N, -1)]
-    if B:
-        tail = np.ones((N, TRITS_PER_BYTE * B), dtype=np.uint8)  # padding = trit 0 = digit 1
-        tail[:, : K - nfull * BLOCK_COLS] = d[:, nfull * BLOCK_COLS:]
-        parts.append(encode(tail.reshape(N, TRITS_PER_BYTE, B)))
-    return np.ascontiguousarray(np.concatenate(parts, axis=1))
+    return pack_blocks(trits, TRITS_PER_BYTE, _encode)
 
 
 def unpack_ternary_slab2(packed: np.ndarray, N: int, K: int) -> np.ndarray:
     """uint8 (N * ceil(K/4) bytes, any shape) -> trits [N, K] int8."""
-    p = np.asarray(packed, dtype=np.uint8).reshape(-1)
-    if p.size != packed_slab2_nbytes(N, K):
-        raise ValueError(f"packed has {p.size} bytes, expected {packed_slab2_nbytes(N, K)} for N={N}, K={K}")
-    p = p.reshape(N, slab2_row_bytes(K))
-    nfull, B = K // BLOCK_COLS, _tail_bytes(K)
-
-    def decode(q):  # [..., B] -> [..., 4, B]
-        return (q[..., None, :] >> _SHIFTS[:, None]) & 3
-
-    cols = [decode(p[:, : nfull * BLOCK_BYTES].reshape(N, nfull, BLOCK_BYTES)).reshape(N, nfull * BLOCK_COLS)]
-    if B:
-        cols.append(decode(p[:, nfull * BLOCK_BYTES:]).reshape(N, TRITS_PER_BYTE * B))
-    return (np.concatenate(cols, axis=1)[:, :K].astype(np.int8) - 1).astype(np.int8)
+    return unpack_blocks(packed, N, K, TRITS_PER_BYTE, _decode)
 
 
 def file_to_slab2(packed: np.ndarray, N: int, K: int) -> np.ndarray:
