@@ -91,7 +91,7 @@ _WHERE = False
 _SHUFFLE_CAPTIONS = False
 
 
-def _init(tok_json: str, where: bool = False, shuffle_captions: bool = False, form: str = "yesno") -> None:
+def _init(tok_json: str, where: bool = False, shuffle_captions: bool = False, form: str = "leftright") -> None:
     global _TOK, _WHERE, _SHUFFLE_CAPTIONS
     _TOK, _WHERE, _SHUFFLE_CAPTIONS = Tokenizer.from_str(tok_json), where, shuffle_captions
     set_position_form(form)
@@ -148,7 +148,7 @@ def cached_encode(tok: Tokenizer, name: str, seeds, where: bool = False,
                   shuffle_captions: bool = False) -> tuple[Encoded, list[int]]:
     """encode_examples, cached under out/train/ (keyed by name, the seed range and the row kinds)."""
     seeds = list(seeds)
-    form = "" if position_form() == "yesno" else f"-{position_form()}"
+    form = "" if position_form() == "leftright" else f"-{position_form()}"
     path = OUT / f"data2{form}-{name}-{seeds[0]}-{len(seeds)}-v{tok.vocab_size}{'-where' if where else ''}{'-shufcap' if shuffle_captions else ''}.pt"
     if path.exists():
         d = torch.load(path)

@@ -16,10 +16,10 @@ Question types (uniform):
   shape    "What shape is the {color} object?"                -> circle|square|triangle|star
   count    "How many shapes are there?" / "How many {color} shapes are there?" /
            "How many {shape}s are there?"                     -> 0..4
-  position "Is the {color} {shape} {left of|right of|above|below} the {color} {shape}?" -> yes|no
-           or, with set_position_form("leftright"),
-           "Is the {color} {shape} left or right of the {color} {shape}?" -> left|right
+  position "Is the {color} {shape} left or right of the {color} {shape}?" -> left|right
            "Is the {color} {shape} above or below the {color} {shape}?"     -> above|below
+           (set_position_form("yesno"): the first form, "Is the A {left of|right of|above|below} the B?"
+           -> yes|no, kept for the experiments in docs/ACCURACY.md)
 The question always names objects uniquely; position questions only compare objects whose
 centres differ by a clear margin along the asked axis. The yes/no form makes the answer the XOR of
 the relation word and the objects' order; the left-or-right form does not (docs/ACCURACY.md).
@@ -51,7 +51,7 @@ POSITION_FORMS = ("yesno", "leftright")
 TRAIN_BASE = 0
 HELDOUT_BASE = 1_000_000_000
 POS_MARGIN = 0.12  # position questions need centres this far apart (fraction of the image)
-_position_form = "yesno"
+_position_form = "leftright"
 
 
 def set_position_form(form: str) -> None:

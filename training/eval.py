@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--runtime", action="store_true", help="run a .mote file through mote_edge's Engine")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--position-form", choices=POSITION_FORMS, default="yesno",
+    ap.add_argument("--position-form", choices=POSITION_FORMS, default="leftright",
                     help="the position questions the model was trained on (training/data.py)")
     args = ap.parse_args(argv)
     set_position_form(args.position_form)

@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", default="dense,mote,fp")
     ap.add_argument("--train-examples", type=int, default=200_000)
     ap.add_argument("--bs", type=int, default=128)
-    ap.add_argument("--dense-steps", type=int, default=3500)
+    ap.add_argument("--dense-steps", type=int, default=3000)
     ap.add_argument("--dense-lr", type=float, default=2e-3)
     ap.add_argument("--moe-steps", type=str, default="300,900", help="steps of up-cycling stage (a),(b)")
     ap.add_argument("--moe-lr", type=float, default=1e-3)
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--moe-captions", type=float, default=0.2, help="share of caption rows in up-cycling batches")
     ap.add_argument("--qtype-weights", default="1,1,1,1",
                     help="sampling weights of the question types (color,shape,count,position) in dense batches")
-    ap.add_argument("--pos-init", choices=("random", "sincos"), default="random",
+    ap.add_argument("--pos-init", choices=("random", "sincos"), default="sincos",
                     help="start of the ViT position embeddings (sincos: a 2-D sin-cos table, still trained)")
     ap.add_argument("--decoder-layers", type=int, default=4)
     ap.add_argument("--question-before-image", action="store_true",
@@ -183,12 +183,14 @@ def main(argv=None) -> int:
                     help="add training-only 'Where is the <object>?' rows (3x3 location) to the auxiliary pool")
     ap.add_argument("--shuffle-captions", action="store_true",
                     help="caption objects in a seeded random order instead of left to right")
-    ap.add_argument("--position-form", choices=POSITION_FORMS, default="yesno",
+    ap.add_argument("--position-form", choices=POSITION_FORMS, default="leftright",
                     help="position questions: yes/no ('Is A left of B?') or left-or-right ('Is A left or right of B?')")
-    ap.add_argument("--dense-phase2-steps", type=int, default=0,
+    ap.add_argument("--dense-phase2-steps", type=int, default=1000,
                     help="a second dense phase from the first: captions in random object order + 'Where is' rows, "
                          "half the lr (the recipe that gets position questions off chance); the MoE stages then "
                          "use the same rows")
+    ap.add_argument("--phase2-qtype-weights", default="1,1,1,3",
+                    help="question-type weights of the second dense phase")
     ap.add_argument("--experts", type=int, default=4)
     ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--eval-every", type=int, default=500)
@@ -214,6 +216,7 @@ def main(argv=None) -> int:
         sec=round(time.time() - t_start, 1))
 
     qtype_weights = tuple(float(w) for w in args.qtype_weights.split(","))
+    phase2_weights = tuple(float(w) for w in args.phase2_qtype_weights.split(","))
     if "dense" in stages:
         torch.manual_seed(args.seed)
         if args.dense_from:  # continue training a saved dense model (e.g. a position-heavy second phase)
@@ -231,7 +234,7 @@ def main(argv=None) -> int:
             train, _ = cached_encode(tok, "train", train_seeds(args.train_examples), where=True, shuffle_captions=True)
             run_stage(dense, prefix, train, held, tok, out, "dense-2", args.dense_phase2_steps, args.dense_lr * 0.5,
                       lambda n: True, args.bs, 0.0, args.seed + 3, args.eval_every, warmup=100,
-                      cap_frac=args.dense_captions, qtype_weights=qtype_weights)
+                      cap_frac=args.dense_captions, qtype_weights=phase2_weights)
         save(dense, tok, out / "dense")
     else:
         from mote_edge.exporters.reference import load_reference_model
