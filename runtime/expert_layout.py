@@ -3,7 +3,7 @@ faster-to-decode layout than the file"; the file stays at ~1.6 bits per weight e
 
     file    the record exactly as stored: one preadv straight into the slab
     slab2   ternary tensors re-laid to 2 bits per trit (mote_edge/quant/ternary_slab.py): the GEMV
-            decodes a digit with one AND instead of a byte LUT, 1.3-1.9x faster cold on Zen 4
+            decodes a digit with one AND instead of a byte LUT, 1.4-1.9x faster cold on Zen 4
             (docs/KERNELS.md); other tensors are copied as stored. A miss reads the record into one
             staging buffer (verified there), then converts it into the slab (C, ~2 ms per 4.4 M weights).
     auto    slab2 when the budget holds every expert in it (each expert is then read and converted
