@@ -171,6 +171,11 @@ def family(kname: str) -> str:
     return kname.split()[0].lower()   # mote | numpy | ort
 
 
+def selected(kname: str) -> bool:
+    """--only: the kernel's name contains one of the given substrings (all kernels by default)."""
+    return any(o in kname for o in ONLY)
+
+
 def bench_one(threads: int, quick: bool, fam: str, pages: str = "4k") -> dict:
     global PAGES
     PAGES = pages
@@ -183,7 +188,7 @@ def bench_one(threads: int, quick: bool, fam: str, pages: str = "4k") -> dict:
         x1 = rng.standard_normal((1, K)).astype(np.float32)
         xg = rng.standard_normal((GEMM_TOKENS, K)).astype(np.float32)
         for kname, (maker, ours) in KERNELS.items():
-            if family(kname) != fam or not any(o in kname for o in ONLY):
+            if family(kname) != fam or not selected(kname):
                 continue
             call1, per = maker(K, N, 1, threads)          # GEMM: one weight copy, hot
             t_gemm = median_time(lambda: call1(0, xg), runs)
@@ -266,7 +271,7 @@ def main() -> None:
     page_kinds = ("4k", "huge") if args.pages == "both" else (args.pages,)
     children = [("mote", p) for p in page_kinds] + [("numpy", page_kinds[0]), ("ort", "4k")]
     children = [c for c in children if c[0] == "mote" or any(  # the mote child always runs: it probes DRAM
-        family(k) == c[0] and any(o in k for o in ONLY) for k in KERNELS)]
+        family(k) == c[0] and selected(k) for k in KERNELS)]
     results = []
     for th in range(1, args.max_threads + 1):
         env = {**os.environ, "OPENBLAS_NUM_THREADS": str(th), "OMP_NUM_THREADS": str(th), "MKL_NUM_THREADS": str(th)}

@@ -164,14 +164,14 @@ static void file_row_digits(const uint8_t *w, int K, uint8_t *d, int simd) {
 /* K digits in natural order -> one 2-bit slab row of ceil(K/4) bytes, the same block / tail scheme
  * with 256 columns per block (padding columns: digit 1 = trit 0) */
 static void slab2_row_pack(const uint8_t *d, int K, uint8_t *out, int simd) {
-    const int nfull = K / 256, B = (K % 256 + 3) / 4;
+    const int cols = MOTE_TBLOCK_BYTES * MOTE_TPB_SLAB2, nfull = K / cols, B = (K % cols + 3) / 4;
     if (simd) mote_tern2_pack_avx512(d, nfull, out);
     for (int b = simd ? nfull : 0; b <= nfull; b++) {
         const int nbytes = b < nfull ? 64 : B;
         for (int j = 0; j < nbytes; j++) {
             unsigned v = 0;
             for (int i = 0; i < 4; i++) {
-                int64_t col = 256LL * b + (int64_t)nbytes * i + j;
+                int64_t col = (int64_t)cols * b + (int64_t)nbytes * i + j;
                 v |= (unsigned)(col < K ? d[col] : 1) << (2 * i);
             }
             out[64 * b + j] = (uint8_t)v;

@@ -94,7 +94,7 @@ TGT static inline __m512i acc_total(const __m512i acc[4]) {
 #ifndef MOTE_TERN_PF
 #define MOTE_TERN_PF 8192
 #endif
-#ifndef MOTE_TERN_L2_ROW_BYTES   /* GEMV rows at least this long prefetch into L2 (gemv_file) */
+#ifndef MOTE_TERN_L2_ROW_BYTES   /* file-layout GEMV rows at least this long prefetch into L2 (gemv_t1) */
 #define MOTE_TERN_L2_ROW_BYTES 512
 #endif
 
@@ -121,11 +121,11 @@ TGT static inline __m512i reduce16(const __m512i v[16]) {
     return _mm512_add_epi32(_mm512_shuffle_i32x4(w0, w1, 0x88), _mm512_shuffle_i32x4(w0, w1, 0xDD));
 }
 
-/* one token, R (1 or 2) rows per pass sharing the activation loads: nfull full blocks, then the
- * tail block (masked load: B bytes, the rest 0) */
-/* software prefetch into L1 (l2 = 0) or L2 (l2 = 1); see gemv_file */
+/* software prefetch into L1 (l2 = 0) or L2 (l2 = 1); see gemv_t1 */
 #define PREFETCH(p, l2) _mm_prefetch((const char *)(p), (l2) ? _MM_HINT_T1 : _MM_HINT_T0)
 
+/* one token, R (1 or 2) rows per pass sharing the activation loads: nfull full blocks, then the
+ * tail block (masked load: B bytes, the rest 0) */
 TGT static inline __attribute__((always_inline)) void gemv_rows(const mote_tern_args *a, const luts2 *L, int n,
                                                                 const int R, int64_t pf, const int l2, __m512i *tot) {
     const uint8_t *w0 = a->w + n * a->rb, *w1 = w0 + a->rb;
@@ -263,53 +263,6 @@ TGT static inline __attribute__((always_inline)) void dot_rows(const mote_tern_a
     }
 }
 
-/* The file layout's GEMV over rows [n0, n1). Software prefetch: the same place in rows one or more
- * passes ahead, >= MOTE_TERN_PF bytes on (the hardware prefetcher loses interleaved row streams that
- * jump at every pass), into L2 for long rows and into L1 for short ones: on Zen 4 cold, prefetching
- * into L1 held rows of >= 973 bytes (K = 4864, 8960) to ~10 GB/s and L2 lifted them to 12-16 GB/s,
- * while L1 stayed better for rows of <= 308 bytes (K = 896, 1536) (docs/KERNELS.md). */
-TGT static inline __attribute__((always_inline)) void gemv_file(const mote_tern_args *a, int n0, int n1, const int l2) {
-    luts2 L2;
-    load_luts2(&L2);
-    int n = n0;
-    const int64_t pass = 2 * a->rb, pf = pass * ((MOTE_TERN_PF + pass - 1) / pass);
-    const __m512i sx = _mm512_set1_epi32(a->sumx[0]);
-    const __m512 f = _mm512_set1_ps(a->f[0]);
-    for (; n + 16 <= n1; n += 16) {   /* 16 rows, then one transposed reduction */
-        __m512i tot[16];
-        for (int r = 0; r < 16; r += 2) gemv_rows(a, &L2, n + r, 2, pf, l2, tot + r);
-        const __m512i s = _mm512_sub_epi32(reduce16(tot), sx);
-        _mm512_storeu_ps(a->y + n, _mm512_mul_ps(_mm512_cvtepi32_ps(s), f));
-    }
-    for (; n + 2 <= n1; n += 2) gemv_rows(a, &L2, n, 2, pf, l2, NULL);
-    for (; n < n1; n++) gemv_rows(a, &L2, n, 1, pf, l2, NULL);
-}
-
-TGT void mote_tern_rows_avx512(const mote_tern_args *a, int n0, int n1, uint8_t *scratch) {
-    luts512 L;
-    load_luts(&L);
-    if (a->T <= 2) {
-        if (a->T == 1) {
-            if (a->rb >= MOTE_TERN_L2_ROW_BYTES) gemv_file(a, n0, n1, 1);
-            else gemv_file(a, n0, n1, 0);
-        } else {
-            luts2 L2;
-            load_luts2(&L2);
-            for (int n = n0; n < n1; n++) gemv_2tok(a, &L2, n);
-        }
-        return;
-    }
-    int n = n0;   /* GEMM: decode 4 rows into scratch, then 4 x 4 tiles over all tokens */
-    for (; n + 4 <= n1; n += 4) {
-        for (int r = 0; r < 4; r++) decode_row(a, &L, n + r, scratch + r * a->kx);
-        dot_rows(a, scratch, n, 4);
-    }
-    for (; n < n1; n++) {
-        decode_row(a, &L, n, scratch);
-        dot_rows(a, scratch, n, 1);
-    }
-}
-
 /* ---- the 2-bit cache-slab layout (tpb = 4): byte j of a block holds digits of columns j + 64 i
  * in bits 2i..2i+1. GEMV: the digits scaled by 4^i are one AND away (q & 0x03, 0x0C, 0x30, 0xC0),
  * each into its own accumulator (acc_total shifts them back): per 64-byte block (256 weights)
@@ -333,7 +286,7 @@ TGT static inline __attribute__((always_inline)) void gemv2_rows(const mote_tern
         x += 256;
         const int full = b < a->nfull;
         const __mmask64 m = full || a->tail >= 64 ? ~0ULL : (1ULL << a->tail) - 1;
-        PREFETCH(w0 + pf, 1);   /* into L2 at every row length (cold: +30-100% over L1) */
+        PREFETCH(w0 + pf, 1);   /* into L2 at every row length (gemv_t1) */
         block2_dot(full ? _mm512_loadu_si512(w0) : _mm512_maskz_loadu_epi8(m, w0), xv, acc0);
         w0 += 64;
         if (R > 1) {
@@ -353,6 +306,57 @@ TGT static inline __attribute__((always_inline)) void gemv2_rows(const mote_tern
     if (R > 1) a->y[n + 1] = (float)(_mm512_reduce_add_epi32(acc_total(acc1)) - sx) * f;
 }
 
+/* One token over rows [n0, n1) in either layout (tpb, l2: compile-time constants after inlining):
+ * 16 rows, then one transposed reduction. Software prefetch: the same place in rows one or more
+ * passes ahead, >= MOTE_TERN_PF bytes on (the hardware prefetcher loses interleaved row streams
+ * that jump at every pass), into L2 (l2 = 1) or L1. On Zen 4 cold, L1 held file-layout rows of >= 973
+ * bytes (K = 4864, 8960) to ~10 GB/s and L2 lifted them to 12-16 GB/s, while L1 stayed better for
+ * rows of <= 308 bytes (K = 896, 1536); the 2-bit layout gains from L2 at every length (docs/KERNELS.md). */
+TGT static inline __attribute__((always_inline)) void gemv_t1(const mote_tern_args *a, int n0, int n1,
+                                                              const int tpb, const int l2) {
+    luts2 L2;
+    if (tpb == MOTE_TPB_FILE) load_luts2(&L2);
+    const int64_t pass = 2 * a->rb, pf = pass * ((MOTE_TERN_PF + pass - 1) / pass);
+#define ROWS(n, R, tot) (tpb == MOTE_TPB_FILE ? gemv_rows(a, &L2, n, R, pf, l2, tot) : gemv2_rows(a, n, R, pf, tot))
+    const __m512i sx = _mm512_set1_epi32(a->sumx[0]);
+    const __m512 f = _mm512_set1_ps(a->f[0]);
+    int n = n0;
+    for (; n + 16 <= n1; n += 16) {
+        __m512i tot[16];
+        for (int r = 0; r < 16; r += 2) ROWS(n + r, 2, tot + r);
+        const __m512i s = _mm512_sub_epi32(reduce16(tot), sx);
+        _mm512_storeu_ps(a->y + n, _mm512_mul_ps(_mm512_cvtepi32_ps(s), f));
+    }
+    for (; n + 2 <= n1; n += 2) ROWS(n, 2, NULL);
+    for (; n < n1; n++) ROWS(n, 1, NULL);
+#undef ROWS
+}
+
+TGT void mote_tern_rows_avx512(const mote_tern_args *a, int n0, int n1, uint8_t *scratch) {
+    luts512 L;
+    load_luts(&L);
+    if (a->T <= 2) {
+        if (a->T == 1) {
+            if (a->rb >= MOTE_TERN_L2_ROW_BYTES) gemv_t1(a, n0, n1, MOTE_TPB_FILE, 1);
+            else gemv_t1(a, n0, n1, MOTE_TPB_FILE, 0);
+        } else {
+            luts2 L2;
+            load_luts2(&L2);
+            for (int n = n0; n < n1; n++) gemv_2tok(a, &L2, n);
+        }
+        return;
+    }
+    int n = n0;   /* GEMM: decode 4 rows into scratch, then 4 x 4 tiles over all tokens */
+    for (; n + 4 <= n1; n += 4) {
+        for (int r = 0; r < 4; r++) decode_row(a, &L, n + r, scratch + r * a->kx);
+        dot_rows(a, scratch, n, 4);
+    }
+    for (; n < n1; n++) {
+        decode_row(a, &L, n, scratch);
+        dot_rows(a, scratch, n, 1);
+    }
+}
+
 /* decode one 2-bit row into digits in block order: d[b*256 + 64 i + j] */
 TGT static inline void decode_row2(const mote_tern_args *a, int n, uint8_t *d) {
     const uint8_t *w = a->w + n * a->rb;
@@ -365,21 +369,11 @@ TGT static inline void decode_row2(const mote_tern_args *a, int n, uint8_t *d) {
 }
 
 TGT void mote_tern2_rows_avx512(const mote_tern_args *a, int n0, int n1, uint8_t *scratch) {
-    int n = n0;
     if (a->T == 1) {
-        const int64_t pass = 2 * a->rb, pf = pass * ((MOTE_TERN_PF + pass - 1) / pass);
-        const __m512i sx = _mm512_set1_epi32(a->sumx[0]);
-        const __m512 f = _mm512_set1_ps(a->f[0]);
-        for (; n + 16 <= n1; n += 16) {   /* 16 rows, then one transposed reduction */
-            __m512i tot[16];
-            for (int r = 0; r < 16; r += 2) gemv2_rows(a, n + r, 2, pf, tot + r);
-            const __m512i s = _mm512_sub_epi32(reduce16(tot), sx);
-            _mm512_storeu_ps(a->y + n, _mm512_mul_ps(_mm512_cvtepi32_ps(s), f));
-        }
-        for (; n + 2 <= n1; n += 2) gemv2_rows(a, n, 2, pf, NULL);
-        for (; n < n1; n++) gemv2_rows(a, n, 1, pf, NULL);
+        gemv_t1(a, n0, n1, MOTE_TPB_SLAB2, 1);
         return;
     }
+    int n = n0;
     for (; n + 4 <= n1; n += 4) {   /* T >= 2: decode 4 rows into scratch, then the tiles of the base-3 GEMM */
         for (int r = 0; r < 4; r++) decode_row2(a, n + r, scratch + r * a->kx);
         dot_rows(a, scratch, n, 4);

@@ -21,7 +21,7 @@ from mote_edge.format.layout import align
 from mote_edge.format.reader import MoteFile, parse_parts
 
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES, Key, pick_victim
-from .expert_layout import place_slab2, slab_bytes, staging_bytes
+from .expert_layout import SLAB_LAYOUTS, place_slab2, slab_bytes, staging_bytes
 from .hugepages import huge_buffer
 from .memory import drop_page_cache
 from .weights import Linear
@@ -60,8 +60,8 @@ class ExpertCache:
                  layout: str = "file"):
         if policy not in RUNTIME_POLICIES:
             raise ValueError(f"unknown cache policy {policy!r} (choose from {', '.join(RUNTIME_POLICIES)})")
-        if layout not in ("file", "slab2"):
-            raise ValueError(f"unknown expert slab layout {layout!r} (file or slab2)")
+        if layout not in SLAB_LAYOUTS:
+            raise ValueError(f"unknown expert slab layout {layout!r} (choose from {', '.join(SLAB_LAYOUTS)})")
         self.file = f
         self.policy = policy
         self.layout = layout

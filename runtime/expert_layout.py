@@ -19,9 +19,10 @@ from mote_edge.format.constants import SECTION_ALIGN
 from mote_edge.format.layout import align
 from mote_edge.format.reader import parse_parts
 from mote_edge.quant import kernels
-from mote_edge.quant.ternary_slab import packed_slab2_nbytes
+from mote_edge.quant.ternary_slab import packed_slab2_nbytes, slab2_row_bytes
 
-EXPERT_LAYOUTS = ("auto", "file", "slab2")
+SLAB_LAYOUTS = ("file", "slab2")  # what a slab can hold
+EXPERT_LAYOUTS = ("auto", *SLAB_LAYOUTS)  # what a user can ask for
 PART_ALIGN = 64
 
 
@@ -29,7 +30,8 @@ def record_slab_bytes(entry, layout: str) -> int:
     """Bytes one expert record takes in a slab of `layout` ("file" or "slab2")."""
     if layout == "file":
         return entry.nbytes
-    return sum(size for _, size in _slab2_places(entry))
+    places = _slab2_places(entry)
+    return places[-1][0] + places[-1][1] if places else 0  # the end of the last piece
 
 
 def _slab2_places(entry):
@@ -65,7 +67,7 @@ def place_slab2(entry, staging: np.ndarray, slab: np.ndarray) -> dict[str, tuple
         parts = parse_parts(t, staging, t.offset)
         N, K = t.shape
         n2 = packed_slab2_nbytes(N, K)
-        packed = slab[at:at + n2].reshape(N, -(-K // 4))
+        packed = slab[at:at + n2].reshape(N, slab2_row_bytes(K))
         kernels.file_to_slab2(parts["packed"], N, K, out=packed)
         gamma = slab[at + size - PART_ALIGN:at + size - PART_ALIGN + 4].view(np.float32)
         gamma[:] = parts["gamma"]

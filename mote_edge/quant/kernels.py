@@ -17,7 +17,7 @@ from mote_edge import _native
 
 from .intn import IntNWeight, intn_row_bytes, num_groups
 from .ternary import packed_ternary_nbytes
-from .ternary_slab import packed_slab2_nbytes
+from .ternary_slab import packed_slab2_nbytes, slab2_row_bytes
 
 kernel_path = _native.kernel_path
 set_kernel_path = _native.set_kernel_path
@@ -106,7 +106,7 @@ def file_to_slab2(packed: np.ndarray, N: int, K: int, out: np.ndarray | None = N
     byte for byte, in C). `out`: a uint8 buffer of packed_slab2_nbytes(N, K) bytes to fill."""
     packed = _packed_ternary(packed, N, K, "file")
     if out is None:
-        out = np.empty((N, -(-K // 4)), np.uint8)
+        out = np.empty((N, slab2_row_bytes(K)), np.uint8)
     out = _array(out, np.uint8, "out")
     _native.ternary_file_to_slab2(packed, N, K, out)
     return out
