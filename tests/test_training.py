@@ -118,3 +118,20 @@ def test_left_or_right_form_is_deterministic_balanced_and_correct() -> None:
     finally:
         set_position_form(before)
     assert position_form() == before
+
+
+def test_summary_groups_seeds_and_reports_mean_and_range():
+    from mote_edge.training.summary import group_rows, markdown
+
+    def row(model, precision, all_, **kw):
+        return dict(model=model, precision=precision, expert_bytes=kw.get("eb"), all=all_,
+                    **{q: kw.get(q, all_) for q in QTYPES})
+
+    rows = [row("mote", "runtime --bits 2", 0.80, eb=1000), row("mote@1", "runtime --bits 2", 0.90, eb=1000),
+            row("fp", "runtime --bits 2", 0.70), row("mote@1", "runtime --bits 2", 0.84, eb=1000)]  # re-run wins
+    groups = group_rows(rows)
+    assert [(g.model, g.seeds) for g in groups] == [("mote", ["0", "1"]), ("fp", ["0"])]
+    assert groups[0].acc["all"] == [80.0, 84.0]
+    table = markdown(groups).splitlines()
+    assert table[2].startswith("| mote | runtime --bits 2 | 2 | 1,000 | 82.0 (80.0-84.0) |")
+    assert table[3].startswith("| fp | runtime --bits 2 | 1 | - | 70.0 |")

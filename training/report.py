@@ -1,7 +1,10 @@
 """Accuracy against expert memory: reference eval, then export at each --bits and eval the .mote
 through the runtime (real deployed accuracy). One JSON line per row to out/train/report.jsonl.
 
-    python -m mote_edge.training.report NAME=CKPT_DIR [NAME=CKPT_DIR ...] [--bits 16,4,3,2] [-n 1000]
+    python -m mote_edge.training.report NAME=CKPT_DIR [NAME=CKPT_DIR ...] [--bits 16,4,3,2] [--method rtn,gptq]
+
+NAME@SEED names one seed of a model (e.g. mote@1=out/train-s1/mote); `mote_edge.training.summary`
+folds the seeds of a name into mean and range.
 
 "Expert memory" = the bytes of the FFN parts of the MoE-position layers (moe_layers_idx) in the
 .mote file: MoTE = ternary routed experts + shared experts; fp MoE = fp experts; dense = the
@@ -37,6 +40,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models", nargs="+", help="NAME=CKPT_DIR")
     ap.add_argument("--bits", default="16,4,3,2")
+    ap.add_argument("--method", default="rtn", help="PTQ methods, comma-separated: rtn, gptq (mote-edge export --method)")
+    ap.add_argument("--recipe", default="", help="per-role overrides passed to mote-edge export, e.g. "
+                    "shared_expert=2,fp_expert=2 (experts at 2 bits, the rest at --bits)")
     ap.add_argument("-n", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=OUT / "report.jsonl")
     ap.add_argument("--no-reference", action="store_true")
@@ -54,16 +60,20 @@ def main(argv=None) -> int:
             rows.append(dict(model=name, precision="torch fp32 (reference)", **evaluate(ckpt, args.n),
                              sec=round(time.time() - t0, 1)))
             _emit(args.out, rows[-1])
-        for bits in args.bits.split(","):
+        for method, bits in ((m, b) for m in args.method.split(",") for b in args.bits.split(",")):
             (OUT / "ptq").mkdir(parents=True, exist_ok=True)
-            mote = OUT / "ptq" / f"{name}-b{bits}.mote"
-            subprocess.run([mote_edge, "export", ckpt, "--bits", bits, "-o", str(mote), "--force"], check=True,
-                           capture_output=True)
+            suffix = ("" if method == "rtn" else f"-{method}") + (f"-{args.recipe.replace('=', '')}" if args.recipe else "")
+            mote = OUT / "ptq" / f"{name.replace('@', '-s')}-b{bits}{suffix}.mote"
+            recipe = ["--recipe", args.recipe] if args.recipe else []
+            subprocess.run([mote_edge, "export", ckpt, "--bits", bits, "--method", method, *recipe, "-o", str(mote),
+                            "--force"], check=True, capture_output=True)
             info = json.loads(subprocess.run([mote_edge, "info", str(mote), "--json"], check=True,
                                              capture_output=True, text=True).stdout)
             t0 = time.time()
             res = evaluate(mote, args.n, runtime=True, threads=1)
-            rows.append(dict(model=name, precision=f"runtime --bits {bits}", expert_bytes=expert_bytes(info, cfg),
+            precision = f"runtime --bits {bits}" + (f" --method {method}" if method != "rtn" else "") + \
+                (f" --recipe {args.recipe}" if args.recipe else "")
+            rows.append(dict(model=name, precision=precision, expert_bytes=expert_bytes(info, cfg),
                              file_bytes=info["file_bytes"], **res, sec=round(time.time() - t0, 1)))
             _emit(args.out, rows[-1])
     return 0
