@@ -73,9 +73,9 @@ clean:
 	rm -rf $(OUT) build *.egg-info mote_edge/*.so
 
 # Train the tiny MoTE from scratch (DESIGN.md section 7; not part of CI): data + task tokenizer, dense VLM
-# (3000 steps, then 1000 + 1500 + 1200 steps on shuffled captions + "Where is" rows), MoTE and fp-MoE up-cycling
-# (out/train/), ship fp16 copies to examples/tiny-mote and examples/tiny-moe-fp, then the PTQ table
-# (docs/ACCURACY.md). Measured on a 2-core Zen 4: training ~67 min, PTQ table ~40 min (docs/ACCURACY.md).
+# (3000 steps, then 1000 + 1500 + 1200 + 1200 steps on shuffled captions + "Where is" rows), MoTE and fp-MoE
+# up-cycling (out/train/), ship fp16 copies to examples/tiny-mote and examples/tiny-moe-fp, then the PTQ tables
+# (docs/ACCURACY.md). Measured on a 2-core Zen 4: training ~70 min, over issue 8's 30 (docs/ACCURACY.md, Timings).
 train-tiny: $(STAMP)
 	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train --stages dense
 	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train --stages dense --dense-from $(OUT)/train/dense \
@@ -83,7 +83,15 @@ train-tiny: $(STAMP)
 	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train --stages dense --dense-from $(OUT)/train/dense \
 		--where --shuffle-captions --qtype-weights 1,1,1,1 --dense-steps 1200 --dense-lr 1e-3 --dense-phase2-steps 0 \
 		--dense-captions 0.2
+	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train --stages dense --dense-from $(OUT)/train/dense \
+		--where --shuffle-captions --qtype-weights 1,1,1,1 --dense-steps 1200 --dense-lr 1e-3 --dense-phase2-steps 0 \
+		--dense-captions 0.2 --seed 1
 	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train --stages mote,fp --where --shuffle-captions
 	$(BIN)/python -m mote_edge.training.ship --out $(OUT)/train
 	$(BIN)/python -m mote_edge.training.report dense=$(OUT)/train/dense mote=examples/tiny-mote fp-moe=examples/tiny-moe-fp \
 		--bits 4,3,2
+	$(BIN)/python -m mote_edge.training.report mote=examples/tiny-mote fp-moe=examples/tiny-moe-fp --no-reference \
+		--bits 4 --recipe shared_expert=3,fp_expert=3
+	$(BIN)/python -m mote_edge.training.report mote=examples/tiny-mote fp-moe=examples/tiny-moe-fp --no-reference \
+		--bits 4 --recipe shared_expert=2,fp_expert=2
+	$(BIN)/python -m mote_edge.training.summary $(OUT)/train/report.jsonl
