@@ -90,8 +90,10 @@ train-tiny: $(STAMP)
 	$(BIN)/python -m mote_edge.training.ship --out $(OUT)/train
 	$(BIN)/python -m mote_edge.training.report dense=$(OUT)/train/dense mote=examples/tiny-mote fp-moe=examples/tiny-moe-fp \
 		--bits 4,3,2
-	$(BIN)/python -m mote_edge.training.report mote=examples/tiny-mote fp-moe=examples/tiny-moe-fp --no-reference \
-		--bits 4 --recipe shared_expert=3,fp_expert=3
-	$(BIN)/python -m mote_edge.training.report mote=examples/tiny-mote fp-moe=examples/tiny-moe-fp --no-reference \
-		--bits 4 --recipe shared_expert=2,fp_expert=2
+	for b in 3 2; do \
+		$(BIN)/python -m mote_edge.training.report mote=examples/tiny-mote fp-moe=examples/tiny-moe-fp --no-reference \
+			--bits 4 --recipe shared_expert=$$b,fp_expert=$$b && \
+		$(BIN)/python -m mote_edge.training.report dense=$(OUT)/train/dense --no-reference --bits 4 --recipe ffn=$$b \
+			|| exit 1; \
+	done
 	$(BIN)/python -m mote_edge.training.summary $(OUT)/train/report.jsonl

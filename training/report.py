@@ -65,8 +65,11 @@ def main(argv=None) -> int:
             suffix = ("" if method == "rtn" else f"-{method}") + (f"-{args.recipe.replace('=', '')}" if args.recipe else "")
             mote = OUT / "ptq" / f"{name.replace('@', '-s')}-b{bits}{suffix}.mote"
             recipe = ["--recipe", args.recipe] if args.recipe else []
-            subprocess.run([mote_edge, "export", ckpt, "--bits", bits, "--method", method, *recipe, "-o", str(mote),
-                            "--force"], check=True, capture_output=True)
+            done = subprocess.run([mote_edge, "export", ckpt, "--bits", bits, "--method", method, *recipe, "-o",
+                                   str(mote), "--force"], capture_output=True, text=True)
+            if done.returncode:
+                last = ((done.stderr or done.stdout).strip().splitlines() or ["no output"])[-1]
+                raise SystemExit(f"error: mote-edge export {ckpt} --bits {bits} failed: {last}")
             info = json.loads(subprocess.run([mote_edge, "info", str(mote), "--json"], check=True,
                                              capture_output=True, text=True).stdout)
             t0 = time.time()
