@@ -54,32 +54,33 @@ def main(argv=None) -> int:
     for spec in args.models:
         name, ckpt = spec.split("=", 1)
         cfg = ModelConfig.load(ckpt)
-        rows = []
         if not args.no_reference:
             t0 = time.time()
-            rows.append(dict(model=name, precision="torch fp32 (reference)", **evaluate(ckpt, args.n),
-                             sec=round(time.time() - t0, 1)))
-            _emit(args.out, rows[-1])
+            _emit(args.out, dict(model=name, precision="torch fp32 (reference)", **evaluate(ckpt, args.n),
+                                 sec=round(time.time() - t0, 1)))
         for method, bits in ((m, b) for m in args.method.split(",") for b in args.bits.split(",")):
+            # the export options beyond --bits name the row, and their values name the file
+            flags = (["--method", method] if method != "rtn" else []) + (["--recipe", args.recipe] if args.recipe else [])
             (OUT / "ptq").mkdir(parents=True, exist_ok=True)
-            suffix = ("" if method == "rtn" else f"-{method}") + (f"-{args.recipe.replace('=', '')}" if args.recipe else "")
+            suffix = "".join(f"-{value.replace('=', '')}" for value in flags[1::2])
             mote = OUT / "ptq" / f"{name.replace('@', '-s')}-b{bits}{suffix}.mote"
-            recipe = ["--recipe", args.recipe] if args.recipe else []
-            done = subprocess.run([mote_edge, "export", ckpt, "--bits", bits, "--method", method, *recipe, "-o",
-                                   str(mote), "--force"], capture_output=True, text=True)
-            if done.returncode:
-                last = ((done.stderr or done.stdout).strip().splitlines() or ["no output"])[-1]
-                raise SystemExit(f"error: mote-edge export {ckpt} --bits {bits} failed: {last}")
-            info = json.loads(subprocess.run([mote_edge, "info", str(mote), "--json"], check=True,
-                                             capture_output=True, text=True).stdout)
+            _cli(mote_edge, "export", ckpt, "--bits", bits, *flags, "-o", str(mote), "--force")
+            info = json.loads(_cli(mote_edge, "info", str(mote), "--json"))
             t0 = time.time()
             res = evaluate(mote, args.n, runtime=True, threads=1)
-            precision = f"runtime --bits {bits}" + (f" --method {method}" if method != "rtn" else "") + \
-                (f" --recipe {args.recipe}" if args.recipe else "")
-            rows.append(dict(model=name, precision=precision, expert_bytes=expert_bytes(info, cfg),
-                             file_bytes=info["file_bytes"], **res, sec=round(time.time() - t0, 1)))
-            _emit(args.out, rows[-1])
+            _emit(args.out, dict(model=name, precision=" ".join(["runtime --bits", bits, *flags]),
+                                 expert_bytes=expert_bytes(info, cfg), file_bytes=info["file_bytes"], **res,
+                                 sec=round(time.time() - t0, 1)))
     return 0
+
+
+def _cli(mote_edge: str, *argv: str) -> str:
+    """Run one mote-edge subcommand -> its stdout; a failure is a one-line error naming the command."""
+    done = subprocess.run([mote_edge, *argv], capture_output=True, text=True)
+    if done.returncode:
+        last = ((done.stderr or done.stdout).strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"error: mote-edge {' '.join(argv[:4])} failed: {last}")
+    return done.stdout
 
 
 def _emit(path: Path, row: dict) -> None:
