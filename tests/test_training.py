@@ -135,3 +135,61 @@ def test_summary_groups_seeds_and_reports_mean_and_range():
     table = markdown(groups).splitlines()
     assert table[2].startswith("| mote | runtime --bits 2 | 2 | 1,000 | 82.0 (80.0-84.0) |")
     assert table[3].startswith("| fp | runtime --bits 2 | 1 | - | 70.0 |")
+
+
+@pytest.fixture(scope="module")
+def tiny_rows():
+    """40 training images encoded with every row kind (question, caption, "Where is" rows)."""
+    from mote_edge.training.common import encode_examples
+    from mote_edge.training.tokenizer import build_task_tokenizer
+
+    tok = build_task_tokenizer()
+    enc, prefix = encode_examples(tok, train_seeds(40), procs=1, where=True, shuffle_captions=True)
+    return tok, enc, prefix
+
+
+def test_shared_image_forward_equals_one_pass_per_row(tiny_rows):
+    """batch_logits runs each distinct image once and gathers its KV cache to the rows; every row's
+    logits must equal a plain [prefix | image | suffix] forward of that row alone."""
+    from mote_edge.exporters.reference import MoTELlavaForCausalLM
+    from mote_edge.training.common import batch_logits, model_config
+    from mote_edge.training.train import init_weights
+
+    torch.set_num_threads(1)
+    tok, enc, prefix = tiny_rows
+    torch.manual_seed(0)
+    model = MoTELlavaForCausalLM(model_config(tok.vocab_size, "mote")).eval()
+    init_weights(model, std=0.1)
+    rows = torch.tensor([0, 1, 2, 5, 9, 3, 4])  # several rows of images 0-2, in mixed order
+    batch = enc.subset(rows)
+    assert len(torch.unique(batch.img)) < len(rows)
+    with torch.no_grad():
+        got, aux = batch_logits(model, prefix, batch)  # [B, L, V]
+        assert 1.0 <= float(aux) <= 4.0 * len(model.config.moe.moe_layers_idx)  # E * sum(p * f) per layer
+        for b in range(len(rows)):
+            n = int(batch.qlen[b] + batch.alen[b]) + 1
+            embeds = torch.cat([model.model.embed_tokens(torch.tensor(prefix)),
+                                model.encode_image(enc.pixels[batch.img[b]][None])[0],
+                                model.model.embed_tokens(batch.suffix[b, :n])])[None]
+            want = model.forward_embeds(embeds)[0, -n - 1:-1]  # positions that predict the suffix
+            torch.testing.assert_close(got[b, :n], want, rtol=1e-4, atol=1e-4)
+    assert got.shape[1] == int((batch.qlen + batch.alen).max()) + 1
+
+
+def test_batch_sampler_takes_types_by_weight_and_aux_rows_from_the_same_images(tiny_rows):
+    from mote_edge.training.batches import BatchSampler
+
+    _, enc, _ = tiny_rows
+    a = BatchSampler(enc, bs=16, aux_fraction=0.25, qtype_weights=(1, 1, 1, 1), seed=3)
+    b = BatchSampler(enc, bs=16, aux_fraction=0.25, qtype_weights=(1, 1, 1, 1), seed=3)
+    for _ in range(10):
+        rows = a.next()
+        assert torch.equal(rows, b.next())
+        questions, aux = rows[:12], rows[12:]
+        assert (enc.qtype[questions] < len(QTYPES)).all() and (enc.qtype[aux] == len(QTYPES)).all()
+        assert set(enc.img[aux].tolist()) <= set(enc.img[questions].tolist())
+        assert torch.bincount(enc.qtype[questions], minlength=len(QTYPES)).tolist() == [3, 3, 3, 3]
+    heavy = BatchSampler(enc, bs=16, aux_fraction=0.25, qtype_weights=(1, 1, 1, 3), seed=0).next()[:12]
+    assert torch.bincount(enc.qtype[heavy], minlength=len(QTYPES) + 1).tolist() == [2, 2, 2, 6, 0]
+    with pytest.raises(ValueError, match="cannot fill"):
+        BatchSampler(enc, bs=400, aux_fraction=0.0)

@@ -2,9 +2,10 @@
 
 Batching trick (no change to the reference model's maths): every prompt starts with the same
 tokens (system prompt + " USER: "), then the image, then "\\n{question} ASSISTANT:". So a batch
-runs the common prefix once (batch 1) into a KVCache, expands the cache to the batch, and runs
-[image patches | question ids | answer id] right-padded. Causal attention makes right padding
-harmless; the loss is on the answer token and the EOS after it.
+runs the common prefix once (batch 1) into a KVCache, expands the cache to the batch's distinct
+images, runs their patches, gathers the cache to the rows and runs [question ids | answer ids |
+EOS] right-padded. Causal attention makes right padding harmless; the loss is on the answer
+tokens and the EOS after them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from mote_edge.tokenizer import Tokenizer
 from .data import make_example, position_form, set_position_form
 
 IMAGE_SIZE = 48
-QUESTION_BEFORE_IMAGE = False  # experiment switch (train --question-before-image); the runtime template differs
 OUT = Path("out/train")
 
 
@@ -74,9 +74,6 @@ class Encoded:
 
     def subset(self, idx) -> "Encoded":
         return Encoded(self.pixels, self.img[idx], self.suffix[idx], self.qlen[idx], self.alen[idx], self.qtype[idx])
-
-    def batch_pixels(self) -> torch.Tensor:
-        return self.pixels[self.img]
 
 
 def prompt_parts(tok: Tokenizer, question: str) -> tuple[list[int], list[int]]:
@@ -159,28 +156,38 @@ def cached_encode(tok: Tokenizer, name: str, seeds, where: bool = False,
     return enc, prefix
 
 
-def batch_logits(model, prefix: list[int], batch: Encoded) -> tuple[torch.Tensor, int]:
-    """-> (logits [B, P + L, V], P); position P - 1 + j predicts suffix[:, j]."""
-    b = len(batch)
+def batch_logits(model, prefix: list[int], batch: Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (logits [B, L, V] where logits[:, j] predicts suffix[:, j], L = the batch's longest row;
+    the MoE load-balancing loss, 0 for a dense model).
+
+    Rows that share an image share its work: the vision tower and the decoder's image positions
+    run once per distinct image (U <= B) into a KV cache that is then gathered to the rows, so
+    only the suffix positions run per row. Same logits as one [prefix | image | suffix] pass per
+    row (causal attention: image positions never see the suffix). The aux loss is the two passes'
+    losses weighted by their token counts (U*P image and B*L suffix tokens)."""
     dc = model.config.decoder
+    images, row_image = torch.unique(batch.img, return_inverse=True)  # [U], [B] -> index into U
     cache = KVCache(dc.num_hidden_layers)
-    model.forward_embeds(model.model.embed_tokens(torch.tensor([prefix])), cache)
-    cache.keys = [k.expand(b, -1, -1, -1) for k in cache.keys]
-    cache.values = [v.expand(b, -1, -1, -1) for v in cache.values]
-    image = model.encode_image(batch.batch_pixels())  # [B, P, H]
-    parts = [image, model.model.embed_tokens(batch.suffix)]
-    if QUESTION_BEFORE_IMAGE:  # experiment: the question also precedes the image (left-padded with id 0)
-        lq = int(batch.qlen.max())
-        j = torch.arange(lq)[None]
-        src = (j - (lq - batch.qlen[:, None])).clamp(min=0)  # [B, lq] index into suffix
-        pre = torch.where(j >= lq - batch.qlen[:, None], torch.gather(batch.suffix, 1, src), 0)
-        parts.insert(0, model.model.embed_tokens(pre))
-    x = torch.cat(parts, dim=1)
-    return model.forward_embeds(x, cache), x.shape[1] - batch.suffix.shape[1]
+    model.forward_hidden(model.model.embed_tokens(torch.tensor([prefix])), cache)
+    u = len(images)
+    cache.keys = [k.expand(u, -1, -1, -1) for k in cache.keys]
+    cache.values = [v.expand(u, -1, -1, -1) for v in cache.values]
+    image_hidden = model.forward_hidden(model.encode_image(batch.pixels[images]), cache)  # [U, P, H]
+    image_aux = model.aux_loss() if model.config.moe is not None else torch.zeros(())
+    cache.keys = [k[row_image] for k in cache.keys]  # [B, nKV, prefix + P, D]
+    cache.values = [v[row_image] for v in cache.values]
+    length = int((batch.qlen + batch.alen).max()) + 1  # ids + EOS of the longest row
+    suffix_hidden = model.forward_hidden(model.model.embed_tokens(batch.suffix[:, :length]), cache)  # [B, L, H]
+    hidden = torch.cat([image_hidden[row_image, -1:], suffix_hidden[:, :-1]], dim=1)  # [B, L, H]
+    aux = torch.zeros(())
+    if model.config.moe is not None:
+        n_image, n_suffix = image_hidden.shape[0] * image_hidden.shape[1], suffix_hidden.shape[0] * length
+        aux = (n_image * image_aux + n_suffix * model.aux_loss()) / (n_image + n_suffix)
+    return model.lm_head(hidden), aux
 
 
-def _masks(batch: Encoded):
-    j = torch.arange(batch.suffix.shape[1])[None]
+def _masks(batch: Encoded, length: int):
+    j = torch.arange(length)[None]
     q = j < batch.qlen[:, None]
     a = (j >= batch.qlen[:, None]) & (j <= (batch.qlen + batch.alen)[:, None])  # answer ids + EOS
     return q, a
@@ -189,14 +196,13 @@ def _masks(batch: Encoded):
 def loss_fn(model, prefix, batch: Encoded, eos_id: int, aux_coef: float = 0.0, lm_weight: float = 0.0):
     """CE on the answer tokens and EOS (+ lm_weight x causal-LM CE on the question tokens after the
     image, a dense grounding signal: questions name objects that are in the image)."""
-    logits, p = batch_logits(model, prefix, batch)
-    pred = logits[:, p - 1:p - 1 + batch.suffix.shape[1]]
-    qmask, amask = _masks(batch)
-    loss = F.cross_entropy(pred[amask], batch.suffix[amask])
+    pred, aux = batch_logits(model, prefix, batch)  # [B, L, V]
+    target = batch.suffix[:, :pred.shape[1]]
+    qmask, amask = _masks(batch, pred.shape[1])
+    loss = F.cross_entropy(pred[amask], target[amask])
     if lm_weight:
-        loss = loss + lm_weight * F.cross_entropy(pred[qmask], batch.suffix[qmask])
-    aux = model.aux_loss() if model.config.moe is not None else torch.zeros(())
-    hit = (pred.argmax(-1) == batch.suffix) | ~amask
+        loss = loss + lm_weight * F.cross_entropy(pred[qmask], target[qmask])
+    hit = (pred.argmax(-1) == target) | ~amask
     acc = hit.all(dim=1).float().mean()
     return loss + aux_coef * aux, loss.detach(), aux.detach(), acc.detach()
 
@@ -211,10 +217,9 @@ def teacher_forced_accuracy(model, prefix, data: Encoded, eos_id: int, bs: int =
     ok = []
     for i in range(0, len(data), bs):
         batch = data.subset(slice(i, i + bs))
-        logits, p = batch_logits(model, prefix, batch)
-        pred = logits[:, p - 1:p - 1 + batch.suffix.shape[1]]
-        _, amask = _masks(batch)
-        ok.append(((pred.argmax(-1) == batch.suffix) | ~amask).all(dim=1))
+        pred, _ = batch_logits(model, prefix, batch)  # [B, L, V]
+        _, amask = _masks(batch, pred.shape[1])
+        ok.append(((pred.argmax(-1) == batch.suffix[:, :pred.shape[1]]) | ~amask).all(dim=1))
     ok = torch.cat(ok).float()
     out = {"all": float(ok.mean())}
     for t, name in enumerate(QTYPES):

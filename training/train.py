@@ -31,6 +31,7 @@ from mote_edge.exporters.checkpoint import write_checkpoint
 from mote_edge.exporters.reference import MoTELlavaForCausalLM
 from mote_edge.tokenizer import Tokenizer
 
+from .batches import BatchSampler
 from .common import OUT, cached_encode, image_config, loss_fn, model_config, teacher_forced_accuracy
 from .data import POSITION_FORMS, QTYPES, heldout_seeds, set_position_form, train_seeds
 from .tokenizer import build_task_tokenizer
@@ -116,28 +117,11 @@ def run_stage(model, prefix, train, held, tok, out: Path, name: str, steps: int,
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.02)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
-    g = torch.Generator().manual_seed(seed)
-    # one pool of row indices per question type, then the caption rows; each batch takes a fixed
-    # number of rows from each pool (question types by qtype_weights, uniform by default)
-    weights = qtype_weights or (1.0,) * len(QTYPES)
-    pools = [torch.nonzero(train.qtype == t).flatten() for t in range(len(QTYPES) + 1)]
-    n_cap = int(round(bs * cap_frac)) if len(pools[-1]) else 0
-    n_q = bs - n_cap
-    sizes = [int(round(n_q * w / sum(weights))) for w in weights]
-    sizes[0] += n_q - sum(sizes)
-    sizes.append(n_cap)
-    perms = [pl[torch.randperm(len(pl), generator=g)] for pl in pools]
-    cursor = [0] * len(pools)
+    sampler = BatchSampler(train, bs, cap_frac, qtype_weights, seed)
     t0, acc_sum, loss_sum, aux_sum, n = time.time(), 0.0, 0.0, 0.0, 0
     for step in range(1, steps + 1):
         model.train()
-        take = []
-        for k in range(len(pools)):
-            if cursor[k] + sizes[k] > len(perms[k]):
-                perms[k], cursor[k] = pools[k][torch.randperm(len(pools[k]), generator=g)], 0
-            take.append(perms[k][cursor[k]:cursor[k] + sizes[k]])
-            cursor[k] += sizes[k]
-        batch = train.subset(torch.cat(take))
+        batch = train.subset(sampler.next())
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss, plain, aux, acc = loss_fn(model, prefix, batch, tok.eos_id, aux_coef, LM_WEIGHT)
         opt.zero_grad(set_to_none=True)
@@ -176,8 +160,6 @@ def main(argv=None) -> int:
     ap.add_argument("--pos-init", choices=("random", "sincos"), default="sincos",
                     help="start of the ViT position embeddings (sincos: a 2-D sin-cos table, still trained)")
     ap.add_argument("--decoder-layers", type=int, default=4)
-    ap.add_argument("--question-before-image", action="store_true",
-                    help="experiment: repeat the question before the image (the runtime's template does not)")
     ap.add_argument("--dense-from", type=Path, help="start the dense stage from this saved dense checkpoint")
     ap.add_argument("--where", action="store_true",
                     help="add training-only 'Where is the <object>?' rows (3x3 location) to the auxiliary pool")
@@ -197,9 +179,6 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.question_before_image:
-        from . import common
-        common.QUESTION_BEFORE_IMAGE = True
     torch.set_flush_denormal(True)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

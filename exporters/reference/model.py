@@ -110,6 +110,10 @@ class MoTELlavaForCausalLM(nn.Module):
 
     def forward_embeds(self, embeds: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """embeds [B, T, H] at positions cache.length .. + T -> logits [B, T, V]."""
+        return self.lm_head(self.forward_hidden(embeds, cache))
+
+    def forward_hidden(self, embeds: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """embeds [B, T, H] -> final-normed hidden states [B, T, H] (the lm_head's input)."""
         start = cache.length if cache is not None else 0
         positions = torch.arange(start, start + embeds.shape[1])
         dc = self.config.decoder
@@ -117,7 +121,7 @@ class MoTELlavaForCausalLM(nn.Module):
         x = embeds
         for layer in self.model.layers:
             x = layer(x, cos, sin, cache)
-        return self.lm_head(self.model.norm(x))
+        return self.model.norm(x)
 
     def aux_loss(self) -> torch.Tensor:
         """Sum of the MoE layers' load-balancing losses from the last forward."""
