@@ -193,3 +193,22 @@ def test_batch_sampler_takes_types_by_weight_and_aux_rows_from_the_same_images(t
     assert torch.bincount(enc.qtype[heavy], minlength=len(QTYPES) + 1).tolist() == [2, 2, 2, 6, 0]
     with pytest.raises(ValueError, match="cannot fill"):
         BatchSampler(enc, bs=400, aux_fraction=0.0)
+
+
+def test_one_rendering_serves_every_row_kind_and_the_cache(tmp_path, monkeypatch):
+    """cached_encode(also=...) renders once and caches each row kind; each equals its own encoding."""
+    from mote_edge.training import common
+    from mote_edge.training.tokenizer import build_task_tokenizer
+
+    tok = build_task_tokenizer()
+    monkeypatch.setattr(common, "OUT", tmp_path)
+    seeds = train_seeds(12)
+    plain, prefix = common.cached_encode(tok, "t", seeds, also=((True, True),))
+    assert len(list(tmp_path.glob("*.pt"))) == 2
+    where, prefix2 = common.cached_encode(tok, "t", seeds, where=True, shuffle_captions=True)  # from the cache
+    assert prefix == prefix2
+    for got, kind in ((plain, (False, False)), (where, (True, True))):
+        want, _ = common.encode_examples(tok, seeds, procs=1, where=kind[0], shuffle_captions=kind[1])
+        for field in ("pixels", "img", "suffix", "qlen", "alen", "qtype"):
+            assert torch.equal(getattr(got, field), getattr(want, field)), (kind, field)
+    assert len(where) > len(plain) == 2 * len(seeds)

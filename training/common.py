@@ -83,19 +83,21 @@ def prompt_parts(tok: Tokenizer, question: str) -> tuple[list[int], list[int]]:
     return ids[:i], ids[i + 1:]
 
 
+RowKind = tuple[bool, bool]  # (where: "Where is" rows, shuffle_captions: captions in a seeded random order)
+
 _TOK: Tokenizer | None = None
-_WHERE = False
-_SHUFFLE_CAPTIONS = False
+_KINDS: list[RowKind] = []
 
 
-def _init(tok_json: str, where: bool = False, shuffle_captions: bool = False, form: str = "leftright") -> None:
-    global _TOK, _WHERE, _SHUFFLE_CAPTIONS
-    _TOK, _WHERE, _SHUFFLE_CAPTIONS = Tokenizer.from_str(tok_json), where, shuffle_captions
+def _init(tok_json: str, kinds: list[RowKind], form: str = "leftright") -> None:
+    global _TOK, _KINDS
+    _TOK, _KINDS = Tokenizer.from_str(tok_json), kinds
     set_position_form(form)
 
 
 def _encode_one(seed: int):
-    from .data import CAPTION_QUESTION, QTYPES, caption
+    """One rendering -> (pixels, prompt prefix, [rows of each kind in _KINDS])."""
+    from .data import CAPTION_QUESTION, QTYPES, caption, where_rows
     ex = make_example(seed)
     pix = preprocess(ex.image, image_config())
     prefix, q = prompt_parts(_TOK, ex.question)
@@ -103,57 +105,81 @@ def _encode_one(seed: int):
     assert len(ans) == 1, ex.answer
     prefix2, cq = prompt_parts(_TOK, CAPTION_QUESTION)
     assert prefix2 == prefix
-    cap = _TOK.encode(" " + caption(ex.objects, shuffle_seed=seed if _SHUFFLE_CAPTIONS else None))
-    rows = [(q, ans, QTYPES.index(ex.qtype)), (cq, cap, len(QTYPES))]
-    if _WHERE:
-        from .data import where_rows
-        for wq, wa in where_rows(ex.objects):
-            rows.append((prompt_parts(_TOK, wq)[1], _TOK.encode(" " + wa), len(QTYPES)))
-    return pix, prefix, rows
+    per_kind = []
+    for where, shuffle_captions in _KINDS:
+        cap = _TOK.encode(" " + caption(ex.objects, shuffle_seed=seed if shuffle_captions else None))
+        rows = [(q, ans, QTYPES.index(ex.qtype)), (cq, cap, len(QTYPES))]
+        if where:
+            for wq, wa in where_rows(ex.objects):
+                rows.append((prompt_parts(_TOK, wq)[1], _TOK.encode(" " + wa), len(QTYPES)))
+        per_kind.append(rows)
+    return pix, prefix, per_kind
 
 
-def encode_examples(tok: Tokenizer, seeds, procs: int = 2, captions: bool = True,
-                    where: bool = False, shuffle_captions: bool = False) -> tuple[Encoded, list[int]]:
-    """Each seed gives one image and its question row (+ auxiliary rows when `captions`: a caption,
-    and with `where` one "Where is the ..." lookup per uniquely named object; qtype len(QTYPES))."""
-    seeds = list(seeds)
-    if procs > 1:
-        with Pool(procs, initializer=_init, initargs=(tok.to_str(), where, shuffle_captions, position_form())) as pool:
-            out = pool.map(_encode_one, seeds, chunksize=256)
-    else:
-        _init(tok.to_str(), where, shuffle_captions, position_form())
-        out = [_encode_one(s) for s in seeds]
-    prefix = out[0][1]
-    assert all(r[1] == prefix for r in out), "prompt prefixes differ"
-    rows = [(i, *row) for i, r in enumerate(out) for row in (r[2] if captions else r[2][:1])]
+def _rows_to_encoded(pixels: torch.Tensor, rows: list, eos_id: int) -> Encoded:
+    """rows [(image index, question ids, answer ids, qtype)] -> Encoded (suffix = ids + EOS, 0-padded)."""
     L = max(len(q) + len(a) + 1 for _, q, a, _ in rows)
     suffix = torch.zeros(len(rows), L, dtype=torch.long)
     for k, (_, q, a, _) in enumerate(rows):
         suffix[k, :len(q) + len(a)] = torch.tensor(q + a)
-        suffix[k, len(q) + len(a)] = tok.eos_id
-    pixels = torch.empty(len(out), *out[0][0].shape)
+        suffix[k, len(q) + len(a)] = eos_id
+    return Encoded(pixels=pixels, img=torch.tensor([r[0] for r in rows]), suffix=suffix,
+                   qlen=torch.tensor([len(r[1]) for r in rows]), alen=torch.tensor([len(r[2]) for r in rows]),
+                   qtype=torch.tensor([r[3] for r in rows]))
+
+
+def encode_row_sets(tok: Tokenizer, seeds, kinds: list[RowKind], procs: int = 2) -> tuple[list[Encoded], list[int]]:
+    """Render each seed's image once and encode it in every row kind (the Encoded share one pixels
+    tensor). Each seed gives one image, its question row and auxiliary rows (qtype len(QTYPES)):
+    a caption, and with `where` one "Where is the ..." lookup per uniquely named object."""
+    seeds = list(seeds)
+    if procs > 1:
+        with Pool(procs, initializer=_init, initargs=(tok.to_str(), kinds, position_form())) as pool:
+            out = pool.map(_encode_one, seeds, chunksize=256)
+    else:
+        _init(tok.to_str(), kinds, position_form())
+        out = [_encode_one(s) for s in seeds]
+    prefix = out[0][1]
+    assert all(r[1] == prefix for r in out), "prompt prefixes differ"
+    pixels = torch.empty(len(out), *out[0][0].shape)  # [N_img, 3, S, S]
     for i, r in enumerate(out):
         pixels[i] = torch.from_numpy(r[0])
-    del out
-    enc = Encoded(pixels=pixels, img=torch.tensor([r[0] for r in rows]), suffix=suffix,
-                  qlen=torch.tensor([len(r[1]) for r in rows]), alen=torch.tensor([len(r[2]) for r in rows]),
-                  qtype=torch.tensor([r[3] for r in rows]))
-    return enc, prefix
+    encs = [_rows_to_encoded(pixels, [(i, *row) for i, r in enumerate(out) for row in r[2][k]], tok.eos_id)
+            for k in range(len(kinds))]
+    return encs, prefix
 
 
-def cached_encode(tok: Tokenizer, name: str, seeds, where: bool = False,
-                  shuffle_captions: bool = False) -> tuple[Encoded, list[int]]:
-    """encode_examples, cached under out/train/ (keyed by name, the seed range and the row kinds)."""
-    seeds = list(seeds)
+def encode_examples(tok: Tokenizer, seeds, procs: int = 2, where: bool = False,
+                    shuffle_captions: bool = False) -> tuple[Encoded, list[int]]:
+    """encode_row_sets for one row kind."""
+    encs, prefix = encode_row_sets(tok, seeds, [(where, shuffle_captions)], procs)
+    return encs[0], prefix
+
+
+def _cache_path(tok: Tokenizer, name: str, seeds: list[int], kind: RowKind) -> Path:
+    where, shuffle_captions = kind
     form = "" if position_form() == "leftright" else f"-{position_form()}"
-    path = OUT / f"data2{form}-{name}-{seeds[0]}-{len(seeds)}-v{tok.vocab_size}{'-where' if where else ''}{'-shufcap' if shuffle_captions else ''}.pt"
+    return OUT / (f"data2{form}-{name}-{seeds[0]}-{len(seeds)}-v{tok.vocab_size}"
+                  f"{'-where' if where else ''}{'-shufcap' if shuffle_captions else ''}.pt")
+
+
+def cached_encode(tok: Tokenizer, name: str, seeds, where: bool = False, shuffle_captions: bool = False,
+                  also: tuple[RowKind, ...] = ()) -> tuple[Encoded, list[int]]:
+    """encode_examples, cached under out/train/ (keyed by name, the seed range and the row kind).
+    On a miss, the row kinds in `also` that are not cached yet are encoded from the same rendering
+    and cached too (rendering is ~85% of the cost)."""
+    seeds = list(seeds)
+    kind = (where, shuffle_captions)
+    path = _cache_path(tok, name, seeds, kind)
     if path.exists():
         d = torch.load(path)
         return Encoded(**d["enc"]), d["prefix"]
-    enc, prefix = encode_examples(tok, seeds, where=where, shuffle_captions=shuffle_captions)
+    kinds = [kind] + [k for k in dict.fromkeys(also) if k != kind and not _cache_path(tok, name, seeds, k).exists()]
+    encs, prefix = encode_row_sets(tok, seeds, kinds)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"enc": enc.__dict__, "prefix": prefix}, path)
-    return enc, prefix
+    for k, enc in zip(kinds, encs):
+        torch.save({"enc": enc.__dict__, "prefix": prefix}, _cache_path(tok, name, seeds, k))
+    return encs[0], prefix
 
 
 def batch_logits(model, prefix: list[int], batch: Encoded) -> tuple[torch.Tensor, torch.Tensor]:

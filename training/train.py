@@ -188,7 +188,7 @@ def main(argv=None) -> int:
     set_position_form(args.position_form)
     tok = build_task_tokenizer()
     train, prefix = cached_encode(tok, "train", train_seeds(args.train_examples), where=args.where,
-                                  shuffle_captions=args.shuffle_captions)
+                                  shuffle_captions=args.shuffle_captions, also=((True, True),))  # phase 2's rows
     held, prefix2 = cached_encode(tok, "held", heldout_seeds(1000))
     assert prefix == prefix2
     log(out, event="data", train=len(train), held=len(held), vocab=tok.vocab_size, prefix_tokens=len(prefix),
