@@ -74,8 +74,8 @@ clean:
 
 # Train the tiny MoTE from scratch (DESIGN.md section 7; not part of CI): data + task tokenizer, dense VLM
 # (3000 steps, then 1000 + 1500 + 1200 + 1200 steps on shuffled captions + "Where is" rows), MoTE and fp-MoE
-# up-cycling (out/train/), ship fp16 copies to examples/tiny-mote and examples/tiny-moe-fp, then the PTQ tables
-# (docs/ACCURACY.md). Measured on a 2-core Zen 4: training ~70 min, over issue 8's 30 (docs/ACCURACY.md, Timings).
+# up-cycling (out/train/), then ship fp16 copies to examples/tiny-mote and examples/tiny-moe-fp. The PTQ tables
+# are `make accuracy-tiny`. Measured on a 2-core Zen 4: over issue 8's 30 min (docs/ACCURACY.md, Timings).
 train-tiny: $(STAMP)
 	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train --stages dense
 	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train --stages dense --dense-from $(OUT)/train/dense \
