@@ -193,6 +193,10 @@ def test_batch_sampler_takes_types_by_weight_and_aux_rows_from_the_same_images(t
     assert torch.bincount(enc.qtype[heavy], minlength=len(QTYPES) + 1).tolist() == [2, 2, 2, 6, 0]
     with pytest.raises(ValueError, match="cannot fill"):
         BatchSampler(enc, bs=400, aux_fraction=0.0)
+    first_image_bare = enc.subset(torch.nonzero((enc.qtype < len(QTYPES)) | (enc.img != enc.img[0])).flatten())
+    with pytest.raises(ValueError, match="has no auxiliary row"):
+        BatchSampler(first_image_bare, bs=16, aux_fraction=0.25)
+    BatchSampler(first_image_bare, bs=16, aux_fraction=0.0)  # no auxiliary rows wanted: fine
 
 
 def test_one_rendering_serves_every_row_kind_and_the_cache(tmp_path, monkeypatch):

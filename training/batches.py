@@ -34,6 +34,8 @@ class BatchSampler:
         for t, (pool, size) in enumerate(zip(self.pools, self.sizes)):
             if len(pool) < size:
                 raise ValueError(f"{len(pool)} {QTYPES[t]} rows cannot fill {size} per batch")
+        if n_aux and bool((self.aux_count[data.img[torch.cat(self.pools)]] == 0).any()):
+            raise ValueError("an image with a question row has no auxiliary row")
         self.perms = [p[torch.randperm(len(p), generator=self.gen)] for p in self.pools]
         self.cursor = [0] * len(self.pools)
 
@@ -52,8 +54,6 @@ class BatchSampler:
         if not self.n_aux:
             return questions
         images = self.img[questions[torch.arange(self.n_aux) % len(questions)]]  # [n_aux]
-        count = self.aux_count[images]
-        if bool((count == 0).any()):
-            raise ValueError("an image has no auxiliary row")
+        count = self.aux_count[images]  # >= 1 (checked once in __init__)
         pick = (torch.rand(self.n_aux, generator=self.gen) * count).long().clamp(max=count - 1)
         return torch.cat([questions, self.aux_rows[self.aux_start[images] + pick]])

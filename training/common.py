@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -212,19 +211,19 @@ def batch_logits(model, prefix: list[int], batch: Encoded) -> tuple[torch.Tensor
     return model.lm_head(hidden), aux
 
 
-def _masks(batch: Encoded, length: int):
+def _targets(batch: Encoded, length: int):
+    """-> (suffix ids [B, length], question mask, answer mask (answer ids + EOS)) for logits of that length."""
     j = torch.arange(length)[None]
     q = j < batch.qlen[:, None]
-    a = (j >= batch.qlen[:, None]) & (j <= (batch.qlen + batch.alen)[:, None])  # answer ids + EOS
-    return q, a
+    a = (j >= batch.qlen[:, None]) & (j <= (batch.qlen + batch.alen)[:, None])
+    return batch.suffix[:, :length], q, a
 
 
 def loss_fn(model, prefix, batch: Encoded, eos_id: int, aux_coef: float = 0.0, lm_weight: float = 0.0):
     """CE on the answer tokens and EOS (+ lm_weight x causal-LM CE on the question tokens after the
     image, a dense grounding signal: questions name objects that are in the image)."""
     pred, aux = batch_logits(model, prefix, batch)  # [B, L, V]
-    target = batch.suffix[:, :pred.shape[1]]
-    qmask, amask = _masks(batch, pred.shape[1])
+    target, qmask, amask = _targets(batch, pred.shape[1])
     loss = F.cross_entropy(pred[amask], target[amask])
     if lm_weight:
         loss = loss + lm_weight * F.cross_entropy(pred[qmask], target[qmask])
@@ -244,8 +243,8 @@ def teacher_forced_accuracy(model, prefix, data: Encoded, eos_id: int, bs: int =
     for i in range(0, len(data), bs):
         batch = data.subset(slice(i, i + bs))
         pred, _ = batch_logits(model, prefix, batch)  # [B, L, V]
-        _, amask = _masks(batch, pred.shape[1])
-        ok.append(((pred.argmax(-1) == batch.suffix[:, :pred.shape[1]]) | ~amask).all(dim=1))
+        target, _, amask = _targets(batch, pred.shape[1])
+        ok.append(((pred.argmax(-1) == target) | ~amask).all(dim=1))
     ok = torch.cat(ok).float()
     out = {"all": float(ok.mean())}
     for t, name in enumerate(QTYPES):

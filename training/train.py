@@ -33,7 +33,7 @@ from mote_edge.tokenizer import Tokenizer
 
 from .batches import BatchSampler
 from .common import OUT, cached_encode, image_config, loss_fn, model_config, teacher_forced_accuracy
-from .data import POSITION_FORMS, QTYPES, heldout_seeds, set_position_form, train_seeds
+from .data import POSITION_FORMS, heldout_seeds, set_position_form, train_seeds
 from .tokenizer import build_task_tokenizer
 
 LM_WEIGHT = 0.3  # causal-LM loss on the question tokens (see common.loss_fn)
