@@ -72,25 +72,18 @@ bench-kernels: $(STAMP)
 clean:
 	rm -rf $(OUT) build *.egg-info mote_edge/*.so
 
-# Train the tiny MoTE from scratch (DESIGN.md section 7; not part of CI): data + task tokenizer, dense VLM
-# (3000 steps, then 1000 + 1500 + 1200 + 1200 steps on shuffled captions + "Where is" rows), MoTE and fp-MoE
-# up-cycling (out/train/), then ship fp16 copies to examples/tiny-mote and examples/tiny-moe-fp. The PTQ tables
-# are `make accuracy-tiny`. Measured on a 2-core Zen 4: over issue 8's 30 min (docs/ACCURACY.md, Timings).
+# Train the tiny MoTE from scratch (DESIGN.md section 7; not part of CI): data + task tokenizer, the dense VLM,
+# MoTE and fp-MoE up-cycling (out/train/), then ship fp16 copies to examples/tiny-mote and examples/tiny-moe-fp.
+# The phases (steps, lr, row mix) are the recipe RECIPE in training/recipes.py. The PTQ tables are
+# `make accuracy-tiny`. Measured on a 2-core Zen 4: docs/ACCURACY.md, Timings.
+RECIPE ?= s6
 train-tiny: $(STAMP)
-	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train --stages dense
-	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train --stages dense --dense-from $(OUT)/train/dense \
-		--where --shuffle-captions --qtype-weights 1,1,1,3 --dense-steps 1500 --dense-lr 1e-3 --dense-phase2-steps 0
-	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train --stages dense --dense-from $(OUT)/train/dense \
-		--where --shuffle-captions --qtype-weights 1,1,1,1 --dense-steps 1200 --dense-lr 1e-3 --dense-phase2-steps 0 \
-		--dense-captions 0.2
-	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train --stages dense --dense-from $(OUT)/train/dense \
-		--where --shuffle-captions --qtype-weights 1,1,1,1 --dense-steps 1200 --dense-lr 1e-3 --dense-phase2-steps 0 \
-		--dense-captions 0.2 --seed 1
+	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train --recipe $(RECIPE) --stages dense
 	# MoTE and the fp-MoE baseline are independent up-cyclings of the dense model: one process and one
 	# thread each (~1.2x the throughput of running them one after the other on 2 threads)
-	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train --stages mote --where --shuffle-captions --threads 1 & \
+	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train --recipe $(RECIPE) --stages mote --threads 1 & \
 		mote=$$!; \
-	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train --stages fp --where --shuffle-captions --threads 1; \
+	$(BIN)/python -m mote_edge.training.train --out $(OUT)/train --recipe $(RECIPE) --stages fp --threads 1; \
 		fp=$$?; wait $$mote; test $$? -eq 0 -a $$fp -eq 0
 	$(BIN)/python -m mote_edge.training.ship --out $(OUT)/train
 

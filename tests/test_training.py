@@ -5,6 +5,7 @@ Fast: a fixed 200-question held-out set with the torch reference model (about 10
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -199,6 +200,25 @@ def test_batch_sampler_takes_types_by_weight_and_aux_rows_from_the_same_images(t
     BatchSampler(first_image_bare, bs=16, aux_fraction=0.0)  # no auxiliary rows wanted: fine
 
 
+def test_batch_sampler_other_images_walks_the_aux_rows_as_a_pool(tiny_rows):
+    from mote_edge.training.batches import BatchSampler
+
+    _, enc, _ = tiny_rows
+    n_aux_rows = int((enc.qtype == len(QTYPES)).sum())
+    sampler = BatchSampler(enc, bs=16, aux_fraction=0.5, seed=1, aux_images="other")
+    seen = []
+    for _ in range(n_aux_rows // 8):  # one epoch of the auxiliary pool, 8 per batch
+        rows = sampler.next()
+        assert torch.bincount(enc.qtype[rows[:8]], minlength=len(QTYPES) + 1).tolist() == [2, 2, 2, 2, 0]
+        assert (enc.qtype[rows[8:]] == len(QTYPES)).all()
+        seen += rows[8:].tolist()
+    assert len(set(seen)) == len(seen)  # an epoch draws each auxiliary row once, whatever its image
+    with pytest.raises(ValueError, match="auxiliary rows cannot fill"):
+        BatchSampler(enc, bs=n_aux_rows + 1, aux_fraction=1.0, aux_images="other")
+    with pytest.raises(ValueError, match="aux_images"):
+        BatchSampler(enc, bs=16, aux_fraction=0.5, aux_images="mixed")
+
+
 def test_one_rendering_serves_every_row_kind_and_the_cache(tmp_path, monkeypatch):
     """cached_encode(also=...) renders once and caches each row kind; each equals its own encoding."""
     from mote_edge.training import common
@@ -216,3 +236,26 @@ def test_one_rendering_serves_every_row_kind_and_the_cache(tmp_path, monkeypatch
         for field in ("pixels", "img", "suffix", "qlen", "alen", "qtype"):
             assert torch.equal(getattr(got, field), getattr(want, field)), (kind, field)
     assert len(where) > len(plain) == 2 * len(seeds)
+
+
+def test_train_runs_a_recipe_end_to_end_and_keeps_shared_experts_frozen(tmp_path, monkeypatch):
+    """train.main with the smoke recipe: dense phases, then MoTE and fp-MoE up-cycling; the MoTE's
+    shared experts are still the dense model's FFNs (frozen in every phase), its routers moved."""
+    from mote_edge.exporters.reference import load_reference_model
+    from mote_edge.training import common, train
+
+    monkeypatch.setattr(common, "OUT", tmp_path / "cache")
+    out = tmp_path / "run"
+    assert train.main(["--out", str(out), "--recipe", "smoke", "--train-examples", "64", "--bs", "8",
+                       "--threads", "1", "--eval-every", "100", "--held-out", "50"]) == 0
+    stages = [json.loads(line).get("stage") for line in (out / "log.jsonl").read_text().splitlines()]
+    assert "dense-a" in stages and stages.index("dense-a") < stages.index("dense-b") < stages.index("mote-init") \
+        < stages.index("mote-a") < stages.index("mote-b") < stages.index("fp-a") < stages.index("fp-b")
+    dense, mote, fp = (load_reference_model(out / k).checkpoint_parameters() for k in ("dense", "mote", "fp"))
+    for layer in (0, 2):
+        for proj in ("gate", "up", "down"):
+            dense_w = dense[f"model.layers.{layer}.mlp.{proj}_proj.weight"]
+            assert torch.equal(mote[f"model.layers.{layer}.mlp.shared_expert.{proj}_proj.weight"], dense_w)
+            assert not torch.equal(fp[f"model.layers.{layer}.mlp.deepspeed_moe.experts.deepspeed_experts.0."
+                                      f"{proj}_proj.weight"], dense_w)  # fp experts train from the copy
+    assert not torch.equal(mote["model.embed_tokens.weight"], dense["model.embed_tokens.weight"])  # phase b trains it

@@ -4,7 +4,9 @@ Each batch takes a fixed number of question rows from each question type's pool 
 pool is walked in a fresh random order, epoch after epoch), then its auxiliary rows from the
 *images of those question rows* (a uniformly chosen auxiliary row of each image, cycling over the
 images when there are more auxiliary rows than question rows). Sharing images lets the forward
-pass run the vision tower and the image positions once per image (common.batch_logits)."""
+pass run the vision tower and the image positions once per image (common.batch_logits).
+With aux_images="other" the auxiliary rows are walked like a pool of their own instead (images
+independent of the question rows': more distinct images per batch, less sharing)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,11 @@ from .data import QTYPES
 
 
 class BatchSampler:
-    def __init__(self, data: Encoded, bs: int, aux_fraction: float, qtype_weights=None, seed: int = 0):
+    def __init__(self, data: Encoded, bs: int, aux_fraction: float, qtype_weights=None, seed: int = 0,
+                 aux_images: str = "same"):
+        if aux_images not in ("same", "other"):
+            raise ValueError(f"aux_images must be 'same' or 'other', not {aux_images!r}")
+        self.aux_images = aux_images
         weights = qtype_weights or (1.0,) * len(QTYPES)
         self.gen = torch.Generator().manual_seed(seed)
         self.pools = [torch.nonzero(data.qtype == t).flatten() for t in range(len(QTYPES))]
@@ -31,11 +37,14 @@ class BatchSampler:
         self.sizes = [int(round(n_q * w / sum(weights))) for w in weights]
         self.sizes[0] += n_q - sum(self.sizes)
         self.n_aux = n_aux
-        for t, (pool, size) in enumerate(zip(self.pools, self.sizes)):
-            if len(pool) < size:
-                raise ValueError(f"{len(pool)} {QTYPES[t]} rows cannot fill {size} per batch")
-        if n_aux and bool((self.aux_count[data.img[torch.cat(self.pools)]] == 0).any()):
+        if n_aux and aux_images == "same" and bool((self.aux_count[data.img[torch.cat(self.pools)]] == 0).any()):
             raise ValueError("an image with a question row has no auxiliary row")
+        if aux_images == "other":  # the auxiliary rows become one more pool, walked like the others
+            self.pools.append(aux)
+            self.sizes.append(n_aux)
+        for name, pool, size in zip(QTYPES + ("auxiliary",), self.pools, self.sizes):
+            if len(pool) < size:
+                raise ValueError(f"{len(pool)} {name} rows cannot fill {size} per batch")
         self.perms = [p[torch.randperm(len(p), generator=self.gen)] for p in self.pools]
         self.cursor = [0] * len(self.pools)
 
@@ -50,9 +59,9 @@ class BatchSampler:
 
     def next(self) -> torch.Tensor:
         """-> row ids [bs]: question rows, then auxiliary rows whose images are among theirs."""
-        questions = torch.cat([self._take(k) for k in range(len(self.pools))])  # [n_q]
-        if not self.n_aux:
-            return questions
+        if self.aux_images == "other" or not self.n_aux:
+            return torch.cat([self._take(k) for k in range(len(self.pools))])
+        questions = torch.cat([self._take(k) for k in range(len(QTYPES))])  # [n_q]
         images = self.img[questions[torch.arange(self.n_aux) % len(questions)]]  # [n_aux]
         count = self.aux_count[images]  # >= 1 (checked once in __init__)
         pick = (torch.rand(self.n_aux, generator=self.gen) * count).long().clamp(max=count - 1)
