@@ -143,7 +143,7 @@ def run_phase(model, prefix, train, held, tok, out: Path, label: str, phase: Pha
         opt.step()
         sched.step()
         loss_sum, aux_sum, acc_sum, n = loss_sum + float(plain), aux_sum + float(aux), acc_sum + float(acc), n + 1
-        if step % eval_every == 0 or step == steps:
+        if (eval_every and step % eval_every == 0) or step == steps:
             rec = dict(stage=label, step=step, loss=round(loss_sum / n, 4), aux=round(aux_sum / n, 4),
                        train_acc=round(acc_sum / n, 4), sec=round(time.time() - t0, 1))
             if held is not None:
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE, help="phases (training/recipes.py)")
     ap.add_argument("--dense-phases", help="run only these dense phases of the recipe (comma-separated names)")
     ap.add_argument("--dense-from", type=Path, help="start the dense phases from this saved dense checkpoint")
-    ap.add_argument("--train-examples", type=int, default=200_000)
+    ap.add_argument("--train-examples", type=int, help="training images (default: the recipe's)")
     ap.add_argument("--held-out", type=int, default=1000, help="held-out questions scored in the log")
     ap.add_argument("--bs", type=int, default=128)
     ap.add_argument("--pos-init", choices=("random", "sincos"), default="sincos",
@@ -194,7 +194,8 @@ def main(argv=None) -> int:
                     help="position questions: yes/no ('Is A left of B?') or left-or-right ('Is A left or right of B?')")
     ap.add_argument("--experts", type=int, default=4)
     ap.add_argument("--top-k", type=int, default=2)
-    ap.add_argument("--eval-every", type=int, default=500)
+    ap.add_argument("--eval-every", type=int, default=0,
+                    help="score the held-out questions every N steps too (0: at the end of each phase only)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -215,7 +216,7 @@ def main(argv=None) -> int:
 
     set_position_form(args.position_form)
     tok = build_task_tokenizer()
-    rows = RowSets(tok, train_seeds(args.train_examples), list(dict.fromkeys(used)))
+    rows = RowSets(tok, train_seeds(args.train_examples or recipe.train_examples), list(dict.fromkeys(used)))
     rows.get(used[0])
     held, prefix = cached_encode(tok, "held", heldout_seeds(args.held_out))
     assert rows.prefix == prefix
