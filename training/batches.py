@@ -16,11 +16,14 @@ from .common import Encoded
 from .data import QTYPES
 
 
+AUX_IMAGES = ("same", "other")  # auxiliary rows of the question rows' images | of other images
+
+
 class BatchSampler:
     def __init__(self, data: Encoded, bs: int, aux_fraction: float, qtype_weights=None, seed: int = 0,
                  aux_images: str = "same"):
-        if aux_images not in ("same", "other"):
-            raise ValueError(f"aux_images must be 'same' or 'other', not {aux_images!r}")
+        if aux_images not in AUX_IMAGES:
+            raise ValueError(f"aux_images must be one of {AUX_IMAGES}, not {aux_images!r}")
         self.aux_images = aux_images
         weights = qtype_weights or (1.0,) * len(QTYPES)
         self.gen = torch.Generator().manual_seed(seed)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .batches import AUX_IMAGES
+
 ROW_SETS = {"ordered": (False, False), "lookup": (True, True)}  # name -> common.RowKind (where, shuffle)
 TRAINABLE = ("all", "moe", "not_shared")  # all | routers + routed experts | everything but the shared experts
 
@@ -34,6 +36,8 @@ class Phase:
     def __post_init__(self):
         if self.rows not in ROW_SETS:
             raise ValueError(f"phase {self.name}: rows must be one of {sorted(ROW_SETS)}, not {self.rows!r}")
+        if self.aux_images not in AUX_IMAGES:  # checked here too so a bad recipe fails before hours of training
+            raise ValueError(f"phase {self.name}: aux_images must be one of {AUX_IMAGES}, not {self.aux_images!r}")
         if self.trainable not in TRAINABLE:
             raise ValueError(f"phase {self.name}: trainable must be one of {TRAINABLE}, not {self.trainable!r}")
         if self.steps <= 0 or self.lr <= 0:

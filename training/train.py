@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from mote_edge.exporters.checkpoint import write_checkpoint
-from mote_edge.exporters.reference import MoTELlavaForCausalLM
+from mote_edge.exporters.reference import MoTELlavaForCausalLM, load_reference_model
 from mote_edge.tokenizer import Tokenizer
 
 from .batches import BatchSampler
@@ -211,22 +211,23 @@ def main(argv=None) -> int:
         if unknown:
             ap.error(f"recipe {args.recipe} has no dense phase {', '.join(unknown)}")
         dense_phases = tuple(p for p in recipe.dense if p.name in wanted)
+    # row sets this call trains on; the MoE ones are included even for a dense-only call so that its
+    # rendering also fills the cache for the up-cycling processes that follow
     used = [p.rows for p in (dense_phases if "dense" in stages else ()) + recipe.moe]
     t_start = time.time()
 
     set_position_form(args.position_form)
     tok = build_task_tokenizer()
     rows = RowSets(tok, train_seeds(args.train_examples or recipe.train_examples), list(dict.fromkeys(used)))
-    rows.get(used[0])
+    first = rows.get(used[0])
     held, prefix = cached_encode(tok, "held", heldout_seeds(args.held_out))
     assert rows.prefix == prefix
-    log(out, event="data", recipe=args.recipe, train=len(rows.get(used[0])), held=len(held), vocab=tok.vocab_size,
+    log(out, event="data", recipe=args.recipe, train=len(first), held=len(held), vocab=tok.vocab_size,
         prefix_tokens=len(prefix), sec=round(time.time() - t_start, 1))
 
     if "dense" in stages:
         torch.manual_seed(args.seed)
         if args.dense_from:  # continue training a saved dense model
-            from mote_edge.exporters.reference import load_reference_model
             dense = load_reference_model(args.dense_from)
         else:
             dense = MoTELlavaForCausalLM(model_config(tok.vocab_size, "dense", decoder_layers=args.decoder_layers))
@@ -238,7 +239,6 @@ def main(argv=None) -> int:
                       0.0, args.seed, args.eval_every)
         save(dense, tok, out / "dense")
     else:
-        from mote_edge.exporters.reference import load_reference_model
         dense = load_reference_model(out / "dense")
 
     for kind in ("mote", "fp"):
