@@ -18,15 +18,17 @@ from typing import Callable
 import numpy as np
 
 from mote_edge.config import ModelConfig
-from mote_edge.errors import CheckpointError
+from mote_edge.errors import CheckpointError, ConfigError
 from mote_edge.image import ImagePreprocessConfig, clip_defaults
 from mote_edge.progress import byte_progress
-from mote_edge.schema import TensorSpec, canonical_name, checkpoint_tensors
-from mote_edge.tokenizer import Tokenizer
+from mote_edge.schema import CLIP_VISION_LEVEL, CLIP_VISION_ROOTS, TensorSpec, canonical_name, checkpoint_tensors
+from mote_edge.tokenizer import Tokenizer, bos_of_tokenizer
 
 from .safetensors_io import ITEMSIZE, WRITE_DTYPES, SafetensorsFile, SafetensorsWriter
 
 SINGLE_FILE = "model.safetensors"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
 
@@ -35,8 +37,9 @@ class Checkpoint:
     """An opened checkpoint directory; validated against the schema at open time."""
 
     def __init__(self, directory: Path, config: ModelConfig, files: dict[str, SafetensorsFile],
-                 key_of: dict[str, str]):
+                 key_of: dict[str, str], vision_dir: Path | None = None):
         self.dir = directory
+        self.vision_dir = vision_dir  # a separate CLIP directory the tower came from, if any
         self.config = config
         self._files = files  # canonical name -> file holding it
         self._key_of = key_of  # canonical name -> name inside the file
@@ -44,13 +47,29 @@ class Checkpoint:
         self._spec_of = {s.name: s for s in self.specs}
 
     @classmethod
-    def open(cls, directory: str | Path) -> "Checkpoint":
+    def open(cls, directory: str | Path, vision_tower: str | Path | None = None) -> "Checkpoint":
+        """Open `directory`; `vision_tower` is a CLIPVisionModel / CLIPModel directory for checkpoints
+        that, like LLaVA's and MoE-LLaVA's, name their tower (mm_vision_tower / mm_image_tower) but
+        do not hold it."""
         directory = Path(directory)
         if not directory.is_dir():
             raise CheckpointError(f"checkpoint directory not found: {directory}")
-        config = ModelConfig.load(directory / "config.json")
+        data = _read_json(directory / "config.json", "config")
         files, key_of = _open_weight_files(directory)
-        ckpt = cls(directory, config, files, key_of)
+        vision_dir = None
+        if vision_tower is not None:
+            vision_dir = Path(vision_tower)
+            data = {**data, "vision_config": _clip_vision_config(vision_dir)}
+            tower_files, tower_keys = _open_weight_files(vision_dir)
+            for key, f in tower_files.items():
+                name = _tower_key(tower_keys[key])
+                if name is not None:
+                    files[name], key_of[name] = f, tower_keys[key]
+        elif "vision_config" not in data and (data.get("mm_image_tower") or data.get("mm_vision_tower")):
+            tower = data.get("mm_image_tower") or data.get("mm_vision_tower")
+            raise CheckpointError(f"config.json has no vision_config: the vision tower is {tower!r}; "
+                                  f"pass its directory with --vision-tower DIR")
+        ckpt = cls(directory, ModelConfig.from_dict(data), files, key_of, vision_dir)
         ckpt._check_schema()
         return ckpt
 
@@ -77,13 +96,21 @@ class Checkpoint:
         """Tensors in the files that the model does not use (e.g. CLIP's post_layernorm)."""
         return sorted(k for k in self._files if k not in self._spec_of)
 
-    def tokenizer(self) -> Tokenizer:
-        cfg = self.config.decoder
-        return Tokenizer.from_file(self.dir / "tokenizer.json", bos_token_id=cfg.bos_token_id,
-                                   eos_token_id=cfg.eos_token_id)
+    def tokenizer(self, warn=None) -> Tokenizer:
+        """tokenizer.json with the BOS transformers' AutoTokenizer would add (the tokenizer's, not
+        config.json's bos_token_id) and config.json's first eos_token_id."""
+        eos = self.config.decoder.eos_ids
+        tok = Tokenizer.from_file(self.dir / "tokenizer.json", eos_token_id=eos[0] if eos else None)
+        tokenizer_config = None
+        if (self.dir / TOKENIZER_CONFIG).exists():
+            tokenizer_config = _read_json(self.dir / TOKENIZER_CONFIG, "tokenizer config")
+        tok.bos_id = bos_of_tokenizer(tok, tokenizer_config, warn)
+        return tok
 
     def image_config(self) -> ImagePreprocessConfig:
-        path = self.dir / "preprocessor_config.json"
+        path = self.dir / PREPROCESSOR_CONFIG
+        if not path.exists() and self.vision_dir is not None:
+            path = self.vision_dir / PREPROCESSOR_CONFIG
         aspect = self.config.projector.image_aspect_ratio
         if not path.exists():
             return clip_defaults(self.config.vision.image_size, aspect_ratio=aspect)
@@ -91,6 +118,39 @@ class Checkpoint:
             return ImagePreprocessConfig.from_preprocessor_config(json.loads(path.read_text()), aspect_ratio=aspect)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise CheckpointError(f"{path} is not a valid preprocessor config ({e})") from None
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return data
+
+
+def _clip_vision_config(directory: Path) -> dict:
+    """The vision config of a CLIPVisionModel directory (flat) or a CLIPModel one (`vision_config`)."""
+    if not directory.is_dir():
+        raise CheckpointError(f"vision tower directory not found: {directory}")
+    data = _read_json(directory / "config.json", "vision tower config")
+    vision = data.get("vision_config", data)
+    if not isinstance(vision, dict) or vision.get("model_type", "clip_vision_model") != "clip_vision_model":
+        raise CheckpointError(f"{directory} is not a CLIP vision model (model_type "
+                              f"{vision.get('model_type') if isinstance(vision, dict) else None!r})")
+    return vision
+
+
+def _tower_key(key: str) -> str | None:
+    """A CLIPVisionModel / CLIPModel key -> the schema's vision name (None for text-model keys)."""
+    if key.startswith(CLIP_VISION_LEVEL) or key.startswith(CLIP_VISION_ROOTS):
+        return canonical_name(key if key.startswith(CLIP_VISION_LEVEL) else CLIP_VISION_LEVEL + key)
+    return None
 
 
 def _open_weight_files(directory: Path) -> tuple[dict[str, SafetensorsFile], dict[str, str]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mote_edge import __version__
-from mote_edge.chat import DEFAULT_SYSTEM
+from mote_edge.chat import template_for_tokenizer, template_named
 from mote_edge.errors import ExportError
 from mote_edge.format.encoding import encode
 from mote_edge.format.stats import size_stats
@@ -43,6 +43,9 @@ class ExportOptions:
     vision_bits: int = 8
     calib: Path | None = None  # GPTQ calibration: a .jsonl of {"prompt", "image"}; None = built-in set
     calib_samples: int = 16
+    chat_template: str | None = None  # v1, qwen or plain; None = chosen from the tokenizer's EOS
+    system: str | None = None  # the template's system prompt, replaced
+    vision_tower: Path | None = None  # a CLIP directory for checkpoints that only name their tower
     force: bool = False
     progress: bool = True
 
@@ -61,15 +64,18 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def build_metadata(ckpt: Checkpoint, recipe: Recipe) -> dict:
-    dc = ckpt.config.decoder
-    tok = ckpt.tokenizer()
+def build_metadata(ckpt: Checkpoint, recipe: Recipe, chat_template: str | None = None, system: str | None = None,
+                   warn=None) -> dict:
+    tok = ckpt.tokenizer(warn)
+    template = template_named(chat_template) if chat_template else template_for_tokenizer(tok)
+    stop_ids = sorted(set(ckpt.config.decoder.eos_ids) | ({tok.eos_id} if tok.eos_id is not None else set()))
     return {
         "format": "mote",
         "created_by": f"mote-edge {__version__}",
         "model": ckpt.config.to_dict(),
-        "tokenizer": {"json": tok.to_str(), "bos_token_id": dc.bos_token_id, "eos_token_id": tok.eos_id},
-        "chat_template": {"name": "moe-llava-v1", "system": DEFAULT_SYSTEM},
+        "tokenizer": {"json": tok.to_str(), "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id,
+                      "stop_token_ids": stop_ids},
+        "chat_template": template.with_system(system).to_dict(),
         "image_preprocess": {**ckpt.image_config().to_preprocessor_config(),
                              "image_aspect_ratio": ckpt.config.projector.image_aspect_ratio},
         "recipe": recipe.to_dict(),
@@ -119,7 +125,9 @@ def export_checkpoint(checkpoint_dir: str | Path, output: str | Path, opts: Expo
     if output.is_dir():
         raise ExportError(f"{output} is a directory")
     recipe = Recipe.default(opts.bits, opts.group_size, opts.method, opts.vision_bits, opts.recipe)
-    ckpt = Checkpoint.open(checkpoint_dir)
+    if opts.chat_template is not None:
+        template_named(opts.chat_template)  # an unknown name fails before any work
+    ckpt = Checkpoint.open(checkpoint_dir, opts.vision_tower)
     specs = checkpoint_tensors(ckpt.config)
     say = stderr_console.print if opts.progress else (lambda *a, **k: None)
     stages: dict[str, float] = {}
@@ -139,7 +147,8 @@ def export_checkpoint(checkpoint_dir: str | Path, output: str | Path, opts: Expo
     stages["vision"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    writer = MoteWriter(output, build_metadata(ckpt, recipe))
+    warn = (lambda m: stderr_console.print(f"warning: {m}")) if opts.progress else None
+    writer = MoteWriter(output, build_metadata(ckpt, recipe, opts.chat_template, opts.system, warn))
     plan_file(writer, specs, recipe)
     writer.add_vision(len(vision), {"format": "onnx", "weight_bits": recipe.vision_bits,
                                     "input": "pixel_values", "output": "image_features"})

@@ -65,6 +65,15 @@ def export(
                                                     "embed, lm_head, attn, ffn, shared_expert, fp_expert, router, "
                                                     "norm, vision."),
     vision_bits: int = typer.Option(8, help="Vision tower + projector weights in ONNX: 8 (int8 per-channel) or 16."),
+    vision_tower: Optional[Path] = typer.Option(None, help="A CLIPVisionModel / CLIPModel directory (transformers "
+                                                           "save_pretrained) for checkpoints that name their tower "
+                                                           "(mm_image_tower / mm_vision_tower) but do not hold it, "
+                                                           "as MoE-LLaVA's and LLaVA's do."),
+    chat_template: Optional[str] = typer.Option(None, help="Conversation format stored in the file: v1 (LLaVA / "
+                                                           "Vicuna v1), qwen (MoE-LLaVA's Qwen format) or plain "
+                                                           "(LLaVA pre-training). Default: qwen when the tokenizer's "
+                                                           "EOS is <|endoftext|>, else v1."),
+    system: Optional[str] = typer.Option(None, help="Replace the chat template's system prompt."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output file."),
 ) -> None:
     """Quantize a MoTE / MoE-LLaVA checkpoint and pack it into one .mote file.
@@ -75,7 +84,8 @@ def export(
     from mote_edge.exporters.export import ExportOptions, export_checkpoint, export_summary_text
 
     opts = ExportOptions(bits=bits, group_size=group_size, method=method, recipe=recipe, vision_bits=vision_bits,
-                         calib=calib, force=force, progress=sys.stderr.isatty())
+                         calib=calib, chat_template=chat_template, system=system, vision_tower=vision_tower,
+                         force=force, progress=sys.stderr.isatty())
     summary = export_checkpoint(checkpoint, output, opts)
     typer.echo(export_summary_text(summary))
 
@@ -83,8 +93,12 @@ def export(
 @app.command()
 def run(
     model: Path = typer.Argument(..., help="A .mote file."),
-    prompt: str = typer.Option(..., help="The question to ask."),
+    prompt: str = typer.Option(..., help="The question to ask (rendered by the model's chat template)."),
     image: Optional[Path] = typer.Option(None, help="An image file (any format Pillow reads)."),
+    system: Optional[str] = typer.Option(None, help="System prompt instead of the chat template's own."),
+    raw: bool = typer.Option(False, "--raw", help="Send --prompt as it is, without the chat template (for "
+                                                  "evaluation harnesses); put <image> where the image goes. "
+                                                  "The tokenizer's BOS still leads."),
     memory_budget: Optional[str] = typer.Option(None, help="Hard memory budget for everything the model needs, "
                                                            "e.g. 300MB or 1.5GiB (default: cache every expert)."),
     max_new_tokens: int = typer.Option(128, help="Maximum number of tokens to generate."),
@@ -125,7 +139,8 @@ def run(
                    f"({cached} of {plan.total_experts} experts cached, {plan.expert_layout} layout, "
                    f"context {plan.context})", err=True)
         for piece in engine.generate(prompt, image=image, max_new_tokens=max_new_tokens, temperature=temperature,
-                                     top_k=top_k, top_p=top_p, seed=seed, ignore_eos=ignore_eos):
+                                     top_k=top_k, top_p=top_p, seed=seed, ignore_eos=ignore_eos, system=system,
+                                     raw=raw):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")

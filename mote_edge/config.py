@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from mote_edge.config_fields import check_refusals, eos_ids_of, projector_type_of, rope_theta_of
 from mote_edge.errors import ConfigError
 
 # LLaVA's placeholder id for "<image>" in input_ids; never looked up in the embedding table.
@@ -129,12 +130,18 @@ class DecoderConfig:
     rms_norm_eps: float = 1e-6
     rope_theta: float = 1000000.0
     tie_word_embeddings: bool = True
-    bos_token_id: int | None = None
-    eos_token_id: int | None = 0
+    bos_token_id: int | None = None  # a name only: the BOS comes from the tokenizer files
+    eos_token_id: int | list[int] | None = 0  # HF allows a list: generation stops on any of them
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def eos_ids(self) -> list[int]:
+        """eos_token_id as a list ([] when the config names none)."""
+        e = self.eos_token_id
+        return [] if e is None else list(e) if isinstance(e, list) else [e]
 
     def validate(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -150,10 +157,9 @@ class DecoderConfig:
         _require(self.head_dim % 2 == 0, f"head_dim ({self.head_dim}) must be even for RoPE")
         _require(self.rms_norm_eps > 0, f"rms_norm_eps must be positive, got {self.rms_norm_eps}")
         _require(self.rope_theta > 0, f"rope_theta must be positive, got {self.rope_theta}")
-        for name in ("bos_token_id", "eos_token_id"):
-            tid = getattr(self, name)
-            _require(tid is None or 0 <= tid < self.vocab_size,
-                     f"{name} {tid} is outside the vocabulary (vocab_size {self.vocab_size})")
+        for tid in self.eos_ids:
+            _require(isinstance(tid, int) and not isinstance(tid, bool) and 0 <= tid < self.vocab_size,
+                     f"eos_token_id {tid!r} is outside the vocabulary (vocab_size {self.vocab_size})")
 
 
 @dataclass
@@ -262,9 +268,11 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         if not isinstance(d, dict):
             raise ConfigError("config.json must hold a JSON object")
-        decoder = DecoderConfig(**_pick(DecoderConfig, d, "config"))
-        if isinstance(d.get("eos_token_id"), list):  # HF allows a list; the first is the main EOS
-            decoder.eos_token_id = d["eos_token_id"][0]
+        check_refusals(d)  # mote_edge.config_fields: every field that changes the maths is read or refused
+        decoder = DecoderConfig(**_pick(DecoderConfig, {k: v for k, v in d.items() if k != "rope_theta"}, "config"))
+        decoder.rope_theta = rope_theta_of(d)  # transformers 4.x rope_theta or 5.x rope_parameters
+        eos = eos_ids_of(d)
+        decoder.eos_token_id = None if not eos else eos[0] if len(eos) == 1 else eos
         vision_d = d.get("vision_config")
         if not isinstance(vision_d, dict):
             raise ConfigError("config.json has no vision_config block (a CLIP vision config is required)")
@@ -273,7 +281,7 @@ class ModelConfig:
             raise ConfigError(f"mm_hidden_size ({d['mm_hidden_size']}) does not match "
                               f"vision_config.hidden_size ({vision.hidden_size})")
         projector = ProjectorConfig(
-            projector_type=d.get("mm_projector_type", "mlp2x_gelu"),
+            projector_type=projector_type_of(d),
             select_layer=d.get("mm_vision_select_layer", -2),
             select_feature=d.get("mm_vision_select_feature", "patch"),
             image_aspect_ratio=d.get("image_aspect_ratio", "pad"),

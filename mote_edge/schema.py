@@ -26,11 +26,19 @@ from dataclasses import dataclass
 from mote_edge.config import ModelConfig
 
 VISION_PREFIX = "model.vision_tower.vision_model."
-# Prefixes that other LLaVA-family checkpoints use for the same CLIPVisionModel tensors.
-VISION_PREFIX_ALIASES = (
-    "model.vision_tower.vision_tower.vision_model.",  # LLaVA's CLIPVisionTower wrapper
-    "model.image_tower.image_tower.vision_model.",  # MoE-LLaVA
+# Where LLaVA-family checkpoints keep the CLIPVisionModel: a wrapper module's prefix, then the
+# CLIPVisionModel's own keys (with "vision_model." as transformers 4 saves them, or without).
+VISION_TOWER_PREFIXES = (
+    "model.vision_tower.vision_tower.",  # LLaVA's CLIPVisionTower wrapper
+    "model.image_tower.image_tower.",  # MoE-LLaVA's image tower wrapper
+    "model.vision_tower.",  # this project's own checkpoints
+    "",  # a CLIPVisionModel / CLIPModel directory of its own (`export --vision-tower DIR`)
 )
+CLIP_VISION_LEVEL = "vision_model."
+CLIP_VISION_ROOTS = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm.")
+# MoE-LLaVA builds its projector as `mm_projector.image_spatial_proj` (moellava/model/multimodal_projector/builder.py).
+PROJECTOR_PREFIX = "model.mm_projector."
+PROJECTOR_PREFIX_ALIASES = ("model.mm_projector.image_spatial_proj.",)
 SWIGLU_PROJS = ("gate_proj", "up_proj", "down_proj")
 
 
@@ -152,10 +160,19 @@ def checkpoint_tensors(cfg: ModelConfig) -> list[TensorSpec]:
 
 
 def canonical_name(name: str) -> str:
-    """Map alias key names (LLaVA / MoE-LLaVA vision-tower prefixes) to the schema's names."""
-    for alias in VISION_PREFIX_ALIASES:
+    """Map the key names LLaVA, MoE-LLaVA and transformers use for the vision tower and the
+    projector to the schema's names; other names are returned unchanged."""
+    for alias in PROJECTOR_PREFIX_ALIASES:
         if name.startswith(alias):
-            return VISION_PREFIX + name[len(alias):]
+            return PROJECTOR_PREFIX + name[len(alias):]
+    for prefix in VISION_TOWER_PREFIXES:
+        if not name.startswith(prefix):
+            continue
+        rest = name[len(prefix):]
+        if rest.startswith(CLIP_VISION_LEVEL):
+            return VISION_PREFIX + rest[len(CLIP_VISION_LEVEL):]
+        if prefix and rest.startswith(CLIP_VISION_ROOTS):
+            return VISION_PREFIX + rest
     return name
 
 

@@ -108,6 +108,17 @@ class Tokenizer:
         """Number of ids, added tokens included (the embedding table may be padded larger)."""
         return self._vocab_size
 
+    def post_processor_specials(self) -> tuple[list[int], list[int]]:
+        """(ids the tokenizer.json post-processor puts before text, ids it puts after): what
+        `tokenizer(text)` in transformers adds with its default add_special_tokens=True."""
+        probe = "a b"
+        plain = self._tok.encode(probe, add_special_tokens=False).ids
+        full = self._tok.encode(probe, add_special_tokens=True).ids
+        for start in range(len(full) - len(plain) + 1):
+            if full[start:start + len(plain)] == plain:
+                return full[:start], full[start + len(plain):]
+        raise TokenizerError("the tokenizer's post-processor changes the text's own tokens; not supported")
+
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
@@ -161,6 +172,27 @@ class Tokenizer:
 
     def incremental_decoder(self, skip_special_tokens: bool = True) -> "IncrementalDecoder":
         return IncrementalDecoder(self, skip_special_tokens)
+
+
+def bos_of_tokenizer(tokenizer: Tokenizer, tokenizer_config: dict | None = None, warn=None) -> int | None:
+    """The BOS id a checkpoint's prompts start with, as transformers' AutoTokenizer adds it: the
+    tokenizer.json post-processor decides (transformers 5 loads every fast tokenizer that way).
+    config.json's bos_token_id is only a name (Qwen2.5 names one its tokenizer never adds).
+
+    A tokenizer_config.json `add_bos_token` that contradicts the post-processor is reported through
+    `warn` (the post-processor wins); a post-processor that adds more than one id before the text,
+    or any after it (an EOS per chunk), is refused.
+    """
+    before, after = tokenizer.post_processor_specials()
+    if after or len(before) > 1:
+        raise TokenizerError(f"the tokenizer adds {len(before)} id(s) before and {len(after)} after every text; "
+                             f"only a single BOS before the text is supported")
+    bos = before[0] if before else None
+    flag = (tokenizer_config or {}).get("add_bos_token")
+    if isinstance(flag, bool) and flag != (bos is not None) and warn is not None:
+        warn(f"tokenizer_config.json says add_bos_token={str(flag).lower()} but tokenizer.json's post-processor "
+             f"{'adds' if bos is not None else 'adds no'} BOS; following tokenizer.json as transformers does")
+    return bos
 
 
 class IncrementalDecoder:

@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 import onnxruntime  # noqa: F401  (imported before the baseline reading: library code is not model memory)
 
-from mote_edge.chat import DEFAULT_SYSTEM, encode_prompt
+from mote_edge.chat import ChatTemplate, encode_prompt, encode_text
 from mote_edge.config import IMAGE_TOKEN_INDEX
 from mote_edge.errors import MoteError
 from mote_edge.format.reader import MoteFile
@@ -37,6 +37,7 @@ from .memory import drop_page_cache, read_status
 from .plan import MemoryPlan, default_context, fit_file_budget
 from .report import RunStats, build_report
 from .sampler import Sampler, SamplingParams
+from .stop_strings import StopStrings
 from .vision import VisionEncoder
 from .weights import ResidentWeights
 
@@ -72,12 +73,15 @@ class Engine:
         self.baseline_rss = baseline_rss
         cfg = self.config = file.config
         meta = file.metadata
-        self.tokenizer = Tokenizer.from_str(meta["tokenizer"]["json"], bos_token_id=meta["tokenizer"]["bos_token_id"],
-                                            eos_token_id=meta["tokenizer"]["eos_token_id"])
+        tok_meta = meta["tokenizer"]
+        self.tokenizer = Tokenizer.from_str(tok_meta["json"], bos_token_id=tok_meta["bos_token_id"],
+                                            eos_token_id=tok_meta["eos_token_id"])
+        eos = self.tokenizer.eos_id
+        self.stop_ids = frozenset(tok_meta.get("stop_token_ids", [] if eos is None else [eos]))
         pre = dict(meta["image_preprocess"])
         self.image_config = ImagePreprocessConfig.from_preprocessor_config(
             pre, aspect_ratio=pre.pop("image_aspect_ratio", cfg.projector.image_aspect_ratio))
-        self.system = meta.get("chat_template", {}).get("system", DEFAULT_SYSTEM)
+        self.template = ChatTemplate.from_dict(meta.get("chat_template", {"name": "v1"}))
         self.weights = ResidentWeights(file, threads)
         self.experts = (ExpertCache(file, plan.expert_slabs, threads, policy=cache_policy, layout=plan.expert_layout)
                         if cfg.moe_layers else None)
@@ -118,9 +122,19 @@ class Engine:
         return engine
 
     # ------------------------------------------------------------------ generation
-    def _prompt_embeddings(self, prompt: str, image) -> np.ndarray:
+    def encode(self, prompt: str, has_image: bool, system: str | None = None, raw: bool = False) -> list[int]:
+        """Prompt ids: `prompt` rendered by the model's chat template (with `system` instead of the
+        template's own, if given), or taken as it is when `raw` (an `<image>` placeholder marks the
+        image); the tokenizer's BOS leads either way. IMAGE_TOKEN_INDEX marks the image."""
+        if raw:
+            if system is not None:
+                raise MoteError("a raw prompt has no chat template, so a system prompt cannot be applied")
+            return encode_text(self.tokenizer, prompt, has_image)
+        return encode_prompt(self.tokenizer, prompt, has_image, system=system, template=self.template)
+
+    def _prompt_embeddings(self, prompt: str, image, system: str | None = None, raw: bool = False) -> np.ndarray:
         """[T', H]: the chat-templated prompt with the image's patch embeddings at the placeholder."""
-        ids = np.array(encode_prompt(self.tokenizer, prompt, has_image=image is not None, system=self.system))
+        ids = np.array(self.encode(prompt, image is not None, system, raw))
         if image is None:
             return self.decoder.embed(ids)
         if self.vision is None:
@@ -136,16 +150,17 @@ class Engine:
 
     def generate_ids(self, prompt: str, image=None, max_new_tokens: int = 128, temperature: float = 0.0,
                      top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                     ignore_eos: bool = False) -> Iterator[int]:
-        """Token ids of the answer, one at a time (EOS ends it and is not yielded; with ignore_eos,
-        EOS is yielded like any token and exactly max_new_tokens come, as for benchmarks)."""
+                     ignore_eos: bool = False, system: str | None = None, raw: bool = False) -> Iterator[int]:
+        """Token ids of the answer, one at a time (an EOS id ends it and is not yielded; with ignore_eos,
+        EOS is yielded like any token and exactly max_new_tokens come, as for benchmarks). `system`
+        and `raw` as in `encode`."""
         if max_new_tokens < 1:
             raise MoteError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         sampler = _VocabMaskedSampler(Sampler(params), self.tokenizer.vocab_size)
         self.stats = RunStats()
         t0 = time.perf_counter()
-        x = self._prompt_embeddings(prompt, image)
+        x = self._prompt_embeddings(prompt, image, system, raw)
         if x.shape[0] + max_new_tokens > self.plan.context:
             raise ContextError(f"prompt of {x.shape[0]} positions + {max_new_tokens} new tokens exceeds the context "
                                f"of {self.plan.context} (shorten the prompt, lower --max-new-tokens or raise --max-context)")
@@ -156,9 +171,9 @@ class Engine:
         now = time.perf_counter()
         self.stats.prefill_tokens, self.stats.prefill_ms = x.shape[0], 1e3 * (now - t1)
         self.stats.ttft_ms = 1e3 * (now - t0)
-        eos = None if ignore_eos else self.tokenizer.eos_id
+        stop = frozenset() if ignore_eos else self.stop_ids
         for step in range(max_new_tokens):
-            if token == eos:
+            if token in stop:
                 return
             yield token
             if step == max_new_tokens - 1:
@@ -170,13 +185,18 @@ class Engine:
             self.stats.decode_ms += 1e3 * (time.perf_counter() - t2)
 
     def generate(self, prompt: str, image=None, **kwargs) -> Iterator[str]:
-        """The answer as text pieces, streamed as tokens come (same arguments as generate_ids)."""
+        """The answer as text pieces, streamed as tokens come (same arguments as generate_ids). The
+        answer ends before the chat template's first stop string (e.g. "</s>" typed out as text);
+        with ignore_eos it runs on to max_new_tokens."""
         decoder = self.tokenizer.incremental_decoder()
+        stops = StopStrings(() if kwargs.get("ignore_eos") or kwargs.get("raw") else self.template.stop)
         for token in self.generate_ids(prompt, image, **kwargs):
-            piece = decoder.feed(token)
+            piece = stops.feed(decoder.feed(token))
             if piece:
                 yield piece
-        tail = decoder.flush()
+            if stops.stopped:
+                return
+        tail = stops.feed(decoder.flush()) + stops.flush()
         if tail:
             yield tail
 

@@ -27,10 +27,14 @@ def test_moe_llava_style_block_is_normalised():
     assert cfg.moe.expert_type == "fp" and cfg.moe.shared_expert is False  # plain MoE-LLaVA
 
 
-def test_eos_list_takes_first():
+def test_eos_list_is_kept_whole():
     d = preset_config("tiny").to_dict()
     d["eos_token_id"] = [0, 1]
-    assert ModelConfig.from_dict(d).decoder.eos_token_id == 0
+    dc = ModelConfig.from_dict(d).decoder
+    assert dc.eos_token_id == [0, 1] and dc.eos_ids == [0, 1]
+    d["eos_token_id"] = [0, 1, 5000]
+    with pytest.raises(ConfigError, match="eos_token_id 5000"):
+        ModelConfig.from_dict(d)
 
 
 def test_dense_model_has_no_moe_layers():
