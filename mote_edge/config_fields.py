@@ -42,8 +42,6 @@ REFUSED_MODEL_TYPES = {
     "llava_mpt": "MPT has a different decoder (ALiBi)",
 }
 
-READ, REFUSED, IGNORED = "read", "refused unless", "ignored"
-
 # (field, what mote-edge does, why) -- the rows of docs/CHECKPOINTS.md.
 FIELDS: list[tuple[str, str, str]] = [
     ("model_type", "read", "one of " + ", ".join(SUPPORTED_MODEL_TYPES) + "; refused: "
@@ -187,3 +185,14 @@ def eos_ids_of(d: dict[str, Any]) -> list[int]:
         if isinstance(v, bool) or not isinstance(v, int):
             raise ConfigError(f"config.json eos_token_id must be an integer or a list of integers, got {value!r}")
     return list(values)
+
+
+def fields_markdown() -> str:
+    """The FIELDS table as markdown (docs/CHECKPOINTS.md holds exactly this; `python -m mote_edge.config_fields`)."""
+    rows = ["| config.json field | mote-edge | detail |", "|---|---|---|"]
+    rows += [f"| `{name}` | {action} | {why} |" for name, action, why in FIELDS]
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(fields_markdown(), end="")
