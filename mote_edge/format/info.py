@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mote_edge.chat import ChatTemplate
 from mote_edge.runtime.plan import default_context, minimum_slabs, plan_file
 
 from .reader import MoteFile
@@ -29,6 +30,7 @@ def info_dict(f: MoteFile, context: int | None = None) -> dict:
             "moe": (f"{cfg.moe.expert_type} experts: {cfg.moe.num_experts[0]} per layer on {len(cfg.moe_layers)} "
                     f"layers, top-{cfg.moe.top_k_experts}, shared expert: {'yes' if cfg.moe.shared_expert else 'no'}")
                    if cfg.moe_layers else "dense",
+            "prompt": _prompt_line(f.metadata),
         },
         "recipe": {role: s.label for role, s in f.recipe.roles.items()} | {"vision": f"int{f.recipe.vision_bits}"
                                                                             if f.recipe.vision_bits == 8 else
@@ -41,6 +43,17 @@ def info_dict(f: MoteFile, context: int | None = None) -> dict:
         "memory": {"context": context, "full_cache_bytes": full.total_bytes, "full_cache_plan": full.breakdown(),
                    "minimum_budget_bytes": minimum.total_bytes, "minimum_plan": minimum.breakdown()},
     }
+
+
+def _prompt_line(meta: dict) -> str:
+    """Chat template, BOS and stop conditions, as the runtime will use them."""
+    template = ChatTemplate.from_dict(meta.get("chat_template", {"name": "v1"}))
+    tok = meta.get("tokenizer", {})
+    bos = tok.get("bos_token_id")
+    stops = list(template.stop) + [f"id {i}" for i in tok.get("stop_token_ids", [tok.get("eos_token_id")])
+                                   if i is not None]
+    return (f"chat template {template.name}, BOS {'id ' + str(bos) if bos is not None else 'none'}, "
+            f"stops at {', '.join(repr(s) if isinstance(s, str) and not s.startswith('id ') else s for s in stops)}")
 
 
 def _mb(n: int) -> str:
