@@ -64,7 +64,7 @@ def export(
     recipe: Optional[str] = typer.Option(None, help="Per-role overrides, e.g. embed=4,attn=8g64,router=16. Roles: "
                                                     "embed, lm_head, attn, ffn, shared_expert, fp_expert, router, "
                                                     "norm, vision."),
-    vision_bits: int = typer.Option(8, help="Vision tower + projector weights in ONNX: 8 (int8 per-channel) or 16."),
+    vision_bits: int = typer.Option(8, help="Vision tower + projector weights in ONNX: 8 (int8 per-channel), 16 (fp16) or 32 (fp32, for parity checks)."),
     vision_tower: Optional[Path] = typer.Option(None, help="A CLIPVisionModel / CLIPModel directory (transformers "
                                                            "save_pretrained) for checkpoints that name their tower "
                                                            "(mm_image_tower / mm_vision_tower) but do not hold it, "
