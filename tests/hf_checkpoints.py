@@ -52,10 +52,23 @@ SWIGLU_PROJS = ("gate_proj", "up_proj", "down_proj")
 # Weight scales: large enough that greedy top-1 leads are clear (typically > 0.5 logits).
 LINEAR_STD = 0.15
 BIAS_STD = 0.1
-EMBED_STD = 0.3
-LM_HEAD_STD = 0.3
+EMBED_STD = 0.6
+LM_HEAD_STD = 0.6
 ROUTER_STD = 0.3
 UPCYCLE_NOISE_STD = 0.05
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' load reports (the MoE layers' dense FFN keys are missing on purpose)."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)
 
 
 # ================================================================== tokenizers
@@ -182,7 +195,8 @@ def build_tokenizer(out_dir: str | Path, style: str = "qwen") -> int:
 def _auto_tokenizer(tokenizer_dir: str | Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    with _quiet_transformers():  # in a checkpoint dir it warns that config.json's model_type is unknown
+        return AutoTokenizer.from_pretrained(str(tokenizer_dir))
 
 
 def hf_tokenize(tokenizer_dir: str | Path, text: str) -> list[int]:
@@ -574,19 +588,6 @@ def moe_feed_forward(tensors: dict[str, torch.Tensor], moe: dict, layer: int, n_
 
 
 # ================================================================== the oracle
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Silence transformers' load reports (the MoE layers' dense FFN keys are missing on purpose)."""
-    from transformers.utils import logging
-
-    level = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
-
 
 _LLAVA_ONLY_FIELDS = ("vision_config", "moe", "lora", "mm_projector_type", "image_projector_type", "mm_hidden_size",
                       "mm_vision_select_layer", "mm_vision_select_feature", "image_aspect_ratio",
