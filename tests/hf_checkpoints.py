@@ -168,7 +168,8 @@ def _llama_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(content=" ", left=1)])
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])
     config = {"tokenizer_class": "LlamaTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
               "unk_token": "<unk>", "pad_token": None, "add_bos_token": True, "add_eos_token": False,
               "legacy": False, "model_max_length": 4096, "clean_up_tokenization_spaces": False}
@@ -624,7 +625,8 @@ def _load_decoder(config: dict, tensors: dict, tmp: Path, moe_override=None):
     _write_json(qwen_dir / "config.json", qwen_config)
     moe_layers = _moe_layers(config)
     moe_mlp_prefixes = tuple(f"model.layers.{i}.mlp." for i in moe_layers)
-    decoder_keys = [k for k in tensors if k.startswith(("model.layers.", "model.embed_tokens.", "model.norm.", "lm_head."))]
+    decoder_prefixes = ("model.layers.", "model.embed_tokens.", "model.norm.", "lm_head.")
+    decoder_keys = [k for k in tensors if k.startswith(decoder_prefixes)]
     _save_tensors({k: tensors[k] for k in decoder_keys if not k.startswith(moe_mlp_prefixes)},
                   qwen_dir / "model.safetensors")
     with _quiet_transformers():
@@ -722,7 +724,8 @@ class Oracle:
         if image is None:
             return embed(torch.tensor(prompt_ids))
         at = prompt_ids.index(IMAGE_TOKEN_INDEX)
-        before, after = torch.tensor(prompt_ids[:at], dtype=torch.long), torch.tensor(prompt_ids[at + 1:], dtype=torch.long)
+        before = torch.tensor(prompt_ids[:at], dtype=torch.long)  # [at]
+        after = torch.tensor(prompt_ids[at + 1:], dtype=torch.long)  # [T - at - 1]
         return torch.cat([embed(before), self.image_embeddings(image), embed(after)])
 
     @torch.no_grad()

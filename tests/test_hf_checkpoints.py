@@ -13,7 +13,8 @@ from hf_checkpoints import (  # noqa: E402
     Oracle, SwiGLU, build_moe_llava, build_mote_llava, expand2square, hf_tokenize, llava_tokenizer_image_token,
     oracle_generate, route)
 
-PROMPT = "A chat between a curious user and an artificial intelligence assistant. USER: <image>\nWhat color is the star? ASSISTANT:"
+PROMPT = ("A chat between a curious user and an artificial intelligence assistant."
+          " USER: <image>\nWhat color is the star? ASSISTANT:")
 H = TINY_DECODER["hidden_size"]
 PATCHES = (TINY_VISION["image_size"] // TINY_VISION["patch_size"]) ** 2
 
@@ -74,10 +75,12 @@ def test_mote_llava_shared_expert_is_the_saved_dense_ffn_and_router_shape(mote):
     dense = load_file(str(mote.parts_dir / "qwen2" / "model.safetensors"))
     tensors = _tensors(mote.ckpt_dir)
     for p in SWIGLU_PROJS:
-        assert torch.equal(tensors[f"model.layers.0.mlp.shared_expert.{p}.weight"], dense[f"model.layers.0.mlp.{p}.weight"])
+        shared = tensors[f"model.layers.0.mlp.shared_expert.{p}.weight"]
+        assert torch.equal(shared, dense[f"model.layers.0.mlp.{p}.weight"])
     assert tensors["model.layers.2.mlp.deepspeed_moe.gate.wg.weight"].shape == (NUM_EXPERTS, H)
-    renamed = {k.replace(".mlp.shared_expert.", ".mlp."): v for k, v in tensors.items() if k.startswith(("model.layers", "model.e", "model.n", "lm_"))
-               and ".deepspeed_moe." not in k}
+    decoder = ("model.layers.", "model.embed_tokens.", "model.norm.", "lm_head.")
+    renamed = {k.replace(".mlp.shared_expert.", ".mlp."): v for k, v in tensors.items()
+               if k.startswith(decoder) and ".deepspeed_moe." not in k}
     assert renamed.keys() == dense.keys() and all(torch.equal(renamed[k], dense[k]) for k in dense)
 
 
@@ -85,7 +88,8 @@ def test_mote_llava_config(mote):
     cfg = _config(mote.ckpt_dir)
     assert cfg["model_type"] == "mote_llava_qwen2" and cfg["architectures"] == ["MoTELlavaQwen2ForCausalLM"]
     assert cfg["rope_parameters"] == {"rope_theta": ROPE_THETA, "rope_type": "default"} and "rope_theta" not in cfg
-    assert cfg["vision_config"]["model_type"] == "clip_vision_model" and cfg["mm_hidden_size"] == TINY_VISION["hidden_size"]
+    assert cfg["vision_config"]["model_type"] == "clip_vision_model"
+    assert cfg["mm_hidden_size"] == TINY_VISION["hidden_size"]
     assert cfg["mm_projector_type"] == "mlp2x_gelu" and cfg["mm_vision_select_layer"] == -2
     assert cfg["mm_vision_select_feature"] == "patch" and cfg["image_aspect_ratio"] == "pad"
     moe = cfg["moe"]
@@ -112,15 +116,16 @@ def test_moe_llava_keys_and_config(moe_residual):
         for p in SWIGLU_PROJS:
             assert torch.equal(tensors[f"{base}mlp.{p}.weight"], dense[f"{base}{p}.weight"])  # residual = dense FFN
             for k in range(NUM_EXPERTS):  # up-cycled: a perturbed copy of the dense FFN
-                diff = tensors[f"{base}deepspeed_moe.experts.deepspeed_experts.{k}.{p}.weight"] - dense[f"{base}{p}.weight"]
+                expert = tensors[f"{base}deepspeed_moe.experts.deepspeed_experts.{k}.{p}.weight"]
+                diff = expert - dense[f"{base}{p}.weight"]
                 assert 0.03 < float(diff.std()) < 0.07
     cfg = _config(moe_residual.ckpt_dir)
     assert cfg["model_type"] == "moe_llava_qwen1_5" and cfg["architectures"] == ["MoELLaVAQwen1_5ForCausalLM"]
     assert cfg["image_projector_type"] == "mlp2x_gelu" and "mm_projector_type" not in cfg
     assert cfg["mm_image_tower"] and cfg["lora"] == {} and "vision_config" in cfg
-    assert set(cfg["moe"]) == {"moe_enable", "moe_mode", "moe_layers_idx", "ep_size", "top_k_experts", "capacity_factor",
-                               "eval_capacity_factor", "min_capacity", "use_residual", "router_aux_loss_coef",
-                               "train_modules", "num_experts"}
+    assert set(cfg["moe"]) == {"moe_enable", "moe_mode", "moe_layers_idx", "ep_size", "top_k_experts",
+                               "capacity_factor", "eval_capacity_factor", "min_capacity", "use_residual",
+                               "router_aux_loss_coef", "train_modules", "num_experts"}
     assert cfg["moe"]["use_residual"] is True
 
 
@@ -144,7 +149,8 @@ def test_llama_style_prepends_bos_and_qwen_style_adds_nothing(mote, tmp_path):
     llama = build_mote_llava(tmp_path / "llama", tokenizer="llama", seed=4).ckpt_dir
     text = "What color is the star?"
     qwen_ids, llama_ids = hf_tokenize(mote.ckpt_dir, text), hf_tokenize(llama, text)
-    assert 420 not in qwen_ids and qwen_ids == Tokenizer.from_file(str(mote.ckpt_dir / "tokenizer.json")).encode(text).ids
+    assert 420 not in qwen_ids  # <|endoftext|>
+    assert qwen_ids == Tokenizer.from_file(str(mote.ckpt_dir / "tokenizer.json")).encode(text).ids
     assert llama_ids[0] == 1 and 1 not in llama_ids[1:]
     assert llama_ids == Tokenizer.from_file(str(llama / "tokenizer.json")).encode(text).ids
     assert _config(llama)["bos_token_id"] == 1 and _config(llama)["eos_token_id"] == 2
