@@ -42,7 +42,7 @@ IMAGE_PLACEHOLDER = "<image>"
 
 TINY_DECODER = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                     num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-6)
-ROPE_THETA = 10000.0  # not mote-edge's default (1e6): a loader that ignores the config is caught
+ROPE_THETA = 50000.0  # neither transformers' default (1e4) nor Qwen2.5's (1e6): a loader that ignores the config is caught
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
                    image_size=32, patch_size=8, projection_dim=32)
 MOE_LAYERS = [0, 2]
@@ -263,8 +263,11 @@ def _randomise_(module: nn.Module, generator: torch.Generator, *, embed_std: flo
 
 
 def _tied_token_ids(tokenizer_dir: Path) -> dict:
+    """config.json's token ids. Like Qwen2.5's, a tokenizer without BOS still gets a bos_token_id
+    (the <|endoftext|> id) that it never adds: config.json's id is only a name."""
     tok = _auto_tokenizer(tokenizer_dir)
-    return {"bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id}
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    return {"bos_token_id": bos, "eos_token_id": tok.eos_token_id}
 
 
 def _save_qwen2_part(out_dir: Path, vocab_size: int, tied: bool, token_ids: dict, generator) -> None:

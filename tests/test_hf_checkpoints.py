@@ -96,7 +96,7 @@ def test_mote_llava_config(mote):
     assert moe["moe_layers_idx"] == MOE_LAYERS and moe["num_experts"] == [NUM_EXPERTS] * 2
     assert moe["expert_type"] == "ternary" and moe["shared_expert"] is True and moe["use_residual"] is False
     assert moe["top_k_experts"] == 2 and moe["moe_enable"] and moe["moe_mode"] == "sparse"
-    assert cfg["vocab_size"] == 423 and cfg["eos_token_id"] == 420 and cfg["bos_token_id"] is None
+    assert cfg["vocab_size"] == 423 and cfg["eos_token_id"] == 420 and cfg["bos_token_id"] == 420  # a name only
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json"):
         assert (mote.ckpt_dir / name).is_file()
 
