@@ -46,7 +46,7 @@ bench-memory: $(STAMP)
 # Qwen2.5-0.5B MoTE (~6 GB of disk, ~8 min and 6.5 GB RAM the first time for the ONNX export)
 bench-decode: $(MODELS)/q05-b4.mote
 	test -f $(MODELS)/q05-ckpt/config.json || $(BIN)/mote-edge synth --preset qwen2.5-0.5b-e8 -o $(MODELS)/q05-ckpt --force
-	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/decode.py $(MODELS)/q05-ckpt $(MODELS)/q05-b4.mote
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/decode_speed.py $(MODELS)/q05-ckpt $(MODELS)/q05-b4.mote
 
 $(MODELS)/q15-b4.mote: | $(STAMP)
 	test -f $(MODELS)/q15-ckpt/config.json || $(BIN)/mote-edge synth --preset qwen2.5-1.5b-e8 -o $(MODELS)/q15-ckpt --force
@@ -67,7 +67,7 @@ bench-accuracy: bench-deps
 
 # Kernel speed vs numpy and onnxruntime MatMulNBits, cold weights (~4 min; writes benchmarks/out/kernels.json)
 bench-kernels: $(STAMP)
-	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/kernels.py
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/kernel_speed.py
 
 clean:
 	rm -rf $(OUT) build *.egg-info mote_edge/*.so
