@@ -1,6 +1,6 @@
 """The package list and the C extension `mote_edge._native` (metadata and dependencies: pyproject.toml).
 
-Import names map onto top-level folders (DESIGN.md section 2: one job per folder): PACKAGE_DIRS below.
+Import names map onto top-level folders (one job per folder: README.md, Layout): PACKAGE_DIRS below.
 The packages are discovered in those folders, never listed by hand, so a new subpackage ships in the
 wheel without an edit here (tests/test_packaging.py holds this to every folder with an __init__.py).
 

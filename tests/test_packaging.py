@@ -17,7 +17,7 @@ import pytest
 from conftest import REPO
 
 # Not in the base install: the [export], [dev] and [bench] extras. The runtime and mote_edge/ must import
-# without any of them (DESIGN: a device has no torch).
+# without any of them: a device has no torch.
 EXTRAS_ONLY = ("torch", "onnx", "onnxscript", "safetensors", "transformers", "matplotlib")
 # Folders whose modules need an extra: the exporters (torch) and training (torch).
 NEEDS_EXTRAS = ("mote_edge.exporters", "mote_edge.training")
