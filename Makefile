@@ -77,7 +77,8 @@ bench-kernels: $(STAMP)
 WHEEL_VENV := $(OUT)/wheel-venv
 wheel-check: $(STAMP)
 	test -f $(OUT)/tiny-mote.mote || $(MAKE) demo
-	rm -rf dist $(WHEEL_VENV)
+	# a stale build/lib or *.egg-info/SOURCES.txt would put modules the config no longer lists into the wheel
+	rm -rf dist build *.egg-info $(WHEEL_VENV)
 	$(BIN)/python -m pip wheel --quiet --no-deps $(PIN) -w dist .
 	$(BIN)/python .ci/wheel_contents.py dist/mote_edge-*.whl
 	$(PYTHON) -m venv $(WHEEL_VENV)
