@@ -7,13 +7,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OUT := out
 MODELS := models
+# Every install pins the tested versions (constraints.txt), the isolated build environment's setuptools too.
+PIN := -c constraints.txt --build-constraint constraints.txt
 
-.PHONY: train-tiny ship-tiny accuracy-tiny demo test bench bench-kernels bench-memory bench-decode bench-sweep bench-accuracy bench-deps install clean
+.PHONY: train-tiny ship-tiny accuracy-tiny demo test bench bench-kernels bench-memory bench-decode bench-sweep bench-accuracy bench-deps install wheel-check constraints clean
 
-$(STAMP): pyproject.toml setup.py $(wildcard native/*.c native/*.h)
+$(STAMP): pyproject.toml setup.py constraints.txt $(wildcard native/*.c native/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[export,dev]'
+	$(BIN)/python -m pip install --quiet --upgrade pip -c constraints.txt
+	$(BIN)/python -m pip install --quiet $(PIN) -e '.[export,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -36,7 +38,7 @@ bench: bench-memory bench-kernels bench-decode bench-sweep bench-accuracy
 
 # matplotlib for the plots (the [bench] extra), installed on first use
 bench-deps: $(STAMP)
-	$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/python -m pip install --quiet $(PIN) -e '.[bench]'
 
 # The paper's memory table from the exporter's own layout planner (seconds)
 bench-memory: $(STAMP)
@@ -46,7 +48,7 @@ bench-memory: $(STAMP)
 # Qwen2.5-0.5B MoTE (~6 GB of disk, ~8 min and 6.5 GB RAM the first time for the ONNX export)
 bench-decode: $(MODELS)/q05-b4.mote
 	test -f $(MODELS)/q05-ckpt/config.json || $(BIN)/mote-edge synth --preset qwen2.5-0.5b-e8 -o $(MODELS)/q05-ckpt --force
-	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/decode.py $(MODELS)/q05-ckpt $(MODELS)/q05-b4.mote
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/decode_speed.py $(MODELS)/q05-ckpt $(MODELS)/q05-b4.mote
 
 $(MODELS)/q15-b4.mote: | $(STAMP)
 	test -f $(MODELS)/q15-ckpt/config.json || $(BIN)/mote-edge synth --preset qwen2.5-1.5b-e8 -o $(MODELS)/q15-ckpt --force
@@ -67,10 +69,45 @@ bench-accuracy: bench-deps
 
 # Kernel speed vs numpy and onnxruntime MatMulNBits, cold weights (~4 min; writes benchmarks/out/kernels.json)
 bench-kernels: $(STAMP)
-	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/kernels.py
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python benchmarks/kernel_speed.py
+
+# What a user gets from `pip install <wheel>` (no extras): build the wheel, install it into a clean venv
+# (out/wheel-venv), check it holds every module and asset, has no torch, and that its CLI and Engine answer
+# about the .mote `make demo` wrote. Runs from inside that venv's folder so the source tree cannot be imported.
+WHEEL_VENV := $(OUT)/wheel-venv
+wheel-check: $(STAMP)
+	test -f $(OUT)/tiny-mote.mote || $(MAKE) demo
+	# a stale build/lib or *.egg-info/SOURCES.txt would put modules the config no longer lists into the wheel
+	rm -rf dist build *.egg-info $(WHEEL_VENV)
+	$(BIN)/python -m pip wheel --quiet --no-deps $(PIN) -w dist .
+	$(BIN)/python .ci/wheel_contents.py dist/mote_edge-*.whl
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install --quiet -c constraints.txt dist/mote_edge-*.whl
+	cd $(WHEEL_VENV) && set -e; \
+	if bin/python -c "import torch" 2>/dev/null; then echo "wheel-check: torch is importable without extras" >&2; exit 1; fi; \
+	bin/python -c "import mote_edge, sys; from mote_edge.runtime.engine import Engine; \
+		sys.exit(0 if mote_edge.__file__.startswith('$(abspath $(WHEEL_VENV))') else 'mote_edge came from ' + mote_edge.__file__)"; \
+	bin/mote-edge info $(abspath $(OUT))/tiny-mote.mote; \
+	answer=$$(bin/mote-edge run $(abspath $(OUT))/tiny-mote.mote --image $(abspath examples/images/task-0.png) \
+		--prompt "What color is the star?" --memory-budget 40MB); \
+	echo "$$answer"; \
+	test -n "$$(echo "$$answer" | tr -d '[:space:]')" || { echo "wheel-check: mote-edge run printed nothing" >&2; exit 1; }
+	@echo "wheel-check: ok"
+
+# Regenerate constraints.txt from the newest releases pyproject.toml admits (see the file's header)
+constraints:
+	rm -rf $(OUT)/constraints-venv
+	$(PYTHON) -m venv $(OUT)/constraints-venv
+	$(OUT)/constraints-venv/bin/python -m pip install --quiet --upgrade pip
+	$(OUT)/constraints-venv/bin/python -m pip install --quiet -e '.[export,dev,bench]'
+	{ sed -n '/^#/p' constraints.txt; $(OUT)/constraints-venv/bin/python -m pip freeze --all --exclude-editable \
+		| sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf $(OUT)/constraints-venv
+	git diff --stat constraints.txt || true
 
 clean:
-	rm -rf $(OUT) build *.egg-info mote_edge/*.so
+	rm -rf $(OUT) build dist *.egg-info mote_edge/*.so
 
 # Train the tiny MoTE from scratch (DESIGN.md section 7; not part of CI): data + task tokenizer, the dense VLM,
 # then MoTE and fp-MoE up-cycling, into out/train/ (log.jsonl has the held-out accuracy after every phase).

@@ -5,7 +5,7 @@ the full cache, with trained-router-like and uniform routing.
 
 Every point runs in a fresh process (so its peak RSS is its own): Engine.load(budget), one image +
 prompt, greedy decoding of --tokens tokens (EOS ignored), the runtime's default cache policy.
-Routing: "skew" replays the routing statistics of the trained tiny MoTE (benchmarks/routing.py: Zipf
+Routing: "skew" replays the routing statistics of the trained tiny MoTE (benchmarks/route_model.py: Zipf
 skew + stickiness fitted per layer on held-out task prompts, measured in this run), "uniform" draws
 experts uniformly (the worst case for a cache), "router" keeps the random-weight model's own router.
 Per point: decode and prefill tok/s, time to first token, hit rate (all and while decoding), expert
@@ -37,8 +37,7 @@ def context_of(f) -> int:
 
 # ----------------------------------------------------------------------------- one point (subprocess)
 def run_point(mote: str, budget: int | None, routing: dict | None, tokens: int, threads: int, trace: bool) -> dict:
-    sys.path.insert(0, str(HERE))
-    from routing import RouteModel, install
+    from route_model import RouteModel, install  # a sibling: a script's folder is sys.path[0]
 
     from mote_edge.format import MoteFile
     from mote_edge.runtime.engine import Engine
@@ -107,8 +106,7 @@ def slab_points(mote: Path, points: int) -> list[tuple[int, int]]:
 
 def tiny_route_model(questions: int) -> dict:
     """Export the shipped trained tiny MoTE (once) and fit its routing statistics."""
-    sys.path.insert(0, str(HERE))
-    from routing import measure_tiny_routing
+    from route_model import measure_tiny_routing
 
     mote = OUT / "tiny-mote-b4.mote"
     if not mote.exists():

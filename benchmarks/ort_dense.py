@@ -12,7 +12,7 @@ asymmetric, accuracy_level 4 = int8 activations, like our runtime). Everything i
 benchmarks/out/ort-dense/<preset>/ (`--force` rebuilds).
 
 Measured for the fp32 and the 4-bit model, each in a fresh process (so VmHWM is that model's
-peak): greedy decoding of the same text prompt as benchmarks/decode.py, prefill tok/s (prompt
+peak): greedy decoding of the same text prompt as benchmarks/decode_speed.py, prefill tok/s (prompt
 tokens / prefill time), decode tok/s over `--tokens` steps with the first one excluded (warm-up),
 peak RSS, file bytes, the prefill logits against the torch reference (max |diff|, cosine; again
 through the past-KV path: prefill all but the last token, then one step) and the greedy ids
@@ -52,7 +52,7 @@ def _status_bytes(field: str) -> int:
 
 
 def prompt_ids(preset: str) -> list[int]:
-    """The decode.py prompt through the chat template, with the tokenizer `synth` ships (2048 ids)."""
+    """The decode_speed.py prompt through the chat template, with the tokenizer `synth` ships (2048 ids)."""
     from mote_edge.chat import encode_prompt
     from mote_edge.presets import preset_config
     from mote_edge.tokenizer import Tokenizer

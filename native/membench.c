@@ -1,4 +1,4 @@
-/* A plain streaming read of a buffer: what "DRAM read bandwidth" means in benchmarks/kernels.py.
+/* A plain streaming read of a buffer: what "DRAM read bandwidth" means in benchmarks/kernel_speed.py.
  * AVX2 when available (4 independent 256-bit accumulators), scalar otherwise. */
 #include <immintrin.h>
 

@@ -4,7 +4,7 @@ A GEMV reads every weight byte once per token, and the weights (resident int-N t
 cache) are far larger than the L3, so decode is a stream from DRAM. On 4 KiB pages the hardware
 prefetchers stop at every page boundary and every page needs its own TLB entry (in a VM a two-level
 walk); on 2 MiB pages a stream runs through 512x fewer boundaries. Measured on the 2-core Zen 4 VM
-(`benchmarks/kernels.py --pages both`): a plain streaming read 22.1 -> 29.5 GB/s, the ternary GEMV
+(`benchmarks/kernel_speed.py --pages both`): a plain streaming read 22.1 -> 29.5 GB/s, the ternary GEMV
 +5-11% and the int4 GEMV +20-30% cold.
 
 Linux only grants these to a mapping that asks (`/sys/kernel/mm/transparent_hugepage/enabled` is

@@ -1,6 +1,7 @@
 """The routing model the budget-sweep benchmark replays: fitting recovers the skew and stickiness
 it was generated with, and installed generators route every MoE layer of a real Engine."""
 
+import importlib.util
 import sys
 
 import numpy as np
@@ -8,8 +9,20 @@ import pytest
 
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / "benchmarks"))
-from routing import RouteGenerator, RouteModel, fit_route_model, install, uniform  # noqa: E402
+
+def _load_benchmark(stem: str):
+    """benchmarks/<stem>.py under a name no installed package has (benchmarks/ never goes on sys.path)."""
+    name = f"mote_bench_{stem}"
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{stem}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses resolve their module while the file runs
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_routes = _load_benchmark("route_model")
+RouteGenerator, RouteModel, uniform = _routes.RouteGenerator, _routes.RouteModel, _routes.uniform
+fit_route_model, install = _routes.fit_route_model, _routes.install
 
 
 @pytest.mark.parametrize("model", [RouteModel(1.2, 0.5), RouteModel(0.6, 0.0), uniform()])

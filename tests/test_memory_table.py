@@ -11,7 +11,7 @@ GIB = 1024**3
 
 @pytest.fixture(scope="module")
 def table():
-    spec = importlib.util.spec_from_file_location("memory_table", REPO / "benchmarks" / "memory_table.py")
+    spec = importlib.util.spec_from_file_location("mote_bench_memory_table", REPO / "benchmarks" / "memory_table.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return {(r["decoder"], r["experts"]): r for r in mod.rows()}

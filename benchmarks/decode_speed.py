@@ -1,7 +1,7 @@
 """Decode speed of the runtime against the torch reference (fp32, eager) in the same run, and the
 cost of a memory budget that holds half the experts.
 
-    python benchmarks/decode.py models/q05-ckpt models/q05-b4.mote [--tokens 32]
+    python benchmarks/decode_speed.py models/q05-ckpt models/q05-b4.mote [--tokens 32]
 
 Also runs onnxruntime on an ONNX export of the dense-equivalent model (the same decoder with every
 FFN dense, i.e. the shared experts only; benchmarks/ort_dense.py), fp32 and MatMulNBits 4-bit, in the
@@ -84,8 +84,7 @@ def main() -> None:
               "half_vs_full": half["tok_s"] / full["tok_s"]}
     ort = {}
     if not args.no_ort:
-        import sys
-        sys.path.insert(0, str(Path(__file__).parent))
+        # a sibling: a script's folder is sys.path[0] (and the spawned worker inherits it)
         from ort_dense import ort_dense_decode
 
         preset = args.preset

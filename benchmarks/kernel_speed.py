@@ -1,6 +1,6 @@
 """Kernel benchmark: mote ternary / int-N kernels vs numpy fp32 and onnxruntime MatMulNBits.
 
-    python benchmarks/kernels.py [--quick] [--out benchmarks/out/kernels.json]
+    python benchmarks/kernel_speed.py [--quick] [--out benchmarks/out/kernels.json]
 
 For 1 and 2 threads (each in a child process, so OpenBLAS and ORT get their thread counts from
 the start) and the Qwen2.5-0.5B / 1.5B expert shapes:
