@@ -129,8 +129,9 @@ def run(
     from mote_edge.runtime.engine import Engine
     from mote_edge.runtime.report import report_text
 
+    # a text-only run plans no image phase: that memory goes to the expert cache
     with Engine.load(model, memory_budget=memory_budget, threads=threads, max_context=max_context,
-                     cache_policy=cache_policy, expert_layout=expert_layout) as engine:
+                     cache_policy=cache_policy, expert_layout=expert_layout, vision=image is not None) as engine:
         plan = engine.plan
         if trace_out is not None and engine.experts is not None:
             engine.experts.trace = []

@@ -15,9 +15,9 @@ import numpy as np
 from mote_edge.config import ModelConfig
 
 from .expert_cache import ExpertCache
+from .plan import ATTN_QUERY_CHUNK, PREFILL_CHUNK
 from .weights import Linear, ResidentWeights
 
-ATTN_QUERY_CHUNK = 64
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:  # [T, H]
@@ -166,12 +166,16 @@ class Decoder:
         self.length = 0
 
     def forward(self, x: np.ndarray) -> np.ndarray:
-        """x [T, H] embeddings at positions length .. length + T -> logits of the last position [V]."""
+        """x [T, H] embeddings at positions length .. length + T -> logits of the last position [V].
+        A long prompt runs in chunks of PREFILL_CHUNK positions (each a wave per MoE layer), so the
+        activations stay within the plan's scratch whatever the prompt's length."""
         t = x.shape[0]
         if self.length + t > self.context:
             raise ValueError(f"context of {self.context} positions exceeded")
-        for i, layer in enumerate(self.layers):
-            x = layer(x, self.length, self.rope, self.kv[i, 0], self.kv[i, 1])
-        self.length += t
-        last = rms_norm(x[-1:], self.norm, self.cfg.decoder.rms_norm_eps)
+        for c0 in range(0, t, PREFILL_CHUNK):
+            h = x[c0:c0 + PREFILL_CHUNK]
+            for i, layer in enumerate(self.layers):
+                h = layer(h, self.length, self.rope, self.kv[i, 0], self.kv[i, 1])
+            self.length += h.shape[0]
+        last = rms_norm(h[-1:], self.norm, self.cfg.decoder.rms_norm_eps)
         return self.lm_head(last)[0]

@@ -33,7 +33,7 @@ from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES
 from .decoder import Decoder
 from .expert_cache import ExpertCache
 from .expert_layout import EXPERT_LAYOUTS
-from .memory import drop_page_cache, read_status
+from .memory import drop_page_cache, read_status, trim_heap
 from .plan import MemoryPlan, default_context, fit_file_budget
 from .report import RunStats, build_report
 from .sampler import Sampler, SamplingParams
@@ -68,7 +68,7 @@ class _VocabMaskedSampler:
 
 class Engine:
     def __init__(self, file: MoteFile, plan: MemoryPlan, budget: int | None, threads: int, baseline_rss: int,
-                 cache_policy: str = DEFAULT_POLICY):
+                 cache_policy: str = DEFAULT_POLICY, vision: bool = True):
         self.file, self.plan, self.budget, self.threads = file, plan, budget, threads
         self.baseline_rss = baseline_rss
         cfg = self.config = file.config
@@ -86,7 +86,8 @@ class Engine:
         self.experts = (ExpertCache(file, plan.expert_slabs, threads, policy=cache_policy, layout=plan.expert_layout)
                         if cfg.moe_layers else None)
         self.decoder = Decoder(cfg, self.weights, self.experts, plan.context)
-        self.vision = VisionEncoder(file.read_vision, threads) if file.vision is not None else None
+        self.vision_enabled = vision
+        self.vision = VisionEncoder(file.read_vision, threads) if file.vision is not None and vision else None
         self.stats = RunStats()
         self.load_ms = 0.0
         drop_page_cache(file.fileno())  # the resident section is in anonymous memory now
@@ -95,7 +96,9 @@ class Engine:
     @classmethod
     def load(cls, path: str | Path, memory_budget: str | int | None = None, threads: int | None = None,
              max_context: int | None = None, cache_policy: str = DEFAULT_POLICY,
-             expert_layout: str = "auto") -> "Engine":
+             expert_layout: str = "auto", vision: bool = True) -> "Engine":
+        """Plan, check the budget, read the resident weights, allocate the expert slabs. vision=False
+        plans no image phase (its memory goes to the expert cache): the Engine then refuses images."""
         t0 = time.perf_counter()
         baseline = read_status()["VmRSS"]
         threads = int(threads if threads is not None else _usable_cpus())
@@ -113,8 +116,8 @@ class Engine:
             if not 1 <= context <= cfg.decoder.max_position_embeddings:
                 raise ContextError(f"max context {context} is outside 1..{cfg.decoder.max_position_embeddings} "
                                    f"(the model's max_position_embeddings)")
-            plan = fit_file_budget(f, context, budget, expert_layout)
-            engine = cls(f, plan, budget, threads, baseline, cache_policy)
+            plan = fit_file_budget(f, context, budget, expert_layout, vision)
+            engine = cls(f, plan, budget, threads, baseline, cache_policy, vision)
         except BaseException:
             f.close()
             raise
@@ -138,9 +141,14 @@ class Engine:
         if image is None:
             return self.decoder.embed(ids)
         if self.vision is None:
+            if self.file.vision is not None and not self.vision_enabled:
+                raise MoteError("this Engine was loaded with vision=False (no memory planned for images)")
             raise MoteError("this model has no vision section; drop --image")
         pixels = preprocess(load_image(image), self.image_config)[None]  # [1, 3, S, S]
         t0 = time.perf_counter()
+        if self.experts is not None and self.plan.kept_while_encoding < self.plan.expert_slabs:
+            self.experts.lend(self.plan.kept_while_encoding)  # the image phase's room (runtime/plan.py)
+        trim_heap()  # freed prefill scratch of an earlier request goes back to the OS first
         features = self.vision.encode(pixels)  # [P, H]
         drop_page_cache(self.file.fileno())  # the vision section's pages
         self.stats.image_encode_ms = 1e3 * (time.perf_counter() - t0)

@@ -23,7 +23,7 @@ from mote_edge.format.reader import MoteFile, parse_parts
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES, Key, pick_victim
 from .expert_layout import SLAB_LAYOUTS, place_slab2, slab_bytes, staging_bytes
 from .hugepages import huge_buffer
-from .memory import drop_page_cache
+from .memory import drop_page_cache, release_pages
 from .weights import Linear
 
 
@@ -137,6 +137,20 @@ class ExpertCache:
         self.stats.bytes_read += entry.nbytes
         self.stats.stall_ms += 1e3 * (time.perf_counter() - t0)
         return value[1]
+
+    def lend(self, keep: int) -> int:
+        """Make room for a phase that needs memory (the vision encoder): evict experts until at most
+        `keep` slabs hold one (by the eviction policy), and hand every free slab's pages back to the
+        OS. Later misses refill them. Returns the bytes released."""
+        while len(self.resident) > max(0, keep):
+            victim = pick_victim(self.resident.keys(), self.policy, self.layer, self.cycle, self.last, self.count,
+                                 set())
+            slab, _ = self.resident.pop(victim)
+            del self.last[victim], self.count[victim]
+            self.free.append(slab)
+            self.stats.evictions += 1
+        released = sum(release_pages(self.slabs[i]) for i in self.free)
+        return released + release_pages(self.staging)
 
     def release(self) -> None:
         self.resident.clear()

@@ -10,6 +10,8 @@
 - `reset_peak()`: resets VmHWM to the current RSS (writes "5" to /proc/self/clear_refs), so a
   peak can be measured for one phase.
 - `trim_heap()`: glibc malloc_trim(0): hand freed heap pages back to the OS.
+- `release_pages(array)`: madvise(MADV_DONTNEED) on the whole pages inside an anonymous-memory
+  array: they leave RSS now and read as zeros when touched again.
 - `filesystem_type(path)`: "ext4", "tmpfs", ... from /proc/self/mountinfo (tmpfs pages are the
   file itself: posix_fadvise cannot drop them).
 
@@ -26,7 +28,7 @@ import sys
 import numpy as np
 
 __all__ = ["STATUS_KEYS", "read_status", "reset_peak", "page_cache_bytes", "drop_page_cache", "trim_heap",
-           "filesystem_type"]
+           "release_pages", "filesystem_type"]
 
 STATUS_KEYS = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem", "VmSwap")
 PAGE_SIZE = mmap.PAGESIZE
@@ -93,6 +95,9 @@ class _Libc:
         self.mincore = lib.mincore
         self.mincore.restype = ctypes.c_int
         self.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+        self.madvise = lib.madvise
+        self.madvise.restype = ctypes.c_int
+        self.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
         self.malloc_trim = getattr(lib, "malloc_trim", None)  # glibc only
         if self.malloc_trim is not None:
             self.malloc_trim.restype = ctypes.c_int
@@ -119,6 +124,25 @@ def trim_heap() -> bool:
         return False
     libc.malloc_trim(0)
     return True
+
+
+MADV_DONTNEED = 4  # Linux
+
+
+def release_pages(array: np.ndarray) -> int:
+    """Drop the whole pages inside `array` (anonymous private memory, e.g. a huge_buffer view) from
+    RSS; their contents become zeros. Returns the bytes released (0 where madvise is unavailable)."""
+    libc = _get_libc()
+    if libc is None or array.nbytes == 0:
+        return 0
+    start = array.ctypes.data
+    first = -(-start // PAGE_SIZE) * PAGE_SIZE
+    last = (start + array.nbytes) // PAGE_SIZE * PAGE_SIZE
+    if last <= first:
+        return 0
+    if libc.madvise(ctypes.c_void_p(first), last - first, MADV_DONTNEED) != 0:
+        return 0
+    return last - first
 
 
 # ------------------------------------------------------------------------------- page cache

@@ -1,15 +1,23 @@
-"""The memory plan: what a run of a .mote model needs, item by item (DESIGN.md section 5).
+"""The memory plan: what a run of a .mote model needs, phase by phase (DESIGN.md section 5).
 
-    resident weights      every non-expert tensor, as stored
-    KV cache              layers x 2 x kv_heads x head_dim x context x 4 bytes (fp32)
-    scratch               activations of a prefill of `context` tokens (attention in query
-                          chunks) + logits
-    vision peak           the ONNX vision session while an image is encoded (weights + activations)
-    expert cache          slabs x the largest expert record, rounded up to whole 2 MiB huge pages if >= 16 MiB
-                          (in the 2-bit slab layout: ternary tensors at 2 bpw, plus one staging record)
+A request goes through phases that never overlap, and the plan is the largest of them:
 
-The minimum feasible budget holds top_k slabs (one decode step of one MoE layer); the full plan
-caches every expert. Pure arithmetic over the file's directory: no allocation happens here.
+    image encode      resident weights + KV cache + runtime/metadata + vision peak
+                      + the expert slabs kept while encoding (the rest are lent to the vision
+                      encoder: emptied before it runs, refilled by later misses)
+    prefill / decode  resident weights + KV cache + runtime/metadata + scratch + every expert slab
+
+    resident weights  every non-expert tensor, as loaded
+    KV cache          layers x 2 x kv_heads x head_dim x context x 4 bytes (fp32)
+    scratch           activations of one prefill chunk (PREFILL_CHUNK positions; attention in query
+                      chunks over the whole context) + logits
+    vision peak       the ONNX vision session while an image is encoded (weights + activations)
+    expert cache      slabs x the largest expert record, rounded up to whole 2 MiB huge pages if >= 16 MiB
+                      (in the 2-bit slab layout: ternary tensors at 2 bpw, plus one staging record)
+
+A plan without vision (an Engine loaded with vision=False, or a file without a vision section) has
+no image phase. The minimum feasible budget holds top_k slabs (one decode step of one MoE layer);
+the full plan caches every expert. Pure arithmetic over the file's directory: nothing is allocated.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from mote_edge.format.layout import align
 from .hugepages import huge_rounded
 
 ATTN_QUERY_CHUNK = 64
+PREFILL_CHUNK = 256  # prompt positions per decoder pass: bounds the prefill activations (runtime/decoder.py)
 VISION_ACTIVATION_FACTOR = 12  # live [P, D] float32 buffers at a ViT block's peak (qkv, scores, mlp)
 # Building an onnxruntime session from bytes holds ~3 copies of the model at its peak (our bytes,
 # the wrapper's reference, ORT's weights; measured 403 MB for a 134 MB model) plus the session.
@@ -46,24 +55,58 @@ class MemoryPlan:
     overhead_bytes: int = 0  # metadata, tokenizer, RoPE tables
     expert_layout: str = "file"  # how experts sit in the slabs (runtime/expert_layout.py)
     expert_staging_bytes: int = 0  # the read buffer of a converting slab layout
+    encode_slabs: int | None = None  # slabs kept while an image is encoded (None = all)
+
+    def _cache_bytes(self, slabs: int) -> int:
+        """The slabs share one huge-page mapping, faulted in whole 2 MiB pages (runtime/hugepages.py),
+        plus the staging buffer of a converting layout."""
+        return huge_rounded(self.expert_slab_bytes * slabs) + self.expert_staging_bytes
 
     @property
     def expert_cache_bytes(self) -> int:
-        """The slabs share one huge-page mapping, faulted in whole 2 MiB pages (runtime/hugepages.py),
-        plus the staging buffer of a converting layout."""
-        return huge_rounded(self.expert_slab_bytes * self.expert_slabs) + self.expert_staging_bytes
+        return self._cache_bytes(self.expert_slabs)
+
+    @property
+    def kept_while_encoding(self) -> int:
+        return self.expert_slabs if self.encode_slabs is None else min(self.encode_slabs, self.expert_slabs)
+
+    @property
+    def fixed_bytes(self) -> int:
+        """What every phase holds: resident weights, KV cache, runtime code and metadata."""
+        return self.resident_bytes + self.kv_cache_bytes + self.overhead_bytes
+
+    def phases(self) -> dict[str, dict[str, int]]:
+        """Phase -> its parts (bytes). The image phase exists only when a vision peak is planned."""
+        common = {"resident weights": self.resident_bytes, "KV cache": self.kv_cache_bytes,
+                  "runtime + metadata": self.overhead_bytes}
+        out = {}
+        if self.vision_peak_bytes:
+            kept = self.kept_while_encoding
+            out["image encode"] = {**common, "vision peak": self.vision_peak_bytes,
+                                   f"expert cache ({kept} slab{'' if kept == 1 else 's'} kept)": self._cache_bytes(kept)}
+        out["prefill / decode"] = {**common, "scratch": self.scratch_bytes, self._cache_label(): self.expert_cache_bytes}
+        return out
+
+    def _cache_label(self) -> str:
+        n = self.expert_slabs
+        return f"expert cache ({n} slab{'' if n == 1 else 's'}{', 2-bit layout' if self.expert_layout == 'slab2' else ''})"
+
+    def phase_bytes(self) -> dict[str, int]:
+        return {name: sum(parts.values()) for name, parts in self.phases().items()}
+
+    @property
+    def binding_phase(self) -> str:
+        """The phase that sets the plan's total."""
+        sizes = self.phase_bytes()
+        return max(sizes, key=sizes.get)
 
     @property
     def total_bytes(self) -> int:
-        return (self.resident_bytes + self.kv_cache_bytes + self.scratch_bytes + self.vision_peak_bytes
-                + self.overhead_bytes + self.expert_cache_bytes)
+        return max(self.phase_bytes().values())
 
     def breakdown(self) -> dict[str, int]:
-        return {"resident weights": self.resident_bytes, "KV cache": self.kv_cache_bytes,
-                "scratch": self.scratch_bytes, "vision peak": self.vision_peak_bytes,
-                "runtime + metadata": self.overhead_bytes,
-                f"expert cache ({self.expert_slabs} slab{'' if self.expert_slabs == 1 else 's'}"
-                f"{', 2-bit layout' if self.expert_layout == 'slab2' else ''})": self.expert_cache_bytes}
+        """The parts of the binding phase."""
+        return self.phases()[self.binding_phase]
 
 
 def kv_cache_bytes(cfg: ModelConfig, context: int) -> int:
@@ -75,7 +118,7 @@ def scratch_bytes(cfg: ModelConfig, context: int) -> int:
     dc = cfg.decoder
     per_token = 4 * dc.hidden_size + 3 * dc.intermediate_size + dc.head_dim * (dc.num_attention_heads + 2 * dc.num_key_value_heads)
     scores = dc.num_attention_heads * ATTN_QUERY_CHUNK * context
-    return 4 * (context * per_token + scores + dc.vocab_size)
+    return 4 * (min(context, PREFILL_CHUNK) * per_token + scores + dc.vocab_size)
 
 
 def vision_peak_bytes(cfg: ModelConfig, vision_bytes: int) -> int:
@@ -102,19 +145,22 @@ class SlabSpec:
 
 
 def plan(cfg: ModelConfig, sizes: dict, context: int, expert_slabs: int | None = None,
-         resident_bytes: int | None = None, metadata_bytes: int = 0, slab: SlabSpec | None = None) -> MemoryPlan:
+         resident_bytes: int | None = None, metadata_bytes: int = 0, slab: SlabSpec | None = None,
+         vision: bool = True, encode_slabs: int | None = None) -> MemoryPlan:
     """`sizes` is the file's size statistics; expert_slabs None = every expert cached;
     resident_bytes overrides the stored size (the runtime widens fp16 to fp32); `slab` overrides the
-    file layout's slabs (one stored record each)."""
+    file layout's slabs (one stored record each); vision False = no image phase; encode_slabs = slabs
+    kept while an image is encoded (None = all)."""
     total_experts = sizes["num_expert_records"]
     slabs = total_experts if expert_slabs is None else min(expert_slabs, total_experts)
     slab = slab or SlabSpec(align(sizes["expert_record_max_bytes"], SECTION_ALIGN))
     return MemoryPlan(context=context, overhead_bytes=overhead_bytes(cfg, metadata_bytes),
                       resident_bytes=sizes["resident_bytes"] if resident_bytes is None else resident_bytes,
                       kv_cache_bytes=kv_cache_bytes(cfg, context), scratch_bytes=scratch_bytes(cfg, context),
-                      vision_peak_bytes=vision_peak_bytes(cfg, sizes["vision_bytes"]),
+                      vision_peak_bytes=vision_peak_bytes(cfg, sizes["vision_bytes"]) if vision else 0,
                       expert_slab_bytes=slab.slab_bytes, expert_slabs=slabs, total_experts=total_experts,
-                      expert_layout=slab.layout, expert_staging_bytes=slab.staging_bytes)
+                      expert_layout=slab.layout, expert_staging_bytes=slab.staging_bytes,
+                      encode_slabs=encode_slabs)
 
 
 def minimum_slabs(cfg: ModelConfig) -> int:
@@ -133,28 +179,34 @@ def file_slab_spec(f, layout: str = "file") -> SlabSpec:
     return SlabSpec(slab_bytes(experts, layout), staging_bytes(experts, layout), layout)
 
 
-def plan_file(f, context: int, expert_slabs: int | None = None, layout: str = "file") -> MemoryPlan:
+def plan_file(f, context: int, expert_slabs: int | None = None, layout: str = "file", vision: bool = True,
+              encode_slabs: int | None = None) -> MemoryPlan:
     """The plan of an opened MoteFile (resident bytes as loaded: fp16 is widened to fp32)."""
     return plan(f.config, f.metadata["sizes"], context, expert_slabs, _resident_runtime_bytes(f),
-                f.header.metadata_length, file_slab_spec(f, layout))
+                f.header.metadata_length, file_slab_spec(f, layout), vision, encode_slabs)
 
 
-def fit_file_budget(f, context: int, budget: int | None, layout: str = "file") -> MemoryPlan:
+def minimum_plan_file(f, context: int, layout: str = "file", vision: bool = True) -> MemoryPlan:
+    """The smallest feasible plan: top_k slabs, all of them lent while an image is encoded."""
+    return plan_file(f, context, minimum_slabs(f.config), layout, vision, encode_slabs=0)
+
+
+def fit_file_budget(f, context: int, budget: int | None, layout: str = "file", vision: bool = True) -> MemoryPlan:
     """fit_budget for an opened MoteFile. layout "auto": the 2-bit slab layout when the budget caches
     every expert in it, else the file layout (runtime/expert_layout.py)."""
     args = (f.config, f.metadata["sizes"], context, budget, _resident_runtime_bytes(f), f.header.metadata_length)
     if layout == "auto":
         if not f.config.moe_layers or not any(t.scheme.kind == "ternary" for e in f.experts.values() for t in e.tensors):
-            return fit_budget(*args, file_slab_spec(f, "file"))
+            return fit_budget(*args, file_slab_spec(f, "file"), vision)
         from .budget import BudgetError
         try:
-            p = fit_budget(*args, file_slab_spec(f, "slab2"))
+            p = fit_budget(*args, file_slab_spec(f, "slab2"), vision)
             if p.expert_slabs == p.total_experts:
                 return p
         except BudgetError:  # the file layout's smaller slabs may still fit; it reports the numbers if not
             pass
         layout = "file"
-    return fit_budget(*args, file_slab_spec(f, layout))
+    return fit_budget(*args, file_slab_spec(f, layout), vision)
 
 
 def _resident_runtime_bytes(f) -> int:
@@ -168,28 +220,45 @@ def _resident_runtime_bytes(f) -> int:
     return sum(runtime_nbytes(t) for t in f.tensors.values()) + huge_rounded(arena) - sum(streamed)
 
 
+def _most_slabs(room: int, slab_bytes: int, limit: int, fits) -> int:
+    """The largest n <= limit with fits(n), starting from room // slab_bytes (huge-page rounding may
+    cost a slab or two)."""
+    n = int(max(0, min(room // slab_bytes if slab_bytes else limit, limit)))
+    while n > 0 and not fits(n):
+        n -= 1
+    return n
+
+
 def fit_budget(cfg: ModelConfig, sizes: dict, context: int, budget: int | None, resident_bytes: int,
-               metadata_bytes: int, slab: SlabSpec | None = None) -> MemoryPlan:
-    """The plan with as many expert slabs as `budget` allows (all when budget is None); raises
+               metadata_bytes: int, slab: SlabSpec | None = None, vision: bool = True) -> MemoryPlan:
+    """The plan with as many expert slabs as `budget` allows in the prefill / decode phase (all when
+    budget is None) and as many kept while an image is encoded as the image phase allows; raises
     BudgetError naming the numbers when even the minimum does not fit. Allocates nothing."""
     from .budget import BudgetError, format_bytes
 
-    def with_slabs(n):
-        return plan(cfg, sizes, context, n, resident_bytes, metadata_bytes, slab)
+    def with_slabs(n, kept=None):
+        return plan(cfg, sizes, context, n, resident_bytes, metadata_bytes, slab, vision, kept)
 
     full = with_slabs(None)
     if budget is None:
         return full
-    fixed = full.total_bytes - full.expert_cache_bytes + full.expert_staging_bytes
-    slabs = (budget - fixed) // full.expert_slab_bytes if full.expert_slab_bytes else 0
-    slabs = int(max(0, min(slabs, full.total_experts)))
-    while slabs > 0 and with_slabs(slabs).total_bytes > budget:
-        slabs -= 1  # the 2 MiB page rounding of the cache mapping
+    per_slab = full.expert_slab_bytes
+    staging = full.expert_staging_bytes
+    decode_fixed = full.fixed_bytes + full.scratch_bytes + staging
+    slabs = _most_slabs(budget - decode_fixed, per_slab, full.total_experts,
+                        lambda n: with_slabs(n).phase_bytes()["prefill / decode"] <= budget)
+    kept = slabs
+    if full.vision_peak_bytes:
+        encode_fixed = full.fixed_bytes + full.vision_peak_bytes + staging
+        kept = _most_slabs(budget - encode_fixed, per_slab, slabs,
+                           lambda n: with_slabs(slabs, n).phase_bytes()["image encode"] <= budget)
     need = minimum_slabs(cfg)
-    result = with_slabs(slabs)
+    result = with_slabs(slabs, kept)
     if slabs < need or result.total_bytes > budget:
-        minimum = with_slabs(need)
-        parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in minimum.breakdown().items())
+        minimum = with_slabs(need, 0)
+        parts = "; ".join(f"{phase}: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in items.items())
+                          for phase, items in minimum.phases().items())
         raise BudgetError(f"memory budget {format_bytes(budget)} is below the minimum {format_bytes(minimum.total_bytes)} "
-                          f"for this model at context {context} ({parts}); raise --memory-budget or lower --max-context")
+                          f"for this model at context {context}, set by its {minimum.binding_phase} phase ({parts}); "
+                          f"raise --memory-budget or lower --max-context")
     return result

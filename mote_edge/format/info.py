@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mote_edge.chat import ChatTemplate
-from mote_edge.runtime.plan import default_context, minimum_slabs, plan_file
+from mote_edge.runtime.plan import default_context, minimum_plan_file, plan_file
 
 from .reader import MoteFile
 from .stats import bits_per_weight
@@ -17,7 +17,8 @@ def info_dict(f: MoteFile, context: int | None = None) -> dict:
     sizes = f.metadata["sizes"]
     context = context or default_context(cfg)
     full = plan_file(f, context)
-    minimum = plan_file(f, context, minimum_slabs(cfg))
+    minimum = minimum_plan_file(f, context)
+    text_only = minimum_plan_file(f, context, vision=False)
     dc, v = cfg.decoder, cfg.vision
     return {
         "file": str(f.path), "file_bytes": f.size,
@@ -40,8 +41,10 @@ def info_dict(f: MoteFile, context: int | None = None) -> dict:
         "resident_bytes": sizes["resident_bytes"], "expert_bytes": sizes["expert_bytes"],
         "expert_record_bytes": sizes["expert_record_max_bytes"], "expert_records": sizes["num_expert_records"],
         "vision_bytes": sizes["vision_bytes"],
-        "memory": {"context": context, "full_cache_bytes": full.total_bytes, "full_cache_plan": full.breakdown(),
-                   "minimum_budget_bytes": minimum.total_bytes, "minimum_plan": minimum.breakdown()},
+        "memory": {"context": context, "full_cache_bytes": full.total_bytes, "full_cache_phases": full.phases(),
+                   "minimum_budget_bytes": minimum.total_bytes, "minimum_phases": minimum.phases(),
+                   "minimum_binding_phase": minimum.binding_phase,
+                   "minimum_text_only_bytes": text_only.total_bytes},
     }
 
 
@@ -73,8 +76,12 @@ def info_text(d: dict) -> str:
               f"<= {d['expert_record_bytes']:,} bytes)",
               f"  vision (ONNX)         {_mb(d['vision_bytes']):>14}", ""]
     m = d["memory"]
-    for title, total, parts in (("full expert cache", m["full_cache_bytes"], m["full_cache_plan"]),
-                                ("minimum feasible budget", m["minimum_budget_bytes"], m["minimum_plan"])):
-        lines.append(f"  {title} at context {m['context']}: {_mb(total)}")
-        lines.append("    " + ", ".join(f"{k} {_mb(v)}" for k, v in parts.items()))
+    for title, total, phases in (("full expert cache", m["full_cache_bytes"], m["full_cache_phases"]),
+                                 ("minimum feasible budget", m["minimum_budget_bytes"], m["minimum_phases"])):
+        lines.append(f"  {title} at context {m['context']}: {_mb(total)} (the largest phase)")
+        for phase, parts in phases.items():
+            lines.append(f"    {phase + ':':<18}{_mb(sum(parts.values())):>11}  "
+                         + ", ".join(f"{k} {_mb(v)}" for k, v in parts.items()))
+    lines.append(f"  the minimum is set by the {m['minimum_binding_phase']} phase; text only (run without --image): "
+                 f"{_mb(m['minimum_text_only_bytes'])}")
     return "\n".join(lines)
