@@ -33,7 +33,7 @@ from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES
 from .decoder import Decoder
 from .expert_cache import ExpertCache
 from .expert_layout import EXPERT_LAYOUTS
-from .memory import drop_page_cache, read_status, trim_heap
+from .memory import PeakTracker, drop_page_cache, read_status, trim_heap
 from .plan import MemoryPlan, default_context, fit_file_budget
 from .report import RunStats, build_report
 from .sampler import Sampler, SamplingParams
@@ -89,6 +89,7 @@ class Engine:
         self.vision_enabled = vision
         self.vision = VisionEncoder(file.read_vision, threads) if file.vision is not None and vision else None
         self.stats = RunStats()
+        self.peaks = PeakTracker()  # measured peak RSS per phase, next to the plan's (runtime/plan.py)
         self.load_ms = 0.0
         drop_page_cache(file.fileno())  # the resident section is in anonymous memory now
 
@@ -149,7 +150,9 @@ class Engine:
         if self.experts is not None and self.plan.kept_while_encoding < self.plan.expert_slabs:
             self.experts.lend(self.plan.kept_while_encoding)  # the image phase's room (runtime/plan.py)
         trim_heap()  # freed prefill scratch of an earlier request goes back to the OS first
+        self.peaks.start()
         features = self.vision.encode(pixels)  # [P, H]
+        self.peaks.end("image encode")
         drop_page_cache(self.file.fileno())  # the vision section's pages
         self.stats.image_encode_ms = 1e3 * (time.perf_counter() - t0)
         at = int(np.nonzero(ids == IMAGE_TOKEN_INDEX)[0][0])
@@ -173,6 +176,14 @@ class Engine:
             raise ContextError(f"prompt of {x.shape[0]} positions + {max_new_tokens} new tokens exceeds the context "
                                f"of {self.plan.context} (shorten the prompt, lower --max-new-tokens or raise --max-context)")
         self.decoder.reset()
+        self.peaks.start()
+        try:
+            yield from self._decode(x, sampler, max_new_tokens, ignore_eos, t0)
+        finally:
+            self.peaks.end("prefill / decode")
+
+    def _decode(self, x: np.ndarray, sampler, max_new_tokens: int, ignore_eos: bool, t0: float) -> Iterator[int]:
+        """Prefill x [T, H], then sample up to max_new_tokens ids."""
         t1 = time.perf_counter()
         logits = self.decoder.forward(x)
         token = sampler.sample(logits)

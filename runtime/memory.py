@@ -9,6 +9,8 @@
   file pages of a range we have copied into our own memory (no second copy of an expert).
 - `reset_peak()`: resets VmHWM to the current RSS (writes "5" to /proc/self/clear_refs), so a
   peak can be measured for one phase.
+- `PeakTracker`: the peak RSS of each phase of a request (VmHWM reset at a phase's start), without
+  losing the process's overall peak.
 - `trim_heap()`: glibc malloc_trim(0): hand freed heap pages back to the OS.
 - `release_pages(array)`: madvise(MADV_DONTNEED) on the whole pages inside an anonymous-memory
   array: they leave RSS now and read as zeros when touched again.
@@ -27,7 +29,7 @@ import sys
 
 import numpy as np
 
-__all__ = ["STATUS_KEYS", "read_status", "reset_peak", "page_cache_bytes", "drop_page_cache", "trim_heap",
+__all__ = ["STATUS_KEYS", "read_status", "reset_peak", "PeakTracker", "page_cache_bytes", "drop_page_cache", "trim_heap",
            "release_pages", "filesystem_type"]
 
 STATUS_KEYS = ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem", "VmSwap")
@@ -65,6 +67,30 @@ def reset_peak() -> bool:
         return True
     except OSError:
         return False
+
+
+class PeakTracker:
+    """Peak RSS per phase: `start()` resets VmHWM (remembering the peak so far), `end(name)` records
+    the phase's VmHWM. `overall()` is the process's peak since the tracker was made, as if VmHWM had
+    never been reset. Where VmHWM cannot be reset, phases are not recorded and `overall()` is VmHWM."""
+
+    def __init__(self) -> None:
+        self._overall = read_status()["VmHWM"]
+        self._resettable = False
+        self.phases: dict[str, int] = {}  # phase -> VmHWM during it (bytes)
+
+    def start(self) -> None:
+        self._overall = max(self._overall, read_status()["VmHWM"])
+        self._resettable = reset_peak()
+
+    def end(self, name: str) -> None:
+        hwm = read_status()["VmHWM"]
+        self._overall = max(self._overall, hwm)
+        if self._resettable:
+            self.phases[name] = max(self.phases.get(name, 0), hwm)
+
+    def overall(self) -> int:
+        return max(self._overall, read_status()["VmHWM"])
 
 
 def drop_page_cache(fd: int, offset: int = 0, length: int = 0) -> bool:

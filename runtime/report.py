@@ -24,6 +24,7 @@ def _rate(tokens: int, ms: float) -> float:
 
 def build_report(engine) -> dict:
     status = read_status()
+    peak = engine.peaks.overall()
     cache = engine.experts
     s = engine.stats
     experts = None
@@ -36,10 +37,12 @@ def build_report(engine) -> dict:
         "model": str(engine.file.path),
         "budget_bytes": engine.budget,
         "plan": {"context": engine.plan.context, "total_bytes": engine.plan.total_bytes,
-                 "breakdown": engine.plan.breakdown()},
-        "memory": {"baseline_rss": engine.baseline_rss, "peak_rss": status["VmHWM"], "rss": status["VmRSS"],
+                 "breakdown": engine.plan.breakdown(), "phases": engine.plan.phase_bytes(),
+                 "binding_phase": engine.plan.binding_phase},
+        "memory": {"baseline_rss": engine.baseline_rss, "peak_rss": peak, "rss": status["VmRSS"],
                    "rss_anon": status["RssAnon"], "rss_file": status["RssFile"],
-                   "peak_over_baseline": status["VmHWM"] - engine.baseline_rss,
+                   "peak_over_baseline": peak - engine.baseline_rss,
+                   "phase_peaks_over_baseline": {k: v - engine.baseline_rss for k, v in engine.peaks.phases.items()},
                    "model_page_cache": page_cache_bytes(engine.file.path)},
         "experts": experts,
         "timing": {**asdict(s), "load_ms": engine.load_ms, "prefill_tok_s": _rate(s.prefill_tokens, s.prefill_ms),
@@ -54,6 +57,10 @@ def report_text(r: dict) -> str:
     lines = [f"memory budget        {budget}",
              f"plan                 {format_bytes(r['plan']['total_bytes'])} at context {r['plan']['context']}"]
     lines += [f"  {k:<25}{format_bytes(v):>12}" for k, v in r["plan"]["breakdown"].items()]
+    measured = m.get("phase_peaks_over_baseline", {})
+    for phase, planned in r["plan"]["phases"].items():
+        got = f"measured peak {format_bytes(measured[phase])} over baseline" if phase in measured else "not run"
+        lines.append(f"phase {phase:<17}plan {format_bytes(planned)}, {got}")
     cache = m["model_page_cache"]
     lines += [f"baseline RSS         {format_bytes(m['baseline_rss'])} (before loading)",
               f"peak RSS (VmHWM)     {format_bytes(m['peak_rss'])} ({format_bytes(m['peak_over_baseline'])} over baseline)",

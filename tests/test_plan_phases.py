@@ -1,0 +1,105 @@
+"""The memory plan by phases: the largest phase, not the sum; slabs lent to the vision encoder come back
+as misses with identical answers; released pages leave RSS; per-phase peaks are measured."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from mote_edge.exporters.export import ExportOptions, export_checkpoint
+from mote_edge.format import MoteFile
+from mote_edge.runtime.budget import BudgetError
+from mote_edge.runtime.engine import Engine
+from mote_edge.runtime.hugepages import huge_buffer
+from mote_edge.runtime.memory import PeakTracker, read_status, release_pages
+from mote_edge.runtime.plan import fit_file_budget, minimum_plan_file, plan_file
+
+IMAGE = REPO / "examples" / "images" / "task-0.png"
+PROMPT = "What color is the star?"
+MB = 10**6
+
+
+@pytest.fixture(scope="module")
+def mote(tiny_ckpt, tmp_path_factory):
+    path = tmp_path_factory.mktemp("phases") / "tiny.mote"
+    export_checkpoint(tiny_ckpt, path, ExportOptions(bits=4, group_size=32, progress=False))
+    return path
+
+
+def test_plan_is_the_largest_phase_not_the_sum(mote):
+    with MoteFile(mote) as f:
+        p = plan_file(f, 512)
+        phases = p.phase_bytes()
+        assert set(phases) == {"image encode", "prefill / decode"}
+        assert p.total_bytes == max(phases.values()) == phases[p.binding_phase]
+        every_part = p.fixed_bytes + p.vision_peak_bytes + p.scratch_bytes + p.expert_cache_bytes
+        assert p.total_bytes < every_part  # the sum of every part is what a phase-blind plan would reserve
+        text = plan_file(f, 512, vision=False)
+        assert set(text.phase_bytes()) == {"prefill / decode"} and text.vision_peak_bytes == 0
+        minimum = minimum_plan_file(f, 512)
+        assert minimum.kept_while_encoding == 0 and minimum.expert_slabs == f.config.moe.top_k_experts
+        assert minimum_plan_file(f, 512, vision=False).total_bytes < minimum.total_bytes
+
+
+def test_budget_between_the_text_and_image_minimums(mote):
+    with MoteFile(mote) as f:
+        text_min = minimum_plan_file(f, 512, vision=False).total_bytes
+        image_min = minimum_plan_file(f, 512).total_bytes
+        between = (text_min + image_min) // 2
+        assert fit_file_budget(f, 512, between, vision=False).total_bytes <= between
+        with pytest.raises(BudgetError) as e:
+            fit_file_budget(f, 512, between)
+        assert "image encode phase" in str(e.value) and "\n" not in str(e.value)
+        fitted = fit_file_budget(f, 512, image_min)
+        assert fitted.total_bytes <= image_min and fitted.kept_while_encoding <= fitted.expert_slabs
+
+
+def test_lent_slabs_refill_and_answers_do_not_change(mote):
+    with Engine.load(mote, threads=1) as full:
+        want = list(full.generate_ids(PROMPT, IMAGE, max_new_tokens=10))
+        want_text = list(full.generate_ids(PROMPT, None, max_new_tokens=10))
+    with MoteFile(mote) as f:
+        budget = minimum_plan_file(f, 512).total_bytes
+    with Engine.load(mote, memory_budget=budget, threads=1, max_context=512) as eng:
+        assert eng.plan.kept_while_encoding < eng.plan.expert_slabs
+        assert list(eng.generate_ids(PROMPT, None, max_new_tokens=10)) == want_text
+        cached_before = len(eng.experts.resident)
+        assert cached_before > eng.plan.kept_while_encoding
+        misses = eng.experts.stats.misses
+        assert list(eng.generate_ids(PROMPT, IMAGE, max_new_tokens=10)) == want
+        assert eng.experts.stats.misses > misses  # the lent slabs were refilled by misses
+        assert set(eng.peaks.phases) >= {"image encode", "prefill / decode"} or not eng.peaks.phases
+
+
+def test_vision_false_engine_refuses_images_in_one_line(mote):
+    with Engine.load(mote, threads=1, vision=False) as eng:
+        with pytest.raises(Exception) as e:
+            list(eng.generate_ids(PROMPT, IMAGE, max_new_tokens=2))
+    assert "vision=False" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_released_pages_leave_rss():
+    buf = huge_buffer(64 * MB)
+    buf[:] = 1  # touch every page
+    before = read_status()["RssAnon"]
+    released = release_pages(buf)
+    after = read_status()["RssAnon"]
+    if released == 0:
+        pytest.skip("madvise is not available here")
+    assert released >= 63 * MB and before - after >= 60 * MB
+    assert not buf[::4096].any()  # released pages read as zeros
+
+
+def test_peak_tracker_keeps_the_overall_peak_across_resets():
+    tracker = PeakTracker()
+    tracker.start()
+    big = np.ones(80 * MB // 8)  # a phase that peaks
+    tracker.end("big")
+    del big
+    tracker.start()
+    tracker.end("small")
+    if not tracker.phases:
+        pytest.skip("VmHWM cannot be reset here")
+    assert tracker.phases["big"] >= tracker.phases["small"] + 60 * MB
+    assert tracker.overall() >= tracker.phases["big"]
