@@ -23,8 +23,9 @@ import onnxruntime  # noqa: F401  (imported before the baseline reading: library
 
 from mote_edge.chat import DEFAULT_SYSTEM, encode_prompt
 from mote_edge.config import IMAGE_TOKEN_INDEX
-from mote_edge.errors import MoteError
+from mote_edge.errors import FormatError, MoteError
 from mote_edge.format.reader import MoteFile
+from mote_edge.format.validate import one_line
 from mote_edge.image import ImagePreprocessConfig, load_image, preprocess
 from mote_edge.tokenizer import Tokenizer
 
@@ -110,7 +111,12 @@ class Engine:
                 raise ContextError(f"max context {context} is outside 1..{cfg.decoder.max_position_embeddings} "
                                    f"(the model's max_position_embeddings)")
             plan = fit_file_budget(f, context, budget, expert_layout)
-            engine = cls(f, plan, budget, threads, baseline, cache_policy)
+            try:
+                engine = cls(f, plan, budget, threads, baseline, cache_policy)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
+                # the tokenizer and chat template blocks are read here, not validated on open
+                raise FormatError(f"{f.name}: tokenizer or chat template metadata is unusable "
+                                  f"({type(e).__name__}: {one_line(e)})") from None
         except BaseException:
             f.close()
             raise
