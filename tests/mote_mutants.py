@@ -221,9 +221,10 @@ def raw_json_mutants(meta: dict) -> list[tuple[str, bytes]]:
 PROMPT = "What color is the circle?"
 
 
-def exercise(path, image=None) -> str | None:
+def exercise(path, image=None, **load_options) -> str | None:
     """Everything a user can do with a file; None if all of it ran, else the MoteError's message.
-    Any other exception propagates (that is the bug a fuzz case looks for)."""
+    Any other exception propagates (that is the bug a fuzz case looks for). `load_options` go to
+    Engine.load (memory_budget, expert_layout, ...)."""
     from mote_edge.errors import MoteError
     from mote_edge.format.info import info_dict, info_text
     from mote_edge.format.reader import MoteFile
@@ -234,7 +235,7 @@ def exercise(path, image=None) -> str | None:
         with MoteFile(path) as f:
             info_text(info_dict(f))
             verify_file(f)
-        with Engine.load(path, threads=1) as engine:
+        with Engine.load(path, threads=1, **load_options) as engine:
             "".join(engine.generate(PROMPT, image, max_new_tokens=2))
             engine.report()
     except MoteError as e:

@@ -3,7 +3,8 @@
 Each mutant goes through open + info + verify + Engine.load + a 2-token answer and must end as a
 one-line MoteError or a run; any other exception (KeyError, ZeroDivisionError, MemoryError, ...) is a
 bug in the validation (mote_edge/format/validate.py). The random part is deterministic (case i uses
-random.Random(i)); MOTE_FUZZ_CASES sets how many cases run (default below, ~1 minute on one core).
+random.Random(i)); MOTE_FUZZ_CASES sets how many cases run on the MoTE model (default below; a third
+as many run on an fp-expert model; ~1 minute in all on one core).
 """
 
 from __future__ import annotations
@@ -28,18 +29,24 @@ IMAGE_EVERY = 25  # one case in this many also encodes an image (an onnxruntime 
 WRAPPED = "tokenizer or chat template metadata is unusable"
 
 
-@pytest.fixture(scope="module")
-def tiny_mote(tiny_ckpt, tmp_path_factory):
+def export_4bit(ckpt, tmp_path_factory):
     from mote_edge.exporters.export import ExportOptions, export_checkpoint
 
-    path = tmp_path_factory.mktemp("fuzz") / "tiny.mote"
-    export_checkpoint(tiny_ckpt, path, ExportOptions(bits=4, progress=False))
-    return path
+    path = tmp_path_factory.mktemp("fuzz") / f"{ckpt.name}.mote"
+    export_checkpoint(ckpt, path, ExportOptions(bits=4, progress=False))
+    return path.read_bytes()
 
 
 @pytest.fixture(scope="module")
-def source(tiny_mote):
-    return tiny_mote.read_bytes()
+def source(tiny_ckpt, tmp_path_factory):
+    """The tiny MoTE (ternary experts, shared expert) at 4 bits."""
+    return export_4bit(tiny_ckpt, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def fp_source(tiny_fp_ckpt, tmp_path_factory):
+    """The tiny MoE-LLaVA (int4 experts, no shared expert) at 4 bits."""
+    return export_4bit(tiny_fp_ckpt, tmp_path_factory)
 
 
 class CaseTimeout(Exception):
@@ -50,13 +57,13 @@ def _alarm(signum, frame):
     raise CaseTimeout(f"over {CASE_SECONDS} s")
 
 
-def run_case(path, data: bytes, image=None) -> str | None:
+def run_case(path, data: bytes, image=None, **load_options) -> str | None:
     """Write a mutant and exercise it under a time cap; the MoteError message or None."""
     path.write_bytes(data)
     old = signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(CASE_SECONDS)
     try:
-        return exercise(path, image)
+        return exercise(path, image, **load_options)
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
@@ -84,25 +91,36 @@ def test_raw_metadata_that_is_not_the_writers_json(source, tmp_path):
         assert message is not None and "\n" not in message, description
 
 
-def test_random_structural_mutations_give_one_line_errors_or_runs(source, tmp_path):
+def fuzz(source: bytes, path, cases: int, first_seed: int) -> None:
+    """`cases` random mutants of `source`; expert slabs alternate between the 2-bit slab layout
+    (auto, as every expert fits) and the file layout."""
     mutator = Mutator(metadata_of(source))
     failures, outcomes = [], {"ran": 0, "refused": 0}
-    for i in range(CASES):
+    for i in range(first_seed, first_seed + cases):
         rng = random.Random(i)
         description, meta = mutator.mutant(rng, rng.choice((1, 1, 1, 2, 3)))
         image = IMAGE if i % IMAGE_EVERY == 0 else None
+        layout = "file" if i % 2 else "auto"
         try:
-            message = run_case(tmp_path / "m.mote", with_metadata(source, meta), image)
+            message = run_case(path, with_metadata(source, meta), image, expert_layout=layout)
             check_outcome(message, description)
             outcomes["ran" if message is None else "refused"] += 1
         except Exception as e:  # noqa: BLE001  (any other exception is the finding)
             where = traceback.extract_tb(e.__traceback__)[-1]
-            failures.append(f"case {i} [{description}]: {type(e).__name__}: {str(e)[:200]} "
+            failures.append(f"case {i} [{description}] ({layout} layout): {type(e).__name__}: {str(e)[:200]} "
                             f"at {where.filename}:{where.lineno}")
             if len(failures) >= 10:
                 break
     assert not failures, "\n".join(failures)
-    assert outcomes["refused"] > CASES // 2, outcomes
+    assert outcomes["refused"] > cases // 2 and outcomes["ran"] > 0, outcomes
+
+
+def test_random_structural_mutations_give_one_line_errors_or_runs(source, tmp_path):
+    fuzz(source, tmp_path / "m.mote", CASES, 0)
+
+
+def test_random_structural_mutations_of_an_fp_expert_model(fp_source, tmp_path):
+    fuzz(fp_source, tmp_path / "m.mote", CASES // 3, 1_000_000)
 
 
 # ---------------------------------------------------------------------- named cases, one per bug class
