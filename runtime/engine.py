@@ -83,7 +83,8 @@ class Engine:
         self.experts = (ExpertCache(file, plan.expert_slabs, threads, policy=cache_policy, layout=plan.expert_layout)
                         if cfg.moe_layers else None)
         self.decoder = Decoder(cfg, self.weights, self.experts, plan.context)
-        self.vision = VisionEncoder(file.read_vision, threads) if file.vision is not None else None
+        self.vision = (VisionEncoder(file.read_vision, threads, cfg.decoder.hidden_size)
+                       if file.vision is not None else None)
         self.stats = RunStats()
         self.load_ms = 0.0
         drop_page_cache(file.fileno())  # the resident section is in anonymous memory now
