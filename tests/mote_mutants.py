@@ -4,9 +4,12 @@ trailer field (docs/FORMAT.md sections 1-3), and mutate metadata the way a hosti
     with_metadata(src, metadata)   the file `src` (bytes) with new metadata (a JSON value or raw bytes):
                                    data section byte-identical, data_offset re-aligned to 4096,
                                    metadata CRC, file_size, header CRC and trailer recomputed
+    with_data_crcs(src, metadata)  the entries' own crc32 recomputed too (a mutated extent then
+                                   passes its checksum: garbage data in bounds reaches the runtime)
     Mutator(metadata).mutant(rng)  (description, new metadata) for one random structural mutation
-    exercise(path)                 open + info + verify + Engine.load + a 2-token answer: None when
-                                   it ran, the MoteError's message when it was refused
+    consistent_mutant(src, metadata, rng)  a config change with the whole directory rebuilt to match
+    exercise(path)                 open + info + verify, and Engine.load + a 2-token answer: None when
+                                   all ran, the MoteErrors' messages when something was refused
 """
 
 from __future__ import annotations
@@ -34,6 +37,48 @@ def with_metadata(src: bytes, metadata: Any, flags: int | None = None) -> bytes:
     fields[4] = zlib.crc32(HEADER.pack(*fields))
     return b"".join([HEADER.pack(*fields), meta, bytes(data_offset - HEADER_SIZE - len(meta)), data,
                      TRAILER.pack(TRAILER_MAGIC, file_size, mcrc)])
+
+
+def with_data_crcs(src: bytes, metadata: Any) -> Any:
+    """`metadata` with the crc32 of every tensor, expert record and the vision section recomputed over
+    the bytes its (possibly mutated) offset and nbytes now cover: what a crafted file whose author
+    also rewrote the data checksums looks like, so garbage-but-in-bounds data reaches the runtime."""
+    _, _, _, _, _, _, _, doff, fsize, _ = HEADER.unpack(src[:HEADER_SIZE])
+    data = src[doff:fsize - TRAILER_SIZE]
+    if not isinstance(metadata, dict):
+        return metadata
+    entries = [metadata.get("vision")]
+    for key in ("tensors", "experts"):
+        if isinstance(metadata.get(key), list):
+            entries += metadata[key]
+    for e in entries:
+        if not isinstance(e, dict):
+            continue
+        off, n = e.get("offset"), e.get("nbytes")
+        if type(off) is int and type(n) is int and 0 <= off and 0 <= n and off + n <= len(data):
+            e["crc32"] = f"{zlib.crc32(data[off:off + n]):08x}"
+    return metadata
+
+
+def replan(entry: dict, shape: list[int]) -> None:
+    """Give a tensor entry a new shape with parts and nbytes laid out consistently (offset kept)."""
+    from mote_edge.format.layout import TensorEntry
+    from mote_edge.quant.recipe import Scheme
+
+    t = TensorEntry.plan(entry["name"], entry["role"], Scheme.from_dict(entry["scheme"]), tuple(shape))
+    t.offset = entry["offset"]
+    entry.update(t.to_json(with_crc=False))
+
+
+def restat(metadata: dict) -> None:
+    """Recompute `sizes` from the directory (as the writer does)."""
+    from mote_edge.format.stats import size_stats
+    from mote_edge.format.validate import experts_from_json, tensors_from_json, vision_from_json
+
+    big = 1 << 62
+    metadata["sizes"] = size_stats(tensors_from_json(metadata["tensors"], big).values(),
+                                   experts_from_json(metadata["experts"], big).values(),
+                                   vision_from_json(metadata["vision"]))
 
 
 def metadata_of(src: bytes) -> dict:
@@ -198,6 +243,99 @@ def _short(v: Any) -> str:
     return text if len(text) <= 30 else text[:27] + "..."
 
 
+# ---------------------------------------------------------------------- consistent model mutations
+CONFIG_CHANGES = (  # (path in the model config, values): each rebuilt into a consistent directory
+    (("hidden_size",), (16, 32, 48, 128)),
+    (("intermediate_size",), (16, 96, 320)),
+    (("num_attention_heads",), (1, 2, 8)),
+    (("num_key_value_heads",), (1, 4)),
+    (("vocab_size",), (1, 100, 1024, 4096)),
+    (("num_hidden_layers",), (1, 2, 3, 5)),
+    (("tie_word_embeddings",), (True,)),
+    (("max_position_embeddings",), (1, 8, 16, 64)),
+    (("eos_token_id",), (None, 1, 2047)),
+    (("moe", "num_experts"), ([2, 2], [1, 1], [3, 5], [8, 8])),
+    (("moe", "top_k_experts"), (1,)),
+    (("moe", "moe_layers_idx"), ([0, 1], [1, 3], [2, 0])),
+    (("moe", "shared_expert"), (True, False)),
+    (("moe", "use_residual"), (True,)),
+    (("moe", "moe_enable"), (False,)),
+    (("vision_config", "hidden_size"), (16, 96)),
+    (("vision_config", "image_size"), (16, 64)),
+)
+
+
+def change_config(meta: dict, path: JsonPath, value: Any) -> None:
+    """Set a model config field, with the fields that must move with it."""
+    put(meta["model"], path, value)
+    if path == ("vision_config", "image_size"):
+        meta["image_preprocess"]["crop_size"] = {"height": value, "width": value}
+        meta["image_preprocess"]["size"] = {"shortest_edge": value}
+    if path == ("vision_config", "hidden_size"):
+        meta["model"]["mm_hidden_size"] = value
+    if path == ("moe", "moe_layers_idx"):
+        meta["model"]["moe"]["num_experts"] = [meta["model"]["moe"]["num_experts"][0]] * len(value)
+
+
+def consistent_mutant(src: bytes, base: dict, rng: random.Random) -> tuple[str, dict] | None:
+    """One or two random CONFIG_CHANGES with the directory rebuilt to match (rebuilt_for_config)."""
+    meta = copy.deepcopy(base)
+    done = []
+    for _ in range(rng.choice((1, 1, 2))):
+        path, values = rng.choice(CONFIG_CHANGES)
+        value = copy.deepcopy(rng.choice(values))
+        change_config(meta, path, value)
+        done.append(f"model/{show_path(path)} = {json.dumps(value)}")
+    meta = rebuilt_for_config(src, meta)
+    return None if meta is None else ("; ".join(done) + " (directory rebuilt)", meta)
+
+
+def rebuilt_for_config(src: bytes, meta: dict) -> dict | None:
+    """`meta` with the whole directory rebuilt for its model config (shapes, parts, offsets, sections,
+    sizes, data CRCs over whatever bytes the new extents cover), or None when the config is invalid
+    or the model does not fit the data section before the vision section: a well-formed file whose
+    data belongs to another model, so only the runtime's own checks stand between it and a crash."""
+    from mote_edge.config import ModelConfig
+    from mote_edge.errors import MoteError
+    from mote_edge.format.constants import TENSOR_ALIGN
+    from mote_edge.format.layout import ExpertEntry, TensorEntry, align
+    from mote_edge.quant.recipe import Recipe
+    from mote_edge.schema import decoder_tensors
+
+    try:
+        cfg = ModelConfig.from_dict(meta["model"])
+    except MoteError:
+        return None
+    recipe = Recipe.from_dict(meta["recipe"])
+    limit = meta["vision"]["offset"] if meta.get("vision") else 1 << 62
+    tensors, records, pos = [], {}, 0
+    for spec in decoder_tensors(cfg):
+        t = TensorEntry.plan(spec.name if spec.expert is None else spec.name.rsplit(".", 2)[-2], spec.role,
+                             recipe.scheme_for(spec.role), spec.shape)
+        if spec.expert is None:
+            t.offset = pos = align(pos, TENSOR_ALIGN)
+            pos += t.nbytes
+            tensors.append(t)
+        else:
+            records.setdefault((spec.layer, spec.expert), []).append(t)
+    resident_end = pos
+    pos = expert_start = align(pos, SECTION_ALIGN)
+    experts = []
+    for (layer, expert), ts in records.items():
+        e = ExpertEntry.plan(layer, expert, ts)
+        e.offset = pos = align(pos, SECTION_ALIGN)
+        pos += e.nbytes
+        experts.append(e)
+    if pos > limit:
+        return None
+    meta["tensors"] = [t.to_json(with_crc=True) for t in tensors]
+    meta["experts"] = [e.to_json() for e in experts]
+    meta["sections"] = {"resident": {"offset": 0, "nbytes": resident_end},
+                        "experts": {"offset": expert_start, "nbytes": pos - expert_start}}
+    restat(meta)
+    return with_data_crcs(src, meta)
+
+
 # ---------------------------------------------------------------------- raw JSON mutations
 def raw_json_mutants(meta: dict) -> list[tuple[str, bytes]]:
     """Metadata bytes that are not the JSON a writer produces."""
@@ -222,22 +360,30 @@ PROMPT = "What color is the circle?"
 
 
 def exercise(path, image=None, **load_options) -> str | None:
-    """Everything a user can do with a file; None if all of it ran, else the MoteError's message.
-    Any other exception propagates (that is the bug a fuzz case looks for). `load_options` go to
-    Engine.load (memory_budget, expert_layout, ...)."""
+    """Everything a user can do with a file: `info` + `verify`, and (whatever they said) a run.
+    None if all of it ran, else the MoteErrors' messages joined by " | ". Any other exception
+    propagates (that is the bug a fuzz case looks for). `load_options` go to Engine.load
+    (memory_budget, expert_layout, ...)."""
     from mote_edge.errors import MoteError
     from mote_edge.format.info import info_dict, info_text
     from mote_edge.format.reader import MoteFile
     from mote_edge.format.verify import verify_file
     from mote_edge.runtime.engine import Engine
 
-    try:
+    def inspect():
         with MoteFile(path) as f:
             info_text(info_dict(f))
             verify_file(f)
+
+    def run():
         with Engine.load(path, threads=1, **load_options) as engine:
             "".join(engine.generate(PROMPT, image, max_new_tokens=2))
             engine.report()
-    except MoteError as e:
-        return str(e)
-    return None
+
+    messages = []
+    for step in (inspect, run):
+        try:
+            step()
+        except MoteError as e:
+            messages.append(str(e))
+    return " | ".join(messages) or None
