@@ -26,7 +26,7 @@ from mote_edge.errors import FormatError
 
 from .memory import trim_heap
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "run_vision_onnx", "VisionEncoder", "VisionShapeError"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "run_vision_onnx", "VisionEncoder", "VisionSectionError", "VisionShapeError"]
 
 INPUT_NAME = "pixel_values"  # float32 [batch, 3, S, S]
 OUTPUT_NAME = "image_features"  # float32 [batch, P, H]
@@ -49,6 +49,16 @@ class VisionShapeError(FormatError, ValueError):
     """The vision section does not take or give the shapes the rest of the file says (its
     image_preprocess or model config disagrees with the ONNX model). A ValueError too, as for any
     caller of run_vision_onnx passing pixels of the wrong shape."""
+
+
+class VisionSectionError(FormatError):
+    """The vision section's bytes are not an ONNX model onnxruntime can load and run (its checksum
+    held: the file was crafted or written by a broken exporter)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def _run(session: Any, pixels: np.ndarray) -> np.ndarray:
@@ -91,7 +101,11 @@ class VisionEncoder:
         blob: Any = self._loader()
         session: Any = None
         try:
-            session = _session(blob, self.threads, release_memory=True)
+            try:
+                session = _session(blob, self.threads, release_memory=True)
+            except Exception as e:  # noqa: BLE001  (onnxruntime's errors share no base class below Exception)
+                raise VisionSectionError(f"the vision section is not a model onnxruntime can load "
+                                         f"({_first_line(e)})") from None
             # The session holds its own copy of the weights from here on. onnxruntime's Python
             # wrapper also keeps the model bytes (to rebuild the session on an execution-provider
             # fallback, which a CPU-only session never does): drop that reference too, or the
@@ -99,7 +113,12 @@ class VisionEncoder:
             if getattr(session, "_model_bytes", None) is not None:
                 session._model_bytes = None
             blob = None
-            out = _run(session, pixels)
+            try:
+                out = _run(session, pixels)
+            except VisionShapeError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise VisionSectionError(f"the vision section failed to run ({_first_line(e)})") from None
             features = np.array(out[0], dtype=np.float32, copy=True)  # owns its memory, not the session's
             out = None
         finally:

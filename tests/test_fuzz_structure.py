@@ -261,6 +261,15 @@ CONSISTENT = {  # name: (config changes, image?, words the one-line error must c
 }
 
 
+def test_truncated_vision_section_with_its_checksum_rewritten(source, tmp_path):
+    meta = metadata_of(source)
+    meta["vision"]["nbytes"] = 5000
+    meta["sizes"]["vision_bytes"] = 5000
+    message = run_case(tmp_path / "v.mote", with_metadata(source, with_data_crcs(source, meta)), IMAGE)
+    assert message is not None and "\n" not in message, message
+    assert "the vision section is not a model onnxruntime can load" in message
+
+
 @pytest.mark.parametrize("name", CONSISTENT)
 def test_named_file_whose_data_belongs_to_another_model(name, source, tmp_path):
     changes, with_image, words = CONSISTENT[name]
