@@ -64,8 +64,8 @@ def _first_line(exc: BaseException) -> str:
 def _run(session: Any, pixels: np.ndarray) -> np.ndarray:
     expected = session.get_inputs()[0].shape  # ['batch', 3, S, S]
     if pixels.ndim != len(expected) or any(isinstance(d, int) and d != n for d, n in zip(expected, pixels.shape)):
-        raise VisionShapeError(f"pixels must have shape {['batch' if not isinstance(d, int) else d for d in expected]}, "
-                         f"got {list(pixels.shape)}")
+        want = ["batch" if not isinstance(d, int) else d for d in expected]
+        raise VisionShapeError(f"pixels must have shape {want}, got {list(pixels.shape)}")
     return session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
 
 

@@ -327,24 +327,32 @@ def config_from_json(value: Any) -> ModelConfig:
     return cfg
 
 
+CHECKED_FIELD_TYPES = ("int", "int | None", "float", "bool", "str", "list[int]")  # a test keeps config to these
+
+
+def annotation(f: Any) -> str:
+    """A dataclass field's annotation as text ("int", "int | None", ...), postponed or not."""
+    return f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+
+
 def check_field_types(block: Any, where: str) -> None:
     """Each field of a config dataclass holds what its annotation says (JSON gives any type)."""
     for f in fields(block):
-        v, what = getattr(block, f.name), f"{where} {f.name}"
-        if f.type == "int":
+        v, what, kind = getattr(block, f.name), f"{where} {f.name}", annotation(f)
+        if kind == "int":
             as_int(v, what, -MAX_INT32, MAX_INT32)
-        elif f.type == "int | None":
+        elif kind == "int | None":
             if v is not None:
                 as_int(v, what, -MAX_INT32, MAX_INT32)
-        elif f.type == "float":  # the runtime computes in float32
+        elif kind == "float":  # the runtime computes in float32
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) <= MAX_FLOAT32:
                 raise fail(f"{what} must be a finite float32 number, got {show(v)}")
-        elif f.type == "bool":
+        elif kind == "bool":
             if not isinstance(v, bool):
                 raise fail(f"{what} must be true or false, got {show(v)}")
-        elif f.type == "str":
+        elif kind == "str":
             as_str(v, what)
-        elif f.type == "list[int]":
+        elif kind == "list[int]":
             for x in as_list(v, what):
                 as_int(x, f"{what} entry", 0, MAX_INT32)
 
