@@ -116,6 +116,34 @@ def show_path(path: JsonPath) -> str:
     return "/".join(map(str, path)) or "<root>"
 
 
+def json_diff(base: Any, new: Any, path: JsonPath = ()) -> list[dict]:
+    """The edits that turn `base` into `new`: [{"path": [...], "value": v}] or [{"path": [...],
+    "delete": true}] (lists of another length are replaced whole). Small enough to keep in the repo."""
+    if type(base) is not type(new) or (isinstance(base, list) and len(base) != len(new)):
+        return [{"path": list(path), "value": new}]
+    if isinstance(base, dict):
+        ops = [{"path": list(path + (k,)), "delete": True} for k in base if k not in new]
+        for k, v in new.items():
+            ops += json_diff(base[k], v, path + (k,)) if k in base else [{"path": list(path + (k,)), "value": v}]
+        return ops
+    if isinstance(base, list):
+        return [op for i, (a, b) in enumerate(zip(base, new)) for op in json_diff(a, b, path + (i,))]
+    return [] if base == new else [{"path": list(path), "value": new}]
+
+
+def json_patch(base: Any, ops: list[dict]) -> Any:
+    out = copy.deepcopy(base)
+    for op in ops:
+        path = tuple(op["path"])
+        if not path:
+            out = op["value"]
+        elif op.get("delete"):
+            delete(out, path)
+        else:
+            put(out, path, op["value"])
+    return out
+
+
 # ---------------------------------------------------------------------- mutations
 HUGE = (2 ** 31 - 1, 2 ** 31, 2 ** 32, 2 ** 62, 2 ** 63, 2 ** 64 + 7, 10 ** 30)
 ODD = (None, True, False, "", "x", [], {}, 0.5, -1, 0)

@@ -10,6 +10,7 @@ as many run on an fp-expert model; ~1 minute in all on one core).
 from __future__ import annotations
 
 import copy
+import json
 import os
 import random
 import signal
@@ -20,13 +21,14 @@ import pytest
 from conftest import REPO, run_cli
 from mote_edge.errors import MoteError
 from mote_edge.format.reader import MoteFile
-from mote_mutants import (Mutator, change_config, consistent_mutant, exercise, metadata_of, raw_json_mutants,
-                          rebuilt_for_config, with_data_crcs, with_metadata)
+from mote_mutants import (Mutator, change_config, consistent_mutant, exercise, json_patch, metadata_of,
+                          raw_json_mutants, rebuilt_for_config, with_data_crcs, with_metadata)
 
 CASES = int(os.environ.get("MOTE_FUZZ_CASES", "3000"))
 CASE_SECONDS = 20  # a case that takes longer is a hang
 IMAGE = REPO / "examples" / "images" / "shapes.png"
 IMAGE_EVERY = 25  # one case in this many also encodes an image (an onnxruntime session costs ~0.1 s)
+CORPUS = REPO / "tests" / "fuzz_corpus"  # reproducers saved by `make fuzz` (tests/fuzz_long.py)
 WRAPPED = "tokenizer or chat template metadata is unusable"
 # a file whose data belongs to another model computes garbage (overflows, NaN): expected, not a finding
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -79,6 +81,18 @@ def check_outcome(message: str | None, description: str) -> None:
     if WRAPPED in message:  # only the blocks that are read at run time may reach the engine's wrapper
         assert description.startswith(("tokenizer", "chat_template")) or "; " in description, \
             f"{description}: validation missed it, the engine wrapped {message!r}"
+
+
+def test_every_model_config_field_has_a_type_validation_checks():
+    """A config field of a new type would pass unchecked: validate.check_field_types must learn it."""
+    from dataclasses import fields
+
+    from mote_edge.config import DecoderConfig, MoEConfig, ProjectorConfig, VisionConfig
+    from mote_edge.format.validate import CHECKED_FIELD_TYPES, annotation
+
+    for cls in (DecoderConfig, VisionConfig, ProjectorConfig, MoEConfig):
+        for f in fields(cls):
+            assert annotation(f) in CHECKED_FIELD_TYPES, (cls.__name__, f.name, annotation(f))
 
 
 def test_rewriting_the_metadata_unchanged_gives_the_same_bytes(source, tmp_path):
@@ -145,6 +159,17 @@ def test_config_changes_with_a_rebuilt_directory_run_or_give_one_line_errors(sou
     experts, vision input changed): only the runtime's own checks stand between them and a crash."""
     fuzz(source, tmp_path / "c.mote", CASES // 10, 2_000_000, consistent=True)
     fuzz(fp_source, tmp_path / "c.mote", CASES // 20, 3_000_000, consistent=True)
+
+
+def test_saved_reproducers_give_one_line_errors_or_runs(source, fp_source, tmp_path):
+    sources = {"tiny": source, "tiny-fp": fp_source}
+    cases = sorted(CORPUS.glob("*.json"))
+    assert cases, f"no reproducers in {CORPUS}"
+    for path in cases:
+        case = json.loads(path.read_text())
+        meta = json_patch(metadata_of(sources[case["model"]]), case["edits"])
+        message = run_case(tmp_path / "r.mote", with_metadata(sources[case["model"]], meta), IMAGE)
+        check_outcome(message, case["description"])
 
 
 # ---------------------------------------------------------------------- named cases, one per bug class
