@@ -49,8 +49,8 @@ MAX_RESIZE_FACTOR = 8  # image_preprocess shortest_edge at most this many times 
 class Directory:
     """What a validated metadata describes, ready for the reader."""
 
-    config: ModelConfig | None
-    recipe: Recipe | None
+    config: ModelConfig
+    recipe: Recipe
     tensors: dict[str, TensorEntry]
     experts: dict[tuple[int, int], ExpertEntry]
     vision: BlobEntry | None
