@@ -141,3 +141,11 @@ accuracy-tiny: $(STAMP)
 			|| exit 1; \
 	done
 	$(BIN)/python -m mote_edge.training.summary $(OUT)/train/report.jsonl
+
+# Long structure fuzzing of .mote metadata (not in CI; tests/test_fuzz_structure.py runs a short
+# deterministic share): FUZZ_MINUTES of random mutants from a fresh seed, any crash saved to
+# tests/fuzz_corpus/ (which CI replays).
+FUZZ_MINUTES ?= 10
+.PHONY: fuzz
+fuzz: $(STAMP)
+	$(BIN)/python tests/fuzz_long.py --minutes $(FUZZ_MINUTES)

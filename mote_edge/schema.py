@@ -145,8 +145,8 @@ def decoder_layer_tensors(cfg: ModelConfig, i: int) -> list[TensorSpec]:
     return out
 
 
-def checkpoint_tensors(cfg: ModelConfig) -> list[TensorSpec]:
-    """Every tensor of a MoTE-LLaVA / MoE-LLaVA checkpoint, in a stable (file) order."""
+def decoder_tensors(cfg: ModelConfig) -> list[TensorSpec]:
+    """The decoder's tensors (embedding, layers, final norm, lm_head): what a .mote directory lists."""
     dc = cfg.decoder
     out = [TensorSpec("model.embed_tokens.weight", (dc.vocab_size, dc.hidden_size), "embed")]
     for i in range(dc.num_hidden_layers):
@@ -154,6 +154,12 @@ def checkpoint_tensors(cfg: ModelConfig) -> list[TensorSpec]:
     out.append(TensorSpec("model.norm.weight", (dc.hidden_size,), "norm"))
     if not dc.tie_word_embeddings:
         out.append(TensorSpec("lm_head.weight", (dc.vocab_size, dc.hidden_size), "lm_head"))
+    return out
+
+
+def checkpoint_tensors(cfg: ModelConfig) -> list[TensorSpec]:
+    """Every tensor of a MoTE-LLaVA / MoE-LLaVA checkpoint, in a stable (file) order."""
+    out = decoder_tensors(cfg)
     out += vision_tensors(cfg)
     out += projector_tensors(cfg)
     return out

@@ -58,17 +58,30 @@ static PyObject *py_set_kernel_path(PyObject *self, PyObject *args) {
 }
 
 /* ---- argument checks ---- */
+/* K and N up to 2^28 keep every size product below (buffer lengths in long long, row
+ * arithmetic such as (K + G - 1) in int) far from overflow. */
+#define MOTE_MAX_DIM (1 << 28)
+#define MOTE_MAX_ELEMENTS (1LL << 40)
+
 static int check_dims(int T, int K, int N, int threads) {
     if (T < 0 || K < 0 || N < 0) {
         PyErr_Format(PyExc_ValueError, "T, K, N must be >= 0 (got %d, %d, %d)", T, K, N);
+        return -1;
+    }
+    if (K > MOTE_MAX_DIM || N > MOTE_MAX_DIM) {
+        PyErr_Format(PyExc_ValueError, "K and N must be at most %d (got %d, %d)", MOTE_MAX_DIM, K, N);
         return -1;
     }
     if (threads < 1 || threads > 256) {
         PyErr_Format(PyExc_ValueError, "threads must be in 1..256, got %d", threads);
         return -1;
     }
-    if ((long long)T * ((long long)K + 640) > (1LL << 40)) {
+    if ((long long)T * ((long long)K + 640) > MOTE_MAX_ELEMENTS) {
         PyErr_SetString(PyExc_ValueError, "T * K too large");
+        return -1;
+    }
+    if ((long long)T * N > MOTE_MAX_ELEMENTS) {
+        PyErr_SetString(PyExc_ValueError, "T * N too large");
         return -1;
     }
     return 0;
@@ -98,7 +111,7 @@ static PyObject *ternary_common(PyObject *args, int prequant, int tpb) {
     } else if (!PyArg_ParseTuple(args, "y*fy*iiiw*|i", &b[0], &gamma, &b[1], &T, &K, &N, &b[3], &threads)) {
         return NULL;
     }
-    if (check_dims(T, K, N, threads) || check_len(&b[0], (long long)N * ((K + tpb - 1) / tpb), "packed") ||
+    if (check_dims(T, K, N, threads) || check_len(&b[0], (long long)N * (((long long)K + tpb - 1) / tpb), "packed") ||
         check_len(&b[1], (long long)T * K * (prequant ? 1 : 4), prequant ? "xq" : "x") ||
         (prequant && check_len(&b[2], (long long)T * 4, "s")) || check_len(&b[3], (long long)T * N * 4, "out"))
         goto done;
@@ -122,8 +135,8 @@ static PyObject *py_ternary_file_to_slab2(PyObject *self, PyObject *args) {
     Py_buffer b[2] = {{0}};   /* src, dst */
     int N, K, rc = -2;
     if (!PyArg_ParseTuple(args, "y*iiw*", &b[0], &N, &K, &b[1])) return NULL;
-    if (check_dims(1, K, N, 1) || check_len(&b[0], (long long)N * ((K + 4) / 5), "packed") ||
-        check_len(&b[1], (long long)N * ((K + 3) / 4), "out"))
+    if (check_dims(1, K, N, 1) || check_len(&b[0], (long long)N * (((long long)K + 4) / 5), "packed") ||
+        check_len(&b[1], (long long)N * (((long long)K + 3) / 4), "out"))
         goto done;
     Py_BEGIN_ALLOW_THREADS
     rc = mote_ternary_file_to_slab2(b[0].buf, N, K, b[1].buf);
@@ -139,6 +152,7 @@ done:
 static PyObject *py_intn_matmul(PyObject *self, PyObject *args) {
     Py_buffer b[5] = {{0}};   /* packed, scales, zeros, x, out */
     int bits, G, T, K, N, threads = 1, rc = -2;
+    long long ng;
     if (!PyArg_ParseTuple(args, "y*y*y*iiy*iiiw*|i", &b[0], &b[1], &b[2], &bits, &G, &b[3], &T, &K, &N, &b[4],
                           &threads))
         return NULL;
@@ -150,8 +164,9 @@ static PyObject *py_intn_matmul(PyObject *self, PyObject *args) {
         PyErr_Format(PyExc_ValueError, "group_size must be 32, 64 or 128, got %d", G);
         goto done;
     }
-    long long ng = (K + G - 1) / G;
-    if (check_dims(T, K, N, threads) || check_len(&b[0], (long long)N * ng * G * bits / 8, "packed") ||
+    if (check_dims(T, K, N, threads)) goto done;
+    ng = ((long long)K + G - 1) / G;
+    if (check_len(&b[0], (long long)N * ng * G * bits / 8, "packed") ||
         check_len(&b[1], (long long)N * ng * 2, "scales") || check_len(&b[2], (long long)N * ng * 2, "zeros") ||
         check_len(&b[3], (long long)T * K * 4, "x") || check_len(&b[4], (long long)T * N * 4, "out"))
         goto done;

@@ -96,6 +96,10 @@ static void to_block_order(const int8_t *src, int K, int nfull, int tail, int tp
 
 int mote_ternary_matmul(int tpb, const uint8_t *w, float gamma, const float *x, const int8_t *xq_in,
                         const float *s_in, int T, int K, int N, float *y, int threads) {
+    if (K == 0 || N == 0 || T == 0) {   /* empty sums (y = 0) or nothing to compute: no kernel runs */
+        memset(y, 0, sizeof(float) * (size_t)T * (size_t)N);
+        return 0;
+    }
     const int cols = MOTE_TBLOCK_BYTES * tpb;   /* columns per full block: 320 or 256 */
     mote_tern_args a;
     a.tpb = tpb;

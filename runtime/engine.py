@@ -23,8 +23,9 @@ import onnxruntime  # noqa: F401  (imported before the baseline reading: library
 
 from mote_edge.chat import ChatTemplate, encode_prompt, encode_text
 from mote_edge.config import IMAGE_TOKEN_INDEX
-from mote_edge.errors import MoteError
+from mote_edge.errors import FormatError, MoteError
 from mote_edge.format.reader import MoteFile
+from mote_edge.format.validate import one_line
 from mote_edge.image import ImagePreprocessConfig, load_image, preprocess
 from mote_edge.tokenizer import Tokenizer
 
@@ -87,7 +88,8 @@ class Engine:
                         if cfg.moe_layers else None)
         self.decoder = Decoder(cfg, self.weights, self.experts, plan.context)
         self.vision_enabled = vision
-        self.vision = VisionEncoder(file.read_vision, threads) if file.vision is not None and vision else None
+        self.vision = (VisionEncoder(file.read_vision, threads, cfg.decoder.hidden_size)
+                       if file.vision is not None and vision else None)
         self.stats = RunStats()
         self.peaks = PeakTracker()  # measured peak RSS per phase, next to the plan's (runtime/plan.py)
         self.load_ms = 0.0
@@ -118,7 +120,12 @@ class Engine:
                 raise ContextError(f"max context {context} is outside 1..{cfg.decoder.max_position_embeddings} "
                                    f"(the model's max_position_embeddings)")
             plan = fit_file_budget(f, context, budget, expert_layout, vision)
-            engine = cls(f, plan, budget, threads, baseline, cache_policy, vision)
+            try:
+                engine = cls(f, plan, budget, threads, baseline, cache_policy, vision)
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
+                # the tokenizer and chat template blocks are read here, not validated on open
+                raise FormatError(f"{f.name}: tokenizer or chat template metadata is unusable "
+                                  f"({type(e).__name__}: {one_line(e)})") from None
         except BaseException:
             f.close()
             raise

@@ -22,9 +22,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mote_edge.errors import FormatError
+
 from .memory import trim_heap
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "run_vision_onnx", "VisionEncoder"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAME", "run_vision_onnx", "VisionEncoder", "VisionSectionError", "VisionShapeError"]
 
 INPUT_NAME = "pixel_values"  # float32 [batch, 3, S, S]
 OUTPUT_NAME = "image_features"  # float32 [batch, P, H]
@@ -43,11 +45,27 @@ def _session(onnx_bytes: bytes, threads: int, release_memory: bool) -> Any:
     return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
 
 
+class VisionShapeError(FormatError, ValueError):
+    """The vision section does not take or give the shapes the rest of the file says (its
+    image_preprocess or model config disagrees with the ONNX model). A ValueError too, as for any
+    caller of run_vision_onnx passing pixels of the wrong shape."""
+
+
+class VisionSectionError(FormatError):
+    """The vision section's bytes are not an ONNX model onnxruntime can load and run (its checksum
+    held: the file was crafted or written by a broken exporter)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
 def _run(session: Any, pixels: np.ndarray) -> np.ndarray:
     expected = session.get_inputs()[0].shape  # ['batch', 3, S, S]
     if pixels.ndim != len(expected) or any(isinstance(d, int) and d != n for d, n in zip(expected, pixels.shape)):
-        raise ValueError(f"pixels must have shape {['batch' if not isinstance(d, int) else d for d in expected]}, "
-                         f"got {list(pixels.shape)}")
+        want = ["batch" if not isinstance(d, int) else d for d in expected]
+        raise VisionShapeError(f"pixels must have shape {want}, got {list(pixels.shape)}")
     return session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
 
 
@@ -66,9 +84,11 @@ class VisionEncoder:
     its result, so the caller must not keep one either if the memory is to be returned.
     """
 
-    def __init__(self, onnx_bytes_loader: Callable[[], bytes], threads: int = 1) -> None:
+    def __init__(self, onnx_bytes_loader: Callable[[], bytes], threads: int = 1,
+                 hidden_size: int | None = None) -> None:
         self._loader = onnx_bytes_loader
         self.threads = max(1, int(threads))
+        self.hidden_size = hidden_size  # the feature width the decoder takes (checked per encode)
         self.last_encode_ms: float | None = None  # wall time of the last encode: load + session + run
         self.encodes = 0
 
@@ -81,7 +101,11 @@ class VisionEncoder:
         blob: Any = self._loader()
         session: Any = None
         try:
-            session = _session(blob, self.threads, release_memory=True)
+            try:
+                session = _session(blob, self.threads, release_memory=True)
+            except Exception as e:  # noqa: BLE001  (onnxruntime's errors share no base class below Exception)
+                raise VisionSectionError(f"the vision section is not a model onnxruntime can load "
+                                         f"({_first_line(e)})") from None
             # The session holds its own copy of the weights from here on. onnxruntime's Python
             # wrapper also keeps the model bytes (to rebuild the session on an execution-provider
             # fallback, which a CPU-only session never does): drop that reference too, or the
@@ -89,13 +113,21 @@ class VisionEncoder:
             if getattr(session, "_model_bytes", None) is not None:
                 session._model_bytes = None
             blob = None
-            out = _run(session, pixels)
+            try:
+                out = _run(session, pixels)
+            except VisionShapeError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                raise VisionSectionError(f"the vision section failed to run ({_first_line(e)})") from None
             features = np.array(out[0], dtype=np.float32, copy=True)  # owns its memory, not the session's
             out = None
         finally:
             session = blob = None
             gc.collect()
             trim_heap()
+        if features.ndim != 2 or (self.hidden_size is not None and features.shape[1] != self.hidden_size):
+            raise VisionShapeError(f"the vision section gives image features of shape {list(features.shape)}, "
+                                   f"the decoder takes [P, {self.hidden_size}]")
         self.encodes += 1
         self.last_encode_ms = (time.perf_counter() - start) * 1e3
         return features

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mote_edge.errors import FormatError
 from mote_edge.format.encoding import as_intn_weight
 from mote_edge.format.layout import TensorEntry
 from mote_edge.format.reader import MoteFile
@@ -112,6 +113,10 @@ class Embedding:
 
     def __call__(self, ids: np.ndarray) -> np.ndarray:  # ids [T] -> [T, H] float32
         ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and not 0 <= int(ids.min()) <= int(ids.max()) < self.shape[0]:
+            bad = int(ids.max()) if int(ids.max()) >= self.shape[0] else int(ids.min())
+            raise FormatError(f"token id {bad} is outside the embedding table of {self.shape[0]} rows "
+                              f"(the file's tokenizer and model config do not match)")
         if self.scheme.kind in ("f32", "f16"):
             return self.table[ids]
         w = as_intn_weight(self.parts, self.scheme, self.shape)

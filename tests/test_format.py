@@ -59,7 +59,7 @@ def sample(tmp_path_factory):
 
 
 def test_round_trip_every_scheme(sample):
-    with MoteFile(sample) as f:
+    with MoteFile(sample, container_only=True) as f:
         assert f.header.data_offset % SECTION_ALIGN == 0
         for name, (role, scheme, arr) in TENSORS.items():
             t = f.tensors[name]
@@ -114,7 +114,7 @@ def _mutate(src, dst, fn):
 
 def _one_line_error(path, verify=True) -> str:
     with pytest.raises(FormatError) as e:
-        with MoteFile(path) as f:
+        with MoteFile(path, container_only=True) as f:
             if verify:
                 f.verify_all()
     msg = str(e.value)
@@ -153,7 +153,7 @@ def test_reader_errors_name_the_problem(sample, tmp_path):
     assert "unknown header flags" in _one_line_error(m(lambda d: _reheader(d, flags=6)))
     assert "trailer is corrupt" in _one_line_error(m(lambda d: _set(d, len(d) - 24, b"X")))
     assert "metadata checksum mismatch" in _one_line_error(m(lambda d: _set(d, HEADER_SIZE + 3, b"#")))
-    with MoteFile(sample) as f:
+    with MoteFile(sample, container_only=True) as f:
         t = f.tensors["c.int4"]
         e = f.experts[(0, 1)]
         doff = f.header.data_offset
@@ -195,7 +195,7 @@ for i in range(int(sys.argv[4])):
         p = rng.randrange(len(d)); d[p:p + 64] = bytes(min(64, len(d) - p))
     out.write_bytes(bytes(d))
     try:
-        with MoteFile(out) as f:
+        with MoteFile(out, container_only=True) as f:
             f.verify_all()
         if d != src:
             print("accepted a changed file:", kind, file=sys.stderr)

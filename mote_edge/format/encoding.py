@@ -13,6 +13,7 @@ Part sizes depend only on (scheme, shape), so a writer can lay a file out before
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,7 +35,7 @@ class PartSpec:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(PART_DTYPES[self.dtype]).itemsize
+        return math.prod(self.shape) * np.dtype(PART_DTYPES[self.dtype]).itemsize
 
 
 def part_specs(scheme: Scheme, shape: tuple[int, ...]) -> list[PartSpec]:

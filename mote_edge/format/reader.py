@@ -1,7 +1,8 @@
 """MoteFile: open a .mote file, validate its structure, read tensors and expert records.
 
-`open` checks everything but the data: header, size (truncation), trailer, metadata checksum
-and every directory entry (bounds, alignment, overlaps). Data checksums are verified when a
+`open` checks everything but the data: header, size (truncation), trailer, metadata checksum,
+and the metadata itself (mote_edge/format/validate.py: types, every directory entry, bounds,
+alignment, overlaps, and the directory against the model config and recipe). Data checksums are verified when a
 tensor or record is read (`verify=True`) and by `verify_all`. Reads use os.pread into fresh
 buffers (anonymous memory): the file is never mmapped, so memory accounting stays honest.
 Every problem is a FormatError with one line naming it.
@@ -10,6 +11,7 @@ Every problem is a FormatError with one line naming it.
 from __future__ import annotations
 
 import json
+import math
 import os
 import zlib
 from dataclasses import dataclass
@@ -18,14 +20,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from mote_edge.config import ModelConfig
-from mote_edge.errors import ConfigError, FormatError
-from mote_edge.quant.recipe import Recipe
+from mote_edge.errors import FormatError
 
-from .constants import (HEADER, HEADER_SIZE, KNOWN_FLAGS, MAGIC, SECTION_ALIGN, TENSOR_ALIGN, TRAILER,
+from .constants import (HEADER, HEADER_SIZE, KNOWN_FLAGS, MAGIC, SECTION_ALIGN, TRAILER,
                         TRAILER_MAGIC, TRAILER_SIZE, VERSION_MAJOR)
 from .encoding import PART_DTYPES
-from .layout import BlobEntry, ExpertEntry, TensorEntry
+from .layout import ExpertEntry, TensorEntry
+from .validate import one_line, validate_metadata
 
 MAX_METADATA = 1 << 30
 
@@ -52,8 +53,38 @@ def parse_parts(entry: TensorEntry, buf: memoryview | bytes, base: int = 0) -> d
     return out
 
 
+def parse_metadata_json(raw: bytes, fail) -> Any:
+    """The metadata bytes as JSON, strictly: UTF-8, no NaN or infinities, no repeated keys."""
+
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not a JSON number")
+
+    def finite(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"number {text[:20]} is out of range")
+        return value
+
+    def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        d = dict(pairs)
+        if len(d) != len(pairs):
+            raise ValueError("an object repeats a key")
+        return d
+
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=no_constant, parse_float=finite,
+                          object_pairs_hook=unique_keys)
+    except (ValueError, RecursionError) as e:
+        raise fail(f"metadata is not valid JSON ({type(e).__name__}: {one_line(e)})") from None
+
+
 class MoteFile:
-    def __init__(self, path: str | Path):
+    """An open .mote file, validated (mote_edge/format/validate.py) before anything is read.
+    container_only: check only the container's rules, not that the directory is the model its
+    config describes (for tests of the container itself)."""
+
+    def __init__(self, path: str | Path, container_only: bool = False):
+        self._container_only = container_only
         self.path = Path(path)
         self.name = self.path.name
         if self.path.is_dir():
@@ -116,51 +147,15 @@ class MoteFile:
         raw = self._pread(mlen, moff)
         if zlib.crc32(raw) != mcrc:
             raise self._fail("metadata checksum mismatch (file is corrupt)")
+        self.metadata: dict[str, Any] = parse_metadata_json(raw, self._fail)
+        data_size = fsize - TRAILER_SIZE - doff
         try:
-            self.metadata: dict[str, Any] = json.loads(raw)
-            self._parse_directory()
-        except FormatError:
-            raise
-        except ConfigError as e:
-            raise self._fail(f"metadata holds an invalid model config: {e}") from None
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:
-            raise self._fail(f"metadata is corrupt ({type(e).__name__}: {e})") from None
-
-    def _parse_directory(self) -> None:
-        m = self.metadata
-        self.config = ModelConfig.from_dict(m["model"])
-        self.recipe = Recipe.from_dict(m["recipe"])
-        self.tensors: dict[str, TensorEntry] = {}
-        for d in m["tensors"]:
-            t = TensorEntry.from_json(d, with_crc=True)
-            self.tensors[t.name] = t
-        self.experts: dict[tuple[int, int], ExpertEntry] = {}
-        for d in m["experts"]:
-            e = ExpertEntry.from_json(d)
-            self.experts[(e.layer, e.expert)] = e
-        self.vision = BlobEntry.from_json(m["vision"]) if m.get("vision") is not None else None
-        if (self.vision is not None) != bool(self.header.flags & 1):
-            raise self._fail("header flags and metadata disagree about the vision section")
-        self._check_extents()
-
-    def _check_extents(self) -> None:
-        """Every entry inside the data section, aligned, and no two overlapping."""
-        data_size = self.header.file_size - TRAILER_SIZE - self.header.data_offset
-        extents = []
-        for t in self.tensors.values():
-            extents.append((t.offset, t.nbytes, TENSOR_ALIGN, f"tensor {t.name}"))
-        for e in self.experts.values():
-            extents.append((e.offset, e.nbytes, SECTION_ALIGN, f"expert ({e.layer}, {e.expert})"))
-        if self.vision is not None:
-            extents.append((self.vision.offset, self.vision.nbytes, SECTION_ALIGN, "vision section"))
-        end = 0
-        for off, n, al, what in sorted(extents):
-            if off < 0 or n < 0 or off % al or off + n > data_size:
-                raise self._fail(f"{what} lies outside the data section or is misaligned (file is corrupt)")
-            if off < end:
-                raise self._fail(f"{what} overlaps the previous entry (file is corrupt)")
-            end = off + n
-        self._extents = sorted((off, n) for off, n, _, _ in extents)
+            d = validate_metadata(self.metadata, flags, data_size, container_only=self._container_only)
+        except FormatError as e:
+            raise self._fail(str(e)) from None
+        self.config, self.recipe = d.config, d.recipe
+        self.tensors, self.experts, self.vision = d.tensors, d.experts, d.vision
+        self._extents = d.extents
 
     # ------------------------------------------------------------------ data
     def read_tensor(self, name: str, verify: bool = True) -> dict[str, np.ndarray]:

@@ -1,0 +1,121 @@
+"""The C entry points (native/module.c) check every length, dimension and count they are given: wrong
+sizes give a ValueError (or TypeError for a read-only output), never a read or write outside a buffer;
+degenerate sizes (K, N or T = 0) give zeros on every kernel path."""
+
+import numpy as np
+import pytest
+
+from mote_edge import _native
+from mote_edge.quant import kernels
+from mote_edge.quant.intn import IntNWeight
+
+PATHS = kernels.available_paths()
+
+
+@pytest.fixture(params=PATHS)
+def path(request):
+    kernels.set_kernel_path(request.param)
+    yield request.param
+    kernels.set_kernel_path("auto")
+
+
+def u8(n):
+    return np.zeros(n, np.uint8)
+
+
+def f32(n):
+    return np.zeros(n, np.float32)
+
+
+def f16(n):
+    return np.zeros(n, np.float16)
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 17])
+def test_empty_k_gives_zeros_on_every_path(path, T):
+    """K = 0 used to divide by zero in the AVX-512 ternary GEMV (T = 1)."""
+    for N in (0, 1, 3, 40):
+        for layout in ("file", "slab2"):
+            y = kernels.ternary_matmul(np.ones((T, 0), np.float32), u8(0), 1.0, N, 0, layout=layout)
+            assert y.shape == (T, N) and np.all(y == 0)
+        y = kernels.ternary_matmul_q8(np.ones((T, 0), np.int8), np.ones(T, np.float32), u8(0), 1.0, N, 0)
+        assert np.all(y == 0)
+        for bits in (2, 3, 4, 8):
+            w = IntNWeight(np.zeros((N, 0), np.uint8), np.zeros((N, 0), np.float16), np.zeros((N, 0), np.float16),
+                           bits, 32, N, 0)
+            y = kernels.intn_matmul(np.ones((T, 0), np.float32), w)
+            assert y.shape == (T, N) and np.all(y == 0)
+
+
+def test_empty_t_and_n(path):
+    out = f32(0)
+    _native.ternary_matmul(u8(3 * 2), 1.0, f32(0), 0, 10, 3, out, 1)
+    _native.ternary_matmul(u8(0), 1.0, f32(10), 1, 10, 0, out, 1)
+    _native.intn_matmul(u8(0), f16(0), f16(0), 4, 32, f32(10), 1, 10, 0, out, 1)
+    _native.ternary_file_to_slab2(u8(0), 0, 10, u8(0))
+
+
+# each: (function, good arguments, index of the argument to break, a wrong value, words in the error)
+T, K, N = 2, 10, 3
+TERN = (u8(N * 2), 1.0, f32(T * K), T, K, N, f32(T * N), 1)
+TERN_Q8 = (u8(N * 2), 1.0, np.zeros(T * K, np.int8), f32(T), T, K, N, f32(T * N), 1)
+TERN2 = (u8(N * 3), 1.0, f32(T * K), T, K, N, f32(T * N), 1)
+SLAB2 = (u8(N * 2), N, K, u8(N * 3))
+INTN = (u8(N * 16), f16(N), f16(N), 4, 32, f32(T * K), T, K, N, f32(T * N), 1)
+WRONG = [
+    ("ternary_matmul", TERN, 0, u8(N * 2 - 1), "packed"),
+    ("ternary_matmul", TERN, 2, f32(T * K + 1), "x"),
+    ("ternary_matmul", TERN, 6, f32(T * N - 1), "out"),
+    ("ternary_matmul", TERN, 3, -1, "must be >= 0"),
+    ("ternary_matmul", TERN, 4, -5, "must be >= 0"),
+    ("ternary_matmul", TERN, 5, -3, "must be >= 0"),
+    ("ternary_matmul", TERN, 4, 2 ** 31 - 1, "at most"),
+    ("ternary_matmul", TERN, 5, 2 ** 29, "at most"),
+    ("ternary_matmul", TERN, 7, 0, "threads"),
+    ("ternary_matmul", TERN, 7, 257, "threads"),
+    ("ternary_matmul_q8", TERN_Q8, 2, np.zeros(T * K - 1, np.int8), "xq"),
+    ("ternary_matmul_q8", TERN_Q8, 3, f32(T + 1), "s"),
+    ("ternary2_matmul", TERN2, 0, u8(N * 2), "packed"),
+    ("ternary2_matmul_q8", (u8(N * 3), 1.0, np.zeros(T * K, np.int8), f32(T), T, K, N, f32(T * N), 1), 7,
+     f32(1), "out"),
+    ("ternary_file_to_slab2", SLAB2, 0, u8(N * 2 + 1), "packed"),
+    ("ternary_file_to_slab2", SLAB2, 3, u8(N * 3 - 1), "out"),
+    ("ternary_file_to_slab2", SLAB2, 2, 2 ** 31 - 1, "at most"),
+    ("intn_matmul", INTN, 0, u8(N * 16 + 1), "packed"),
+    ("intn_matmul", INTN, 1, f16(N + 1), "scales"),
+    ("intn_matmul", INTN, 2, f16(N - 1), "zeros"),
+    ("intn_matmul", INTN, 3, 5, "bits"),
+    ("intn_matmul", INTN, 4, 0, "group_size"),
+    ("intn_matmul", INTN, 4, 48, "group_size"),
+    ("intn_matmul", INTN, 5, f32(T * K - 1), "x"),
+    ("intn_matmul", INTN, 9, f32(T * N + 1), "out"),
+    ("intn_matmul", INTN, 7, 2 ** 31 - 100, "at most"),  # K + G - 1 would overflow an int
+    ("intn_matmul", INTN, 10, 0, "threads"),
+]
+
+
+@pytest.mark.parametrize("fn, args, index, value, words", WRONG,
+                         ids=[f"{w[0]}-arg{w[2]}-{w[4].replace(' ', '_')}" for w in WRONG])
+def test_wrong_sizes_are_value_errors(fn, args, index, value, words):
+    getattr(_native, fn)(*args)  # the good arguments run
+    bad = list(args)
+    bad[index] = value
+    with pytest.raises(ValueError, match=words):
+        getattr(_native, fn)(*bad)
+
+
+def test_products_that_would_overflow_are_refused():
+    with pytest.raises(ValueError, match="T \\* K too large"):
+        _native.ternary_matmul(u8(0), 1.0, f32(0), 2 ** 31 - 1, 2 ** 20, 0, f32(0), 1)
+    with pytest.raises(ValueError, match="T \\* N too large"):
+        _native.ternary_matmul(u8(0), 1.0, f32(0), 2 ** 20, 1, 2 ** 21, f32(0), 1)
+
+
+def test_buffers_must_be_contiguous_and_outputs_writable():
+    with pytest.raises(ValueError):
+        _native.ternary_matmul(u8(N * 2), 1.0, np.zeros((T, 2 * K), np.float32)[:, ::2], T, K, N, f32(T * N), 1)
+    with pytest.raises(TypeError):
+        _native.ternary_matmul(u8(N * 2), 1.0, f32(T * K), T, K, N, bytes(4 * T * N), 1)
+    with pytest.raises(ValueError, match="threads"):
+        _native.read_sum(bytes(64), 0)
+    assert _native.read_sum(bytes(13), 2) == 0  # the partial last word is not read
