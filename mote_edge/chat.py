@@ -76,6 +76,8 @@ class ChatTemplate:
         if not isinstance(d, dict):
             raise ConfigError(f"chat template must be an object, got {type(d).__name__}")
         name = d.get("name")
+        if not isinstance(name, str):
+            raise ConfigError(f"chat template name must be a string, got {name!r:.40}")
         if set(d) <= {"name", "system"}:
             base = template_named(name)
             return base.with_system(d.get("system"))

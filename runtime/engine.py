@@ -78,7 +78,11 @@ class Engine:
         self.tokenizer = Tokenizer.from_str(tok_meta["json"], bos_token_id=tok_meta["bos_token_id"],
                                             eos_token_id=tok_meta["eos_token_id"])
         eos = self.tokenizer.eos_id
-        self.stop_ids = frozenset(tok_meta.get("stop_token_ids", [] if eos is None else [eos]))
+        stop_ids = tok_meta.get("stop_token_ids", [] if eos is None else [eos])
+        if not isinstance(stop_ids, list) or not all(type(i) is int and 0 <= i < self.tokenizer.vocab_size
+                                                     for i in stop_ids):
+            raise ValueError(f"stop_token_ids must be a list of token ids, got {stop_ids!r:.60}")
+        self.stop_ids = frozenset(stop_ids)
         pre = dict(meta["image_preprocess"])
         self.image_config = ImagePreprocessConfig.from_preprocessor_config(
             pre, aspect_ratio=pre.pop("image_aspect_ratio", cfg.projector.image_aspect_ratio))

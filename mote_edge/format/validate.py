@@ -7,7 +7,8 @@ shape imply, every extent against the data section, and (for a model file) the w
 the tensors the model config implies and the schemes the recipe names. Each problem is a FormatError
 with one line naming it (the reader prefixes the file name). docs/FORMAT.md section 10 lists the checks.
 
-`tokenizer` and `chat_template` are only checked to be objects; their contents are read by the runtime.
+`tokenizer` is checked for its ids (the tokenizer.json text is parsed by the runtime); `chat_template` must be a
+template mote_edge.chat can use.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
+from mote_edge.chat import ChatTemplate
 from mote_edge.config import ModelConfig
 from mote_edge.errors import ConfigError, FormatError
 from mote_edge.image import ImagePreprocessConfig
@@ -327,7 +329,7 @@ def config_from_json(value: Any) -> ModelConfig:
     return cfg
 
 
-CHECKED_FIELD_TYPES = ("int", "int | None", "float", "bool", "str", "list[int]")  # a test keeps config to these
+CHECKED_FIELD_TYPES = ("int", "int | None", "float", "bool", "str", "list[int]", "int | list[int] | None")  # a test keeps config to these
 
 
 def annotation(f: Any) -> str:
@@ -355,6 +357,9 @@ def check_field_types(block: Any, where: str) -> None:
         elif kind == "list[int]":
             for x in as_list(v, what):
                 as_int(x, f"{what} entry", 0, MAX_INT32)
+        elif kind == "int | list[int] | None":  # e.g. eos_token_id: one id or several
+            for x in ([] if v is None else as_list(v, what) if isinstance(v, list) else [v]):
+                as_int(x, f"{what} entry", 0, MAX_INT32)
 
 
 def check_blocks(meta: dict) -> None:
@@ -362,6 +367,24 @@ def check_blocks(meta: dict) -> None:
         raise fail(f"metadata format must be \"mote\", got {show(meta.get('format'))}")
     for key in MODEL_BLOCKS:
         as_dict(field_of(meta, key, "metadata"), f"metadata {key}")
+    check_prompt_blocks(meta)
+
+
+def check_prompt_blocks(meta: dict) -> None:
+    """The tokenizer block's ids and the chat template: what the runtime uses to build and end prompts
+    (the tokenizer.json text itself is parsed by the runtime)."""
+    tok = meta["tokenizer"]
+    as_str(field_of(tok, "json", "metadata tokenizer"), "metadata tokenizer json")
+    for name in ("bos_token_id", "eos_token_id"):
+        if tok.get(name) is not None:
+            as_int(tok[name], f"metadata tokenizer {name}", 0, MAX_INT32)
+    if "stop_token_ids" in tok:
+        for i in as_list(tok["stop_token_ids"], "metadata tokenizer stop_token_ids"):
+            as_int(i, "metadata tokenizer stop_token_ids entry", 0, MAX_INT32)
+    try:
+        ChatTemplate.from_dict(meta["chat_template"])
+    except ConfigError as e:
+        raise fail(f"metadata chat_template is invalid: {one_line(e)}") from None
 
 
 def image_config_from_json(value: Any, cfg: ModelConfig) -> ImagePreprocessConfig:
