@@ -102,9 +102,10 @@ def test_ternary_adversarial(path, layout, case, T):
         assert np.all(y == 0)
 
 
-def test_ternary_empty_k(path, layout):
-    y = kernels.ternary_matmul(np.ones((2, 0), np.float32), np.zeros(0, np.uint8), 1.0, 3, 0, layout=layout)
-    assert y.shape == (2, 3) and np.all(y == 0)
+@pytest.mark.parametrize("T", [1, 2])
+def test_ternary_empty_k(path, layout, T):
+    y = kernels.ternary_matmul(np.ones((T, 0), np.float32), np.zeros(0, np.uint8), 1.0, 3, 0, layout=layout)
+    assert y.shape == (T, 3) and np.all(y == 0)
 
 
 def test_ternary_prequantized_and_vector(path, layout):
