@@ -34,10 +34,11 @@ def test_paths_and_dispatch():
     assert "scalar" in PATHS
     feats = _native.cpu_features()
     assert ("avx512" in PATHS) == all(feats[k] for k in ("avx512f", "avx512bw", "avx512vnni", "avx512vbmi"))
+    assert ("neon" in PATHS) == feats["asimd"] and ("dotprod" in PATHS) == feats["asimddp"]
     kernels.set_kernel_path("auto")
     assert kernels.kernel_path() == PATHS[-1]
-    with pytest.raises(ValueError):
-        kernels.set_kernel_path("neon")
+    with pytest.raises(ValueError):   # a path of the other architecture
+        kernels.set_kernel_path(next(p for p in ("neon", "avx512") if p not in PATHS))
 
 
 # ---------------------------------------------------------------- ternary
