@@ -18,7 +18,26 @@
 
 #define MOTE_NEON_INLINE static inline __attribute__((always_inline))
 
-MOTE_NEON_INLINE void digits16(uint8x16_t q, const int tpb, int8x16_t d[5]) {
+/* the multipliers 3^i (i = 1..4) and the thresholds, built once per call of a kernel. The empty asm
+ * hides the multipliers' values, so that each q_i stays one MUL (GCC otherwise rewrites 3 q and 9 q
+ * as SHL + ADD: two instructions instead of one). */
+typedef struct {
+    uint8x16_t pow3[5], c86, c171;
+} tern_consts;
+
+MOTE_NEON_INLINE tern_consts tern_consts_init(void) {
+    tern_consts k;
+    static const uint8_t pow3[5] = {1, 3, 9, 27, 81};
+    for (int i = 0; i < 5; i++) {
+        k.pow3[i] = vdupq_n_u8(pow3[i]);
+        __asm__("" : "+w"(k.pow3[i]));
+    }
+    k.c86 = vdupq_n_u8(86);
+    k.c171 = vdupq_n_u8(171);
+    return k;
+}
+
+MOTE_NEON_INLINE void digits16(const tern_consts *k, uint8x16_t q, const int tpb, int8x16_t d[5]) {
     if (tpb == MOTE_TPB_SLAB2) {
         d[0] = vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x03)));
         d[1] = vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0C)));
@@ -26,17 +45,15 @@ MOTE_NEON_INLINE void digits16(uint8x16_t q, const int tpb, int8x16_t d[5]) {
         d[3] = vreinterpretq_s8_u8(vshrq_n_u8(q, 6));
         return;
     }
-    static const uint8_t pow3[5] = {1, 3, 9, 27, 81};
-    const uint8x16_t c86 = vdupq_n_u8(86), c171 = vdupq_n_u8(171);
 #pragma GCC unroll 5
     for (int i = 0; i < 5; i++) {
-        const uint8x16_t qi = i ? vmulq_u8(q, vdupq_n_u8(pow3[i])) : q;
-        d[i] = vreinterpretq_s8_u8(vaddq_u8(vcgeq_u8(qi, c86), vcgeq_u8(qi, c171)));
+        const uint8x16_t qi = i ? vmulq_u8(q, k->pow3[i]) : q;
+        d[i] = vreinterpretq_s8_u8(vaddq_u8(vcgeq_u8(qi, k->c86), vcgeq_u8(qi, k->c171)));
     }
 }
 
-MOTE_NEON_INLINE void digits16_plain(uint8x16_t q, const int tpb, int8x16_t d[5]) {
-    digits16(q, tpb, d);
+MOTE_NEON_INLINE void digits16_plain(const tern_consts *k, uint8x16_t q, const int tpb, int8x16_t d[5]) {
+    digits16(k, q, tpb, d);
     if (tpb == MOTE_TPB_SLAB2) {
         d[1] = vshrq_n_s8(d[1], 2);
         d[2] = vshrq_n_s8(d[2], 4);

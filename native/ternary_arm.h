@@ -24,33 +24,48 @@ INLINE const uint8_t *block_bytes(const mote_tern_args *a, const uint8_t *row, i
     return tmp;
 }
 
+/* one 64-byte block: rows p[0 .. R) x tokens [0, NT) (activations xb + t kx, the block's tpb runs of 64) */
+INLINE void block_dot(const tern_consts *k, const uint8_t *const p[2], const int8_t *xb, int64_t kx, const int R,
+                      const int NT, const int tpb, int32x4_t acc[2][2][3]) {
+#pragma GCC unroll 1   /* fully unrolled, GCC spills at R = 2 (measured in the objdump) */
+    for (int c = 0; c < MOTE_TBLOCK_BYTES; c += 16) {
+        int8x16_t xv[2][5];
+#pragma GCC unroll 2
+        for (int t = 0; t < NT; t++)
+#pragma GCC unroll 5
+            for (int i = 0; i < tpb; i++) xv[t][i] = vld1q_s8(xb + t * kx + 64 * i + c);
+#pragma GCC unroll 2
+        for (int r = 0; r < R; r++) {
+            int8x16_t d[5];
+            digits16(k, vld1q_u8(p[r] + c), tpb, d);
+#pragma GCC unroll 2
+            for (int t = 0; t < NT; t++)
+#pragma GCC unroll 5
+                for (int i = 0; i < tpb; i++) acc[r][t][i % 3] = dot16_small(acc[r][t][i % 3], d[i], xv[t][i]);
+        }
+    }
+}
+
 /* rows [n, n + R) x tokens [t0, t0 + NT), R * NT <= 2, straight from the packed bytes */
-INLINE void direct(const mote_tern_args *a, int n, const int R, int t0, const int NT, const int tpb) {
+INLINE void direct(const mote_tern_args *a, const tern_consts *k, int n, const int R, int t0, const int NT,
+                   const int tpb) {
     int32x4_t acc[2][2][3];
     for (int r = 0; r < 2; r++)
         for (int t = 0; t < 2; t++)
             for (int c = 0; c < 3; c++) acc[r][t][c] = vdupq_n_s32(0);
-    uint8_t tmp[2][MOTE_TBLOCK_BYTES];
-    for (int b = 0; b < a->nblk; b++) {
-        const uint8_t *p[2];
-        for (int r = 0; r < R; r++) p[r] = block_bytes(a, a->w + (int64_t)(n + r) * a->rb, b, tmp[r]);
-        const int8_t *xb = a->xq + (int64_t)t0 * a->kx + (int64_t)b * MOTE_TBLOCK_BYTES * tpb;
-        for (int c = 0; c < MOTE_TBLOCK_BYTES; c += 16) {
-            int8x16_t xv[2][5];
-#pragma GCC unroll 2
-            for (int t = 0; t < NT; t++)
-#pragma GCC unroll 5
-                for (int i = 0; i < tpb; i++) xv[t][i] = vld1q_s8(xb + (int64_t)t * a->kx + 64 * i + c);
-#pragma GCC unroll 2
-            for (int r = 0; r < R; r++) {
-                int8x16_t d[5];
-                digits16(vld1q_u8(p[r] + c), tpb, d);
-#pragma GCC unroll 2
-                for (int t = 0; t < NT; t++)
-#pragma GCC unroll 5
-                    for (int i = 0; i < tpb; i++) acc[r][t][i % 3] = dot16_small(acc[r][t][i % 3], d[i], xv[t][i]);
-            }
-        }
+    const uint8_t *p[2] = {a->w + (int64_t)n * a->rb, a->w + (int64_t)(n + R - 1) * a->rb};
+    const int8_t *xb = a->xq + (int64_t)t0 * a->kx;
+    for (int b = 0; b < a->nfull; b++) {   /* pointers bumped per block: loads at constant offsets */
+        block_dot(k, p, xb, a->kx, R, NT, tpb, acc);
+        p[0] += MOTE_TBLOCK_BYTES;
+        p[1] += MOTE_TBLOCK_BYTES;
+        xb += MOTE_TBLOCK_BYTES * tpb;
+    }
+    if (a->tail) {
+        uint8_t tmp[2][MOTE_TBLOCK_BYTES];
+        const uint8_t *pt[2] = {tmp[0], tmp[1]};
+        for (int r = 0; r < R; r++) block_bytes(a, a->w + (int64_t)(n + r) * a->rb, a->nfull, tmp[r]);
+        block_dot(k, pt, xb, a->kx, R, NT, tpb, acc);
     }
     for (int r = 0; r < R; r++)
         for (int t = 0; t < NT; t++)
@@ -59,7 +74,7 @@ INLINE void direct(const mote_tern_args *a, int n, const int R, int t0, const in
 }
 
 /* row n -> its kx digits (0..2) in block order, the activations' order */
-INLINE void decode_row(const mote_tern_args *a, int n, int8_t *dst, const int tpb) {
+INLINE void decode_row(const mote_tern_args *a, const tern_consts *k, int n, int8_t *dst, const int tpb) {
     uint8_t tmp[MOTE_TBLOCK_BYTES];
     const uint8_t *row = a->w + (int64_t)n * a->rb;
     for (int b = 0; b < a->nblk; b++) {
@@ -67,7 +82,7 @@ INLINE void decode_row(const mote_tern_args *a, int n, int8_t *dst, const int tp
         int8_t *db = dst + (int64_t)b * MOTE_TBLOCK_BYTES * tpb;
         for (int c = 0; c < MOTE_TBLOCK_BYTES; c += 16) {
             int8x16_t d[5];
-            digits16_plain(vld1q_u8(p + c), tpb, d);
+            digits16_plain(k, vld1q_u8(p + c), tpb, d);
 #pragma GCC unroll 5
             for (int i = 0; i < tpb; i++) vst1q_s8(db + 64 * i + c, d[i]);
         }
@@ -110,20 +125,21 @@ static void tile_any(const mote_tern_args *a, const int8_t *d, int n, int R, int
 }
 
 INLINE void rows_layout(const mote_tern_args *a, int n0, int n1, uint8_t *scratch, const int tpb) {
+    const tern_consts k = tern_consts_init();
     if (a->T == 1) {
         int n = n0;
-        for (; n + 2 <= n1; n += 2) direct(a, n, 2, 0, 1, tpb);
-        if (n < n1) direct(a, n, 1, 0, 1, tpb);
+        for (; n + 2 <= n1; n += 2) direct(a, &k, n, 2, 0, 1, tpb);
+        if (n < n1) direct(a, &k, n, 1, 0, 1, tpb);
         return;
     }
     if (a->T == 2) {
-        for (int n = n0; n < n1; n++) direct(a, n, 1, 0, 2, tpb);
+        for (int n = n0; n < n1; n++) direct(a, &k, n, 1, 0, 2, tpb);
         return;
     }
     int8_t *d = (int8_t *)scratch;   /* [2, kx] */
     for (int n = n0; n < n1; n += 2) {
         const int R = n1 - n >= 2 ? 2 : 1;
-        for (int r = 0; r < R; r++) decode_row(a, n + r, d + r * a->kx, tpb);
+        for (int r = 0; r < R; r++) decode_row(a, &k, n + r, d + r * a->kx, tpb);
         for (int t = 0; t < a->T; t += 4) tile_any(a, d, n, R, t, a->T - t >= 4 ? 4 : a->T - t);
     }
 }

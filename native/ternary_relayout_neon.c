@@ -8,10 +8,11 @@
 #include "tern_digits_neon.h"
 
 void mote_tern_digits_neon(const uint8_t *w, int nfull, uint8_t *d) {
+    const tern_consts k = tern_consts_init();
     for (int64_t b = 0; b < nfull; b++)
         for (int c = 0; c < 64; c += 16) {
             int8x16_t dig[5];
-            digits16_plain(vld1q_u8(w + 64 * b + c), MOTE_TPB_FILE, dig);
+            digits16_plain(&k, vld1q_u8(w + 64 * b + c), MOTE_TPB_FILE, dig);
             for (int i = 0; i < 5; i++) vst1q_u8(d + MOTE_TBLOCK_COLS * b + 64 * i + c, vreinterpretq_u8_s8(dig[i]));
         }
 }
