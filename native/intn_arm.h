@@ -1,9 +1,10 @@
 /* Group-wise int-N x int8 rows for aarch64: the body of intn_neon.c and intn_dotprod.c, which differ
  * only in the dot primitive (arm_dot.h) and the function name.
  *
- * Per row: unpack the bit planes once into kp signed bytes w - off (off = 128 at 8 bits so that
- * 0..255 fits int8, else 0; planes of >= 16 bytes split in registers, narrower ones through
- * mote_unpack_group), then tiles of up to 4 tokens share each 16-byte weight load. Per (token, group)
+ * T >= 2, and 3 bits or 2 bits at G = 32: per row, unpack the bit planes once into kp signed bytes w - off
+ * (off = 128 at 8 bits so that 0..255 fits int8, else 0; planes of >= 16 bytes split in registers,
+ * narrower ones through mote_unpack_group), then tiles of up to 4 tokens share each 16-byte weight load.
+ * T = 1 at 8, 4 and 2 bits (G / 4 >= 16): each group is split in registers and multiplied at once. Per (token, group)
  * the int32 dot is exact: sum q x = sum (q - off) x + off sumx, and the float part is the scalar
  * path's statement, group after group in order,
  *   y += (float)(dot - zero * sumx) * (scale * (1 / s))
@@ -50,14 +51,86 @@ static void unpack_row(const mote_intn_args *a, const uint8_t *src, int8_t *dst)
     }
 }
 
-/* tokens [t0, t0 + NT) of row n, unpacked in wq [kp]; NT <= 4, wide = 8 bits */
+/* the scalar path's statement for group g of token t, given dot = sum (q - off) x: the term
+ * (float)(sum q x - zero sumx) * (scale * (1 / s)) that y accumulates, group after group */
+INLINE float group_term(const mote_intn_args *a, int t, int g, int32_t dot, int off, const float *sc, const int32_t *zp) {
+    const int64_t ix = (int64_t)t * a->ng + g;
+    const int32_t acc_g = dot + off * a->sumx[ix] - zp[g] * a->sumx[ix];
+    return (float)acc_g * (sc[g] * a->rs[ix]);
+}
+
+/* T = 1 without the unpacked row: sum (q - off) x of one group straight from its packed bytes, for
+ * 8 bits (q ^ 0x80 = q - 128), 4 bits (nibbles: values j and j + G/2) and 2 bits with G/4 >= 16 bytes */
+INLINE int32_t group_dot_packed(const uint8_t *src, const int8_t *x, const int bits, const int G) {
+    int32x4_t acc0 = vdupq_n_s32(0), acc1 = vdupq_n_s32(0);
+    if (bits == 8) {
+#pragma GCC unroll 8
+        for (int j = 0; j < G; j += 32) {
+            const uint8x16_t s80 = vdupq_n_u8(0x80);
+            acc0 = dot16(acc0, vreinterpretq_s8_u8(veorq_u8(vld1q_u8(src + j), s80)), vld1q_s8(x + j));
+            acc1 = dot16(acc1, vreinterpretq_s8_u8(veorq_u8(vld1q_u8(src + j + 16), s80)), vld1q_s8(x + j + 16));
+        }
+    } else if (bits == 4) {
+#pragma GCC unroll 4
+        for (int j = 0; j < G / 2; j += 16) {
+            const uint8x16_t q = vld1q_u8(src + j);
+            acc0 = dot16_small(acc0, vreinterpretq_s8_u8(vandq_u8(q, vdupq_n_u8(0x0F))), vld1q_s8(x + j));
+            acc1 = dot16_small(acc1, vreinterpretq_s8_u8(vshrq_n_u8(q, 4)), vld1q_s8(x + G / 2 + j));
+        }
+    } else {
+#pragma GCC unroll 2
+        for (int j = 0; j < G / 4; j += 16) {
+            const uint8x16_t q = vld1q_u8(src + j), m3 = vdupq_n_u8(3);
+            acc0 = dot16_small(acc0, vreinterpretq_s8_u8(vandq_u8(q, m3)), vld1q_s8(x + j));
+            acc1 = dot16_small(acc1, vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(q, 2), m3)), vld1q_s8(x + G / 4 + j));
+            acc0 = dot16_small(acc0, vreinterpretq_s8_u8(vandq_u8(vshrq_n_u8(q, 4), m3)), vld1q_s8(x + G / 2 + j));
+            acc1 = dot16_small(acc1, vreinterpretq_s8_u8(vshrq_n_u8(q, 6)), vld1q_s8(x + 3 * G / 4 + j));
+        }
+    }
+    return vaddvq_s32(vaddq_s32(acc0, acc1));
+}
+
+/* T = 1, rows [n0, n1) read in place (bits 8 / 4 / 2 as above; bits and G compile-time constants) */
+INLINE void rows_packed(const mote_intn_args *a, int n0, int n1, uint8_t *scratch, const int bits, const int G) {
+    const int gb = G * bits / 8, off = bits == 8 ? 128 : 0;
+    for (int n = n0; n < n1; n++) {
+        const float *sc;
+        const int32_t *zp;
+        mote_intn_row_params(a, n, scratch, &sc, &zp);
+        const uint8_t *src = a->w + (int64_t)n * a->rb;
+        float y = 0.0f;
+        for (int g = 0; g < a->ng; g++)
+            y += group_term(a, 0, g, group_dot_packed(src + (int64_t)g * gb, a->xq + (int64_t)g * G, bits, G), off, sc, zp);
+        a->y[n] = y;
+    }
+}
+
+/* 1 if rows_packed ran rows [n0, n1) */
+static int gemv_packed(const mote_intn_args *a, int n0, int n1, uint8_t *scratch) {
+    if (a->T != 1) return 0;
+    switch (a->bits * 1000 + a->G) {
+        case 8032: rows_packed(a, n0, n1, scratch, 8, 32); return 1;
+        case 8064: rows_packed(a, n0, n1, scratch, 8, 64); return 1;
+        case 8128: rows_packed(a, n0, n1, scratch, 8, 128); return 1;
+        case 4032: rows_packed(a, n0, n1, scratch, 4, 32); return 1;
+        case 4064: rows_packed(a, n0, n1, scratch, 4, 64); return 1;
+        case 4128: rows_packed(a, n0, n1, scratch, 4, 128); return 1;
+        case 2064: rows_packed(a, n0, n1, scratch, 2, 64); return 1;
+        case 2128: rows_packed(a, n0, n1, scratch, 2, 128); return 1;
+        default: return 0;   /* 3 bits, 2 bits at G = 32: through the unpacked row */
+    }
+}
+
+/* tokens [t0, t0 + NT) of row n, unpacked in wq [kp]; NT <= 4, wide = 8 bits, G = a->G (a constant here,
+ * so the group's loop of G / 16 steps unrolls) */
 INLINE void row_tokens(const mote_intn_args *a, const int8_t *wq, int n, int t0, const int NT, const int wide,
-                       const float *sc, const int32_t *zp) {
-    const int G = a->G, off = wide ? 128 : 0;
+                       const int G, const float *sc, const int32_t *zp) {
+    const int off = wide ? 128 : 0;
     float y[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (int g = 0; g < a->ng; g++) {
         int32x4_t acc[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
         const int8_t *w = wq + (int64_t)g * G, *x = a->xq + (int64_t)t0 * a->kp + (int64_t)g * G;
+#pragma GCC unroll 8
         for (int k = 0; k < G; k += 16) {
             const int8x16_t wv = vld1q_s8(w + k);
 #pragma GCC unroll 4
@@ -67,32 +140,37 @@ INLINE void row_tokens(const mote_intn_args *a, const int8_t *wq, int n, int t0,
             }
         }
 #pragma GCC unroll 4
-        for (int t = 0; t < NT; t++) {
-            const int64_t ix = (int64_t)(t0 + t) * a->ng + g;
-            const int32_t dot = vaddvq_s32(acc[t]) + off * a->sumx[ix];
-            const int32_t acc_g = dot - zp[g] * a->sumx[ix];
-            y[t] += (float)acc_g * (sc[g] * a->rs[ix]);
-        }
+        for (int t = 0; t < NT; t++) y[t] += group_term(a, t0 + t, g, vaddvq_s32(acc[t]), off, sc, zp);
     }
     for (int t = 0; t < NT; t++) a->y[(int64_t)(t0 + t) * a->N + n] = y[t];
 }
 
+INLINE void row_tokens_g(const mote_intn_args *a, const int8_t *wq, int n, int t0, int NT, const int wide,
+                         const int G, const float *sc, const int32_t *zp) {
+    switch (NT) {
+        case 1: row_tokens(a, wq, n, t0, 1, wide, G, sc, zp); break;
+        case 2: row_tokens(a, wq, n, t0, 2, wide, G, sc, zp); break;
+        case 3: row_tokens(a, wq, n, t0, 3, wide, G, sc, zp); break;
+        default: row_tokens(a, wq, n, t0, 4, wide, G, sc, zp); break;
+    }
+}
+
+/* NT (1..4), the width class and G (32, 64, 128) as compile-time constants */
 static void row_tokens_any(const mote_intn_args *a, const int8_t *wq, int n, int t0, int NT, int wide,
                            const float *sc, const int32_t *zp) {
-    switch ((wide ? 4 : 0) + NT - 1) {
-        case 0: row_tokens(a, wq, n, t0, 1, 0, sc, zp); break;
-        case 1: row_tokens(a, wq, n, t0, 2, 0, sc, zp); break;
-        case 2: row_tokens(a, wq, n, t0, 3, 0, sc, zp); break;
-        case 3: row_tokens(a, wq, n, t0, 4, 0, sc, zp); break;
-        case 4: row_tokens(a, wq, n, t0, 1, 1, sc, zp); break;
-        case 5: row_tokens(a, wq, n, t0, 2, 1, sc, zp); break;
-        case 6: row_tokens(a, wq, n, t0, 3, 1, sc, zp); break;
-        default: row_tokens(a, wq, n, t0, 4, 1, sc, zp); break;
+    switch (a->G * 2 + wide) {
+        case 64: row_tokens_g(a, wq, n, t0, NT, 0, 32, sc, zp); break;
+        case 65: row_tokens_g(a, wq, n, t0, NT, 1, 32, sc, zp); break;
+        case 128: row_tokens_g(a, wq, n, t0, NT, 0, 64, sc, zp); break;
+        case 129: row_tokens_g(a, wq, n, t0, NT, 1, 64, sc, zp); break;
+        case 256: row_tokens_g(a, wq, n, t0, NT, 0, 128, sc, zp); break;
+        default: row_tokens_g(a, wq, n, t0, NT, 1, 128, sc, zp); break;
     }
 }
 
 /* scratch: mote_intn_scratch_bytes(a) (the unpacked row, then the row's scales and zeros) */
 void MOTE_ARM_PATH(mote_intn_rows)(const mote_intn_args *a, int n0, int n1, uint8_t *scratch) {
+    if (gemv_packed(a, n0, n1, scratch)) return;
     int8_t *wq = (int8_t *)scratch;   /* [kp] */
     for (int n = n0; n < n1; n++) {
         unpack_row(a, a->w + (int64_t)n * a->rb, wq);
