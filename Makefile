@@ -26,7 +26,7 @@ test: $(STAMP)
 # Every SIMD kernel path against the scalar path, bit for bit, in C (native/tests/arm_selftest.c; no Python).
 # test-arm: an aarch64 static build run under qemu-user twice, with a CPU that has the dot product
 # (-cpu max: neon and dotprod paths) and one without it (-cpu cortex-a57: neon), plus MOTE_KERNEL_PATH=neon
-# on the first. Installs nothing: needs Debian's gcc-aarch64-linux-gnu and qemu-user-static.
+# on the first; then the same at -O3. Installs nothing: needs Debian's gcc-aarch64-linux-gnu and qemu-user-static.
 # test-selftest: the same driver built for this machine (x86-64: avx2 / avx512 against scalar).
 ARM_CC ?= aarch64-linux-gnu-gcc
 QEMU_ARM ?= qemu-aarch64-static
@@ -40,6 +40,10 @@ test-arm:
 	$(QEMU_ARM) -cpu max build/arm/arm_selftest --expect-best dotprod
 	$(QEMU_ARM) -cpu cortex-a57 build/arm/arm_selftest --expect-best neon
 	MOTE_KERNEL_PATH=neon $(QEMU_ARM) -cpu max build/arm/arm_selftest --expect-current neon
+	# and with setup.py's optimization flags (-O3), what pip builds
+	$(ARM_CC) $(SELFTEST_FLAGS) -O3 -fno-strict-aliasing -static -o build/arm/arm_selftest_o3 $(SELFTEST_SRC) -lpthread -lm
+	$(QEMU_ARM) -cpu max build/arm/arm_selftest_o3 --expect-best dotprod
+	$(QEMU_ARM) -cpu cortex-a57 build/arm/arm_selftest_o3 --expect-best neon
 
 test-selftest:
 	mkdir -p build/selftest
