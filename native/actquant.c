@@ -25,12 +25,7 @@ float mote_quantize_act_scalar(const float *x, int n, int8_t *xq, int32_t *sum) 
     }
     float s = mote_act_scale(amax);
     int32_t acc = 0;
-    for (int i = 0; i < n; i++) {
-        float r = nearbyintf(x[i] * s);
-        int v = r > 127.0f ? 127 : r < -128.0f ? -128 : (int)r;
-        xq[i] = (int8_t)v;
-        acc += v;
-    }
+    for (int i = 0; i < n; i++) xq[i] = mote_quantize_one(x[i], s, &acc);
     *sum = acc;
     return s;
 }

@@ -6,19 +6,12 @@
  *         uncontracted FMUL, as ISO C evaluates the scalar x * s), clamped to [-128, 127]; fcvtzs
  *         turns a NaN into 0 like the scalar (int) conversion on aarch64;
  *   sum:  int32 lanes, exact.
- * x [n] float32, xq [n] int8; tails of n % 16 go through the scalar statements. */
+ * x [n] float32, xq [n] int8; tails of n % 16 go through the scalar statement (mote_quantize_one). */
 #include "kernels.h"
 
 #if defined(__aarch64__)
 #include <arm_neon.h>
 #include <math.h>
-
-static inline int8_t quantize_one(float v, float s, int32_t *acc) {
-    float r = nearbyintf(v * s);
-    int q = r > 127.0f ? 127 : r < -128.0f ? -128 : (int)r;
-    *acc += q;
-    return (int8_t)q;
-}
 
 /* 4 floats -> 4 int32 in [-128, 127] */
 static inline int32x4_t quantize4(float32x4_t v, float32x4_t vs) {
@@ -54,7 +47,7 @@ float mote_quantize_act_neon(const float *x, int n, int8_t *xq, int32_t *sum) {
         vst1q_s8(xq + i, vcombine_s8(vmovn_s16(h0), vmovn_s16(h1)));
     }
     int32_t total = vaddvq_s32(acc);
-    for (; i < n; i++) xq[i] = quantize_one(x[i], s, &total);
+    for (; i < n; i++) xq[i] = mote_quantize_one(x[i], s, &total);
     *sum = total;
     return s;
 }

@@ -8,6 +8,7 @@
 #ifndef MOTE_KERNELS_H
 #define MOTE_KERNELS_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -135,6 +136,13 @@ float mote_quantize_act(const float *x, int n, int8_t *xq, int32_t *sum);
 float mote_quantize_act_scalar(const float *x, int n, int8_t *xq, int32_t *sum);
 float mote_quantize_act_neon(const float *x, int n, int8_t *xq, int32_t *sum);   /* actquant_neon.c */
 float mote_act_scale(float amax);   /* 127 / max(amax, 1e-5) */
+/* one value: clip(rint(v * s), -128, 127) (a NaN product converts as the C cast does); adds it to *acc */
+static inline int8_t mote_quantize_one(float v, float s, int32_t *acc) {
+    float r = nearbyintf(v * s);
+    int q = r > 127.0f ? 127 : r < -128.0f ? -128 : (int)r;
+    *acc += q;
+    return (int8_t)q;
+}
 
 /* ---- memory bandwidth probe (membench.c) ---- */
 uint64_t mote_read_sum(const uint64_t *p, size_t n);
