@@ -43,13 +43,16 @@ def target_arch() -> str:
     """'x86_64', 'aarch64' or another machine name: the platform the extension is built for
     (sysconfig honours a cross build's _PYTHON_HOST_PLATFORM; platform.machine() is the fallback)."""
     name = sysconfig.get_platform().rsplit("-", 1)[-1].lower()
-    if name in ("win32", "universal2") or not name:
+    if name == "win32" or not name:
         name = platform.machine().lower()
     return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(name, name)
 
 
 def native_sources(arch: str) -> list[str]:
-    """native/*.c without the kernel files of other architectures."""
+    """native/*.c without the kernel files of other architectures (a macOS universal2 build compiles each
+    file for both slices: all of them, each slice keeps what its #if guards let through)."""
+    if arch == "universal2":
+        return sorted(glob.glob("native/*.c"))
     other = tuple(suf for a, sufs in ARCH_SUFFIXES.items() if a != arch for suf in sufs)
     return sorted(f for f in glob.glob("native/*.c") if not os.path.basename(f).endswith(other))
 
