@@ -10,7 +10,7 @@ MODELS := models
 # Every install pins the tested versions (constraints.txt), the isolated build environment's setuptools too.
 PIN := -c constraints.txt --build-constraint constraints.txt
 
-.PHONY: train-tiny ship-tiny accuracy-tiny demo test bench bench-kernels bench-memory bench-decode bench-sweep bench-accuracy bench-deps install wheel-check constraints clean
+.PHONY: train-tiny ship-tiny accuracy-tiny demo test test-arm test-selftest bench bench-kernels bench-memory bench-decode bench-sweep bench-accuracy bench-deps install wheel-check constraints clean
 
 $(STAMP): pyproject.toml setup.py constraints.txt $(wildcard native/*.c native/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,33 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Every SIMD kernel path against the scalar path, bit for bit, in C (native/tests/arm_selftest.c; no Python).
+# test-arm: an aarch64 static build run under qemu-user twice, with a CPU that has the dot product
+# (-cpu max: neon and dotprod paths) and one without it (-cpu cortex-a57: neon), plus MOTE_KERNEL_PATH=neon
+# on the first; then the same at -O3. Installs nothing: needs Debian's gcc-aarch64-linux-gnu and qemu-user-static.
+# test-selftest: the same driver built for this machine (x86-64: avx2 / avx512 against scalar).
+ARM_CC ?= aarch64-linux-gnu-gcc
+QEMU_ARM ?= qemu-aarch64-static
+SELFTEST_SRC := native/tests/arm_selftest.c $(filter-out native/module.c,$(wildcard native/*.c))
+SELFTEST_FLAGS := -std=c11 -O2 -ffp-contract=off -Wall -Wextra -Wno-unused-parameter -Inative
+test-arm:
+	@command -v $(ARM_CC) >/dev/null 2>&1 || { echo "test-arm: $(ARM_CC) not found (apt-get install -y gcc-aarch64-linux-gnu qemu-user-static)" >&2; exit 1; }
+	@command -v $(QEMU_ARM) >/dev/null 2>&1 || { echo "test-arm: $(QEMU_ARM) not found (apt-get install -y qemu-user-static)" >&2; exit 1; }
+	mkdir -p build/arm
+	$(ARM_CC) $(SELFTEST_FLAGS) -static -o build/arm/arm_selftest $(SELFTEST_SRC) -lpthread -lm
+	$(QEMU_ARM) -cpu max build/arm/arm_selftest --expect-best dotprod
+	$(QEMU_ARM) -cpu cortex-a57 build/arm/arm_selftest --expect-best neon
+	MOTE_KERNEL_PATH=neon $(QEMU_ARM) -cpu max build/arm/arm_selftest --expect-current neon
+	# and with setup.py's optimization flags (-O3), what pip builds
+	$(ARM_CC) $(SELFTEST_FLAGS) -O3 -fno-strict-aliasing -static -o build/arm/arm_selftest_o3 $(SELFTEST_SRC) -lpthread -lm
+	$(QEMU_ARM) -cpu max build/arm/arm_selftest_o3 --expect-best dotprod
+	$(QEMU_ARM) -cpu cortex-a57 build/arm/arm_selftest_o3 --expect-best neon
+
+test-selftest:
+	mkdir -p build/selftest
+	$(CC) $(SELFTEST_FLAGS) -o build/selftest/selftest $(SELFTEST_SRC) -lpthread -lm
+	build/selftest/selftest
 
 # The main job: export the shipped trained tiny MoTE at 4 bits, check it, and answer questions about a
 # held-out task image under a memory budget, with the memory and speed report.

@@ -96,8 +96,14 @@ void mote_intn_rows_scalar(const mote_intn_args *a, int n0, int n1, uint8_t *scr
 /* ---- driver ---- */
 static mote_intn_rows_fn intn_rows_for(mote_path p) {
     switch (p) {
+#if defined(__x86_64__)
         case MOTE_PATH_AVX512: return mote_intn_rows_avx512;
         case MOTE_PATH_AVX2: return mote_intn_rows_avx2;
+#endif
+#if defined(__aarch64__)
+        case MOTE_PATH_DOTPROD: return mote_intn_rows_dotprod;
+        case MOTE_PATH_NEON: return mote_intn_rows_neon;
+#endif
         default: return mote_intn_rows_scalar;
     }
 }

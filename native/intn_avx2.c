@@ -2,6 +2,7 @@
  * (4-bit with shifts and masks, 2/3-bit scalar; 8-bit rows are read in place), then each group
  * of 32-byte chunks is multiplied with vpmaddubsw + vpmaddwd. vpmaddubsw saturates at int16, so
  * 8-bit values are split into nibbles: q x = lo x + 16 hi x. Zero-point and scales as intn.c. */
+#if defined(__x86_64__)   /* x86-64 only: setup.py leaves this file out elsewhere */
 #include <immintrin.h>
 
 #include "kernels.h"
@@ -75,3 +76,5 @@ TGT void mote_intn_rows_avx2(const mote_intn_args *a, int n0, int n1, uint8_t *s
         }
     }
 }
+
+#endif

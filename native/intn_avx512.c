@@ -7,6 +7,7 @@
  * int32 vector, zero-point * sum(x) subtracted from lane 0 (exact), then one float FMA with
  * scale / s into a float accumulator; one horizontal sum per output.
  */
+#if defined(__x86_64__)   /* x86-64 only: setup.py leaves this file out elsewhere */
 #include <immintrin.h>
 #include <string.h>
 
@@ -420,3 +421,5 @@ TGT void mote_intn_rows_avx512(const mote_intn_args *a, int n0, int n1, uint8_t 
         }
     }
 }
+
+#endif

@@ -2,16 +2,26 @@
  *
  * Every matmul is y[T, N] = x[T, K] @ W[N, K]^T with int8 activations and packed weights.
  * The drivers (ternary.c, intn.c) quantize activations, then split the N output rows across
- * threads; each path (scalar / AVX2 / AVX-512) provides one "rows" function over [n0, n1).
+ * threads; each path (scalar / AVX2 / AVX-512 on x86-64, NEON / dot-product on aarch64) provides one
+ * "rows" function over [n0, n1).
  */
 #ifndef MOTE_KERNELS_H
 #define MOTE_KERNELS_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
 /* ---- dispatch (dispatch.c) ---- */
-typedef enum { MOTE_PATH_SCALAR = 0, MOTE_PATH_AVX2 = 1, MOTE_PATH_AVX512 = 2, MOTE_PATH_AUTO = 3 } mote_path;
+/* x86-64: avx2, avx512; aarch64: neon (ARMv8.0 Advanced SIMD), dotprod (ARMv8.2 SDOT). AUTO stays last. */
+typedef enum {
+    MOTE_PATH_SCALAR = 0,
+    MOTE_PATH_AVX2 = 1,
+    MOTE_PATH_AVX512 = 2,
+    MOTE_PATH_NEON = 3,
+    MOTE_PATH_DOTPROD = 4,
+    MOTE_PATH_AUTO = 5
+} mote_path;
 
 int mote_path_supported(mote_path p);       /* 1 if this CPU can run path p */
 mote_path mote_best_path(void);             /* the fastest supported path */
@@ -56,14 +66,19 @@ typedef void (*mote_tern_rows_fn)(const mote_tern_args *a, int n0, int n1, uint8
 void mote_tern_rows_scalar(const mote_tern_args *a, int n0, int n1, uint8_t *scratch);
 void mote_tern_rows_avx2(const mote_tern_args *a, int n0, int n1, uint8_t *scratch);
 void mote_tern_rows_avx512(const mote_tern_args *a, int n0, int n1, uint8_t *scratch);
-/* the scalar and AVX2 paths read both layouts (a->tpb); AVX-512 has one function per layout */
+/* the scalar, AVX2, NEON and dot-product paths read both layouts (a->tpb); AVX-512 has one function per layout */
 void mote_tern2_rows_avx512(const mote_tern_args *a, int n0, int n1, uint8_t *scratch);
+void mote_tern_rows_neon(const mote_tern_args *a, int n0, int n1, uint8_t *scratch);
+void mote_tern_rows_dotprod(const mote_tern_args *a, int n0, int n1, uint8_t *scratch);
 
 /* the file layout's [N, ceil(K/5)] bytes -> the 2-bit slab layout's [N, ceil(K/4)]; 0, or -1 on out of memory.
  * Digits are copied as they decode (the 13 non-code bytes of the file layout decode to digits <= 2 too). */
 int mote_ternary_file_to_slab2(const uint8_t *src, int N, int K, uint8_t *dst);
 void mote_tern_digits_avx512(const uint8_t *w, int nfull, uint8_t *d);
 void mote_tern2_pack_avx512(const uint8_t *d, int nfull, uint8_t *out);
+/* the same two steps on full blocks with NEON (ternary_relayout_neon.c) */
+void mote_tern_digits_neon(const uint8_t *w, int nfull, uint8_t *d);
+void mote_tern2_pack_neon(const uint8_t *d, int nfull, uint8_t *out);
 
 /* x [T, K] float32 or (xq [T, K] int8, s [T]) -> y [T, N]; returns 0, or -1 on out of memory */
 int mote_ternary_matmul(int tpb, const uint8_t *w, float gamma, const float *x, const int8_t *xq_in,
@@ -97,6 +112,8 @@ typedef void (*mote_intn_rows_fn)(const mote_intn_args *a, int n0, int n1, uint8
 void mote_intn_rows_scalar(const mote_intn_args *a, int n0, int n1, uint8_t *scratch);
 void mote_intn_rows_avx2(const mote_intn_args *a, int n0, int n1, uint8_t *scratch);
 void mote_intn_rows_avx512(const mote_intn_args *a, int n0, int n1, uint8_t *scratch);
+void mote_intn_rows_neon(const mote_intn_args *a, int n0, int n1, uint8_t *scratch);
+void mote_intn_rows_dotprod(const mote_intn_args *a, int n0, int n1, uint8_t *scratch);
 
 int mote_intn_matmul(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int bits, int G,
                      const float *x, int T, int K, int N, float *y, int threads);
@@ -116,6 +133,16 @@ void mote_unpack_group(const uint8_t *src, int bits, int G, uint8_t *q);
 /* ---- activations (actquant.c): BitLinear's int8 quantization, bit-exact with numpy ---- */
 /* x[n] -> xq[n] with s = 127 / max(max|x|, 1e-5); returns s, *sum = sum of xq */
 float mote_quantize_act(const float *x, int n, int8_t *xq, int32_t *sum);
+float mote_quantize_act_scalar(const float *x, int n, int8_t *xq, int32_t *sum);
+float mote_quantize_act_neon(const float *x, int n, int8_t *xq, int32_t *sum);   /* actquant_neon.c */
+float mote_act_scale(float amax);   /* 127 / max(amax, 1e-5) */
+/* one value: clip(rint(v * s), -128, 127) (a NaN product converts as the C cast does); adds it to *acc */
+static inline int8_t mote_quantize_one(float v, float s, int32_t *acc) {
+    float r = nearbyintf(v * s);
+    int q = r > 127.0f ? 127 : r < -128.0f ? -128 : (int)r;
+    *acc += q;
+    return (int8_t)q;
+}
 
 /* ---- memory bandwidth probe (membench.c) ---- */
 uint64_t mote_read_sum(const uint64_t *p, size_t n);

@@ -1,9 +1,11 @@
 /* A plain streaming read of a buffer: what "DRAM read bandwidth" means in benchmarks/kernel_speed.py.
- * AVX2 when available (4 independent 256-bit accumulators), scalar otherwise. */
-#include <immintrin.h>
-
+ * AVX2 when available (4 independent 256-bit accumulators), scalar otherwise (the compiler vectorizes
+ * it for aarch64's NEON, part of the base ISA). */
 #include "cpu.h"
 #include "kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
 
 __attribute__((target("avx2"))) static uint64_t read_avx2(const uint64_t *p, size_t n) {
     __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
@@ -21,8 +23,12 @@ __attribute__((target("avx2"))) static uint64_t read_avx2(const uint64_t *p, siz
     return s;
 }
 
+#endif
+
 uint64_t mote_read_sum(const uint64_t *p, size_t n) {
+#if defined(__x86_64__)
     if (mote_detect_cpu().avx2) return read_avx2(p, n);
+#endif
     uint64_t s = 0;
     for (size_t i = 0; i < n; i++) s += p[i];
     return s;

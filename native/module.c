@@ -13,13 +13,15 @@
 
 static PyObject *py_cpu_features(PyObject *self, PyObject *noargs) {
     mote_cpu_features f = mote_detect_cpu();
-    return Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O}",
+    return Py_BuildValue("{s:O,s:O,s:O,s:O,s:O,s:O,s:O,s:O}",
                          "avx2", f.avx2 ? Py_True : Py_False,
                          "fma", f.fma ? Py_True : Py_False,
                          "avx512f", f.avx512f ? Py_True : Py_False,
                          "avx512bw", f.avx512bw ? Py_True : Py_False,
                          "avx512vnni", f.avx512vnni ? Py_True : Py_False,
-                         "avx512vbmi", f.avx512vbmi ? Py_True : Py_False);
+                         "avx512vbmi", f.avx512vbmi ? Py_True : Py_False,
+                         "asimd", f.asimd ? Py_True : Py_False,
+                         "asimddp", f.asimddp ? Py_True : Py_False);
 }
 
 /* ---- kernel path ---- */
@@ -53,7 +55,7 @@ static PyObject *py_set_kernel_path(PyObject *self, PyObject *args) {
         }
         Py_RETURN_NONE;
     }
-    PyErr_Format(PyExc_ValueError, "unknown kernel path '%s' (auto, scalar, avx2, avx512)", name);
+    PyErr_Format(PyExc_ValueError, "unknown kernel path '%s' (auto, scalar, avx2, avx512, neon, dotprod)", name);
     return NULL;
 }
 
@@ -215,10 +217,10 @@ static PyObject *py_read_sum(PyObject *self, PyObject *args) {
 static PyMethodDef native_methods[] = {
     {"cpu_features", py_cpu_features, METH_NOARGS,
      "cpu_features() -> dict: which SIMD instruction sets this CPU supports (run-time detection)."},
-    {"kernel_path", py_kernel_path, METH_NOARGS, "kernel_path() -> str: 'scalar', 'avx2' or 'avx512' (in use)."},
+    {"kernel_path", py_kernel_path, METH_NOARGS, "kernel_path() -> str: 'scalar', 'avx2', 'avx512', 'neon' or 'dotprod' (in use)."},
     {"available_paths", py_available_paths, METH_NOARGS, "available_paths() -> list[str]: paths this CPU runs."},
     {"set_kernel_path", py_set_kernel_path, METH_VARARGS,
-     "set_kernel_path(name): force 'scalar' | 'avx2' | 'avx512', or 'auto'. ValueError if unsupported."},
+     "set_kernel_path(name): force 'scalar' | 'avx2' | 'avx512' | 'neon' | 'dotprod', or 'auto'. ValueError if unsupported."},
     {"ternary_matmul", py_ternary_matmul, METH_VARARGS,
      "ternary_matmul(packed u8, gamma, x f32[T,K], T, K, N, out f32[T,N], threads=1): BitLinear y = x W^T."},
     {"ternary_matmul_q8", py_ternary_matmul_q8, METH_VARARGS,

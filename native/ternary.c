@@ -56,8 +56,14 @@ void mote_tern_rows_scalar(const mote_tern_args *a, int n0, int n1, uint8_t *scr
 /* ---- driver ---- */
 static mote_tern_rows_fn tern_rows_for(mote_path p, int tpb) {
     switch (p) {
+#if defined(__x86_64__)
         case MOTE_PATH_AVX512: return tpb == MOTE_TPB_SLAB2 ? mote_tern2_rows_avx512 : mote_tern_rows_avx512;
         case MOTE_PATH_AVX2: return mote_tern_rows_avx2;
+#endif
+#if defined(__aarch64__)
+        case MOTE_PATH_DOTPROD: return mote_tern_rows_dotprod;
+        case MOTE_PATH_NEON: return mote_tern_rows_neon;
+#endif
         default: return mote_tern_rows_scalar;
     }
 }
@@ -146,12 +152,29 @@ int mote_ternary_matmul(int tpb, const uint8_t *w, float gamma, const float *x, 
 }
 
 /* ---- file layout -> 2-bit slab layout ---- */
+/* SIMD helpers for the full blocks of the re-lay (NULL: scalar) */
+typedef struct {
+    void (*digits)(const uint8_t *w, int nfull, uint8_t *d);
+    void (*pack)(const uint8_t *d, int nfull, uint8_t *out);
+} relayout_simd;
+
+static relayout_simd relayout_for(mote_path p) {
+    relayout_simd r = {NULL, NULL};
+#if defined(__x86_64__)
+    if (p == MOTE_PATH_AVX512) r = (relayout_simd){mote_tern_digits_avx512, mote_tern2_pack_avx512};
+#endif
+#if defined(__aarch64__)
+    if (p == MOTE_PATH_NEON || p == MOTE_PATH_DOTPROD) r = (relayout_simd){mote_tern_digits_neon, mote_tern2_pack_neon};
+#endif
+    return r;
+}
+
 /* one file row -> K digits in natural column order. Block b of the row (64 bytes, or the tail's
  * B bytes) holds in byte j the columns 320 b + j + stride i, stride = 64 (full) or B (tail). */
-static void file_row_digits(const uint8_t *w, int K, uint8_t *d, int simd) {
+static void file_row_digits(const uint8_t *w, int K, uint8_t *d, const relayout_simd *simd) {
     const int nfull = K / MOTE_TBLOCK_COLS, B = (K % MOTE_TBLOCK_COLS + 4) / 5;
-    if (simd) mote_tern_digits_avx512(w, nfull, d);   /* the full blocks */
-    for (int b = simd ? nfull : 0; b <= nfull; b++) {
+    if (simd->digits) simd->digits(w, nfull, d);   /* the full blocks */
+    for (int b = simd->digits ? nfull : 0; b <= nfull; b++) {
         const int nbytes = b < nfull ? 64 : B;
         for (int j = 0; j < nbytes; j++) {
             unsigned q = w[64 * b + j];
@@ -167,10 +190,10 @@ static void file_row_digits(const uint8_t *w, int K, uint8_t *d, int simd) {
 
 /* K digits in natural order -> one 2-bit slab row of ceil(K/4) bytes, the same block / tail scheme
  * with 256 columns per block (padding columns: digit 1 = trit 0) */
-static void slab2_row_pack(const uint8_t *d, int K, uint8_t *out, int simd) {
+static void slab2_row_pack(const uint8_t *d, int K, uint8_t *out, const relayout_simd *simd) {
     const int cols = MOTE_TBLOCK_BYTES * MOTE_TPB_SLAB2, nfull = K / cols, B = (K % cols + 3) / 4;
-    if (simd) mote_tern2_pack_avx512(d, nfull, out);
-    for (int b = simd ? nfull : 0; b <= nfull; b++) {
+    if (simd->pack) simd->pack(d, nfull, out);
+    for (int b = simd->pack ? nfull : 0; b <= nfull; b++) {
         const int nbytes = b < nfull ? 64 : B;
         for (int j = 0; j < nbytes; j++) {
             unsigned v = 0;
@@ -186,11 +209,11 @@ static void slab2_row_pack(const uint8_t *d, int K, uint8_t *out, int simd) {
 int mote_ternary_file_to_slab2(const uint8_t *src, int N, int K, uint8_t *dst) {
     uint8_t *d = malloc((size_t)K + 64);
     if (!d) return -1;
-    const int simd = mote_get_path() == MOTE_PATH_AVX512;
+    const relayout_simd simd = relayout_for(mote_get_path());
     const int64_t rb5 = (K + 4) / 5, rb4 = (K + 3) / 4;
     for (int n = 0; n < N; n++) {
-        file_row_digits(src + n * rb5, K, d, simd);
-        slab2_row_pack(d, K, dst + n * rb4, simd);
+        file_row_digits(src + n * rb5, K, d, &simd);
+        slab2_row_pack(d, K, dst + n * rb4, &simd);
     }
     free(d);
     return 0;

@@ -3,6 +3,7 @@
  * [q >= 171] (= (3q) >> 8). 2-bit slab layout: digit i = (q >> 2i) & 3. Products by
  * vpmaddubsw (digits <= 2, so int16 cannot saturate) and vpmaddwd. Tail blocks are copied
  * into a zeroed 64-byte buffer. Same structure as ternary_avx512.c. */
+#if defined(__x86_64__)   /* x86-64 only: setup.py leaves this file out elsewhere */
 #include <immintrin.h>
 #include <string.h>
 
@@ -109,3 +110,5 @@ TGT void mote_tern_rows_avx2(const mote_tern_args *a, int n0, int n1, uint8_t *s
         for (; t < a->T; t++) gemv_row(a, n, t);
     }
 }
+
+#endif

@@ -10,6 +10,7 @@
  * the rows one or more passes ahead. T == 2: the five-LUT decode fused with the dot products.
  * GEMM (T > 2): decode a row once into scratch, then run 4-token tiles over it.
  */
+#if defined(__x86_64__)   /* x86-64 only: setup.py leaves this file out elsewhere */
 #include <immintrin.h>
 
 #include "kernels.h"
@@ -316,7 +317,7 @@ TGT static inline __attribute__((always_inline)) void gemv_t1(const mote_tern_ar
                                                               const int tpb, const int l2) {
     luts2 L2;
     if (tpb == MOTE_TPB_FILE) load_luts2(&L2);
-    const int64_t pass = 2 * a->rb, pf = pass * ((MOTE_TERN_PF + pass - 1) / pass);
+    const int64_t pass = a->rb > 0 ? 2 * a->rb : 1, pf = pass * ((MOTE_TERN_PF + pass - 1) / pass);   /* K = 0: rb = 0 */
 #define ROWS(n, R, tot) (tpb == MOTE_TPB_FILE ? gemv_rows(a, &L2, n, R, pf, l2, tot) : gemv2_rows(a, n, R, pf, tot))
     const __m512i sx = _mm512_set1_epi32(a->sumx[0]);
     const __m512 f = _mm512_set1_ps(a->f[0]);
@@ -407,3 +408,5 @@ TGT void mote_tern2_pack_avx512(const uint8_t *d, int nfull, uint8_t *out) {
         _mm512_storeu_si512(out + (int64_t)b * 64, v);
     }
 }
+
+#endif

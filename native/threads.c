@@ -42,6 +42,8 @@ static inline void cpu_relax(int s) {
     }
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
 #endif
 }
 

@@ -34,10 +34,11 @@ def test_paths_and_dispatch():
     assert "scalar" in PATHS
     feats = _native.cpu_features()
     assert ("avx512" in PATHS) == all(feats[k] for k in ("avx512f", "avx512bw", "avx512vnni", "avx512vbmi"))
+    assert ("neon" in PATHS) == feats["asimd"] and ("dotprod" in PATHS) == feats["asimddp"]
     kernels.set_kernel_path("auto")
     assert kernels.kernel_path() == PATHS[-1]
-    with pytest.raises(ValueError):
-        kernels.set_kernel_path("neon")
+    with pytest.raises(ValueError):   # a path of the other architecture
+        kernels.set_kernel_path(next(p for p in ("neon", "avx512") if p not in PATHS))
 
 
 # ---------------------------------------------------------------- ternary
@@ -102,9 +103,10 @@ def test_ternary_adversarial(path, layout, case, T):
         assert np.all(y == 0)
 
 
-def test_ternary_empty_k(path, layout):
-    y = kernels.ternary_matmul(np.ones((2, 0), np.float32), np.zeros(0, np.uint8), 1.0, 3, 0, layout=layout)
-    assert y.shape == (2, 3) and np.all(y == 0)
+@pytest.mark.parametrize("T", [1, 2])
+def test_ternary_empty_k(path, layout, T):
+    y = kernels.ternary_matmul(np.ones((T, 0), np.float32), np.zeros(0, np.uint8), 1.0, 3, 0, layout=layout)
+    assert y.shape == (T, 3) and np.all(y == 0)
 
 
 def test_ternary_prequantized_and_vector(path, layout):

@@ -4,7 +4,7 @@
                                                                            (BitLinear, bit-exact)
     ternary_matmul_q8(xq, s, packed, gamma, N, K, threads=1) -> y            (pre-quantized x)
     intn_matmul(x, w: IntNWeight, threads=1) -> y [T, N] float32
-    kernel_path() / set_kernel_path("auto"|"scalar"|"avx2"|"avx512") / available_paths()
+    kernel_path() / set_kernel_path("auto"|"scalar"|"avx2"|"avx512"|"neon"|"dotprod") / available_paths()
 x may be [K] (one token) or [T, K]; the result then has shape [N] or [T, N]. `out` may be given
 (float32, C-contiguous, the result's shape) to avoid an allocation.
 """

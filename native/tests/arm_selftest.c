@@ -1,0 +1,305 @@
+/* Bit-exact self test of every SIMD kernel path against the scalar path, in C (no Python).
+ *
+ * Calls each kernel through the dispatch layer (mote_set_path, then the same entry points module.c
+ * uses): the int8 activation quantizer, the ternary matmul in both packed layouts (file, 2-bit slab),
+ * the file -> slab re-lay and the int-N matmul (2/3/4/8 bits, G = 32/64/128), on random and edge-case
+ * inputs (every byte value, odd K and N, every tail length, GEMV / T = 2 / GEMM token counts, 1 and 2
+ * threads, zero, huge, tiny, infinite and NaN activations, pre-quantized activations with -128), and
+ * compares each path's output with the scalar path's byte for byte.
+ *
+ * aarch64 (make test-arm, under qemu-aarch64-static): checks neon and, where the CPU has it, dotprod.
+ * x86-64 (make test-selftest): checks avx2 / avx512, whichever the CPU has. The x86 int-N paths sum the
+ * per-group products in another float order (docs/KERNELS.md), so there int-N is checked only where every
+ * float step is exact (scales 1, integer activations with max |x| = 127 per group, K <= 3 G), and the
+ * inf / NaN activations are left out (x86 scalar and AVX-512 convert a NaN product differently).
+ *
+ *   arm_selftest [--expect-best PATH] [--expect-current PATH]
+ * --expect-best: fail unless PATH is the best path this CPU supports (proves the run-time detection);
+ * --expect-current: fail unless PATH is the path in use before any set (proves MOTE_KERNEL_PATH).
+ * Prints the paths that ran; exits 1 on any mismatch. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu.h"
+#include "kernels.h"
+
+static uint64_t rng = 0x9E3779B97F4A7C15ull;
+static uint64_t rnd(void) {   /* xorshift64* */
+    rng ^= rng >> 12;
+    rng ^= rng << 25;
+    rng ^= rng >> 27;
+    return rng * 0x2545F4914F6CDD1Dull;
+}
+static float rnd_unit(void) { return (float)(rnd() >> 40) / (float)(1 << 24); }             /* [0, 1) */
+static float rnd_normal(void) { return (rnd_unit() + rnd_unit() + rnd_unit() - 1.5f) * 2.0f; }  /* ~N(0, 1) */
+
+static mote_path simd[8];   /* the SIMD paths this CPU supports (not scalar) */
+static int nsimd, checks, failures;
+
+/* ---- inputs ---- */
+enum { X_NORMAL, X_SCALED, X_TINY, X_ZERO, X_HUGE, X_SPECIAL, X_CONST, X_KINDS };
+static const char *xkind_name[X_KINDS] = {"normal", "scaled", "tiny", "zero", "huge", "inf/nan", "const"};
+
+static void fill_x(float *x, size_t n, int kind) {
+    const float scale = powf(10.0f, rnd_unit() * 6.0f - 3.0f);
+    for (size_t i = 0; i < n; i++) {
+        switch (kind) {
+            case X_NORMAL: x[i] = rnd_normal(); break;
+            case X_SCALED: x[i] = rnd_normal() * scale; break;
+            case X_TINY: x[i] = rnd_normal() * 1e-7f; break;   /* max|x| < 1e-5: the scale's floor */
+            case X_ZERO: x[i] = (rnd() & 1) ? 0.0f : -0.0f; break;
+            case X_HUGE: x[i] = (rnd() & 1) ? 3e38f : -3e38f; break;
+            case X_SPECIAL: {
+                const uint64_t r = rnd() % 16;
+                x[i] = r == 0 ? INFINITY : r == 1 ? -INFINITY : r == 2 ? NAN : rnd_normal();
+                break;
+            }
+            default: x[i] = 127.0f / 3.0f; break;   /* ties and equal values */
+        }
+    }
+    if (kind == X_SCALED && n > 2) x[rnd() % n] = 0.5f / 127.0f * 255.0f;   /* rounding ties after scaling */
+}
+
+enum { W_RANDOM, W_ZERO, W_FF, W_KINDS };
+static void fill_bytes(uint8_t *w, size_t n, int kind) {
+    for (size_t i = 0; i < n; i++) w[i] = kind == W_ZERO ? 0 : kind == W_FF ? 0xFF : (uint8_t)rnd();
+}
+
+/* a positive normal fp16 in [2^-14, 2) */
+static uint16_t rnd_half(void) { return (uint16_t)(((1 + rnd() % 15) << 10) | (rnd() & 0x3FF)); }
+/* the integer v (0..255) as fp16 bits (exact) */
+static uint16_t half_of_int(int v) {
+    if (v == 0) return 0;
+    int e = 0;
+    while ((v >> e) > 1) e++;
+    return (uint16_t)(((e + 15) << 10) | (((unsigned)v << (10 - e)) & 0x3FF));
+}
+
+/* ---- comparison ---- */
+static void compare(const void *ref, const void *got, size_t bytes, mote_path p, const char *what) {
+    checks++;
+    if (memcmp(ref, got, bytes) == 0) return;
+    failures++;
+    size_t i = 0;
+    while (((const uint8_t *)ref)[i] == ((const uint8_t *)got)[i]) i++;
+    if (failures <= 20) printf("MISMATCH path %s: %s (first differing byte %zu of %zu)\n", mote_path_name(p), what, i, bytes);
+}
+
+static void use(mote_path p) {
+    if (mote_set_path(p) != 0) {
+        printf("cannot set path %s\n", mote_path_name(p));
+        exit(2);
+    }
+}
+
+/* ---- activation quantizer ---- */
+static void check_actquant(int n, int kind) {
+    float *x = malloc(sizeof(float) * (size_t)(n + 1));
+    int8_t *ref = malloc((size_t)n + 1), *got = malloc((size_t)n + 1);
+    fill_x(x, (size_t)n, kind);
+    int32_t sref, sgot;
+    use(MOTE_PATH_SCALAR);
+    const float s_ref = mote_quantize_act(x, n, ref, &sref);
+    char what[96];
+    for (int i = 0; i < nsimd; i++) {
+        use(simd[i]);
+        const float s = mote_quantize_act(x, n, got, &sgot);
+        snprintf(what, sizeof what, "actquant n=%d x=%s", n, xkind_name[kind]);
+        compare(ref, got, (size_t)n, simd[i], what);
+        compare(&sref, &sgot, sizeof sref, simd[i], what);
+        compare(&s_ref, &s, sizeof s, simd[i], what);
+    }
+    free(x), free(ref), free(got);
+}
+
+/* ---- ternary ---- */
+static void check_ternary(int tpb, int T, int K, int N, int xkind, int wkind, int threads, int prequant) {
+    const int64_t rb = (K + tpb - 1) / tpb;
+    uint8_t *w = malloc((size_t)(N * rb) + 1);
+    float *x = malloc(sizeof(float) * (size_t)(T * K + 1)), *s = malloc(sizeof(float) * (size_t)(T + 1));
+    int8_t *xq = malloc((size_t)(T * K) + 1);
+    float *ref = malloc(sizeof(float) * (size_t)(T * N + 1)), *got = malloc(sizeof(float) * (size_t)(T * N + 1));
+    fill_bytes(w, (size_t)(N * rb), wkind);
+    fill_x(x, (size_t)T * K, xkind);
+    for (int64_t i = 0; i < (int64_t)T * K; i++) xq[i] = (int8_t)rnd();   /* -128 included */
+    for (int t = 0; t < T; t++) s[t] = 0.5f + rnd_unit() * 100.0f;
+    const float gamma = 0.37f + rnd_unit();
+    use(MOTE_PATH_SCALAR);
+    if (mote_ternary_matmul(tpb, w, gamma, prequant ? NULL : x, xq, s, T, K, N, ref, 1) != 0) exit(3);
+    char what[128];
+    snprintf(what, sizeof what, "ternary %s T=%d K=%d N=%d x=%s w=%d threads=%d%s", tpb == MOTE_TPB_FILE ? "file" : "slab2",
+             T, K, N, prequant ? "int8" : xkind_name[xkind], wkind, threads, prequant ? " (pre-quantized)" : "");
+    for (int i = 0; i < nsimd; i++) {
+        use(simd[i]);
+        memset(got, 0xA5, sizeof(float) * (size_t)(T * N));
+        if (mote_ternary_matmul(tpb, w, gamma, prequant ? NULL : x, xq, s, T, K, N, got, threads) != 0) exit(3);
+        compare(ref, got, sizeof(float) * (size_t)(T * N), simd[i], what);
+    }
+    free(w), free(x), free(s), free(xq), free(ref), free(got);
+}
+
+static void check_relayout(int N, int K) {
+    const int64_t rb5 = (K + 4) / 5, rb4 = (K + 3) / 4;
+    uint8_t *src = malloc((size_t)(N * rb5) + 1), *ref = malloc((size_t)(N * rb4) + 1), *got = malloc((size_t)(N * rb4) + 1);
+    fill_bytes(src, (size_t)(N * rb5), W_RANDOM);
+    use(MOTE_PATH_SCALAR);
+    if (mote_ternary_file_to_slab2(src, N, K, ref) != 0) exit(3);
+    char what[64];
+    snprintf(what, sizeof what, "file_to_slab2 N=%d K=%d", N, K);
+    for (int i = 0; i < nsimd; i++) {
+        use(simd[i]);
+        if (mote_ternary_file_to_slab2(src, N, K, got) != 0) exit(3);
+        compare(ref, got, (size_t)(N * rb4), simd[i], what);
+    }
+    free(src), free(ref), free(got);
+}
+
+/* ---- int-N ---- */
+#if defined(__aarch64__)
+static const int intn_float_exact_only = 0;   /* the aarch64 paths keep the scalar float order */
+#else
+static const int intn_float_exact_only = 1;
+#endif
+
+static void check_intn(int bits, int G, int T, int K, int N, int xkind, int wkind, int threads) {
+    if (intn_float_exact_only && (K > 3 * G || xkind != X_NORMAL)) return;
+    const int ng = (K + G - 1) / G;
+    const int64_t rb = (int64_t)ng * G * bits / 8;
+    uint8_t *w = malloc((size_t)(N * rb) + 1);
+    uint16_t *sc = malloc(sizeof(uint16_t) * (size_t)(N * ng + 1)), *zp = malloc(sizeof(uint16_t) * (size_t)(N * ng + 1));
+    float *x = malloc(sizeof(float) * (size_t)(T * K + 1));
+    float *ref = malloc(sizeof(float) * (size_t)(T * N + 1)), *got = malloc(sizeof(float) * (size_t)(T * N + 1));
+    fill_bytes(w, (size_t)(N * rb), wkind);
+    for (int i = 0; i < N * ng; i++) {
+        sc[i] = (i % 7 == 0) ? 0x3C00 : rnd_half();   /* some 1.0 */
+        zp[i] = half_of_int((int)(rnd() % (1u << bits)));
+    }
+    fill_x(x, (size_t)T * K, xkind);
+    if (intn_float_exact_only) {   /* s = 1 per group, scale 1: every float step exact */
+        for (int i = 0; i < N * ng; i++) sc[i] = 0x3C00;
+        for (int64_t i = 0; i < (int64_t)T * K; i++) x[i] = (float)((int)(rnd() % 255) - 127);
+        for (int t = 0; t < T; t++)
+            for (int k = 0; k < K; k += G) x[(int64_t)t * K + k] = 127.0f;
+    }
+    use(MOTE_PATH_SCALAR);
+    if (mote_intn_matmul(w, sc, zp, bits, G, x, T, K, N, ref, 1) != 0) exit(3);
+    char what[128];
+    snprintf(what, sizeof what, "intn bits=%d G=%d T=%d K=%d N=%d x=%s w=%d threads=%d", bits, G, T, K, N,
+             xkind_name[xkind], wkind, threads);
+    for (int i = 0; i < nsimd; i++) {
+        use(simd[i]);
+        memset(got, 0xA5, sizeof(float) * (size_t)(T * N));
+        if (mote_intn_matmul(w, sc, zp, bits, G, x, T, K, N, got, threads) != 0) exit(3);
+        compare(ref, got, sizeof(float) * (size_t)(T * N), simd[i], what);
+    }
+    free(w), free(sc), free(zp), free(x), free(ref), free(got);
+}
+
+static mote_path path_named(const char *name) {
+    for (int p = MOTE_PATH_SCALAR; p <= MOTE_PATH_AUTO; p++)
+        if (strcmp(name, mote_path_name((mote_path)p)) == 0) return (mote_path)p;
+    printf("unknown path %s\n", name);
+    exit(2);
+}
+
+int main(int argc, char **argv) {
+    const char *expect_best = NULL, *expect_current = NULL;
+    for (int i = 1; i + 1 < argc; i += 2) {
+        if (strcmp(argv[i], "--expect-best") == 0) expect_best = argv[i + 1];
+        else if (strcmp(argv[i], "--expect-current") == 0) expect_current = argv[i + 1];
+    }
+    const mote_cpu_features f = mote_detect_cpu();
+    const mote_path current = mote_get_path();   /* before any set: MOTE_KERNEL_PATH or the best */
+    const char *env = getenv("MOTE_KERNEL_PATH");
+    printf("cpu: asimd=%d asimddp=%d avx2=%d avx512f=%d avx512vnni=%d avx512vbmi=%d\n", f.asimd, f.asimddp, f.avx2,
+           f.avx512f, f.avx512vnni, f.avx512vbmi);
+    printf("best path: %s; in use: %s (MOTE_KERNEL_PATH=%s)\n", mote_path_name(mote_best_path()),
+           mote_path_name(current), env ? env : "unset");
+    int bad_setup = 0;
+    if (expect_best && mote_best_path() != path_named(expect_best)) {
+        printf("FAIL: expected best path %s\n", expect_best);
+        bad_setup = 1;
+    }
+    if (expect_current && current != path_named(expect_current)) {
+        printf("FAIL: expected path in use %s\n", expect_current);
+        bad_setup = 1;
+    }
+    for (int p = MOTE_PATH_SCALAR + 1; p < MOTE_PATH_AUTO; p++)
+        if (mote_path_supported((mote_path)p)) simd[nsimd++] = (mote_path)p;
+    printf("checking against scalar:");
+    for (int i = 0; i < nsimd; i++) printf(" %s", mote_path_name(simd[i]));
+    printf("%s\n", nsimd ? "" : " (no SIMD path on this CPU)");
+    /* x86 scalar and AVX-512 convert NaN products differently (an existing x86 difference, not checked here) */
+#if defined(__aarch64__)
+    const int nan_ok = 1;
+#else
+    const int nan_ok = 0;
+#endif
+
+    /* activation quantizer: every length 0..80 (vector bodies and tails), longer rows, every input kind */
+    for (int kind = 0; kind < X_KINDS; kind++) {
+        if (kind == X_SPECIAL && !nan_ok) continue;
+        for (int n = 0; n <= 80; n++) check_actquant(n, kind);
+        check_actquant(896, kind);
+        check_actquant(4099, kind);
+    }
+    printf("actquant: %d checks\n", checks);
+
+    /* ternary: both layouts, shapes around blocks and GEMM tiles, every tail length, every input kind */
+    static const int shapes[][3] = {   /* T, N, K */
+        {1, 1, 1}, {1, 3, 5}, {2, 3, 319}, {1, 17, 320}, {3, 5, 321}, {4, 4, 640}, {5, 33, 1000}, {1, 65, 12},
+        {9, 19, 7}, {1, 64, 1536}, {8, 19, 896}, {2, 7, 4864}, {7, 3, 257}, {6, 2, 255}, {1, 2, 0}, {3, 3, 0},
+        {13, 5, 1541}, {4, 5, 1541}, {1, 31, 2000}, {2, 1, 64}, {3, 2, 256},
+    };
+    const int c0 = checks;
+    for (int tpb = MOTE_TPB_SLAB2; tpb <= MOTE_TPB_FILE; tpb++) {
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (int threads = 1; threads <= 2; threads++)
+                check_ternary(tpb, shapes[s][0], shapes[s][2], shapes[s][1], X_NORMAL, W_RANDOM, threads, 0);
+        for (int K = 1; K <= 2 * 64 * tpb + 70; K += 3)   /* every tail length of both layouts, T = 1, 2, 3 */
+            check_ternary(tpb, 1 + K % 3, K, 3, X_SCALED, W_RANDOM, 1, 0);
+        for (int kind = 0; kind < X_KINDS; kind++) {
+            if (kind == X_SPECIAL && !nan_ok) continue;
+            for (int T = 1; T <= 6; T += 5) check_ternary(tpb, T, 1541, 13, kind, W_RANDOM, 1, 0);
+        }
+        for (int wk = W_ZERO; wk < W_KINDS; wk++) check_ternary(tpb, 3, 777, 5, X_NORMAL, wk, 1, 0);
+        for (int T = 1; T <= 5; T++) check_ternary(tpb, T, 777, 9, X_NORMAL, W_RANDOM, 1, 1);
+    }
+    printf("ternary: %d checks\n", checks - c0);
+
+    const int c1 = checks;
+    static const int relayout_k[] = {0, 1, 5, 255, 256, 257, 319, 320, 321, 640, 896, 1000, 1541, 4864};
+    for (size_t i = 0; i < sizeof relayout_k / sizeof relayout_k[0]; i++)
+        for (int N = 1; N <= 17; N += 8) check_relayout(N, relayout_k[i]);
+    printf("file_to_slab2: %d checks\n", checks - c1);
+
+    /* int-N: every width and group size, partial groups, GEMV and token tiles, every input kind */
+    const int c2 = checks;
+    static const int bits_list[] = {2, 3, 4, 8}, g_list[] = {32, 64, 128};
+    for (int bi = 0; bi < 4; bi++)
+        for (int gi = 0; gi < 3; gi++) {
+            const int b = bits_list[bi], G = g_list[gi];
+            const int sh[][3] = {{1, 3, G}, {2, 1, 3 * G + 5}, {5, 18, 2 * G - 1}, {1, 97, 20}, {1, 15, 9 * G - 3},
+                                 {1, 7, 40 * G + 1}, {8, 5, 3 * G - 7}, {17, 9, 2 * G + 3}, {4, 6, 4 * G}, {3, 2, 1},
+                                 {2, 3, 0}};
+            for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++)
+                check_intn(b, G, sh[s][0], sh[s][2], sh[s][1], X_NORMAL, W_RANDOM, 1 + (int)(s % 2));
+            for (int kind = 0; kind < X_KINDS; kind++) {
+                if (kind == X_SPECIAL && !nan_ok) continue;
+                check_intn(b, G, 3, 3 * G + 1, 5, kind, W_RANDOM, 1);
+            }
+            for (int wk = W_ZERO; wk < W_KINDS; wk++) check_intn(b, G, 5, 2 * G, 4, X_NORMAL, wk, 1);
+        }
+    printf("intn: %d checks\n", checks - c2);
+
+    for (int i = 0; i < nsimd; i++) printf("path %s: ran\n", mote_path_name(simd[i]));
+    if (failures || bad_setup) {
+        printf("FAILED: %d of %d checks differ from the scalar path\n", failures, checks);
+        return 1;
+    }
+    printf("OK: %d checks, every path bit-exact with scalar\n", checks);
+    return 0;
+}
