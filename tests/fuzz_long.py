@@ -23,8 +23,8 @@ import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
+# run as a script (make fuzz): Python puts this folder first on the import path
 from mote_mutants import (Mutator, consistent_mutant, exercise, json_diff, metadata_of,  # noqa: E402
                           with_data_crcs, with_metadata)
 
