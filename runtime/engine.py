@@ -193,6 +193,13 @@ class Engine:
         self.tokens.prompt_tokens, self.tokens.reused_tokens, self.tokens.prefilled_tokens = len(keys), reuse, x.shape[0]
         yield from self._answer_ids(x, t0, sampler, max_new_tokens, self.stop_ids, cancel=cancel, prompt_keys=keys)
 
+    def prompt_positions(self, messages: list[dict]) -> int:
+        """Decoder positions the conversation's prompt takes (image patches included), without running it."""
+        conversation = Conversation.from_messages(messages)
+        text = self.template.with_system(conversation.system).format_conversation(conversation.turns)
+        ids = encode_with_images(self.tokenizer, text, len(conversation.images))
+        return len(ids) + len(conversation.images) * (self._patches_per_image() - 1)
+
     def chat(self, messages: list[dict], max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
              top_p: float = 1.0, seed: int | None = None, stop: str | list[str] | None = None,
              cancel: Callable[[], bool] | None = None) -> Iterator[str]:
