@@ -154,18 +154,22 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 async def _next_event(job: Job, request: Request, state: ServerState) -> tuple[str, object]:
-    """The job's next event; cancels it when the client disconnects or the time limit passes."""
+    """The job's next event; cancels it when the client disconnects or the time limit passes while it waits
+    (checked every POLL_S, also while events keep coming)."""
     while True:
+        now = time.monotonic()
+        if now - job.checked_at >= POLL_S:
+            job.checked_at = now
+            if await request.is_disconnected():
+                job.cancel()
+                return ("error", ApiError(499, "the client disconnected"))  # nobody reads it
+            if not job.started and now > job.deadline:  # still queued at its deadline
+                job.cancel()
+                return ("error", timeout_error(state.limits.request_timeout_s))
         try:
             return await asyncio.wait_for(job.events.get(), POLL_S)
         except asyncio.TimeoutError:
             pass
-        if await request.is_disconnected():
-            job.cancel()
-            return ("error", ApiError(499, "the client disconnected", "invalid_request_error"))  # nobody reads it
-        if not job.started and time.monotonic() > job.deadline:  # still queued at its deadline
-            job.cancel()
-            return ("error", timeout_error(state.limits.request_timeout_s))
 
 
 async def _sse(job: Job, first: tuple[str, object], request: Request, state: ServerState) -> AsyncIterator[str]:

@@ -37,6 +37,7 @@ class Job:
     deadline: float  # time.monotonic() by which the last token must be out
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    checked_at: float = 0.0  # when the HTTP side last checked that the client is still there
     started: bool = False  # taken from the queue by the engine thread (which then enforces the deadline)
 
     def cancel(self) -> None:
