@@ -182,14 +182,15 @@ class Engine:
         ids = encode_with_images(self.tokenizer, text, len(conversation.images))
         if conversation.images and self.vision is None:
             raise MoteError("this model has no vision section; send no images")
-        pictures = [load_image(source) for source in conversation.images]
+        # one decoded image at a time: hashed now, decoded again only if its positions are prefilled
+        digests = [image_digest(load_image(source)) for source in conversation.images]
         patches = self._patches_per_image()
-        keys = position_keys(ids, [image_digest(p) for p in pictures], patches)
+        keys = position_keys(ids, digests, patches)
         self._check_context(len(keys), max_new_tokens)
         reuse = min(self.cached.shared_prefix(keys), len(keys) - 1, self.decoder.length)  # >= 1 to prefill
         self.decoder.truncate(reuse)
         self.cached.truncate(reuse)
-        x = self._position_embeddings(ids, pictures, patches, start=reuse)  # [T - reuse, H]
+        x = self._position_embeddings(ids, conversation.images, patches, start=reuse)  # [T - reuse, H]
         self.tokens.prompt_tokens, self.tokens.reused_tokens, self.tokens.prefilled_tokens = len(keys), reuse, x.shape[0]
         yield from self._answer_ids(x, t0, sampler, max_new_tokens, self.stop_ids, cancel=cancel, prompt_keys=keys)
 
@@ -252,9 +253,9 @@ class Engine:
         """Decoder positions one image takes: its projected patches (+ the class token for cls_patch)."""
         return self.config.vision.num_patches + (self.config.projector.select_feature == "cls_patch")
 
-    def _encode_image(self, picture, patches: int) -> np.ndarray:
-        """One decoded image -> its projected features [P, H]."""
-        pixels = preprocess(picture, self.image_config)[None]  # [1, 3, S, S]
+    def _encode_image(self, source, patches: int) -> np.ndarray:
+        """One image (anything load_image takes) -> its projected features [P, H]."""
+        pixels = preprocess(load_image(source), self.image_config)[None]  # [1, 3, S, S]
         t0 = time.perf_counter()
         features = self.vision.encode(pixels)  # [P, H]
         drop_page_cache(self.file.fileno())  # the vision section's pages
@@ -263,25 +264,25 @@ class Engine:
             raise MoteError(f"the vision model gave {features.shape[0]} positions per image, the config {patches}")
         return features.astype(np.float32)
 
-    def _position_embeddings(self, ids: list[int], pictures: list, patches: int, start: int) -> np.ndarray:
+    def _position_embeddings(self, ids: list[int], images: list, patches: int, start: int) -> np.ndarray:
         """[T - start, H]: the embeddings of positions start .. T - 1 of the prompt `ids`, each image's
         projected patches at its placeholder. Images wholly before `start` are not encoded."""
         pieces: list[np.ndarray] = []
         text: list[int] = []  # the current run of token ids at positions >= start
         position = 0
-        images = iter(pictures)
+        sources = iter(images)
         for token in ids:
             if token != IMAGE_TOKEN_INDEX:
                 if position >= start:
                     text.append(token)
                 position += 1
                 continue
-            picture = next(images)
+            source = next(sources)
             if position + patches > start:
                 if text:
                     pieces.append(self.decoder.embed(np.array(text)))
                     text = []
-                pieces.append(self._encode_image(picture, patches)[max(0, start - position):])
+                pieces.append(self._encode_image(source, patches)[max(0, start - position):])
             position += patches
         if text:
             pieces.append(self.decoder.embed(np.array(text)))

@@ -132,7 +132,8 @@ def test_stop_and_max_tokens(client, star_url):
     r = client.chat.completions.create(model="tiny-mote", messages=[image_turn(STAR, star_url)], stop=["gr"])
     assert r.choices[0].message.content == "" and r.choices[0].finish_reason == "stop"
     r = client.chat.completions.create(model="tiny-mote", messages=[{"role": "user", "content": "star " * 20}],
-                                       max_completion_tokens=1)
+                                       max_completion_tokens=1, n=1, frequency_penalty=0.0, presence_penalty=0,
+                                       logprobs=False)  # the defaults of unsupported fields are accepted
     assert r.usage.completion_tokens <= 1
 
 

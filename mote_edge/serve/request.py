@@ -50,7 +50,8 @@ def parse_chat_request(body: Any, limits: ServeLimits, context: int) -> ChatRequ
         raise bad_request("the request body must be a JSON object")
     for name, allowed in UNSUPPORTED.items():
         value = body.get(name)
-        if value is not None and not (allowed is not None and value == allowed and type(value) is type(allowed)):
+        if value is not None and not (allowed is not None and value == allowed
+                                      and isinstance(value, bool) == isinstance(allowed, bool)):
             raise bad_request(f"{name} is not supported by this server", name, "unsupported_parameter")
     fmt = body.get("response_format")
     if fmt is not None and fmt != {"type": "text"}:
