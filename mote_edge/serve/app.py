@@ -59,7 +59,9 @@ def create_app(state: ServerState) -> Starlette:
         return JSONResponse({"object": "list", "data": [_model_card(state)]})
 
     async def report(request: Request) -> Response:
-        return JSONResponse({"object": "mote.report", "model": state.model_id, "report": state.worker.last_report})
+        last = state.worker.last_report
+        return JSONResponse({"object": "mote.report", "model": state.model_id,
+                             "report": None if last is None else _public(last, state)})
 
     async def chat_completions(request: Request) -> Response:
         arrived = time.monotonic()
@@ -209,8 +211,13 @@ def _completion(state: ServerState, req: ChatRequest, text: str, result: dict) -
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
                      "logprobs": None, "finish_reason": result["finish_reason"]}],
         "usage": result["usage"],
-        "mote": result["report"],
+        "mote": _public(result["report"], state),
     }
+
+
+def _public(report: dict, state: ServerState) -> dict:
+    """The Engine's report as clients see it: the model by its id, not the server's file path."""
+    return {**report, "model": state.model_id}
 
 
 def _completion_id() -> str:

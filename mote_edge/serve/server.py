@@ -19,6 +19,9 @@ def run_server(model: Path, memory_budget: str | None, host: str, port: int, api
     from .app import ServerState, create_app
     from .worker import EngineWorker
 
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        print(f"mote-edge serve: warning: listening on {host} without --api-key: anyone who can reach this "
+              f"port can use the model", file=sys.stderr, flush=True)
     engine = Engine.load(model, memory_budget=memory_budget, threads=threads, max_context=max_context)
     worker = EngineWorker(engine, limits.max_queue, limits.default_max_tokens, limits.request_timeout_s)
     try:
