@@ -321,3 +321,17 @@ def test_request_time_limit(synth_mote, tmp_path):
         assert '"request_timeout"' in events[-2] and events[-1] == "data: [DONE]"
         assert mote_report(s)["completion_tokens"] < 450
         assert s.healthy()
+
+
+def test_serve_cli_errors_are_one_line(tiny_mote):
+    from conftest import run_cli
+
+    for args, message in ((["--max-queue", "0"], "max-queue must be >= 1"),
+                          (["--request-timeout", "0"], "request-timeout must be > 0"),
+                          (["--port", "70000"], "--port must be 0..65535"),
+                          (["--max-body", "lots"], "")):
+        out = run_cli("serve", str(tiny_mote), *args, timeout=60)
+        assert out.returncode == 1 and out.stderr.startswith("error: ") and message in out.stderr, out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+    out = run_cli("serve", "--help", timeout=60)
+    assert all(flag in out.stdout for flag in ("--memory-budget", "--api-key", "--max-queue", "--allow-local-images"))
