@@ -178,8 +178,7 @@ class Engine:
         conversation = Conversation.from_messages(messages)
         self._new_run()
         t0 = time.perf_counter()
-        text = self.template.with_system(conversation.system).format_conversation(conversation.turns)
-        ids = encode_with_images(self.tokenizer, text, len(conversation.images))
+        ids = self._conversation_ids(conversation)
         if conversation.images and self.vision is None:
             raise MoteError("this model has no vision section; send no images")
         # one decoded image at a time: hashed now, decoded again only if its positions are prefilled
@@ -197,8 +196,7 @@ class Engine:
     def prompt_positions(self, messages: list[dict]) -> int:
         """Decoder positions the conversation's prompt takes (image patches included), without running it."""
         conversation = Conversation.from_messages(messages)
-        text = self.template.with_system(conversation.system).format_conversation(conversation.turns)
-        ids = encode_with_images(self.tokenizer, text, len(conversation.images))
+        ids = self._conversation_ids(conversation)
         return len(ids) + len(conversation.images) * (self._patches_per_image() - 1)
 
     def chat(self, messages: list[dict], max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
@@ -248,6 +246,11 @@ class Engine:
         if positions + max_new_tokens > self.plan.context:
             raise ContextError(f"prompt of {positions} positions + {max_new_tokens} new tokens exceeds the context "
                                f"of {self.plan.context} (shorten the prompt, lower --max-new-tokens or raise --max-context)")
+
+    def _conversation_ids(self, conversation: Conversation) -> list[int]:
+        """Prompt ids of the conversation in the model's chat template; IMAGE_TOKEN_INDEX per image."""
+        text = self.template.with_system(conversation.system).format_conversation(conversation.turns)
+        return encode_with_images(self.tokenizer, text, len(conversation.images))
 
     def _patches_per_image(self) -> int:
         """Decoder positions one image takes: its projected patches (+ the class token for cls_patch)."""
