@@ -15,7 +15,7 @@ PIN := -c constraints.txt --build-constraint constraints.txt
 $(STAMP): pyproject.toml setup.py constraints.txt $(wildcard native/*.c native/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip -c constraints.txt
-	$(BIN)/python -m pip install --quiet $(PIN) -e '.[export,dev]'
+	$(BIN)/python -m pip install --quiet $(PIN) -e '.[export,dev,serve]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -126,7 +126,7 @@ constraints:
 	rm -rf $(OUT)/constraints-venv
 	$(PYTHON) -m venv $(OUT)/constraints-venv
 	$(OUT)/constraints-venv/bin/python -m pip install --quiet --upgrade pip
-	$(OUT)/constraints-venv/bin/python -m pip install --quiet -e '.[export,dev,bench]'
+	$(OUT)/constraints-venv/bin/python -m pip install --quiet -e '.[export,dev,serve,bench]'
 	{ sed -n '/^#/p' constraints.txt; $(OUT)/constraints-venv/bin/python -m pip freeze --all --exclude-editable \
 		| sed 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt

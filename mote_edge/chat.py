@@ -16,7 +16,7 @@ go (never looked up in the embedding table), and the tokenizer's BOS (if it adds
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from mote_edge.config import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
 from mote_edge.errors import ConfigError, TokenizerError
@@ -25,6 +25,21 @@ from mote_edge.tokenizer import Tokenizer
 DEFAULT_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                   "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 STYLES = ("two", "plain")  # LLaVA SeparatorStyle.TWO and .PLAIN
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One rendered message: role "user" or "assistant", its text, and how many images lead it (user only)."""
+
+    role: str
+    text: str
+    images: int = 0
+
+    def __post_init__(self) -> None:
+        if self.role not in ("user", "assistant"):
+            raise ConfigError(f"a turn's role must be user or assistant, got {self.role!r}")
+        if self.images and self.role != "user":
+            raise ConfigError("only user turns can hold images")
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,29 @@ class ChatTemplate:
             return (IMAGE_PLACEHOLDER if has_image else "") + question
         image = f"{IMAGE_PLACEHOLDER}\n" if has_image else ""
         return f"{self.system}{self.sep}{self.user}: {image}{question}{self.sep}{self.assistant}:"
+
+    def format_conversation(self, turns: Sequence[Turn]) -> str:
+        """A whole conversation, then the cue for the next answer (LLaVA's Conversation.get_prompt with a
+        last (assistant, None) message). The turns alternate as the caller gives them and end with a user
+        turn; a user turn's images lead its text, one placeholder each. style "two": system + sep, then
+        "ROLE: text" + sep after a user turn and sep2 after an assistant turn, and "ASSISTANT:"; style
+        "plain": each turn's text followed by sep / sep2, the last user turn without one. One user turn
+        renders as `format_prompt` does."""
+        if not turns or turns[-1].role != "user":
+            raise ConfigError("a conversation to answer must end with a user turn")
+        if self.style == "plain":
+            parts = [IMAGE_PLACEHOLDER * t.images + t.text + ("" if i == len(turns) - 1 else self._sep_after(t))
+                     for i, t in enumerate(turns)]
+            return "".join(parts)
+        out = [self.system, self.sep]
+        for t in turns:
+            role = self.user if t.role == "user" else self.assistant
+            out.append(f"{role}: {f'{IMAGE_PLACEHOLDER}{chr(10)}' * t.images}{t.text}{self._sep_after(t)}")
+        out.append(f"{self.assistant}:")
+        return "".join(out)
+
+    def _sep_after(self, turn: Turn) -> str:
+        return self.sep if turn.role == "user" else self.sep2
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -125,6 +163,14 @@ def encode_text(tokenizer: Tokenizer, text: str, has_image: bool) -> list[int]:
             raise TokenizerError(f"the prompt contains {IMAGE_PLACEHOLDER!r} but no image was given")
         raise TokenizerError(f"the prompt contains {n} {IMAGE_PLACEHOLDER!r} placeholders; exactly one image "
                              f"placeholder is needed for the one image given")
+    return encode_with_images(tokenizer, text, 1 if has_image else 0)
+
+
+def encode_with_images(tokenizer: Tokenizer, text: str, images: int) -> list[int]:
+    """tokenizer_image_token for any number of images: one IMAGE_TOKEN_INDEX per placeholder, in order."""
+    n = text.count(IMAGE_PLACEHOLDER)
+    if n != images:
+        raise TokenizerError(f"the prompt contains {n} {IMAGE_PLACEHOLDER!r} placeholders for {images} images")
     ids: list[int] = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     for i, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
         if i:

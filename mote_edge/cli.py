@@ -156,6 +156,84 @@ def run(
 
 
 @app.command()
+def chat(
+    model: Path = typer.Argument(..., help="A .mote file."),
+    image: Optional[Path] = typer.Option(None, help="An image for the first question (more with /image PATH)."),
+    system: Optional[str] = typer.Option(None, help="System prompt instead of the chat template's own."),
+    memory_budget: Optional[str] = typer.Option(None, help="Hard memory budget, e.g. 300MB (default: cache every expert)."),
+    max_new_tokens: int = typer.Option(128, help="Longest answer per turn (also capped by the context left)."),
+    threads: Optional[int] = typer.Option(None, help="Threads for the kernels (default: all cores)."),
+    max_context: Optional[int] = typer.Option(None, help="Context positions to plan for (default: min(model's, 4096))."),
+) -> None:
+    """Talk with the model in the terminal: multi-turn, answers streamed, greedy.
+
+    Follow-up questions reuse the KV cache of the conversation so far (only new tokens are prefilled).
+    Commands: /image PATH, /reset, /report, /quit. Ctrl-C stops the current answer, not the program."""
+    from mote_edge.runtime.budget import format_bytes
+    from mote_edge.runtime.engine import Engine
+    from mote_edge.terminal_chat import HELP, TerminalChat
+
+    with Engine.load(model, memory_budget=memory_budget, threads=threads, max_context=max_context) as engine:
+        interactive = sys.stdin.isatty()
+        typer.echo(f"loaded {model.name}: plan {format_bytes(engine.plan.total_bytes)}, context "
+                   f"{engine.plan.context}. {HELP}", err=True)
+        session = TerminalChat(engine, sys.stdout, system=system, max_new_tokens=max_new_tokens)
+        if image is not None:
+            session.attach(str(image))
+        session.run((lambda: input("> ")) if interactive else (lambda: _read_stdin_line()))
+
+
+def _read_stdin_line() -> str:
+    line = sys.stdin.readline()
+    if not line:
+        raise EOFError
+    return line
+
+
+@app.command()
+def serve(
+    model: Path = typer.Argument(..., help="A .mote file."),
+    memory_budget: Optional[str] = typer.Option(None, help="Hard memory budget, e.g. 300MB (default: cache every expert)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (127.0.0.1: this machine only)."),
+    port: int = typer.Option(8080, help="TCP port."),
+    api_key: Optional[str] = typer.Option(None, help="Require `Authorization: Bearer KEY` on /v1/* "
+                                                     "(default: the MOTE_API_KEY environment variable, if set).",
+                                          envvar="MOTE_API_KEY"),
+    max_queue: int = typer.Option(4, help="Requests that may wait while one is answered; more get 429."),
+    request_timeout: float = typer.Option(120.0, help="Seconds from a request's arrival to its last token."),
+    allow_local_images: bool = typer.Option(False, "--allow-local-images",
+                                            help="Let image_url name a file on this machine (off: data: URLs only)."),
+    max_body: str = typer.Option("16MB", help="Largest request body."),
+    max_image_bytes: str = typer.Option("8MB", help="Largest image file."),
+    max_image_pixels: int = typer.Option(4096 * 4096, help="Most pixels (width x height) an image may have."),
+    max_images: int = typer.Option(4, help="Most images per request."),
+    default_max_tokens: int = typer.Option(256, help="Answer length when a request sets no max_tokens."),
+    threads: Optional[int] = typer.Option(None, help="Threads for the kernels (default: all cores)."),
+    max_context: Optional[int] = typer.Option(None, help="Context positions to plan for (default: min(model's, 4096))."),
+) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API (POST /v1/chat/completions, streaming too).
+
+    One request is answered at a time; a request that continues the previous conversation reuses its KV
+    cache. Needs the [serve] extra. docs/SERVING.md lists the endpoints and limits."""
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise MoteError("mote-edge serve needs the [serve] extra: pip install 'mote-edge[serve]'") from None
+    from mote_edge.runtime.budget import parse_bytes
+    from mote_edge.serve.limits import ServeLimits
+    from mote_edge.serve.server import run_server
+
+    if not 0 <= port <= 65535:
+        raise MoteError(f"--port must be 0..65535, got {port}")
+    limits = ServeLimits(max_body_bytes=parse_bytes(max_body), max_image_bytes=parse_bytes(max_image_bytes),
+                         max_image_pixels=max_image_pixels, max_images=max_images,
+                         default_max_tokens=default_max_tokens, max_queue=max_queue,
+                         request_timeout_s=request_timeout, allow_local_images=allow_local_images)
+    run_server(model, memory_budget, host, port, api_key or None, limits, threads=threads, max_context=max_context)
+
+
+@app.command()
 def simulate(
     trace: Path = typer.Argument(..., help="A routing trace from `mote-edge run --trace-out`."),
     slabs: Optional[str] = typer.Option(None, help="Comma-separated slab counts (default: 1, 2, 4 and quarters "

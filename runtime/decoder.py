@@ -165,6 +165,13 @@ class Decoder:
     def reset(self) -> None:
         self.length = 0
 
+    def truncate(self, length: int) -> None:
+        """Keep the K/V of positions 0 .. length - 1; the next forward continues at `length`. Entries
+        past it are overwritten as positions are computed again (attention reads only 0 .. length + T)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot truncate a KV cache of {self.length} positions to {length}")
+        self.length = length
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         """x [T, H] embeddings at positions length .. length + T -> logits of the last position [V].
         A long prompt runs in chunks of PREFILL_CHUNK positions (each a wave per MoE layer), so the

@@ -16,17 +16,18 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import onnxruntime  # noqa: F401  (imported before the baseline reading: library code is not model memory)
 
-from mote_edge.chat import ChatTemplate, encode_prompt, encode_text
+from mote_edge.chat import ChatTemplate, encode_prompt, encode_text, encode_with_images
 from mote_edge.config import IMAGE_TOKEN_INDEX
 from mote_edge.errors import FormatError, MoteError
 from mote_edge.format.reader import MoteFile
 from mote_edge.format.validate import one_line
 from mote_edge.image import ImagePreprocessConfig, load_image, preprocess
+from mote_edge.messages import Conversation
 from mote_edge.tokenizer import Tokenizer
 
 from .budget import parse_bytes
@@ -36,7 +37,8 @@ from .expert_cache import ExpertCache
 from .expert_layout import EXPERT_LAYOUTS
 from .memory import PeakTracker, drop_page_cache, read_status, trim_heap
 from .plan import MemoryPlan, default_context, fit_file_budget
-from .report import RunStats, build_report
+from .prefix_cache import CachedPositions, image_digest, position_keys
+from .report import RunStats, TokenCounts, build_report
 from .sampler import Sampler, SamplingParams
 from .stop_strings import StopStrings
 from .vision import VisionEncoder
@@ -96,6 +98,9 @@ class Engine:
                        if file.vision is not None and vision else None)
         self.stats = RunStats()
         self.peaks = PeakTracker()  # measured peak RSS per phase, next to the plan's (runtime/plan.py)
+        self.tokens = TokenCounts()
+        self.finish_reason: str | None = None  # of the last answer: "stop", "length" or "cancelled"
+        self.cached = CachedPositions()  # what the decoder's KV cache holds, for chat's prefix reuse
         self.load_ms = 0.0
         drop_page_cache(file.fileno())  # the resident section is in anonymous memory now
 
@@ -156,7 +161,118 @@ class Engine:
             if self.file.vision is not None and not self.vision_enabled:
                 raise MoteError("this Engine was loaded with vision=False (no memory planned for images)")
             raise MoteError("this model has no vision section; drop --image")
-        pixels = preprocess(load_image(image), self.image_config)[None]  # [1, 3, S, S]
+        features = self._encode_image(image, self._patches_per_image())
+        at = int(np.nonzero(ids == IMAGE_TOKEN_INDEX)[0][0])
+        return np.concatenate([self.decoder.embed(ids[:at]), features, self.decoder.embed(ids[at + 1:])])
+
+    def generate_ids(self, prompt: str, image=None, max_new_tokens: int = 128, temperature: float = 0.0,
+                     top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                     ignore_eos: bool = False, system: str | None = None, raw: bool = False) -> Iterator[int]:
+        """Token ids of the answer, one at a time (an EOS id ends it and is not yielded; with ignore_eos,
+        EOS is yielded like any token and exactly max_new_tokens come, as for benchmarks). `system`
+        and `raw` as in `encode`. Every call prefills its whole prompt (`chat` reuses the KV cache)."""
+        sampler = self._sampler(max_new_tokens, temperature, top_k, top_p, seed)
+        self._new_run()
+        t0 = time.perf_counter()
+        x = self._prompt_embeddings(prompt, image, system, raw)
+        self._check_context(x.shape[0], max_new_tokens)
+        self.decoder.reset()
+        self.cached.clear()
+        self.tokens.prompt_tokens = self.tokens.prefilled_tokens = x.shape[0]
+        yield from self._answer_ids(x, t0, sampler, max_new_tokens, frozenset() if ignore_eos else self.stop_ids)
+
+    def chat_ids(self, messages: list[dict], max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int | None = None, cancel: Callable[[], bool] | None = None
+                 ) -> Iterator[int]:
+        """Token ids of the answer to a conversation (see `chat`). The KV cache keeps the positions this
+        conversation shares with what it holds (token ids and image content); only the rest is prefilled."""
+        sampler = self._sampler(max_new_tokens, temperature, top_k, top_p, seed)
+        conversation = Conversation.from_messages(messages)
+        self._new_run()
+        t0 = time.perf_counter()
+        ids = self._conversation_ids(conversation)
+        if conversation.images and self.vision is None:
+            if self.file.vision is not None and not self.vision_enabled:
+                raise MoteError("this Engine was loaded with vision=False (no memory planned for images)")
+            raise MoteError("this model has no vision section; send no images")
+        # one decoded image at a time: hashed now, decoded again only if its positions are prefilled
+        digests = [image_digest(load_image(source)) for source in conversation.images]
+        patches = self._patches_per_image()
+        keys = position_keys(ids, digests, patches)
+        self._check_context(len(keys), max_new_tokens)
+        reuse = min(self.cached.shared_prefix(keys), len(keys) - 1, self.decoder.length)  # >= 1 to prefill
+        self.decoder.truncate(reuse)
+        self.cached.truncate(reuse)
+        x = self._position_embeddings(ids, conversation.images, patches, start=reuse)  # [T - reuse, H]
+        self.tokens.prompt_tokens, self.tokens.reused_tokens, self.tokens.prefilled_tokens = len(keys), reuse, x.shape[0]
+        yield from self._answer_ids(x, t0, sampler, max_new_tokens, self.stop_ids, cancel=cancel, prompt_keys=keys)
+
+    def prompt_positions(self, messages: list[dict]) -> int:
+        """Decoder positions the conversation's prompt takes (image patches included), without running it."""
+        conversation = Conversation.from_messages(messages)
+        ids = self._conversation_ids(conversation)
+        return len(ids) + len(conversation.images) * (self._patches_per_image() - 1)
+
+    def chat(self, messages: list[dict], max_new_tokens: int = 128, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int | None = None, stop: str | list[str] | None = None,
+             cancel: Callable[[], bool] | None = None) -> Iterator[str]:
+        """The answer to a conversation as text pieces, streamed as tokens come.
+
+        messages: [{"role": "system" | "user" | "assistant", "content": str | [parts]}], parts
+        {"type": "text", "text": str} or {"type": "image", "image": path | bytes | PIL image} (user turns
+        only; any number, each spliced at its placeholder if the context holds them), ending with a user
+        message; rendered by the model's chat template (a system message replaces its system prompt).
+        A conversation that continues the previous one prefills only its new positions
+        (report()["reused_tokens"] / ["prefilled_tokens"]). The answer has no leading whitespace and ends
+        before the template's stop strings or any of `stop`; `cancel()` is asked before every decode
+        step and ends the answer when true. Afterwards `finish_reason` is "stop", "length" or "cancelled"."""
+        extra = [stop] if isinstance(stop, str) else list(stop or [])
+        stops = StopStrings((*self.template.stop, *extra))
+        decoder = self.tokenizer.incremental_decoder()
+        started = False
+        for token in self.chat_ids(messages, max_new_tokens, temperature, top_k, top_p, seed, cancel):
+            piece = stops.feed(decoder.feed(token))
+            if not started:
+                piece = piece.lstrip()
+                started = bool(piece)
+            if piece:
+                yield piece
+            if stops.stopped:
+                self.finish_reason = "stop"
+                return
+        tail = stops.feed(decoder.flush()) + stops.flush()
+        tail = tail if started else tail.lstrip()
+        if tail:
+            yield tail
+
+    # ------------------------------------------------------------------ generation internals
+    def _sampler(self, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                 seed: int | None) -> _VocabMaskedSampler:
+        if max_new_tokens < 1:
+            raise MoteError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        return _VocabMaskedSampler(Sampler(params), self.tokenizer.vocab_size)
+
+    def _new_run(self) -> None:
+        self.stats, self.tokens, self.finish_reason = RunStats(), TokenCounts(), None
+
+    def _check_context(self, positions: int, max_new_tokens: int) -> None:
+        if positions + max_new_tokens > self.plan.context:
+            raise ContextError(f"prompt of {positions} positions + {max_new_tokens} new tokens exceeds the context "
+                               f"of {self.plan.context} (shorten the prompt, lower --max-new-tokens or raise --max-context)")
+
+    def _conversation_ids(self, conversation: Conversation) -> list[int]:
+        """Prompt ids of the conversation in the model's chat template; IMAGE_TOKEN_INDEX per image."""
+        text = self.template.with_system(conversation.system).format_conversation(conversation.turns)
+        return encode_with_images(self.tokenizer, text, len(conversation.images))
+
+    def _patches_per_image(self) -> int:
+        """Decoder positions one image takes: its projected patches (+ the class token for cls_patch)."""
+        return self.config.vision.num_patches + (self.config.projector.select_feature == "cls_patch")
+
+    def _encode_image(self, source, patches: int) -> np.ndarray:
+        """One image (anything load_image takes) -> its projected features [P, H]."""
+        pixels = preprocess(load_image(source), self.image_config)[None]  # [1, 3, S, S]
         t0 = time.perf_counter()
         if self.experts is not None and self.plan.kept_while_encoding < self.plan.expert_slabs:
             self.experts.lend(self.plan.kept_while_encoding)  # the image phase's room (runtime/plan.py)
@@ -165,51 +281,73 @@ class Engine:
         features = self.vision.encode(pixels)  # [P, H]
         self.peaks.end("image encode")
         drop_page_cache(self.file.fileno())  # the vision section's pages
-        self.stats.image_encode_ms = 1e3 * (time.perf_counter() - t0)
-        at = int(np.nonzero(ids == IMAGE_TOKEN_INDEX)[0][0])
-        return np.concatenate([self.decoder.embed(ids[:at]), features.astype(np.float32),
-                               self.decoder.embed(ids[at + 1:])])
+        self.stats.image_encode_ms += 1e3 * (time.perf_counter() - t0)
+        if features.shape[0] != patches:
+            raise MoteError(f"the vision model gave {features.shape[0]} positions per image, the config {patches}")
+        return features.astype(np.float32)
 
-    def generate_ids(self, prompt: str, image=None, max_new_tokens: int = 128, temperature: float = 0.0,
-                     top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                     ignore_eos: bool = False, system: str | None = None, raw: bool = False) -> Iterator[int]:
-        """Token ids of the answer, one at a time (an EOS id ends it and is not yielded; with ignore_eos,
-        EOS is yielded like any token and exactly max_new_tokens come, as for benchmarks). `system`
-        and `raw` as in `encode`."""
-        if max_new_tokens < 1:
-            raise MoteError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-        sampler = _VocabMaskedSampler(Sampler(params), self.tokenizer.vocab_size)
-        self.stats = RunStats()
-        t0 = time.perf_counter()
-        x = self._prompt_embeddings(prompt, image, system, raw)
-        if x.shape[0] + max_new_tokens > self.plan.context:
-            raise ContextError(f"prompt of {x.shape[0]} positions + {max_new_tokens} new tokens exceeds the context "
-                               f"of {self.plan.context} (shorten the prompt, lower --max-new-tokens or raise --max-context)")
-        self.decoder.reset()
+    def _position_embeddings(self, ids: list[int], images: list, patches: int, start: int) -> np.ndarray:
+        """[T - start, H]: the embeddings of positions start .. T - 1 of the prompt `ids`, each image's
+        projected patches at its placeholder. Images wholly before `start` are not encoded."""
+        pieces: list[np.ndarray] = []
+        text: list[int] = []  # the current run of token ids at positions >= start
+        position = 0
+        sources = iter(images)
+        for token in ids:
+            if token != IMAGE_TOKEN_INDEX:
+                if position >= start:
+                    text.append(token)
+                position += 1
+                continue
+            source = next(sources)
+            if position + patches > start:
+                if text:
+                    pieces.append(self.decoder.embed(np.array(text)))
+                    text = []
+                pieces.append(self._encode_image(source, patches)[max(0, start - position):])
+            position += patches
+        if text:
+            pieces.append(self.decoder.embed(np.array(text)))
+        return np.concatenate(pieces)
+
+    def _answer_ids(self, x: np.ndarray, t0: float, sampler: _VocabMaskedSampler, max_new_tokens: int,
+                    stop_ids: frozenset[int], cancel: Callable[[], bool] | None = None,
+                    prompt_keys: list | None = None) -> Iterator[int]:
+        """Prefill `x` [T, H] at the decoder's current length, then sample and decode. With `prompt_keys`
+        (the keys of every prompt position), the cached positions are tracked for chat's reuse."""
         self.peaks.start()
         try:
-            yield from self._decode(x, sampler, max_new_tokens, ignore_eos, t0)
+            yield from self._prefill_and_decode(x, t0, sampler, max_new_tokens, stop_ids, cancel, prompt_keys)
         finally:
             self.peaks.end("prefill / decode")
 
-    def _decode(self, x: np.ndarray, sampler, max_new_tokens: int, ignore_eos: bool, t0: float) -> Iterator[int]:
-        """Prefill x [T, H], then sample up to max_new_tokens ids."""
+    def _prefill_and_decode(self, x: np.ndarray, t0: float, sampler: _VocabMaskedSampler, max_new_tokens: int,
+                            stop_ids: frozenset[int], cancel: Callable[[], bool] | None,
+                            prompt_keys: list | None) -> Iterator[int]:
         t1 = time.perf_counter()
         logits = self.decoder.forward(x)
+        if prompt_keys is not None:
+            self.cached.set(prompt_keys)
         token = sampler.sample(logits)
         now = time.perf_counter()
         self.stats.prefill_tokens, self.stats.prefill_ms = x.shape[0], 1e3 * (now - t1)
         self.stats.ttft_ms = 1e3 * (now - t0)
-        stop = frozenset() if ignore_eos else self.stop_ids
+        self.finish_reason = "length"
         for step in range(max_new_tokens):
-            if token in stop:
+            if token in stop_ids:
+                self.finish_reason = "stop"
                 return
+            self.tokens.completion_tokens += 1
             yield token
             if step == max_new_tokens - 1:
                 return
+            if cancel is not None and cancel():
+                self.finish_reason = "cancelled"
+                return
             t2 = time.perf_counter()
             logits = self.decoder.forward(self.decoder.embed(np.array([token])))
+            if prompt_keys is not None:
+                self.cached.append(token)
             token = sampler.sample(logits)
             self.stats.decode_tokens += 1
             self.stats.decode_ms += 1e3 * (time.perf_counter() - t2)

@@ -18,6 +18,16 @@ class RunStats:
     decode_ms: float = 0.0
 
 
+@dataclass
+class TokenCounts:
+    """Positions of the last prompt (image patches included): reused from the KV cache + prefilled = prompt."""
+
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    prefilled_tokens: int = 0
+    completion_tokens: int = 0
+
+
 def _rate(tokens: int, ms: float) -> float:
     return 1e3 * tokens / ms if ms > 0 else 0.0
 
@@ -48,6 +58,7 @@ def build_report(engine) -> dict:
         "timing": {**asdict(s), "load_ms": engine.load_ms, "prefill_tok_s": _rate(s.prefill_tokens, s.prefill_ms),
                    "decode_tok_s": _rate(s.decode_tokens, s.decode_ms)},
         "threads": engine.threads,
+        **asdict(engine.tokens),
     }
 
 
@@ -72,6 +83,8 @@ def report_text(r: dict) -> str:
                   f"expert loads         {format_bytes(e['bytes_read'])} read, {e['stall_ms']:.1f} ms stalled"]
     lines += [f"image encode         {t['image_encode_ms']:.1f} ms",
               f"time to first token  {t['ttft_ms']:.1f} ms",
+              f"prompt               {r['prompt_tokens']} positions: {r['reused_tokens']} reused from the KV cache, "
+              f"{r['prefilled_tokens']} prefilled",
               f"prefill              {t['prefill_tokens']} tokens, {t['prefill_tok_s']:.1f} tok/s",
               f"decode               {t['decode_tokens']} tokens, {t['decode_tok_s']:.1f} tok/s",
               f"load                 {t['load_ms']:.1f} ms, {r['threads']} threads"]

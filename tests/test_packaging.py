@@ -16,11 +16,11 @@ import pytest
 
 from conftest import REPO
 
-# Not in the base install: the [export], [dev] and [bench] extras. The runtime and mote_edge/ must import
+# Not in the base install: the [export], [dev], [serve] and [bench] extras. The runtime and mote_edge/ must import
 # without any of them: a device has no torch.
-EXTRAS_ONLY = ("torch", "onnx", "onnxscript", "safetensors", "transformers", "matplotlib")
-# Folders whose modules need an extra: the exporters (torch) and training (torch).
-NEEDS_EXTRAS = ("mote_edge.exporters", "mote_edge.training")
+EXTRAS_ONLY = ("torch", "onnx", "onnxscript", "safetensors", "transformers", "matplotlib", "starlette", "uvicorn")
+# Folders whose modules need an extra: the exporters (torch), training (torch) and the server ([serve]).
+NEEDS_EXTRAS = ("mote_edge.exporters", "mote_edge.training", "mote_edge.serve")
 
 
 @pytest.fixture(scope="module")
