@@ -10,7 +10,7 @@ MODELS := models
 # Every install pins the tested versions (constraints.txt), the isolated build environment's setuptools too.
 PIN := -c constraints.txt --build-constraint constraints.txt
 
-.PHONY: train-tiny ship-tiny accuracy-tiny demo test test-arm test-selftest bench bench-kernels bench-memory bench-decode bench-sweep bench-accuracy bench-deps install wheel-check constraints clean
+.PHONY: train-tiny ship-tiny accuracy-tiny demo test lint-imports test-arm test-selftest bench bench-kernels bench-memory bench-decode bench-sweep bench-accuracy bench-deps install wheel-check constraints clean
 
 $(STAMP): pyproject.toml setup.py constraints.txt $(wildcard native/*.c native/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,19 @@ $(STAMP): pyproject.toml setup.py constraints.txt $(wildcard native/*.c native/*
 
 install: $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) lint-imports
 	$(BIN)/python -m pytest -q
+
+# The one import direction of .importlinter, checked on a copy of the source laid out as a wheel installs it
+# (the import names map onto top-level folders: exporters/ -> mote_edge.exporters, ...), in seconds.
+IMPORT_TREE := $(OUT)/import-tree
+lint-imports: $(STAMP)
+	rm -rf $(IMPORT_TREE) && mkdir -p $(IMPORT_TREE)
+	cp -r mote_edge $(IMPORT_TREE)/mote_edge
+	cp -r exporters $(IMPORT_TREE)/mote_edge/exporters
+	cp -r runtime $(IMPORT_TREE)/mote_edge/runtime
+	cp -r training $(IMPORT_TREE)/mote_edge/training
+	cd $(IMPORT_TREE) && PYTHONPATH=. $(abspath $(BIN))/lint-imports $(abspath .importlinter) --no-cache
 
 # Every SIMD kernel path against the scalar path, bit for bit, in C (native/tests/arm_selftest.c; no Python).
 # test-arm: an aarch64 static build run under qemu-user twice, with a CPU that has the dot product

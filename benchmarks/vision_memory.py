@@ -30,7 +30,7 @@ def _child(path: str, setting: dict) -> dict:
 
     from mote_edge.format import MoteFile
     from mote_edge.runtime.memory import read_status, reset_peak, trim_heap
-    from mote_edge.runtime.vision import INPUT_NAME, OUTPUT_NAME
+    from mote_edge.format.constants import VISION_INPUT, VISION_OUTPUT
 
     with MoteFile(path) as f:
         size = f.config.vision.image_size
@@ -53,7 +53,7 @@ def _child(path: str, setting: dict) -> dict:
             options.add_session_config_entry("session.disable_prepacking", "1")
         session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
         after_session = read_status()["VmRSS"] - base
-        out = session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
+        out = session.run([VISION_OUTPUT], {VISION_INPUT: pixels})[0]
         ms = 1e3 * (time.perf_counter() - t0)
         peak = read_status()["VmHWM"] - base
     return {"model_bytes": nbytes, "peak_bytes": peak, "after_session_bytes": after_session, "ms": ms,

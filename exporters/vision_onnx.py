@@ -2,9 +2,8 @@
 
 `export_vision_onnx(model, weight_bits)` exports `pixel_values` float32 [batch, 3, S, S] ->
 `image_features` float32 [batch, P, H] (batch is a dynamic axis) and returns the serialized model
-as one bytes object (no external data). `run_vision_onnx` runs it with onnxruntime (it lives in
-`mote_edge.runtime.vision` and is re-exported here) and `vision_onnx_summary` describes it; both
-are numpy-only (no torch, no onnx package), so they work on a device that has only onnxruntime.
+as one bytes object (no external data). `vision_onnx_summary` describes it (numpy-only: no torch, no
+onnx package); `mote_edge.runtime.vision.run_vision_onnx` runs it with onnxruntime.
 
 Export path: torch's default (dynamo, torch.export-based) exporter at opset 18, saved with
 external data to a temp dir so the 2 GB protobuf limit never bites while exporting; tensors are
@@ -57,7 +56,8 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from mote_edge.errors import ExportError, FormatError
-from mote_edge.runtime.vision import INPUT_NAME, OUTPUT_NAME, run_vision_onnx  # noqa: F401 - re-exported
+from mote_edge.format.constants import VISION_INPUT as INPUT_NAME
+from mote_edge.format.constants import VISION_OUTPUT as OUTPUT_NAME
 
 if TYPE_CHECKING:  # pragma: no cover
     from .reference.model import MoTELlavaForCausalLM

@@ -272,7 +272,7 @@ def info(
 ) -> None:
     """Show a .mote file's config, quantization recipe, size by role and the memory a run needs."""
     from mote_edge.format import MoteFile
-    from mote_edge.format.info import info_dict, info_text
+    from mote_edge.runtime.info import info_dict, info_text
 
     with MoteFile(model) as f:
         d = info_dict(f, context)

@@ -28,7 +28,10 @@ from mote_edge.config import ModelConfig
 from mote_edge.format.constants import SECTION_ALIGN
 from mote_edge.format.layout import align
 
+from .budget import BudgetError, format_bytes
+from .expert_layout import slab_bytes, staging_bytes
 from .hugepages import huge_rounded
+from .weights import STREAMED_KINDS, runtime_nbytes
 
 ATTN_QUERY_CHUNK = 64
 PREFILL_CHUNK = 256  # prompt positions per decoder pass: bounds the prefill activations (runtime/decoder.py)
@@ -173,8 +176,6 @@ def default_context(cfg: ModelConfig) -> int:
 
 def file_slab_spec(f, layout: str = "file") -> SlabSpec:
     """The slabs of an opened MoteFile's experts in `layout` ("file" or "slab2")."""
-    from .expert_layout import slab_bytes, staging_bytes
-
     experts = f.experts.values()
     return SlabSpec(slab_bytes(experts, layout), staging_bytes(experts, layout), layout)
 
@@ -198,7 +199,6 @@ def fit_file_budget(f, context: int, budget: int | None, layout: str = "file", v
     if layout == "auto":
         if not f.config.moe_layers or not any(t.scheme.kind == "ternary" for e in f.experts.values() for t in e.tensors):
             return fit_budget(*args, file_slab_spec(f, "file"), vision)
-        from .budget import BudgetError
         try:
             p = fit_budget(*args, file_slab_spec(f, "slab2"), vision)
             if p.expert_slabs == p.total_experts:
@@ -213,8 +213,6 @@ def _resident_runtime_bytes(f) -> int:
     """Resident tensors as loaded, plus what the huge-page arena of the streamed (int-N / ternary)
     weights can add: 64-byte alignment of <= 3 arrays per tensor and the rounding to whole huge pages
     (runtime/weights.py ResidentWeights)."""
-    from .weights import STREAMED_KINDS, runtime_nbytes
-
     streamed = [t.nbytes for t in f.tensors.values() if t.scheme.kind in STREAMED_KINDS]
     arena = sum(streamed) + 3 * 64 * len(streamed)
     return sum(runtime_nbytes(t) for t in f.tensors.values()) + huge_rounded(arena) - sum(streamed)
@@ -234,8 +232,6 @@ def fit_budget(cfg: ModelConfig, sizes: dict, context: int, budget: int | None, 
     """The plan with as many expert slabs as `budget` allows in the prefill / decode phase (all when
     budget is None) and as many kept while an image is encoded as the image phase allows; raises
     BudgetError naming the numbers when even the minimum does not fit. Allocates nothing."""
-    from .budget import BudgetError, format_bytes
-
     def with_slabs(n, kept=None):
         return plan(cfg, sizes, context, n, resident_bytes, metadata_bytes, slab, vision, kept)
 

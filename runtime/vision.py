@@ -1,8 +1,7 @@
 """The vision tower + projector (the .mote vision section, an ONNX model) run with onnxruntime.
 
-numpy + onnxruntime only (no torch, no onnx package). The exporter re-exports `run_vision_onnx`
-from here (`mote_edge.exporters.vision_onnx.run_vision_onnx`), so tests and tools on both sides
-run the exported model the same way.
+numpy + onnxruntime only (no torch, no onnx package). The section's input and output names are format
+constants (mote_edge.format.constants VISION_INPUT / VISION_OUTPUT) that the exporter writes.
 
 `VisionEncoder` is what the engine uses (DESIGN.md section 5: everything the process allocates for
 the model counts, including the vision encoder's peak). The vision model occupies memory only
@@ -23,13 +22,11 @@ from typing import Any, Callable
 import numpy as np
 
 from mote_edge.errors import FormatError
+from mote_edge.format.constants import VISION_INPUT, VISION_OUTPUT
 
 from .memory import trim_heap
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "run_vision_onnx", "VisionEncoder", "VisionSectionError", "VisionShapeError"]
-
-INPUT_NAME = "pixel_values"  # float32 [batch, 3, S, S]
-OUTPUT_NAME = "image_features"  # float32 [batch, P, H]
+__all__ = ["run_vision_onnx", "VisionEncoder", "VisionSectionError", "VisionShapeError"]
 
 
 def _session(onnx_bytes: bytes, threads: int, release_memory: bool) -> Any:
@@ -66,7 +63,7 @@ def _run(session: Any, pixels: np.ndarray) -> np.ndarray:
     if pixels.ndim != len(expected) or any(isinstance(d, int) and d != n for d, n in zip(expected, pixels.shape)):
         want = ["batch" if not isinstance(d, int) else d for d in expected]
         raise VisionShapeError(f"pixels must have shape {want}, got {list(pixels.shape)}")
-    return session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
+    return session.run([VISION_OUTPUT], {VISION_INPUT: pixels})[0]
 
 
 def run_vision_onnx(onnx_bytes: bytes, pixels: np.ndarray, threads: int = 1) -> np.ndarray:

@@ -393,7 +393,7 @@ def exercise(path, image=None, **load_options) -> str | None:
     propagates (that is the bug a fuzz case looks for). `load_options` go to Engine.load
     (memory_budget, expert_layout, ...)."""
     from mote_edge.errors import MoteError
-    from mote_edge.format.info import info_dict, info_text
+    from mote_edge.runtime.info import info_dict, info_text
     from mote_edge.format.reader import MoteFile
     from mote_edge.format.verify import verify_file
     from mote_edge.runtime.engine import Engine

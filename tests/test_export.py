@@ -71,7 +71,7 @@ def test_bits16_dequantizes_to_the_checkpoint_within_fp16_rounding(tiny_ckpt, tm
 @pytest.mark.parametrize("bits,tol", [(8, 0.1), (16, 2e-3)])
 def test_embedded_onnx_vision_matches_the_torch_reference(tiny_ckpt, tmp_path, bits, tol):
     from mote_edge.exporters.reference import load_reference_model
-    from mote_edge.exporters.vision_onnx import run_vision_onnx
+    from mote_edge.runtime.vision import run_vision_onnx
 
     path = tmp_path / f"v{bits}.mote"
     _export(tiny_ckpt, path, bits=4, vision_bits=bits)

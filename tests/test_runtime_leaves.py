@@ -272,13 +272,10 @@ def _tiny_vision_onnx(s: int = 8, p: int = 4, h: int = 16, wide: int = 0, seed: 
     return model, reference
 
 
-def test_run_vision_onnx_moved_to_runtime_and_reexported() -> None:
+def test_run_vision_onnx_runs_a_vision_section() -> None:
     pytest.importorskip("onnxruntime")
-    from mote_edge.exporters import vision_onnx
     from mote_edge.runtime import vision
 
-    assert vision_onnx.run_vision_onnx is vision.run_vision_onnx
-    assert vision.run_vision_onnx.__module__ == "mote_edge.runtime.vision"
     blob, reference = _tiny_vision_onnx()
     pixels = np.random.default_rng(1).standard_normal((3, 3, 8, 8)).astype(np.float32)
     got = vision.run_vision_onnx(blob, pixels, threads=2)

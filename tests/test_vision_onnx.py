@@ -32,7 +32,8 @@ pytest.importorskip("onnxruntime")
 from mote_edge.errors import ExportError, FormatError, MoteError  # noqa: E402
 from mote_edge.exporters import vision_onnx  # noqa: E402
 from mote_edge.exporters.reference.model import MoTELlavaForCausalLM, load_reference_model  # noqa: E402
-from mote_edge.exporters.vision_onnx import export_vision_onnx, run_vision_onnx, vision_onnx_summary  # noqa: E402
+from mote_edge.exporters.vision_onnx import export_vision_onnx, vision_onnx_summary  # noqa: E402
+from mote_edge.runtime.vision import run_vision_onnx  # noqa: E402
 from mote_edge.image import clip_defaults, preprocess  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -259,7 +260,8 @@ def test_runtime_side_needs_no_torch_or_onnx(exported, tmp_path) -> None:
     proc = _run_python(
         "import sys\nsys.modules['torch'] = None\nsys.modules['onnx'] = None\n"
         "import numpy as np\n"
-        "from mote_edge.exporters.vision_onnx import run_vision_onnx, vision_onnx_summary\n"
+        "from mote_edge.exporters.vision_onnx import vision_onnx_summary\n"
+        "from mote_edge.runtime.vision import run_vision_onnx\n"
         f"blob = open({str(path)!r}, 'rb').read()\n"
         "print(run_vision_onnx(blob, np.zeros((1, 3, 32, 32), np.float32)).shape)\n"
         "print(vision_onnx_summary(blob)['weight_bits'])\n", tmp_path)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from mote_edge.chat import ChatTemplate
-from mote_edge.runtime.plan import default_context, minimum_plan_file, plan_file
+from mote_edge.format.reader import MoteFile
+from mote_edge.format.stats import bits_per_weight
 
-from .reader import MoteFile
-from .stats import bits_per_weight
+from .plan import default_context, minimum_plan_file, plan_file
 
 ROLE_ORDER = ("embed", "lm_head", "attn", "attn_bias", "norm", "ffn", "router", "shared_expert", "ternary_expert",
               "fp_expert", "residual_mlp", "residual_coef")
