@@ -22,12 +22,8 @@ PROMPT = "What color is the circle?"
 
 
 @pytest.fixture(scope="module")
-def mote(tiny_ckpt, tmp_path_factory):
-    from mote_edge.exporters.export import ExportOptions, export_checkpoint
-
-    path = tmp_path_factory.mktemp("rel") / "tiny.mote"
-    export_checkpoint(tiny_ckpt, path, ExportOptions(bits=4, group_size=32, progress=False))
-    return path
+def mote(tiny_b4_mote):
+    return tiny_b4_mote
 
 
 def _answer(path, image=None, prompt=PROMPT, **kw):

@@ -11,7 +11,6 @@ import torch.nn.functional as F  # noqa: E402
 
 from conftest import REPO, run_cli  # noqa: E402
 from mote_edge.chat import encode_prompt  # noqa: E402
-from mote_edge.exporters.export import ExportOptions, export_checkpoint  # noqa: E402
 from mote_edge.exporters.reference import load_reference_model  # noqa: E402
 from mote_edge.format import MoteFile  # noqa: E402
 from mote_edge.format.encoding import decode  # noqa: E402
@@ -23,10 +22,8 @@ PROMPT = "What color is the circle?"
 
 
 @pytest.fixture(scope="module", params=[16, 4])
-def exported(request, tiny_ckpt, tmp_path_factory):
-    path = tmp_path_factory.mktemp("rt") / f"tiny-b{request.param}.mote"
-    export_checkpoint(tiny_ckpt, path, ExportOptions(bits=request.param, group_size=32, progress=False))
-    return path
+def exported(request, tiny_ckpt, export_once):
+    return export_once(tiny_ckpt, bits=request.param, group_size=32)
 
 
 def _emulate_int8_groups(x: torch.Tensor, group: int) -> torch.Tensor:
@@ -79,7 +76,8 @@ def test_logits_and_32_greedy_tokens_match_the_reference(tiny_ckpt, exported, wi
     # Relative to the logit scale. fp16 weights: only float32 summation order differs -> 1e-4.
     # int-N weights: a summation-order difference can flip one int8 activation rounding (x*s at
     # exactly .5), a discrete step of 1/127 of that group's max |x| -> 2e-2. Tokens must still agree.
-    tol = 1e-4 if "b16" in exported.name else 2e-2
+    with MoteFile(exported) as f:
+        tol = 1e-4 if f.recipe.roles["attn"].kind == "f16" else 2e-2
     assert np.abs(got_logits - want_logits).max() <= tol * np.abs(want_logits).max()
     want_tokens = ref.generate(ids, pixels, max_new_tokens=32, eos_token_id=0)
     assert got_tokens == want_tokens and len(got_tokens) > 0

@@ -33,12 +33,10 @@ def test_belady_bounds_every_policy_and_full_cache_only_misses_once():
 
 @pytest.mark.parametrize("policy", ["lru", "lfu", "layer"])
 @pytest.mark.parametrize("extra_slabs", [0, 2])
-def test_simulation_equals_the_runtime_counters(tiny_ckpt, tmp_path, extra_slabs, policy):
-    from mote_edge.exporters.export import ExportOptions, export_checkpoint
+def test_simulation_equals_the_runtime_counters(tiny_b4_mote, tmp_path, extra_slabs, policy):
     from mote_edge.runtime.engine import Engine
 
-    mote = tmp_path / "t.mote"
-    export_checkpoint(tiny_ckpt, mote, ExportOptions(bits=4, group_size=32, progress=False))
+    mote = tiny_b4_mote
     with Engine.load(mote, threads=1) as probe:
         fixed = probe.plan.total_bytes - probe.plan.expert_cache_bytes
         slab = probe.plan.expert_slab_bytes
@@ -66,12 +64,8 @@ def test_layer_policy_keeps_the_layers_that_come_next():
     assert layer == simulate(waves, 2, "belady")["hits"] > 0
 
 
-def test_unknown_runtime_policy_is_a_one_line_error(tiny_ckpt, tmp_path):
-    from mote_edge.exporters.export import ExportOptions, export_checkpoint
-
-    mote = tmp_path / "t.mote"
-    export_checkpoint(tiny_ckpt, mote, ExportOptions(bits=4, group_size=32, progress=False))
-    r = run_cli("run", str(mote), "--prompt", "hi", "--cache-policy", "belady")
+def test_unknown_runtime_policy_is_a_one_line_error(tiny_b4_mote):
+    r = run_cli("run", str(tiny_b4_mote), "--prompt", "hi", "--cache-policy", "belady")
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: unknown cache policy 'belady'")
 
 
