@@ -6,16 +6,15 @@ import json
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
+from conftest import REPO, import_oracle, run_cli
 
-from conftest import REPO, run_cli  # noqa: E402
+torch = import_oracle("torch")
+
+from faithful_reference import faithful_reference  # noqa: E402
+
 from mote_edge.chat import encode_prompt  # noqa: E402
-from mote_edge.exporters.reference import load_reference_model  # noqa: E402
 from mote_edge.format import MoteFile  # noqa: E402
-from mote_edge.format.encoding import decode  # noqa: E402
 from mote_edge.runtime.engine import Engine  # noqa: E402
-from mote_edge.runtime.vision import run_vision_onnx  # noqa: E402
 
 IMAGE = REPO / "examples" / "images" / "shapes.png"
 PROMPT = "What color is the circle?"
@@ -24,36 +23,6 @@ PROMPT = "What color is the circle?"
 @pytest.fixture(scope="module", params=[16, 4])
 def exported(request, tiny_ckpt, export_once):
     return export_once(tiny_ckpt, bits=request.param, group_size=32)
-
-
-def _emulate_int8_groups(x: torch.Tensor, group: int) -> torch.Tensor:
-    """What the int-N kernel does to activations: int8 per (token, group), BitLinear style."""
-    k = x.shape[-1]
-    pad = (-k) % group
-    xp = F.pad(x, (0, pad)).reshape(*x.shape[:-1], -1, group)
-    s = 127.0 / xp.abs().amax(-1, keepdim=True).clamp(min=1e-5)
-    return (torch.clamp(torch.round(xp * s), -128, 127) / s).reshape(*x.shape[:-1], -1)[..., :k]
-
-
-def faithful_reference(ckpt_dir, mote_path):
-    """The torch reference with the .mote's dequantized weights (latent weights for ternary experts,
-    which the exporter ternarizes exactly as BitLinear does), int-N layers quantizing their inputs
-    as the kernel does, and the ONNX vision features."""
-    model = load_reference_model(ckpt_dir)
-    params = model.checkpoint_parameters()
-    modules = dict(model.named_modules())
-    with MoteFile(mote_path) as f, torch.no_grad():
-        for name, t in f.tensors.items():
-            params[name].copy_(torch.from_numpy(decode(f.read_tensor(name), t.scheme, t.shape)))
-            module = modules.get(name.rsplit(".", 1)[0])
-            if t.scheme.kind == "intn" and isinstance(module, torch.nn.Linear):
-                g = t.scheme.group_size
-                module.forward = lambda x, m=module, g=g: F.linear(_emulate_int8_groups(x, g), m.weight, m.bias)
-        if model.config.decoder.tie_word_embeddings:
-            raise AssertionError("tiny is untied; a tied head would need the same emulation on lm_head")
-        onnx = f.read_vision()
-    model.encode_image = lambda pixels: torch.from_numpy(run_vision_onnx(onnx, pixels.numpy()))
-    return model
 
 
 @pytest.mark.parametrize("with_image", [False, True])
