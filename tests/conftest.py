@@ -31,7 +31,14 @@ RUNTIME_ONLY = os.environ.get("MOTE_RUNTIME_ONLY_TESTS") == "1"
 
 
 def _missing_oracles() -> list[str]:
-    return [name for name in ORACLES if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in ORACLES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except ImportError:
+            missing.append(name)
+    return missing
 
 
 def pytest_configure(config):

@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import import_oracle, run_cli
 
-from conftest import run_cli  # noqa: E402
+torch = import_oracle("torch")
+
 from mote_edge.exporters.checkpoint import Checkpoint  # noqa: E402
 from mote_edge.exporters.export import ExportOptions, export_checkpoint  # noqa: E402
 from mote_edge.format import MoteFile  # noqa: E402

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import import_oracle
+
+torch = import_oracle("torch")
 
 from mote_edge.training.data import HELDOUT_BASE, QTYPES, TRAIN_BASE, heldout_seeds, make_example, train_seeds  # noqa: E402
 
