@@ -4,10 +4,8 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from conftest import import_oracle
-
 from mote_edge.exporters.checkpoint import Checkpoint
 from mote_edge.exporters.synth import synthesize_preset
 
