@@ -1,7 +1,15 @@
-"""Shared fixtures. torch (when installed) runs single-threaded: the machine has 2 cores."""
+"""Shared fixtures. torch runs single-threaded: the machine has 2 cores.
+
+Oracles: torch (the reference model, the exporter), transformers and onnx are what many tests compare the
+runtime with, so `make test` fails, not skips, when one is missing: a run without them would pass while
+checking little. Tests import them with `import_oracle(name)`. A runtime-only install (a wheel without the
+[export] / [dev] extras) sets MOTE_RUNTIME_ONLY_TESTS=1 to skip the tests that need them instead.
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -18,6 +26,38 @@ except ImportError:  # the runtime-only install has no torch
     torch = None
 
 REPO = Path(__file__).resolve().parents[1]
+ORACLES = ("torch", "transformers", "onnx")
+RUNTIME_ONLY = os.environ.get("MOTE_RUNTIME_ONLY_TESTS") == "1"
+
+
+def _missing_oracles() -> list[str]:
+    missing = []
+    for name in ORACLES:
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except ImportError:
+            missing.append(name)
+    return missing
+
+
+def pytest_configure(config):
+    missing = _missing_oracles()
+    if missing and not RUNTIME_ONLY:
+        raise pytest.UsageError(f"the test oracles {', '.join(missing)} are not installed: install the [export,dev] "
+                                f"extras (make install), or set MOTE_RUNTIME_ONLY_TESTS=1 to skip the tests that need them")
+
+
+def import_oracle(name: str):
+    """Import an oracle package (or one of its modules); missing, it is an error unless MOTE_RUNTIME_ONLY_TESTS=1,
+    which skips the calling module (or test)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        if RUNTIME_ONLY:
+            pytest.skip(f"{name} is not installed (MOTE_RUNTIME_ONLY_TESTS=1)", allow_module_level=True)
+        raise ImportError(f"{name}, a test oracle, is not installed (make install; or MOTE_RUNTIME_ONLY_TESTS=1 "
+                          f"to skip the tests that need it)") from e
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +78,32 @@ def tiny_fp_ckpt(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ckpt") / "tiny-fp"
     synthesize_preset("tiny", out, expert_type="fp", seed=2, dtype="bf16", progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def export_once(tmp_path_factory):
+    """`export_once(ckpt_dir, **ExportOptions)` exports each (checkpoint, options) once per session and returns
+    the path; tests share the file and only read it (a test that needs a damaged copy writes its own)."""
+    from mote_edge.exporters.export import ExportOptions, export_checkpoint
+
+    done: dict = {}
+
+    def export(ckpt_dir, **options) -> Path:
+        key = (str(ckpt_dir), tuple(sorted(options.items())))
+        if key not in done:
+            path = tmp_path_factory.mktemp("export") / f"{Path(ckpt_dir).name}.mote"
+            export_checkpoint(ckpt_dir, path, ExportOptions(progress=False, **options))
+            path.chmod(0o444)
+            done[key] = path
+        return done[key]
+
+    return export
+
+
+@pytest.fixture(scope="session")
+def tiny_b4_mote(tiny_ckpt, export_once) -> Path:
+    """The synth `tiny` checkpoint exported at --bits 4 --group-size 32 (shared, read only)."""
+    return export_once(tiny_ckpt, bits=4, group_size=32)
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300):

@@ -43,13 +43,10 @@ def test_top2_routes_are_distinct_and_skewed():
     assert counts.max() > 1.5 * counts.min()  # popular experts exist
 
 
-def test_install_routes_a_real_engine(tiny_ckpt, tmp_path):
-    from mote_edge.exporters.export import ExportOptions, export_checkpoint
+def test_install_routes_a_real_engine(tiny_b4_mote):
     from mote_edge.runtime.engine import Engine
 
-    path = tmp_path / "tiny.mote"
-    export_checkpoint(tiny_ckpt, path, ExportOptions(bits=4, group_size=32, progress=False))
-    with Engine.load(path) as engine:
+    with Engine.load(tiny_b4_mote) as engine:
         install(engine, RouteModel(2.0, 0.9), seed=1)
         engine.experts.trace = []
         out = list(engine.generate_ids("hello", max_new_tokens=6, ignore_eos=True))

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import import_oracle
+
+torch = import_oracle("torch")
 
 from mote_edge.exporters.reference.bitlinear import BitLinear, quantize_activations, ternarize_weight  # noqa: E402
 from mote_edge.quant.ternary import absmean_ternarize, bitlinear_reference, quantize_activations_int8  # noqa: E402

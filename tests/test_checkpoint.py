@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 
+from conftest import import_oracle
+
 from mote_edge.errors import CheckpointError
 from mote_edge.exporters.checkpoint import Checkpoint, write_checkpoint
 from mote_edge.exporters.safetensors_io import (SafetensorsFile, SafetensorsWriter, bf16_bits_to_float32,
@@ -35,7 +37,7 @@ def test_safetensors_round_trip_and_compat_with_reference_reader(tmp_path, dtype
     for k, v in tensors.items():
         np.testing.assert_allclose(f.get(k), v, rtol=tol, atol=tol)
     # the reference implementation reads our file identically
-    safetensors_torch = pytest.importorskip("safetensors.torch")
+    safetensors_torch = import_oracle("safetensors.torch")
     ref = safetensors_torch.load_file(str(tmp_path / "m.safetensors"))
     for k in tensors:
         np.testing.assert_array_equal(ref[k].float().numpy(), f.get(k))

@@ -71,7 +71,7 @@ print("ok")
 
 
 def test_runtime_and_shared_modules_never_import_torch():
-    r = subprocess.run([sys.executable, "-c", NO_TORCH], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", NO_TORCH], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
 
@@ -79,6 +79,6 @@ def test_runtime_and_shared_modules_never_import_torch():
 def test_export_only_command_without_torch_says_what_to_install():
     code = ("import sys; sys.modules['torch'] = None; sys.argv = ['mote-edge', 'reference', 'x', '--prompt', 'hi']; "
             "from mote_edge.cli import main; main()")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.strip() == "error: this command needs torch: pip install 'mote-edge[export]'"

@@ -5,8 +5,10 @@ import time
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
+from conftest import import_oracle
+
+torch = import_oracle("torch")
+import_oracle("transformers")
 
 from hf_checkpoints import (  # noqa: E402
     IMAGE_TOKEN_INDEX, MOE_LAYERS, NUM_EXPERTS, ROPE_THETA, SWIGLU_PROJS, TINY_DECODER, TINY_VISION, BitLinear,

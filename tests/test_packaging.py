@@ -94,7 +94,8 @@ def test_runtime_imports_without_the_extras(dist):
         "    except Exception as e:\n"
         "        bad[m] = f'{type(e).__name__}: {e}'\n"
         "print(json.dumps(bad))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO / "tests")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO / "tests",
+                         timeout=300)
     bad = json.loads(out.stdout.strip().splitlines()[-1])
     assert bad == {}, f"these modules import an extra at top level: {bad}"
 

@@ -5,7 +5,9 @@ import copy
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+from conftest import import_oracle
+
+torch = import_oracle("torch")
 
 from mote_edge.config import IMAGE_TOKEN_INDEX  # noqa: E402
 from mote_edge.exporters.reference import MoTELlavaForCausalLM  # noqa: E402
@@ -44,7 +46,7 @@ def test_parameters_are_exactly_the_checkpoint_schema(expert_type, tied):
 
 @pytest.mark.parametrize("tied", [False, True])
 def test_decoder_matches_transformers_qwen2(tied):
-    transformers = pytest.importorskip("transformers")
+    transformers = import_oracle("transformers")
     cfg = _dense_config(tied)
     dc = cfg.decoder
     hf_cfg = transformers.Qwen2Config(
@@ -66,7 +68,7 @@ def test_decoder_matches_transformers_qwen2(tied):
 
 
 def test_vision_tower_matches_transformers_clip():
-    transformers = pytest.importorskip("transformers")
+    transformers = import_oracle("transformers")
     cfg = preset_config("tiny")
     v = cfg.vision
     hf = transformers.CLIPVisionModel(transformers.CLIPVisionConfig(

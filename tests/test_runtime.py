@@ -6,57 +6,23 @@ import json
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-import torch.nn.functional as F  # noqa: E402
+from conftest import REPO, import_oracle, run_cli
 
-from conftest import REPO, run_cli  # noqa: E402
+torch = import_oracle("torch")
+
+from faithful_reference import faithful_reference  # noqa: E402
+
 from mote_edge.chat import encode_prompt  # noqa: E402
-from mote_edge.exporters.export import ExportOptions, export_checkpoint  # noqa: E402
-from mote_edge.exporters.reference import load_reference_model  # noqa: E402
 from mote_edge.format import MoteFile  # noqa: E402
-from mote_edge.format.encoding import decode  # noqa: E402
 from mote_edge.runtime.engine import Engine  # noqa: E402
-from mote_edge.runtime.vision import run_vision_onnx  # noqa: E402
 
 IMAGE = REPO / "examples" / "images" / "shapes.png"
 PROMPT = "What color is the circle?"
 
 
 @pytest.fixture(scope="module", params=[16, 4])
-def exported(request, tiny_ckpt, tmp_path_factory):
-    path = tmp_path_factory.mktemp("rt") / f"tiny-b{request.param}.mote"
-    export_checkpoint(tiny_ckpt, path, ExportOptions(bits=request.param, group_size=32, progress=False))
-    return path
-
-
-def _emulate_int8_groups(x: torch.Tensor, group: int) -> torch.Tensor:
-    """What the int-N kernel does to activations: int8 per (token, group), BitLinear style."""
-    k = x.shape[-1]
-    pad = (-k) % group
-    xp = F.pad(x, (0, pad)).reshape(*x.shape[:-1], -1, group)
-    s = 127.0 / xp.abs().amax(-1, keepdim=True).clamp(min=1e-5)
-    return (torch.clamp(torch.round(xp * s), -128, 127) / s).reshape(*x.shape[:-1], -1)[..., :k]
-
-
-def faithful_reference(ckpt_dir, mote_path):
-    """The torch reference with the .mote's dequantized weights (latent weights for ternary experts,
-    which the exporter ternarizes exactly as BitLinear does), int-N layers quantizing their inputs
-    as the kernel does, and the ONNX vision features."""
-    model = load_reference_model(ckpt_dir)
-    params = model.checkpoint_parameters()
-    modules = dict(model.named_modules())
-    with MoteFile(mote_path) as f, torch.no_grad():
-        for name, t in f.tensors.items():
-            params[name].copy_(torch.from_numpy(decode(f.read_tensor(name), t.scheme, t.shape)))
-            module = modules.get(name.rsplit(".", 1)[0])
-            if t.scheme.kind == "intn" and isinstance(module, torch.nn.Linear):
-                g = t.scheme.group_size
-                module.forward = lambda x, m=module, g=g: F.linear(_emulate_int8_groups(x, g), m.weight, m.bias)
-        if model.config.decoder.tie_word_embeddings:
-            raise AssertionError("tiny is untied; a tied head would need the same emulation on lm_head")
-        onnx = f.read_vision()
-    model.encode_image = lambda pixels: torch.from_numpy(run_vision_onnx(onnx, pixels.numpy()))
-    return model
+def exported(request, tiny_ckpt, export_once):
+    return export_once(tiny_ckpt, bits=request.param, group_size=32)
 
 
 @pytest.mark.parametrize("with_image", [False, True])
@@ -79,7 +45,8 @@ def test_logits_and_32_greedy_tokens_match_the_reference(tiny_ckpt, exported, wi
     # Relative to the logit scale. fp16 weights: only float32 summation order differs -> 1e-4.
     # int-N weights: a summation-order difference can flip one int8 activation rounding (x*s at
     # exactly .5), a discrete step of 1/127 of that group's max |x| -> 2e-2. Tokens must still agree.
-    tol = 1e-4 if "b16" in exported.name else 2e-2
+    with MoteFile(exported) as f:
+        tol = 1e-4 if f.recipe.roles["attn"].kind == "f16" else 2e-2
     assert np.abs(got_logits - want_logits).max() <= tol * np.abs(want_logits).max()
     want_tokens = ref.generate(ids, pixels, max_new_tokens=32, eos_token_id=0)
     assert got_tokens == want_tokens and len(got_tokens) > 0

@@ -1,7 +1,9 @@
-"""The expert-cache simulator: exact against the runtime's own LRU counters, and Belady's MIN bounds."""
+"""The expert-cache simulator: against an independent LRU and LFU written here, exact against the runtime's
+own counters, and Belady's MIN bounds."""
 
 import json
 import random
+from collections import OrderedDict
 
 import pytest
 
@@ -19,6 +21,60 @@ def test_cyclic_trace_defeats_lru_but_not_belady():
     assert simulate(waves, 3, "lru")["misses"] == 3
 
 
+def lru_oracle(waves, slabs):
+    """LRU on an OrderedDict (oldest first). A wave uses its cached experts first, then loads the others one
+    by one; a load evicts the oldest expert not in the wave, or the oldest of all if every one is."""
+    cache, hits, misses = OrderedDict(), 0, 0
+    for w in waves:
+        keys = [(w.layer, e) for e in w.experts]
+        for k in [k for k in keys if k in cache]:
+            hits += 1
+            cache.move_to_end(k)
+        for k in [k for k in keys if k not in cache]:
+            misses += 1
+            if len(cache) == slabs:
+                del cache[next((v for v in cache if v not in keys), next(iter(cache)))]
+            cache[k] = True
+    return hits, misses
+
+
+def lfu_oracle(waves, slabs):
+    """LFU with counters: uses since the expert was loaded, ties broken by the older last use; same wave rule."""
+    uses, last, hits, misses, clock = {}, {}, 0, 0, 0
+    for w in waves:
+        keys = [(w.layer, e) for e in w.experts]
+        for k in [k for k in keys if k in uses] + [k for k in keys if k not in uses]:
+            clock += 1
+            if k in uses:
+                hits += 1
+                uses[k] += 1
+            else:
+                misses += 1
+                if len(uses) == slabs:
+                    others = [v for v in uses if v not in keys] or list(uses)
+                    victim = min(others, key=lambda v: (uses[v], last[v]))
+                    del uses[victim], last[victim]
+                uses[k] = 1
+            last[k] = clock
+    return hits, misses
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_lru_and_lfu_match_independent_implementations_on_random_traces(seed):
+    rng = random.Random(seed)
+    experts = rng.choice([4, 8, 16])
+    skew = [1.0 / (i + 1) ** rng.choice([0.0, 1.0, 2.0]) for i in range(experts)]  # uniform to very skewed
+    waves = []
+    for _ in range(rng.randint(50, 300)):
+        for layer in (0, 2, 4):
+            picked = set(rng.choices(range(experts), weights=skew, k=rng.choice([1, 2, 2, 3])))
+            waves.append(Wave(layer, sorted(picked, key=lambda _: rng.random())))
+    for slabs in (1, 2, 3, 5, 8, 3 * experts):
+        for policy, oracle in (("lru", lru_oracle), ("lfu", lfu_oracle)):
+            sim = simulate(waves, slabs, policy)
+            assert (sim["hits"], sim["misses"]) == oracle(waves, slabs), (policy, slabs)
+
+
 def test_belady_bounds_every_policy_and_full_cache_only_misses_once():
     rng = random.Random(0)
     waves = [Wave(layer, rng.sample(range(8), rng.choice([1, 2]))) for _ in range(60) for layer in (0, 2, 4)]
@@ -33,12 +89,10 @@ def test_belady_bounds_every_policy_and_full_cache_only_misses_once():
 
 @pytest.mark.parametrize("policy", ["lru", "lfu", "layer"])
 @pytest.mark.parametrize("extra_slabs", [0, 2])
-def test_simulation_equals_the_runtime_counters(tiny_ckpt, tmp_path, extra_slabs, policy):
-    from mote_edge.exporters.export import ExportOptions, export_checkpoint
+def test_simulation_equals_the_runtime_counters(tiny_b4_mote, tmp_path, extra_slabs, policy):
     from mote_edge.runtime.engine import Engine
 
-    mote = tmp_path / "t.mote"
-    export_checkpoint(tiny_ckpt, mote, ExportOptions(bits=4, group_size=32, progress=False))
+    mote = tiny_b4_mote
     # text only: a run with an image also lends slabs to the vision encoder, which a replay does not model
     with Engine.load(mote, threads=1, vision=False) as probe:
         fixed = probe.plan.total_bytes - probe.plan.expert_cache_bytes
@@ -67,12 +121,8 @@ def test_layer_policy_keeps_the_layers_that_come_next():
     assert layer == simulate(waves, 2, "belady")["hits"] > 0
 
 
-def test_unknown_runtime_policy_is_a_one_line_error(tiny_ckpt, tmp_path):
-    from mote_edge.exporters.export import ExportOptions, export_checkpoint
-
-    mote = tmp_path / "t.mote"
-    export_checkpoint(tiny_ckpt, mote, ExportOptions(bits=4, group_size=32, progress=False))
-    r = run_cli("run", str(mote), "--prompt", "hi", "--cache-policy", "belady")
+def test_unknown_runtime_policy_is_a_one_line_error(tiny_b4_mote):
+    r = run_cli("run", str(tiny_b4_mote), "--prompt", "hi", "--cache-policy", "belady")
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: unknown cache policy 'belady'")
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
+from conftest import REPO, import_oracle
+
+import_oracle("torch")
+import_oracle("transformers")
 
 from hf_checkpoints import build_mote_llava, build_moe_llava, llava_tokenizer_image_token, oracle_generate  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from conftest import REPO  # noqa: E402
 from mote_edge.chat import DEFAULT_SYSTEM  # noqa: E402
 from mote_edge.config import IMAGE_TOKEN_INDEX  # noqa: E402
 from mote_edge.exporters.export import ExportOptions, export_checkpoint  # noqa: E402

@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-onnx = pytest.importorskip("onnx")
+from conftest import import_oracle
+
+torch = import_oracle("torch")
+onnx = import_oracle("onnx")
 pytest.importorskip("onnxruntime")
 
 from mote_edge.errors import ExportError, FormatError, MoteError  # noqa: E402

@@ -1,0 +1,66 @@
+"""The torch reference model (mote_edge.exporters.reference) made faithful to one .mote file, so the
+runtime can be compared with it to float32 summation order:
+
+- every int-N / fp16 tensor of the file, resident or in an expert record, replaces the checkpoint's
+  weight with its dequantized value; ternary experts keep the checkpoint's latent weights, which
+  BitLinear ternarizes exactly as the exporter did;
+- every int-N linear layer (a tied lm_head included) quantizes its input to int8 per (token, group) as
+  the int-N kernel does;
+- images are encoded by the file's ONNX vision model, as the runtime does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mote_edge.exporters.reference import load_reference_model
+from mote_edge.format import MoteFile
+from mote_edge.format.encoding import decode
+from mote_edge.runtime.vision import run_vision_onnx
+
+
+def emulate_int8_groups(x: torch.Tensor, group: int) -> torch.Tensor:
+    """What the int-N kernel does to activations: int8 per (token, group), BitLinear style."""
+    k = x.shape[-1]
+    pad = (-k) % group
+    xp = F.pad(x, (0, pad)).reshape(*x.shape[:-1], -1, group)
+    s = 127.0 / xp.abs().amax(-1, keepdim=True).clamp(min=1e-5)
+    return (torch.clamp(torch.round(xp * s), -128, 127) / s).reshape(*x.shape[:-1], -1)[..., :k]
+
+
+def _quantize_inputs(module: torch.nn.Linear, group: int) -> None:
+    module.forward = lambda x, m=module, g=group: F.linear(emulate_int8_groups(x, g), m.weight, m.bias)
+
+
+def _expert_param(layer: int, expert: int, proj: str) -> str:
+    return f"model.layers.{layer}.mlp.deepspeed_moe.experts.deepspeed_experts.{expert}.{proj}.weight"
+
+
+def faithful_reference(ckpt_dir, mote_path):
+    model = load_reference_model(ckpt_dir)
+    params = model.checkpoint_parameters()
+    modules = dict(model.named_modules())
+
+    def load(name, value, scheme):
+        params[name].copy_(torch.from_numpy(value))
+        module = modules.get(name.rsplit(".", 1)[0])
+        if scheme.kind == "intn" and isinstance(module, torch.nn.Linear):
+            _quantize_inputs(module, scheme.group_size)
+
+    with MoteFile(mote_path) as f, torch.no_grad():
+        for name, t in f.tensors.items():
+            load(name, decode(f.read_tensor(name), t.scheme, t.shape), t.scheme)
+        for (layer, expert), record in f.experts.items():
+            parts = f.read_expert(layer, expert)
+            for t in record.tensors:
+                if t.scheme.kind != "ternary":
+                    load(_expert_param(layer, expert, t.name), decode(parts[t.name], t.scheme, t.shape), t.scheme)
+        embed = f.tensors["model.embed_tokens.weight"].scheme
+        if model.config.decoder.tie_word_embeddings:
+            assert model.lm_head.weight is params["model.embed_tokens.weight"]
+            if embed.kind == "intn":  # the runtime's tied head is an int-N matmul over the stored embedding
+                _quantize_inputs(model.lm_head, embed.group_size)
+        onnx = f.read_vision()
+    model.encode_image = lambda pixels: torch.from_numpy(run_vision_onnx(onnx, pixels.numpy()))
+    return model
