@@ -26,12 +26,10 @@ from mote_edge.progress import byte_progress, stderr_console
 from mote_edge.quant.gptq import gptq_quantize
 from mote_edge.quant.intn import IntNWeight, pack_intn
 from mote_edge.quant.recipe import Recipe
-from mote_edge.schema import TensorSpec, checkpoint_tensors
+from mote_edge.schema import SWIGLU_PROJS, VISION_ROLES, TensorSpec, checkpoint_tensors, projection_of
 
 from .checkpoint import Checkpoint
 
-VISION_ROLES = ("vision", "projector")
-PROJ_NAMES = ("gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
@@ -82,7 +80,7 @@ def build_metadata(ckpt: Checkpoint, recipe: Recipe, chat_template: str | None =
     }
 
 
-def plan_file(writer: MoteWriter, specs: list[TensorSpec], recipe: Recipe) -> None:
+def plan_layout(writer: MoteWriter, specs: list[TensorSpec], recipe: Recipe) -> None:
     """Resident tensors in schema order, then one record per (layer, expert)."""
     experts: dict[tuple[int, int], list[TensorSpec]] = {}
     for spec in specs:
@@ -93,9 +91,9 @@ def plan_file(writer: MoteWriter, specs: list[TensorSpec], recipe: Recipe) -> No
             continue
         writer.add_tensor(spec.name, spec.role, recipe.scheme_for(spec.role), spec.shape)
     for (layer, expert), group in experts.items():
-        by_proj = {s.name.rsplit(".", 2)[-2]: s for s in group}
+        by_proj = {projection_of(s.name): s for s in group}
         writer.add_expert(layer, expert, [(p, by_proj[p].role, recipe.scheme_for(by_proj[p].role), by_proj[p].shape)
-                                          for p in PROJ_NAMES])
+                                          for p in SWIGLU_PROJS])
 
 
 def _vision_onnx(ckpt: Checkpoint, bits: int) -> bytes:
@@ -149,7 +147,7 @@ def export_checkpoint(checkpoint_dir: str | Path, output: str | Path, opts: Expo
     t = time.perf_counter()
     warn = (lambda m: stderr_console.print(f"warning: {m}")) if opts.progress else None
     writer = MoteWriter(output, build_metadata(ckpt, recipe, opts.chat_template, opts.system, warn))
-    plan_file(writer, specs, recipe)
+    plan_layout(writer, specs, recipe)
     writer.add_vision(len(vision), {"format": "onnx", "weight_bits": recipe.vision_bits,
                                     "input": "pixel_values", "output": "image_features"})
     writer.metadata["sizes"] = size_stats(writer.tensors.values(), writer.experts.values(), writer.vision)
@@ -185,10 +183,10 @@ def _write_decoder(writer: MoteWriter, ckpt: Checkpoint, specs: list[TensorSpec]
             writer.write_tensor(spec.name, _encode_spec(spec, w, entry.scheme, hessians))
         else:
             key = (spec.layer, spec.expert)
-            proj = spec.name.rsplit(".", 2)[-2]
+            proj = projection_of(spec.name)
             scheme = next(t.scheme for t in writer.experts[key].tensors if t.name == proj)
             pending.setdefault(key, {})[proj] = _encode_spec(spec, w, scheme, hessians)
-            if len(pending[key]) == len(PROJ_NAMES):
+            if len(pending[key]) == len(SWIGLU_PROJS):
                 writer.write_expert(*key, pending.pop(key))
         bar.advance(spec.numel * 4)
         del w

@@ -26,12 +26,6 @@ class TokenizerError(MoteError):
     """tokenizer.json cannot be loaded, or a prompt cannot be encoded."""
 
 
-class NotImplementedYet(MoteError):
-    """A CLI command that a later issue fills in."""
-
-    exit_code = 2
-
-
 class FormatError(MoteError):
     """A .mote file is not one, is truncated or corrupt, or has an unsupported version."""
 

@@ -85,11 +85,6 @@ class ImagePreprocessConfig:
         """LLaVA's background: tuple(int(x * 255) for x in image_mean)."""
         return tuple(int(x * 255) for x in self.image_mean)  # type: ignore[return-value]
 
-    @property
-    def output_shape(self) -> tuple[int, int, int]:
-        """[3, H, W] of `preprocess` when both resize and center crop are on."""
-        return (3, self.crop_height, self.crop_width)
-
     @classmethod
     def from_preprocessor_config(cls, d: dict[str, Any], aspect_ratio: str = "pad") -> "ImagePreprocessConfig":
         """Read an HF CLIPImageProcessor preprocessor_config.json (new or legacy int sizes)."""

@@ -40,6 +40,7 @@ CLIP_VISION_ROOTS = ("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm
 PROJECTOR_PREFIX = "model.mm_projector."
 PROJECTOR_PREFIX_ALIASES = ("model.mm_projector.image_spatial_proj.",)
 SWIGLU_PROJS = ("gate_proj", "up_proj", "down_proj")
+VISION_ROLES = ("vision", "projector")  # exported to the ONNX vision section, not stored as tensors
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,11 @@ class TensorSpec:
 def swiglu_shapes(hidden: int, inter: int) -> dict[str, tuple[int, int]]:
     """nn.Linear weight shapes [out, in] of a SwiGLU FFN: down(silu(gate(x)) * up(x))."""
     return {"gate_proj": (inter, hidden), "up_proj": (inter, hidden), "down_proj": (hidden, inter)}
+
+
+def projection_of(name: str) -> str:
+    """"model.layers.0.mlp.deepspeed_moe.experts.deepspeed_experts.3.up_proj.weight" -> "up_proj"."""
+    return name.rsplit(".", 2)[-2]
 
 
 def expert_prefix(layer: int, expert: int) -> str:

@@ -6,6 +6,7 @@ from mote_edge.chat import ChatTemplate
 from mote_edge.format.reader import MoteFile
 from mote_edge.format.stats import bits_per_weight
 
+from .budget import format_bytes
 from .plan import default_context, minimum_plan_file, plan_file
 
 ROLE_ORDER = ("embed", "lm_head", "attn", "attn_bias", "norm", "ffn", "router", "shared_expert", "ternary_expert",
@@ -59,29 +60,25 @@ def _prompt_line(meta: dict) -> str:
             f"stops at {', '.join(repr(s) if isinstance(s, str) and not s.startswith('id ') else s for s in stops)}")
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:,.1f} MB"
-
-
 def info_text(d: dict) -> str:
-    lines = [f"{d['file']}  ({_mb(d['file_bytes'])}, .mote v{d['version']}, {d['created_by']})", ""]
+    lines = [f"{d['file']}  ({format_bytes(d['file_bytes'])}, .mote v{d['version']}, {d['created_by']})", ""]
     lines += [f"  {k:<8} {v}" for k, v in d["model"].items()]
     lines += ["", "  recipe:   " + ", ".join(f"{r}={s}" for r, s in d["recipe"].items()), "",
               f"  {'role':<16}{'params':>16}{'bytes':>16}{'bits/weight':>13}"]
     for role, r in d["roles"].items():
         lines.append(f"  {role:<16}{r['params']:>16,}{r['bytes']:>16,}{r['bits_per_weight']:>13.3f}")
     lines += ["",
-              f"  resident (non-expert) {_mb(d['resident_bytes']):>14}",
-              f"  routed experts        {_mb(d['expert_bytes']):>14}   ({d['expert_records']} records of "
+              f"  resident (non-expert) {format_bytes(d['resident_bytes']):>14}",
+              f"  routed experts        {format_bytes(d['expert_bytes']):>14}   ({d['expert_records']} records of "
               f"<= {d['expert_record_bytes']:,} bytes)",
-              f"  vision (ONNX)         {_mb(d['vision_bytes']):>14}", ""]
+              f"  vision (ONNX)         {format_bytes(d['vision_bytes']):>14}", ""]
     m = d["memory"]
     for title, total, phases in (("full expert cache", m["full_cache_bytes"], m["full_cache_phases"]),
                                  ("minimum feasible budget", m["minimum_budget_bytes"], m["minimum_phases"])):
-        lines.append(f"  {title} at context {m['context']}: {_mb(total)} (the largest phase)")
+        lines.append(f"  {title} at context {m['context']}: {format_bytes(total)} (the largest phase)")
         for phase, parts in phases.items():
-            lines.append(f"    {phase + ':':<18}{_mb(sum(parts.values())):>11}  "
-                         + ", ".join(f"{k} {_mb(v)}" for k, v in parts.items()))
+            lines.append(f"    {phase + ':':<18}{format_bytes(sum(parts.values())):>11}  "
+                         + ", ".join(f"{k} {format_bytes(v)}" for k, v in parts.items()))
     lines.append(f"  the minimum is set by the {m['minimum_binding_phase']} phase; text only (run without --image): "
-                 f"{_mb(m['minimum_text_only_bytes'])}")
+                 f"{format_bytes(m['minimum_text_only_bytes'])}")
     return "\n".join(lines)

@@ -254,7 +254,6 @@ def caption(objs, shuffle_seed: int | None = None) -> str:
     return ", ".join(parts)
 
 
-WHERE_QTYPE = "where"  # training-only auxiliary rows, never evaluated
 
 
 def where_rows(objs) -> list[tuple[str, str]]:

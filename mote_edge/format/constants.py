@@ -21,7 +21,6 @@ KNOWN_FLAGS = FLAG_HAS_VISION
 
 TENSOR_ALIGN = 64  # every resident tensor and every part inside a tensor or record
 SECTION_ALIGN = 4096  # data section, every expert record, the vision section
-CRC_WIDTH = 8  # crc32 values are written in metadata as 8 lowercase hex digits
 
 # The vision section's ONNX model: float32 pixels [batch, 3, S, S] in, image features [batch, P, H] out.
 VISION_INPUT = "pixel_values"

@@ -23,7 +23,6 @@ from mote_edge.quant.recipe import Scheme
 from mote_edge.quant.ternary import absmean_ternarize, pack_ternary, ternary_row_bytes, unpack_ternary
 
 PART_DTYPES = {"u8": np.uint8, "f16": np.float16, "f32": np.float32}
-DTYPE_NAMES = {np.dtype(v): k for k, v in PART_DTYPES.items()}
 ENCODE_CHUNK_ELEMENTS = 1 << 22
 
 

@@ -25,7 +25,7 @@ from mote_edge.image import ImagePreprocessConfig
 from mote_edge.quant.intn import BITS as INTN_BITS
 from mote_edge.quant.intn import GROUP_SIZES
 from mote_edge.quant.recipe import FLOAT_ONLY_ROLES, METHODS, RECIPE_ROLES, Recipe, Scheme
-from mote_edge.schema import SWIGLU_PROJS, decoder_tensors
+from mote_edge.schema import SWIGLU_PROJS, decoder_tensors, projection_of
 
 from .constants import FLAG_HAS_VISION, SECTION_ALIGN, TENSOR_ALIGN
 from .encoding import PART_DTYPES
@@ -434,7 +434,7 @@ def check_model(cfg: ModelConfig, recipe: Recipe, d: Directory) -> None:
     seen = set()
     for spec in decoder_tensors(cfg):
         if spec.expert is not None:
-            want_experts.setdefault((spec.layer, spec.expert), {})[spec.name.rsplit(".", 2)[-2]] = spec
+            want_experts.setdefault((spec.layer, spec.expert), {})[projection_of(spec.name)] = spec
             continue
         t = d.tensors.get(spec.name)
         if t is None:

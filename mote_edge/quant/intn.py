@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ternary import ACT_EPS, ACT_QMAX
+from .ternary import absmax_int8
 
 BITS = (2, 3, 4, 8)
 GROUP_SIZES = (32, 64, 128)
@@ -181,10 +181,7 @@ def quantize_activations_grouped(x: np.ndarray, group_size: int) -> tuple[np.nda
     ng = num_groups(K, group_size)
     xp = np.zeros((T, ng * group_size), dtype=np.float32)
     xp[:, :K] = x
-    xg = xp.reshape(T, ng, group_size)
-    amax = np.maximum(np.max(np.abs(xg), axis=-1), np.float32(ACT_EPS))
-    s = (np.float32(ACT_QMAX) / amax).astype(np.float32)
-    xq = np.clip(np.rint(xg * s[..., None]), -128, 127).astype(np.int8)
+    xq, s = absmax_int8(xp.reshape(T, ng, group_size))  # [T, ng, G], [T, ng]
     return xq.reshape(T, ng * group_size), s
 
 

@@ -24,13 +24,18 @@ def absmean_ternarize(w: np.ndarray) -> tuple[np.ndarray, np.float32]:
     return trits, gamma
 
 
-def quantize_activations_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """x: [T, K] float -> (xq [T, K] int8, s [T] float32) with x ~= xq / s per token."""
-    x = np.asarray(x, dtype=np.float32)
+def absmax_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The activation quantizer, over the last axis: x [..., K] float32 -> (xq [..., K] int8,
+    s [...] float32) with s = 127 / max|x| and x ~= xq / s. Per token here, per group in int-N."""
     amax = np.maximum(np.max(np.abs(x), axis=-1), np.float32(ACT_EPS))
     s = (np.float32(ACT_QMAX) / amax).astype(np.float32)
     xq = np.clip(np.rint(x * s[..., None]), -128, 127).astype(np.int8)
     return xq, s
+
+
+def quantize_activations_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x: [T, K] float -> (xq [T, K] int8, s [T] float32) with x ~= xq / s per token."""
+    return absmax_int8(np.asarray(x, dtype=np.float32))
 
 
 def bitlinear_reference(x: np.ndarray, trits: np.ndarray, gamma: np.float32) -> np.ndarray:
@@ -71,10 +76,6 @@ def ternary_row_bytes(K: int) -> int:
 def packed_ternary_nbytes(N: int, K: int) -> int:
     """Bytes of the packed trits of an [N, K] tensor (the fp32 gamma is stored separately)."""
     return N * ternary_row_bytes(K)
-
-
-def _tail_bytes(K: int) -> int:
-    return -(-(K % BLOCK_COLS) // TRITS_PER_BYTE)
 
 
 def _encode(digits: np.ndarray) -> np.ndarray:
