@@ -1,4 +1,4 @@
-"""Accuracy against expert memory on the tiny task, through the real runtime (issue 6, item 4).
+"""Accuracy against expert memory on the tiny task, through the real runtime.
 
     python benchmarks/accuracy_memory.py [--run] [--reports out/train/report-*.jsonl] [-n 1000]
 

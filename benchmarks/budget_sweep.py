@@ -154,7 +154,7 @@ def plot(name: str, rows: dict[str, list[dict]], path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("motes", type=Path, nargs="*")
-    ap.add_argument("--points", type=int, default=7, help="budgets per model (>= 6 asked by issue 6)")
+    ap.add_argument("--points", type=int, default=7, help="budgets per model")
     ap.add_argument("--tokens", type=int, default=64, help="decoded tokens per point")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--routing", default="skew,uniform", help="comma list of skew | uniform | router")

@@ -1,4 +1,4 @@
-"""onnxruntime on an ONNX export of the dense-equivalent decoder: the "alternative" of issue 6.
+"""onnxruntime on an ONNX export of the dense-equivalent decoder: the alternative runtime.
 
     python benchmarks/ort_dense.py [--preset qwen2.5-0.5b-e8] [--tokens 32] [--threads N] [--force]
 

@@ -1,5 +1,5 @@
 """Reliability: every hostile input gives a clean one-line error or a correct answer, never a crash,
-a hang or a budget overrun (the fast part of issue 6's suite; it runs in CI)."""
+a hang or a budget overrun (the fast part; it runs in CI)."""
 
 import json
 import os

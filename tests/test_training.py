@@ -1,4 +1,4 @@
-"""The tiny task and the shipped trained checkpoints (DESIGN.md section 7; issue 8).
+"""The tiny task and the shipped trained checkpoints (DESIGN.md section 7).
 
 Fast: a fixed 200-question held-out set with the torch reference model (about 10-20 s on one core).
 """
@@ -82,8 +82,8 @@ def tiny_mote_200() -> dict:
     return evaluate(TINY_MOTE, n=200)
 
 
-# Issue 8's bar: >= 80% exact match on the fixed 200-question held-out set (the shipped checkpoint of
-# session 5 scores 95.5%, docs/ACCURACY.md).
+# The bar: >= 80% exact match on the fixed 200-question held-out set (the shipped checkpoint scores 95.5%,
+# docs/ACCURACY.md).
 def test_shipped_tiny_mote_reaches_80_percent(tiny_mote_200):
     assert 100 * tiny_mote_200["all"] >= 80.0, tiny_mote_200
 

@@ -58,7 +58,7 @@ _UPCYCLE = (
 )
 
 RECIPES: dict[str, Recipe] = {
-    # sessions 5-6: the phases the shipped examples were trained with (58.5 min on the 2-core Zen 4; 95.1% dense)
+    # the phases the shipped examples were trained with (58.5 min on a 2-core Zen 4; dense 95.1%)
     "s6": Recipe(
         dense=(
             Phase("a", 3000, 2e-3, rows="ordered", aux_fraction=0.5, warmup=200),
@@ -68,8 +68,8 @@ RECIPES: dict[str, Recipe] = {
             Phase("e", 1200, 1e-3, warmup=200, seed=1),
         ),
         moe=_UPCYCLE),
-    # session 7 (~30 min): phase (a) with 7/8 captions of *other* images (128 distinct images per step: shape is
-    # learned from caption views), then the lookup rows in two phases; 100k images, shorter up-cycling
+    # the default (~30 min): phase (a) with 7/8 captions of *other* images (128 distinct images per step: shape
+    # is learned from caption views), then the lookup rows in two phases; 100k images, shorter up-cycling
     "s7": Recipe(
         dense=(
             Phase("a", 1700, 2e-3, rows="ordered", aux_fraction=0.875, aux_images="other", warmup=200),
