@@ -161,7 +161,10 @@ def test_page_cache_bytes_follows_pread_and_drop(tmp_path, monkeypatch) -> None:
             assert got >= part
             with monkeypatch.context() as m:  # many small mapping windows: the same answer
                 m.setattr(memory, "MINCORE_WINDOW", 5 * memory.PAGE_SIZE)
-                assert memory.page_cache_bytes(path) == got
+                windowed = memory.page_cache_bytes(path)
+            # asynchronous readahead may still be landing pages: the windowed reading lies between two
+            # whole-file readings taken before and after it
+            assert got <= windowed <= memory.page_cache_bytes(path)
             if droppable:
                 assert got <= part + 8 * 2**20  # readahead reads a little further, not the whole file
 
