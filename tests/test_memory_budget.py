@@ -109,7 +109,9 @@ def test_peak_rss_fills_a_budget_that_caches_a_quarter_of_the_experts_and_a_budg
     # The slack: the part of the text-only plan this run does not fill, the runtime + metadata allowance
     # (shared-library code such as onnxruntime's kernels, paged in when an image is encoded, and parsed
     # metadata). Everything else (resident weights, KV cache, scratch, the 16 slabs) this run fills.
-    slack = plan.overhead_bytes
+    # Plus 256 KiB: Python modules imported before Engine.load reads its baseline (threading, for the
+    # expert loader) land in the baseline instead of the peak over it; the run holds the same memory.
+    slack = plan.overhead_bytes + 256 * 1024
 
     run = _run(expert_heavy_mote, budget, "honest")
     assert run["plan"] <= budget and run["slabs"] == total // 4
