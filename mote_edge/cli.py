@@ -117,6 +117,9 @@ def run(
                                                    "trits), slab2 (re-laid to 2 bits per trit when loaded: 25% "
                                                    "more memory, a faster kernel), auto (slab2 when the budget "
                                                    "caches every expert in it; default)."),
+    prefetch: str = typer.Option("none", help="Expert prefetch: lookahead (the next MoE layer's router "
+                                                        "applied to the current hidden state picks experts to read "
+                                                        "ahead) or none."),
     report: bool = typer.Option(False, "--report", help="Print the memory and speed report to stderr."),
     report_json: Optional[Path] = typer.Option(None, help="Write the report as JSON to this file."),
     trace_out: Optional[Path] = typer.Option(None, help="Record every MoE wave's experts as JSON lines "
@@ -131,7 +134,8 @@ def run(
 
     # a text-only run plans no image phase: that memory goes to the expert cache
     with Engine.load(model, memory_budget=memory_budget, threads=threads, max_context=max_context,
-                     cache_policy=cache_policy, expert_layout=expert_layout, vision=image is not None) as engine:
+                     cache_policy=cache_policy, expert_layout=expert_layout, vision=image is not None,
+                     prefetch=prefetch) as engine:
         plan = engine.plan
         if trace_out is not None and engine.experts is not None:
             engine.experts.trace = []

@@ -102,6 +102,7 @@ class MoE:
         if cfg.moe.use_residual:
             self.residual = (SwiGLU(w, f"{p}.mlp"), w.matrix(f"{p}.coefficient.weight"), w.vector(f"{p}.coefficient.bias"))
         self.last_routes: np.ndarray | None = None
+        self.lookahead: Lookahead | None = None  # the next MoE layer's router, when prefetching
 
     def route(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """h [T, H] -> (expert ids [T, k], weights [T, k])."""
@@ -113,17 +114,21 @@ class MoE:
         top = np.take_along_axis(probs, idx, axis=-1)
         return idx, top / np.maximum(top.sum(axis=-1, keepdims=True), np.finfo(np.float32).eps)
 
-    def __call__(self, h: np.ndarray) -> np.ndarray:
+    def __call__(self, h: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+        """h: the normed input [T, H]; residual: the residual stream it came from (for the lookahead)."""
         idx, weight = self.route(h)
         self.last_routes = idx
         out = np.zeros_like(h)
         needed = sorted(set(idx.reshape(-1).tolist()), key=lambda e: not self.cache.is_cached(self.layer, e))
         self.cache.begin_wave(self.layer, needed)
+        if self.lookahead is not None and residual is not None and h.shape[0] == 1:  # decode steps
+            self.cache.prefetch(self.lookahead.layer, self.lookahead.predict(residual))
         if self.cache.trace is not None:
             self.cache.trace.append({"layer": self.layer, "experts": needed, "tokens": int(h.shape[0])})
         for e in needed:  # wave: each needed expert loaded once, cached ones first
             rows, slot = np.nonzero(idx == e)
             out[rows] += self.cache.get(self.layer, e)(h[rows]) * weight[rows, slot, None]
+        self.cache.end_wave()
         if self.residual is not None:
             mlp, cw, cb = self.residual
             coef = softmax(h @ cw.T + cb)
@@ -131,6 +136,20 @@ class MoE:
         if self.shared is not None:
             out += self.shared(h)
         return out
+
+
+class Lookahead:
+    """Router lookahead: the next MoE layer's norm and router applied to the residual stream at this
+    layer's MoE input predict the experts the next layer will route to (mixtral-offloading, FATE)."""
+
+    def __init__(self, layer: int, norm: np.ndarray, moe: MoE, eps: float):
+        self.layer, self.norm, self.moe, self.eps = layer, norm, moe, eps
+
+    def predict(self, residual: np.ndarray) -> list[int]:
+        """The predicted experts, the most tokens' choices first."""
+        idx, _ = self.moe.route(rms_norm(residual, self.norm, self.eps))
+        experts, counts = np.unique(idx, return_counts=True)
+        return experts[np.argsort(-counts, kind="stable")].tolist()
 
 
 class DecoderLayer:
@@ -143,6 +162,8 @@ class DecoderLayer:
 
     def __call__(self, x, start, rope, k_cache, v_cache):
         x = x + self.attn(rms_norm(x, self.ln_in, self.eps), start, rope, k_cache, v_cache)
+        if isinstance(self.mlp, MoE):
+            return x + self.mlp(rms_norm(x, self.ln_post, self.eps), x)
         return x + self.mlp(rms_norm(x, self.ln_post, self.eps))
 
 
@@ -161,6 +182,12 @@ class Decoder:
         # [layers, 2 (k, v), kv_heads, context, head_dim]; zeros() is lazily committed by the OS
         self.kv = np.zeros((dc.num_hidden_layers, 2, dc.num_key_value_heads, context, dc.head_dim), np.float32)
         self.length = 0
+
+    def enable_lookahead(self, on: bool) -> None:
+        """Each MoE layer prefetches the experts the next MoE layer's router predicts (decode steps)."""
+        moe = [(i, layer) for i, layer in enumerate(self.layers) if isinstance(layer.mlp, MoE)]
+        for (i, layer), (j, nxt) in zip(moe, moe[1:] + moe[:1]):
+            layer.mlp.lookahead = Lookahead(j, nxt.ln_post, nxt.mlp, nxt.eps) if on and len(moe) > 1 else None
 
     def reset(self) -> None:
         self.length = 0

@@ -33,7 +33,7 @@ from mote_edge.tokenizer import Tokenizer
 from .budget import parse_bytes
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES
 from .decoder import Decoder
-from .expert_cache import ExpertCache
+from .expert_cache import DEFAULT_PREFETCH, EXPERT_LOADERS, PREFETCH_MODES, ExpertCache
 from .expert_layout import EXPERT_LAYOUTS
 from .memory import PeakTracker, drop_page_cache, read_status, trim_heap
 from .plan import MemoryPlan, default_context, fit_file_budget
@@ -71,7 +71,8 @@ class _VocabMaskedSampler:
 
 class Engine:
     def __init__(self, file: MoteFile, plan: MemoryPlan, budget: int | None, threads: int, baseline_rss: int,
-                 cache_policy: str = DEFAULT_POLICY, vision: bool = True):
+                 cache_policy: str = DEFAULT_POLICY, vision: bool = True, prefetch: str = DEFAULT_PREFETCH,
+                 expert_loader: str = "thread"):
         self.file, self.plan, self.budget, self.threads = file, plan, budget, threads
         self.baseline_rss = baseline_rss
         cfg = self.config = file.config
@@ -90,9 +91,12 @@ class Engine:
             pre, aspect_ratio=pre.pop("image_aspect_ratio", cfg.projector.image_aspect_ratio))
         self.template = ChatTemplate.from_dict(meta.get("chat_template", {"name": "v1"}))
         self.weights = ResidentWeights(file, threads)
-        self.experts = (ExpertCache(file, plan.expert_slabs, threads, policy=cache_policy, layout=plan.expert_layout)
-                        if cfg.moe_layers else None)
+        self.experts = (ExpertCache(file, plan.expert_slabs, threads, policy=cache_policy, layout=plan.expert_layout,
+                                    loader=expert_loader) if cfg.moe_layers else None)
         self.decoder = Decoder(cfg, self.weights, self.experts, plan.context)
+        # nothing to prefetch when every expert stays cached (each is read once, on first use)
+        self.prefetch = prefetch if self.experts is not None and plan.expert_slabs < plan.total_experts else "none"
+        self.decoder.enable_lookahead(self.prefetch == "lookahead")
         self.vision_enabled = vision
         self.vision = (VisionEncoder(file.read_vision, threads, cfg.decoder.hidden_size)
                        if file.vision is not None and vision else None)
@@ -108,9 +112,14 @@ class Engine:
     @classmethod
     def load(cls, path: str | Path, memory_budget: str | int | None = None, threads: int | None = None,
              max_context: int | None = None, cache_policy: str = DEFAULT_POLICY,
-             expert_layout: str = "auto", vision: bool = True) -> "Engine":
+             expert_layout: str = "auto", vision: bool = True, prefetch: str = DEFAULT_PREFETCH,
+             expert_loader: str = "thread") -> "Engine":
         """Plan, check the budget, read the resident weights, allocate the expert slabs. vision=False
-        plans no image phase (its memory goes to the expert cache): the Engine then refuses images."""
+        plans no image phase (its memory goes to the expert cache): the Engine then refuses images.
+        prefetch "lookahead": while a MoE layer runs, the next MoE layer's router predicts its experts
+        and the loader reads them ahead (decode steps); "none": experts load when a wave needs them.
+        expert_loader "thread": records are read by a loader thread, overlapped with compute (O_DIRECT
+        where the filesystem allows it); "serial": read on the decoding thread when needed."""
         t0 = time.perf_counter()
         baseline = read_status()["VmRSS"]
         threads = int(threads if threads is not None else _usable_cpus())
@@ -119,6 +128,12 @@ class Engine:
         budget = parse_bytes(memory_budget) if memory_budget is not None else None
         if cache_policy not in RUNTIME_POLICIES:
             raise MoteError(f"unknown cache policy {cache_policy!r} (choose from {', '.join(RUNTIME_POLICIES)})")
+        if prefetch not in PREFETCH_MODES:
+            raise MoteError(f"unknown prefetch {prefetch!r} (choose from {', '.join(PREFETCH_MODES)})")
+        if expert_loader not in EXPERT_LOADERS:
+            raise MoteError(f"unknown expert loader {expert_loader!r} (choose from {', '.join(EXPERT_LOADERS)})")
+        if prefetch != "none" and expert_loader != "thread":
+            raise MoteError("prefetch needs the thread expert loader")
         if expert_layout not in EXPERT_LAYOUTS:
             raise MoteError(f"unknown expert layout {expert_layout!r} (choose from {', '.join(EXPERT_LAYOUTS)})")
         f = MoteFile(path)
@@ -130,7 +145,7 @@ class Engine:
                                    f"(the model's max_position_embeddings)")
             plan = fit_file_budget(f, context, budget, expert_layout, vision)
             try:
-                engine = cls(f, plan, budget, threads, baseline, cache_policy, vision)
+                engine = cls(f, plan, budget, threads, baseline, cache_policy, vision, prefetch, expert_loader)
             except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
                 # the tokenizer and chat template blocks are read here, not validated on open
                 raise FormatError(f"{f.name}: tokenizer or chat template metadata is unusable "

@@ -1,11 +1,13 @@
-"""The routed-expert cache: fixed slabs, one pread per miss, a pluggable eviction policy
+"""The routed-expert cache: fixed slabs, one read per miss, a pluggable eviction policy
 (runtime/cache_policy.py; default "layer", LRU available), honest counters.
 
-A miss reads the expert's whole record into a free (or the least recently used) slab with one
-preadv (or, for the 2-bit slab layout, into a staging buffer and converts it into the slab:
-runtime/expert_layout.py), verifies its CRC, then drops the record's pages from the page cache (posix_fadvise
-DONTNEED) so the kernel does not keep a second copy outside the budget. Slabs are allocated once
-at load; nothing else is allocated per expert (the tensors are views into the slab).
+A miss reads the expert's whole record into a free (or evicted) slab (runtime/expert_io.py: O_DIRECT
+where the filesystem allows it, else preadv + posix_fadvise DONTNEED, so the kernel never keeps a
+second copy outside the budget; for the 2-bit slab layout the record lands in a staging buffer and is
+converted into the slab: runtime/expert_layout.py) and verifies its CRC. With the thread loader
+(runtime/expert_loader.py) that work runs off the decoding thread, overlapped with compute. Slabs and
+the staging buffer are allocated once at load (they are the plan's expert cache); nothing else is
+allocated per expert (the tensors are views into the slab).
 """
 
 from __future__ import annotations
@@ -16,15 +18,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mote_edge.format.constants import SECTION_ALIGN
-from mote_edge.format.layout import align
 from mote_edge.format.reader import MoteFile, parse_parts
 
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES, Key, pick_victim
 from .expert_layout import SLAB_LAYOUTS, place_slab2, slab_bytes, staging_bytes
+from .expert_io import ExpertReader
+from .expert_loader import ExpertLoader, LoadJob
 from .hugepages import huge_buffer
-from .memory import drop_page_cache, release_pages
+from .memory import release_pages
 from .weights import Linear
+
+EXPERT_LOADERS = ("thread", "serial")
+PREFETCH_MODES = ("none", "lookahead")  # lookahead: runtime/decoder.py Lookahead
+DEFAULT_PREFETCH = "none"
 
 
 @dataclass
@@ -32,8 +38,13 @@ class CacheStats:
     hits: int = 0
     misses: int = 0
     bytes_read: int = 0
-    stall_ms: float = 0.0
+    stall_ms: float = 0.0  # the decoding thread waiting for records
     evictions: int = 0
+    prefetches: int = 0  # loads queued by router lookahead
+    prefetch_used: int = 0  # of them, used by the wave they were predicted for
+    prefetch_late: int = 0  # of the used ones, still loading when needed (the wait counts as a miss)
+    prefetch_wasted_bytes: int = 0  # bytes of prefetched records evicted before any use
+    prefetch_cancelled: int = 0  # mispredicted prefetches dropped before their read started
 
     @property
     def uses(self) -> int:
@@ -56,12 +67,20 @@ class Expert:
 
 
 class ExpertCache:
+    """`loader` "thread": a background thread reads records (runtime/expert_loader.py), with O_DIRECT
+    where the filesystem allows it (runtime/expert_io.py); a wave queues all its misses at once and
+    each get() waits only for its own record. "serial": each miss is read on the decoding thread
+    when get() needs it (buffered read + DONTNEED). `prefetch(layer, experts)` queues loads for the
+    next MoE layer (router lookahead) into slabs whose experts are needed later than it."""
+
     def __init__(self, f: MoteFile, slabs: int, threads: int, drop_pages: bool = True, policy: str = DEFAULT_POLICY,
-                 layout: str = "file"):
+                 layout: str = "file", loader: str = "thread"):
         if policy not in RUNTIME_POLICIES:
             raise ValueError(f"unknown cache policy {policy!r} (choose from {', '.join(RUNTIME_POLICIES)})")
         if layout not in SLAB_LAYOUTS:
             raise ValueError(f"unknown expert slab layout {layout!r} (choose from {', '.join(SLAB_LAYOUTS)})")
+        if loader not in EXPERT_LOADERS:
+            raise ValueError(f"unknown expert loader {loader!r} (choose from {', '.join(EXPERT_LOADERS)})")
         self.file = f
         self.policy = policy
         self.layout = layout
@@ -71,32 +90,71 @@ class ExpertCache:
         if drop_pages and hasattr(os, "posix_fadvise"):
             # expert reads are random: no readahead, whose pages the per-record DONTNEED would miss
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
+        self.reader = ExpertReader(f, direct=drop_pages and loader == "thread")
         self.slab_bytes = slab_bytes(f.experts.values(), layout)
         # one mapping for every slab, on huge pages where the OS grants them (runtime/hugepages.py):
         # expert weights are streamed from DRAM on every use
         self.region = huge_buffer(self.slab_bytes * slabs)
-        self.staging = np.zeros(staging_bytes(f.experts.values(), layout), np.uint8)  # slab2: records land here
+        # slab2: records land here (page-aligned, for O_DIRECT); the loader reads one record at a time
+        self.staging = huge_buffer(staging_bytes(f.experts.values(), layout))
         self.slabs = [self.region[i * self.slab_bytes:(i + 1) * self.slab_bytes] for i in range(slabs)]
         self.free = list(range(slabs))
-        self.resident: dict[Key, tuple[int, Expert]] = {}  # key -> (slab index, expert)
+        self.resident: dict[Key, tuple[int, Expert]] = {}  # key -> (slab index, expert), ready to use
+        self.loading: dict[Key, LoadJob] = {}  # key -> its load, queued or running (thread loader)
         self.last: dict[Key, int] = {}  # key -> clock of its last use
         self.count: dict[Key, int] = {}  # key -> uses since it was loaded
         self.clock = 0
         self.layer = next(iter(self.cycle), 0)  # the MoE layer of the running wave
-        self.wave: set[Key] = set()
+        self.wave: set[Key] = set()  # the running wave's experts
+        self.pending: list[Key] = []  # the wave's experts not used yet, in the order it uses them
+        self.wanted: list[Key] = []  # prefetches not issued yet (no slab could be taken for them)
+        self.prefetched: set[Key] = set()  # loaded (or loading) by a prefetch and not used yet
+        self.fresh: set[Key] = set()  # read ahead for the running wave and not used yet: a miss, not a hit
         self.stats = CacheStats()
         self.trace: list[dict] | None = None  # set to a list to record every MoE wave (for `simulate`)
+        self.loader = ExpertLoader(self._load) if loader == "thread" else None
 
     @property
     def nbytes(self) -> int:
         return self.slab_bytes * len(self.slabs) + self.staging.nbytes
 
+    @property
+    def io_path(self) -> str:
+        return self.reader.io_path
+
     def is_cached(self, layer: int, expert: int) -> bool:
         return (layer, expert) in self.resident
 
     def begin_wave(self, layer: int, experts) -> None:
-        """A MoE layer is about to use `experts`: loads during the wave spare them if they can."""
+        """A MoE layer is about to use `experts` (in this order): loads during the wave spare them, and
+        the thread loader starts reading every one of them that is not cached."""
+        self._collect()
         self.layer, self.wave = layer, {(layer, e) for e in experts}
+        self.pending = [(layer, e) for e in experts]
+        self.wanted = []
+        for key, job in list(self.loading.items()):  # mispredicted prefetches not started: their slabs are free
+            if job.prefetch and key not in self.wave and self.loader.cancel(job):
+                del self.loading[key]
+                self.prefetched.discard(key)
+                self.free.append(job.slab)
+                self.stats.prefetch_cancelled += 1
+        self._pump()
+
+    def end_wave(self) -> None:
+        """The wave's experts are done: their slabs can take prefetches for the next layers."""
+        self.pending = []
+        self._collect()
+        self._pump()
+
+    def prefetch(self, layer: int, experts) -> None:
+        """Queue loads of `experts` of MoE layer `layer` (predicted, most likely first), behind every
+        demand load. A prefetch takes a free slab, or the slab of an expert whose next use (in the
+        layer-aware order) comes after `layer`'s, never one of the running wave's still to be used."""
+        if self.loader is None:
+            return
+        self.wanted = [(layer, e) for e in experts
+                       if (layer, e) not in self.resident and (layer, e) not in self.loading]
+        self._pump()
 
     def _touch(self, key: Key) -> None:
         self.clock += 1
@@ -105,58 +163,171 @@ class ExpertCache:
 
     def get(self, layer: int, expert: int) -> Expert:
         key = (layer, expert)
-        if key in self.resident:
+        if key in self.pending:
+            self.pending.remove(key)
+        self._collect()
+        self._pump()  # the experts used before this one are done: their slabs can take prefetches
+        if key in self.resident and key not in self.fresh:
             self.stats.hits += 1
+            if key in self.prefetched:
+                self.prefetched.discard(key)
+                self.stats.prefetch_used += 1
             self._touch(key)
             return self.resident[key][1]
         t0 = time.perf_counter()
-        if self.free:
-            slab = self.free.pop()
-        else:
-            victim = pick_victim(self.resident.keys(), self.policy, layer, self.cycle, self.last, self.count,
+        if key not in self.loading and key not in self.resident:
+            self._demand(key)
+        if key in self.loading:
+            job = self.loading[key]
+            if job.prefetch:
+                self.loader.promote(job)
+                self.prefetched.discard(key)
+                self.stats.prefetch_used += 1
+                self.stats.prefetch_late += 1
+            self._wait(job)
+        self.fresh.discard(key)
+        self._touch(key)
+        self.stats.misses += 1
+        self.stats.stall_ms += 1e3 * (time.perf_counter() - t0)
+        return self.resident[key][1]
+
+    def _demand(self, key: Key) -> None:
+        """Load `key` now that it is needed and no slab was taken for it ahead of time."""
+        slab = self._free_slab()
+        if slab is None:
+            for job in list(self.loading.values()):  # in-flight loads hold slabs: let them land first
+                self._wait(job)
+            victim = pick_victim(self.resident.keys(), self.policy, key[0], self.cycle, self.last, self.count,
                                  self.wave)
-            slab, _ = self.resident.pop(victim)
-            del self.last[victim], self.count[victim]
-            self.stats.evictions += 1
+            slab = self._evict(victim)
+        self._start(key, slab, prefetch=False)
+
+    def _free_slab(self) -> int | None:
+        return self.free.pop() if self.free else None
+
+    def _evict(self, victim: Key) -> int:
+        slab, _ = self.resident.pop(victim)
+        del self.last[victim], self.count[victim]
+        if victim in self.prefetched:
+            self.prefetched.discard(victim)
+            self.stats.prefetch_wasted_bytes += self.file.expert_entry(*victim).nbytes
+        self.stats.evictions += 1
+        return slab
+
+    def _pump(self) -> None:
+        """Take slabs for the wave's misses (the thread loader reads them ahead of their use), then for
+        the wanted prefetches."""
+        if self.loader is None:
+            return
+        for key in self.pending:
+            if key in self.resident or key in self.loading:
+                continue
+            slab = self._free_slab()
+            if slab is None:
+                idle = [k for k in self.resident if k not in self.wave]
+                if not idle:
+                    return  # no slab without an expert this wave needs: get() decides when it is needed
+                slab = self._evict(pick_victim(idle, self.policy, key[0], self.cycle, self.last, self.count))
+            self._start(key, slab, prefetch=False)
+        here, n = self.cycle[self.layer], len(self.cycle)
+
+        def distance(k: Key) -> int:  # MoE layers until k's layer runs again
+            return (self.cycle[k[0]] - here - 1) % n
+
+        while self.wanted:
+            key = self.wanted[0]
+            if key in self.resident or key in self.loading:
+                self.wanted.pop(0)
+                continue
+            slab = self._free_slab()
+            if slab is None:
+                pending = set(self.pending)
+                later = [k for k in self.resident if k not in pending and distance(k) > distance(key)]
+                if not later:
+                    return
+                slab = self._evict(pick_victim(later, self.policy, self.layer, self.cycle, self.last, self.count))
+            self.wanted.pop(0)
+            self.prefetched.add(key)
+            self.stats.prefetches += 1
+            self._start(key, slab, prefetch=True)
+
+    def _start(self, key: Key, slab: int, prefetch: bool) -> None:
+        if self.loader is None:
+            self.resident[key] = (slab, self._place(key, slab)[0])
+            self.count[key] = 0
+            return
+        if not prefetch:
+            self.fresh.add(key)
+        job = LoadJob(key, slab, prefetch)
+        self.loading[key] = job
+        self.loader.submit(job)
+
+    def _wait(self, job: LoadJob) -> None:
+        job.done.wait()
+        self._land(job)
+
+    def _collect(self) -> None:
+        """Move finished loads into the resident set (the decoding thread owns every dict here)."""
+        for job in [j for j in self.loading.values() if j.done.is_set()]:
+            self._land(job)
+
+    def _land(self, job: LoadJob) -> None:
+        if self.loading.pop(job.key, None) is None:
+            return
+        if job.error is not None:
+            self.free.append(job.slab)
+            self.prefetched.discard(job.key)
+            raise job.error
+        self.resident[job.key] = (job.slab, job.result)
+        self.count[job.key] = 0
+        self.last.setdefault(job.key, self.clock)
+
+    def _load(self, job: LoadJob) -> tuple[Expert, int]:
+        """On the loader thread: read, check and place one record (its CRC and re-layout off the decoding thread)."""
+        return self._place(job.key, job.slab)
+
+    def _place(self, key: Key, slab: int) -> tuple[Expert, int]:
         buf = self.slabs[slab]
-        entry = self.file.read_expert_into(layer, expert, buf if self.layout == "file" else self.staging)
-        if self.drop_page_cache:
-            # records start page-aligned; round the length up so the last partial page goes too
-            drop_page_cache(self.file.fileno(), self.file.header.data_offset + entry.offset,
-                            align(entry.nbytes, SECTION_ALIGN))
+        entry = self.reader.read_into(*key, buf if self.layout == "file" else self.staging)
         if self.layout == "file":
             placed = {t.name: (parse_parts(t, buf, t.offset), "file") for t in entry.tensors}
         else:
             placed = place_slab2(entry, self.staging, buf)
         projs = {t.name: Linear(placed[t.name][0], t.scheme, t.shape, self.threads, ternary_layout=placed[t.name][1])
                  for t in entry.tensors}
-        value = (slab, Expert(projs))
-        self.resident[key] = value
-        self._touch(key)
-        self.stats.misses += 1
         self.stats.bytes_read += entry.nbytes
-        self.stats.stall_ms += 1e3 * (time.perf_counter() - t0)
-        return value[1]
+        return Expert(projs), entry.nbytes
+
+    def drain(self) -> None:
+        """Wait for every queued load and forget the wanted prefetches."""
+        self.wanted = []
+        for job in list(self.loading.values()):
+            self._wait(job)
 
     def lend(self, keep: int) -> int:
         """Make room for a phase that needs memory (the vision encoder): evict experts until at most
         `keep` slabs hold one (by the eviction policy), and hand every free slab's pages back to the
         OS. Later misses refill them. Returns the bytes released."""
+        self.drain()
         while len(self.resident) > max(0, keep):
             victim = pick_victim(self.resident.keys(), self.policy, self.layer, self.cycle, self.last, self.count,
                                  set())
-            slab, _ = self.resident.pop(victim)
-            del self.last[victim], self.count[victim]
-            self.free.append(slab)
-            self.stats.evictions += 1
+            self.free.append(self._evict(victim))
         released = sum(release_pages(self.slabs[i]) for i in self.free)
         return released + release_pages(self.staging)
 
     def release(self) -> None:
+        if self.loader is not None:
+            self.loader.close()
+            self.loader = None
+        self.loading.clear()
+        self.fresh.clear()
+        self.prefetched.clear()
+        self.reader.close()
         self.resident.clear()
         self.last.clear()
         self.count.clear()
         self.slabs.clear()
         self.free.clear()
-        self.staging = np.zeros(0, np.uint8)
+        self.staging = huge_buffer(0)
         self.region = huge_buffer(0)  # the mapping goes with its last view
