@@ -1,4 +1,5 @@
-"""Training recipes: the phases `train.py` runs, as data (docs/ACCURACY.md explains each choice).
+"""Training recipes (TrainingRecipe; not the quantization Recipe of mote_edge.quant.recipe): the phases
+`train.py` runs, as data (docs/ACCURACY.md explains each choice).
 
 A phase is one cosine schedule (linear warm-up, decay to 5% of the peak lr) over one row mix. Dense
 phases run one after the other on one model; the MoE phases run on each up-cycled model (MoTE, fp MoE).
@@ -45,7 +46,7 @@ class Phase:
 
 
 @dataclass(frozen=True)
-class Recipe:
+class TrainingRecipe:
     dense: tuple[Phase, ...]
     moe: tuple[Phase, ...]  # applied to each up-cycled model
     aux_coef: float = 0.01  # MoE load-balancing loss (MoE-LLaVA's coefficient)
@@ -57,9 +58,9 @@ _UPCYCLE = (
     Phase("b", 900, 5e-4, trainable="not_shared", seed=2),  # everything but the shared experts
 )
 
-RECIPES: dict[str, Recipe] = {
+RECIPES: dict[str, TrainingRecipe] = {
     # the phases the shipped examples were trained with (58.5 min on a 2-core Zen 4; dense 95.1%)
-    "s6": Recipe(
+    "s6": TrainingRecipe(
         dense=(
             Phase("a", 3000, 2e-3, rows="ordered", aux_fraction=0.5, warmup=200),
             Phase("b", 1000, 1e-3, aux_fraction=0.5, qtype_weights=(1, 1, 1, 3), seed=3),
@@ -70,7 +71,7 @@ RECIPES: dict[str, Recipe] = {
         moe=_UPCYCLE),
     # the default (~30 min): phase (a) with 7/8 captions of *other* images (128 distinct images per step: shape
     # is learned from caption views), then the lookup rows in two phases; 100k images, shorter up-cycling
-    "s7": Recipe(
+    "s7": TrainingRecipe(
         dense=(
             Phase("a", 1700, 2e-3, rows="ordered", aux_fraction=0.875, aux_images="other", warmup=200),
             Phase("b", 700, 1e-3, aux_fraction=0.5, qtype_weights=(1, 1, 1, 3), seed=3),
@@ -79,7 +80,7 @@ RECIPES: dict[str, Recipe] = {
         moe=(Phase("a", 100, 1e-3, trainable="moe", seed=1), Phase("b", 350, 5e-4, trainable="not_shared", seed=2)),
         train_examples=100_000),
     # a few steps of every phase kind, for the end-to-end test (tests/test_training.py)
-    "smoke": Recipe(
+    "smoke": TrainingRecipe(
         dense=(Phase("a", 3, 2e-3, rows="ordered", aux_fraction=0.5, aux_images="other", warmup=1),
                Phase("b", 2, 1e-3, aux_fraction=0.5, qtype_weights=(1, 1, 1, 3), warmup=1)),
         moe=(Phase("a", 2, 1e-3, trainable="moe", warmup=1), Phase("b", 2, 5e-4, trainable="not_shared", warmup=1))),
