@@ -40,9 +40,13 @@ VISION_ACTIVATION_FACTOR = 12  # live [P, D] float32 buffers at a ViT block's pe
 # the wrapper's reference, ORT's weights; measured 403 MB for a 134 MB model) plus the session.
 VISION_MODEL_COPIES = 3
 VISION_SESSION_BYTES = 8 * 10**6  # measured ~4 MB of anonymous memory per session
-# Shared-library code paged in on first use (onnxruntime kernels ~15 MB, numpy, tokenizers) and
-# kernel thread stacks: not model data, but RSS over the baseline, so the budget covers it.
-RUNTIME_CODE_BYTES = 24 * 10**6
+# Shared-library code paged in on first use and thread stacks: not model data, but RSS over the baseline, so
+# the budget covers it. A text-only run pages in numpy's BLAS, tokenizers and the kernel and loader threads
+# (measured ~5 MB over the model's own memory: tiny model, 2 threads); the first image adds onnxruntime's
+# kernels, whose code pages then stay resident for the rest of the process (hence every phase of a plan
+# with vision carries them).
+RUNTIME_CODE_BYTES = 10 * 10**6
+VISION_CODE_BYTES = 14 * 10**6
 
 
 @dataclass
@@ -134,9 +138,10 @@ def vision_peak_bytes(cfg: ModelConfig, vision_bytes: int) -> int:
     return VISION_MODEL_COPIES * vision_bytes + VISION_SESSION_BYTES + activations + scores
 
 
-def overhead_bytes(cfg: ModelConfig, metadata_bytes: int) -> int:
+def overhead_bytes(cfg: ModelConfig, metadata_bytes: int, vision: bool = True) -> int:
     """Parsed metadata and the tokenizer (~4x their JSON), the RoPE cos/sin tables, runtime code."""
-    return 4 * metadata_bytes + 2 * 4 * cfg.decoder.head_dim * default_context(cfg) + RUNTIME_CODE_BYTES
+    code = RUNTIME_CODE_BYTES + (VISION_CODE_BYTES if vision else 0)
+    return 4 * metadata_bytes + 2 * 4 * cfg.decoder.head_dim * default_context(cfg) + code
 
 
 @dataclass(frozen=True)
@@ -157,7 +162,8 @@ def plan(cfg: ModelConfig, sizes: dict, context: int, expert_slabs: int | None =
     total_experts = sizes["num_expert_records"]
     slabs = total_experts if expert_slabs is None else min(expert_slabs, total_experts)
     slab = slab or SlabSpec(align(sizes["expert_record_max_bytes"], SECTION_ALIGN))
-    return MemoryPlan(context=context, overhead_bytes=overhead_bytes(cfg, metadata_bytes),
+    vision = vision and bool(sizes["vision_bytes"])
+    return MemoryPlan(context=context, overhead_bytes=overhead_bytes(cfg, metadata_bytes, vision),
                       resident_bytes=sizes["resident_bytes"] if resident_bytes is None else resident_bytes,
                       kv_cache_bytes=kv_cache_bytes(cfg, context), scratch_bytes=scratch_bytes(cfg, context),
                       vision_peak_bytes=vision_peak_bytes(cfg, sizes["vision_bytes"]) if vision else 0,
