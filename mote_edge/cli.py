@@ -120,6 +120,8 @@ def run(
     prefetch: str = typer.Option("none", help="Expert prefetch: lookahead (the next MoE layer's router "
                                                         "applied to the current hidden state picks experts to read "
                                                         "ahead) or none."),
+    kv_bits: int = typer.Option(32, help="KV cache storage: 32 (float32) or 8 (int8 with a scale per head and "
+                                         "position: ~4x less KV memory, like llama.cpp's -ctk q8_0)."),
     report: bool = typer.Option(False, "--report", help="Print the memory and speed report to stderr."),
     report_json: Optional[Path] = typer.Option(None, help="Write the report as JSON to this file."),
     trace_out: Optional[Path] = typer.Option(None, help="Record every MoE wave's experts as JSON lines "
@@ -135,7 +137,7 @@ def run(
     # a text-only run plans no image phase: that memory goes to the expert cache
     with Engine.load(model, memory_budget=memory_budget, threads=threads, max_context=max_context,
                      cache_policy=cache_policy, expert_layout=expert_layout, vision=image is not None,
-                     prefetch=prefetch) as engine:
+                     prefetch=prefetch, kv_bits=kv_bits) as engine:
         plan = engine.plan
         if trace_out is not None and engine.experts is not None:
             engine.experts.trace = []

@@ -15,6 +15,7 @@ import numpy as np
 from mote_edge.config import ModelConfig
 
 from .expert_cache import ExpertCache
+from .kv_cache import KVCache
 from .plan import ATTN_QUERY_CHUNK, PREFILL_CHUNK
 from .weights import Linear, ResidentWeights
 
@@ -68,16 +69,15 @@ class Attention:
         self.bq, self.bk, self.bv = (w.vector(f"{p}.{n}_proj.bias") for n in "qkv")
         self.n_heads, self.n_kv, self.head_dim = dc.num_attention_heads, dc.num_key_value_heads, dc.head_dim
 
-    def __call__(self, h: np.ndarray, start: int, rope: Rope, k_cache: np.ndarray, v_cache: np.ndarray) -> np.ndarray:
+    def __call__(self, h: np.ndarray, start: int, rope: Rope, kv: KVCache, layer: int) -> np.ndarray:
         t, d = h.shape[0], self.head_dim
         q, k, v = self.qkv(h)  # [T, nH*D], [T, nKV*D], [T, nKV*D]
         q = rope.apply((q + self.bq).reshape(t, self.n_heads, d), start)  # [T, nH, D]
         k = rope.apply((k + self.bk).reshape(t, self.n_kv, d), start)  # [T, nKV, D]
         v = (v + self.bv).reshape(t, self.n_kv, d)
         end = start + t
-        k_cache[:, start:end] = k.transpose(1, 0, 2)  # cache [nKV, context, D]
-        v_cache[:, start:end] = v.transpose(1, 0, 2)
-        keys, values = k_cache[:, :end], v_cache[:, :end]  # [nKV, S, D]
+        kv.write(layer, start, k, v)
+        keys, values = kv.read(layer, end)  # [nKV, S, D] float32
         group = self.n_heads // self.n_kv
         qg = q.reshape(t, self.n_kv, group, d).transpose(1, 2, 0, 3)  # [nKV, G, T, D]
         out = np.empty_like(qg)
@@ -160,8 +160,8 @@ class DecoderLayer:
         self.attn = Attention(cfg, w, i)
         self.mlp = MoE(cfg, w, i, cache) if cfg.is_moe_layer(i) else SwiGLU(w, f"{p}.mlp")
 
-    def __call__(self, x, start, rope, k_cache, v_cache):
-        x = x + self.attn(rms_norm(x, self.ln_in, self.eps), start, rope, k_cache, v_cache)
+    def __call__(self, x, start, rope, kv: KVCache, layer: int):
+        x = x + self.attn(rms_norm(x, self.ln_in, self.eps), start, rope, kv, layer)
         if isinstance(self.mlp, MoE):
             return x + self.mlp(rms_norm(x, self.ln_post, self.eps), x)
         return x + self.mlp(rms_norm(x, self.ln_post, self.eps))
@@ -170,7 +170,7 @@ class DecoderLayer:
 class Decoder:
     """Embeddings -> layers -> norm -> lm_head, with a preallocated KV cache for `context` positions."""
 
-    def __init__(self, cfg: ModelConfig, w: ResidentWeights, cache: ExpertCache | None, context: int):
+    def __init__(self, cfg: ModelConfig, w: ResidentWeights, cache: ExpertCache | None, context: int, kv_bits: int = 32):
         dc = cfg.decoder
         self.cfg, self.context = cfg, context
         self.embed = w.embedding("model.embed_tokens.weight")
@@ -179,8 +179,7 @@ class Decoder:
         head = "model.embed_tokens.weight" if dc.tie_word_embeddings else "lm_head.weight"
         self.lm_head: Linear = w.linear(head)
         self.rope = Rope(dc.head_dim, dc.rope_theta, context)
-        # [layers, 2 (k, v), kv_heads, context, head_dim]; zeros() is lazily committed by the OS
-        self.kv = np.zeros((dc.num_hidden_layers, 2, dc.num_key_value_heads, context, dc.head_dim), np.float32)
+        self.kv = KVCache(dc.num_hidden_layers, dc.num_key_value_heads, context, dc.head_dim, kv_bits)
         self.length = 0
 
     def enable_lookahead(self, on: bool) -> None:
@@ -209,7 +208,7 @@ class Decoder:
         for c0 in range(0, t, PREFILL_CHUNK):
             h = x[c0:c0 + PREFILL_CHUNK]
             for i, layer in enumerate(self.layers):
-                h = layer(h, self.length, self.rope, self.kv[i, 0], self.kv[i, 1])
+                h = layer(h, self.length, self.rope, self.kv, i)
             self.length += h.shape[0]
         last = rms_norm(h[-1:], self.norm, self.cfg.decoder.rms_norm_eps)
         return self.lm_head(last)[0]

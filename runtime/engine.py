@@ -35,6 +35,7 @@ from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES
 from .decoder import Decoder
 from .expert_cache import DEFAULT_PREFETCH, EXPERT_LOADERS, PREFETCH_MODES, ExpertCache
 from .expert_layout import EXPERT_LAYOUTS
+from .kv_cache import KV_BITS
 from .memory import PeakTracker, drop_page_cache, read_status, trim_heap
 from .plan import MemoryPlan, default_context, fit_file_budget
 from .prefix_cache import CachedPositions, image_digest, position_keys
@@ -93,7 +94,7 @@ class Engine:
         self.weights = ResidentWeights(file, threads)
         self.experts = (ExpertCache(file, plan.expert_slabs, threads, policy=cache_policy, layout=plan.expert_layout,
                                     loader=expert_loader) if cfg.moe_layers else None)
-        self.decoder = Decoder(cfg, self.weights, self.experts, plan.context)
+        self.decoder = Decoder(cfg, self.weights, self.experts, plan.context, plan.kv_bits)
         # nothing to prefetch when every expert stays cached (each is read once, on first use)
         self.prefetch = prefetch if self.experts is not None and plan.expert_slabs < plan.total_experts else "none"
         self.decoder.enable_lookahead(self.prefetch == "lookahead")
@@ -113,13 +114,14 @@ class Engine:
     def load(cls, path: str | Path, memory_budget: str | int | None = None, threads: int | None = None,
              max_context: int | None = None, cache_policy: str = DEFAULT_POLICY,
              expert_layout: str = "auto", vision: bool = True, prefetch: str = DEFAULT_PREFETCH,
-             expert_loader: str = "thread") -> "Engine":
+             expert_loader: str = "thread", kv_bits: int = 32) -> "Engine":
         """Plan, check the budget, read the resident weights, allocate the expert slabs. vision=False
         plans no image phase (its memory goes to the expert cache): the Engine then refuses images.
         prefetch "lookahead": while a MoE layer runs, the next MoE layer's router predicts its experts
         and the loader reads them ahead (decode steps); "none": experts load when a wave needs them.
         expert_loader "thread": records are read by a loader thread, overlapped with compute (O_DIRECT
-        where the filesystem allows it); "serial": read on the decoding thread when needed."""
+        where the filesystem allows it); "serial": read on the decoding thread when needed.
+        kv_bits 8 keeps the KV cache as int8 with a scale per head and position (~4x smaller than 32)."""
         t0 = time.perf_counter()
         baseline = read_status()["VmRSS"]
         threads = int(threads if threads is not None else _usable_cpus())
@@ -136,6 +138,8 @@ class Engine:
             raise MoteError("prefetch needs the thread expert loader")
         if expert_layout not in EXPERT_LAYOUTS:
             raise MoteError(f"unknown expert layout {expert_layout!r} (choose from {', '.join(EXPERT_LAYOUTS)})")
+        if kv_bits not in KV_BITS:
+            raise MoteError(f"kv bits must be one of {', '.join(map(str, KV_BITS))}, got {kv_bits!r}")
         f = MoteFile(path)
         try:
             cfg = f.config
@@ -143,7 +147,7 @@ class Engine:
             if not 1 <= context <= cfg.decoder.max_position_embeddings:
                 raise ContextError(f"max context {context} is outside 1..{cfg.decoder.max_position_embeddings} "
                                    f"(the model's max_position_embeddings)")
-            plan = fit_file_budget(f, context, budget, expert_layout, vision)
+            plan = fit_file_budget(f, context, budget, expert_layout, vision, kv_bits)
             try:
                 engine = cls(f, plan, budget, threads, baseline, cache_policy, vision, prefetch, expert_loader)
             except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:

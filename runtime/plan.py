@@ -31,6 +31,7 @@ from mote_edge.format.layout import align
 from .budget import BudgetError, format_bytes
 from .expert_layout import slab_bytes, staging_bytes
 from .hugepages import huge_rounded
+from .kv_cache import kv_bytes_per_position
 from .weights import STREAMED_KINDS, runtime_nbytes
 
 ATTN_QUERY_CHUNK = 64
@@ -63,6 +64,7 @@ class MemoryPlan:
     expert_layout: str = "file"  # how experts sit in the slabs (runtime/expert_layout.py)
     expert_staging_bytes: int = 0  # the read buffer of a converting slab layout
     encode_slabs: int | None = None  # slabs kept while an image is encoded (None = all)
+    kv_bits: int = 32  # the KV cache's storage: 32 (float32) or 8 (int8 + a scale per head and position)
 
     def _cache_bytes(self, slabs: int) -> int:
         """The slabs share one huge-page mapping, faulted in whole 2 MiB pages (runtime/hugepages.py),
@@ -116,9 +118,9 @@ class MemoryPlan:
         return self.phases()[self.binding_phase]
 
 
-def kv_cache_bytes(cfg: ModelConfig, context: int) -> int:
+def kv_cache_bytes(cfg: ModelConfig, context: int, kv_bits: int = 32) -> int:
     dc = cfg.decoder
-    return dc.num_hidden_layers * 2 * dc.num_key_value_heads * dc.head_dim * context * 4
+    return dc.num_hidden_layers * context * kv_bytes_per_position(dc.num_key_value_heads, dc.head_dim, kv_bits)
 
 
 def scratch_bytes(cfg: ModelConfig, context: int) -> int:
@@ -154,7 +156,7 @@ class SlabSpec:
 
 def plan(cfg: ModelConfig, sizes: dict, context: int, expert_slabs: int | None = None,
          resident_bytes: int | None = None, metadata_bytes: int = 0, slab: SlabSpec | None = None,
-         vision: bool = True, encode_slabs: int | None = None) -> MemoryPlan:
+         vision: bool = True, encode_slabs: int | None = None, kv_bits: int = 32) -> MemoryPlan:
     """`sizes` is the file's size statistics; expert_slabs None = every expert cached;
     resident_bytes overrides the stored size (the runtime widens fp16 to fp32); `slab` overrides the
     file layout's slabs (one stored record each); vision False = no image phase; encode_slabs = slabs
@@ -165,11 +167,11 @@ def plan(cfg: ModelConfig, sizes: dict, context: int, expert_slabs: int | None =
     vision = vision and bool(sizes["vision_bytes"])
     return MemoryPlan(context=context, overhead_bytes=overhead_bytes(cfg, metadata_bytes, vision),
                       resident_bytes=sizes["resident_bytes"] if resident_bytes is None else resident_bytes,
-                      kv_cache_bytes=kv_cache_bytes(cfg, context), scratch_bytes=scratch_bytes(cfg, context),
+                      kv_cache_bytes=kv_cache_bytes(cfg, context, kv_bits), scratch_bytes=scratch_bytes(cfg, context),
                       vision_peak_bytes=vision_peak_bytes(cfg, sizes["vision_bytes"]) if vision else 0,
                       expert_slab_bytes=slab.slab_bytes, expert_slabs=slabs, total_experts=total_experts,
                       expert_layout=slab.layout, expert_staging_bytes=slab.staging_bytes,
-                      encode_slabs=encode_slabs)
+                      encode_slabs=encode_slabs, kv_bits=kv_bits)
 
 
 def minimum_slabs(cfg: ModelConfig) -> int:
@@ -187,32 +189,33 @@ def file_slab_spec(f, layout: str = "file") -> SlabSpec:
 
 
 def plan_file(f, context: int, expert_slabs: int | None = None, layout: str = "file", vision: bool = True,
-              encode_slabs: int | None = None) -> MemoryPlan:
+              encode_slabs: int | None = None, kv_bits: int = 32) -> MemoryPlan:
     """The plan of an opened MoteFile (resident bytes as loaded: fp16 is widened to fp32)."""
     return plan(f.config, f.metadata["sizes"], context, expert_slabs, _resident_runtime_bytes(f),
-                f.header.metadata_length, file_slab_spec(f, layout), vision, encode_slabs)
+                f.header.metadata_length, file_slab_spec(f, layout), vision, encode_slabs, kv_bits)
 
 
-def minimum_plan_file(f, context: int, layout: str = "file", vision: bool = True) -> MemoryPlan:
+def minimum_plan_file(f, context: int, layout: str = "file", vision: bool = True, kv_bits: int = 32) -> MemoryPlan:
     """The smallest feasible plan: top_k slabs, all of them lent while an image is encoded."""
-    return plan_file(f, context, minimum_slabs(f.config), layout, vision, encode_slabs=0)
+    return plan_file(f, context, minimum_slabs(f.config), layout, vision, encode_slabs=0, kv_bits=kv_bits)
 
 
-def fit_file_budget(f, context: int, budget: int | None, layout: str = "file", vision: bool = True) -> MemoryPlan:
+def fit_file_budget(f, context: int, budget: int | None, layout: str = "file", vision: bool = True,
+                    kv_bits: int = 32) -> MemoryPlan:
     """fit_budget for an opened MoteFile. layout "auto": the 2-bit slab layout when the budget caches
     every expert in it, else the file layout (runtime/expert_layout.py)."""
     args = (f.config, f.metadata["sizes"], context, budget, _resident_runtime_bytes(f), f.header.metadata_length)
     if layout == "auto":
         if not f.config.moe_layers or not any(t.scheme.kind == "ternary" for e in f.experts.values() for t in e.tensors):
-            return fit_budget(*args, file_slab_spec(f, "file"), vision)
+            return fit_budget(*args, file_slab_spec(f, "file"), vision, kv_bits)
         try:
-            p = fit_budget(*args, file_slab_spec(f, "slab2"), vision)
+            p = fit_budget(*args, file_slab_spec(f, "slab2"), vision, kv_bits)
             if p.expert_slabs == p.total_experts:
                 return p
         except BudgetError:  # the file layout's smaller slabs may still fit; it reports the numbers if not
             pass
         layout = "file"
-    return fit_budget(*args, file_slab_spec(f, layout), vision)
+    return fit_budget(*args, file_slab_spec(f, layout), vision, kv_bits)
 
 
 def _resident_runtime_bytes(f) -> int:
@@ -234,12 +237,12 @@ def _most_slabs(room: int, slab_bytes: int, limit: int, fits) -> int:
 
 
 def fit_budget(cfg: ModelConfig, sizes: dict, context: int, budget: int | None, resident_bytes: int,
-               metadata_bytes: int, slab: SlabSpec | None = None, vision: bool = True) -> MemoryPlan:
+               metadata_bytes: int, slab: SlabSpec | None = None, vision: bool = True, kv_bits: int = 32) -> MemoryPlan:
     """The plan with as many expert slabs as `budget` allows in the prefill / decode phase (all when
     budget is None) and as many kept while an image is encoded as the image phase allows; raises
     BudgetError naming the numbers when even the minimum does not fit. Allocates nothing."""
     def with_slabs(n, kept=None):
-        return plan(cfg, sizes, context, n, resident_bytes, metadata_bytes, slab, vision, kept)
+        return plan(cfg, sizes, context, n, resident_bytes, metadata_bytes, slab, vision, kept, kv_bits)
 
     full = with_slabs(None)
     if budget is None:

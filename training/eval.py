@@ -40,10 +40,10 @@ def _reference_answerer(ckpt_dir: Path):
     return answer
 
 
-def _runtime_answerer(path: Path, threads: int | None):
+def _runtime_answerer(path: Path, threads: int | None, kv_bits: int = 32):
     from mote_edge.runtime.engine import Engine
 
-    engine = Engine.load(path, threads=threads)
+    engine = Engine.load(path, threads=threads, kv_bits=kv_bits)
 
     def answer(question, image) -> str:
         return "".join(engine.generate(question, image, max_new_tokens=4))
@@ -51,10 +51,11 @@ def _runtime_answerer(path: Path, threads: int | None):
     return answer
 
 
-def evaluate(path: str | Path, n: int = 1000, runtime: bool = False, threads: int | None = None) -> dict:
+def evaluate(path: str | Path, n: int = 1000, runtime: bool = False, threads: int | None = None,
+             kv_bits: int = 32) -> dict:
     """{"all": acc, "<qtype>": acc, ..., "n": n, "per_type_n": {...}}."""
     path = Path(path)
-    answer = _runtime_answerer(path, threads) if runtime else _reference_answerer(path)
+    answer = _runtime_answerer(path, threads, kv_bits) if runtime else _reference_answerer(path)
     right, total = defaultdict(int), defaultdict(int)
     for seed in heldout_seeds(n):
         ex = make_example(seed)
@@ -74,6 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=1000, help="held-out questions (default 1000)")
     ap.add_argument("--runtime", action="store_true", help="run a .mote file through mote_edge's Engine")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--kv-bits", type=int, default=32, help="the runtime's KV cache: 32 or 8")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--position-form", choices=POSITION_FORMS, default="leftright",
                     help="the position questions the model was trained on (training/data.py)")
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads or 1)
     t0 = time.time()
-    res = evaluate(args.model, args.n, args.runtime or args.model.suffix == ".mote", args.threads)
+    res = evaluate(args.model, args.n, args.runtime or args.model.suffix == ".mote", args.threads, args.kv_bits)
     res["sec"] = round(time.time() - t0, 1)
     if args.json:
         print(json.dumps(res))
