@@ -36,8 +36,8 @@ TINY_VISION = VisionConfig(hidden_size=48, intermediate_size=96, num_hidden_laye
                            image_size=32, patch_size=8)
 
 
-def _moe(num_layers: int, experts: int, top_k: int, expert_type: str) -> MoEConfig:
-    layers = default_moe_layers(num_layers, "sparse")
+def _moe(num_layers: int, experts: int, top_k: int, expert_type: str, mode: str = "sparse") -> MoEConfig:
+    layers = default_moe_layers(num_layers, mode)
     return MoEConfig(moe_layers_idx=layers, num_experts=[experts] * len(layers), top_k_experts=top_k,
                      expert_type=expert_type, shared_expert=expert_type == "ternary")
 
@@ -47,10 +47,15 @@ def _copy(dc):
 
 
 PRESETS = {
-    # name: (decoder, vision, experts, top_k, one-line description)
-    "tiny": (TINY_DECODER, TINY_VISION, 4, 2, "a few MB; for tests (4 experts, top-2)"),
-    "qwen2.5-0.5b-e8": (QWEN25_05B, CLIP_VIT_B16_224, 8, 1, "Qwen2.5-0.5B decoder, CLIP ViT-B/16-224, 8 experts top-1"),
-    "qwen2.5-1.5b-e8": (QWEN25_15B, CLIP_VIT_L14_336, 8, 1, "Qwen2.5-1.5B decoder, CLIP ViT-L/14-336, 8 experts top-1"),
+    # name: (decoder, vision, experts, top_k, MoE layers (MoE-LLaVA moe_mode), one-line description)
+    "tiny": (TINY_DECODER, TINY_VISION, 4, 2, "sparse", "a few MB; for tests (4 experts, top-2)"),
+    "qwen2.5-0.5b-e8": (QWEN25_05B, CLIP_VIT_B16_224, 8, 1, "sparse",
+                        "Qwen2.5-0.5B decoder, CLIP ViT-B/16-224, 8 experts top-1"),
+    "qwen2.5-1.5b-e8": (QWEN25_15B, CLIP_VIT_L14_336, 8, 1, "sparse",
+                        "Qwen2.5-1.5B decoder, CLIP ViT-L/14-336, 8 experts top-1"),
+    # the paper's MoTE-3B: a frozen shared expert and 4 ternary routed experts on every layer, top-1
+    "qwen2.5-3b-e4": (QWEN25_3B, CLIP_VIT_L14_336, 4, 1, "dense",
+                      "Qwen2.5-3B decoder, CLIP ViT-L/14-336, 4 experts top-1 on every layer (MoTE-3B)"),
 }
 
 
@@ -61,6 +66,6 @@ def preset_config(name: str, expert_type: str = "ternary") -> ModelConfig:
         raise ConfigError(f"unknown preset {name!r} (choose from {', '.join(PRESETS)})")
     if expert_type not in ("ternary", "fp"):
         raise ConfigError(f"unknown expert type {expert_type!r} (choose ternary or fp)")
-    decoder, vision, experts, top_k, _ = PRESETS[name]
+    decoder, vision, experts, top_k, mode, _ = PRESETS[name]
     return ModelConfig(decoder=_copy(decoder), vision=_copy(vision), projector=ProjectorConfig(),
-                       moe=_moe(decoder.num_hidden_layers, experts, top_k, expert_type)).validate()
+                       moe=_moe(decoder.num_hidden_layers, experts, top_k, expert_type, mode)).validate()

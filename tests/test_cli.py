@@ -19,7 +19,7 @@ def test_unknown_preset_is_a_one_line_error(tmp_path):
     r = run_cli("synth", "--preset", "gpt5", "-o", str(tmp_path / "x"))
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == ["error: unknown preset 'gpt5' (choose from tiny, qwen2.5-0.5b-e8, "
-                                             "qwen2.5-1.5b-e8)"]
+                                             "qwen2.5-1.5b-e8, qwen2.5-3b-e4)"]
 
 
 def test_reference_on_missing_checkpoint_is_a_one_line_error(tmp_path):
