@@ -17,8 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from mote_edge.config import ModelConfig
-from mote_edge.errors import CheckpointError, ConfigError
+from mote_edge.config import ModelConfig, read_json_object
+from mote_edge.errors import CheckpointError
 from mote_edge.image import ImagePreprocessConfig, clip_defaults
 from mote_edge.progress import byte_progress
 from mote_edge.schema import CLIP_VISION_LEVEL, CLIP_VISION_ROOTS, TensorSpec, canonical_name, checkpoint_tensors
@@ -54,7 +54,7 @@ class Checkpoint:
         directory = Path(directory)
         if not directory.is_dir():
             raise CheckpointError(f"checkpoint directory not found: {directory}")
-        data = _read_json(directory / "config.json", "config")
+        data = read_json_object(directory / "config.json", "config")
         files, key_of = _open_weight_files(directory)
         vision_dir = None
         if vision_tower is not None:
@@ -103,7 +103,7 @@ class Checkpoint:
         tok = Tokenizer.from_file(self.dir / "tokenizer.json", eos_token_id=eos[0] if eos else None)
         tokenizer_config = None
         if (self.dir / TOKENIZER_CONFIG).exists():
-            tokenizer_config = _read_json(self.dir / TOKENIZER_CONFIG, "tokenizer config")
+            tokenizer_config = read_json_object(self.dir / TOKENIZER_CONFIG, "tokenizer config")
         tok.bos_id = bos_of_tokenizer(tok, tokenizer_config, warn)
         return tok
 
@@ -120,25 +120,11 @@ class Checkpoint:
             raise CheckpointError(f"{path} is not a valid preprocessor config ({e})") from None
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{what} not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read {path}: {e}") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object")
-    return data
-
-
 def _clip_vision_config(directory: Path) -> dict:
     """The vision config of a CLIPVisionModel directory (flat) or a CLIPModel one (`vision_config`)."""
     if not directory.is_dir():
         raise CheckpointError(f"vision tower directory not found: {directory}")
-    data = _read_json(directory / "config.json", "vision tower config")
+    data = read_json_object(directory / "config.json", "vision tower config")
     vision = data.get("vision_config", data)
     if not isinstance(vision, dict) or vision.get("model_type", "clip_vision_model") != "clip_vision_model":
         raise CheckpointError(f"{directory} is not a CLIP vision model (model_type "

@@ -75,18 +75,14 @@ class ChatTemplate:
 
     def format_prompt(self, question: str, has_image: bool) -> str:
         """One user turn, then the cue for the assistant's answer."""
-        if self.style == "plain":
-            return (IMAGE_PLACEHOLDER if has_image else "") + question
-        image = f"{IMAGE_PLACEHOLDER}\n" if has_image else ""
-        return f"{self.system}{self.sep}{self.user}: {image}{question}{self.sep}{self.assistant}:"
+        return self.format_conversation([Turn("user", question, int(has_image))])
 
     def format_conversation(self, turns: Sequence[Turn]) -> str:
         """A whole conversation, then the cue for the next answer (LLaVA's Conversation.get_prompt with a
         last (assistant, None) message). The turns alternate as the caller gives them and end with a user
         turn; a user turn's images lead its text, one placeholder each. style "two": system + sep, then
         "ROLE: text" + sep after a user turn and sep2 after an assistant turn, and "ASSISTANT:"; style
-        "plain": each turn's text followed by sep / sep2, the last user turn without one. One user turn
-        renders as `format_prompt` does."""
+        "plain": each turn's text followed by sep / sep2, the last user turn without one."""
         if not turns or turns[-1].role != "user":
             raise ConfigError("a conversation to answer must end with a user turn")
         if self.style == "plain":
@@ -157,12 +153,6 @@ def format_prompt(question: str, has_image: bool, system: str = DEFAULT_SYSTEM,
 def encode_text(tokenizer: Tokenizer, text: str, has_image: bool) -> list[int]:
     """LLaVA's tokenizer_image_token: [BOS once if the tokenizer adds one] + chunk ids with
     IMAGE_TOKEN_INDEX between. Exactly one placeholder when has_image, none otherwise."""
-    n = text.count(IMAGE_PLACEHOLDER)
-    if n != (1 if has_image else 0):
-        if not has_image:
-            raise TokenizerError(f"the prompt contains {IMAGE_PLACEHOLDER!r} but no image was given")
-        raise TokenizerError(f"the prompt contains {n} {IMAGE_PLACEHOLDER!r} placeholders; exactly one image "
-                             f"placeholder is needed for the one image given")
     return encode_with_images(tokenizer, text, 1 if has_image else 0)
 
 
@@ -170,7 +160,8 @@ def encode_with_images(tokenizer: Tokenizer, text: str, images: int) -> list[int
     """tokenizer_image_token for any number of images: one IMAGE_TOKEN_INDEX per placeholder, in order."""
     n = text.count(IMAGE_PLACEHOLDER)
     if n != images:
-        raise TokenizerError(f"the prompt contains {n} {IMAGE_PLACEHOLDER!r} placeholders for {images} images")
+        raise TokenizerError(f"the prompt contains {n} {IMAGE_PLACEHOLDER!r} placeholders for {images} "
+                             f"image{'' if images == 1 else 's'}")
     ids: list[int] = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     for i, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
         if i:

@@ -319,16 +319,20 @@ class ModelConfig:
     @classmethod
     def load(cls, path: str | Path) -> "ModelConfig":
         path = Path(path)
-        if path.is_dir():
-            path = path / "config.json"
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise ConfigError(f"config not found: {path}") from None
-        except OSError as e:
-            raise ConfigError(f"cannot read {path}: {e.strerror}") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_json_object(path / "config.json" if path.is_dir() else path, "config"))
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON file holding an object (config.json, tokenizer_config.json, ...); ConfigError naming `what`
+    and the file otherwise."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return data

@@ -82,10 +82,9 @@ class Engine:
         self.tokenizer = Tokenizer.from_str(tok_meta["json"], bos_token_id=tok_meta["bos_token_id"],
                                             eos_token_id=tok_meta["eos_token_id"])
         eos = self.tokenizer.eos_id
-        stop_ids = tok_meta.get("stop_token_ids", [] if eos is None else [eos])
-        if not isinstance(stop_ids, list) or not all(type(i) is int and 0 <= i < self.tokenizer.vocab_size
-                                                     for i in stop_ids):
-            raise ValueError(f"stop_token_ids must be a list of token ids, got {stop_ids!r:.60}")
+        stop_ids = tok_meta.get("stop_token_ids", [] if eos is None else [eos])  # ints: checked on open
+        if any(i >= self.tokenizer.vocab_size for i in stop_ids):
+            raise ValueError(f"stop_token_ids {stop_ids!r:.60} reach past the tokenizer's {self.tokenizer.vocab_size} ids")
         self.stop_ids = frozenset(stop_ids)
         pre = dict(meta["image_preprocess"])
         self.image_config = ImagePreprocessConfig.from_preprocessor_config(
@@ -176,10 +175,7 @@ class Engine:
         ids = np.array(self.encode(prompt, image is not None, system, raw))
         if image is None:
             return self.decoder.embed(ids)
-        if self.vision is None:
-            if self.file.vision is not None and not self.vision_enabled:
-                raise MoteError("this Engine was loaded with vision=False (no memory planned for images)")
-            raise MoteError("this model has no vision section; drop --image")
+        self._check_vision("drop --image")
         features = self._encode_image(image, self._patches_per_image())
         at = int(np.nonzero(ids == IMAGE_TOKEN_INDEX)[0][0])
         return np.concatenate([self.decoder.embed(ids[:at]), features, self.decoder.embed(ids[at + 1:])])
@@ -210,10 +206,8 @@ class Engine:
         self._new_run()
         t0 = time.perf_counter()
         ids = self._conversation_ids(conversation)
-        if conversation.images and self.vision is None:
-            if self.file.vision is not None and not self.vision_enabled:
-                raise MoteError("this Engine was loaded with vision=False (no memory planned for images)")
-            raise MoteError("this model has no vision section; send no images")
+        if conversation.images:
+            self._check_vision("send no images")
         # one decoded image at a time: hashed now, decoded again only if its positions are prefilled
         digests = [image_digest(load_image(source)) for source in conversation.images]
         patches = self._patches_per_image()
@@ -246,23 +240,8 @@ class Engine:
         before the template's stop strings or any of `stop`; `cancel()` is asked before every decode
         step and ends the answer when true. Afterwards `finish_reason` is "stop", "length" or "cancelled"."""
         extra = [stop] if isinstance(stop, str) else list(stop or [])
-        stops = StopStrings((*self.template.stop, *extra))
-        decoder = self.tokenizer.incremental_decoder()
-        started = False
-        for token in self.chat_ids(messages, max_new_tokens, temperature, top_k, top_p, seed, cancel):
-            piece = stops.feed(decoder.feed(token))
-            if not started:
-                piece = piece.lstrip()
-                started = bool(piece)
-            if piece:
-                yield piece
-            if stops.stopped:
-                self.finish_reason = "stop"
-                return
-        tail = stops.feed(decoder.flush()) + stops.flush()
-        tail = tail if started else tail.lstrip()
-        if tail:
-            yield tail
+        tokens = self.chat_ids(messages, max_new_tokens, temperature, top_k, top_p, seed, cancel)
+        yield from self._text(tokens, StopStrings((*self.template.stop, *extra)), strip_leading=True)
 
     # ------------------------------------------------------------------ generation internals
     def _sampler(self, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
@@ -279,6 +258,14 @@ class Engine:
         if positions + max_new_tokens > self.plan.context:
             raise ContextError(f"prompt of {positions} positions + {max_new_tokens} new tokens exceeds the context "
                                f"of {self.plan.context} (shorten the prompt, lower --max-new-tokens or raise --max-context)")
+
+    def _check_vision(self, advice: str) -> None:
+        """A one-line error when this Engine cannot encode images."""
+        if self.vision is not None:
+            return
+        if self.file.vision is not None and not self.vision_enabled:
+            raise MoteError("this Engine was loaded with vision=False (no memory planned for images)")
+        raise MoteError(f"this model has no vision section; {advice}")
 
     def _conversation_ids(self, conversation: Conversation) -> list[int]:
         """Prompt ids of the conversation in the model's chat template; IMAGE_TOKEN_INDEX per image."""
@@ -375,15 +362,26 @@ class Engine:
         """The answer as text pieces, streamed as tokens come (same arguments as generate_ids). The
         answer ends before the chat template's first stop string (e.g. "</s>" typed out as text);
         with ignore_eos it runs on to max_new_tokens."""
-        decoder = self.tokenizer.incremental_decoder()
         stops = StopStrings(() if kwargs.get("ignore_eos") or kwargs.get("raw") else self.template.stop)
-        for token in self.generate_ids(prompt, image, **kwargs):
+        yield from self._text(self.generate_ids(prompt, image, **kwargs), stops, strip_leading=False)
+
+    def _text(self, tokens: Iterator[int], stops: StopStrings, strip_leading: bool) -> Iterator[str]:
+        """Streamed token ids -> text pieces (UTF-8 safe), ending before the first stop string (then
+        finish_reason is "stop"); `strip_leading` drops the answer's leading whitespace."""
+        decoder = self.tokenizer.incremental_decoder()
+        started = not strip_leading
+        for token in tokens:
             piece = stops.feed(decoder.feed(token))
+            if not started:
+                piece = piece.lstrip()
+                started = bool(piece)
             if piece:
                 yield piece
             if stops.stopped:
+                self.finish_reason = "stop"
                 return
         tail = stops.feed(decoder.flush()) + stops.flush()
+        tail = tail if started else tail.lstrip()
         if tail:
             yield tail
 

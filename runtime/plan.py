@@ -8,7 +8,8 @@ A request goes through phases that never overlap, and the plan is the largest of
     prefill / decode  resident weights + KV cache + runtime/metadata + scratch + every expert slab
 
     resident weights  every non-expert tensor, as loaded
-    KV cache          layers x 2 x kv_heads x head_dim x context x 4 bytes (fp32)
+    KV cache          layers x 2 x kv_heads x context x (head_dim x 4 bytes (fp32), or head_dim + a
+                      4-byte scale (int8, kv_bits 8))
     scratch           activations of one prefill chunk (PREFILL_CHUNK positions; attention in query
                       chunks over the whole context) + logits
     vision peak       the ONNX vision session while an image is encoded (weights + activations)
@@ -92,13 +93,11 @@ class MemoryPlan:
         if self.vision_peak_bytes:
             kept = self.kept_while_encoding
             out["image encode"] = {**common, "vision peak": self.vision_peak_bytes,
-                                   f"expert cache ({kept} slab{'' if kept == 1 else 's'} kept)": self._cache_bytes(kept)}
-        out["prefill / decode"] = {**common, "scratch": self.scratch_bytes, self._cache_label(): self.expert_cache_bytes}
+                                   f"expert cache ({_slabs(kept)} kept)": self._cache_bytes(kept)}
+        layout = ", 2-bit layout" if self.expert_layout == "slab2" else ""
+        out["prefill / decode"] = {**common, "scratch": self.scratch_bytes,
+                                   f"expert cache ({_slabs(self.expert_slabs)}{layout})": self.expert_cache_bytes}
         return out
-
-    def _cache_label(self) -> str:
-        n = self.expert_slabs
-        return f"expert cache ({n} slab{'' if n == 1 else 's'}{', 2-bit layout' if self.expert_layout == 'slab2' else ''})"
 
     def phase_bytes(self) -> dict[str, int]:
         return {name: sum(parts.values()) for name, parts in self.phases().items()}
@@ -116,6 +115,10 @@ class MemoryPlan:
     def breakdown(self) -> dict[str, int]:
         """The parts of the binding phase."""
         return self.phases()[self.binding_phase]
+
+
+def _slabs(n: int) -> str:
+    return f"{n} slab{'' if n == 1 else 's'}"
 
 
 def kv_cache_bytes(cfg: ModelConfig, context: int, kv_bits: int = 32) -> int:
