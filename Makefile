@@ -107,8 +107,8 @@ bench-accuracy: bench-deps
 	$(BIN)/python benchmarks/accuracy_memory.py --run
 
 # mote-edge next to llama.cpp on the synth 0.5B's dims: GGUFs written in out/peer/ (dense Q4_0 and qwen2moe with
-# ternary experts, ~1.9 GB, ~3 min the first time), decode and prefill tok/s, MB / token, effective GB/s and
-# % of the same run's DRAM bandwidth at 1 and 2 threads (~5 min; writes out/peer/peer-llamacpp.json)
+# ternary experts, 2.0 GB, ~5 min the first time), decode and prefill tok/s, MB / token, effective GB/s and
+# % of the same run's DRAM bandwidth at 1 and 2 threads (~8 min; writes out/peer/peer-llamacpp.json)
 bench-peer: bench-deps $(MODELS)/q05-b4.mote
 	$(BIN)/python benchmarks/peer_llamacpp.py $(MODELS)/q05-b4.mote
 

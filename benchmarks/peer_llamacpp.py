@@ -1,7 +1,7 @@
 """mote-edge next to llama.cpp: decode and prefill speed per byte of weights, with the DRAM read bandwidth
 measured in the same run.
 
-    python benchmarks/peer_llamacpp.py models/q05-b4.mote [--tokens 64] [--prompt 236] [--rounds 2]
+    python benchmarks/peer_llamacpp.py models/q05-b4.mote [--tokens 64] [--prompt 236] [--rounds 3]
 
 (`make bench-peer` installs the [bench] extra on first use: gguf and llama-cpp-python, built from source.)
 Writes two GGUFs with the dims of the synth preset (benchmarks/peer_gguf.py; random weights, fixed seed,
@@ -9,8 +9,9 @@ cached in out/peer/): llama.cpp qwen2 dense Q4_0 + Q8_0 embeddings, and qwen2moe
 E experts top-k + shared expert; routed experts ternary TQ2_0 where rows are multiples of 256, else Q4_0).
 Then, each in its own child process, for 1 and 2 threads: the DRAM read probe (native/membench.c through
 kernel_speed.dram_bandwidth), llama.cpp on each GGUF (llama-cpp-python) and the mote-edge Engine on the
-.mote (text only, every expert cached). Every runtime prefills the same number of prompt positions, then
-decodes --tokens tokens greedily (the first decode step is a warm-up and not timed); each child does one
+.mote (text only, every expert cached); both hold their weights in anonymous memory (llama.cpp with
+use_mmap=False), flash attention off (llama-cpp-python's default), context 1024. Every runtime prefills
+the same number of prompt positions, then decodes --tokens tokens greedily (the first decode step is a warm-up and not timed); each child does one
 warm-up pass and --passes timed passes, and --rounds repeats the whole sequence of children. The table shows
 the best pass over all rounds (other work on a shared machine only ever slows a pass) and the median.
 
@@ -69,8 +70,10 @@ def llama_worker(gguf_path: str, threads: int, prompt: int, tokens: int, passes:
     from peer_gguf import bytes_per_token, read_spec
 
     spec = read_spec(Path(gguf_path))
+    # use_mmap=False: the weights in anonymous memory, as the Engine holds them (a file mapping's pages can be
+    # dropped from the page cache mid-run by other work, and each re-read from disk stalls a token)
     llm = llama_cpp.Llama(model_path=gguf_path, n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=threads,
-                          n_threads_batch=threads, verbose=False)
+                          n_threads_batch=threads, use_mmap=False, verbose=False)
     n_vocab = llm.n_vocab()
     ids = np.random.default_rng(spec.seed).integers(0, n_vocab, prompt).tolist()
 
@@ -229,7 +232,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="decoded tokens per pass (timed)")
     ap.add_argument("--prompt", type=int, default=236, help="prompt positions to prefill")
     ap.add_argument("--passes", type=int, default=3, help="timed passes per child (after one warm-up)")
-    ap.add_argument("--rounds", type=int, default=2, help="times the whole sequence of children runs")
+    ap.add_argument("--rounds", type=int, default=3, help="times the whole sequence of children runs")
     ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
     ap.add_argument("--ternary", default="TQ2_0", choices=["TQ2_0", "TQ1_0"], help="qwen2moe's ternary expert type")
     ap.add_argument("--seed", type=int, default=0, help="seed of the GGUFs' random weights and llama.cpp's prompt")
