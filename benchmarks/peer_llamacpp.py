@@ -288,8 +288,20 @@ def main() -> None:
 
 def _check_args(args) -> None:
     """One-line errors for what would otherwise fail deep inside a child."""
-    if args.mote is None or not args.mote.is_file():
+    if args.mote is None:
+        raise SystemExit("peer_llamacpp: name the .mote to compare (make bench-peer passes models/q05-b4.mote)")
+    if not args.mote.is_file():
         raise SystemExit(f"peer_llamacpp: {args.mote} is not a file (make bench-peer builds models/q05-b4.mote)")
+    from mote_edge.errors import MoteError
+    from mote_edge.presets import preset_config
+
+    from mote_edge.format import MoteFile
+
+    try:
+        preset_config(args.preset)
+        MoteFile(args.mote).close()
+    except MoteError as e:
+        raise SystemExit(f"peer_llamacpp: {e}") from None
     for mod in ("llama_cpp", "gguf"):
         try:
             __import__(mod)
