@@ -4,9 +4,10 @@ measured in the same run.
     python benchmarks/peer_llamacpp.py models/q05-b4.mote [--tokens 64] [--prompt 236] [--rounds 3]
 
 (`make bench-peer` installs the [bench] extra on first use: gguf and llama-cpp-python, built from source.)
-Writes two GGUFs with the dims of the synth preset (benchmarks/peer_gguf.py; random weights, fixed seed,
+Writes GGUFs with the dims of the synth preset (benchmarks/peer_gguf.py; random weights, fixed seed,
 cached in out/peer/): llama.cpp qwen2 dense Q4_0 + Q8_0 embeddings, and qwen2moe (MoE on every layer,
-E experts top-k + shared expert; routed experts ternary TQ2_0 where rows are multiples of 256, else Q4_0).
+E experts top-k + shared expert; routed experts ternary, TQ2_0 and TQ1_0 (a file each), where rows are
+multiples of 256, else Q4_0).
 Then, each in its own child process, for 1 and 2 threads: the DRAM read probe (native/membench.c through
 kernel_speed.dram_bandwidth), llama.cpp on each GGUF (llama-cpp-python) and the mote-edge Engine on the
 .mote (text only, every expert cached); both hold their weights in anonymous memory (llama.cpp with
@@ -234,7 +235,8 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=3, help="timed passes per child (after one warm-up)")
     ap.add_argument("--rounds", type=int, default=3, help="times the whole sequence of children runs")
     ap.add_argument("--threads", default="1,2", help="thread counts, comma-separated")
-    ap.add_argument("--ternary", default="TQ2_0", choices=["TQ2_0", "TQ1_0"], help="qwen2moe's ternary expert type")
+    ap.add_argument("--ternary", default="TQ2_0,TQ1_0",
+                    help="qwen2moe's ternary expert types, comma-separated (TQ2_0, TQ1_0): a GGUF and a row each")
     ap.add_argument("--seed", type=int, default=0, help="seed of the GGUFs' random weights and llama.cpp's prompt")
     ap.add_argument("--out", type=Path, default=OUT / "peer-llamacpp.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -248,17 +250,20 @@ def main() -> None:
     threads = [int(t) for t in args.threads.split(",")]
     from peer_gguf import ensure_gguf, spec_from_preset
 
-    ggufs = {}
-    for layout in ("dense", "qwen2moe"):
-        spec = spec_from_preset(args.preset, layout, args.ternary, args.seed)
-        path = OUT / f"{args.preset}-{layout}{'-' + args.ternary.lower() if layout != 'dense' else ''}.gguf"
-        t0 = time.perf_counter()
-        ggufs[layout] = ensure_gguf(spec, path)
-        print(f"{path.name}: {path.stat().st_size / 1e6:,.0f} MB (ready in {time.perf_counter() - t0:.0f} s)")
+    ternaries = args.ternary.split(",")
+    models = [("llama-dense", spec_from_preset(args.preset, "dense", seed=args.seed))]
+    models += [(f"llama-moe-{t}", spec_from_preset(args.preset, "qwen2moe", t, args.seed)) for t in ternaries]
     common = {"prompt": args.prompt, "tokens": args.tokens, "passes": args.passes}
-    jobs = {"mote": ("mote", {"mote": str(args.mote.resolve())}),
-            "llama-dense": ("llama", {"gguf_path": str(ggufs["dense"])}),
-            "llama-moe": ("llama", {"gguf_path": str(ggufs["qwen2moe"])})}
+    jobs = {"mote": ("mote", {"mote": str(args.mote.resolve())})}
+    labels = {"llama-dense": "llama.cpp, dense qwen2 Q4_0 + Q8_0 embeddings"}
+    for name, spec in models:
+        path = OUT / f"{args.preset}-{spec.layout}{'-' + spec.ternary.lower() if spec.layout != 'dense' else ''}.gguf"
+        t0 = time.perf_counter()
+        jobs[name] = ("llama", {"gguf_path": str(ensure_gguf(spec, path))})
+        print(f"{path.name}: {path.stat().st_size / 1e6:,.0f} MB (ready in {time.perf_counter() - t0:.0f} s)")
+        if spec.layout == "qwen2moe":
+            labels[name] = (f"llama.cpp, qwen2moe (MoE on every layer, {spec.experts} experts top-{spec.top_k}, "
+                            f"shared expert)")
     rounds = []
     for rnd in range(args.rounds):
         res = {"dram": {}, "rows": {name: {} for name in jobs}}
@@ -271,10 +276,8 @@ def main() -> None:
         rounds.append(res)
     summary = summarize(rounds, threads)
     mote_row = summary["rows"]["mote"]
-    labels = {"mote": f"mote-edge, {args.mote.name} ({mote_row['moe_layers']} MoE layers, top-{mote_row['top_k']}, "
-                      f"experts cached as {mote_row['layout']})",
-              "llama-dense": "llama.cpp, dense qwen2 Q4_0 + Q8_0 embeddings",
-              "llama-moe": "llama.cpp, qwen2moe (MoE on every layer, top-1, shared expert)"}
+    labels["mote"] = (f"mote-edge, {args.mote.name} ({mote_row['moe_layers']} MoE layers, top-{mote_row['top_k']}, "
+                      f"experts cached as {mote_row['layout']})")
     import llama_cpp
 
     meta = {"cpu": cpu_name(), "preset": args.preset, "prompt": args.prompt, "tokens": args.tokens,
@@ -309,6 +312,9 @@ def _check_args(args) -> None:
             raise SystemExit(f"peer_llamacpp: {mod} is not installed (make bench-peer installs the [bench] extra)") from None
     if args.tokens < 1 or args.prompt < 1 or args.passes < 1 or args.rounds < 1:
         raise SystemExit("peer_llamacpp: --tokens, --prompt, --passes and --rounds must be >= 1")
+    bad = set(args.ternary.split(",")) - {"TQ2_0", "TQ1_0"}
+    if bad:
+        raise SystemExit(f"peer_llamacpp: --ternary takes TQ2_0 and / or TQ1_0, got {', '.join(sorted(bad))}")
     if args.prompt + args.tokens + 2 > 1024:
         raise SystemExit("peer_llamacpp: --prompt + --tokens must fit the context of 1024")
     try:
