@@ -71,8 +71,8 @@ def llama_worker(gguf_path: str, threads: int, prompt: int, tokens: int, passes:
     from peer_gguf import bytes_per_token, read_spec
 
     spec = read_spec(Path(gguf_path))
-    # use_mmap=False: the weights in anonymous memory, as the Engine holds them (a file mapping's pages can be
-    # dropped from the page cache mid-run by other work, and each re-read from disk stalls a token)
+    # use_mmap=False: the weights in anonymous memory, as the Engine holds them (a mapped file's pages live in
+    # the page cache, which other work on a shared machine can shrink mid-run)
     llm = llama_cpp.Llama(model_path=gguf_path, n_ctx=1024, n_batch=512, n_ubatch=512, n_threads=threads,
                           n_threads_batch=threads, use_mmap=False, verbose=False)
     n_vocab = llm.n_vocab()
