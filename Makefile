@@ -10,7 +10,7 @@ MODELS := models
 # Every install pins the tested versions (constraints.txt), the isolated build environment's setuptools too.
 PIN := -c constraints.txt --build-constraint constraints.txt
 
-.PHONY: train-tiny ship-tiny accuracy-tiny demo test lint-imports test-arm test-selftest bench bench-kernels bench-memory bench-decode bench-sweep bench-accuracy bench-deps install wheel-check constraints clean
+.PHONY: train-tiny ship-tiny accuracy-tiny demo test lint-imports test-arm test-selftest bench bench-kernels bench-memory bench-decode bench-sweep bench-accuracy bench-peer bench-deps install wheel-check constraints clean
 
 $(STAMP): pyproject.toml setup.py constraints.txt $(wildcard native/*.c native/*.h)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,11 +72,12 @@ demo: $(STAMP)
 	$(BIN)/mote-edge run $(OUT)/tiny-mote.mote --image examples/images/task-0.png \
 		--prompt "What color is the star?" --memory-budget 40MB --report
 
-bench: bench-memory bench-kernels bench-decode bench-sweep bench-accuracy
+bench: bench-memory bench-kernels bench-decode bench-sweep bench-accuracy bench-peer
 
-# matplotlib for the plots (the [bench] extra), installed on first use
+# The [bench] extra, installed on first use: matplotlib for the plots, gguf and llama-cpp-python for bench-peer
+# (llama-cpp-python builds llama.cpp from source: ~10-20 min on 2 cores the first time)
 bench-deps: $(STAMP)
-	$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/python -m pip install --quiet $(PIN) -e '.[bench]'
+	$(BIN)/python -c "import matplotlib, gguf, llama_cpp" 2>/dev/null || $(BIN)/python -m pip install --quiet $(PIN) -e '.[bench]'
 
 # The paper's memory table from the exporter's own layout planner (seconds)
 bench-memory: $(STAMP)
@@ -104,6 +105,12 @@ bench-sweep: bench-deps $(MODELS)/q05-b4.mote $(MODELS)/q15-b4.mote
 # Held-out accuracy against expert memory through the runtime, int4/3/2 (~20 min on 1 thread)
 bench-accuracy: bench-deps
 	$(BIN)/python benchmarks/accuracy_memory.py --run
+
+# mote-edge next to llama.cpp on the synth 0.5B's dims: GGUFs written in out/peer/ (dense Q4_0 and qwen2moe with
+# ternary experts, 2.0 GB, ~5 min the first time), decode and prefill tok/s, MB / token, effective GB/s and
+# % of the same run's DRAM bandwidth at 1 and 2 threads (~8 min; writes out/peer/peer-llamacpp.json)
+bench-peer: bench-deps $(MODELS)/q05-b4.mote
+	$(BIN)/python benchmarks/peer_llamacpp.py $(MODELS)/q05-b4.mote
 
 # Kernel speed vs numpy and onnxruntime MatMulNBits, cold weights (~4 min; writes benchmarks/out/kernels.json)
 bench-kernels: $(STAMP)

@@ -112,3 +112,13 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300):
 
     return subprocess.run([sys.executable, "-m", "mote_edge.cli", *args], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def load_benchmark(stem: str):
+    """benchmarks/<stem>.py under a name no installed package has (benchmarks/ never goes on sys.path)."""
+    name = f"mote_bench_{stem}"
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{stem}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses resolve their module while the file runs
+    spec.loader.exec_module(mod)
+    return mod

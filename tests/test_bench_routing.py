@@ -1,26 +1,13 @@
 """The routing model the budget-sweep benchmark replays: fitting recovers the skew and stickiness
 it was generated with, and installed generators route every MoE layer of a real Engine."""
 
-import importlib.util
-import sys
-
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import load_benchmark
 
 
-def _load_benchmark(stem: str):
-    """benchmarks/<stem>.py under a name no installed package has (benchmarks/ never goes on sys.path)."""
-    name = f"mote_bench_{stem}"
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{stem}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses resolve their module while the file runs
-    spec.loader.exec_module(mod)
-    return mod
-
-
-_routes = _load_benchmark("route_model")
+_routes = load_benchmark("route_model")
 RouteGenerator, RouteModel, uniform = _routes.RouteGenerator, _routes.RouteModel, _routes.uniform
 fit_route_model, install = _routes.fit_route_model, _routes.install
 

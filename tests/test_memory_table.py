@@ -1,20 +1,15 @@
 """The paper's memory arithmetic, reproduced by the exporter's own layout planner."""
 
-import importlib.util
-
 import pytest
 
-from conftest import REPO
+from conftest import load_benchmark
 
 GIB = 1024**3
 
 
 @pytest.fixture(scope="module")
 def table():
-    spec = importlib.util.spec_from_file_location("mote_bench_memory_table", REPO / "benchmarks" / "memory_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return {(r["decoder"], r["experts"]): r for r in mod.rows()}
+    return {(r["decoder"], r["experts"]): r for r in load_benchmark("memory_table").rows()}
 
 
 def test_paper_example_qwen25_3b_16_experts(table):
