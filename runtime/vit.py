@@ -90,14 +90,16 @@ def attention(x: np.ndarray, w: _BlockWeights, heads: int) -> np.ndarray:
     hd = d // heads
     qkv = w.linear("self_attn.qkv_proj.weight")(x)  # [T, 3D]
     qkv += w.array("self_attn.qkv_proj.bias")
-    q = (qkv[:, :d] * np.float32(hd ** -0.5)).reshape(t, heads, hd).transpose(1, 0, 2)  # [h, T, hd]
-    k = np.ascontiguousarray(qkv[:, d:2 * d].reshape(t, heads, hd).transpose(1, 0, 2))  # [h, T, hd]
+    q = np.ascontiguousarray((qkv[:, :d] * np.float32(hd ** -0.5)).reshape(t, heads, hd).transpose(1, 0, 2))
+    k = qkv[:, d:2 * d].reshape(t, heads, hd).transpose(1, 0, 2)  # [h, T, hd]
     v = np.ascontiguousarray(qkv[:, 2 * d:].reshape(t, heads, hd).transpose(1, 0, 2))  # [h, T, hd]
     del qkv
+    kt = np.ascontiguousarray(k.transpose(0, 2, 1))  # [h, hd, T]: every product below is a BLAS call
+    del k
     out = np.empty((t, heads, hd), np.float32)
     for a in range(0, t, ATTN_QUERY_CHUNK):
         b = min(t, a + ATTN_QUERY_CHUNK)
-        scores = q[:, a:b] @ k.transpose(0, 2, 1)  # [h, c, T]
+        scores = np.ascontiguousarray(q[:, a:b]) @ kt  # [h, c, T]
         scores -= scores.max(axis=2, keepdims=True)
         np.exp(scores, out=scores)
         scores /= scores.sum(axis=2, keepdims=True)
@@ -161,8 +163,9 @@ def vision_peak_bytes(cfg: ModelConfig, blocks: list[VisionBlock]) -> int:
     copies of f16 matrices) and the live activations at the widest step, from the config.
 
     tokens T = P + 1, width D, MLP width I, projector width H, heads h:
-      attention   x, its layer norm, qkv [T, 3D], k and v [T, D] each, q [T, D] (scaled copy), the
-                  output [T, D], out_proj's result [T, D], scores [h, chunk, T] twice (matmul + softmax)
+      attention   x, its layer norm, qkv [T, 3D], the scaled q and its contiguous copy, v and k^T
+                  [T, D] each, the output [T, D], out_proj's result [T, D] (10 x [T, D]), a chunk of q,
+                  scores [h, chunk, T] twice (matmul + softmax)
       MLP         x, the layer norm, fc1's output [T, I] and the activation's temporaries (3 x [T, I];
                   gelu computes erf in float64: 2 more)
       kernels     int8 activations and their interleaved copy (2 bytes per input) + the output
@@ -172,7 +175,7 @@ def vision_peak_bytes(cfg: ModelConfig, blocks: list[VisionBlock]) -> int:
     t, d, i = v.num_patches + 1, v.hidden_size, v.intermediate_size
     chunk = min(t, ATTN_QUERY_CHUNK)
     act_temps = 5 if v.hidden_act == "gelu" else 3
-    attn = 4 * (t * d * 7 + 2 * v.num_attention_heads * chunk * t)
+    attn = 4 * (t * d * 10 + 2 * v.num_attention_heads * chunk * t + chunk * d)
     mlp = 4 * (t * d * 3 + i * t * (1 + act_temps))
     kernel = 2 * t * max(d, i, v.num_channels * v.patch_size ** 2) + 4 * t * i
     proj = 4 * (t * d + 6 * t * h) + 2 * t * max(d, h) + 8 * t * h  # gelu's float64 erf temporaries
