@@ -138,5 +138,5 @@ class VisionEncoder:
 def vision_encoder(f: MoteFile, threads: int = 1) -> "VisionEncoder | NativeVisionEncoder":
     """The encoder for an opened MoteFile's vision section (it must have one)."""
     if f.vision.format == "native":
-        return NativeVisionEncoder(f, threads)
+        return NativeVisionEncoder.from_file(f, threads)
     return VisionEncoder(f.read_vision, threads, f.config.decoder.hidden_size)

@@ -29,6 +29,7 @@ from .weights import Linear
 
 ATTN_QUERY_CHUNK = 64  # query rows per attention step: scores [heads, chunk, tokens]
 QUICK_GELU_ALPHA = np.float32(1.702)
+GELU_ROWS = 32
 # erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7, below float32's resolution of GELU's output)
 _ERF_P = 0.3275911
 _ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
@@ -44,12 +45,21 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
-    """The exact (erf) GELU, as torch's nn.GELU()."""
-    return x * np.float32(0.5) * (np.float32(1.0) + erf(x * np.float32(2 ** -0.5)))
+    """The exact (erf) GELU, as torch's nn.GELU(), in place over rows of x [T, N], GELU_ROWS at a time
+    (erf's float64 temporaries stay GELU_ROWS x N)."""
+    for a in range(0, x.shape[0], GELU_ROWS):
+        rows = x[a:a + GELU_ROWS]
+        rows *= np.float32(0.5) * (np.float32(1.0) + erf(rows * np.float32(2 ** -0.5)))
+    return x
 
 
 def quick_gelu(x: np.ndarray) -> np.ndarray:
-    return x / (np.float32(1.0) + np.exp(-QUICK_GELU_ALPHA * x))
+    """x * sigmoid(1.702 x), in place (one temporary of x's size)."""
+    t = x * -QUICK_GELU_ALPHA
+    np.exp(t, out=t)
+    t += np.float32(1.0)
+    x /= t
+    return x
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
@@ -160,55 +170,63 @@ def run_vision_blocks(cfg: ModelConfig, pixels: np.ndarray, blocks, threads: int
 
 def vision_peak_bytes(cfg: ModelConfig, blocks: list[VisionBlock]) -> int:
     """The native encoder's peak beside what the process held before: the block buffer (+ the float32
-    copies of f16 matrices) and the live activations at the widest step, from the config.
+    copies of f16 matrices) and the activations, from the config.
 
     tokens T = P + 1, width D, MLP width I, projector width H, heads h:
       attention   x, its layer norm, qkv [T, 3D], the scaled q and its contiguous copy, v and k^T
                   [T, D] each, the output [T, D], out_proj's result [T, D] (10 x [T, D]), a chunk of q,
                   scores [h, chunk, T] twice (matmul + softmax)
-      MLP         x, the layer norm, fc1's output [T, I] and the activation's temporaries (3 x [T, I];
-                  gelu computes erf in float64: 2 more)
-      kernels     int8 activations and their interleaved copy (2 bytes per input) + the output
-      projector   [P, Dv] + 4 x [P, H]; the features [P, H] returned
+      MLP         x, the layer norm, fc2's output [T, D]; fc1's output [T, I] and the activation's
+                  temporary [T, I] (quick_gelu in place; gelu's float64 erf over GELU_ROWS rows at a time)
+      projector   [P, D] + 3 x [P, H]
+      kernels     int8 activations and their interleaved copy (2 bytes per input), the output
+    The allocator may keep what attention freed while the MLP allocates (freed arrays below its mmap
+    threshold stay in the heap until trimmed), so both are counted.
     """
     v, h = cfg.vision, cfg.decoder.hidden_size
     t, d, i = v.num_patches + 1, v.hidden_size, v.intermediate_size
     chunk = min(t, ATTN_QUERY_CHUNK)
-    act_temps = 5 if v.hidden_act == "gelu" else 3
-    attn = 4 * (t * d * 10 + 2 * v.num_attention_heads * chunk * t + chunk * d)
-    mlp = 4 * (t * d * 3 + i * t * (1 + act_temps))
-    kernel = 2 * t * max(d, i, v.num_channels * v.patch_size ** 2) + 4 * t * i
-    proj = 4 * (t * d + 6 * t * h) + 2 * t * max(d, h) + 8 * t * h  # gelu's float64 erf temporaries
+    attn = 4 * (10 * t * d + 2 * v.num_attention_heads * chunk * t + chunk * d)
+    mlp = 4 * (3 * t * d + 2 * t * i)
+    proj = 4 * (t * d + 3 * t * h)
+    gelu_rows = 8 * 6 * GELU_ROWS * max(i if v.hidden_act == "gelu" else 0, h)
+    kernel = 2 * t * max(d, i, h, v.num_channels * v.patch_size ** 2) + 4 * t * max(d, i, h)
     weights = max(runtime_block_bytes(b) for b in blocks)
-    return weights + max(attn, mlp, proj) + kernel
+    return weights + attn + max(mlp, proj) + gelu_rows + kernel
 
 
 class NativeVisionEncoder:
-    """Encodes one image at a time from the file's native vision section, block by block."""
+    """Encodes one image at a time, reading the native vision section block by block.
 
-    def __init__(self, f: MoteFile, threads: int = 1):
-        self.file, self.threads = f, max(1, int(threads))
-        self.blocks = f.vision.blocks
-        self.buffer_bytes = max(b.nbytes for b in self.blocks)
+    `read_block_into(block, buf)` reads one block into `buf` and returns its parts (tensor name ->
+    parts, views into buf); MoteFile.read_vision_block_into does it with one checksum-verified pread."""
+
+    def __init__(self, cfg: ModelConfig, blocks: list[VisionBlock], read_block_into, threads: int = 1):
+        self.config, self.blocks, self._read = cfg, blocks, read_block_into
+        self.threads = max(1, int(threads))
+        self.buffer_bytes = max(b.nbytes for b in blocks)
         self.last_encode_ms: float | None = None
         self.encodes = 0
 
+    @classmethod
+    def from_file(cls, f: MoteFile, threads: int = 1) -> "NativeVisionEncoder":
+        return cls(f.config, f.vision.blocks, f.read_vision_block_into, threads)
+
     def _stream(self, buf: np.ndarray):
         for block in self.blocks:
-            yield block, self.file.read_vision_block_into(block, buf)
+            yield block, self._read(block, buf)
 
     def encode(self, pixels: np.ndarray) -> np.ndarray:
-        """pixels float32 [1, 3, S, S] -> image features float32 [P, H] (a fresh array)."""
+        """pixels float32 [1, C, S, S] -> image features float32 [P, H] (a fresh array)."""
         pixels = np.ascontiguousarray(pixels, dtype=np.float32)
-        cfg = self.file.config
-        s = cfg.vision.image_size
-        if pixels.shape != (1, cfg.vision.num_channels, s, s):
-            raise ValueError(f"the vision encoder takes one image, pixels [1, {cfg.vision.num_channels}, {s}, {s}]; "
-                             f"got {list(pixels.shape)}")
+        v = self.config.vision
+        want = (1, v.num_channels, v.image_size, v.image_size)
+        if pixels.shape != want:
+            raise ValueError(f"the vision encoder takes one image, pixels {list(want)}; got {list(pixels.shape)}")
         start = time.perf_counter()
         buf = np.empty(self.buffer_bytes, np.uint8)
         try:
-            features = run_vision_blocks(cfg, pixels[0], self._stream(buf), self.threads)
+            features = run_vision_blocks(self.config, pixels[0], self._stream(buf), self.threads)
         finally:
             del buf
             trim_heap()
