@@ -157,9 +157,9 @@ def test_peak_rss_over_baseline_stays_within_the_budget_text_only(exported):
 
 
 def test_peak_rss_over_baseline_stays_within_the_budget_with_images(exported):
-    budget = _min_budget(exported, vision=True)  # every slab is lent to the vision encoder while it runs
+    budget = _min_budget(exported, vision=True)  # the native encoder: one block at a time
     d = _rss_run(exported, budget, vision=True)
-    assert d["plan"] <= budget and d["kept_while_encoding"] < d["slabs"]
+    assert d["plan"] <= budget and d["kept_while_encoding"] <= d["slabs"]
     assert 0 < d["peak_over_baseline"] <= budget, d
 
 
