@@ -32,7 +32,7 @@ def run_point(model: str, budget: int, image: bool, tokens: int, context: int, t
         r = engine.report()
     m = r["memory"]
     return {"budget": budget, "plan": r["plan"]["total_bytes"], "peak": m["peak_over_baseline"],
-            "slabs": len(engine.experts.slabs) if engine.experts is not None else 0,
+            "slabs": engine.plan.expert_slabs,
             "phases": r["plan"]["phases"], "phase_peaks": m.get("phase_peaks_over_baseline", {})}
 
 

@@ -6,6 +6,7 @@ A request goes through phases that never overlap, and the plan is the largest of
                       + the expert slabs kept while encoding (the rest are lent to the vision
                       encoder: emptied before it runs, refilled by later misses)
     prefill / decode  resident weights + KV cache + runtime/metadata + scratch + every expert slab
+                      (+ the image inputs when vision is planned)
 
     resident weights  every non-expert tensor, as loaded
     KV cache          layers x 2 x kv_heads x context x (head_dim x 4 bytes (fp32), or head_dim + a
@@ -14,6 +15,8 @@ A request goes through phases that never overlap, and the plan is the largest of
                       chunks over the whole context) + logits
     vision peak       the vision encoder while an image is encoded: the native encoder's largest
                       block + its activations (runtime/vit.py), or an ONNX section's onnxruntime session
+    image inputs      what an image adds to the prefill: its pixels, its features [P, H] and their copy
+                      spliced into the prompt's embeddings
     expert cache      slabs x the largest expert record, rounded up to whole 2 MiB huge pages if >= 16 MiB
                       (in the 2-bit slab layout: ternary tensors at 2 bpw, plus one staging record)
 
@@ -70,6 +73,7 @@ class MemoryPlan:
     expert_staging_bytes: int = 0  # the read buffer of a converting slab layout
     encode_slabs: int | None = None  # slabs kept while an image is encoded (None = all)
     kv_bits: int = 32  # the KV cache's storage: 32 (float32) or 8 (int8 + a scale per head and position)
+    image_input_bytes: int = 0  # pixels + features of the image a prefill splices in (plans with vision)
 
     def _cache_bytes(self, slabs: int) -> int:
         """The slabs share one huge-page mapping, faulted in whole 2 MiB pages (runtime/hugepages.py),
@@ -101,6 +105,8 @@ class MemoryPlan:
         layout = ", 2-bit layout" if self.expert_layout == "slab2" else ""
         out["prefill / decode"] = {**common, "scratch": self.scratch_bytes,
                                    f"expert cache ({_slabs(self.expert_slabs)}{layout})": self.expert_cache_bytes}
+        if self.image_input_bytes:
+            out["prefill / decode"]["image inputs"] = self.image_input_bytes
         return out
 
     def phase_bytes(self) -> dict[str, int]:
@@ -148,18 +154,27 @@ def onnx_vision_peak_bytes(cfg: ModelConfig, vision_bytes: int) -> int:
 
 @dataclass(frozen=True)
 class VisionCost:
-    """What encoding an image costs: the encoder's peak, and code it pages in for good."""
+    """What an image costs: the encoder's peak, code it pages in for good, and its inputs to the prefill."""
     peak_bytes: int
     code_bytes: int = 0
+    input_bytes: int = 0
+
+
+def image_input_bytes(cfg: ModelConfig) -> int:
+    """The preprocessed pixels [C, S, S] and the features [P, H] twice (returned, spliced), float32."""
+    v = cfg.vision
+    positions = v.num_patches + (cfg.projector.select_feature == "cls_patch")
+    return 4 * (v.num_channels * v.image_size ** 2 + 2 * positions * cfg.decoder.hidden_size)
 
 
 def file_vision_cost(f) -> VisionCost | None:
     """The vision cost of an opened MoteFile's section (None without one)."""
     if f.vision is None:
         return None
+    inputs = image_input_bytes(f.config)
     if f.vision.format == "native":
-        return VisionCost(native_vision_peak_bytes(f.config, f.vision.blocks))
-    return VisionCost(onnx_vision_peak_bytes(f.config, f.vision.nbytes), VISION_CODE_BYTES)
+        return VisionCost(native_vision_peak_bytes(f.config, f.vision.blocks), 0, inputs)
+    return VisionCost(onnx_vision_peak_bytes(f.config, f.vision.nbytes), VISION_CODE_BYTES, inputs)
 
 
 def overhead_bytes(cfg: ModelConfig, metadata_bytes: int, vision_code_bytes: int = 0) -> int:
@@ -192,7 +207,8 @@ def plan(cfg: ModelConfig, sizes: dict, context: int, expert_slabs: int | None =
                       vision_peak_bytes=vision.peak_bytes if vision else 0,
                       expert_slab_bytes=slab.slab_bytes, expert_slabs=slabs, total_experts=total_experts,
                       expert_layout=slab.layout, expert_staging_bytes=slab.staging_bytes,
-                      encode_slabs=encode_slabs, kv_bits=kv_bits)
+                      encode_slabs=encode_slabs, kv_bits=kv_bits,
+                      image_input_bytes=vision.input_bytes if vision else 0)
 
 
 def minimum_slabs(cfg: ModelConfig) -> int:
@@ -273,7 +289,7 @@ def fit_budget(cfg: ModelConfig, sizes: dict, context: int, budget: int | None, 
         return full
     per_slab = full.expert_slab_bytes
     staging = full.expert_staging_bytes
-    decode_fixed = full.fixed_bytes + full.scratch_bytes + staging
+    decode_fixed = full.fixed_bytes + full.scratch_bytes + full.image_input_bytes + staging
     slabs = _most_slabs(budget - decode_fixed, per_slab, full.total_experts,
                         lambda n: with_slabs(n).phase_bytes()["prefill / decode"] <= budget)
     kept = slabs

@@ -13,7 +13,7 @@ from mote_edge.runtime.budget import BudgetError
 from mote_edge.runtime.engine import Engine
 from mote_edge.runtime.hugepages import huge_buffer
 from mote_edge.runtime.memory import PeakTracker, read_status, release_pages
-from mote_edge.runtime.plan import fit_file_budget, minimum_plan_file, plan_file
+from mote_edge.runtime.plan import fit_file_budget, image_input_bytes, minimum_plan_file, plan_file
 
 IMAGE = REPO / "examples" / "images" / "task-0.png"
 PROMPT = "What color is the star?"
@@ -40,9 +40,11 @@ def test_native_vision_plans_its_block_and_activations_and_no_onnxruntime_code(n
         assert native.vision_peak_bytes < onnx.vision_peak_bytes
         assert native.overhead_bytes < onnx.overhead_bytes  # no onnxruntime code
         assert native.overhead_bytes == minimum_plan_file(f, 512, vision=False).overhead_bytes
-        # the image phase no longer sets the tiny model's minimum: the text-only minimum is the minimum
+        # the image phase no longer sets the tiny model's minimum: the text-only minimum plus the image's
+        # inputs to the prefill (pixels, features) is
         assert native.binding_phase == "prefill / decode"
-        assert native.total_bytes == minimum_plan_file(f, 512, vision=False).total_bytes
+        text_only = minimum_plan_file(f, 512, vision=False).total_bytes
+        assert native.total_bytes == text_only + image_input_bytes(f.config)
 
 
 def test_plan_is_the_largest_phase_not_the_sum(mote):
