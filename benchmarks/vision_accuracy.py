@@ -34,19 +34,11 @@ def _images(cfg, ckpt) -> list[np.ndarray]:
 def _reference(ckpt, pixels: list[np.ndarray]) -> list[np.ndarray]:
     import torch
 
-    from mote_edge.exporters.reference import MoTELlavaForCausalLM
-    from mote_edge.schema import VISION_ROLES
+    from mote_edge.exporters.export import vision_reference
 
     torch.set_num_threads(1)
-    with torch.device("meta"):
-        model = MoTELlavaForCausalLM(ckpt.config)
-    model.model.vision_tower.to_empty(device="cpu")
-    model.model.mm_projector.to_empty(device="cpu")
-    params = dict(model.named_parameters())
+    model = vision_reference(ckpt)
     with torch.no_grad():
-        for spec in ckpt.specs:
-            if spec.role in VISION_ROLES:
-                params[spec.name].copy_(torch.from_numpy(ckpt.tensor(spec.name)))
         return [model.model.mm_projector(model.model.vision_tower(torch.from_numpy(p[None])))[0].numpy()
                 for p in pixels]
 

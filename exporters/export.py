@@ -99,12 +99,12 @@ def plan_layout(writer: MoteWriter, specs: list[TensorSpec], recipe: Recipe) -> 
                                           for p in SWIGLU_PROJS])
 
 
-def _vision_onnx(ckpt: Checkpoint, bits: int) -> bytes:
-    """Build only the vision tower + projector in torch and export them to ONNX bytes."""
+def vision_reference(ckpt: Checkpoint):
+    """The torch reference model with only its vision tower + projector built and loaded (the decoder
+    stays on the meta device: no memory)."""
     import torch
 
     from .reference import MoTELlavaForCausalLM
-    from .vision_onnx import export_vision_onnx
 
     with torch.device("meta"):
         model = MoTELlavaForCausalLM(ckpt.config)
@@ -115,7 +115,14 @@ def _vision_onnx(ckpt: Checkpoint, bits: int) -> bytes:
         for spec in ckpt.specs:
             if spec.role in VISION_ROLES:
                 params[spec.name].copy_(torch.from_numpy(ckpt.tensor(spec.name)))
-    return export_vision_onnx(model.eval(), weight_bits=bits)
+    return model.eval()
+
+
+def _vision_onnx(ckpt: Checkpoint, bits: int) -> bytes:
+    """The vision tower + projector exported to ONNX bytes."""
+    from .vision_onnx import export_vision_onnx
+
+    return export_vision_onnx(vision_reference(ckpt), weight_bits=bits)
 
 
 def _vision_section(ckpt: Checkpoint, bits: int, opts: ExportOptions) -> tuple[bytes | bytearray, dict, list]:

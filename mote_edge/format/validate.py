@@ -29,7 +29,7 @@ from mote_edge.schema import SWIGLU_PROJS, decoder_tensors, projection_of
 
 from .constants import FLAG_HAS_VISION, SECTION_ALIGN, TENSOR_ALIGN
 from .encoding import PART_DTYPES
-from .layout import BlobEntry, ExpertEntry, TensorEntry, VisionBlock
+from .layout import BlobEntry, ExpertEntry, TensorEntry, VisionBlock, place_back_to_back
 from .stats import size_stats
 from .vision_blocks import BLOCK_ALIGN, VISION_FORMATS, plan_vision_blocks, section_nbytes
 
@@ -219,23 +219,27 @@ def expert_from_json(value: Any, max_bytes: int) -> ExpertEntry:
     layer = as_int(field_of(d, "layer", "expert record"), "expert record layer", 0, MAX_INT32)
     expert = as_int(field_of(d, "expert", "expert record"), "expert record expert", 0, MAX_INT32)
     what = f"expert ({layer}, {expert})"
+    return ExpertEntry(layer, expert, *record_from_json(d, what, max_bytes, DIRECTORY_ROLES))
+
+
+def record_from_json(d: dict, what: str, max_bytes: int, roles: tuple[str, ...]) -> tuple[list[TensorEntry], int, int]:
+    """A record's tensors (an expert record, a vision block): uniquely named, laid out back to back at
+    64-byte boundaries, `nbytes` ending at the last one; (tensors, offset, crc32)."""
     items = as_list(field_of(d, "tensors", what), f"{what} tensors")
     if not items:
         raise fail(f"{what} has no tensors")
-    tensors = [tensor_from_json(t, f"{what} ", False, max_bytes) for t in items]
+    tensors = [tensor_from_json(t, f"{what} ", False, max_bytes, roles) for t in items]
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise fail(f"{what} has two tensors named {next(n for n in names if names.count(n) > 1)}")
     stored_offsets = [t.offset for t in tensors]
-    entry = ExpertEntry.plan(layer, expert, tensors)
+    planned = place_back_to_back(tensors)
     if stored_offsets != [t.offset for t in tensors]:
         raise fail(f"{what} tensor offsets are not laid out back to back at 64-byte boundaries")
     nbytes = as_int(field_of(d, "nbytes", what), f"{what} nbytes")
-    if nbytes != entry.nbytes:
-        raise fail(f"{what} nbytes {nbytes} does not match its tensors ({entry.nbytes})")
-    entry.offset = as_int(field_of(d, "offset", what), f"{what} offset")
-    entry.crc32 = as_crc(field_of(d, "crc32", what), what)
-    return entry
+    if nbytes != planned:
+        raise fail(f"{what} nbytes {nbytes} does not match its tensors ({planned})")
+    return tensors, as_int(field_of(d, "offset", what), f"{what} offset"), as_crc(field_of(d, "crc32", what), what)
 
 
 def vision_from_json(value: Any, max_bytes: int) -> BlobEntry | None:
@@ -265,19 +269,7 @@ def vision_blocks_from_json(value: Any, section_bytes: int) -> list[VisionBlock]
         if not 0 < len(name) <= MAX_NAME:
             raise fail(f"vision block name must have 1 to {MAX_NAME} characters")
         what = f"vision block {name}"
-        tensors = [tensor_from_json(t, f"{what} ", False, section_bytes, VISION_TENSOR_ROLES)
-                   for t in as_list(field_of(d, "tensors", what), f"{what} tensors")]
-        if not tensors:
-            raise fail(f"{what} has no tensors")
-        stored_offsets = [t.offset for t in tensors]
-        block = VisionBlock.plan(name, tensors)
-        if stored_offsets != [t.offset for t in tensors]:
-            raise fail(f"{what} tensor offsets are not laid out back to back at 64-byte boundaries")
-        nbytes = as_int(field_of(d, "nbytes", what), f"{what} nbytes")
-        if nbytes != block.nbytes:
-            raise fail(f"{what} nbytes {nbytes} does not match its tensors ({block.nbytes})")
-        block.offset = as_int(field_of(d, "offset", what), f"{what} offset")
-        block.crc32 = as_crc(field_of(d, "crc32", what), what)
+        block = VisionBlock(name, *record_from_json(d, what, section_bytes, VISION_TENSOR_ROLES))
         if block.offset % BLOCK_ALIGN or block.offset < end or block.offset + block.nbytes > section_bytes:
             raise fail(f"{what} lies outside the vision section, overlaps the previous block or is misaligned")
         end = block.offset + block.nbytes
