@@ -27,7 +27,7 @@ from mote_edge.format.vision_blocks import runtime_block_bytes
 from .memory import trim_heap
 from .weights import Linear
 
-ATTN_QUERY_CHUNK = 64  # query rows per attention step: scores [heads, chunk, tokens]
+ATTN_QUERY_CHUNK = 128  # query rows per attention step of one head: scores [chunk, tokens]
 QUICK_GELU_ALPHA = np.float32(1.702)
 GELU_ROWS = 32
 # erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7, below float32's resolution of GELU's output)
@@ -95,26 +95,28 @@ class _BlockWeights:
 
 
 def attention(x: np.ndarray, w: _BlockWeights, heads: int) -> np.ndarray:
-    """x [T, D] (layer-normed) -> the attention output [T, D] before out_proj's residual add."""
+    """x [T, D] (layer-normed) -> the attention output [T, D] before out_proj's residual add. One head
+    and ATTN_QUERY_CHUNK query rows at a time: q, k, v stay views into qkv, scores are [chunk, T]."""
     t, d = x.shape
     hd = d // heads
-    qkv = w.linear("self_attn.qkv_proj.weight")(x)  # [T, 3D]
+    qkv = w.linear("self_attn.qkv_proj.weight")(x)  # [T, 3D]: q, k, v, each head's hd columns in turn
     qkv += w.array("self_attn.qkv_proj.bias")
-    q = np.ascontiguousarray((qkv[:, :d] * np.float32(hd ** -0.5)).reshape(t, heads, hd).transpose(1, 0, 2))
-    k = qkv[:, d:2 * d].reshape(t, heads, hd).transpose(1, 0, 2)  # [h, T, hd]
-    v = np.ascontiguousarray(qkv[:, 2 * d:].reshape(t, heads, hd).transpose(1, 0, 2))  # [h, T, hd]
+    qkv[:, :d] *= np.float32(hd ** -0.5)
+    out = np.empty((t, d), np.float32)
+    for h in range(heads):
+        cols = slice(h * hd, (h + 1) * hd)
+        q = qkv[:, cols]  # [T, hd] (row stride 3D: still one BLAS call per product)
+        kt = np.ascontiguousarray(qkv[:, d:][:, cols].T)  # [hd, T]
+        v = np.ascontiguousarray(qkv[:, 2 * d:][:, cols])  # [T, hd]
+        for a in range(0, t, ATTN_QUERY_CHUNK):
+            b = min(t, a + ATTN_QUERY_CHUNK)
+            scores = q[a:b] @ kt  # [c, T]
+            scores -= scores.max(axis=1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(axis=1, keepdims=True)
+            out[a:b, cols] = scores @ v
     del qkv
-    kt = np.ascontiguousarray(k.transpose(0, 2, 1))  # [h, hd, T]: every product below is a BLAS call
-    del k
-    out = np.empty((t, heads, hd), np.float32)
-    for a in range(0, t, ATTN_QUERY_CHUNK):
-        b = min(t, a + ATTN_QUERY_CHUNK)
-        scores = np.ascontiguousarray(q[:, a:b]) @ kt  # [h, c, T]
-        scores -= scores.max(axis=2, keepdims=True)
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=2, keepdims=True)
-        out[a:b] = (scores @ v).transpose(1, 0, 2)  # [c, h, hd]
-    o = w.linear("self_attn.out_proj.weight")(out.reshape(t, d))
+    o = w.linear("self_attn.out_proj.weight")(out)
     o += w.array("self_attn.out_proj.bias")
     return o
 
@@ -172,25 +174,23 @@ def vision_peak_bytes(cfg: ModelConfig, blocks: list[VisionBlock]) -> int:
     """The native encoder's peak beside what the process held before: the block buffer (+ the float32
     copies of f16 matrices) and the activations, from the config.
 
-    tokens T = P + 1, width D, MLP width I, projector width H, heads h:
-      attention   x, its layer norm, qkv [T, 3D], the scaled q and its contiguous copy, v and k^T
-                  [T, D] each, the output [T, D], out_proj's result [T, D] (10 x [T, D]), a chunk of q,
-                  scores [h, chunk, T] twice (matmul + softmax)
+    tokens T = P + 1, width D, head width d_h, MLP width I, projector width H:
+      attention   x, its layer norm, qkv [T, 3D], the output [T, D], out_proj's result [T, D]
+                  (7 x [T, D]); one head's k^T and v [T, d_h] each; scores [chunk, T]
       MLP         x, the layer norm, fc2's output [T, D]; fc1's output [T, I] and the activation's
                   temporary [T, I] (quick_gelu in place; gelu's float64 erf over GELU_ROWS rows at a time)
       projector   [P, D] + 3 x [P, H]
-      kernels     int8 activations and their interleaved copy (2 bytes per input), the output
+      kernels     int8 activations and their interleaved copy (2 bytes per input)
     The allocator may keep what attention freed while the MLP allocates (freed arrays below its mmap
     threshold stay in the heap until trimmed), so both are counted.
     """
     v, h = cfg.vision, cfg.decoder.hidden_size
     t, d, i = v.num_patches + 1, v.hidden_size, v.intermediate_size
-    chunk = min(t, ATTN_QUERY_CHUNK)
-    attn = 4 * (10 * t * d + 2 * v.num_attention_heads * chunk * t + chunk * d)
+    attn = 4 * (7 * t * d + 2 * t * v.head_dim + min(t, ATTN_QUERY_CHUNK) * t)
     mlp = 4 * (3 * t * d + 2 * t * i)
     proj = 4 * (t * d + 3 * t * h)
     gelu_rows = 8 * 6 * GELU_ROWS * max(i if v.hidden_act == "gelu" else 0, h)
-    kernel = 2 * t * max(d, i, h, v.num_channels * v.patch_size ** 2) + 4 * t * max(d, i, h)
+    kernel = 2 * t * max(d, i, h, v.num_channels * v.patch_size ** 2)
     weights = max(runtime_block_bytes(b) for b in blocks)
     return weights + attn + max(mlp, proj) + gelu_rows + kernel
 
