@@ -17,6 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+import numpy as np
+
+from mote_edge.config import IMAGE_TOKEN_INDEX
 from mote_edge.exporters.reference import load_reference_model
 from mote_edge.format import MoteFile
 from mote_edge.format.encoding import decode
@@ -99,3 +102,24 @@ def faithful_reference(ckpt_dir, mote_path):
         onnx = f.read_vision()
     model.encode_image = lambda pixels: torch.from_numpy(run_vision_onnx(onnx, pixels.numpy()))
     return model
+
+
+# An int8 vision section: the tower's int8 activation roundings can flip where the runtime and the
+# emulation sum in another order (x * s at exactly .5), a step of 1/127 of a group's max |x| that the
+# following layers carry: image positions then agree to this share of their largest |value| (the rule
+# of the int-N logits, tests/test_runtime.py).
+VISION_INT8_EMBED_TOL = 2e-2
+
+
+def assert_embeddings_match(got: np.ndarray, want: np.ndarray, ids, patches: int, vision_bits: int) -> None:
+    """Prompt embeddings [T', H]: text positions to float32 rounding; image positions too when the vision
+    section is fp16 / fp32, else within VISION_INT8_EMBED_TOL of their scale."""
+    image = np.concatenate([np.full(patches if t == IMAGE_TOKEN_INDEX else 1, t == IMAGE_TOKEN_INDEX)
+                            for t in list(ids)])
+    assert image.shape[0] == want.shape[0] == got.shape[0]
+    np.testing.assert_allclose(got[~image], want[~image], rtol=1e-5, atol=1e-6)
+    if image.any():
+        if vision_bits == 8:
+            assert np.abs(got[image] - want[image]).max() <= VISION_INT8_EMBED_TOL * np.abs(want[image]).max()
+        else:
+            np.testing.assert_allclose(got[image], want[image], rtol=1e-5, atol=1e-6)
