@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
 
+# Every encoder on one thread: onnxruntime's intra-op pool and numpy's BLAS (the native encoder's attention
+# products; a multi-threaded BLAS on a busy 2-core box is 7-15x slower on these small products).
+ONE_THREAD = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SETTINGS = {
     "default (arena, mem pattern)": {},
     "no arena, no mem pattern": {"release_memory": True},
@@ -111,7 +115,7 @@ def main() -> None:
         runs = {"native (block by block)": {"native": True}} if _format_of(model) == "native" else SETTINGS
         for name, setting in runs.items():
             r = subprocess.run([sys.executable, __file__, model, "--child", json.dumps(setting)],
-                               capture_output=True, text=True, timeout=600, check=True)
+                               capture_output=True, text=True, timeout=600, check=True, env=ONE_THREAD)
             d = json.loads(r.stdout.strip().splitlines()[-1])
             print(f"{name:<40}{d['model_bytes'] / 1e6:>8.1f}{d['peak_bytes'] / 1e6:>10.1f}"
                   f"{d['peak_bytes'] / d['model_bytes']:>9.2f}{d['plan_bytes'] / 1e6:>9.1f}"
