@@ -289,7 +289,7 @@ class Engine:
         self.stats.image_encode_ms += 1e3 * (time.perf_counter() - t0)
         if features.shape[0] != patches:
             raise MoteError(f"the vision model gave {features.shape[0]} positions per image, the config {patches}")
-        return features.astype(np.float32)
+        return features.astype(np.float32, copy=False)  # the encoders return float32: no third copy
 
     def _position_embeddings(self, ids: list[int], images: list, patches: int, start: int) -> np.ndarray:
         """[T - start, H]: the embeddings of positions start .. T - 1 of the prompt `ids`, each image's
