@@ -20,7 +20,7 @@ import time
 import numpy as np
 
 from mote_edge.config import ModelConfig
-from mote_edge.format.layout import VisionBlock
+from mote_edge.format.directory import VisionBlock
 from mote_edge.format.reader import MoteFile
 from mote_edge.format.vision_blocks import runtime_block_bytes
 

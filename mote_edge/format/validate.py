@@ -29,7 +29,7 @@ from mote_edge.schema import SWIGLU_PROJS, decoder_tensors, projection_of
 
 from .constants import FLAG_HAS_VISION, SECTION_ALIGN, TENSOR_ALIGN
 from .encoding import PART_DTYPES
-from .layout import BlobEntry, ExpertEntry, TensorEntry, VisionBlock, place_back_to_back
+from .directory import BlobEntry, ExpertEntry, TensorEntry, VisionBlock, place_back_to_back
 from .stats import size_stats
 from .vision_blocks import BLOCK_ALIGN, VISION_FORMATS, plan_vision_blocks, section_nbytes
 

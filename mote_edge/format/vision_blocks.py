@@ -29,7 +29,7 @@ from mote_edge.schema import VISION_PREFIX, projector_tensors
 
 from .constants import SECTION_ALIGN
 from .encoding import encode
-from .layout import TensorEntry, VisionBlock, align
+from .directory import TensorEntry, VisionBlock, align
 from .writer import record_bytes
 
 VISION_FORMATS = ("native", "onnx")
