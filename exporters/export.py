@@ -1,7 +1,7 @@
 """`mote-edge export`: checkpoint directory -> one .mote file.
 
-Stages (each with a progress bar): open + validate the checkpoint; export the vision tower and
-projector to ONNX (int8 per-channel by default); quantize every decoder tensor by the recipe
+Stages (each with a progress bar): open + validate the checkpoint; store the vision tower and
+projector (native blocks with int8 group-wise matrices by default, or an ONNX model); quantize every decoder tensor by the recipe
 and stream it into place (resident tensors, then one record per routed expert); finalize.
 Memory stays near the largest tensor plus the vision export: the decoder is never held whole.
 GPTQ (`method="gptq"`) first runs the float model on calibration data to collect Hessians.
@@ -21,10 +21,11 @@ from mote_edge.chat import template_for_tokenizer, template_named
 from mote_edge.errors import ExportError
 from mote_edge.format.encoding import encode
 from mote_edge.format.stats import size_stats
+from mote_edge.format.vision_blocks import DEFAULT_VISION_GROUP_SIZE, VISION_FORMATS, build_vision_section
 from mote_edge.format.writer import MoteWriter
 from mote_edge.progress import byte_progress, stderr_console
 from mote_edge.quant.gptq import gptq_quantize
-from mote_edge.quant.intn import IntNWeight, pack_intn
+from mote_edge.quant.intn import GROUP_SIZES, IntNWeight, pack_intn
 from mote_edge.quant.recipe import Recipe
 from mote_edge.schema import SWIGLU_PROJS, VISION_ROLES, TensorSpec, checkpoint_tensors, projection_of
 
@@ -39,6 +40,8 @@ class ExportOptions:
     method: str = "rtn"
     recipe: str | None = None  # per-role overrides, "embed=4,attn=8g64"
     vision_bits: int = 8
+    vision_format: str = "native"  # native blocks the runtime streams (int8 groups), or an ONNX model
+    vision_group_size: int = DEFAULT_VISION_GROUP_SIZE  # int8 groups of the native section
     calib: Path | None = None  # GPTQ calibration: a .jsonl of {"prompt", "image"}; None = built-in set
     calib_samples: int = 16
     chat_template: str | None = None  # v1, qwen or plain; None = chosen from the tokenizer's EOS
@@ -96,12 +99,12 @@ def assign_offsets(writer: MoteWriter, specs: list[TensorSpec], recipe: Recipe) 
                                           for p in SWIGLU_PROJS])
 
 
-def _vision_onnx(ckpt: Checkpoint, bits: int) -> bytes:
-    """Build only the vision tower + projector in torch and export them to ONNX bytes."""
+def vision_reference(ckpt: Checkpoint):
+    """The torch reference model with only its vision tower + projector built and loaded (the decoder
+    stays on the meta device: no memory)."""
     import torch
 
     from .reference import MoTELlavaForCausalLM
-    from .vision_onnx import export_vision_onnx
 
     with torch.device("meta"):
         model = MoTELlavaForCausalLM(ckpt.config)
@@ -112,7 +115,31 @@ def _vision_onnx(ckpt: Checkpoint, bits: int) -> bytes:
         for spec in ckpt.specs:
             if spec.role in VISION_ROLES:
                 params[spec.name].copy_(torch.from_numpy(ckpt.tensor(spec.name)))
-    return export_vision_onnx(model.eval(), weight_bits=bits)
+    return model.eval()
+
+
+def _vision_onnx(ckpt: Checkpoint, bits: int) -> bytes:
+    """The vision tower + projector exported to ONNX bytes."""
+    from .vision_onnx import export_vision_onnx
+
+    return export_vision_onnx(vision_reference(ckpt), weight_bits=bits)
+
+
+def _vision_section(ckpt: Checkpoint, bits: int, opts: ExportOptions) -> tuple[bytes | bytearray, dict, list]:
+    """The vision section's bytes, its metadata entry and (native) its blocks."""
+    if opts.vision_format == "onnx":
+        info = {"format": "onnx", "weight_bits": bits, "input": "pixel_values", "output": "image_features"}
+        return _vision_onnx(ckpt, bits), info, []
+    data, blocks = build_vision_section(ckpt.config, bits, opts.vision_group_size, ckpt.tensor)
+    return data, {"format": "native", "weight_bits": bits, "group_size": opts.vision_group_size}, blocks
+
+
+def _check_vision_options(opts: ExportOptions) -> None:
+    if opts.vision_format not in VISION_FORMATS:
+        raise ExportError(f"unknown vision format {opts.vision_format!r} (choose {' or '.join(VISION_FORMATS)})")
+    if opts.vision_group_size not in GROUP_SIZES:
+        raise ExportError(f"unsupported vision group size {opts.vision_group_size} "
+                          f"(choose from {', '.join(map(str, GROUP_SIZES))})")
 
 
 def export_checkpoint(checkpoint_dir: str | Path, output: str | Path, opts: ExportOptions) -> ExportSummary:
@@ -125,6 +152,7 @@ def export_checkpoint(checkpoint_dir: str | Path, output: str | Path, opts: Expo
     recipe = Recipe.default(opts.bits, opts.group_size, opts.method, opts.vision_bits, opts.recipe)
     if opts.chat_template is not None:
         template_named(opts.chat_template)  # an unknown name fails before any work
+    _check_vision_options(opts)
     ckpt = Checkpoint.open(checkpoint_dir, opts.vision_tower)
     specs = checkpoint_tensors(ckpt.config)
     say = stderr_console.print if opts.progress else (lambda *a, **k: None)
@@ -140,16 +168,15 @@ def export_checkpoint(checkpoint_dir: str | Path, output: str | Path, opts: Expo
         stages["calibration"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    say(f"exporting the vision tower to ONNX ({recipe.vision_bits}-bit weights)")
-    vision = _vision_onnx(ckpt, recipe.vision_bits)
+    say(f"exporting the vision tower ({opts.vision_format}, {recipe.vision_bits}-bit weights)")
+    vision, vision_info, vision_blocks = _vision_section(ckpt, recipe.vision_bits, opts)
     stages["vision"] = time.perf_counter() - t
 
     t = time.perf_counter()
     warn = (lambda m: stderr_console.print(f"warning: {m}")) if opts.progress else None
     writer = MoteWriter(output, build_metadata(ckpt, recipe, opts.chat_template, opts.system, warn))
     assign_offsets(writer, specs, recipe)
-    writer.add_vision(len(vision), {"format": "onnx", "weight_bits": recipe.vision_bits,
-                                    "input": "pixel_values", "output": "image_features"})
+    writer.add_vision(len(vision), vision_info, vision_blocks)
     writer.metadata["sizes"] = size_stats(writer.tensors.values(), writer.experts.values(), writer.vision)
     decoder_bytes = sum(s.numel * 4 for s in specs if s.role not in VISION_ROLES)
     with writer:

@@ -64,7 +64,10 @@ def export(
     recipe: Optional[str] = typer.Option(None, help="Per-role overrides, e.g. embed=4,attn=8g64,router=16. Roles: "
                                                     "embed, lm_head, attn, ffn, shared_expert, fp_expert, router, "
                                                     "norm, vision."),
-    vision_bits: int = typer.Option(8, help="Vision tower + projector weights in ONNX: 8 (int8 per-channel), 16 (fp16) or 32 (fp32, for parity checks)."),
+    vision_bits: int = typer.Option(8, help="Vision tower + projector matrices: 8 (int8 groups), 16 (fp16) or 32 (fp32, for parity checks)."),
+    vision_format: str = typer.Option("native", help="native: blocks the runtime streams one at a time through its "
+                                                     "own int8 kernels (peak ~ one block); onnx: an ONNX model run "
+                                                     "by onnxruntime (older files)."),
     vision_tower: Optional[Path] = typer.Option(None, help="A CLIPVisionModel / CLIPModel directory (transformers "
                                                            "save_pretrained) for checkpoints that name their tower "
                                                            "(mm_image_tower / mm_vision_tower) but do not hold it, "
@@ -84,7 +87,7 @@ def export(
     from mote_edge.exporters.export import ExportOptions, export_checkpoint, export_summary_text
 
     opts = ExportOptions(bits=bits, group_size=group_size, method=method, recipe=recipe, vision_bits=vision_bits,
-                         calib=calib, chat_template=chat_template, system=system, vision_tower=vision_tower,
+                         vision_format=vision_format, calib=calib, chat_template=chat_template, system=system, vision_tower=vision_tower,
                          force=force, progress=sys.stderr.isatty())
     summary = export_checkpoint(checkpoint, output, opts)
     typer.echo(export_summary_text(summary))

@@ -42,7 +42,7 @@ from .prefix_cache import CachedPositions, image_digest, position_keys
 from .report import RunStats, TokenCounts, build_report
 from .sampler import Sampler, SamplingParams
 from .stop_strings import StopStrings
-from .vision import VisionEncoder
+from .vision import vision_encoder
 from .weights import ResidentWeights
 
 
@@ -98,8 +98,7 @@ class Engine:
         self.prefetch = prefetch if self.experts is not None and plan.expert_slabs < plan.total_experts else "none"
         self.decoder.enable_lookahead(self.prefetch == "lookahead")
         self.vision_enabled = vision
-        self.vision = (VisionEncoder(file.read_vision, threads, cfg.decoder.hidden_size)
-                       if file.vision is not None and vision else None)
+        self.vision = vision_encoder(file, threads) if file.vision is not None and vision else None
         self.stats = RunStats()
         self.peaks = PeakTracker()  # measured peak RSS per phase, next to the plan's (runtime/plan.py)
         self.tokens = TokenCounts()
@@ -290,7 +289,7 @@ class Engine:
         self.stats.image_encode_ms += 1e3 * (time.perf_counter() - t0)
         if features.shape[0] != patches:
             raise MoteError(f"the vision model gave {features.shape[0]} positions per image, the config {patches}")
-        return features.astype(np.float32)
+        return features.astype(np.float32, copy=False)  # the encoders return float32: no third copy
 
     def _position_embeddings(self, ids: list[int], images: list, patches: int, start: int) -> np.ndarray:
         """[T - start, H]: the embeddings of positions start .. T - 1 of the prompt `ids`, each image's

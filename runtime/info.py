@@ -10,7 +10,7 @@ from .budget import format_bytes
 from .plan import default_context, minimum_plan_file, plan_file
 
 ROLE_ORDER = ("embed", "lm_head", "attn", "attn_bias", "norm", "ffn", "router", "shared_expert", "ternary_expert",
-              "fp_expert", "residual_mlp", "residual_coef")
+              "fp_expert", "residual_mlp", "residual_coef", "vision", "projector")
 
 
 def info_dict(f: MoteFile, context: int | None = None) -> dict:
@@ -41,12 +41,24 @@ def info_dict(f: MoteFile, context: int | None = None) -> dict:
                   for role in ROLE_ORDER if role in sizes["by_role"]},
         "resident_bytes": sizes["resident_bytes"], "expert_bytes": sizes["expert_bytes"],
         "expert_record_bytes": sizes["expert_record_max_bytes"], "expert_records": sizes["num_expert_records"],
-        "vision_bytes": sizes["vision_bytes"],
+        "vision_bytes": sizes["vision_bytes"], "vision_section": _vision_line(f),
         "memory": {"context": context, "full_cache_bytes": full.total_bytes, "full_cache_phases": full.phases(),
                    "minimum_budget_bytes": minimum.total_bytes, "minimum_phases": minimum.phases(),
                    "minimum_binding_phase": minimum.binding_phase,
                    "minimum_text_only_bytes": text_only.total_bytes},
     }
+
+
+def _vision_line(f: MoteFile) -> str:
+    """How the vision section is stored and run."""
+    v = f.vision
+    if v is None:
+        return "none"
+    if v.format == "onnx":
+        return "ONNX model (onnxruntime)"
+    largest = max(v.blocks, key=lambda b: b.nbytes)
+    return (f"native, {len(v.blocks)} blocks streamed one at a time (largest: {largest.name}, "
+            f"{format_bytes(largest.nbytes)})")
 
 
 def _prompt_line(meta: dict) -> str:
@@ -71,7 +83,7 @@ def info_text(d: dict) -> str:
               f"  resident (non-expert) {format_bytes(d['resident_bytes']):>14}",
               f"  routed experts        {format_bytes(d['expert_bytes']):>14}   ({d['expert_records']} records of "
               f"<= {d['expert_record_bytes']:,} bytes)",
-              f"  vision (ONNX)         {format_bytes(d['vision_bytes']):>14}", ""]
+              f"  vision                {format_bytes(d['vision_bytes']):>14}   ({d['vision_section']})", ""]
     m = d["memory"]
     for title, total, phases in (("full expert cache", m["full_cache_bytes"], m["full_cache_phases"]),
                                  ("minimum feasible budget", m["minimum_budget_bytes"], m["minimum_phases"])):

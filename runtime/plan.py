@@ -6,13 +6,17 @@ A request goes through phases that never overlap, and the plan is the largest of
                       + the expert slabs kept while encoding (the rest are lent to the vision
                       encoder: emptied before it runs, refilled by later misses)
     prefill / decode  resident weights + KV cache + runtime/metadata + scratch + every expert slab
+                      (+ the image inputs when vision is planned)
 
     resident weights  every non-expert tensor, as loaded
     KV cache          layers x 2 x kv_heads x context x (head_dim x 4 bytes (fp32), or head_dim + a
                       4-byte scale (int8, kv_bits 8))
     scratch           activations of one prefill chunk (PREFILL_CHUNK positions; attention in query
                       chunks over the whole context) + logits
-    vision peak       the ONNX vision session while an image is encoded (weights + activations)
+    vision peak       the vision encoder while an image is encoded: the native encoder's largest
+                      block + its activations (runtime/vit.py), or an ONNX section's onnxruntime session
+    image inputs      what an image adds to the prefill: its pixels, its features [P, H] and their copy
+                      spliced into the prompt's embeddings
     expert cache      slabs x the largest expert record, rounded up to whole 2 MiB huge pages if >= 16 MiB
                       (in the 2-bit slab layout: ternary tensors at 2 bpw, plus one staging record)
 
@@ -33,20 +37,23 @@ from .budget import BudgetError, format_bytes
 from .expert_layout import slab_bytes, staging_bytes
 from .hugepages import huge_rounded
 from .kv_cache import kv_bytes_per_position
+from .vit import vision_peak_bytes as native_vision_peak_bytes
 from .weights import STREAMED_KINDS, runtime_nbytes
 
 ATTN_QUERY_CHUNK = 64
 PREFILL_CHUNK = 256  # prompt positions per decoder pass: bounds the prefill activations (runtime/decoder.py)
-VISION_ACTIVATION_FACTOR = 12  # live [P, D] float32 buffers at a ViT block's peak (qkv, scores, mlp)
-# Building an onnxruntime session from bytes holds ~3 copies of the model at its peak (our bytes,
-# the wrapper's reference, ORT's weights; measured 403 MB for a 134 MB model) plus the session.
+# An ONNX vision section (runtime/vision.py): live [P, D] float32 buffers at a ViT block's peak (qkv,
+# scores, mlp); building an onnxruntime session from bytes holds ~3 copies of the model at its peak
+# (our bytes, the wrapper's reference, ORT's weights; measured 403 MB for a 134 MB model) plus the session.
+VISION_ACTIVATION_FACTOR = 12
 VISION_MODEL_COPIES = 3
 VISION_SESSION_BYTES = 8 * 10**6  # measured ~4 MB of anonymous memory per session
 # Shared-library code paged in on first use and thread stacks: not model data, but RSS over the baseline, so
 # the budget covers it. A text-only run pages in numpy's BLAS, tokenizers and the kernel and loader threads
-# (measured ~5 MB over the model's own memory: tiny model, 2 threads); the first image adds onnxruntime's
-# kernels, whose code pages then stay resident for the rest of the process (hence every phase of a plan
-# with vision carries them).
+# (measured ~5 MB over the model's own memory: tiny model, 2 threads); the first image through an ONNX
+# section adds onnxruntime's kernels, whose code pages then stay resident for the rest of the process
+# (hence every phase of such a plan carries them). The native vision encoder runs on the same code as
+# the decoder.
 RUNTIME_CODE_BYTES = 10 * 10**6
 VISION_CODE_BYTES = 14 * 10**6
 
@@ -66,6 +73,7 @@ class MemoryPlan:
     expert_staging_bytes: int = 0  # the read buffer of a converting slab layout
     encode_slabs: int | None = None  # slabs kept while an image is encoded (None = all)
     kv_bits: int = 32  # the KV cache's storage: 32 (float32) or 8 (int8 + a scale per head and position)
+    image_input_bytes: int = 0  # pixels + features of the image a prefill splices in (plans with vision)
 
     def _cache_bytes(self, slabs: int) -> int:
         """The slabs share one huge-page mapping, faulted in whole 2 MiB pages (runtime/hugepages.py),
@@ -97,6 +105,8 @@ class MemoryPlan:
         layout = ", 2-bit layout" if self.expert_layout == "slab2" else ""
         out["prefill / decode"] = {**common, "scratch": self.scratch_bytes,
                                    f"expert cache ({_slabs(self.expert_slabs)}{layout})": self.expert_cache_bytes}
+        if self.image_input_bytes:
+            out["prefill / decode"]["image inputs"] = self.image_input_bytes
         return out
 
     def phase_bytes(self) -> dict[str, int]:
@@ -133,20 +143,43 @@ def scratch_bytes(cfg: ModelConfig, context: int) -> int:
     return 4 * (min(context, PREFILL_CHUNK) * per_token + scores + dc.vocab_size)
 
 
-def vision_peak_bytes(cfg: ModelConfig, vision_bytes: int) -> int:
+def onnx_vision_peak_bytes(cfg: ModelConfig, vision_bytes: int) -> int:
+    """An onnxruntime session over an ONNX vision section of `vision_bytes`."""
     v = cfg.vision
     tokens = v.num_patches + 1
     activations = VISION_ACTIVATION_FACTOR * tokens * max(v.intermediate_size, v.hidden_size) * 4
     scores = v.num_attention_heads * tokens * tokens * 4
-    if not vision_bytes:
-        return 0
     return VISION_MODEL_COPIES * vision_bytes + VISION_SESSION_BYTES + activations + scores
 
 
-def overhead_bytes(cfg: ModelConfig, metadata_bytes: int, vision: bool = True) -> int:
+@dataclass(frozen=True)
+class VisionCost:
+    """What an image costs: the encoder's peak, code it pages in for good, and its inputs to the prefill."""
+    peak_bytes: int
+    code_bytes: int = 0
+    input_bytes: int = 0
+
+
+def image_input_bytes(cfg: ModelConfig) -> int:
+    """The preprocessed pixels [C, S, S] and the features [P, H] twice (returned, spliced), float32."""
+    v = cfg.vision
+    positions = v.num_patches + (cfg.projector.select_feature == "cls_patch")
+    return 4 * (v.num_channels * v.image_size ** 2 + 2 * positions * cfg.decoder.hidden_size)
+
+
+def file_vision_cost(f) -> VisionCost | None:
+    """The vision cost of an opened MoteFile's section (None without one)."""
+    if f.vision is None:
+        return None
+    inputs = image_input_bytes(f.config)
+    if f.vision.format == "native":
+        return VisionCost(native_vision_peak_bytes(f.config, f.vision.blocks), 0, inputs)
+    return VisionCost(onnx_vision_peak_bytes(f.config, f.vision.nbytes), VISION_CODE_BYTES, inputs)
+
+
+def overhead_bytes(cfg: ModelConfig, metadata_bytes: int, vision_code_bytes: int = 0) -> int:
     """Parsed metadata and the tokenizer (~4x their JSON), the RoPE cos/sin tables, runtime code."""
-    code = RUNTIME_CODE_BYTES + (VISION_CODE_BYTES if vision else 0)
-    return 4 * metadata_bytes + 2 * 4 * cfg.decoder.head_dim * default_context(cfg) + code
+    return 4 * metadata_bytes + 2 * 4 * cfg.decoder.head_dim * default_context(cfg) + RUNTIME_CODE_BYTES + vision_code_bytes
 
 
 @dataclass(frozen=True)
@@ -159,22 +192,23 @@ class SlabSpec:
 
 def plan(cfg: ModelConfig, sizes: dict, context: int, expert_slabs: int | None = None,
          resident_bytes: int | None = None, metadata_bytes: int = 0, slab: SlabSpec | None = None,
-         vision: bool = True, encode_slabs: int | None = None, kv_bits: int = 32) -> MemoryPlan:
+         vision: VisionCost | None = None, encode_slabs: int | None = None, kv_bits: int = 32) -> MemoryPlan:
     """`sizes` is the file's size statistics; expert_slabs None = every expert cached;
     resident_bytes overrides the stored size (the runtime widens fp16 to fp32); `slab` overrides the
-    file layout's slabs (one stored record each); vision False = no image phase; encode_slabs = slabs
+    file layout's slabs (one stored record each); vision None = no image phase; encode_slabs = slabs
     kept while an image is encoded (None = all)."""
     total_experts = sizes["num_expert_records"]
     slabs = total_experts if expert_slabs is None else min(expert_slabs, total_experts)
     slab = slab or SlabSpec(align(sizes["expert_record_max_bytes"], SECTION_ALIGN))
-    vision = vision and bool(sizes["vision_bytes"])
-    return MemoryPlan(context=context, overhead_bytes=overhead_bytes(cfg, metadata_bytes, vision),
+    return MemoryPlan(context=context,
+                      overhead_bytes=overhead_bytes(cfg, metadata_bytes, vision.code_bytes if vision else 0),
                       resident_bytes=sizes["resident_bytes"] if resident_bytes is None else resident_bytes,
                       kv_cache_bytes=kv_cache_bytes(cfg, context, kv_bits), scratch_bytes=scratch_bytes(cfg, context),
-                      vision_peak_bytes=vision_peak_bytes(cfg, sizes["vision_bytes"]) if vision else 0,
+                      vision_peak_bytes=vision.peak_bytes if vision else 0,
                       expert_slab_bytes=slab.slab_bytes, expert_slabs=slabs, total_experts=total_experts,
                       expert_layout=slab.layout, expert_staging_bytes=slab.staging_bytes,
-                      encode_slabs=encode_slabs, kv_bits=kv_bits)
+                      encode_slabs=encode_slabs, kv_bits=kv_bits,
+                      image_input_bytes=vision.input_bytes if vision else 0)
 
 
 def minimum_slabs(cfg: ModelConfig) -> int:
@@ -195,7 +229,8 @@ def plan_file(f, context: int, expert_slabs: int | None = None, layout: str = "f
               encode_slabs: int | None = None, kv_bits: int = 32) -> MemoryPlan:
     """The plan of an opened MoteFile (resident bytes as loaded: fp16 is widened to fp32)."""
     return plan(f.config, f.metadata["sizes"], context, expert_slabs, _resident_runtime_bytes(f),
-                f.header.metadata_length, file_slab_spec(f, layout), vision, encode_slabs, kv_bits)
+                f.header.metadata_length, file_slab_spec(f, layout), file_vision_cost(f) if vision else None,
+                encode_slabs, kv_bits)
 
 
 def minimum_plan_file(f, context: int, layout: str = "file", vision: bool = True, kv_bits: int = 32) -> MemoryPlan:
@@ -208,17 +243,18 @@ def fit_file_budget(f, context: int, budget: int | None, layout: str = "file", v
     """fit_budget for an opened MoteFile. layout "auto": the 2-bit slab layout when the budget caches
     every expert in it, else the file layout (runtime/expert_layout.py)."""
     args = (f.config, f.metadata["sizes"], context, budget, _resident_runtime_bytes(f), f.header.metadata_length)
+    cost = file_vision_cost(f) if vision else None
     if layout == "auto":
         if not f.config.moe_layers or not any(t.scheme.kind == "ternary" for e in f.experts.values() for t in e.tensors):
-            return fit_budget(*args, file_slab_spec(f, "file"), vision, kv_bits)
+            return fit_budget(*args, file_slab_spec(f, "file"), cost, kv_bits)
         try:
-            p = fit_budget(*args, file_slab_spec(f, "slab2"), vision, kv_bits)
+            p = fit_budget(*args, file_slab_spec(f, "slab2"), cost, kv_bits)
             if p.expert_slabs == p.total_experts:
                 return p
         except BudgetError:  # the file layout's smaller slabs may still fit; it reports the numbers if not
             pass
         layout = "file"
-    return fit_budget(*args, file_slab_spec(f, layout), vision, kv_bits)
+    return fit_budget(*args, file_slab_spec(f, layout), cost, kv_bits)
 
 
 def _resident_runtime_bytes(f) -> int:
@@ -240,7 +276,8 @@ def _most_slabs(room: int, slab_bytes: int, limit: int, fits) -> int:
 
 
 def fit_budget(cfg: ModelConfig, sizes: dict, context: int, budget: int | None, resident_bytes: int,
-               metadata_bytes: int, slab: SlabSpec | None = None, vision: bool = True, kv_bits: int = 32) -> MemoryPlan:
+               metadata_bytes: int, slab: SlabSpec | None = None, vision: VisionCost | None = None,
+               kv_bits: int = 32) -> MemoryPlan:
     """The plan with as many expert slabs as `budget` allows in the prefill / decode phase (all when
     budget is None) and as many kept while an image is encoded as the image phase allows; raises
     BudgetError naming the numbers when even the minimum does not fit. Allocates nothing."""
@@ -252,7 +289,7 @@ def fit_budget(cfg: ModelConfig, sizes: dict, context: int, budget: int | None, 
         return full
     per_slab = full.expert_slab_bytes
     staging = full.expert_staging_bytes
-    decode_fixed = full.fixed_bytes + full.scratch_bytes + staging
+    decode_fixed = full.fixed_bytes + full.scratch_bytes + full.image_input_bytes + staging
     slabs = _most_slabs(budget - decode_fixed, per_slab, full.total_experts,
                         lambda n: with_slabs(n).phase_bytes()["prefill / decode"] <= budget)
     kept = slabs

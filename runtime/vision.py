@@ -1,4 +1,6 @@
-"""The vision tower + projector (the .mote vision section, an ONNX model) run with onnxruntime.
+"""The vision encoder of a .mote file: `vision_encoder(f)` picks the native encoder for a native
+section (runtime/vit.py: block by block through our own kernels) or, for an ONNX section (files
+exported with --vision-format onnx), the onnxruntime encoder below.
 
 numpy + onnxruntime only (no torch, no onnx package). The section's input and output names are format
 constants (mote_edge.format.constants VISION_INPUT / VISION_OUTPUT) that the exporter writes.
@@ -24,9 +26,12 @@ import numpy as np
 from mote_edge.errors import FormatError
 from mote_edge.format.constants import VISION_INPUT, VISION_OUTPUT
 
-from .memory import trim_heap
+from mote_edge.format.reader import MoteFile
 
-__all__ = ["run_vision_onnx", "VisionEncoder", "VisionSectionError", "VisionShapeError"]
+from .memory import trim_heap
+from .vit import NativeVisionEncoder
+
+__all__ = ["run_vision_onnx", "vision_encoder", "VisionEncoder", "VisionSectionError", "VisionShapeError"]
 
 
 def _session(onnx_bytes: bytes, threads: int, release_memory: bool) -> Any:
@@ -128,3 +133,10 @@ class VisionEncoder:
         self.encodes += 1
         self.last_encode_ms = (time.perf_counter() - start) * 1e3
         return features
+
+
+def vision_encoder(f: MoteFile, threads: int = 1) -> "VisionEncoder | NativeVisionEncoder":
+    """The encoder for an opened MoteFile's vision section (it must have one)."""
+    if f.vision.format == "native":
+        return NativeVisionEncoder.from_file(f, threads)
+    return VisionEncoder(f.read_vision, threads, f.config.decoder.hidden_size)

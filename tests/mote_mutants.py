@@ -4,8 +4,9 @@ trailer field (docs/FORMAT.md sections 1-3), and mutate metadata the way a hosti
     with_metadata(src, metadata)   the file `src` (bytes) with new metadata (a JSON value or raw bytes):
                                    data section byte-identical, data_offset re-aligned to 4096,
                                    metadata CRC, file_size, header CRC and trailer recomputed
-    with_data_crcs(src, metadata)  the entries' own crc32 recomputed too (a mutated extent then
-                                   passes its checksum: garbage data in bounds reaches the runtime)
+    with_data_crcs(src, metadata)  the entries' own crc32 recomputed too, a native vision section's
+                                   blocks included (a mutated extent then passes its checksum:
+                                   garbage data in bounds reaches the runtime)
     Mutator(metadata).mutant(rng)  (description, new metadata) for one random structural mutation
     consistent_mutant(src, metadata, rng)  a config change with the whole directory rebuilt to match
     exercise(path)                 open + info + verify, and Engine.load + a 2-token answer: None when
@@ -57,6 +58,14 @@ def with_data_crcs(src: bytes, metadata: Any) -> Any:
         off, n = e.get("offset"), e.get("nbytes")
         if type(off) is int and type(n) is int and 0 <= off and 0 <= n and off + n <= len(data):
             e["crc32"] = f"{zlib.crc32(data[off:off + n]):08x}"
+    vision = metadata.get("vision")
+    if isinstance(vision, dict) and type(vision.get("offset")) is int and isinstance(vision.get("blocks"), list):
+        for b in vision["blocks"]:  # a native section's blocks: offsets relative to the section
+            if isinstance(b, dict):
+                off, n = b.get("offset"), b.get("nbytes")
+                if type(off) is int and type(n) is int and 0 <= off and 0 <= n and vision["offset"] + off + n <= len(data):
+                    start = vision["offset"] + off
+                    b["crc32"] = f"{zlib.crc32(data[start:start + n]):08x}"
     return metadata
 
 
@@ -78,7 +87,7 @@ def restat(metadata: dict) -> None:
     big = 1 << 62
     metadata["sizes"] = size_stats(tensors_from_json(metadata["tensors"], big).values(),
                                    experts_from_json(metadata["experts"], big).values(),
-                                   vision_from_json(metadata["vision"]))
+                                   vision_from_json(metadata["vision"], big))
 
 
 def metadata_of(src: bytes) -> dict:
@@ -320,13 +329,15 @@ def consistent_mutant(src: bytes, base: dict, rng: random.Random) -> tuple[str, 
 
 def rebuilt_for_config(src: bytes, meta: dict) -> dict | None:
     """`meta` with the whole directory rebuilt for its model config (shapes, parts, offsets, sections,
-    sizes, data CRCs over whatever bytes the new extents cover), or None when the config is invalid
-    or the model does not fit the data section before the vision section: a well-formed file whose
+    sizes, a native vision section's blocks, data CRCs over whatever bytes the new extents cover), or
+    None when the config is invalid or the model does not fit the data section before the vision
+    section (or its vision blocks after it): a well-formed file whose
     data belongs to another model, so only the runtime's own checks stand between it and a crash."""
     from mote_edge.config import ModelConfig
     from mote_edge.errors import MoteError
     from mote_edge.format.constants import TENSOR_ALIGN
     from mote_edge.format.directory import ExpertEntry, TensorEntry, align
+    from mote_edge.format.vision_blocks import plan_vision_blocks, section_nbytes
     from mote_edge.quant.recipe import Recipe
     from mote_edge.schema import decoder_tensors
 
@@ -356,6 +367,15 @@ def rebuilt_for_config(src: bytes, meta: dict) -> dict | None:
         experts.append(e)
     if pos > limit:
         return None
+    vision = meta.get("vision")
+    if isinstance(vision, dict) and vision.get("format") == "native":  # blocks for the new vision config
+        *_, data_offset, file_size, _ = HEADER.unpack(src[:HEADER_SIZE])
+        data_size = file_size - TRAILER_SIZE - data_offset
+        blocks = plan_vision_blocks(cfg, vision["weight_bits"], vision["group_size"])
+        vision["nbytes"] = section_nbytes(blocks)
+        if vision["offset"] + vision["nbytes"] > data_size:
+            return None
+        vision["blocks"] = [b.to_json() for b in blocks]
     meta["tensors"] = [t.to_json(with_crc=True) for t in tensors]
     meta["experts"] = [e.to_json() for e in experts]
     meta["sections"] = {"resident": {"offset": 0, "nbytes": resident_end},

@@ -148,19 +148,20 @@ def test_bits16_dequantizes_to_the_checkpoint_within_fp16_rounding(tiny_ckpt, ex
                                           w.astype(np.float16).astype(np.float32) if entry.scheme.kind == "f16" else w)
 
 
+@pytest.mark.parametrize("fmt", ["native", "onnx"])
 @pytest.mark.parametrize("bits,tol", [(8, 0.1), (16, 2e-3)])
-def test_embedded_onnx_vision_matches_the_torch_reference(tiny_ckpt, tmp_path, bits, tol):
+def test_embedded_vision_matches_the_torch_reference(tiny_ckpt, tmp_path, bits, tol, fmt):
     from mote_edge.exporters.reference import load_reference_model
-    from mote_edge.runtime.vision import run_vision_onnx
+    from mote_edge.runtime.vision import vision_encoder
 
     path = tmp_path / f"v{bits}.mote"
-    _export(tiny_ckpt, path, bits=4, vision_bits=bits)
+    _export(tiny_ckpt, path, bits=4, vision_bits=bits, vision_format=fmt)
     model = load_reference_model(tiny_ckpt)
     s = model.config.vision.image_size
     pixels = np.random.default_rng(0).normal(size=(1, 3, s, s)).astype(np.float32)
     with MoteFile(path) as f:
-        assert f.vision.info["weight_bits"] == bits
-        got = run_vision_onnx(f.read_vision(), pixels)
+        assert f.vision.info["weight_bits"] == bits and f.vision.format == fmt
+        got = vision_encoder(f).encode(pixels)[None]
     with torch.no_grad():
         want = model.encode_image(torch.from_numpy(pixels)).numpy()
     assert got.shape == want.shape == (1, model.config.vision.num_patches, model.config.decoder.hidden_size)

@@ -11,7 +11,7 @@ import pytest
 
 from mote_edge.errors import FormatError
 from mote_edge.format import MoteFile, MoteWriter
-from mote_edge.format.constants import HEADER_SIZE, SECTION_ALIGN, TENSOR_ALIGN
+from mote_edge.format.constants import HEADER_SIZE, SECTION_ALIGN, TENSOR_ALIGN, VERSION_MINOR
 from mote_edge.format.encoding import decode, encode
 from mote_edge.presets import preset_config
 from mote_edge.quant.intn import quantize_intn
@@ -148,7 +148,7 @@ def test_reader_errors_name_the_problem(sample, tmp_path):
     assert f"truncated: expected {size} bytes, got {size - 1}" in _one_line_error(m(lambda d: d[:-1]))
     assert f"truncated: expected at least 64 bytes, got 40" in _one_line_error(m(lambda d: d[:40]))
     assert f"3 unexpected bytes after the end" in _one_line_error(m(lambda d: d + b"abc"))
-    assert "unsupported .mote version 2.0" in _one_line_error(m(lambda d: _reheader(d, major=2)))
+    assert f"unsupported .mote version 2.{VERSION_MINOR}" in _one_line_error(m(lambda d: _reheader(d, major=2)))
     assert "header checksum mismatch" in _one_line_error(m(lambda d: _set(d, 20, b"\x01")))
     assert "unknown header flags" in _one_line_error(m(lambda d: _reheader(d, flags=6)))
     assert "trailer is corrupt" in _one_line_error(m(lambda d: _set(d, len(d) - 24, b"X")))

@@ -34,11 +34,11 @@ WRAPPED = "tokenizer or chat template metadata is unusable"
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
-def export_4bit(ckpt, tmp_path_factory):
+def export_4bit(ckpt, tmp_path_factory, vision_format: str = "native"):
     from mote_edge.exporters.export import ExportOptions, export_checkpoint
 
-    path = tmp_path_factory.mktemp("fuzz") / f"{ckpt.name}.mote"
-    export_checkpoint(ckpt, path, ExportOptions(bits=4, progress=False))
+    path = tmp_path_factory.mktemp("fuzz") / f"{ckpt.name}-{vision_format}.mote"
+    export_checkpoint(ckpt, path, ExportOptions(bits=4, vision_format=vision_format, progress=False))
     return path.read_bytes()
 
 
@@ -46,6 +46,12 @@ def export_4bit(ckpt, tmp_path_factory):
 def source(tiny_ckpt, tmp_path_factory):
     """The tiny MoTE (ternary experts, shared expert) at 4 bits."""
     return export_4bit(tiny_ckpt, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def onnx_source(tiny_ckpt, tmp_path_factory):
+    """The tiny MoTE at 4 bits with an ONNX vision section (run by onnxruntime)."""
+    return export_4bit(tiny_ckpt, tmp_path_factory, vision_format="onnx")
 
 
 @pytest.fixture(scope="module")
@@ -236,6 +242,23 @@ def vision_flag_without_section(meta):
     meta["vision"] = None
 
 
+def vision_block(i):
+    return lambda meta: meta["vision"]["blocks"][i]
+
+
+def reshape_vision_tensor(meta):
+    """A consistent entry (parts match its scheme) with another shape than the config implies."""
+    from mote_mutants import replan
+
+    t = meta["vision"]["blocks"][0]["tensors"][2]  # embeddings position_embedding.weight [P + 1, D]
+    replan(t, t["shape"][::-1])
+
+
+def swap_vision_blocks(meta):
+    blocks = meta["vision"]["blocks"]
+    blocks[1]["name"], blocks[2]["name"] = blocks[2]["name"], blocks[1]["name"]
+
+
 NAMED = {  # name: (edit, words the one-line error must contain)
     "renamed tensor": (rename_tensor, "missing " + Q),
     "renamed expert part": (rename_expert_part, "must hold gate_proj, up_proj, down_proj"),
@@ -269,6 +292,20 @@ NAMED = {  # name: (edit, words the one-line error must contain)
     "section too small": (set_path("sections", "resident", "nbytes", 64), "outside the resident section"),
     "vision entry missing": (vision_flag_without_section, "disagree about the vision section"),
     "vision weight bits": (set_path("vision", "weight_bits", 4), "weight_bits"),
+    "vision format unknown": (set_path("vision", "format", "tflite"), "'tflite' is not one of native, onnx"),
+    "vision blocks missing": (lambda m: m["vision"].pop("blocks"), "vision has no 'blocks'"),
+    "vision blocks empty": (set_path("vision", "blocks", []), "vision blocks is empty"),
+    "vision group size 48": (set_path("vision", "group_size", 48), "group_size 48"),
+    "vision section shorter than its blocks": (set_path("vision", "nbytes", 4096), "more than its section"),
+    "vision block misaligned": (lambda m: m["vision"]["blocks"][1].update(offset=m["vision"]["blocks"][1]["offset"] + 64),
+                                "misaligned"),
+    "vision block nbytes": (set_path("vision", "blocks", 1, "nbytes", 64), "does not match its tensors"),
+    "vision block crc": (set_path("vision", "blocks", 1, "crc32", "xyz"), "8 lowercase hex digits"),
+    "vision blocks out of order": (swap_vision_blocks, "does not match the model config"),
+    "vision block tensor shape": (reshape_vision_tensor, "expected vision"),
+    "vision block tensor role": (set_path("vision", "blocks", 1, "tensors", 0, "role", "attn"), "is not one of vision"),
+    "vision block tensor renamed": (set_path("vision", "blocks", 1, "tensors", 0, "name", "ln1.weight"),
+                                    "must hold layer_norm1.weight"),
     "crop size huge": (set_path("image_preprocess", "crop_size", {"height": 10 ** 6, "width": 10 ** 6}),
                        "vision tower's"),
     "tokenizer is a list": (set_path("tokenizer", []), "tokenizer must be an object"),
@@ -282,30 +319,63 @@ NAMED = {  # name: (edit, words the one-line error must contain)
 }
 
 
-CONSISTENT = {  # name: (config changes, image?, words the one-line error must contain)
-    "vocabulary smaller than the tokenizer's": ({("vocab_size",): 100}, False, "outside the embedding table"),
-    "vision input size not the ONNX model's": ({("vision_config", "image_size"): 16}, True, "pixels must have shape"),
-    "decoder hidden size not the vision features'": ({("hidden_size",): 32}, True, "the decoder takes [P, 32]"),
+CONSISTENT = {  # name: (vision format of the source, config changes, image?, words the one-line error must
+    # contain; None: a run (the native blocks are rebuilt for the new config, so garbage weights of the right
+    # shapes run) or any one-line error)
+    "vocabulary smaller than the tokenizer's": ("native", {("vocab_size",): 100}, False, "outside the embedding table"),
+    "vision input size not the ONNX model's": ("onnx", {("vision_config", "image_size"): 16}, True,
+                                               "pixels must have shape"),
+    "decoder hidden size not the ONNX features'": ("onnx", {("hidden_size",): 32}, True, "the decoder takes [P, 32]"),
+    "native vision blocks of another tower size": ("native", {("vision_config", "image_size"): 16}, True, None),
+    "native vision blocks of another width": ("native", {("vision_config", "hidden_size"): 32}, True, None),
+    "native projector of another decoder width": ("native", {("hidden_size",): 32}, True, None),
 }
 
 
-def test_truncated_vision_section_with_its_checksum_rewritten(source, tmp_path):
-    meta = metadata_of(source)
+def test_truncated_vision_section_with_its_checksum_rewritten(onnx_source, tmp_path):
+    meta = metadata_of(onnx_source)
     meta["vision"]["nbytes"] = 5000
     meta["sizes"]["vision_bytes"] = 5000
-    message = run_case(tmp_path / "v.mote", with_metadata(source, with_data_crcs(source, meta)), IMAGE)
+    message = run_case(tmp_path / "v.mote", with_metadata(onnx_source, with_data_crcs(onnx_source, meta)), IMAGE)
     assert message is not None and "\n" not in message, message
     assert "the vision section is not a model onnxruntime can load" in message
 
 
-@pytest.mark.parametrize("name", CONSISTENT)
-def test_named_file_whose_data_belongs_to_another_model(name, source, tmp_path):
-    changes, with_image, words = CONSISTENT[name]
+def test_native_vision_section_longer_than_its_blocks(source):
+    """Bytes after the last block inside the section (a data section with room for them)."""
+    from mote_edge.format.validate import validate_metadata
+
     meta = metadata_of(source)
+    meta["vision"]["nbytes"] += 4096
+    meta["sizes"]["vision_bytes"] += 4096
+    data_size = meta["vision"]["offset"] + meta["vision"]["nbytes"]
+    with pytest.raises(MoteError, match="does not end with its last block"):
+        validate_metadata(meta, 1, data_size)
+
+
+def test_native_vision_block_with_garbage_data_and_its_checksum_rewritten(source, tmp_path):
+    """A block whose bytes are another block's (CRCs recomputed): the run computes garbage or stops with
+    a one-line error, never a crash."""
+    meta = metadata_of(source)
+    blocks = meta["vision"]["blocks"]
+    blocks[1]["offset"], blocks[2]["offset"] = blocks[2]["offset"], blocks[1]["offset"]
+    message = run_case(tmp_path / "g.mote", with_metadata(source, with_data_crcs(source, meta)), IMAGE)
+    assert message is None or "\n" not in message, message
+
+
+@pytest.mark.parametrize("name", CONSISTENT)
+def test_named_file_whose_data_belongs_to_another_model(name, source, onnx_source, tmp_path):
+    fmt, changes, with_image, words = CONSISTENT[name]
+    src = source if fmt == "native" else onnx_source
+    meta = metadata_of(src)
     for path, value in changes.items():
         change_config(meta, path, value)
-    meta = rebuilt_for_config(source, meta)
-    message = run_case(tmp_path / "other.mote", with_metadata(source, meta), IMAGE if with_image else None)
+    meta = rebuilt_for_config(src, meta)
+    assert meta is not None, "the rebuilt directory does not fit the data section"
+    message = run_case(tmp_path / "other.mote", with_metadata(src, meta), IMAGE if with_image else None)
+    if words is None:
+        assert message is None or "\n" not in message, message
+        return
     assert message is not None and "\n" not in message and words in message, message
 
 

@@ -24,9 +24,10 @@ from conftest import REPO, import_oracle
 
 torch = import_oracle("torch")
 
-from faithful_reference import faithful_reference  # noqa: E402
+from faithful_reference import assert_embeddings_match, faithful_reference  # noqa: E402
 from runtime_probe import runtime_outputs  # noqa: E402
 
+from mote_edge.format import MoteFile  # noqa: E402
 from mote_edge.quant import kernels  # noqa: E402
 
 IMAGE = REPO / "examples" / "images" / "shapes.png"
@@ -119,6 +120,12 @@ def reference_run(ckpt, mote) -> dict:
     return {"ids": ids, "embeds": embeds.numpy(), "logits": np.stack(logits), "tokens": tokens}
 
 
+def vision_bits_for(bits: int) -> int:
+    """--bits 16 rows store the vision tower fp16 too, so the decoder's fp16 tolerance holds with an image:
+    an int8 tower's activation roundings can flip between two summation orders (the int-N rule, 2e-2)."""
+    return 16 if bits == 16 else 8
+
+
 @pytest.fixture(scope="module")
 def reference_runs(checkpoint, export_once):
     done = {}
@@ -126,7 +133,7 @@ def reference_runs(checkpoint, export_once):
     def get(name: str, bits: int):
         if (name, bits) not in done:
             ckpt = checkpoint(name)
-            mote = export_once(ckpt, bits=bits, group_size=32)
+            mote = export_once(ckpt, bits=bits, group_size=32, vision_bits=vision_bits_for(bits))
             done[name, bits] = mote, reference_run(ckpt, mote)
         return done[name, bits]
 
@@ -139,9 +146,12 @@ def clear_steps(logits: np.ndarray, tol: float) -> list[bool]:
     return list(top2[:, 1] - top2[:, 0] > 2 * tol * np.abs(logits).max(axis=-1))
 
 
-def assert_runtime_matches(ref: dict, got: dict, tol: float) -> None:
+def assert_runtime_matches(ref: dict, got: dict, tol: float, mote) -> None:
     assert list(got["ids"]) == ref["ids"]
-    np.testing.assert_allclose(got["embeds"], ref["embeds"], rtol=1e-5, atol=1e-6)
+    with MoteFile(mote) as f:
+        patches = f.config.vision.num_patches + (f.config.projector.select_feature == "cls_patch")
+        vision_bits = f.recipe.vision_bits
+    assert_embeddings_match(got["embeds"], ref["embeds"], ref["ids"], patches, vision_bits)
     scale = np.abs(ref["logits"]).max(axis=-1, keepdims=True)
     worst = (np.abs(got["logits"] - ref["logits"]) / scale).max(axis=-1)
     assert (worst <= tol).all(), f"logits off by up to {worst.max():.2e} of the logit scale (step {worst.argmax()})"
@@ -158,7 +168,7 @@ def assert_runtime_matches(ref: dict, got: dict, tol: float) -> None:
 @pytest.mark.parametrize("name", list(MODELS))
 def test_runtime_matches_the_reference(name, bits, reference_runs):
     mote, ref = reference_runs(name, bits)
-    assert_runtime_matches(ref, runtime_outputs(mote, PROMPT, IMAGE, ref["tokens"]), TOLERANCE[bits])
+    assert_runtime_matches(ref, runtime_outputs(mote, PROMPT, IMAGE, ref["tokens"]), TOLERANCE[bits], mote)
 
 
 @pytest.mark.parametrize("path", KERNEL_PATHS)
@@ -173,4 +183,4 @@ def test_forced_kernel_path_matches_the_reference(path, reference_runs, tmp_path
     assert r.returncode == 0, r.stderr[-3000:]
     got = dict(np.load(out))
     assert str(got["kernel_path"]) == path
-    assert_runtime_matches(ref, got, TOLERANCE[4])
+    assert_runtime_matches(ref, got, TOLERANCE[4], mote)

@@ -13,7 +13,7 @@ from mote_edge.runtime.budget import BudgetError
 from mote_edge.runtime.engine import Engine
 from mote_edge.runtime.hugepages import huge_buffer
 from mote_edge.runtime.memory import PeakTracker, read_status, release_pages
-from mote_edge.runtime.plan import fit_file_budget, minimum_plan_file, plan_file
+from mote_edge.runtime.plan import fit_file_budget, image_input_bytes, minimum_plan_file, plan_file
 
 IMAGE = REPO / "examples" / "images" / "task-0.png"
 PROMPT = "What color is the star?"
@@ -22,9 +22,29 @@ MB = 10**6
 
 @pytest.fixture(scope="module")
 def mote(tiny_ckpt, tmp_path_factory):
+    """With an ONNX vision section: its onnxruntime session's peak makes the image phase the larger one
+    (the native encoder's does not, on the tiny model), so slabs are lent while an image is encoded."""
     path = tmp_path_factory.mktemp("phases") / "tiny.mote"
-    export_checkpoint(tiny_ckpt, path, ExportOptions(bits=4, group_size=32, progress=False))
+    export_checkpoint(tiny_ckpt, path, ExportOptions(bits=4, group_size=32, vision_format="onnx", progress=False))
     return path
+
+
+@pytest.fixture(scope="module")
+def native_mote(tiny_ckpt, export_once):
+    return export_once(tiny_ckpt, bits=4, group_size=32)
+
+
+def test_native_vision_plans_its_block_and_activations_and_no_onnxruntime_code(native_mote, mote):
+    with MoteFile(native_mote) as f, MoteFile(mote) as g:
+        native, onnx = minimum_plan_file(f, 512), minimum_plan_file(g, 512)
+        assert native.vision_peak_bytes < onnx.vision_peak_bytes
+        assert native.overhead_bytes < onnx.overhead_bytes  # no onnxruntime code
+        assert native.overhead_bytes == minimum_plan_file(f, 512, vision=False).overhead_bytes
+        # the image phase no longer sets the tiny model's minimum: the text-only minimum plus the image's
+        # inputs to the prefill (pixels, features) is
+        assert native.binding_phase == "prefill / decode"
+        text_only = minimum_plan_file(f, 512, vision=False).total_bytes
+        assert native.total_bytes == text_only + image_input_bytes(f.config)
 
 
 def test_plan_is_the_largest_phase_not_the_sum(mote):

@@ -10,7 +10,7 @@ from conftest import REPO, import_oracle, run_cli
 
 torch = import_oracle("torch")
 
-from faithful_reference import faithful_reference  # noqa: E402
+from faithful_reference import assert_embeddings_match, faithful_reference  # noqa: E402
 
 from mote_edge.chat import encode_prompt  # noqa: E402
 from mote_edge.format import MoteFile  # noqa: E402
@@ -22,7 +22,8 @@ PROMPT = "What color is the circle?"
 
 @pytest.fixture(scope="module", params=[16, 4])
 def exported(request, tiny_ckpt, export_once):
-    return export_once(tiny_ckpt, bits=request.param, group_size=32)
+    # --bits 16 with an fp16 vision tower: the parity configuration (tests/test_parity_matrix.py vision_bits_for)
+    return export_once(tiny_ckpt, bits=request.param, group_size=32, vision_bits=16 if request.param == 16 else 8)
 
 
 @pytest.mark.parametrize("with_image", [False, True])
@@ -41,7 +42,8 @@ def test_logits_and_32_greedy_tokens_match_the_reference(tiny_ckpt, exported, wi
     with torch.no_grad():
         embeds = ref.embed(torch.tensor(ids), pixels)
         want_logits = ref.forward_embeds(embeds[None])[0, -1].numpy()
-    np.testing.assert_allclose(embeds.numpy(), x, rtol=1e-5, atol=1e-6)
+    with MoteFile(exported) as f:
+        assert_embeddings_match(x, embeds.numpy(), ids, f.config.vision.num_patches, f.recipe.vision_bits)
     # Relative to the logit scale. fp16 weights: only float32 summation order differs -> 1e-4.
     # int-N weights: a summation-order difference can flip one int8 activation rounding (x*s at
     # exactly .5), a discrete step of 1/127 of that group's max |x| -> 2e-2. Tokens must still agree.
@@ -157,9 +159,9 @@ def test_peak_rss_over_baseline_stays_within_the_budget_text_only(exported):
 
 
 def test_peak_rss_over_baseline_stays_within_the_budget_with_images(exported):
-    budget = _min_budget(exported, vision=True)  # every slab is lent to the vision encoder while it runs
+    budget = _min_budget(exported, vision=True)  # the native encoder: one block at a time
     d = _rss_run(exported, budget, vision=True)
-    assert d["plan"] <= budget and d["kept_while_encoding"] < d["slabs"]
+    assert d["plan"] <= budget and d["kept_while_encoding"] <= d["slabs"]
     assert 0 < d["peak_over_baseline"] <= budget, d
 
 

@@ -78,6 +78,16 @@ class TensorEntry:
         return entry
 
 
+def place_back_to_back(tensors: list[TensorEntry]) -> int:
+    """Set each tensor's offset in a record (one after the other, TENSOR_ALIGN-aligned); the record's bytes."""
+    pos = 0
+    for t in tensors:
+        pos = align(pos, TENSOR_ALIGN)
+        t.offset = pos
+        pos += t.nbytes
+    return pos
+
+
 @dataclass
 class ExpertEntry:
     """One routed expert's record: its gate/up/down tensors, one pread, one crc."""
@@ -90,11 +100,7 @@ class ExpertEntry:
 
     @classmethod
     def plan(cls, layer: int, expert: int, tensors: list[TensorEntry]) -> "ExpertEntry":
-        pos = 0
-        for t in tensors:
-            pos = align(pos, TENSOR_ALIGN)
-            t.offset = pos
-            pos += t.nbytes
+        place_back_to_back(tensors)
         return cls(layer, expert, tensors)
 
     @property
@@ -117,18 +123,51 @@ class ExpertEntry:
 
 
 @dataclass
+class VisionBlock:
+    """One block of a native vision section (the patch embedding, one ViT layer, the projector): its
+    tensors back to back, one pread, one crc. `offset` is relative to the vision section's start."""
+
+    name: str
+    tensors: list[TensorEntry]
+    offset: int = 0
+    crc32: int = 0
+
+    @classmethod
+    def plan(cls, name: str, tensors: list[TensorEntry]) -> "VisionBlock":
+        place_back_to_back(tensors)
+        return cls(name, tensors)
+
+    @property
+    def nbytes(self) -> int:
+        return self.tensors[-1].offset + self.tensors[-1].nbytes
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "offset": self.offset, "nbytes": self.nbytes, "crc32": crc_hex(self.crc32),
+                "tensors": [t.to_json(with_crc=False) for t in self.tensors]}
+
+
+@dataclass
 class BlobEntry:
-    """An opaque section (the vision ONNX model)."""
+    """The vision section: an ONNX model (format "onnx", opaque bytes) or native blocks (format
+    "native", `blocks` in the order they run)."""
 
     nbytes: int
     offset: int = 0
     crc32: int = 0
     info: dict = field(default_factory=dict)
+    blocks: list[VisionBlock] = field(default_factory=list)
+
+    @property
+    def format(self) -> str:
+        return self.info.get("format", "onnx")
 
     def to_json(self) -> dict:
-        return {"offset": self.offset, "nbytes": self.nbytes, "crc32": crc_hex(self.crc32), **self.info}
+        d = {"offset": self.offset, "nbytes": self.nbytes, "crc32": crc_hex(self.crc32), **self.info}
+        if self.blocks:
+            d["blocks"] = [b.to_json() for b in self.blocks]
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "BlobEntry":
-        info = {k: v for k, v in d.items() if k not in ("offset", "nbytes", "crc32")}
+        info = {k: v for k, v in d.items() if k not in ("offset", "nbytes", "crc32", "blocks")}
         return cls(int(d["nbytes"]), int(d["offset"]), int(d["crc32"], 16), info)

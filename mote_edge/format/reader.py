@@ -25,7 +25,7 @@ from mote_edge.errors import FormatError
 from .constants import (HEADER, HEADER_SIZE, KNOWN_FLAGS, MAGIC, SECTION_ALIGN, TRAILER,
                         TRAILER_MAGIC, TRAILER_SIZE, VERSION_MAJOR)
 from .encoding import PART_DTYPES
-from .directory import ExpertEntry, TensorEntry
+from .directory import ExpertEntry, TensorEntry, VisionBlock
 from .validate import one_line, validate_metadata
 
 MAX_METADATA = 1 << 30
@@ -226,6 +226,13 @@ class MoteFile:
             raise self._fail("checksum mismatch in the vision section")
         return data
 
+    def read_vision_block_into(self, block: VisionBlock, buf, verify: bool = True) -> dict[str, dict[str, np.ndarray]]:
+        """Read one block of a native vision section into `buf` (reused block after block) with one
+        preadv; tensor name -> parts, views into buf."""
+        self._read_into(buf, self.vision.offset + block.offset, block.nbytes, block.crc32,
+                        f"vision block {block.name}", verify)
+        return {t.name: parse_parts(t, buf, t.offset) for t in block.tensors}
+
     def iter_data_checks(self) -> Iterator[tuple[str, int]]:
         """Verify every checksum and that all padding is zero; yields (item, bytes) as it goes."""
         for name, t in self.tensors.items():
@@ -237,6 +244,9 @@ class MoteFile:
         if self.vision is not None:
             self.read_vision()
             yield "vision section", self.vision.nbytes
+            for block in self.vision.blocks:
+                self.read_vision_block_into(block, bytearray(block.nbytes))
+                yield f"vision block {block.name}", 0
         self._check_padding()
         yield "padding", 0
 

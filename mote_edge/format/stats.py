@@ -1,5 +1,6 @@
 """Size statistics of a .mote file, computed from its directory (the writer stores them in the
-metadata; `verify` recomputes and compares; `info` prints them)."""
+metadata; `verify` recomputes and compares; `info` prints them). The tensors of a native vision
+section count under their roles (vision, projector); an ONNX section only in vision_bytes."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ def size_stats(tensors: Iterable[TensorEntry], experts: Iterable[ExpertEntry], v
         add(t)
     for e in experts:
         for t in e.tensors:
+            add(t)
+    for b in vision.blocks if vision is not None else ():
+        for t in b.tensors:
             add(t)
     return {
         "by_role": by_role,

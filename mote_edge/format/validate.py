@@ -29,8 +29,9 @@ from mote_edge.schema import SWIGLU_PROJS, decoder_tensors, projection_of
 
 from .constants import FLAG_HAS_VISION, SECTION_ALIGN, TENSOR_ALIGN
 from .encoding import PART_DTYPES
-from .directory import BlobEntry, ExpertEntry, TensorEntry
+from .directory import BlobEntry, ExpertEntry, TensorEntry, VisionBlock, place_back_to_back
 from .stats import size_stats
+from .vision_blocks import BLOCK_ALIGN, VISION_FORMATS, plan_vision_blocks, section_nbytes
 
 MAX_INT32 = (1 << 31) - 1  # tensor dimensions reach the C kernels as int
 MAX_FLOAT32 = 3.4028234663852886e38
@@ -41,7 +42,8 @@ SCHEME_KINDS = ("f32", "f16", "intn", "ternary")
 SCHEME_KEYS = ("kind", "bits", "group_size", "method")
 DIRECTORY_ROLES = tuple(r for r in RECIPE_ROLES if r != "vision") + ("ternary_expert",)
 VISION_BITS = (8, 16, 32)
-VISION_FIELDS = {"format": "onnx", "input": "pixel_values", "output": "image_features"}
+VISION_FIELDS = {"input": "pixel_values", "output": "image_features"}  # of an ONNX vision section
+VISION_TENSOR_ROLES = ("vision", "projector")
 CRC_HEX = re.compile(r"[0-9a-f]{8}")
 MODEL_BLOCKS = ("tokenizer", "chat_template", "image_preprocess")
 MAX_RESIZE_FACTOR = 8  # image_preprocess shortest_edge at most this many times the vision image size
@@ -170,17 +172,18 @@ def shape_from_json(value: Any, what: str) -> tuple[int, ...]:
     return tuple(as_int(n, f"{what} shape entry", 1, MAX_INT32) for n in dims)
 
 
-def tensor_from_json(value: Any, owner: str, with_crc: bool, max_bytes: int) -> TensorEntry:
+def tensor_from_json(value: Any, owner: str, with_crc: bool, max_bytes: int,
+                     roles: tuple[str, ...] = DIRECTORY_ROLES) -> TensorEntry:
     """One tensor entry: types and ranges first, then its parts against the layout its scheme and
     shape imply (docs/FORMAT.md section 6); `max_bytes` bounds the tensor (the data section).
-    `owner` prefixes messages about an expert record's tensors."""
+    `owner` prefixes messages about an expert record's or a vision block's tensors."""
     what = f"{owner}tensor entry"
     d = as_dict(value, what)
     name = as_str(field_of(d, "name", what), f"{what} name")
     if not 0 < len(name) <= MAX_NAME:
         raise fail(f"{what} name must have 1 to {MAX_NAME} characters")
     what = f"{owner}tensor {name}"
-    role = as_str(field_of(d, "role", what), f"{what} role", DIRECTORY_ROLES)
+    role = as_str(field_of(d, "role", what), f"{what} role", roles)
     scheme = scheme_from_json(field_of(d, "scheme", what), what)
     shape = shape_from_json(field_of(d, "shape", what), what)
     if scheme.kind in ("intn", "ternary") and len(shape) != 2:
@@ -216,33 +219,62 @@ def expert_from_json(value: Any, max_bytes: int) -> ExpertEntry:
     layer = as_int(field_of(d, "layer", "expert record"), "expert record layer", 0, MAX_INT32)
     expert = as_int(field_of(d, "expert", "expert record"), "expert record expert", 0, MAX_INT32)
     what = f"expert ({layer}, {expert})"
+    return ExpertEntry(layer, expert, *record_from_json(d, what, max_bytes, DIRECTORY_ROLES))
+
+
+def record_from_json(d: dict, what: str, max_bytes: int, roles: tuple[str, ...]) -> tuple[list[TensorEntry], int, int]:
+    """A record's tensors (an expert record, a vision block): uniquely named, laid out back to back at
+    64-byte boundaries, `nbytes` ending at the last one; (tensors, offset, crc32)."""
     items = as_list(field_of(d, "tensors", what), f"{what} tensors")
     if not items:
         raise fail(f"{what} has no tensors")
-    tensors = [tensor_from_json(t, f"{what} ", False, max_bytes) for t in items]
+    tensors = [tensor_from_json(t, f"{what} ", False, max_bytes, roles) for t in items]
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         raise fail(f"{what} has two tensors named {next(n for n in names if names.count(n) > 1)}")
     stored_offsets = [t.offset for t in tensors]
-    entry = ExpertEntry.plan(layer, expert, tensors)
+    planned = place_back_to_back(tensors)
     if stored_offsets != [t.offset for t in tensors]:
         raise fail(f"{what} tensor offsets are not laid out back to back at 64-byte boundaries")
     nbytes = as_int(field_of(d, "nbytes", what), f"{what} nbytes")
-    if nbytes != entry.nbytes:
-        raise fail(f"{what} nbytes {nbytes} does not match its tensors ({entry.nbytes})")
-    entry.offset = as_int(field_of(d, "offset", what), f"{what} offset")
-    entry.crc32 = as_crc(field_of(d, "crc32", what), what)
-    return entry
+    if nbytes != planned:
+        raise fail(f"{what} nbytes {nbytes} does not match its tensors ({planned})")
+    return tensors, as_int(field_of(d, "offset", what), f"{what} offset"), as_crc(field_of(d, "crc32", what), what)
 
 
-def vision_from_json(value: Any) -> BlobEntry | None:
+def vision_from_json(value: Any, max_bytes: int) -> BlobEntry | None:
     if value is None:
         return None
     d = as_dict(value, "vision")
-    info = {k: v for k, v in d.items() if k not in ("offset", "nbytes", "crc32")}
-    return BlobEntry(as_int(field_of(d, "nbytes", "vision"), "vision nbytes", 1),
-                     as_int(field_of(d, "offset", "vision"), "vision offset"),
-                     as_crc(field_of(d, "crc32", "vision"), "vision"), info)
+    info = {k: v for k, v in d.items() if k not in ("offset", "nbytes", "crc32", "blocks")}
+    vision = BlobEntry(as_int(field_of(d, "nbytes", "vision"), "vision nbytes", 1),
+                       as_int(field_of(d, "offset", "vision"), "vision offset"),
+                       as_crc(field_of(d, "crc32", "vision"), "vision"), info)
+    fmt = as_str(field_of(d, "format", "vision"), "vision format", VISION_FORMATS)
+    if fmt == "native":
+        vision.blocks = vision_blocks_from_json(field_of(d, "blocks", "vision"), min(vision.nbytes, max_bytes))
+    return vision
+
+
+def vision_blocks_from_json(value: Any, section_bytes: int) -> list[VisionBlock]:
+    """The native vision section's blocks: each laid out like an expert record (tensors back to back at
+    64-byte boundaries), at BLOCK_ALIGN boundaries of the section, in order, inside it."""
+    items = as_list(value, "vision blocks")
+    if not items:
+        raise fail("vision blocks is empty")
+    blocks, end = [], 0
+    for item in items:
+        d = as_dict(item, "vision block")
+        name = as_str(field_of(d, "name", "vision block"), "vision block name")
+        if not 0 < len(name) <= MAX_NAME:
+            raise fail(f"vision block name must have 1 to {MAX_NAME} characters")
+        what = f"vision block {name}"
+        block = VisionBlock(name, *record_from_json(d, what, section_bytes, VISION_TENSOR_ROLES))
+        if block.offset % BLOCK_ALIGN or block.offset < end or block.offset + block.nbytes > section_bytes:
+            raise fail(f"{what} lies outside the vision section, overlaps the previous block or is misaligned")
+        end = block.offset + block.nbytes
+        blocks.append(block)
+    return blocks
 
 
 def tensors_from_json(value: Any, max_bytes: int) -> dict[str, TensorEntry]:
@@ -465,15 +497,41 @@ def check_entry(t: TensorEntry, what: str, shape: tuple[int, ...], role: str, re
         raise fail(f"{what} is stored as {t.scheme.label}, but the recipe says {want.label}")
 
 
-def check_vision_entry(vision: BlobEntry | None, recipe: Recipe) -> None:
+def check_vision_entry(vision: BlobEntry | None, recipe: Recipe, cfg: ModelConfig) -> None:
     if vision is None:
+        return
+    if not same_json(vision.info.get("weight_bits"), recipe.vision_bits):
+        raise fail(f"vision weight_bits {show(vision.info.get('weight_bits'))} does not match the recipe's "
+                   f"vision_bits {recipe.vision_bits}")
+    if vision.format == "native":
+        check_native_vision(vision, cfg)
         return
     for key, want in VISION_FIELDS.items():
         if vision.info.get(key) != want:
             raise fail(f"vision {key} must be {want!r}, got {show(vision.info.get(key))}")
-    if not same_json(vision.info.get("weight_bits"), recipe.vision_bits):
-        raise fail(f"vision weight_bits {show(vision.info.get('weight_bits'))} does not match the recipe's "
-                   f"vision_bits {recipe.vision_bits}")
+
+
+def check_native_vision(vision: BlobEntry, cfg: ModelConfig) -> None:
+    """The blocks are exactly the ones the model config implies (docs/FORMAT.md section 8.2): names,
+    tensors, shapes, schemes and offsets, and the section ends with the last block."""
+    group = vision.info.get("group_size")
+    if type(group) is not int or group not in GROUP_SIZES:
+        raise fail(f"vision group_size {show(group)} is not one of {', '.join(map(str, GROUP_SIZES))}")
+    want = plan_vision_blocks(cfg, vision.info["weight_bits"], group)
+    if len(vision.blocks) != len(want):
+        raise fail(f"vision section has {len(vision.blocks)} blocks, the model config implies {len(want)}")
+    for got, planned in zip(vision.blocks, want):
+        if got.name != planned.name or got.offset != planned.offset:
+            raise fail(f"vision block {got.name} at {got.offset} does not match the model config "
+                       f"(expected {planned.name} at {planned.offset})")
+        if [t.name for t in got.tensors] != [t.name for t in planned.tensors]:
+            raise fail(f"vision block {got.name} must hold {', '.join(t.name for t in planned.tensors)} in that order")
+        for t, p in zip(got.tensors, planned.tensors):
+            if (t.role, t.shape, t.scheme) != (p.role, p.shape, p.scheme):
+                raise fail(f"vision block {got.name} tensor {t.name} is {t.role} {list(t.shape)} {t.scheme.label}, "
+                           f"expected {p.role} {list(p.shape)} {p.scheme.label}")
+    if vision.nbytes != section_nbytes(want):
+        raise fail(f"vision nbytes {vision.nbytes} does not end with its last block ({section_nbytes(want)})")
 
 
 def same_json(a: Any, b: Any) -> bool:
@@ -504,7 +562,7 @@ def validate_metadata(meta: Any, flags: int, data_size: int, container_only: boo
     recipe = recipe_from_json(field_of(meta, "recipe", "metadata"))
     tensors = tensors_from_json(field_of(meta, "tensors", "metadata"), data_size)
     experts = experts_from_json(field_of(meta, "experts", "metadata"), data_size)
-    vision = vision_from_json(field_of(meta, "vision", "metadata"))
+    vision = vision_from_json(field_of(meta, "vision", "metadata"), data_size)
     if (vision is not None) != bool(flags & FLAG_HAS_VISION):
         raise fail("header flags and metadata disagree about the vision section")
     extents = check_extents(tensors, experts, vision, data_size)
@@ -512,7 +570,7 @@ def validate_metadata(meta: Any, flags: int, data_size: int, container_only: boo
     d = Directory(cfg, recipe, tensors, experts, vision, extents)
     if not container_only:
         check_model(cfg, recipe, d)
-        check_vision_entry(vision, recipe)
+        check_vision_entry(vision, recipe, cfg)
         image_config_from_json(meta["image_preprocess"], cfg)
         check_sizes(field_of(meta, "sizes", "metadata"), d)
     return d

@@ -7,6 +7,8 @@ interrupted export never leaves a file that looks valid.
 
 Layout (docs/FORMAT.md): header | metadata JSON | pad to 4096 | data section =
 [resident tensors, 64-aligned] [expert records, 4096-aligned] [vision, 4096-aligned] | trailer.
+The vision section is written in one piece (`write_vision`): an ONNX model, or the native blocks
+laid out by mote_edge/format/vision_blocks.py.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from mote_edge.quant.recipe import Scheme
 from .constants import (FLAG_HAS_VISION, HEADER, HEADER_SIZE, MAGIC, SECTION_ALIGN, TENSOR_ALIGN, TRAILER,
                         TRAILER_MAGIC, VERSION_MAJOR, VERSION_MINOR)
 from .encoding import PART_DTYPES
-from .directory import BlobEntry, ExpertEntry, TensorEntry, align
+from .directory import BlobEntry, ExpertEntry, TensorEntry, VisionBlock, align
 
 
 def _part_bytes(entry: TensorEntry, parts: dict[str, np.ndarray]) -> bytes:
@@ -40,6 +42,16 @@ def _part_bytes(entry: TensorEntry, parts: dict[str, np.ndarray]) -> bytes:
                               f"got {arr.dtype} {list(arr.shape)}")
         buf[off:off + spec.nbytes] = arr.tobytes()
     return bytes(buf)
+
+
+def record_bytes(entries: list[TensorEntry], tensors: dict[str, dict[str, np.ndarray]], what: str) -> bytearray:
+    """A record's bytes (an expert record, a vision block): each tensor's parts at its planned offset."""
+    record = bytearray(entries[-1].offset + entries[-1].nbytes)
+    for t in entries:
+        if t.name not in tensors:
+            raise FormatError(f"{what} is missing tensor {t.name}")
+        record[t.offset:t.offset + t.nbytes] = _part_bytes(t, tensors[t.name])
+    return record
 
 
 class MoteWriter:
@@ -71,9 +83,10 @@ class MoteWriter:
         self.experts[(layer, expert)] = entry = ExpertEntry.plan(layer, expert, entries)
         return entry
 
-    def add_vision(self, nbytes: int, info: dict[str, Any]) -> None:
+    def add_vision(self, nbytes: int, info: dict[str, Any], blocks: list[VisionBlock] | None = None) -> None:
+        """The vision section: `nbytes` of ONNX model, or native `blocks` (CRCs filled) in `nbytes`."""
         self._planning()
-        self.vision = BlobEntry(nbytes, info=dict(info))
+        self.vision = BlobEntry(nbytes, info=dict(info), blocks=list(blocks or []))
 
     def _planning(self) -> None:
         if self._fd is not None:
@@ -150,11 +163,7 @@ class MoteWriter:
         if (layer, expert) not in self.experts:
             raise FormatError(f"expert ({layer}, {expert}) was not planned")
         entry = self.experts[(layer, expert)]
-        record = bytearray(entry.nbytes)
-        for t in entry.tensors:
-            if t.name not in tensors:
-                raise FormatError(f"expert ({layer}, {expert}) is missing tensor {t.name}")
-            record[t.offset:t.offset + t.nbytes] = _part_bytes(t, tensors[t.name])
+        record = record_bytes(entry.tensors, tensors, f"expert ({layer}, {expert})")
         self._writing(("expert", layer, expert))
         entry.crc32 = zlib.crc32(record)
         self._pwrite(bytes(record), entry.offset)
