@@ -37,7 +37,7 @@ from .expert_cache import DEFAULT_PREFETCH, EXPERT_LOADERS, PREFETCH_MODES, Expe
 from .expert_layout import EXPERT_LAYOUTS
 from .kv_cache import KV_BITS
 from .memory import PeakTracker, drop_page_cache, read_status, trim_heap
-from .plan import MemoryPlan, default_context, fit_file_budget
+from .plan import PREFILL_CHUNK, MemoryPlan, default_context, fit_file_budget
 from .prefix_cache import CachedPositions, image_digest, position_keys
 from .report import RunStats, TokenCounts, build_report
 from .sampler import Sampler, SamplingParams
@@ -173,11 +173,28 @@ class Engine:
         """[T', H]: the chat-templated prompt with the image's patch embeddings at the placeholder."""
         ids = np.array(self.encode(prompt, image is not None, system, raw))
         if image is None:
-            return self.decoder.embed(ids)
+            return self._embed_pieces([ids])
         self._check_vision("drop --image")
         features = self._encode_image(image, self._patches_per_image())
         at = int(np.nonzero(ids == IMAGE_TOKEN_INDEX)[0][0])
-        return np.concatenate([self.decoder.embed(ids[:at]), features, self.decoder.embed(ids[at + 1:])])
+        return self._embed_pieces([ids[:at], features, ids[at + 1:]])
+
+    def _embed_pieces(self, pieces: list[np.ndarray]) -> np.ndarray:
+        """[sum of lengths, H]: token-id runs [n] embedded and image features [P, H] copied, in order,
+        into one array; ids are looked up PREFILL_CHUNK rows at a time, so the prompt's embeddings are
+        the only prompt-long buffer (the plan's scratch counts it at the context's length)."""
+        rows = sum(len(piece) for piece in pieces)
+        out = np.empty((rows, self.config.decoder.hidden_size), np.float32)
+        at = 0
+        for piece in pieces:
+            if piece.ndim == 2:  # image features
+                out[at:at + len(piece)] = piece
+            else:
+                for c in range(0, len(piece), PREFILL_CHUNK):
+                    chunk = piece[c:c + PREFILL_CHUNK]
+                    out[at + c:at + c + len(chunk)] = self.decoder.embed(chunk)
+            at += len(piece)
+        return out
 
     def generate_ids(self, prompt: str, image=None, max_new_tokens: int = 128, temperature: float = 0.0,
                      top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
@@ -307,13 +324,13 @@ class Engine:
             source = next(sources)
             if position + patches > start:
                 if text:
-                    pieces.append(self.decoder.embed(np.array(text)))
+                    pieces.append(np.array(text, dtype=np.int64))
                     text = []
                 pieces.append(self._encode_image(source, patches)[max(0, start - position):])
             position += patches
         if text:
-            pieces.append(self.decoder.embed(np.array(text)))
-        return np.concatenate(pieces)
+            pieces.append(np.array(text, dtype=np.int64))
+        return self._embed_pieces(pieces)
 
     def _answer_ids(self, x: np.ndarray, t0: float, sampler: _VocabMaskedSampler, max_new_tokens: int,
                     stop_ids: frozenset[int], cancel: Callable[[], bool] | None = None,

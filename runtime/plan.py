@@ -12,11 +12,12 @@ A request goes through phases that never overlap, and the plan is the largest of
     KV cache          layers x 2 x kv_heads x context x (head_dim x 4 bytes (fp32), or head_dim + a
                       4-byte scale (int8, kv_bits 8))
     scratch           activations of one prefill chunk (PREFILL_CHUNK positions; attention in query
-                      chunks over the whole context) + logits
+                      chunks over the whole context) + the prompt's embeddings [context, H] (held
+                      while its chunks run) + logits
     vision peak       the vision encoder while an image is encoded: the native encoder's largest
                       block + its activations (runtime/vit.py), or an ONNX section's onnxruntime session
-    image inputs      what an image adds to the prefill: its pixels, its features [P, H] and their copy
-                      spliced into the prompt's embeddings
+    image inputs      what an image adds to the prefill: its pixels and its features [P, H] (their copy
+                      in the prompt's embeddings is scratch)
     expert cache      slabs x the largest expert record, rounded up to whole 2 MiB huge pages if >= 16 MiB
                       (in the 2-bit slab layout: ternary tensors at 2 bpw, plus one staging record)
 
@@ -140,7 +141,8 @@ def scratch_bytes(cfg: ModelConfig, context: int) -> int:
     dc = cfg.decoder
     per_token = 4 * dc.hidden_size + 3 * dc.intermediate_size + dc.head_dim * (dc.num_attention_heads + 2 * dc.num_key_value_heads)
     scores = dc.num_attention_heads * ATTN_QUERY_CHUNK * context
-    return 4 * (min(context, PREFILL_CHUNK) * per_token + scores + dc.vocab_size)
+    prompt = context * dc.hidden_size  # the embedded prompt, whole, while the chunks run
+    return 4 * (min(context, PREFILL_CHUNK) * per_token + scores + prompt + dc.vocab_size)
 
 
 def onnx_vision_peak_bytes(cfg: ModelConfig, vision_bytes: int) -> int:
@@ -161,10 +163,11 @@ class VisionCost:
 
 
 def image_input_bytes(cfg: ModelConfig) -> int:
-    """The preprocessed pixels [C, S, S] and the features [P, H] twice (returned, spliced), float32."""
+    """The preprocessed pixels [C, S, S] and the features [P, H], float32 (their copy in the prompt's
+    embeddings is scratch)."""
     v = cfg.vision
     positions = v.num_patches + (cfg.projector.select_feature == "cls_patch")
-    return 4 * (v.num_channels * v.image_size ** 2 + 2 * positions * cfg.decoder.hidden_size)
+    return 4 * (v.num_channels * v.image_size ** 2 + positions * cfg.decoder.hidden_size)
 
 
 def file_vision_cost(f) -> VisionCost | None:
