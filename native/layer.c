@@ -1,0 +1,252 @@
+/* One decode step of a Qwen2 decoder layer, T = 1 (layer.h; docs/KERNELS.md section 6). The same maths as
+ * runtime/decoder.py's numpy layer (the reference), in one call per half-layer:
+ *
+ *   attention half                                   shapes (H hidden, nH / nKV heads, D head dim, S = pos + 1)
+ *     h   = rmsnorm(x, ln_in)                        [H]
+ *     qkv = W_qkv h + b                              [nH D + 2 nKV D]   one int-N kernel call when fused
+ *     q, k = rope(q, pos), rope(k, pos)              [nH, D], [nKV, D]
+ *     cache[pos] = k, v                              float32, or int8 with scale = max|.| / 127 per head
+ *     att_h = softmax(q_h K^T / sqrt(D)) V           [nH, D]   head h reads kv head h / (nH / nKV)
+ *     x  += W_o att                                  [H]
+ *     h   = rmsnorm(x, ln_post)                      [H]
+ *   FFN (dense, shared expert, or one routed expert)
+ *     y  += coef * down(silu(gate h) * up h)         [H]   gate / up: [I] each
+ *
+ * Float steps are the numpy layer's expressions with -ffp-contract=off; sums (norms, attention dots,
+ * the f32 GEMV) run in 8 partial sums, a different order than numpy's, so the two agree within the
+ * rounding bound the tests derive, not bit for bit. RoPE, the bias adds and the int8 cache write are
+ * element-wise and bit-identical.
+ */
+#include "layer.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+#include "threads.h"
+
+#define LANES 8   /* partial sums per dot product (the compiler keeps them in vector registers) */
+
+static float dot_f32(const float *a, const float *b, int n) {
+    float acc[LANES] = {0};
+    int k = 0;
+    for (; k + LANES <= n; k += LANES)
+        for (int j = 0; j < LANES; j++) acc[j] += a[k + j] * b[k + j];
+    for (int j = 0; k + j < n; j++) acc[j] += a[k + j] * b[k + j];
+    float s = 0.0f;
+    for (int j = 0; j < LANES; j++) s += acc[j];
+    return s;
+}
+
+static float dot_f32_i8(const float *a, const int8_t *b, int n) {
+    float acc[LANES] = {0};
+    int k = 0;
+    for (; k + LANES <= n; k += LANES)
+        for (int j = 0; j < LANES; j++) acc[j] += a[k + j] * (float)b[k + j];
+    for (int j = 0; k + j < n; j++) acc[j] += a[k + j] * (float)b[k + j];
+    float s = 0.0f;
+    for (int j = 0; j < LANES; j++) s += acc[j];
+    return s;
+}
+
+void mote_rms_norm(const float *x, const float *w, int n, float eps, float *y) {
+    const float ms = dot_f32(x, x, n) / (float)n;
+    const float r = sqrtf(ms + eps);
+    for (int i = 0; i < n; i++) y[i] = w[i] * (x[i] / r);
+}
+
+/* ---- f32 GEMV, rows over the thread pool ---- */
+typedef struct {
+    const float *W, *x;
+    int N, K;
+    float *y;
+} gemv_job;
+
+static void gemv_task(void *ctx, int i, int n) {
+    const gemv_job *j = (const gemv_job *)ctx;
+    int n0, n1;
+    mote_split_rows(j->N, i, n, 16, &n0, &n1);
+    for (int r = n0; r < n1; r++) j->y[r] = dot_f32(j->W + (int64_t)r * j->K, j->x, j->K);
+}
+
+void mote_gemv_f32(const float *W, const float *x, int N, int K, float *y, int threads) {
+    gemv_job j = {W, x, N, K, y};
+    int nth = threads < 1 ? 1 : threads;
+    if (nth > (N + 15) / 16) nth = (N + 15) / 16;
+    mote_parallel(nth < 1 ? 1 : nth, gemv_task, &j);
+}
+
+int mote_linear_gemv(const mote_linear *L, const float *x, float *y, int threads) {
+    switch (L->kind) {
+        case MOTE_LIN_F32:
+            mote_gemv_f32((const float *)L->w, x, L->N, L->K, y, threads);
+            return 0;
+        case MOTE_LIN_INTN:
+            return mote_intn_matmul(L->w, L->scales, L->zeros, L->bits, L->G, x, 1, L->K, L->N, y, threads);
+        case MOTE_LIN_TERN:
+            return mote_ternary_matmul(MOTE_TPB_FILE, L->w, L->gamma, x, NULL, NULL, 1, L->K, L->N, y, threads);
+        case MOTE_LIN_TERN2:
+            return mote_ternary_matmul(MOTE_TPB_SLAB2, L->w, L->gamma, x, NULL, NULL, 1, L->K, L->N, y, threads);
+    }
+    return -1;
+}
+
+/* ---- attention half ---- */
+/* rotate_half RoPE of one head at one position: y = x cos + rotate_half(x) sin (decoder.py's Rope.apply) */
+static void rope(float *x, const float *cos, const float *sin, int D) {
+    const int half = D / 2;
+    for (int i = 0; i < half; i++) {
+        const float a = x[i], b = x[i + half];
+        x[i] = a * cos[i] + (-b) * sin[i];
+        x[i + half] = b * cos[i + half] + a * sin[i + half];
+    }
+}
+
+/* one head's D values -> int8 with scale = max(max|x|, 1e-12) / 127 (runtime/kv_cache.py's write) */
+static void quantize_head(const float *x, int D, int8_t *q, float *scale) {
+    float amax = 0.0f;
+    for (int d = 0; d < D; d++) amax = fabsf(x[d]) > amax ? fabsf(x[d]) : amax;
+    const float s = (amax > 1e-12f ? amax : 1e-12f) / 127.0f;
+    for (int d = 0; d < D; d++) {
+        float r = nearbyintf(x[d] / s);
+        q[d] = (int8_t)(r > 127.0f ? 127 : r < -127.0f ? -127 : (int)r);
+    }
+    *scale = s;
+}
+
+typedef struct {
+    const mote_attn_layer *L;
+    const float *q;    /* [nH, D] */
+    float *att;        /* [nH, D] */
+    float *scores;     /* [nH, S] */
+    int S;
+} attn_job;
+
+/* heads [h0, h1) of the split: softmax(q_h K^T / sqrt(D)) V over the S cached positions */
+static void attn_task(void *ctx, int i, int n) {
+    const attn_job *j = (const attn_job *)ctx;
+    const mote_attn_layer *L = j->L;
+    const int D = L->D, S = j->S, group = L->n_heads / L->n_kv;
+    const int h0 = (int)((int64_t)L->n_heads * i / n), h1 = (int)((int64_t)L->n_heads * (i + 1) / n);
+    const float scale = (float)(1.0 / sqrt((double)D));
+    const int64_t plane = (int64_t)L->n_kv * L->context;   /* positions per k or v plane */
+    for (int h = h0; h < h1; h++) {
+        const int kvh = h / group;
+        const float *q = j->q + (int64_t)h * D;
+        float *sc = j->scores + (int64_t)h * S, *out = j->att + (int64_t)h * D;
+        const int64_t row0 = (int64_t)kvh * L->context;   /* position 0 of this kv head in a plane */
+        float m = -INFINITY;
+        for (int s = 0; s < S; s++) {                                        /* scores [S] */
+            float dot;
+            if (L->kv_bits == 32) {
+                dot = dot_f32(q, (const float *)L->kv + (row0 + s) * D, D);
+            } else {
+                dot = dot_f32_i8(q, (const int8_t *)L->kv + (row0 + s) * D, D) * L->kv_scales[row0 + s];
+            }
+            sc[s] = dot * scale;
+            m = sc[s] > m ? sc[s] : m;
+        }
+        float sum = 0.0f;
+        for (int s = 0; s < S; s++) {
+            sc[s] = expf(sc[s] - m);
+            sum += sc[s];
+        }
+        for (int d = 0; d < D; d++) out[d] = 0.0f;
+        for (int s = 0; s < S; s++) {                                        /* out [D] = p V */
+            const float p = sc[s] / sum;
+            if (L->kv_bits == 32) {
+                const float *v = (const float *)L->kv + (plane + row0 + s) * D;
+                for (int d = 0; d < D; d++) out[d] += p * v[d];
+            } else {
+                const int8_t *v = (const int8_t *)L->kv + (plane + row0 + s) * D;
+                const float pv = p * L->kv_scales[plane + row0 + s];
+                for (int d = 0; d < D; d++) out[d] += pv * (float)v[d];
+            }
+        }
+    }
+}
+
+int mote_attn_step(const mote_attn_layer *L, float *x, int pos, float *h, int threads) {
+    const int H = L->H, D = L->D, nq = L->n_heads * D, nk = L->n_kv * D, S = pos + 1;
+    float *buf = malloc(sizeof(float) * ((size_t)nq + 2 * (size_t)nk + (size_t)nq + (size_t)L->n_heads * S + H));
+    if (!buf) return -1;
+    float *q = buf, *k = q + nq, *v = k + nk;        /* [nH D], [nKV D], [nKV D]: one fused output */
+    float *att = v + nk, *scores = att + nq, *o = scores + (size_t)L->n_heads * S;
+    int rc = 0;
+
+    mote_rms_norm(x, L->ln_in, H, L->eps, h);                              /* h = rmsnorm(x)     [H] */
+    if (L->nqkv == 1) {                                                    /* qkv = W h          */
+        rc |= mote_linear_gemv(&L->qkv[0], h, q, threads);
+    } else {
+        rc |= mote_linear_gemv(&L->qkv[0], h, q, threads);
+        rc |= mote_linear_gemv(&L->qkv[1], h, k, threads);
+        rc |= mote_linear_gemv(&L->qkv[2], h, v, threads);
+    }
+    for (int i = 0; i < nq; i++) q[i] += L->bq[i];                         /* + bias             */
+    for (int i = 0; i < nk; i++) k[i] += L->bk[i];
+    for (int i = 0; i < nk; i++) v[i] += L->bv[i];
+    const float *cos = L->cos + (int64_t)pos * D, *sin = L->sin + (int64_t)pos * D;
+    for (int hd = 0; hd < L->n_heads; hd++) rope(q + (int64_t)hd * D, cos, sin, D);
+    for (int hd = 0; hd < L->n_kv; hd++) rope(k + (int64_t)hd * D, cos, sin, D);
+
+    const int64_t plane = (int64_t)L->n_kv * L->context;                   /* cache[k|v, kvh, pos] = k|v */
+    for (int hd = 0; hd < L->n_kv; hd++) {
+        const int64_t at = (int64_t)hd * L->context + pos;
+        if (L->kv_bits == 32) {
+            memcpy((float *)L->kv + at * D, k + (int64_t)hd * D, sizeof(float) * (size_t)D);
+            memcpy((float *)L->kv + (plane + at) * D, v + (int64_t)hd * D, sizeof(float) * (size_t)D);
+        } else {
+            quantize_head(k + (int64_t)hd * D, D, (int8_t *)L->kv + at * D, &L->kv_scales[at]);
+            quantize_head(v + (int64_t)hd * D, D, (int8_t *)L->kv + (plane + at) * D, &L->kv_scales[plane + at]);
+        }
+    }
+
+    attn_job job = {L, q, att, scores, S};                                 /* att = softmax(q K^T) V */
+    int nth = threads < 1 ? 1 : threads > L->n_heads ? L->n_heads : threads;
+    mote_parallel(nth, attn_task, &job);
+
+    rc |= mote_linear_gemv(&L->o, att, o, threads);                        /* x += W_o att       */
+    for (int i = 0; i < H; i++) x[i] += o[i];
+    mote_rms_norm(x, L->ln_post, H, L->eps, h);                            /* h = rmsnorm(x)     */
+    free(buf);
+    return rc ? -1 : 0;
+}
+
+/* ---- FFN ---- */
+static int is_ternary(const mote_linear *L) { return L->kind == MOTE_LIN_TERN || L->kind == MOTE_LIN_TERN2; }
+
+int mote_ffn_step(const mote_linear *gate_up, int ngu, const mote_linear *down, const float *h, float coef, float *y,
+                  int threads) {
+    const int I = down->K, H = down->N, K = gate_up[0].K;
+    float *buf = malloc(sizeof(float) * (2 * (size_t)I + (size_t)H));
+    int8_t *xq = NULL;
+    if (!buf) return -1;
+    float *gate = buf, *up = gate + I, *d = up + I;
+    int rc = 0;
+    if (ngu == 1) {                                                        /* [gate | up] = W h  [2 I] */
+        rc |= mote_linear_gemv(&gate_up[0], h, gate, threads);
+    } else if (is_ternary(&gate_up[0]) && is_ternary(&gate_up[1])) {       /* h quantized once */
+        xq = malloc((size_t)K + 64);
+        if (!xq) {
+            free(buf);
+            return -1;
+        }
+        int32_t sum;
+        float s = mote_quantize_act(h, K, xq, &sum);
+        for (int p = 0; p < 2; p++) {
+            const int tpb = gate_up[p].kind == MOTE_LIN_TERN ? MOTE_TPB_FILE : MOTE_TPB_SLAB2;
+            rc |= mote_ternary_matmul(tpb, gate_up[p].w, gate_up[p].gamma, NULL, xq, &s, 1, K, I, p ? up : gate,
+                                      threads);
+        }
+    } else {
+        rc |= mote_linear_gemv(&gate_up[0], h, gate, threads);
+        rc |= mote_linear_gemv(&gate_up[1], h, up, threads);
+    }
+    for (int i = 0; i < I; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];   /* silu(gate) up */
+    rc |= mote_linear_gemv(down, gate, d, threads);                        /* d = down(.)        [H] */
+    for (int i = 0; i < H; i++) y[i] += d[i] * coef;                       /* y += coef d        */
+    free(buf);
+    free(xq);
+    return rc ? -1 : 0;
+}
