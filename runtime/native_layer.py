@@ -16,15 +16,16 @@ import os
 import numpy as np
 
 from mote_edge import _native
+from mote_edge.errors import MoteError
 
 DECODER_PATHS = ("native", "numpy")
 
 
 def default_decoder_path() -> str:
-    """MOTE_DECODER, or "native"; an unknown value is a one-line error."""
+    """MOTE_DECODER, or "native"; an unknown value is a MoteError (a one-line error)."""
     path = os.environ.get("MOTE_DECODER", "native")
     if path not in DECODER_PATHS:
-        raise ValueError(f"MOTE_DECODER must be one of {', '.join(DECODER_PATHS)}, got {path!r}")
+        raise MoteError(f"MOTE_DECODER must be one of {', '.join(DECODER_PATHS)}, got {path!r}")
     return path
 
 
