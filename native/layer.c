@@ -26,29 +26,72 @@
 #include "kernels.h"
 #include "threads.h"
 
-#define LANES 8   /* partial sums per dot product (the compiler keeps them in vector registers) */
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
-static float dot_f32(const float *a, const float *b, int n) {
+/* ---- dot products: 8 partial sums (lane j takes elements j, j + 8, ...), then lanes 0..7 in order.
+ * The AVX2 versions keep the 8 lanes in one register with separate multiplies and adds (no FMA), so
+ * they are bit-identical to the scalar ones (native/tests/arm_selftest.c checks it). ---- */
+#define LANES 8
+
+static float sum_lanes(const float *acc) {
+    float s = 0.0f;
+    for (int j = 0; j < LANES; j++) s += acc[j];
+    return s;
+}
+
+float mote_dot_f32_scalar(const float *a, const float *b, int n) {
     float acc[LANES] = {0};
     int k = 0;
     for (; k + LANES <= n; k += LANES)
         for (int j = 0; j < LANES; j++) acc[j] += a[k + j] * b[k + j];
     for (int j = 0; k + j < n; j++) acc[j] += a[k + j] * b[k + j];
-    float s = 0.0f;
-    for (int j = 0; j < LANES; j++) s += acc[j];
-    return s;
+    return sum_lanes(acc);
 }
 
-static float dot_f32_i8(const float *a, const int8_t *b, int n) {
+float mote_dot_f32_i8_scalar(const float *a, const int8_t *b, int n) {
     float acc[LANES] = {0};
     int k = 0;
     for (; k + LANES <= n; k += LANES)
         for (int j = 0; j < LANES; j++) acc[j] += a[k + j] * (float)b[k + j];
     for (int j = 0; k + j < n; j++) acc[j] += a[k + j] * (float)b[k + j];
-    float s = 0.0f;
-    for (int j = 0; j < LANES; j++) s += acc[j];
-    return s;
+    return sum_lanes(acc);
 }
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static float dot_f32_avx2(const float *a, const float *b, int n) {
+    __m256 acc = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + LANES <= n; k += LANES) acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k)));
+    float lanes[LANES];
+    _mm256_storeu_ps(lanes, acc);
+    for (int j = 0; k + j < n; j++) lanes[j] += a[k + j] * b[k + j];
+    return sum_lanes(lanes);
+}
+
+__attribute__((target("avx2"))) static float dot_f32_i8_avx2(const float *a, const int8_t *b, int n) {
+    __m256 acc = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + LANES <= n; k += LANES) {
+        const __m256 bf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(b + k))));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_loadu_ps(a + k), bf));
+    }
+    float lanes[LANES];
+    _mm256_storeu_ps(lanes, acc);
+    for (int j = 0; k + j < n; j++) lanes[j] += a[k + j] * (float)b[k + j];
+    return sum_lanes(lanes);
+}
+#endif
+
+mote_dot_fns mote_dot_for(mote_path p) {
+#if defined(__x86_64__)
+    if (p == MOTE_PATH_AVX2 || p == MOTE_PATH_AVX512) return (mote_dot_fns){dot_f32_avx2, dot_f32_i8_avx2};
+#endif
+    return (mote_dot_fns){mote_dot_f32_scalar, mote_dot_f32_i8_scalar};
+}
+
+#define dot_f32 mote_dot_f32_scalar   /* norms and the f32 GEMV: the portable loop */
 
 void mote_rms_norm(const float *x, const float *w, int n, float eps, float *y) {
     const float ms = dot_f32(x, x, n) / (float)n;
@@ -121,47 +164,60 @@ typedef struct {
     float *att;        /* [nH, D] */
     float *scores;     /* [nH, S] */
     int S;
+    mote_dot_fns dot;
 } attn_job;
 
-/* heads [h0, h1) of the split: softmax(q_h K^T / sqrt(D)) V over the S cached positions */
+/* kv heads [g0, g1) of the split, each with its group of query heads (GQA): every cached K and V row is
+ * read once for the whole group. Per head h: att_h = softmax(q_h K^T / sqrt(D)) V over S positions. */
 static void attn_task(void *ctx, int i, int n) {
     const attn_job *j = (const attn_job *)ctx;
     const mote_attn_layer *L = j->L;
     const int D = L->D, S = j->S, group = L->n_heads / L->n_kv;
-    const int h0 = (int)((int64_t)L->n_heads * i / n), h1 = (int)((int64_t)L->n_heads * (i + 1) / n);
+    const int g0 = (int)((int64_t)L->n_kv * i / n), g1 = (int)((int64_t)L->n_kv * (i + 1) / n);
     const float scale = (float)(1.0 / sqrt((double)D));
     const int64_t plane = (int64_t)L->n_kv * L->context;   /* positions per k or v plane */
-    for (int h = h0; h < h1; h++) {
-        const int kvh = h / group;
-        const float *q = j->q + (int64_t)h * D;
-        float *sc = j->scores + (int64_t)h * S, *out = j->att + (int64_t)h * D;
-        const int64_t row0 = (int64_t)kvh * L->context;   /* position 0 of this kv head in a plane */
-        float m = -INFINITY;
-        for (int s = 0; s < S; s++) {                                        /* scores [S] */
-            float dot;
-            if (L->kv_bits == 32) {
-                dot = dot_f32(q, (const float *)L->kv + (row0 + s) * D, D);
-            } else {
-                dot = dot_f32_i8(q, (const int8_t *)L->kv + (row0 + s) * D, D) * L->kv_scales[row0 + s];
+    for (int g = g0; g < g1; g++) {
+        const int64_t row0 = (int64_t)g * L->context;     /* position 0 of this kv head in a plane */
+        const float *q = j->q + (int64_t)g * group * D;   /* the group's heads [group, D] */
+        float *sc = j->scores + (int64_t)g * group * S, *out = j->att + (int64_t)g * group * D;
+        for (int s = 0; s < S; s++) {                                        /* scores [group, S] */
+            for (int h = 0; h < group; h++) {
+                float dot;
+                if (L->kv_bits == 32) {
+                    dot = j->dot.f32(q + (int64_t)h * D, (const float *)L->kv + (row0 + s) * D, D);
+                } else {
+                    dot = j->dot.f32_i8(q + (int64_t)h * D, (const int8_t *)L->kv + (row0 + s) * D, D) *
+                          L->kv_scales[row0 + s];
+                }
+                sc[(int64_t)h * S + s] = dot * scale;
             }
-            sc[s] = dot * scale;
-            m = sc[s] > m ? sc[s] : m;
         }
-        float sum = 0.0f;
-        for (int s = 0; s < S; s++) {
-            sc[s] = expf(sc[s] - m);
-            sum += sc[s];
+        for (int h = 0; h < group; h++) {                                    /* softmax per head */
+            float *p = sc + (int64_t)h * S, m = -INFINITY, sum = 0.0f;
+            for (int s = 0; s < S; s++) m = p[s] > m ? p[s] : m;
+            for (int s = 0; s < S; s++) {
+                p[s] = expf(p[s] - m);
+                sum += p[s];
+            }
+            for (int s = 0; s < S; s++) p[s] = p[s] / sum;
         }
-        for (int d = 0; d < D; d++) out[d] = 0.0f;
-        for (int s = 0; s < S; s++) {                                        /* out [D] = p V */
-            const float p = sc[s] / sum;
+        for (int d = 0; d < group * D; d++) out[d] = 0.0f;
+        for (int s = 0; s < S; s++) {                                        /* out [group, D] = p V */
             if (L->kv_bits == 32) {
                 const float *v = (const float *)L->kv + (plane + row0 + s) * D;
-                for (int d = 0; d < D; d++) out[d] += p * v[d];
+                for (int h = 0; h < group; h++) {
+                    const float p = sc[(int64_t)h * S + s];
+                    float *o = out + (int64_t)h * D;
+                    for (int d = 0; d < D; d++) o[d] += p * v[d];
+                }
             } else {
                 const int8_t *v = (const int8_t *)L->kv + (plane + row0 + s) * D;
-                const float pv = p * L->kv_scales[plane + row0 + s];
-                for (int d = 0; d < D; d++) out[d] += pv * (float)v[d];
+                const float vs = L->kv_scales[plane + row0 + s];
+                for (int h = 0; h < group; h++) {
+                    const float p = sc[(int64_t)h * S + s] * vs;
+                    float *o = out + (int64_t)h * D;
+                    for (int d = 0; d < D; d++) o[d] += p * (float)v[d];
+                }
             }
         }
     }
@@ -202,8 +258,8 @@ int mote_attn_step(const mote_attn_layer *L, float *x, int pos, float *h, int th
         }
     }
 
-    attn_job job = {L, q, att, scores, S};                                 /* att = softmax(q K^T) V */
-    int nth = threads < 1 ? 1 : threads > L->n_heads ? L->n_heads : threads;
+    attn_job job = {L, q, att, scores, S, mote_dot_for(mote_get_path())};   /* att = softmax(q K^T) V */
+    int nth = threads < 1 ? 1 : threads > L->n_kv ? L->n_kv : threads;
     mote_parallel(nth, attn_task, &job);
 
     rc |= mote_linear_gemv(&L->o, att, o, threads);                        /* x += W_o att       */

@@ -13,6 +13,8 @@
 
 #include <stdint.h>
 
+#include "kernels.h"
+
 /* a stored [N, K] weight and how to multiply by it */
 typedef enum { MOTE_LIN_F32 = 0, MOTE_LIN_INTN = 1, MOTE_LIN_TERN = 2, MOTE_LIN_TERN2 = 3 } mote_lin_kind;
 
@@ -30,6 +32,16 @@ int mote_linear_gemv(const mote_linear *L, const float *x, float *y, int threads
 
 /* y[N] = W x[K] with W float32 [N, K]: 8 partial sums per row, rows split over the thread pool */
 void mote_gemv_f32(const float *W, const float *x, int N, int K, float *y, int threads);
+
+/* sum_k a[k] b[k] in 8 partial sums (lane j: k = j, j + 8, ...), then the lanes in order; the AVX2
+ * versions (x86-64 avx2 / avx512 paths) are bit-identical to the scalar ones */
+typedef struct {
+    float (*f32)(const float *a, const float *b, int n);
+    float (*f32_i8)(const float *a, const int8_t *b, int n);
+} mote_dot_fns;
+float mote_dot_f32_scalar(const float *a, const float *b, int n);
+float mote_dot_f32_i8_scalar(const float *a, const int8_t *b, int n);
+mote_dot_fns mote_dot_for(mote_path p);
 
 /* y[n] = w[n] * (x[n] / sqrt(mean(x^2) + eps)) */
 void mote_rms_norm(const float *x, const float *w, int n, float eps, float *y);
