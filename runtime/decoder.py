@@ -122,7 +122,7 @@ class MoE:
         probs = softmax(h @ self.router.T)  # [T, E] float32
         if self.top_k == 1:
             idx = probs.argmax(axis=-1)[:, None]
-            return idx, np.take_along_axis(probs, idx, axis=-1)
+            return idx, probs[np.arange(probs.shape[0])[:, None], idx]
         idx = np.argsort(-probs, axis=-1, kind="stable")[:, :self.top_k]
         top = np.take_along_axis(probs, idx, axis=-1)
         return idx, top / np.maximum(top.sum(axis=-1, keepdims=True), np.finfo(np.float32).eps)
