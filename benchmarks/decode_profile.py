@@ -7,6 +7,8 @@ One Engine (every expert cached), greedy decoding of the benchmark prompt with t
 point is wrapped by a timer (~0.3 us per call) and its calls are named by shape (lm_head, attention
 q/k/v and o, FFN gate/up and down, routed experts) or by entry point (attn_step, ffn_step). Prints ms per
 decoded token per row and the share of the step; "Python + numpy" is the step minus every native call.
+Last, what fusing the greedy argmax into the lm_head GEMV could save at most: the argmax over the logits
+(the sampler's whole work at temperature 0) against the lm_head GEMV itself.
 """
 
 from __future__ import annotations
@@ -79,6 +81,27 @@ def main() -> None:
             rows["Python + numpy (the rest)"] = step - sum(rows.values())
             for k, v in sorted(rows.items(), key=lambda kv: -kv[1]):
                 print(f"  {k:32s} {v:7.2f} ms  {100 * v / step:5.1f}%")
+        argmax_vs_lm_head(engine)
+
+
+def argmax_vs_lm_head(engine, runs: int = 50) -> None:
+    import numpy as np
+
+    h = np.random.default_rng(0).standard_normal((1, engine.config.decoder.hidden_size)).astype(np.float32)
+    lm_head, vocab = engine.decoder.lm_head, engine.tokenizer.vocab_size
+    logits = lm_head(h)[0]
+
+    def median_us(fn) -> float:
+        ts = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return 1e6 * float(np.median(ts))
+
+    gemv, argmax = median_us(lambda: lm_head(h)), median_us(lambda: int(logits[:vocab].argmax()))
+    print(f"greedy argmax over {logits.shape[0]} logits {argmax:.1f} us vs the lm_head GEMV {gemv:.0f} us "
+          f"({100 * argmax / gemv:.2f}%): the most a fused GEMV + argmax could save")
 
 
 if __name__ == "__main__":
