@@ -88,8 +88,8 @@ TGT INLINE void tile(const mote_intn_args *a, const rowview *r, float *fac, int3
  * per-row horizontal integer sum in the hot loop. */
 #define DPBUSD(acc, a, b) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
 /* GEMV software prefetch distance in bytes of the weight stream: 8 KiB ahead for 2 / 3 / 4-bit groups,
- * 1 KiB (8 groups of 128 bytes) for 8-bit ones. Cold GEMV on Zen 5 (1 thread, huge pages, DRAM probe
- * 35 GB/s; docs/KERNELS.md section 4): int4 22 -> 28 GB/s at every 0.5B shape going from 4 to 8 KiB,
+ * 1 KiB (8 groups of 128 bytes) for 8-bit ones. Cold GEMV on Zen 4 (EPYC family 25 model 17; 1 thread,
+ * huge pages, DRAM probe 35 GB/s; docs/KERNELS.md section 4): int4 22 -> 28 GB/s at every 0.5B shape going from 4 to 8 KiB,
  * int8 (the 0.5B lm_head) 22 -> 27 GB/s going from 4 KiB to 1 KiB. */
 #ifndef MOTE_INTN_PF
 #define MOTE_INTN_PF 8192
