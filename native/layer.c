@@ -84,11 +84,84 @@ __attribute__((target("avx2"))) static float dot_f32_i8_avx2(const float *a, con
 }
 #endif
 
+/* ---- exp and SwiGLU's silu(g) u, element-wise ----
+ * exp(x) = 2^n p(r): n = rint(x log2 e), r = x - n ln2 (in two parts), p the degree-7 polynomial of
+ * Cephes' expf (~1 ulp). x is clamped to [-88, 88], so n stays in -127..127 (2^n by its exponent bits;
+ * n = -127 gives 0): exp(x) below -87.3 comes out as 0 or a small normal instead of a denormal, above 88
+ * as exp(88) instead of up to inf. Every step is a float multiply, add, compare or rint, the same in the
+ * scalar and the AVX2 version, so the two are bit-identical. */
+#define EXP_HI 88.0f
+#define EXP_LO -88.0f
+
+static inline float exp_scalar(float x) {
+    x = x < EXP_HI ? x : EXP_HI;   /* = _mm256_min_ps(x, hi): a NaN becomes hi, as there */
+    x = x > EXP_LO ? x : EXP_LO;
+    const float n = nearbyintf(x * 1.44269504088896341f);
+    const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    union { int32_t i; float f; } two_n = {.i = ((int32_t)n + 127) << 23};
+    return p * two_n.f;
+}
+
+/* g[i] = g[i] / (1 + exp(-g[i])) * u[i]: silu(gate) * up (decoder.py's SwiGLU) */
+void mote_silu_mul_scalar(float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++) g[i] = g[i] / (1.0f + exp_scalar(-g[i])) * u[i];
+}
+
+/* x[i] = exp(x[i] - m) */
+void mote_exp_shift_scalar(float *x, float m, int n) {
+    for (int i = 0; i < n; i++) x[i] = exp_scalar(x[i] - m);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static inline __m256 exp_avx2(__m256 x) {
+    x = _mm256_min_ps(x, _mm256_set1_ps(EXP_HI));
+    x = _mm256_max_ps(x, _mm256_set1_ps(EXP_LO));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f))),
+                                   _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r), _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+__attribute__((target("avx2"))) static void silu_mul_avx2(float *g, const float *u, int n) {
+    int i = 0;
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(g + i);
+        const __m256 e = exp_avx2(_mm256_sub_ps(zero, x));
+        _mm256_storeu_ps(g + i, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), _mm256_loadu_ps(u + i)));
+    }
+    mote_silu_mul_scalar(g + i, u + i, n - i);
+}
+
+__attribute__((target("avx2"))) static void exp_shift_avx2(float *x, float m, int n) {
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(m))));
+    mote_exp_shift_scalar(x + i, m, n - i);
+}
+#endif
+
 mote_dot_fns mote_dot_for(mote_path p) {
 #if defined(__x86_64__)
-    if (p == MOTE_PATH_AVX2 || p == MOTE_PATH_AVX512) return (mote_dot_fns){dot_f32_avx2, dot_f32_i8_avx2};
+    if (p == MOTE_PATH_AVX2 || p == MOTE_PATH_AVX512)
+        return (mote_dot_fns){dot_f32_avx2, dot_f32_i8_avx2, silu_mul_avx2, exp_shift_avx2};
 #endif
-    return (mote_dot_fns){mote_dot_f32_scalar, mote_dot_f32_i8_scalar};
+    return (mote_dot_fns){mote_dot_f32_scalar, mote_dot_f32_i8_scalar, mote_silu_mul_scalar, mote_exp_shift_scalar};
 }
 
 #define dot_f32 mote_dot_f32_scalar   /* norms and the f32 GEMV: the portable loop */
@@ -195,10 +268,8 @@ static void attn_task(void *ctx, int i, int n) {
         for (int h = 0; h < group; h++) {                                    /* softmax per head */
             float *p = sc + (int64_t)h * S, m = -INFINITY, sum = 0.0f;
             for (int s = 0; s < S; s++) m = p[s] > m ? p[s] : m;
-            for (int s = 0; s < S; s++) {
-                p[s] = expf(p[s] - m);
-                sum += p[s];
-            }
+            j->dot.exp_shift(p, m, S);
+            for (int s = 0; s < S; s++) sum += p[s];
             for (int s = 0; s < S; s++) p[s] = p[s] / sum;
         }
         for (int d = 0; d < group * D; d++) out[d] = 0.0f;
@@ -299,7 +370,7 @@ int mote_ffn_step(const mote_linear *gate_up, int ngu, const mote_linear *down, 
         rc |= mote_linear_gemv(&gate_up[0], h, gate, threads);
         rc |= mote_linear_gemv(&gate_up[1], h, up, threads);
     }
-    for (int i = 0; i < I; i++) gate[i] = gate[i] / (1.0f + expf(-gate[i])) * up[i];   /* silu(gate) up */
+    mote_dot_for(mote_get_path()).silu_mul(gate, up, I);                  /* silu(gate) up      [I] */
     rc |= mote_linear_gemv(down, gate, d, threads);                        /* d = down(.)        [H] */
     for (int i = 0; i < H; i++) y[i] += d[i] * coef;                       /* y += coef d        */
     free(buf);

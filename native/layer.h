@@ -33,14 +33,20 @@ int mote_linear_gemv(const mote_linear *L, const float *x, float *y, int threads
 /* y[N] = W x[K] with W float32 [N, K]: 8 partial sums per row, rows split over the thread pool */
 void mote_gemv_f32(const float *W, const float *x, int N, int K, float *y, int threads);
 
-/* sum_k a[k] b[k] in 8 partial sums (lane j: k = j, j + 8, ...), then the lanes in order; the AVX2
- * versions (x86-64 avx2 / avx512 paths) are bit-identical to the scalar ones */
+/* The layer's vector helpers; the AVX2 versions (x86-64 avx2 / avx512 paths) are bit-identical to the
+ * scalar ones. f32 / f32_i8: sum_k a[k] b[k] in 8 partial sums (lane j: k = j, j + 8, ...), then the
+ * lanes in order. silu_mul: g[i] = g[i] / (1 + exp(-g[i])) * u[i]. exp_shift: x[i] = exp(x[i] - m).
+ * exp is Cephes' expf polynomial (layer.c), within ~1 ulp of expf on [-88.37, 88.37]. */
 typedef struct {
     float (*f32)(const float *a, const float *b, int n);
     float (*f32_i8)(const float *a, const int8_t *b, int n);
+    void (*silu_mul)(float *g, const float *u, int n);
+    void (*exp_shift)(float *x, float m, int n);
 } mote_dot_fns;
 float mote_dot_f32_scalar(const float *a, const float *b, int n);
 float mote_dot_f32_i8_scalar(const float *a, const int8_t *b, int n);
+void mote_silu_mul_scalar(float *g, const float *u, int n);
+void mote_exp_shift_scalar(float *x, float m, int n);
 mote_dot_fns mote_dot_for(mote_path p);
 
 /* y[n] = w[n] * (x[n] / sqrt(mean(x^2) + eps)) */

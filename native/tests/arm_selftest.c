@@ -209,6 +209,14 @@ static void check_dots(int n, int kind) {
     fill_bytes((uint8_t *)b8, (size_t)n, W_RANDOM);
     const mote_dot_fns ref = mote_dot_for(MOTE_PATH_SCALAR);
     const float r32 = ref.f32(a, b, n), r8 = ref.f32_i8(a, b8, n);
+    float *silu_ref = malloc(sizeof(float) * (size_t)(n + 1)), *silu = malloc(sizeof(float) * (size_t)(n + 1));
+    float *exp_ref = malloc(sizeof(float) * (size_t)(n + 1)), *ex = malloc(sizeof(float) * (size_t)(n + 1));
+    float *sa = malloc(sizeof(float) * (size_t)(n + 1));
+    for (int k = 0; k < n; k++) sa[k] = a[k] * 8.0f;   /* silu / exp arguments over +-~40 (and the huge / special kinds) */
+    memcpy(silu_ref, sa, sizeof(float) * (size_t)n);
+    memcpy(exp_ref, sa, sizeof(float) * (size_t)n);
+    ref.silu_mul(silu_ref, b, n);
+    ref.exp_shift(exp_ref, 3.0f, n);
     char what[96];
     for (int i = 0; i < nsimd; i++) {
         const mote_dot_fns fn = mote_dot_for(simd[i]);
@@ -216,8 +224,15 @@ static void check_dots(int n, int kind) {
         snprintf(what, sizeof what, "dot n=%d x=%s", n, xkind_name[kind]);
         compare(&r32, &g32, sizeof r32, simd[i], what);
         compare(&r8, &g8, sizeof r8, simd[i], what);
+        memcpy(silu, sa, sizeof(float) * (size_t)n);
+        memcpy(ex, sa, sizeof(float) * (size_t)n);
+        fn.silu_mul(silu, b, n);
+        fn.exp_shift(ex, 3.0f, n);
+        snprintf(what, sizeof what, "silu_mul / exp n=%d x=%s", n, xkind_name[kind]);
+        compare(silu_ref, silu, sizeof(float) * (size_t)n, simd[i], what);
+        compare(exp_ref, ex, sizeof(float) * (size_t)n, simd[i], what);
     }
-    free(a), free(b), free(b8);
+    free(a), free(b), free(b8), free(silu_ref), free(silu), free(exp_ref), free(ex), free(sa);
 }
 
 static float *random_floats(size_t n, float scale) {
