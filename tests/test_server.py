@@ -276,8 +276,10 @@ SERVER_OVERHEAD_BYTES = 16 * 1024 * 1024
 # ---------------------------------------------------------------------------------------------- cancellation
 @pytest.fixture(scope="module")
 def synth_server(synth_mote, tmp_path_factory):
+    # the numpy decoder layer: the disconnect test needs 450 tokens of the tiny synth model to outlast the
+    # server's disconnect poll (0.2 s); the native layer decodes them in ~0.2 s, the numpy one in ~0.35 s
     with LiveServer(synth_mote, tmp_path_factory.mktemp("serve") / "synth.log", "--allow-local-images",
-                    "--max-context", "512") as s:
+                    "--max-context", "512", env={"MOTE_DECODER": "numpy"}) as s:
         yield s
 
 
