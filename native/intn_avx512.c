@@ -87,8 +87,15 @@ TGT INLINE void tile(const mote_intn_args *a, const rowview *r, float *fac, int3
  * into a buffer; each row then sums its ng products. No per-group broadcast / convert, no
  * per-row horizontal integer sum in the hot loop. */
 #define DPBUSD(acc, a, b) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
+/* GEMV software prefetch distance in bytes of the weight stream: 8 KiB ahead for 2 / 3 / 4-bit groups,
+ * 1 KiB (8 groups of 128 bytes) for 8-bit ones. Cold GEMV on Zen 4 (EPYC family 25 model 17; 1 thread,
+ * huge pages, DRAM probe 35 GB/s; docs/KERNELS.md section 4): int4 22 -> 28 GB/s at every 0.5B shape going from 4 to 8 KiB,
+ * int8 (the 0.5B lm_head) 22 -> 27 GB/s going from 4 KiB to 1 KiB. */
 #ifndef MOTE_INTN_PF
-#define MOTE_INTN_PF 4096
+#define MOTE_INTN_PF 8192
+#endif
+#ifndef MOTE_INTN_PF8
+#define MOTE_INTN_PF8 1024
 #endif
 
 /* one G = 128 group at `bits` -> its values 0..63 (v[0]) and 64..127 (v[1]) as u8, vectorized for
@@ -145,8 +152,9 @@ TGT static inline __attribute__((always_inline)) __m512i dots16(const mote_intn_
         __m512i v[2];
         for (int k = 0; k < 2; k++) {
             if (j + k < cnt) {
-                _mm_prefetch((const char *)(p + MOTE_INTN_PF), MOTE_PF_HINT);
-                if (bits == 8) _mm_prefetch((const char *)(p + MOTE_INTN_PF + 64), MOTE_PF_HINT);
+                const int pf = bits == 8 ? MOTE_INTN_PF8 : MOTE_INTN_PF;
+                _mm_prefetch((const char *)(p + pf), MOTE_PF_HINT);
+                if (bits == 8) _mm_prefetch((const char *)(p + pf + 64), MOTE_PF_HINT);
                 v[k] = group_dot(p, a->xq + (int64_t)g * 128, bits);
                 p += gb;
                 g = g + 1 == ng ? 0 : g + 1;

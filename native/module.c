@@ -9,6 +9,7 @@
 
 #include "cpu.h"
 #include "kernels.h"
+#include "layer.h"
 #include "threads.h"
 
 static PyObject *py_cpu_features(PyObject *self, PyObject *noargs) {
@@ -214,6 +215,179 @@ static PyObject *py_read_sum(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLongLong(total);
 }
 
+/* ---- decoder layer, one decode step (layer.c) ----
+ * A weight travels as a "linear spec" tuple (runtime/native_layer.py builds them once per weight):
+ *   (kind, N, K, w, scales | None, zeros | None, bits, G, gamma)   kind: 0 f32, 1 int-N, 2 ternary, 3 ternary 2-bit
+ * Buffers are taken C-contiguous and checked against the byte sizes their shapes imply. */
+
+#define MOTE_MAX_BUFS 24
+
+typedef struct {
+    Py_buffer b[MOTE_MAX_BUFS];
+    int n;
+} buf_bag;
+
+/* obj's buffer (writable if asked), of exactly `want` bytes, kept in the bag until bag_release */
+static void *bag_take(buf_bag *bag, PyObject *obj, int writable, long long want, const char *name) {
+    if (bag->n >= MOTE_MAX_BUFS) {
+        PyErr_SetString(PyExc_ValueError, "too many buffers");
+        return NULL;
+    }
+    Py_buffer *b = &bag->b[bag->n];
+    if (PyObject_GetBuffer(obj, b, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0) {
+        PyErr_Format(PyExc_ValueError, "%s must be a C-contiguous%s buffer", name, writable ? " writable" : "");
+        return NULL;
+    }
+    bag->n++;
+    if (check_len(b, want, name)) return NULL;
+    return b->buf;
+}
+
+static void bag_release(buf_bag *bag) { release(bag->b, bag->n); }
+
+static int check_range(long long v, long long lo, long long hi, const char *name) {
+    if (v < lo || v > hi) {
+        PyErr_Format(PyExc_ValueError, "%s must be in %lld..%lld, got %lld", name, lo, hi, v);
+        return -1;
+    }
+    return 0;
+}
+
+/* spec tuple -> L; the weight must be [N, K] (N, K >= 1 given by the caller's shapes) */
+static int take_linear(buf_bag *bag, PyObject *spec, int N, int K, mote_linear *L, const char *name) {
+    PyObject *w, *sc, *zp;
+    if (!PyTuple_Check(spec) ||
+        !PyArg_ParseTuple(spec, "iiiOOOiif", &L->kind, &L->N, &L->K, &w, &sc, &zp, &L->bits, &L->G, &L->gamma)) {
+        PyErr_Format(PyExc_ValueError, "%s: a linear spec is (kind, N, K, w, scales, zeros, bits, G, gamma)", name);
+        return -1;
+    }
+    if (L->N != N || L->K != K) {
+        PyErr_Format(PyExc_ValueError, "%s is [%d, %d], expected [%d, %d]", name, L->N, L->K, N, K);
+        return -1;
+    }
+    if (check_dims(1, K, N, 1)) return -1;
+    L->scales = L->zeros = NULL;
+    switch (L->kind) {
+        case MOTE_LIN_F32:
+            L->w = bag_take(bag, w, 0, 4LL * N * K, name);
+            return L->w ? 0 : -1;
+        case MOTE_LIN_TERN:
+        case MOTE_LIN_TERN2: {
+            const int tpb = L->kind == MOTE_LIN_TERN ? MOTE_TPB_FILE : MOTE_TPB_SLAB2;
+            L->w = bag_take(bag, w, 0, (long long)N * (((long long)K + tpb - 1) / tpb), name);
+            return L->w ? 0 : -1;
+        }
+        case MOTE_LIN_INTN: {
+            if (L->bits != 2 && L->bits != 3 && L->bits != 4 && L->bits != 8) {
+                PyErr_Format(PyExc_ValueError, "%s: bits must be 2, 3, 4 or 8, got %d", name, L->bits);
+                return -1;
+            }
+            if (L->G != 32 && L->G != 64 && L->G != 128) {
+                PyErr_Format(PyExc_ValueError, "%s: group_size must be 32, 64 or 128, got %d", name, L->G);
+                return -1;
+            }
+            const long long ng = ((long long)K + L->G - 1) / L->G;
+            L->w = bag_take(bag, w, 0, (long long)N * ng * L->G * L->bits / 8, name);
+            if (!L->w) return -1;
+            L->scales = bag_take(bag, sc, 0, (long long)N * ng * 2, "scales");
+            if (!L->scales) return -1;
+            L->zeros = bag_take(bag, zp, 0, (long long)N * ng * 2, "zeros");
+            return L->zeros ? 0 : -1;
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "%s: unknown linear kind %d (0 f32, 1 int-N, 2 ternary, 3 ternary 2-bit)", name,
+                 L->kind);
+    return -1;
+}
+
+/* attn_step(x f32[H] (in/out), pos, h f32[H] (out), layer tuple, threads) */
+static PyObject *py_attn_step(PyObject *self, PyObject *args) {
+    PyObject *xo, *ho, *layer, *ln_in, *ln_post, *qkv, *bq, *bk, *bv, *o, *cos, *sin, *kv, *kv_scales;
+    int pos, threads, rc = -2;
+    mote_attn_layer L;
+    buf_bag bag = {.n = 0};
+    if (!PyArg_ParseTuple(args, "OiOO!i", &xo, &pos, &ho, &PyTuple_Type, &layer, &threads)) return NULL;
+    if (!PyArg_ParseTuple(layer, "iiiiifOOOOOOOOOiOO", &L.H, &L.n_heads, &L.n_kv, &L.D, &L.context, &L.eps, &ln_in,
+                          &ln_post, &qkv, &bq, &bk, &bv, &o, &cos, &sin, &L.kv_bits, &kv, &kv_scales))
+        return NULL;
+    if (check_range(threads, 1, 256, "threads") || check_range(L.H, 1, MOTE_MAX_DIM, "hidden size") ||
+        check_range(L.n_kv, 1, 4096, "kv heads") || check_range(L.n_heads, L.n_kv, 4096, "heads") ||
+        check_range(L.D, 2, 4096, "head_dim") || check_range(L.context, 1, MOTE_MAX_DIM, "context") ||
+        check_range(pos, 0, L.context - 1, "pos"))
+        goto done;
+    if (L.n_heads % L.n_kv || L.D % 2 || (L.kv_bits != 32 && L.kv_bits != 8)) {
+        PyErr_Format(PyExc_ValueError, "heads %d must be a multiple of kv heads %d, head_dim %d even, kv bits 32 or 8",
+                     L.n_heads, L.n_kv, L.D);
+        goto done;
+    }
+    const int nq = L.n_heads * L.D, nk = L.n_kv * L.D;
+    const long long cells = 2LL * L.n_kv * L.context;   /* (k|v, head, position) */
+    float *x = bag_take(&bag, xo, 1, 4LL * L.H, "x"), *h = x ? bag_take(&bag, ho, 1, 4LL * L.H, "h") : NULL;
+    if (!h || !(L.ln_in = bag_take(&bag, ln_in, 0, 4LL * L.H, "ln_in")) ||
+        !(L.ln_post = bag_take(&bag, ln_post, 0, 4LL * L.H, "ln_post")) ||
+        !(L.bq = bag_take(&bag, bq, 0, 4LL * nq, "bq")) || !(L.bk = bag_take(&bag, bk, 0, 4LL * nk, "bk")) ||
+        !(L.bv = bag_take(&bag, bv, 0, 4LL * nk, "bv")) ||
+        !(L.cos = bag_take(&bag, cos, 0, 4LL * L.context * L.D, "cos")) ||
+        !(L.sin = bag_take(&bag, sin, 0, 4LL * L.context * L.D, "sin")) ||
+        !(L.kv = bag_take(&bag, kv, 1, cells * L.D * (L.kv_bits == 32 ? 4 : 1), "kv")))
+        goto done;
+    L.kv_scales = NULL;
+    if (L.kv_bits == 8 && !(L.kv_scales = bag_take(&bag, kv_scales, 1, 4 * cells, "kv_scales"))) goto done;
+    if (!PyTuple_Check(qkv) || (PyTuple_GET_SIZE(qkv) != 1 && PyTuple_GET_SIZE(qkv) != 3)) {
+        PyErr_SetString(PyExc_ValueError, "qkv must be a tuple of 1 (fused) or 3 linear specs");
+        goto done;
+    }
+    L.nqkv = (int)PyTuple_GET_SIZE(qkv);
+    if (L.nqkv == 1 ? take_linear(&bag, PyTuple_GET_ITEM(qkv, 0), nq + 2 * nk, L.H, &L.qkv[0], "qkv")
+                    : (take_linear(&bag, PyTuple_GET_ITEM(qkv, 0), nq, L.H, &L.qkv[0], "q") ||
+                       take_linear(&bag, PyTuple_GET_ITEM(qkv, 1), nk, L.H, &L.qkv[1], "k") ||
+                       take_linear(&bag, PyTuple_GET_ITEM(qkv, 2), nk, L.H, &L.qkv[2], "v")))
+        goto done;
+    if (take_linear(&bag, o, L.H, nq, &L.o, "o")) goto done;
+    Py_BEGIN_ALLOW_THREADS
+    rc = mote_attn_step(&L, x, pos, h, threads);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) PyErr_NoMemory();
+done:
+    bag_release(&bag);
+    if (rc != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* ffn_step(h f32[H], y f32[H] (in/out), coef, gate_up tuple of 1 or 2 specs, down spec, threads) */
+static PyObject *py_ffn_step(PyObject *self, PyObject *args) {
+    PyObject *ho, *yo, *gu, *down;
+    float coef;
+    int threads, rc = -2, H, I;
+    mote_linear G[2], D;
+    buf_bag bag = {.n = 0};
+    if (!PyArg_ParseTuple(args, "OOfO!Oi", &ho, &yo, &coef, &PyTuple_Type, &gu, &down, &threads)) return NULL;
+    if (check_range(threads, 1, 256, "threads")) goto done;
+    const Py_ssize_t ngu = PyTuple_GET_SIZE(gu);
+    if ((ngu != 1 && ngu != 2) || !PyTuple_Check(down) || PyTuple_GET_SIZE(down) < 3) {
+        PyErr_SetString(PyExc_ValueError, "gate_up must be a tuple of 1 (fused) or 2 linear specs, down a linear spec");
+        goto done;
+    }
+    H = (int)PyLong_AsLong(PyTuple_GET_ITEM(down, 1));   /* down is [H, I] */
+    I = (int)PyLong_AsLong(PyTuple_GET_ITEM(down, 2));
+    if (PyErr_Occurred() || check_range(H, 1, MOTE_MAX_DIM, "down rows") || check_range(I, 1, MOTE_MAX_DIM, "down columns"))
+        goto done;
+    float *h = bag_take(&bag, ho, 0, 4LL * H, "h"), *y = h ? bag_take(&bag, yo, 1, 4LL * H, "y") : NULL;
+    if (!y || take_linear(&bag, down, H, I, &D, "down")) goto done;
+    if (ngu == 1 ? take_linear(&bag, PyTuple_GET_ITEM(gu, 0), 2 * I, H, &G[0], "gate_up")
+                 : (take_linear(&bag, PyTuple_GET_ITEM(gu, 0), I, H, &G[0], "gate") ||
+                    take_linear(&bag, PyTuple_GET_ITEM(gu, 1), I, H, &G[1], "up")))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    rc = mote_ffn_step(G, (int)ngu, &D, h, coef, y, threads);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) PyErr_NoMemory();
+done:
+    bag_release(&bag);
+    if (rc != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef native_methods[] = {
     {"cpu_features", py_cpu_features, METH_NOARGS,
      "cpu_features() -> dict: which SIMD instruction sets this CPU supports (run-time detection)."},
@@ -234,6 +408,10 @@ static PyMethodDef native_methods[] = {
     {"intn_matmul", py_intn_matmul, METH_VARARGS,
      "intn_matmul(packed, scales f16, zeros f16, bits, group, x f32[T,K], T, K, N, out f32[T,N], threads=1)."},
     {"read_sum", py_read_sum, METH_VARARGS, "read_sum(buf, threads=1) -> int: sum of uint64 words (bandwidth probe)."},
+    {"attn_step", py_attn_step, METH_VARARGS,
+     "attn_step(x f32[H], pos, h f32[H], layer tuple, threads): one decode step's attention half (native/layer.c)."},
+    {"ffn_step", py_ffn_step, METH_VARARGS,
+     "ffn_step(h f32[H], y f32[H], coef, gate_up specs, down spec, threads): y += coef * SwiGLU(h) (native/layer.c)."},
     {NULL, NULL, 0, NULL},
 };
 

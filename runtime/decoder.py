@@ -6,6 +6,12 @@ Same maths as the torch reference (mote_edge.exporters.reference), float32 throu
          p = softmax(h Wg^T); top-1 raw p / top-2 renormalised; y = shared(h) + sum_k p_k E_k(h)
 MoE layers run a "wave": route every token of the step first, then load each needed expert once
 (cached ones first, so loads do not evict experts this wave still needs) and run it on its tokens.
+
+A decode step (one position) runs each layer as native calls (runtime/native_layer.py, native/layer.c):
+the attention half in one, each FFN (dense, shared expert, every routed expert) in one; the MoE
+orchestration (routing, the expert cache's wave, prefetch) stays here. `MOTE_DECODER=numpy` (or
+Decoder.native = False) runs the numpy layer instead: the reference the native one is tested against.
+Prefill (T > 1) runs the numpy layer.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from mote_edge.config import ModelConfig
 
 from .expert_cache import ExpertCache
 from .kv_cache import KVCache
+from .native_layer import AttentionStep, default_decoder_path, ffn_step
 from .plan import ATTN_QUERY_CHUNK, PREFILL_CHUNK
 from .weights import Linear, ResidentWeights
 
@@ -58,6 +65,12 @@ class SwiGLU:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         gate, up = self.gate_up(x)  # [T, I] each
         return self.down(silu(gate) * up)
+
+    def step(self, h: np.ndarray, y: np.ndarray, coef: float, threads: int) -> None:
+        """One position, native: y [H] += coef * self(h [H])."""
+        if not hasattr(self, "_specs"):
+            self._specs = (self.gate_up.native_specs(), self.down.native_spec())
+        ffn_step(h, y, coef, *self._specs, threads)
 
 
 class Attention:
@@ -109,26 +122,36 @@ class MoE:
         probs = softmax(h @ self.router.T)  # [T, E] float32
         if self.top_k == 1:
             idx = probs.argmax(axis=-1)[:, None]
-            return idx, np.take_along_axis(probs, idx, axis=-1)
+            return idx, probs[np.arange(probs.shape[0])[:, None], idx]
         idx = np.argsort(-probs, axis=-1, kind="stable")[:, :self.top_k]
         top = np.take_along_axis(probs, idx, axis=-1)
         return idx, top / np.maximum(top.sum(axis=-1, keepdims=True), np.finfo(np.float32).eps)
 
-    def __call__(self, h: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
-        """h: the normed input [T, H]; residual: the residual stream it came from (for the lookahead)."""
+    def _begin_wave(self, h: np.ndarray, residual: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Route h [T, H], start the cache's wave (and, in decode steps, the lookahead prefetch from the
+        residual stream): (expert ids [T, k], weights [T, k], the needed experts, cached ones first)."""
         idx, weight = self.route(h)
         self.last_routes = idx
-        out = np.zeros_like(h)
         needed = sorted(set(idx.reshape(-1).tolist()), key=lambda e: not self.cache.is_cached(self.layer, e))
         self.cache.begin_wave(self.layer, needed)
         if self.lookahead is not None and residual is not None and h.shape[0] == 1:  # decode steps
             self.cache.prefetch(self.lookahead.layer, self.lookahead.predict(residual))
         if self.cache.trace is not None:
             self.cache.trace.append({"layer": self.layer, "experts": needed, "tokens": int(h.shape[0])})
+        return idx, weight, needed
+
+    def __call__(self, h: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+        """h: the normed input [T, H]; residual: the residual stream it came from (for the lookahead)."""
+        idx, weight, needed = self._begin_wave(h, residual)
+        out = np.zeros_like(h)
         for e in needed:  # wave: each needed expert loaded once, cached ones first
             rows, slot = np.nonzero(idx == e)
             out[rows] += self.cache.get(self.layer, e)(h[rows]) * weight[rows, slot, None]
         self.cache.end_wave()
+        return self._mix(h, out)
+
+    def _mix(self, h: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """The routed experts' sum `out` [T, H] + the residual MLP / shared expert of h."""
         if self.residual is not None:
             mlp, cw, cb = self.residual
             coef = softmax(h @ cw.T + cb)
@@ -136,6 +159,25 @@ class MoE:
         if self.shared is not None:
             out += self.shared(h)
         return out
+
+    def step(self, h: np.ndarray, x: np.ndarray, threads: int) -> None:
+        """One position, native FFNs: x [H] += the layer's output for the normed input h [H]. The same
+        wave as __call__ (route, begin_wave, prefetch from the residual x, get each expert, end_wave)."""
+        h2 = h[None]  # [1, H]
+        idx, weight, needed = self._begin_wave(h2, x[None])
+        out = np.zeros_like(h)  # [H]
+        routed = idx[0].tolist()
+        for e in needed:  # the wave's order, as in __call__
+            slot = routed.index(e)
+            expert = self.cache.get(self.layer, e)
+            specs = ((expert.gate.native_spec(), expert.up.native_spec()), expert.down.native_spec())
+            ffn_step(h, out, float(weight[0, slot]), *specs, threads)
+        self.cache.end_wave()
+        if self.residual is not None:
+            out = self._mix(h2, out[None])[0]
+        elif self.shared is not None:
+            self.shared.step(h, out, 1.0, threads)
+        x += out
 
 
 class Lookahead:
@@ -160,6 +202,14 @@ class DecoderLayer:
         self.attn = Attention(cfg, w, i)
         self.mlp = MoE(cfg, w, i, cache) if cfg.is_moe_layer(i) else SwiGLU(w, f"{p}.mlp")
 
+    def step(self, x: np.ndarray, pos: int, h: np.ndarray, threads: int) -> None:
+        """One position, native: x [H] += the layer's attention and FFN; h [H] is scratch."""
+        self.attn_step(x, pos, h)
+        if isinstance(self.mlp, MoE):
+            self.mlp.step(h, x, threads)
+        else:
+            self.mlp.step(h, x, 1.0, threads)
+
     def __call__(self, x, start, rope, kv: KVCache, layer: int):
         x = x + self.attn(rms_norm(x, self.ln_in, self.eps), start, rope, kv, layer)
         if isinstance(self.mlp, MoE):
@@ -181,6 +231,11 @@ class Decoder:
         self.rope = Rope(dc.head_dim, dc.rope_theta, context)
         self.kv = KVCache(dc.num_hidden_layers, dc.num_key_value_heads, context, dc.head_dim, kv_bits)
         self.length = 0
+        self.threads = w.threads
+        self.native = default_decoder_path() == "native"
+        for i, layer in enumerate(self.layers):
+            layer.attn_step = AttentionStep(layer.attn, layer.ln_in, layer.ln_post, layer.eps, self.rope, self.kv, i,
+                                            w.threads)
 
     def enable_lookahead(self, on: bool) -> None:
         """Each MoE layer prefetches the experts the next MoE layer's router predicts (decode steps)."""
@@ -205,6 +260,13 @@ class Decoder:
         t = x.shape[0]
         if self.length + t > self.context:
             raise ValueError(f"context of {self.context} positions exceeded")
+        if t == 1 and self.native:
+            h = np.array(x[0], dtype=np.float32)  # [H], the residual stream, updated in place
+            scratch = np.empty_like(h)
+            for layer in self.layers:
+                layer.step(h, self.length, scratch, self.threads)
+            self.length += 1
+            return self.lm_head(rms_norm(h[None], self.norm, self.cfg.decoder.rms_norm_eps))[0]
         for c0 in range(0, t, PREFILL_CHUNK):
             h = x[c0:c0 + PREFILL_CHUNK]
             for i, layer in enumerate(self.layers):

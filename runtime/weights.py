@@ -50,6 +50,16 @@ class Linear:
         """A Linear over an already-built int-N weight (e.g. rows of several tensors concatenated)."""
         return cls({"packed": w.packed, "scales": w.scales, "zeros": w.zeros}, scheme, (w.N, w.K), threads)
 
+    def native_spec(self) -> tuple:
+        """The weight as native/layer.c takes it: (kind, N, K, w, scales, zeros, bits, G, gamma),
+        kind 0 f32, 1 int-N, 2 ternary (file layout), 3 ternary (2-bit slab layout)."""
+        kind = self.scheme.kind
+        if kind in ("f32", "f16"):
+            return (0, self.N, self.K, self.w, None, None, 0, 0, 0.0)
+        if kind == "intn":
+            return (1, self.N, self.K, self.w.packed, self.w.scales, self.w.zeros, self.w.bits, self.w.group_size, 0.0)
+        return (3 if self.ternary_layout == "slab2" else 2, self.N, self.K, self.packed, None, None, 0, 0, self.gamma)
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
         kind = self.scheme.kind
@@ -72,6 +82,10 @@ class FusedLinear:
         ends = np.cumsum(sizes).tolist()
         self.bounds = list(zip([0] + ends[:-1], ends))  # column range of each part in the fused output
         self.fused, self.parts = fused, parts
+
+    def native_specs(self) -> tuple:
+        """One spec of the fused weight, or one per part (Linear.native_spec)."""
+        return (self.fused.native_spec(),) if self.fused is not None else tuple(p.native_spec() for p in self.parts)
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         if self.fused is None:

@@ -38,7 +38,7 @@ def status_bytes(pid: int, key: str) -> int:
 
 
 class LiveServer:
-    def __init__(self, model: Path, log: Path, *args: str, api_key: str | None = None):
+    def __init__(self, model: Path, log: Path, *args: str, api_key: str | None = None, env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.api_key = api_key
@@ -47,7 +47,7 @@ class LiveServer:
         if api_key is not None:
             cmd += ["--api-key", api_key]
         self._log = open(log, "w")
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, preexec_fn=default_sigint)
         self._wait_healthy()
 

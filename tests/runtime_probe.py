@@ -16,7 +16,8 @@ from mote_edge.runtime.engine import Engine
 
 def runtime_outputs(mote, prompt: str, image, forced_tokens: list[int]) -> dict:
     """The prompt ids and embeddings, the logits after the prompt and after each of `forced_tokens` but the
-    last (teacher forcing), the free-running greedy tokens (as many, EOS ignored) and the kernel path."""
+    last (teacher forcing), the free-running greedy tokens (as many, EOS ignored), the kernel path and the
+    decoder layer that ran the decode steps (native or numpy)."""
     with Engine.load(mote, threads=1) as engine:
         ids = engine.encode(prompt, has_image=image is not None)
         x = engine._prompt_embeddings(prompt, image)
@@ -25,8 +26,9 @@ def runtime_outputs(mote, prompt: str, image, forced_tokens: list[int]) -> dict:
         for t in forced_tokens[:-1]:
             logits.append(engine.decoder.forward(engine.decoder.embed(np.array([t]))))
         free = list(engine.generate_ids(prompt, image, max_new_tokens=len(forced_tokens), ignore_eos=True))
+        layer = "native" if engine.decoder.native else "numpy"
     return {"ids": np.array(ids), "embeds": x, "logits": np.stack(logits), "free": np.array(free),
-            "kernel_path": np.array(kernels.kernel_path())}
+            "kernel_path": np.array(kernels.kernel_path()), "decoder": np.array(layer)}
 
 
 if __name__ == "__main__":

@@ -119,3 +119,89 @@ def test_buffers_must_be_contiguous_and_outputs_writable():
     with pytest.raises(ValueError, match="threads"):
         _native.read_sum(bytes(64), 0)
     assert _native.read_sum(bytes(13), 2) == 0  # the partial last word is not read
+
+
+# ---- the decode-step layer (native/layer.c): attn_step and ffn_step ----
+H, NH, NKV, D, CTX, I = 16, 4, 2, 4, 6, 8
+NQ, NK = NH * D, NKV * D
+
+
+def spec(kind, n, k, **parts):
+    """A linear spec (runtime/weights.py Linear.native_spec) with zero weights of the right size."""
+    if kind == 0:
+        return (0, n, k, f32(n * k), None, None, 0, 0, 0.0)
+    if kind == 1:
+        ng = (k + 31) // 32
+        return (1, n, k, parts.get("w", u8(n * ng * 16)), parts.get("scales", f16(n * ng)), f16(n * ng), 4, 32, 0.0)
+    return (kind, n, k, parts.get("w", u8(n * ((k + 6 - kind) // (7 - kind)))), None, None, 0, 0, 1.0)
+
+
+def attn_layer(**change):
+    fields = dict(H=H, heads=NH, kv_heads=NKV, D=D, context=CTX, eps=1e-6, ln_in=f32(H), ln_post=f32(H),
+                  qkv=(spec(1, NQ + 2 * NK, H),), bq=f32(NQ), bk=f32(NK), bv=f32(NK), o=spec(0, H, NQ),
+                  cos=f32(CTX * D), sin=f32(CTX * D), kv_bits=32, kv=f32(2 * NKV * CTX * D), kv_scales=None)
+    fields.update(change)
+    return tuple(fields.values())
+
+
+def ffn_args(**change):
+    fields = dict(h=f32(H), y=f32(H), coef=1.0, gate_up=(spec(0, 2 * I, H),), down=spec(1, H, I), threads=1)
+    fields.update(change)
+    return tuple(fields.values())
+
+
+ATTN_WRONG = [
+    (dict(ln_in=f32(H - 1)), "ln_in"), (dict(ln_post=f32(H + 1)), "ln_post"), (dict(bq=f32(NQ - 1)), "bq"),
+    (dict(bv=f32(NK + 1)), "bv"), (dict(cos=f32(CTX * D - 1)), "cos"), (dict(kv=f32(2 * NKV * CTX * D - 1)), "kv"),
+    (dict(kv_bits=8, kv=np.zeros(2 * NKV * CTX * D, np.int8)), "kv_scales"),
+    (dict(kv_bits=8, kv=np.zeros(2 * NKV * CTX * D, np.int8), kv_scales=f32(2 * NKV * CTX - 1)), "kv_scales"),
+    (dict(kv_bits=16), "kv bits"), (dict(heads=3), "multiple"), (dict(D=3, cos=f32(CTX * 3), sin=f32(CTX * 3)), "even"),
+    (dict(kv_heads=0), "kv heads"), (dict(context=0), "context"),
+    (dict(qkv=(spec(1, NQ + 2 * NK - 1, H),)), "qkv is"), (dict(qkv=(spec(0, NQ, H),) * 2), "1 \\(fused\\) or 3"),
+    (dict(qkv=(spec(0, NQ, H), spec(0, NK, H), spec(0, NK + 1, H))), "v is"), (dict(o=spec(0, H, NQ + 1)), "o is"),
+    (dict(o=(9, H, NQ, f32(H * NQ), None, None, 0, 0, 0.0)), "unknown linear kind"),
+    (dict(o=(1, H, NQ, u8(H), f16(H), f16(H), 5, 32, 0.0)), "bits"),
+    (dict(o=(1, H, NQ, u8(H), f16(H), f16(H), 4, 48, 0.0)), "group_size"),
+    (dict(o=spec(1, H, NQ, scales=f16(1))), "scales"), (dict(o=spec(2, H, NQ, w=u8(1))), "o has"),
+    (dict(o=(0, H, NQ)), "linear spec"),
+]
+
+
+def test_attn_and_ffn_steps_run_on_every_path(path):
+    x, h = f32(H), f32(H)
+    for kv_bits, kv, scales in ((32, f32(2 * NKV * CTX * D), None),
+                                (8, np.zeros(2 * NKV * CTX * D, np.int8), f32(2 * NKV * CTX))):
+        for pos in range(CTX):
+            _native.attn_step(x, pos, h, attn_layer(kv_bits=kv_bits, kv=kv, kv_scales=scales), 2)
+    for gu in ((spec(0, 2 * I, H),), (spec(2, I, H), spec(3, I, H)), (spec(1, I, H), spec(0, I, H))):
+        _native.ffn_step(*ffn_args(gate_up=gu))
+    assert not x.any() and not h.any()  # zero weights and input: zero output, no NaN from the norms
+
+
+@pytest.mark.parametrize("change, words", ATTN_WRONG, ids=[w for _, w in ATTN_WRONG])
+def test_attn_step_checks_every_size(change, words):
+    with pytest.raises(ValueError, match=words):
+        _native.attn_step(f32(H), 0, f32(H), attn_layer(**change), 1)
+
+
+@pytest.mark.parametrize("pos, x, h, threads, words", [
+    (CTX, f32(H), f32(H), 1, "pos"), (-1, f32(H), f32(H), 1, "pos"), (0, f32(H - 1), f32(H), 1, "x has"),
+    (0, f32(H), f32(H + 1), 1, "h has"), (0, f32(H), f32(H), 0, "threads"),
+    (0, np.zeros(H, np.float64)[::2], f32(H), 1, "x must be a C-contiguous"),
+    (0, bytes(4 * H), f32(H), 1, "x must be a C-contiguous writable"),
+])
+def test_attn_step_checks_its_buffers(pos, x, h, threads, words):
+    with pytest.raises(ValueError, match=words):
+        _native.attn_step(x, pos, h, attn_layer(), threads)
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(h=f32(H - 1)), "h has"), (dict(y=f32(H + 1)), "y has"), (dict(y=bytes(4 * H)), "writable"),
+    (dict(gate_up=(spec(0, 2 * I + 1, H),)), "gate_up is"), (dict(gate_up=(spec(0, I, H),) * 3), "1 \\(fused\\) or 2"),
+    (dict(gate_up=(spec(2, I, H), spec(2, I, H - 1))), "up is"), (dict(down=spec(0, H, I, )[:2]), "linear spec"),
+    (dict(down=(0, 0, I, f32(0), None, None, 0, 0, 0.0)), "down rows"),
+    (dict(gate_up=(spec(3, I, H, w=u8(I * 5)), spec(3, I, H))), "gate has"), (dict(threads=300), "threads"),
+])
+def test_ffn_step_checks_every_size(change, words):
+    with pytest.raises(ValueError, match=words):
+        _native.ffn_step(*ffn_args(**change))

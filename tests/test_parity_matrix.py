@@ -1,7 +1,8 @@
 """The runtime against the faithful torch reference (tests/faithful_reference.py) on every model kind:
 MoTE (ternary routed experts + shared expert) and MoE-LLaVA (fp experts, stored int-N), top-1 and top-2,
 use_residual, tied and untied embeddings, each exported at --bits 16 and --bits 4; and the MoTE model
-at --bits 4 under each forced kernel path (MOTE_KERNEL_PATH, in a subprocess).
+at --bits 4 under each forced kernel path (MOTE_KERNEL_PATH, in a subprocess); decode steps run the native
+layer (native/layer.c), and the numpy layer (MOTE_DECODER=numpy) is held to the same reference.
 
 Per row: the prompt embeddings (image included) agree; the logits after the prompt and after every token
 of the reference's greedy sequence (teacher forced) agree to the tolerance of tests/test_runtime.py; the
@@ -171,16 +172,30 @@ def test_runtime_matches_the_reference(name, bits, reference_runs):
     assert_runtime_matches(ref, runtime_outputs(mote, PROMPT, IMAGE, ref["tokens"]), TOLERANCE[bits], mote)
 
 
+def probe_in_subprocess(mote, ref: dict, env: dict, tmp_path) -> dict:
+    """tests/runtime_probe.py's outputs for the reference's tokens, in a process with `env` set."""
+    out = tmp_path / "runtime.npz"
+    r = subprocess.run([sys.executable, str(REPO / "tests" / "runtime_probe.py"), str(mote), PROMPT, str(IMAGE),
+                        ",".join(map(str, ref["tokens"])), str(out)],
+                       capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return dict(np.load(out))
+
+
 @pytest.mark.parametrize("path", KERNEL_PATHS)
 def test_forced_kernel_path_matches_the_reference(path, reference_runs, tmp_path):
     if path not in kernels.available_paths():
         pytest.skip(f"this CPU cannot run the {path} kernels (available: {', '.join(kernels.available_paths())})")
     mote, ref = reference_runs("mote-top2-untied", 4)
-    out = tmp_path / "runtime.npz"
-    r = subprocess.run([sys.executable, str(REPO / "tests" / "runtime_probe.py"), str(mote), PROMPT, str(IMAGE),
-                        ",".join(map(str, ref["tokens"])), str(out)],
-                       capture_output=True, text=True, timeout=120, env={**os.environ, "MOTE_KERNEL_PATH": path})
-    assert r.returncode == 0, r.stderr[-3000:]
-    got = dict(np.load(out))
-    assert str(got["kernel_path"]) == path
+    got = probe_in_subprocess(mote, ref, {"MOTE_KERNEL_PATH": path}, tmp_path)
+    assert str(got["kernel_path"]) == path and str(got["decoder"]) == "native"
     assert_runtime_matches(ref, got, TOLERANCE[4], mote)
+
+
+@pytest.mark.parametrize("bits", [16, 4])
+def test_numpy_decoder_layer_matches_the_reference(bits, reference_runs, tmp_path):
+    """The numpy layer (MOTE_DECODER=numpy), the reference the native decode step is tested against."""
+    mote, ref = reference_runs("mote-top1-tied", bits)
+    got = probe_in_subprocess(mote, ref, {"MOTE_DECODER": "numpy"}, tmp_path)
+    assert str(got["decoder"]) == "numpy"
+    assert_runtime_matches(ref, got, TOLERANCE[bits], mote)

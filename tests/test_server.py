@@ -49,6 +49,12 @@ def tiny_mote(tmp_path_factory):
     return path
 
 
+# The cancellation and time-limit tests need 450 tokens of the tiny synth model to outlast the server's
+# disconnect poll and a 0.2 s time limit: its servers run the numpy decoder layer (~0.35 s for them; the
+# native layer decodes them in ~0.2 s).
+NUMPY_DECODER = {"MOTE_DECODER": "numpy"}
+
+
 @pytest.fixture(scope="module")
 def synth_mote(tiny_ckpt, tmp_path_factory):
     """Random weights: answers run to max_tokens, for cancellation and time limits."""
@@ -277,7 +283,7 @@ SERVER_OVERHEAD_BYTES = 16 * 1024 * 1024
 @pytest.fixture(scope="module")
 def synth_server(synth_mote, tmp_path_factory):
     with LiveServer(synth_mote, tmp_path_factory.mktemp("serve") / "synth.log", "--allow-local-images",
-                    "--max-context", "512") as s:
+                    "--max-context", "512", env=NUMPY_DECODER) as s:
         yield s
 
 
@@ -312,7 +318,8 @@ def test_local_images_when_allowed(synth_server):
 
 
 def test_request_time_limit(synth_mote, tmp_path):
-    with LiveServer(synth_mote, tmp_path / "timeout.log", "--max-context", "512", "--request-timeout", "0.2") as s:
+    with LiveServer(synth_mote, tmp_path / "timeout.log", "--max-context", "512", "--request-timeout", "0.2",
+                    env=NUMPY_DECODER) as s:
         body = {"messages": [{"role": "user", "content": "go on"}], "max_tokens": 450}
         r = httpx.post(s.url + "/v1/chat/completions", json=body, timeout=60)
         assert r.status_code == 408 and r.json()["error"]["code"] == "request_timeout"

@@ -5,7 +5,8 @@
  * the file -> slab re-lay and the int-N matmul (2/3/4/8 bits, G = 32/64/128), on random and edge-case
  * inputs (every byte value, odd K and N, every tail length, GEMV / T = 2 / GEMM token counts, 1 and 2
  * threads, zero, huge, tiny, infinite and NaN activations, pre-quantized activations with -128), and
- * compares each path's output with the scalar path's byte for byte.
+ * compares each path's output with the scalar path's byte for byte. Also the decode-step layer's dot
+ * products (native/layer.c) and its attention half with float32 weights, float and int8 KV caches.
  *
  * aarch64 (make test-arm, under qemu-aarch64-static): checks neon and, where the CPU has it, dotprod.
  * x86-64 (make test-selftest): checks avx2 / avx512, whichever the CPU has. The x86 int-N paths sum the
@@ -25,6 +26,7 @@
 
 #include "cpu.h"
 #include "kernels.h"
+#include "layer.h"
 
 static uint64_t rng = 0x9E3779B97F4A7C15ull;
 static uint64_t rnd(void) {   /* xorshift64* */
@@ -198,6 +200,92 @@ static void check_intn(int bits, int G, int T, int K, int N, int xkind, int wkin
     free(w), free(sc), free(zp), free(x), free(ref), free(got);
 }
 
+/* ---- decode-step layer (layer.c): dot products, and the attention half with f32 weights ---- */
+static void check_dots(int n, int kind) {
+    float *a = malloc(sizeof(float) * (size_t)(n + 1)), *b = malloc(sizeof(float) * (size_t)(n + 1));
+    int8_t *b8 = malloc((size_t)n + 1);
+    fill_x(a, (size_t)n, kind);
+    fill_x(b, (size_t)n, X_NORMAL);
+    fill_bytes((uint8_t *)b8, (size_t)n, W_RANDOM);
+    const mote_dot_fns ref = mote_dot_for(MOTE_PATH_SCALAR);
+    const float r32 = ref.f32(a, b, n), r8 = ref.f32_i8(a, b8, n);
+    float *silu_ref = malloc(sizeof(float) * (size_t)(n + 1)), *silu = malloc(sizeof(float) * (size_t)(n + 1));
+    float *exp_ref = malloc(sizeof(float) * (size_t)(n + 1)), *ex = malloc(sizeof(float) * (size_t)(n + 1));
+    float *sa = malloc(sizeof(float) * (size_t)(n + 1));
+    for (int k = 0; k < n; k++) sa[k] = a[k] * 8.0f;   /* silu / exp arguments over +-~40 (and the huge / special kinds) */
+    memcpy(silu_ref, sa, sizeof(float) * (size_t)n);
+    memcpy(exp_ref, sa, sizeof(float) * (size_t)n);
+    ref.silu_mul(silu_ref, b, n);
+    ref.exp_shift(exp_ref, 3.0f, n);
+    char what[96];
+    for (int i = 0; i < nsimd; i++) {
+        const mote_dot_fns fn = mote_dot_for(simd[i]);
+        const float g32 = fn.f32(a, b, n), g8 = fn.f32_i8(a, b8, n);
+        snprintf(what, sizeof what, "dot n=%d x=%s", n, xkind_name[kind]);
+        compare(&r32, &g32, sizeof r32, simd[i], what);
+        compare(&r8, &g8, sizeof r8, simd[i], what);
+        memcpy(silu, sa, sizeof(float) * (size_t)n);
+        memcpy(ex, sa, sizeof(float) * (size_t)n);
+        fn.silu_mul(silu, b, n);
+        fn.exp_shift(ex, 3.0f, n);
+        snprintf(what, sizeof what, "silu_mul / exp n=%d x=%s", n, xkind_name[kind]);
+        compare(silu_ref, silu, sizeof(float) * (size_t)n, simd[i], what);
+        compare(exp_ref, ex, sizeof(float) * (size_t)n, simd[i], what);
+    }
+    free(a), free(b), free(b8), free(silu_ref), free(silu), free(exp_ref), free(ex), free(sa);
+}
+
+static float *random_floats(size_t n, float scale) {
+    float *x = malloc(sizeof(float) * (n + 1));
+    fill_x(x, n, X_NORMAL);
+    for (size_t i = 0; i < n; i++) x[i] *= scale;
+    return x;
+}
+
+static void check_attn(int H, int nH, int nKV, int D, int context, int pos, int kv_bits, int threads) {
+    const int nq = nH * D, nk = nKV * D;
+    const size_t cells = 2 * (size_t)nKV * context;
+    float *wqkv = random_floats((size_t)(nq + 2 * nk) * H, 0.1f), *wo = random_floats((size_t)H * nq, 0.1f);
+    float *ln = random_floats((size_t)H, 1.0f), *b = random_floats((size_t)(nq + 2 * nk), 0.1f);
+    float *cs = random_floats((size_t)context * D, 1.0f), *sn = random_floats((size_t)context * D, 1.0f);
+    float *x0 = random_floats((size_t)H, 1.0f), *kv0 = random_floats(cells * D, 1.0f);
+    float *sc0 = random_floats(cells, 0.01f);
+    int8_t *kv8 = malloc(cells * D + 1);
+    fill_bytes((uint8_t *)kv8, cells * D, W_RANDOM);
+    mote_attn_layer L = {H, nH, nKV, D, context, 1e-6f, ln, ln, {{0}}, 1, b, b + nq, b + nq + nk, {0}, cs, sn,
+                         kv_bits, NULL, NULL};
+    L.qkv[0] = (mote_linear){MOTE_LIN_F32, nq + 2 * nk, H, wqkv, NULL, NULL, 0, 0, 0.0f};
+    L.o = (mote_linear){MOTE_LIN_F32, H, nq, wo, NULL, NULL, 0, 0, 0.0f};
+    const size_t kv_bytes = cells * D * (kv_bits == 32 ? 4 : 1);
+    float *out[2][3];   /* [ref | got][x, h, kv scales]; the cache itself below */
+    void *kv_out[2];
+    for (int r = 0; r < 2; r++) {
+        out[r][0] = malloc(sizeof(float) * H), out[r][1] = malloc(sizeof(float) * H);
+        out[r][2] = malloc(sizeof(float) * cells);
+        kv_out[r] = malloc(kv_bytes);
+    }
+    char what[96];
+    snprintf(what, sizeof what, "attn H=%d heads=%d/%d D=%d pos=%d kv=%d threads=%d", H, nH, nKV, D, pos, kv_bits,
+             threads);
+    for (int i = -1; i < nsimd; i++) {
+        const int r = i < 0 ? 0 : 1;
+        use(i < 0 ? MOTE_PATH_SCALAR : simd[i]);
+        memcpy(out[r][0], x0, sizeof(float) * H);
+        memcpy(out[r][2], sc0, sizeof(float) * cells);
+        memcpy(kv_out[r], kv_bits == 32 ? (void *)kv0 : (void *)kv8, kv_bytes);
+        L.kv = kv_out[r];
+        L.kv_scales = kv_bits == 32 ? NULL : out[r][2];
+        if (mote_attn_step(&L, out[r][0], pos, out[r][1], threads) != 0) exit(3);
+        if (r == 0) continue;
+        compare(out[0][0], out[1][0], sizeof(float) * H, simd[i], what);
+        compare(out[0][1], out[1][1], sizeof(float) * H, simd[i], what);
+        compare(kv_out[0], kv_out[1], kv_bytes, simd[i], what);
+        compare(out[0][2], out[1][2], sizeof(float) * cells, simd[i], what);
+    }
+    for (int r = 0; r < 2; r++) free(out[r][0]), free(out[r][1]), free(out[r][2]), free(kv_out[r]);
+    free(wqkv), free(wo), free(ln), free(b), free(cs), free(sn), free(x0), free(kv0), free(sc0), free(kv8);
+}
+
 static mote_path path_named(const char *name) {
     for (int p = MOTE_PATH_SCALAR; p <= MOTE_PATH_AUTO; p++)
         if (strcmp(name, mote_path_name((mote_path)p)) == 0) return (mote_path)p;
@@ -294,6 +382,21 @@ int main(int argc, char **argv) {
             for (int wk = W_ZERO; wk < W_KINDS; wk++) check_intn(b, G, 5, 2 * G, 4, X_NORMAL, wk, 1);
         }
     printf("intn: %d checks\n", checks - c2);
+
+    /* decode-step layer: dots of every length around the 8 lanes, attention half at several positions */
+    const int c3 = checks;
+    for (int kind = 0; kind < X_KINDS; kind++) {
+        if (kind == X_SPECIAL && !nan_ok) continue;
+        for (int n = 0; n <= 40; n++) check_dots(n, kind);
+        check_dots(128, kind);
+    }
+    static const int attn_shapes[][4] = {{64, 4, 2, 16}, {56, 7, 1, 8}, {96, 6, 3, 32}, {40, 2, 2, 10}};   /* H, nH, nKV, D */
+    for (size_t s = 0; s < sizeof attn_shapes / sizeof attn_shapes[0]; s++)
+        for (int kv_bits = 8; kv_bits <= 32; kv_bits += 24)
+            for (int pos = 0; pos < 20; pos += 6)
+                check_attn(attn_shapes[s][0], attn_shapes[s][1], attn_shapes[s][2], attn_shapes[s][3], 20, pos, kv_bits,
+                           1 + (int)(s % 2));
+    printf("layer: %d checks\n", checks - c3);
 
     for (int i = 0; i < nsimd; i++) printf("path %s: ran\n", mote_path_name(simd[i]));
     if (failures || bad_setup) {

@@ -1,0 +1,78 @@
+/* One decode step (T = 1) of a Qwen2 decoder layer in C (native/layer.c; docs/KERNELS.md section 6).
+ *
+ *   mote_attn_step: x += O(attention(rope(q), rope(k), v) over the KV cache), h = rmsnorm(x, ln_post)
+ *                   with q, k, v = W_qkv rmsnorm(x, ln_in) + b; K / V of this position written to the cache
+ *   mote_ffn_step:  y += coef * down(silu(gate(h)) * up(h))   (a dense / shared FFN or one routed expert)
+ *
+ * The matmuls are the dispatched kernels of ternary.c / intn.c (or an f32 GEMV for the --bits 16 / f32
+ * schemes); the rest (norms, RoPE, attention, SwiGLU) is portable C. Every size below is checked by the
+ * caller (module.c) before these run.
+ */
+#ifndef MOTE_LAYER_H
+#define MOTE_LAYER_H
+
+#include <stdint.h>
+
+#include "kernels.h"
+
+/* a stored [N, K] weight and how to multiply by it */
+typedef enum { MOTE_LIN_F32 = 0, MOTE_LIN_INTN = 1, MOTE_LIN_TERN = 2, MOTE_LIN_TERN2 = 3 } mote_lin_kind;
+
+typedef struct {
+    int kind;                        /* mote_lin_kind */
+    int N, K;
+    const void *w;                   /* f32 [N, K] | int-N packed [N, ng G bits / 8] | ternary packed rows */
+    const uint16_t *scales, *zeros;  /* int-N: fp16 [N, ng] each */
+    int bits, G;                     /* int-N */
+    float gamma;                     /* ternary */
+} mote_linear;
+
+/* y[N] = W x[K] for one token; 0, or -1 on out of memory */
+int mote_linear_gemv(const mote_linear *L, const float *x, float *y, int threads);
+
+/* y[N] = W x[K] with W float32 [N, K]: 8 partial sums per row, rows split over the thread pool */
+void mote_gemv_f32(const float *W, const float *x, int N, int K, float *y, int threads);
+
+/* The layer's vector helpers; the AVX2 versions (x86-64 avx2 / avx512 paths) are bit-identical to the
+ * scalar ones. f32 / f32_i8: sum_k a[k] b[k] in 8 partial sums (lane j: k = j, j + 8, ...), then the
+ * lanes in order. silu_mul: g[i] = g[i] / (1 + exp(-g[i])) * u[i]. exp_shift: x[i] = exp(x[i] - m).
+ * exp is Cephes' expf polynomial (layer.c), within ~1 ulp of expf on [-88.37, 88.37]. */
+typedef struct {
+    float (*f32)(const float *a, const float *b, int n);
+    float (*f32_i8)(const float *a, const int8_t *b, int n);
+    void (*silu_mul)(float *g, const float *u, int n);
+    void (*exp_shift)(float *x, float m, int n);
+} mote_dot_fns;
+float mote_dot_f32_scalar(const float *a, const float *b, int n);
+float mote_dot_f32_i8_scalar(const float *a, const int8_t *b, int n);
+void mote_silu_mul_scalar(float *g, const float *u, int n);
+void mote_exp_shift_scalar(float *x, float m, int n);
+mote_dot_fns mote_dot_for(mote_path p);
+
+/* y[n] = w[n] * (x[n] / sqrt(mean(x^2) + eps)) */
+void mote_rms_norm(const float *x, const float *w, int n, float eps, float *y);
+
+typedef struct {
+    int H, n_heads, n_kv, D, context;
+    float eps;
+    const float *ln_in, *ln_post;            /* [H] */
+    mote_linear qkv[3];                      /* one fused [(nH + 2 nKV) D, H] weight (nqkv = 1) or q, k, v */
+    int nqkv;
+    const float *bq, *bk, *bv;               /* [nH D], [nKV D], [nKV D] */
+    mote_linear o;                           /* [H, nH D] */
+    const float *cos, *sin;                  /* [context, D] RoPE tables (rotate_half layout) */
+    int kv_bits;                             /* 32: float cache, 8: int8 values + a float scale per (head, pos) */
+    void *kv;                                /* [2 (k, v), nKV, context, D] float32 or int8 */
+    float *kv_scales;                        /* kv_bits 8: [2, nKV, context] */
+} mote_attn_layer;
+
+/* x[H] += attention half of the layer at position pos (K/V of pos written to the cache); h[H] =
+ * rmsnorm(x, ln_post). 0, or -1 on out of memory. */
+int mote_attn_step(const mote_attn_layer *L, float *x, int pos, float *h, int threads);
+
+/* y[H] += coef * down(silu(gate h) * up h): gate_up is one fused [2 I, H] weight (ngu = 1) or gate, up
+ * (ngu = 2; ternary ones share one quantization of h). 0, or -1 on out of memory. */
+int mote_ffn_step(const mote_linear *gate_up, int ngu, const mote_linear *down, const float *h, float coef, float *y,
+                  int threads);
+
+#endif

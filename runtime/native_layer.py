@@ -1,0 +1,75 @@
+"""The decode step's layer in C (native/layer.c): the argument tuples `mote_edge._native.attn_step` and
+`ffn_step` take, built once per layer from the decoder's weights, with their dtypes checked here (the C
+side checks every byte size and contiguity).
+
+    step = AttentionStep(attn, ln_in, ln_post, eps, rope, kv, layer, threads)
+    step(x, pos, h)                        x [H] += attention half at `pos`; h [H] = rmsnorm(x, ln_post)
+    ffn_step(h, y, coef, gate_up, down)    y [H] += coef * down(silu(gate h) * up h)   (specs: Linear.native_spec)
+
+Selected by `MOTE_DECODER` (`native`, the default, or `numpy`: the numpy layer, the scalar reference).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from mote_edge import _native
+from mote_edge.errors import MoteError
+
+DECODER_PATHS = ("native", "numpy")
+
+
+def default_decoder_path() -> str:
+    """MOTE_DECODER, or "native"; an unknown value is a MoteError (a one-line error)."""
+    path = os.environ.get("MOTE_DECODER", "native")
+    if path not in DECODER_PATHS:
+        raise MoteError(f"MOTE_DECODER must be one of {', '.join(DECODER_PATHS)}, got {path!r}")
+    return path
+
+
+def check_float_vector(a: np.ndarray, n: int, name: str) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape != (n,) or not a.flags.c_contiguous:
+        got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise ValueError(f"{name} must be a C-contiguous float32 [{n}] array, got {got}")
+    return a
+
+
+SPEC_DTYPES = {0: (np.float32, None), 1: (np.uint8, np.float16), 2: (np.uint8, None), 3: (np.uint8, None)}
+
+
+def check_spec(spec: tuple, name: str) -> tuple:
+    """A Linear.native_spec with the dtypes native/layer.c reads (sizes are checked in C)."""
+    kind, w, scales, zeros = spec[0], spec[3], spec[4], spec[5]
+    if kind not in SPEC_DTYPES:
+        raise ValueError(f"{name}: unknown linear kind {kind}")
+    wt, st = SPEC_DTYPES[kind]
+    if not isinstance(w, np.ndarray) or w.dtype != wt:
+        raise ValueError(f"{name}: weight must be {np.dtype(wt).name}")
+    if st is not None and any(not isinstance(a, np.ndarray) or a.dtype != st for a in (scales, zeros)):
+        raise ValueError(f"{name}: scales and zeros must be {np.dtype(st).name}")
+    return spec
+
+
+class AttentionStep:
+    """The attention half of one layer for one position, as one native call."""
+
+    def __init__(self, attn, ln_in: np.ndarray, ln_post: np.ndarray, eps: float, rope, kv, layer: int, threads: int):
+        H = ln_in.shape[0]
+        qkv = tuple(check_spec(s, "qkv") for s in attn.qkv.native_specs())
+        o = check_spec(attn.o.native_spec(), "o")
+        values = kv.values[layer]  # [2, nKV, context, D]
+        scales = kv.scales[layer] if kv.scales is not None else None  # [2, nKV, context, 1]
+        self.hidden, self.threads = H, threads
+        self.args = (H, attn.n_heads, attn.n_kv, attn.head_dim, values.shape[2], float(eps),
+                     check_float_vector(ln_in, H, "ln_in"), check_float_vector(ln_post, H, "ln_post"), qkv,
+                     attn.bq, attn.bk, attn.bv, o, rope.cos, rope.sin, kv.bits, values, scales)
+
+    def __call__(self, x: np.ndarray, pos: int, h: np.ndarray) -> None:
+        _native.attn_step(x, pos, h, self.args, self.threads)
+
+
+def ffn_step(h: np.ndarray, y: np.ndarray, coef: float, gate_up: tuple, down: tuple, threads: int) -> None:
+    """y += coef * down(silu(gate h) * up h); gate_up: one fused spec or (gate, up)."""
+    _native.ffn_step(h, y, coef, gate_up, down, threads)
