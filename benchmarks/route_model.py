@@ -11,7 +11,8 @@ two numbers, then replayed at any model size:
 `RouteModel(s, r)` generates routes with that popularity (a per-layer random permutation decides
 which expert ids are the popular ones) and that temporal locality; `uniform()` (s = 0, r = 0) is
 the worst case for a cache. `install(engine, ...)` swaps every MoE layer's router for a generator;
-everything after the router (wave loads, cache, kernels) runs unchanged.
+everything after the router (wave loads, cache, kernels) runs unchanged. The generators go through the
+MoE layers' `routing` seam (runtime/decoder.py), no class attribute is patched.
 """
 
 from __future__ import annotations
@@ -92,21 +93,21 @@ def install(engine, model: RouteModel, seed: int = 0) -> None:
     """Replace every MoE layer's router of a loaded Engine by a RouteGenerator."""
     cfg = engine.config
     for moe in moe_layers(engine):
-        moe.route = RouteGenerator(model, cfg.moe.experts_in_layer(moe.layer), cfg.moe.top_k_experts,
-                                   seed * 1000 + moe.layer)
+        moe.routing = RouteGenerator(model, cfg.moe.experts_in_layer(moe.layer), cfg.moe.top_k_experts,
+                                     seed * 1000 + moe.layer)
 
 
 def record_routes(engine) -> dict[int, list[np.ndarray]]:
     """Wrap the routers of a loaded Engine so every call's ids [T, k] are kept, by layer."""
     log: dict[int, list[np.ndarray]] = {}
     for moe in moe_layers(engine):
-        original = moe.route
+        original = moe.routing or moe.router_top_k
 
         def recorded(h, _original=original, _layer=moe.layer):
             ids, weights = _original(h)
             log.setdefault(_layer, []).append(ids.copy())
             return ids, weights
-        moe.route = recorded
+        moe.routing = recorded
     return log
 
 

@@ -214,6 +214,22 @@ static PyObject *py_read_sum(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLongLong(total);
 }
 
+static PyObject *py_crc32(PyObject *self, PyObject *args) {
+    Py_buffer b = {0};
+    unsigned int crc = 0;
+    if (!PyArg_ParseTuple(args, "y*|I", &b, &crc)) return NULL;
+    uint32_t out;
+    Py_BEGIN_ALLOW_THREADS
+    out = mote_crc32((uint32_t)crc, (const uint8_t *)b.buf, (size_t)b.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLong(out);
+}
+
+static PyObject *py_crc32_path(PyObject *self, PyObject *noargs) {
+    return PyUnicode_FromString(mote_crc32_simd() ? "clmul" : "scalar");
+}
+
 static PyMethodDef native_methods[] = {
     {"cpu_features", py_cpu_features, METH_NOARGS,
      "cpu_features() -> dict: which SIMD instruction sets this CPU supports (run-time detection)."},
@@ -234,6 +250,9 @@ static PyMethodDef native_methods[] = {
     {"intn_matmul", py_intn_matmul, METH_VARARGS,
      "intn_matmul(packed, scales f16, zeros f16, bits, group, x f32[T,K], T, K, N, out f32[T,N], threads=1)."},
     {"read_sum", py_read_sum, METH_VARARGS, "read_sum(buf, threads=1) -> int: sum of uint64 words (bandwidth probe)."},
+    {"crc32", py_crc32, METH_VARARGS,
+     "crc32(buf, crc=0) -> int: zlib's CRC-32 of buf continuing from crc (GIL released)."},
+    {"crc32_path", py_crc32_path, METH_NOARGS, "crc32_path() -> str: 'clmul' or 'scalar' (the CRC-32 path in use)."},
     {NULL, NULL, 0, NULL},
 };
 

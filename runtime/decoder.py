@@ -10,6 +10,8 @@ MoE layers run a "wave": route every token of the step first, then load each nee
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from mote_edge.config import ModelConfig
@@ -102,10 +104,18 @@ class MoE:
         if cfg.moe.use_residual:
             self.residual = (SwiGLU(w, f"{p}.mlp"), w.matrix(f"{p}.coefficient.weight"), w.vector(f"{p}.coefficient.bias"))
         self.last_routes: np.ndarray | None = None
-        self.lookahead: Lookahead | None = None  # the next MoE layer's router, when prefetching
+        self.lookaheads: list[Lookahead] = []  # the next MoE layers' routers (Decoder.enable_lookahead)
+        self.prefetch_depth = 0  # how many of them prefetch (decode steps)
+        # routes in place of the router, same signature as route() (benchmarks/route_model.py replays
+        # fitted routing statistics through it); the lookahead keeps predicting with the router
+        self.routing: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
 
     def route(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """h [T, H] -> (expert ids [T, k], weights [T, k])."""
+        """h [T, H] -> (expert ids [T, k], weights [T, k]): `routing` if one is set, else the router."""
+        return self.routing(h) if self.routing is not None else self.router_top_k(h)
+
+    def router_top_k(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The router's choice: top_k of softmax(h Wg^T)."""
         probs = softmax(h @ self.router.T)  # [T, E] float32
         if self.top_k == 1:
             idx = probs.argmax(axis=-1)[:, None]
@@ -121,33 +131,41 @@ class MoE:
         out = np.zeros_like(h)
         needed = sorted(set(idx.reshape(-1).tolist()), key=lambda e: not self.cache.is_cached(self.layer, e))
         self.cache.begin_wave(self.layer, needed)
-        if self.lookahead is not None and residual is not None and h.shape[0] == 1:  # decode steps
-            self.cache.prefetch(self.lookahead.layer, self.lookahead.predict(residual))
-        if self.cache.trace is not None:
-            self.cache.trace.append({"layer": self.layer, "experts": needed, "tokens": int(h.shape[0])})
+        tracing, decoding = self.cache.trace is not None, residual is not None and h.shape[0] == 1
+        predicted = [(a.layer, a.predict(residual)) for a in self.lookaheads] if decoding and (
+            tracing or self.prefetch_depth) else []
+        if self.prefetch_depth:
+            self.cache.prefetch([(layer, experts) for layer, experts in predicted[:self.prefetch_depth]])
+        if tracing:
+            wave = {"layer": self.layer, "experts": needed, "tokens": int(h.shape[0])}
+            self.cache.trace.append({**wave, "predicted": [{"layer": la, "experts": ex} for la, ex in predicted]}
+                                    if predicted else wave)
+        # the dense parts first: they compute while the loader reads the wave's misses
+        mlp_out = self.residual[0](h) if self.residual is not None else None
+        shared_out = self.shared(h) if self.shared is not None else None
         for e in needed:  # wave: each needed expert loaded once, cached ones first
             rows, slot = np.nonzero(idx == e)
             out[rows] += self.cache.get(self.layer, e)(h[rows]) * weight[rows, slot, None]
         self.cache.end_wave()
         if self.residual is not None:
-            mlp, cw, cb = self.residual
+            _, cw, cb = self.residual
             coef = softmax(h @ cw.T + cb)
-            out = out * coef[:, :1] + mlp(h) * coef[:, 1:]
-        if self.shared is not None:
-            out += self.shared(h)
+            out = out * coef[:, :1] + mlp_out * coef[:, 1:]
+        if shared_out is not None:
+            out += shared_out
         return out
 
 
 class Lookahead:
-    """Router lookahead: the next MoE layer's norm and router applied to the residual stream at this
-    layer's MoE input predict the experts the next layer will route to (mixtral-offloading, FATE)."""
+    """Router lookahead: a later MoE layer's norm and router applied to the residual stream at this
+    layer's MoE input predict the experts that layer will route to (mixtral-offloading, FATE)."""
 
     def __init__(self, layer: int, norm: np.ndarray, moe: MoE, eps: float):
         self.layer, self.norm, self.moe, self.eps = layer, norm, moe, eps
 
     def predict(self, residual: np.ndarray) -> list[int]:
         """The predicted experts, the most tokens' choices first."""
-        idx, _ = self.moe.route(rms_norm(residual, self.norm, self.eps))
+        idx, _ = self.moe.router_top_k(rms_norm(residual, self.norm, self.eps))
         experts, counts = np.unique(idx, return_counts=True)
         return experts[np.argsort(-counts, kind="stable")].tolist()
 
@@ -182,11 +200,14 @@ class Decoder:
         self.kv = KVCache(dc.num_hidden_layers, dc.num_key_value_heads, context, dc.head_dim, kv_bits)
         self.length = 0
 
-    def enable_lookahead(self, on: bool) -> None:
-        """Each MoE layer prefetches the experts the next MoE layer's router predicts (decode steps)."""
-        moe = [(i, layer) for i, layer in enumerate(self.layers) if isinstance(layer.mlp, MoE)]
-        for (i, layer), (j, nxt) in zip(moe, moe[1:] + moe[:1]):
-            layer.mlp.lookahead = Lookahead(j, nxt.ln_post, nxt.mlp, nxt.eps) if on and len(moe) > 1 else None
+    def enable_lookahead(self, depth: int) -> None:
+        """Each MoE layer prefetches the experts the routers of the next `depth` MoE layers predict
+        (decode steps; 0: none). The predictions of the next two go into a trace either way."""
+        moe = [layer for layer in self.layers if isinstance(layer.mlp, MoE)]
+        for n, layer in enumerate(moe):
+            ahead = [moe[(n + d) % len(moe)] for d in (1, 2) if d < len(moe)]
+            layer.mlp.lookaheads = [Lookahead(a.mlp.layer, a.ln_post, a.mlp, a.eps) for a in ahead]
+            layer.mlp.prefetch_depth = min(depth, len(ahead))
 
     def reset(self) -> None:
         self.length = 0

@@ -33,11 +33,11 @@ from mote_edge.tokenizer import Tokenizer
 from .budget import parse_bytes
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES
 from .decoder import Decoder
-from .expert_cache import DEFAULT_PREFETCH, EXPERT_LOADERS, PREFETCH_MODES, ExpertCache
+from .expert_cache import DEFAULT_PREFETCH, EXPERT_LOADERS, PREFETCH_DEPTH, PREFETCH_MODES, ExpertCache
 from .expert_layout import EXPERT_LAYOUTS
 from .kv_cache import KV_BITS
 from .memory import PeakTracker, drop_page_cache, read_status, trim_heap
-from .plan import MemoryPlan, default_context, fit_file_budget
+from .plan import MemoryPlan, default_context, fit_file_budget, loader_slabs
 from .prefix_cache import CachedPositions, image_digest, position_keys
 from .report import RunStats, TokenCounts, build_report
 from .sampler import Sampler, SamplingParams
@@ -91,12 +91,12 @@ class Engine:
             pre, aspect_ratio=pre.pop("image_aspect_ratio", cfg.projector.image_aspect_ratio))
         self.template = ChatTemplate.from_dict(meta.get("chat_template", {"name": "v1"}))
         self.weights = ResidentWeights(file, threads)
-        self.experts = (ExpertCache(file, plan.expert_slabs, threads, policy=cache_policy, layout=plan.expert_layout,
-                                    loader=expert_loader) if cfg.moe_layers else None)
+        self.experts = (ExpertCache(file, plan.expert_slabs + plan.loader_slabs, threads, policy=cache_policy,
+                                    layout=plan.expert_layout, loader=expert_loader) if cfg.moe_layers else None)
         self.decoder = Decoder(cfg, self.weights, self.experts, plan.context, plan.kv_bits)
         # nothing to prefetch when every expert stays cached (each is read once, on first use)
         self.prefetch = prefetch if self.experts is not None and plan.expert_slabs < plan.total_experts else "none"
-        self.decoder.enable_lookahead(self.prefetch == "lookahead")
+        self.decoder.enable_lookahead(PREFETCH_DEPTH[self.prefetch])
         self.vision_enabled = vision
         self.vision = (VisionEncoder(file.read_vision, threads, cfg.decoder.hidden_size)
                        if file.vision is not None and vision else None)
@@ -116,8 +116,9 @@ class Engine:
              expert_loader: str = "thread", kv_bits: int = 32) -> "Engine":
         """Plan, check the budget, read the resident weights, allocate the expert slabs. vision=False
         plans no image phase (its memory goes to the expert cache): the Engine then refuses images.
-        prefetch "lookahead": while a MoE layer runs, the next MoE layer's router predicts its experts
-        and the loader reads them ahead (decode steps); "none": experts load when a wave needs them.
+        prefetch "lookahead" ("lookahead2"): while a MoE layer runs, the next (two) MoE layers' routers
+        predict their experts and the loader reads them ahead (decode steps) into loader buffers the
+        plan adds (top_k slabs per layer ahead); "none": experts load when a wave needs them.
         expert_loader "thread": records are read by a loader thread, overlapped with compute (O_DIRECT
         where the filesystem allows it); "serial": read on the decoding thread when needed.
         kv_bits 8 keeps the KV cache as int8 with a scale per head and position (~4x smaller than 32)."""
@@ -146,7 +147,8 @@ class Engine:
             if not 1 <= context <= cfg.decoder.max_position_embeddings:
                 raise ContextError(f"max context {context} is outside 1..{cfg.decoder.max_position_embeddings} "
                                    f"(the model's max_position_embeddings)")
-            plan = fit_file_budget(f, context, budget, expert_layout, vision, kv_bits)
+            buffers = loader_slabs(cfg, PREFETCH_DEPTH[prefetch])
+            plan = fit_file_budget(f, context, budget, expert_layout, vision, kv_bits, buffers)
             try:
                 engine = cls(f, plan, budget, threads, baseline, cache_policy, vision, prefetch, expert_loader)
             except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:

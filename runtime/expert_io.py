@@ -3,18 +3,23 @@ verified, without leaving a second copy in the page cache (DESIGN.md section 5).
 
     direct    a second descriptor opened with O_DIRECT: the read bypasses the page cache. Records
               start 4096-aligned and slabs are whole multiples of 4096 bytes, so the read length is
-              rounded up to 4096 inside the buffer (the bytes past the record are never used).
+              rounded up to 4096 inside the buffer (the bytes past the record are never used). The
+              record is read in 1 MiB chunks (as fast as one read on the EPYC box's disk), each
+              checksummed while it is still in the CPU cache; between chunks `check()` may abort
+              the read (a mispredicted prefetch).
     buffered  the filesystem refused O_DIRECT (tmpfs does), or a buffer is not aligned: one preadv,
               then posix_fadvise(DONTNEED) on the record's pages.
 
-Both release the GIL while they read and checksum (os.preadv; zlib.crc32 on more than 5 KiB), so a
-loader thread reads while the decoding thread computes.
+The checksum is mote_edge._native's CRC-32 (PCLMULQDQ on x86-64: ~3x zlib's, faster than the disk);
+`native_crc=False` keeps zlib's (the serial loader). Both release the GIL while they read and
+checksum, so loader threads read while the decoding thread computes.
 """
 
 from __future__ import annotations
 
 import os
 import zlib
+from typing import Callable
 
 import numpy as np
 
@@ -22,11 +27,13 @@ from mote_edge.errors import FormatError
 from mote_edge.format.constants import SECTION_ALIGN
 from mote_edge.format.layout import align
 from mote_edge.format.reader import ExpertEntry, MoteFile
+from mote_edge.quant import kernels
 
 from .memory import drop_page_cache
 
 IO_PATHS = ("direct", "buffered")
 DIRECT_ALIGN = 4096
+CHUNK = 1 << 20  # bytes per direct read (a multiple of DIRECT_ALIGN)
 
 
 def _open_direct(path, data_offset: int) -> int | None:
@@ -56,33 +63,44 @@ def _aligned_page():
 class ExpertReader:
     """Reads expert records of an open MoteFile; `io_path` says which path runs ("direct" or "buffered")."""
 
-    def __init__(self, f: MoteFile, direct: bool = True):
+    def __init__(self, f: MoteFile, direct: bool = True, native_crc: bool = True):
         self.file = f
         self.data_offset = f.header.data_offset
         self.file_size = f.header.file_size
         self._direct_fd = _open_direct(f.path, self.data_offset) if direct else None
         self.io_path = "direct" if self._direct_fd is not None else "buffered"
+        self._crc = kernels.crc32 if native_crc else zlib.crc32
+        self.crc_path = kernels.crc32_path() if native_crc else "zlib"
 
-    def read_into(self, layer: int, expert: int, buf: np.ndarray) -> ExpertEntry:
+    def read_into(self, layer: int, expert: int, buf: np.ndarray, check: Callable[[], None] | None = None) -> ExpertEntry:
         """Read expert (layer, expert) into `buf` (uint8, at least the record rounded up to 4096) and
-        verify its checksum; returns its directory entry."""
+        verify its checksum; returns its directory entry. `check` runs between direct chunks (it may raise)."""
         entry = self.file.expert_entry(layer, expert)
         if self._direct_fd is None or buf.ctypes.data % DIRECT_ALIGN or buf.nbytes < align(entry.nbytes, DIRECT_ALIGN):
-            self.file.read_expert_into(layer, expert, buf)
+            self.file.read_expert_into(layer, expert, buf, verify=False)
             drop_page_cache(self.file.fileno(), self.data_offset + entry.offset, align(entry.nbytes, SECTION_ALIGN))
-            return entry
+            crc = self._crc(memoryview(buf).cast("B")[:entry.nbytes])
+        else:
+            crc = self._read_direct(entry, buf, f"expert ({layer}, {expert})", check)
+        if crc != entry.crc32:
+            raise FormatError(f"{self.file.name}: checksum mismatch in expert ({layer}, {expert})")
+        return entry
+
+    def _read_direct(self, entry: ExpertEntry, buf: np.ndarray, what: str, check) -> int:
+        """The record's chunks, each checksummed as it lands; returns the record's CRC-32."""
         offset = self.data_offset + entry.offset
         length = align(entry.nbytes, DIRECT_ALIGN)
         view = memoryview(buf).cast("B")
-        done = 0
+        done = crc = 0
         while done < entry.nbytes:
-            n = os.preadv(self._direct_fd, [view[done:length]], offset + done)
+            if check is not None:
+                check()
+            n = os.preadv(self._direct_fd, [view[done:min(length, done + CHUNK)]], offset + done)
             if n <= 0:
-                raise FormatError(f"{self.file.name} is truncated: cannot read expert ({layer}, {expert})")
+                raise FormatError(f"{self.file.name} is truncated: cannot read {what}")
+            crc = self._crc(view[done:min(entry.nbytes, done + n)], crc)
             done += n
-        if zlib.crc32(view[:entry.nbytes]) != entry.crc32:
-            raise FormatError(f"{self.file.name}: checksum mismatch in expert ({layer}, {expert})")
-        return entry
+        return crc
 
     def close(self) -> None:
         if self._direct_fd is not None:
