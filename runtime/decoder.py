@@ -158,13 +158,17 @@ class MoE:
 
 class Lookahead:
     """Router lookahead: a later MoE layer's norm and router applied to the residual stream at this
-    layer's MoE input predict the experts that layer will route to (mixtral-offloading, FATE)."""
+    layer's MoE input predict the experts that layer will route to (mixtral-offloading, FATE).
+    `depth`: how many MoE layers ahead in decode order (wrapping to the next token's)."""
 
-    def __init__(self, layer: int, norm: np.ndarray, moe: MoE, eps: float):
-        self.layer, self.norm, self.moe, self.eps = layer, norm, moe, eps
+    def __init__(self, layer: int, norm: np.ndarray, moe: MoE, eps: float, depth: int = 1):
+        self.layer, self.norm, self.moe, self.eps, self.depth = layer, norm, moe, eps, depth
 
     def predict(self, residual: np.ndarray) -> list[int]:
-        """The predicted experts, the most tokens' choices first."""
+        """The predicted experts, the most tokens' choices first. A `routing` that predicts its own
+        routes (benchmarks/route_model.py, at a measured accuracy) answers for the router."""
+        if self.moe.routing is not None and hasattr(self.moe.routing, "predict"):
+            return self.moe.routing.predict(self.depth)
         idx, _ = self.moe.router_top_k(rms_norm(residual, self.norm, self.eps))
         experts, counts = np.unique(idx, return_counts=True)
         return experts[np.argsort(-counts, kind="stable")].tolist()
@@ -202,12 +206,13 @@ class Decoder:
 
     def enable_lookahead(self, depth: int) -> None:
         """Each MoE layer prefetches the experts the routers of the next `depth` MoE layers predict
-        (decode steps; 0: none). The predictions of the next two go into a trace either way."""
+        (decode steps; 0: none; the order wraps to the next token's layers). The predictions of the next
+        two go into a trace either way."""
         moe = [layer for layer in self.layers if isinstance(layer.mlp, MoE)]
         for n, layer in enumerate(moe):
-            ahead = [moe[(n + d) % len(moe)] for d in (1, 2) if d < len(moe)]
-            layer.mlp.lookaheads = [Lookahead(a.mlp.layer, a.ln_post, a.mlp, a.eps) for a in ahead]
-            layer.mlp.prefetch_depth = min(depth, len(ahead))
+            ahead = [(d, moe[(n + d) % len(moe)]) for d in (1, 2)]
+            layer.mlp.lookaheads = [Lookahead(a.mlp.layer, a.ln_post, a.mlp, a.eps, d) for d, a in ahead]
+            layer.mlp.prefetch_depth = depth
 
     def reset(self) -> None:
         self.length = 0

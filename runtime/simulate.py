@@ -179,13 +179,13 @@ def default_slab_counts(waves: list[Wave]) -> list[int]:
 
 
 def best_pairs(results: list[dict], baseline: str = "belady") -> list[dict]:
-    """Per slab count: the best runtime policy x prefetch (highest hit rate) and its gap to
-    `baseline` without prefetch (Belady's MIN of demand loading), in points."""
+    """Per slab count: the best policy x prefetch the runtime can run (no belady, no oracle; highest hit
+    rate) and its gap to `baseline` without prefetch (Belady's MIN of demand loading), in points."""
     out = []
     for slabs in sorted({r["slabs"] for r in results}):
         rows = [r for r in results if r["slabs"] == slabs]
         ref = next((r for r in rows if r["policy"] == baseline and r["prefetch"] == "none"), None)
-        runtime = [r for r in rows if r["policy"] != "belady"]
+        runtime = [r for r in rows if r["policy"] != "belady" and r["prefetch"] != "oracle"]
         if not runtime:
             continue
         best = max(runtime, key=lambda r: r["hit_rate"])
