@@ -30,7 +30,7 @@ from mote_edge.image import ImagePreprocessConfig, load_image, preprocess
 from mote_edge.messages import Conversation
 from mote_edge.tokenizer import Tokenizer
 
-from .budget import parse_bytes
+from .budget import BudgetError, parse_bytes
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES
 from .decoder import Decoder
 from .expert_cache import DEFAULT_PREFETCH, EXPERT_LOADERS, PREFETCH_DEPTH, PREFETCH_MODES, ExpertCache
@@ -70,9 +70,28 @@ class _VocabMaskedSampler:
         return self.sampler.sample(logits)
 
 
+def _fit_with_prefetch(f: MoteFile, context: int, budget: int | None, layout: str, vision: bool, kv_bits: int,
+                       prefetch: str, loader: str) -> tuple[MemoryPlan, str]:
+    """The plan and the prefetch it runs. "auto": lookahead2, else lookahead, when the budget holds their
+    loader buffers beside the minimum cache and not every expert; else none."""
+    if prefetch != "auto":
+        return fit_file_budget(f, context, budget, layout, vision, kv_bits,
+                               loader_slabs(f.config, PREFETCH_DEPTH[prefetch])), prefetch
+    if loader == "thread" and budget is not None:
+        for mode in ("lookahead2", "lookahead"):
+            try:
+                plan = fit_file_budget(f, context, budget, layout, vision, kv_bits,
+                                       loader_slabs(f.config, PREFETCH_DEPTH[mode]))
+            except BudgetError:
+                continue
+            if plan.loader_slabs:  # else every expert fits: nothing to prefetch
+                return plan, mode
+    return fit_file_budget(f, context, budget, layout, vision, kv_bits), "none"
+
+
 class Engine:
     def __init__(self, file: MoteFile, plan: MemoryPlan, budget: int | None, threads: int, baseline_rss: int,
-                 cache_policy: str = DEFAULT_POLICY, vision: bool = True, prefetch: str = DEFAULT_PREFETCH,
+                 cache_policy: str = DEFAULT_POLICY, vision: bool = True, prefetch: str = "none",
                  expert_loader: str = "thread"):
         self.file, self.plan, self.budget, self.threads = file, plan, budget, threads
         self.baseline_rss = baseline_rss
@@ -118,7 +137,9 @@ class Engine:
         plans no image phase (its memory goes to the expert cache): the Engine then refuses images.
         prefetch "lookahead" ("lookahead2"): while a MoE layer runs, the next (two) MoE layers' routers
         predict their experts and the loader reads them ahead (decode steps) into loader buffers the
-        plan adds (top_k slabs per layer ahead); "none": experts load when a wave needs them.
+        plan adds (top_k slabs per layer ahead); "none": experts load when a wave needs them; "auto"
+        (default): the deepest lookahead whose buffers fit beside top_k cache slabs, none when every
+        expert is cached or nothing else fits.
         expert_loader "thread": records are read by a loader thread, overlapped with compute (O_DIRECT
         where the filesystem allows it); "serial": read on the decoding thread when needed.
         kv_bits 8 keeps the KV cache as int8 with a scale per head and position (~4x smaller than 32)."""
@@ -134,7 +155,7 @@ class Engine:
             raise MoteError(f"unknown prefetch {prefetch!r} (choose from {', '.join(PREFETCH_MODES)})")
         if expert_loader not in EXPERT_LOADERS:
             raise MoteError(f"unknown expert loader {expert_loader!r} (choose from {', '.join(EXPERT_LOADERS)})")
-        if prefetch != "none" and expert_loader != "thread":
+        if prefetch not in ("none", "auto") and expert_loader != "thread":
             raise MoteError("prefetch needs the thread expert loader")
         if expert_layout not in EXPERT_LAYOUTS:
             raise MoteError(f"unknown expert layout {expert_layout!r} (choose from {', '.join(EXPERT_LAYOUTS)})")
@@ -147,8 +168,8 @@ class Engine:
             if not 1 <= context <= cfg.decoder.max_position_embeddings:
                 raise ContextError(f"max context {context} is outside 1..{cfg.decoder.max_position_embeddings} "
                                    f"(the model's max_position_embeddings)")
-            buffers = loader_slabs(cfg, PREFETCH_DEPTH[prefetch])
-            plan = fit_file_budget(f, context, budget, expert_layout, vision, kv_bits, buffers)
+            plan, prefetch = _fit_with_prefetch(f, context, budget, expert_layout, vision, kv_bits, prefetch,
+                                                expert_loader)
             try:
                 engine = cls(f, plan, budget, threads, baseline, cache_policy, vision, prefetch, expert_loader)
             except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:

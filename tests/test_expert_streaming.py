@@ -84,3 +84,20 @@ def test_both_io_paths_read_the_same_bytes(tiny_b4_mote, direct):
         reader.read_into(layer, expert, buf)
         assert bytes(buf[:entry.nbytes]) == bytes(f.read_expert_record(layer, expert))
         reader.close()
+
+
+def test_auto_prefetch_takes_the_deepest_lookahead_the_budget_holds(tiny_b4_mote):
+    with MoteFile(tiny_b4_mote) as f:
+        top_k, total = f.config.moe.top_k_experts, len(f.experts)
+
+        def budget(slabs):
+            return plan_file(f, 256, slabs, vision=False).total_bytes
+        cases = [(budget(top_k), "thread", "none", 0), (budget(2 * top_k), "thread", "lookahead", top_k),
+                 (budget(3 * top_k), "thread", "lookahead2", 2 * top_k), (budget(3 * top_k), "serial", "none", 0),
+                 (None, "thread", "none", 0)]
+    for b, loader, want, buffers in cases:
+        with Engine.load(tiny_b4_mote, memory_budget=b, threads=1, max_context=256, vision=False,
+                         expert_loader=loader) as engine:
+            assert engine.prefetch == want, (b, loader)
+            assert engine.plan.loader_slabs == buffers
+            assert len(engine.experts.slabs) == (total if b is None else engine.plan.expert_slabs + buffers)
