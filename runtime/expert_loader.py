@@ -1,11 +1,12 @@
 """A small pool of loader threads that fill expert slabs while the decoding thread computes.
 
 The expert cache (runtime/expert_cache.py) decides which record goes into which slab; the loader only
-runs the loads it is handed. Demand loads always go first, and prefetches never hold every reader: at
-most `readers - 1` prefetches run at once, so a demand miss starts on a free reader at once instead of
-waiting behind a prefetch (with one reader, a demand waits for at most the one record being read). A
-running prefetch that turned out mispredicted can be aborted between two chunks of its read
-(`abort`), so it stops taking disk bandwidth from the demand reads. The read, the checksum and the
+runs the loads it is handed. Demand loads always go first: a prefetch starts only while no demand load
+runs (so it never shares the disk with one it could delay), and prefetches never hold every reader: at
+most `readers - 1` run at once, so a demand miss starts on a free reader at once instead of waiting
+behind a prefetch (with one reader, a demand waits for at most the one record being read). A running
+prefetch that turned out mispredicted can be aborted between two chunks of its read (`abort`), so it
+stops taking disk bandwidth from the demand reads. The read, the checksum and the
 2-bit slab re-layout all run here, with the GIL released, so the decoding thread waits only when it
 needs a record that is not in yet.
 """
@@ -106,11 +107,12 @@ class ExpertLoader:
             job.aborted = True
 
     def _next(self) -> LoadJob | None:
-        """The job to start now (called with the lock held): demand first, then a prefetch if a reader
-        stays free for demand."""
+        """The job to start now (called with the lock held): demand first, then a prefetch if no demand
+        load runs and a reader stays free for demand."""
         if self._demand:
             return self._demand.popleft()
-        if self._prefetch and (self.readers == 1 or self._running_prefetch < self.readers - 1):
+        demand_running = self._running - self._running_prefetch
+        if self._prefetch and not demand_running and (self.readers == 1 or self._running_prefetch < self.readers - 1):
             return self._prefetch.popleft()
         return None
 

@@ -95,3 +95,28 @@ def test_a_queued_prefetch_can_be_cancelled_or_promoted():
 def test_a_pool_needs_a_reader():
     with pytest.raises(ValueError, match="at least 1 reader"):
         ExpertLoader(lambda job: (None, 0), readers=0)
+
+
+def test_a_prefetch_waits_while_a_demand_load_reads():
+    release = threading.Event()
+    started: dict = {}
+
+    def load(job):
+        started[job.key] = time.perf_counter()
+        if not job.prefetch:
+            release.wait(WAIT)
+        return job.key, 1
+
+    loader = ExpertLoader(load, readers=2)
+    try:
+        demand = LoadJob((0, 0), slab=0, prefetch=False)
+        loader.submit(demand)
+        prefetch = LoadJob((2, 1), slab=1, prefetch=True)
+        loader.submit(prefetch)
+        time.sleep(0.05)
+        assert prefetch.key not in started  # the disk is the demand's
+        release.set()
+        assert demand.done.wait(WAIT) and prefetch.done.wait(WAIT)
+        assert started[prefetch.key] >= started[demand.key]
+    finally:
+        loader.close()
