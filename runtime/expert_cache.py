@@ -22,7 +22,7 @@ from mote_edge.format.reader import MoteFile, parse_parts
 
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES, Key, pick_victim
 from .expert_layout import SLAB_LAYOUTS, place_slab2, slab_bytes, staging_bytes
-from .expert_io import ExpertReader
+from .expert_io import ExpertReader, ReadTiming
 from .expert_loader import ExpertLoader, LoadAborted, LoadJob
 from .hugepages import huge_buffer
 from .memory import release_pages
@@ -51,6 +51,9 @@ class CacheStats:
     prefetch_wasted_bytes: int = 0  # bytes of prefetched records evicted before any use
     prefetch_cancelled: int = 0  # mispredicted prefetches dropped before their read started
     prefetch_aborted: int = 0  # mispredicted prefetches stopped part way to free the disk for a demand miss
+    load_read_ms: float = 0.0  # summed over loads (readers run at once): reading records
+    load_crc_ms: float = 0.0  # ... checking their CRC-32
+    load_place_ms: float = 0.0  # ... parsing them into tensors (and the 2-bit re-layout)
 
     @property
     def uses(self) -> int:
@@ -273,10 +276,12 @@ class ExpertCache:
 
     def _start(self, key: Key, slab: int, prefetch: bool) -> None:
         if self.loader is None:
-            expert, nbytes = self._place(key, slab)
+            timing = ReadTiming()
+            expert, nbytes = self._place(key, slab, timing=timing)
             self.resident[key] = (slab, expert)
             self.count[key] = 0
             self.stats.bytes_read += nbytes
+            self._add_timing(timing)
             return
         if not prefetch:
             self.fresh.add(key)
@@ -305,22 +310,32 @@ class ExpertCache:
             raise job.error
         self.resident[job.key] = (job.slab, job.result)
         self.stats.bytes_read += job.nbytes
+        self._add_timing(job.timing)
         self.count[job.key] = 0
         self.last.setdefault(job.key, self.clock)
 
+    def _add_timing(self, timing: ReadTiming) -> None:
+        self.stats.load_read_ms += timing.read_ms
+        self.stats.load_crc_ms += timing.crc_ms
+        self.stats.load_place_ms += timing.place_ms
+
     def _load(self, job: LoadJob) -> tuple[Expert, int]:
         """On the loader thread: read, check and place one record (its CRC and re-layout off the decoding thread)."""
-        return self._place(job.key, job.slab, job.check)
+        job.timing = ReadTiming()
+        return self._place(job.key, job.slab, job.check, job.timing)
 
-    def _place(self, key: Key, slab: int, check=None) -> tuple[Expert, int]:
+    def _place(self, key: Key, slab: int, check=None, timing: ReadTiming | None = None) -> tuple[Expert, int]:
+        timing = timing if timing is not None else ReadTiming()
         buf = self.slabs[slab]
-        entry = self.reader.read_into(*key, buf if self.layout == "file" else self.staging, check)
+        entry = self.reader.read_into(*key, buf if self.layout == "file" else self.staging, check, timing)
+        t0 = time.perf_counter()
         if self.layout == "file":
             placed = {t.name: (parse_parts(t, buf, t.offset), "file") for t in entry.tensors}
         else:
             placed = place_slab2(entry, self.staging, buf)
         projs = {t.name: Linear(placed[t.name][0], t.scheme, t.shape, self.threads, ternary_layout=placed[t.name][1])
                  for t in entry.tensors}
+        timing.place_ms += 1e3 * (time.perf_counter() - t0)
         return Expert(projs), entry.nbytes
 
     def drain(self) -> None:

@@ -18,7 +18,9 @@ checksum, so loader threads read while the decoding thread computes.
 from __future__ import annotations
 
 import os
+import time
 import zlib
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -34,6 +36,14 @@ from .memory import drop_page_cache
 IO_PATHS = ("direct", "buffered")
 DIRECT_ALIGN = 4096
 CHUNK = 1 << 20  # bytes per direct read (a multiple of DIRECT_ALIGN)
+
+
+@dataclass
+class ReadTiming:
+    """Where one record's load went, in ms (summed into the cache's counters by the decoding thread)."""
+    read_ms: float = 0.0
+    crc_ms: float = 0.0
+    place_ms: float = 0.0  # parsing the record into tensors, the 2-bit re-layout
 
 
 def _open_direct(path, data_offset: int) -> int | None:
@@ -72,21 +82,28 @@ class ExpertReader:
         self._crc = kernels.crc32 if native_crc else zlib.crc32
         self.crc_path = kernels.crc32_path() if native_crc else "zlib"
 
-    def read_into(self, layer: int, expert: int, buf: np.ndarray, check: Callable[[], None] | None = None) -> ExpertEntry:
+    def read_into(self, layer: int, expert: int, buf: np.ndarray, check: Callable[[], None] | None = None,
+                  timing: ReadTiming | None = None) -> ExpertEntry:
         """Read expert (layer, expert) into `buf` (uint8, at least the record rounded up to 4096) and
-        verify its checksum; returns its directory entry. `check` runs between direct chunks (it may raise)."""
+        verify its checksum; returns its directory entry. `check` runs between direct chunks (it may raise);
+        `timing` gets the read and checksum times added."""
         entry = self.file.expert_entry(layer, expert)
+        timing = timing if timing is not None else ReadTiming()
         if self._direct_fd is None or buf.ctypes.data % DIRECT_ALIGN or buf.nbytes < align(entry.nbytes, DIRECT_ALIGN):
+            t0 = time.perf_counter()
             self.file.read_expert_into(layer, expert, buf, verify=False)
             drop_page_cache(self.file.fileno(), self.data_offset + entry.offset, align(entry.nbytes, SECTION_ALIGN))
+            t1 = time.perf_counter()
             crc = self._crc(memoryview(buf).cast("B")[:entry.nbytes])
+            timing.read_ms += 1e3 * (t1 - t0)
+            timing.crc_ms += 1e3 * (time.perf_counter() - t1)
         else:
-            crc = self._read_direct(entry, buf, f"expert ({layer}, {expert})", check)
+            crc = self._read_direct(entry, buf, f"expert ({layer}, {expert})", check, timing)
         if crc != entry.crc32:
             raise FormatError(f"{self.file.name}: checksum mismatch in expert ({layer}, {expert})")
         return entry
 
-    def _read_direct(self, entry: ExpertEntry, buf: np.ndarray, what: str, check) -> int:
+    def _read_direct(self, entry: ExpertEntry, buf: np.ndarray, what: str, check, timing: ReadTiming) -> int:
         """The record's chunks, each checksummed as it lands; returns the record's CRC-32."""
         offset = self.data_offset + entry.offset
         length = align(entry.nbytes, DIRECT_ALIGN)
@@ -95,10 +112,14 @@ class ExpertReader:
         while done < entry.nbytes:
             if check is not None:
                 check()
+            t0 = time.perf_counter()
             n = os.preadv(self._direct_fd, [view[done:min(length, done + CHUNK)]], offset + done)
             if n <= 0:
                 raise FormatError(f"{self.file.name} is truncated: cannot read {what}")
+            t1 = time.perf_counter()
             crc = self._crc(view[done:min(entry.nbytes, done + n)], crc)
+            timing.read_ms += 1e3 * (t1 - t0)
+            timing.crc_ms += 1e3 * (time.perf_counter() - t1)
             done += n
         return crc
 

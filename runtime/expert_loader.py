@@ -35,6 +35,7 @@ class LoadJob:
     nbytes: int = 0
     started: bool = False
     aborted: bool = False  # set by the cache: stop reading at the next chunk (prefetches only)
+    timing: Any = None  # the load's own account of where its time went (runtime/expert_io.py ReadTiming)
 
     def check(self) -> None:
         """Called by the read between chunks: raises LoadAborted once the job is aborted."""

@@ -48,7 +48,8 @@ def build_report(engine) -> dict:
                    "loader_slabs": engine.plan.loader_slabs, "prefetch": engine.prefetch,
                    "prefetches": st.prefetches, "prefetch_used": st.prefetch_used, "prefetch_late": st.prefetch_late,
                    "prefetch_wasted_bytes": st.prefetch_wasted_bytes, "prefetch_cancelled": st.prefetch_cancelled,
-                   "prefetch_aborted": st.prefetch_aborted,
+                   "prefetch_aborted": st.prefetch_aborted, "load_read_ms": st.load_read_ms,
+                   "load_crc_ms": st.load_crc_ms, "load_place_ms": st.load_place_ms,
                    "loader_busy_ms": cache.loader.stats.busy_ms if cache.loader else st.stall_ms,
                    "loader_span_ms": cache.loader.stats.span_ms if cache.loader else st.stall_ms,
                    "loader_most_in_flight": cache.loader.stats.most_in_flight if cache.loader else int(st.misses > 0),
@@ -94,6 +95,8 @@ def report_text(r: dict) -> str:
                   f"expert loads         {format_bytes(e['bytes_read'])} read ({e['io_path']} I/O, {e['crc_path']} CRC, "
                   f"{e['loader']} loader, {e['loader_readers']} readers, at most {e['loader_most_in_flight']} in flight, "
                   f"{format_bytes(e['loader_bytes_per_s'])}/s while loading), {e['stall_ms']:.1f} ms stalled",
+                  f"load time            read {e['load_read_ms']:.1f} ms, CRC {e['load_crc_ms']:.1f} ms, "
+                  f"place {e['load_place_ms']:.1f} ms (summed over loads; readers overlap)",
                   f"prefetch             {e['prefetch']} into {e['loader_slabs']} loader buffers: {e['prefetches']} "
                   f"issued, {e['prefetch_used']} used ({e['prefetch_late']} late), {e['prefetch_cancelled']} cancelled, "
                   f"{e['prefetch_aborted']} aborted, {format_bytes(e['prefetch_wasted_bytes'])} wasted"]
