@@ -11,8 +11,9 @@ Budgets (text prompt, context 1024, ignore_eos; the modes interleaved, medians o
                  the same bytes (without prefetch they are 2 x top_k cache slabs)
     half         half the experts' slabs, routed by the trained tiny MoTE's fitted skew, stickiness and
                  lookahead recall (benchmarks/route_model.py; the synth router is random)
-    full         every expert cached, same routing: the loader must cost nothing when nothing misses
-The minimum budgets keep the synth model's own (random) router.
+    full         every expert cached, same routing, timed after a first answer of as many tokens has read
+                 the experts it uses: the loader must cost nothing when nothing misses
+The minimum budgets keep the synth model's own (random) router. --budgets picks some of them.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ SKEWED = ("half", "full")
 
 
 def decode(mote: Path, budget: int | None, tokens: int, threads: int, loader: str, prefetch: str,
-           routing: dict | None) -> dict:
+           routing: dict | None, warm: bool = False) -> dict:
     from route_model import RouteModel, install  # a sibling: a script's folder is sys.path[0]
 
     from mote_edge.runtime.engine import Engine
@@ -48,6 +49,9 @@ def decode(mote: Path, budget: int | None, tokens: int, threads: int, loader: st
         if routing is not None:
             install(engine, RouteModel(**{**routing, "lookahead_recall": tuple(routing["lookahead_recall"])}))
         stats = engine.experts.stats
+        if warm:  # the same prompt once: its experts are read before the timed answer
+            for _ in engine.generate_ids(PROMPT, max_new_tokens=tokens + 1, ignore_eos=True):
+                pass
         times, t, read_before = [], time.perf_counter(), None
         for _ in engine.generate_ids(PROMPT, max_new_tokens=tokens + 1, ignore_eos=True):
             now = time.perf_counter()
@@ -110,9 +114,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--questions", type=int, default=100, help="tiny-MoTE prompts to fit the routing on")
+    ap.add_argument("--budgets", default=",".join(MODES), help="comma list of " + ", ".join(MODES))
     args = ap.parse_args()
     routing = fitted_routing(args.questions)
-    budgets = budgets_of(args.mote)
+    budgets = {k: v for k, v in budgets_of(args.mote).items() if k in args.budgets.split(",")}
     runs: dict = {b: {f"{l}/{p}": [] for l, p in MODES[b]} for b in budgets}
     probes = []
     for _ in range(args.repeats):  # interleaved: every mode sees the same machine load
@@ -120,14 +125,15 @@ def main() -> None:
         for name, budget in budgets.items():
             for loader, prefetch in MODES[name]:
                 runs[name][f"{loader}/{prefetch}"].append(decode(args.mote, budget, args.tokens, args.threads, loader,
-                                                                 prefetch, routing if name in SKEWED else None))
+                                                                 prefetch, routing if name in SKEWED else None,
+                                                                 warm=name == "full"))
     probe = statistics.median(probes)
     print(f"{args.mote.name}: O_DIRECT read probe {probe / 2**20:,.0f} MiB/s (median of {len(probes)}); routing at "
           f"half/full: skew {routing['skew']:.2f}, stickiness {routing['stickiness']:.2f}, lookahead recall "
           + ", ".join(f"{100 * r:.1f}%" for r in routing["lookahead_recall"]))
     result = {"model": args.mote.name, "threads": args.threads, "tokens": args.tokens, "routing": routing,
               "direct_read_bytes_per_s": probe, "probes": probes, "budgets": {}}
-    full = statistics.median(r["tok_s"] for r in runs["full"]["thread/none"])
+    full = statistics.median(r["tok_s"] for r in runs["full"]["thread/none"]) if "full" in runs else float("nan")
     keys = ("tok_s", "stall_ms", "loader_bytes_per_s", "decode_bytes_per_s", "hit_rate", "prefetches", "prefetch_used",
             "prefetch_wasted_bytes", "prefetch_aborted")
     for name, modes in runs.items():
@@ -148,7 +154,8 @@ def main() -> None:
                   f"{med['prefetch_wasted_bytes'] / 2**20:.0f} MiB wasted", flush=True)
     out = HERE / "out"
     out.mkdir(exist_ok=True)
-    (out / f"expert-streaming-{args.mote.stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    suffix = "" if set(budgets) == set(MODES) else "-" + "-".join(budgets)
+    (out / f"expert-streaming-{args.mote.stem}{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
