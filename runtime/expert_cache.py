@@ -322,7 +322,7 @@ class ExpertCache:
     def _load(self, job: LoadJob) -> tuple[Expert, int]:
         """On the loader thread: read, check and place one record (its CRC and re-layout off the decoding thread)."""
         job.timing = ReadTiming()
-        return self._place(job.key, job.slab, job.check, job.timing)
+        return self._place(job.key, job.slab, job.check if job.prefetch else None, job.timing)
 
     def _place(self, key: Key, slab: int, check=None, timing: ReadTiming | None = None) -> tuple[Expert, int]:
         timing = timing if timing is not None else ReadTiming()
