@@ -72,13 +72,15 @@ class _VocabMaskedSampler:
 
 def _fit_with_prefetch(f: MoteFile, context: int, budget: int | None, layout: str, vision: bool, kv_bits: int,
                        prefetch: str, loader: str) -> tuple[MemoryPlan, str]:
-    """The plan and the prefetch it runs. "auto": lookahead2, else lookahead, when the budget holds their
-    loader buffers beside the minimum cache and not every expert; else none."""
+    """The plan and the prefetch it runs. "auto": lookahead when the budget holds its loader buffers beside
+    the minimum cache and not every expert; else none. (The replay ranks lookahead2 first by hit rate, but
+    its extra mispredicted reads made decoding slower than lookahead's at half the 0.5B's experts cached:
+    benchmarks/expert_streaming.py, docs/BENCHMARKS.md.)"""
     if prefetch != "auto":
         return fit_file_budget(f, context, budget, layout, vision, kv_bits,
                                loader_slabs(f.config, PREFETCH_DEPTH[prefetch])), prefetch
     if loader == "thread" and budget is not None:
-        for mode in ("lookahead2", "lookahead"):
+        for mode in ("lookahead",):
             try:
                 plan = fit_file_budget(f, context, budget, layout, vision, kv_bits,
                                        loader_slabs(f.config, PREFETCH_DEPTH[mode]))
@@ -138,8 +140,8 @@ class Engine:
         prefetch "lookahead" ("lookahead2"): while a MoE layer runs, the next (two) MoE layers' routers
         predict their experts and the loader reads them ahead (decode steps) into loader buffers the
         plan adds (top_k slabs per layer ahead); "none": experts load when a wave needs them; "auto"
-        (default): the deepest lookahead whose buffers fit beside top_k cache slabs, none when every
-        expert is cached or nothing else fits.
+        (default): lookahead when its buffers fit beside top_k cache slabs, none when every expert is
+        cached or they do not fit.
         expert_loader "thread": records are read by a loader thread, overlapped with compute (O_DIRECT
         where the filesystem allows it); "serial": read on the decoding thread when needed.
         kv_bits 8 keeps the KV cache as int8 with a scale per head and position (~4x smaller than 32)."""

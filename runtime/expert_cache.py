@@ -32,8 +32,7 @@ EXPERT_LOADERS = ("thread", "serial")
 DEFAULT_READERS = 2  # loader threads: a demand miss never waits behind a prefetch's read
 # how many MoE layers ahead the routers predict and prefetch (runtime/decoder.py Lookahead)
 PREFETCH_DEPTH = {"none": 0, "lookahead": 1, "lookahead2": 2}
-# auto: the deepest lookahead whose loader buffers the budget holds beside top_k cache slabs (the replay
-# of benchmarks/prefetch_replay.py: lookahead-2 > lookahead-1 > none at every slab count below full)
+# auto: lookahead when the budget holds its loader buffers beside top_k cache slabs (runtime/engine.py)
 PREFETCH_MODES = ("auto", *PREFETCH_DEPTH)
 DEFAULT_PREFETCH = "auto"
 
