@@ -145,8 +145,8 @@ class ExpertCache:
         self.wanted = []
         self.current = None
         misses = any(k not in self.resident and k not in self.loading for k in self.pending)
-        for key, job in list(self.loading.items()):  # mispredicted prefetches
-            if not job.prefetch or key in self.wave:
+        for key, job in list(self.loading.items()):  # this layer's mispredicted prefetches (later layers' wait)
+            if not job.prefetch or key[0] != layer or key in self.wave:
                 continue
             if self.loader.cancel(job):  # not started: its slab is free
                 del self.loading[key]
@@ -195,16 +195,17 @@ class ExpertCache:
             self._touch(key)
             return self.resident[key][1]
         t0 = time.perf_counter()
-        if key not in self.loading and key not in self.resident:
-            self._demand(key)
-        if key in self.loading:
+        if key in self.loading and self.loading[key].prefetch:
             job = self.loading[key]
-            if job.prefetch:
-                self.loader.promote(job)
-                self.prefetched.discard(key)
-                self.stats.prefetch_used += 1
-                self.stats.prefetch_late += 1
-            self._wait(job)
+            self.loader.promote(job)
+            self.prefetched.discard(key)
+            self.stats.prefetch_used += 1
+            self.stats.prefetch_late += 1
+        while key not in self.resident:  # a prefetch aborted before it was needed lands without its expert
+            if key not in self.loading:
+                self._demand(key)  # the serial loader reads it here
+            if key in self.loading:
+                self._wait(self.loading[key])
         self.fresh.discard(key)
         self._touch(key)
         self.stats.misses += 1
