@@ -199,7 +199,7 @@ def measure_tiny_routing(mote: Path, questions: int = 100, trace_out: Path | Non
             for _ in engine.generate_ids(ex.question, image=ex.image, max_new_tokens=max_new_tokens,
                                          ignore_eos=ignore_eos):
                 pass
-            waves += _waves(engine.experts.trace)
+            waves += waves_of(engine.experts.trace)
         cfg = engine.config
         fits = {layer: fit_route_model(calls, cfg.moe.experts_in_layer(layer)) for layer, calls in log.items()}
     recall = fit_lookahead_recall(waves)
@@ -212,7 +212,7 @@ def measure_tiny_routing(mote: Path, questions: int = 100, trace_out: Path | Non
             "lookahead_recall": list(recall)}
 
 
-def _waves(trace: list[dict]):
+def waves_of(trace: list[dict]):
     """A runtime trace's records (ExpertCache.trace) as simulator waves."""
     from mote_edge.runtime.simulate import Wave
 

@@ -83,6 +83,6 @@ def test_an_installed_generator_answers_the_lookahead(tiny_b4_mote):
         install(engine, RouteModel(1.0, 0.2, (1.0, 1.0)), seed=3)
         engine.experts.trace = []
         list(engine.generate_ids("hello", max_new_tokens=6, ignore_eos=True))
-        waves = _routes._waves(engine.experts.trace)
+        waves = _routes.waves_of(engine.experts.trace)
     # recall 1: every prediction is the wave it predicts
     assert _routes.fit_lookahead_recall(waves) == (1.0, 1.0)
