@@ -27,11 +27,11 @@ DECODERS = {"Qwen2.5-0.5B": QWEN25_05B, "Qwen2.5-1.5B": QWEN25_15B, "Qwen2.5-3B"
 
 def layout_stats(cfg: ModelConfig, recipe: Recipe) -> dict:
     """Size statistics of the file `mote-edge export` would write, laid out without data."""
-    from mote_edge.exporters.export import plan_layout  # numpy only; the planner the exporter runs
+    from mote_edge.exporters.export import assign_offsets  # numpy only; the planner the exporter runs
     from mote_edge.format import MoteWriter
 
     writer = MoteWriter("/dev/null/never-written", {})
-    plan_layout(writer, checkpoint_tensors(cfg), recipe)
+    assign_offsets(writer, checkpoint_tensors(cfg), recipe)
     return size_stats(writer.tensors.values(), writer.experts.values(), None)
 
 

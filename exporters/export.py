@@ -80,7 +80,7 @@ def build_metadata(ckpt: Checkpoint, recipe: Recipe, chat_template: str | None =
     }
 
 
-def plan_layout(writer: MoteWriter, specs: list[TensorSpec], recipe: Recipe) -> None:
+def assign_offsets(writer: MoteWriter, specs: list[TensorSpec], recipe: Recipe) -> None:
     """Resident tensors in schema order, then one record per (layer, expert)."""
     experts: dict[tuple[int, int], list[TensorSpec]] = {}
     for spec in specs:
@@ -147,7 +147,7 @@ def export_checkpoint(checkpoint_dir: str | Path, output: str | Path, opts: Expo
     t = time.perf_counter()
     warn = (lambda m: stderr_console.print(f"warning: {m}")) if opts.progress else None
     writer = MoteWriter(output, build_metadata(ckpt, recipe, opts.chat_template, opts.system, warn))
-    plan_layout(writer, specs, recipe)
+    assign_offsets(writer, specs, recipe)
     writer.add_vision(len(vision), {"format": "onnx", "weight_bits": recipe.vision_bits,
                                     "input": "pixel_values", "output": "image_features"})
     writer.metadata["sizes"] = size_stats(writer.tensors.values(), writer.experts.values(), writer.vision)

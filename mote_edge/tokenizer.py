@@ -94,7 +94,7 @@ class Tokenizer:
 
     @classmethod
     def default(cls) -> "Tokenizer":
-        """The shipped byte-level BPE of the tiny task (built by training/build_tokenizer.py)."""
+        """The shipped byte-level BPE that synth checkpoints carry (built by training/build_tokenizer.py)."""
         res = importlib.resources.files("mote_edge") / "assets" / DEFAULT_ASSET
         try:
             text = res.read_text(encoding="utf-8")

@@ -28,7 +28,7 @@ import numpy as np
 
 from mote_edge.errors import FormatError
 from mote_edge.format.constants import SECTION_ALIGN
-from mote_edge.format.layout import align
+from mote_edge.format.directory import align
 from mote_edge.format.reader import ExpertEntry, MoteFile
 from mote_edge.quant import kernels
 

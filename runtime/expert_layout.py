@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from mote_edge.format.constants import SECTION_ALIGN
-from mote_edge.format.layout import align
+from mote_edge.format.directory import align
 from mote_edge.format.reader import parse_parts
 from mote_edge.quant import kernels
 from mote_edge.quant.ternary_slab import packed_slab2_nbytes, slab2_row_bytes

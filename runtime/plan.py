@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from mote_edge.config import ModelConfig
 from mote_edge.format.constants import SECTION_ALIGN
-from mote_edge.format.layout import align
+from mote_edge.format.directory import align
 
 from .budget import BudgetError, format_bytes
 from .expert_layout import slab_bytes, staging_bytes

@@ -12,7 +12,7 @@ import numpy as np
 
 from mote_edge.errors import FormatError
 from mote_edge.format.encoding import as_intn_weight
-from mote_edge.format.layout import TensorEntry
+from mote_edge.format.directory import TensorEntry
 from mote_edge.format.reader import MoteFile
 from mote_edge.quant import kernels
 from mote_edge.quant.intn import IntNWeight, dequantize_intn, intn_row_bytes, num_groups

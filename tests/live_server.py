@@ -16,6 +16,13 @@ import httpx
 STARTUP_TIMEOUT_S = 90
 
 
+def default_sigint() -> None:
+    """preexec_fn for a child that is sent SIGINT: a job started in the background by a non-interactive
+    shell (CI, nohup, `cmd &`) runs with SIGINT ignored (POSIX), its children inherit that, and Python then
+    installs no KeyboardInterrupt handler; a terminal's Ctrl-C, which these tests stand for, is never ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,7 +48,7 @@ class LiveServer:
             cmd += ["--api-key", api_key]
         self._log = open(log, "w")
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, preexec_fn=default_sigint)
         self._wait_healthy()
 
     @property

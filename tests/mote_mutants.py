@@ -62,7 +62,7 @@ def with_data_crcs(src: bytes, metadata: Any) -> Any:
 
 def replan(entry: dict, shape: list[int]) -> None:
     """Give a tensor entry a new shape with parts and nbytes laid out consistently (offset kept)."""
-    from mote_edge.format.layout import TensorEntry
+    from mote_edge.format.directory import TensorEntry
     from mote_edge.quant.recipe import Scheme
 
     t = TensorEntry.plan(entry["name"], entry["role"], Scheme.from_dict(entry["scheme"]), tuple(shape))
@@ -326,7 +326,7 @@ def rebuilt_for_config(src: bytes, meta: dict) -> dict | None:
     from mote_edge.config import ModelConfig
     from mote_edge.errors import MoteError
     from mote_edge.format.constants import TENSOR_ALIGN
-    from mote_edge.format.layout import ExpertEntry, TensorEntry, align
+    from mote_edge.format.directory import ExpertEntry, TensorEntry, align
     from mote_edge.quant.recipe import Recipe
     from mote_edge.schema import decoder_tensors
 

@@ -248,7 +248,7 @@ def test_bad_checkpoints_are_one_line_errors(tiny_ckpt, tmp_path):
 @pytest.mark.parametrize("preset", ["qwen2.5-0.5b-e8", "qwen2.5-1.5b-e8"])
 def test_real_preset_expert_records_are_at_most_1_61_bits_per_weight(preset, tmp_path):
     """Lay out (no data) the expert section of the real presets through the same writer plan."""
-    from mote_edge.exporters.export import plan_layout
+    from mote_edge.exporters.export import assign_offsets
     from mote_edge.format import MoteWriter
     from mote_edge.format.stats import bits_per_weight, size_stats
     from mote_edge.presets import preset_config
@@ -257,7 +257,7 @@ def test_real_preset_expert_records_are_at_most_1_61_bits_per_weight(preset, tmp
 
     cfg = preset_config(preset)
     w = MoteWriter(tmp_path / "never-written.mote", {})
-    plan_layout(w, checkpoint_tensors(cfg), Recipe.default(4))
+    assign_offsets(w, checkpoint_tensors(cfg), Recipe.default(4))
     stats = size_stats(w.tensors.values(), w.experts.values(), None)
     tern = stats["by_role"]["ternary_expert"]
     assert tern["params"] == len(cfg.moe_layers) * 8 * 3 * cfg.decoder.hidden_size * cfg.decoder.intermediate_size

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from conftest import REPO
+from live_server import default_sigint
 from mote_edge.errors import MoteError
 from mote_edge.terminal_chat import TerminalChat
 
@@ -127,7 +128,7 @@ def test_sigint_during_an_answer(tiny_ckpt, tmp_path):
     export_checkpoint(tiny_ckpt, model, ExportOptions(bits=4, group_size=32, progress=False))
     proc = subprocess.Popen([sys.executable, "-m", "mote_edge.cli", "chat", str(model), "--max-new-tokens", "400"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=default_sigint)
     try:
         proc.stdin.write(b"tell me everything\n")
         proc.stdin.flush()

@@ -57,6 +57,12 @@ def test_task_tokenizer_makes_one_token_answers():
         assert len(tok.encode(" " + make_example(seed).answer)) == 1
 
 
+def test_default_tokenizer_asset_is_what_build_tokenizer_makes(capsys):
+    from mote_edge.training import build_tokenizer
+
+    assert build_tokenizer.main(["--check"]) == 0, capsys.readouterr().out
+
+
 def test_shipped_checkpoints_are_small_and_typed():
     from mote_edge.exporters.checkpoint import Checkpoint
 

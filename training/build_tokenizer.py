@@ -1,16 +1,19 @@
-"""Train the shipped byte-level BPE tokenizer offline and write mote_edge/assets/tokenizer.json.
+"""Train the default tokenizer offline and write mote_edge/assets/tokenizer.json.
 
-The corpus is generated here, deterministically, with no downloads (DESIGN.md section 7):
-  - the tiny vision-language task: questions and answers about scenes of coloured shapes,
-    wrapped in MoE-LLaVA's chat template (system prompt, " USER: ", " ASSISTANT:"),
+The asset is what checkpoints written by `mote-edge synth` carry (exporters/checkpoint.py); trained
+task checkpoints carry their own, smaller tokenizer (training/tokenizer.py). Its corpus is
+generated here, deterministically, with no downloads (DESIGN.md section 7):
+  - questions and answers about scenes of shapes, wrapped in MoE-LLaVA's chat template (system
+    prompt, " USER: ", " ASSISTANT:"); the scene words (12 colours, 12 shapes, sizes, relations)
+    are a superset of the task generator's (training/data.py), so the asset suits any scene text,
   - a few hundred generic English sentences built from word lists, so common words merge.
 
 The tokenizer is GPT-2 style byte-level BPE: a ByteLevel pre-tokenizer (every byte string
 round-trips), a ByteLevel decoder, no normalizer, no post-processor (no BOS is ever added), and
 one special token `<|endoftext|>` with id 0 (EOS and pad). Vocabulary target: 2048 ids.
 
-    python training/build_tokenizer.py            # rebuild the asset
-    python training/build_tokenizer.py --check    # exit 1 if the committed asset differs
+    python -m mote_edge.training.build_tokenizer           # rebuild the asset
+    python -m mote_edge.training.build_tokenizer --check   # exit 1 if the committed asset differs
 """
 
 from __future__ import annotations
@@ -23,17 +26,18 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+import mote_edge
+from mote_edge.chat import DEFAULT_SYSTEM
+
 VOCAB_SIZE = 2048
 EOS_TOKEN = "<|endoftext|>"
 SEED = 20240601
-ASSET = Path(__file__).resolve().parent.parent / "mote_edge" / "assets" / "tokenizer.json"
+ASSET = Path(mote_edge.__file__).resolve().parent / "assets" / "tokenizer.json"
 
-# Kept in sync with mote_edge.chat.DEFAULT_SYSTEM (duplicated so this script needs no package).
-SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
-          "The assistant gives helpful, detailed, and polite answers to the user's questions.")
+SYSTEM = DEFAULT_SYSTEM
 
 # ---------------------------------------------------------------------------------------------
-# The tiny task's vocabulary
+# Scene vocabulary (a superset of training/data.py's)
 # ---------------------------------------------------------------------------------------------
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black", "gray", "pink",
           "brown", "cyan"]

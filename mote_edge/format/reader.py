@@ -25,7 +25,7 @@ from mote_edge.errors import FormatError
 from .constants import (HEADER, HEADER_SIZE, KNOWN_FLAGS, MAGIC, SECTION_ALIGN, TRAILER,
                         TRAILER_MAGIC, TRAILER_SIZE, VERSION_MAJOR)
 from .encoding import PART_DTYPES
-from .layout import ExpertEntry, TensorEntry
+from .directory import ExpertEntry, TensorEntry
 from .validate import one_line, validate_metadata
 
 MAX_METADATA = 1 << 30

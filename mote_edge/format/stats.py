@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from .layout import BlobEntry, ExpertEntry, TensorEntry
+from .directory import BlobEntry, ExpertEntry, TensorEntry
 
 
 def size_stats(tensors: Iterable[TensorEntry], experts: Iterable[ExpertEntry], vision: BlobEntry | None) -> dict:

@@ -29,7 +29,7 @@ from mote_edge.schema import SWIGLU_PROJS, decoder_tensors, projection_of
 
 from .constants import FLAG_HAS_VISION, SECTION_ALIGN, TENSOR_ALIGN
 from .encoding import PART_DTYPES
-from .layout import BlobEntry, ExpertEntry, TensorEntry
+from .directory import BlobEntry, ExpertEntry, TensorEntry
 from .stats import size_stats
 
 MAX_INT32 = (1 << 31) - 1  # tensor dimensions reach the C kernels as int

@@ -25,7 +25,7 @@ from mote_edge.quant.recipe import Scheme
 from .constants import (FLAG_HAS_VISION, HEADER, HEADER_SIZE, MAGIC, SECTION_ALIGN, TENSOR_ALIGN, TRAILER,
                         TRAILER_MAGIC, VERSION_MAJOR, VERSION_MINOR)
 from .encoding import PART_DTYPES
-from .layout import BlobEntry, ExpertEntry, TensorEntry, align
+from .directory import BlobEntry, ExpertEntry, TensorEntry, align
 
 
 def _part_bytes(entry: TensorEntry, parts: dict[str, np.ndarray]) -> bytes:
