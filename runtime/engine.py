@@ -72,15 +72,16 @@ class _VocabMaskedSampler:
 
 def _fit_with_prefetch(f: MoteFile, context: int, budget: int | None, layout: str, vision: bool, kv_bits: int,
                        prefetch: str, loader: str) -> tuple[MemoryPlan, str]:
-    """The plan and the prefetch it runs. "auto": lookahead when the budget holds its loader buffers beside
-    the minimum cache and not every expert; else none. (The replay ranks lookahead2 first by hit rate, but
-    its extra mispredicted reads made decoding slower than lookahead's at half the 0.5B's experts cached:
-    benchmarks/expert_streaming.py, docs/BENCHMARKS.md.)"""
+    """The plan and the prefetch it runs. "auto": lookahead2 when the budget holds its loader buffers beside
+    the minimum cache and not every expert; else none. Measured (benchmarks/expert_streaming.py,
+    docs/BENCHMARKS.md): at half the experts cached lookahead2 decoded as fast as lookahead on the 0.5B and
+    1.25x faster on the 1.5B, and the replay ranks it first; one slab above the minimum, lookahead's
+    mispredicted reads made decoding slower than none."""
     if prefetch != "auto":
         return fit_file_budget(f, context, budget, layout, vision, kv_bits,
                                loader_slabs(f.config, PREFETCH_DEPTH[prefetch])), prefetch
     if loader == "thread" and budget is not None:
-        for mode in ("lookahead",):
+        for mode in ("lookahead2",):
             try:
                 plan = fit_file_budget(f, context, budget, layout, vision, kv_bits,
                                        loader_slabs(f.config, PREFETCH_DEPTH[mode]))
@@ -140,7 +141,7 @@ class Engine:
         prefetch "lookahead" ("lookahead2"): while a MoE layer runs, the next (two) MoE layers' routers
         predict their experts and the loader reads them ahead (decode steps) into loader buffers the
         plan adds (top_k slabs per layer ahead); "none": experts load when a wave needs them; "auto"
-        (default): lookahead when its buffers fit beside top_k cache slabs, none when every expert is
+        (default): lookahead2 when its buffers fit beside top_k cache slabs, none when every expert is
         cached or they do not fit.
         expert_loader "thread": records are read by a loader thread, overlapped with compute (O_DIRECT
         where the filesystem allows it); "serial": read on the decoding thread when needed.

@@ -32,7 +32,7 @@ EXPERT_LOADERS = ("thread", "serial")
 DEFAULT_READERS = 2  # loader threads: a demand miss never waits behind a prefetch's read
 # how many MoE layers ahead the routers predict and prefetch (runtime/decoder.py Lookahead)
 PREFETCH_DEPTH = {"none": 0, "lookahead": 1, "lookahead2": 2}
-# auto: lookahead when the budget holds its loader buffers beside top_k cache slabs (runtime/engine.py)
+# auto: lookahead2 when the budget holds its loader buffers beside top_k cache slabs (runtime/engine.py)
 PREFETCH_MODES = ("auto", *PREFETCH_DEPTH)
 DEFAULT_PREFETCH = "auto"
 

@@ -86,14 +86,14 @@ def test_both_io_paths_read_the_same_bytes(tiny_b4_mote, direct):
         reader.close()
 
 
-def test_auto_prefetch_runs_lookahead_where_the_budget_holds_its_buffers(tiny_b4_mote):
+def test_auto_prefetch_runs_lookahead2_where_the_budget_holds_its_buffers(tiny_b4_mote):
     with MoteFile(tiny_b4_mote) as f:
         top_k, total = f.config.moe.top_k_experts, len(f.experts)
 
         def budget(slabs):
             return plan_file(f, 256, slabs, vision=False).total_bytes
-        cases = [(budget(top_k), "thread", "none", 0), (budget(2 * top_k), "thread", "lookahead", top_k),
-                 (budget(3 * top_k), "thread", "lookahead", top_k), (budget(3 * top_k), "serial", "none", 0),
+        cases = [(budget(top_k), "thread", "none", 0), (budget(2 * top_k), "thread", "none", 0),
+                 (budget(3 * top_k), "thread", "lookahead2", 2 * top_k), (budget(3 * top_k), "serial", "none", 0),
                  (None, "thread", "none", 0)]
     for b, loader, want, buffers in cases:
         with Engine.load(tiny_b4_mote, memory_budget=b, threads=1, max_context=256, vision=False,
