@@ -10,8 +10,9 @@ skew + stickiness fitted per layer on held-out task prompts, measured in this ru
 experts uniformly (the worst case for a cache), "router" keeps the random-weight model's own router.
 Per point: decode and prefill tok/s, time to first token, hit rate (all and while decoding), expert
 bytes read per decoded token, peak RSS over baseline against the budget. The decode trace of the
-full-cache run is replayed by the cache simulator (LRU / LFU / layer-aware / Belady) at every swept
-slab count. Writes benchmarks/out/budget-sweep.json and one PNG per model.
+full-cache run is replayed by the cache simulator (LRU / LFU / layer-aware / Belady, and the layer-aware
+policy with lookahead-1 / lookahead-2 prefetch from the trace's predictions: with "skew" routing the
+generators predict at the tiny model's fitted lookahead recall) at every swept slab count. Writes benchmarks/out/budget-sweep.json and one PNG per model.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def run_point(mote: str, budget: int | None, routing: dict | None, tokens: int, 
                "decode_bytes_per_token": (r["experts"]["bytes_read"] - read_after_prefill) / max(1, decode_tokens),
                "peak_over_baseline": r["memory"]["peak_over_baseline"], "baseline_rss": r["memory"]["baseline_rss"]}
         if trace:
-            out["decode_trace"] = [{"layer": w["layer"], "experts": w["experts"]} for w in cache.trace[decode_waves_from:]]
+            out["decode_trace"] = cache.trace[decode_waves_from:]
         return out
 
 
@@ -116,10 +117,15 @@ def tiny_route_model(questions: int) -> dict:
 
 
 def simulate_policies(trace: list[dict], slabs: list[int]) -> dict:
-    from mote_edge.runtime.simulate import POLICIES, Wave, simulate
+    from route_model import waves_of
 
-    waves = [Wave(w["layer"], w["experts"]) for w in trace]
-    return {p: {str(s): simulate(waves, s, p)["hit_rate"] for s in slabs} for p in POLICIES}
+    from mote_edge.runtime.simulate import POLICIES, simulate
+
+    waves = waves_of(trace)
+    out = {p: {str(s): simulate(waves, s, p)["hit_rate"] for s in slabs} for p in POLICIES}
+    for prefetch in ("lookahead-1", "lookahead-2"):
+        out[f"layer+{prefetch}"] = {str(s): simulate(waves, s, "layer", prefetch)["hit_rate"] for s in slabs}
+    return out
 
 
 def plot(name: str, rows: dict[str, list[dict]], path: Path) -> None:

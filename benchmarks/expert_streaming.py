@@ -1,12 +1,19 @@
-"""Expert streaming at a tight budget: decode tok/s with the serial loader (reads on the decoding thread,
-buffered + DONTNEED: the loader of the branch base), the thread loader without prefetch, and the thread
-loader with router-lookahead prefetch, side by side in one run, repeated; plus the expert bytes loaded per
-second against an O_DIRECT read-speed probe of the same file in the same run.
+"""Expert streaming under a tight budget, side by side in one run: decode tok/s of the serial loader (reads
+on the decoding thread, buffered + DONTNEED, zlib's CRC: the loader of main before the loader thread), the
+thread loader without prefetch, and the thread loader with router-lookahead prefetch; the expert bytes
+loaded per second of decoding against an O_DIRECT read-speed probe of the same file in the same run.
 
     python benchmarks/expert_streaming.py models/q05-b4.mote [--tokens 64] [--repeats 3]
 
-Budgets: the minimum (top_k slabs) and half the experts cached. Text prompt, context 1024, ignore_eos.
-The synth models' routers are random: lookahead predicts nothing there (its numbers show its cost).
+Budgets (text prompt, context 1024, ignore_eos; the modes interleaved, medians of --repeats):
+    minimum      top_k slabs: the smallest plan without prefetch (serial, thread)
+    minimum+buf  top_k cache slabs + top_k loader buffers: the smallest plan with prefetch; every mode gets
+                 the same bytes (without prefetch they are 2 x top_k cache slabs)
+    half         half the experts' slabs, routed by the trained tiny MoTE's fitted skew, stickiness and
+                 lookahead recall (benchmarks/route_model.py; the synth router is random)
+    full         every expert cached, same routing, timed after a first answer of as many tokens has read
+                 the experts it uses: the loader must cost nothing when nothing misses
+The minimum budgets keep the synth model's own (random) router. --budgets picks some of them.
 """
 
 from __future__ import annotations
@@ -22,26 +29,44 @@ from pathlib import Path
 
 import numpy as np
 
+HERE = Path(__file__).resolve().parent
 PROMPT = "Describe the picture in detail. What shapes are there, what colors do they have, and where are they?"
-MODES = (("serial", "none"), ("thread", "none"), ("thread", "lookahead"))
+MODES = {"minimum": [("serial", "none"), ("thread", "none")],
+         "minimum+buf": [("serial", "none"), ("thread", "none"), ("thread", "lookahead")],
+         "half": [("serial", "none"), ("thread", "none"), ("thread", "lookahead"), ("thread", "lookahead2")],
+         "full": [("serial", "none"), ("thread", "none")]}
+SKEWED = ("half", "full")
 
 
-def decode(mote: Path, budget: int, tokens: int, threads: int, loader: str, prefetch: str) -> dict:
+def decode(mote: Path, budget: int | None, tokens: int, threads: int, loader: str, prefetch: str,
+           routing: dict | None, warm: bool = False) -> dict:
+    from route_model import RouteModel, install  # a sibling: a script's folder is sys.path[0]
+
     from mote_edge.runtime.engine import Engine
 
     with Engine.load(mote, memory_budget=budget, threads=threads, max_context=1024, vision=False,
                      expert_loader=loader, prefetch=prefetch) as engine:
-        times, t = [], time.perf_counter()
+        if routing is not None:
+            install(engine, RouteModel(**{**routing, "lookahead_recall": tuple(routing["lookahead_recall"])}))
+        stats = engine.experts.stats
+        if warm:  # the same prompt once: its experts are read before the timed answer
+            for _ in engine.generate_ids(PROMPT, max_new_tokens=tokens + 1, ignore_eos=True):
+                pass
+        times, t, read_before = [], time.perf_counter(), None
         for _ in engine.generate_ids(PROMPT, max_new_tokens=tokens + 1, ignore_eos=True):
             now = time.perf_counter()
             times.append(now - t)
             t = now
+            if len(times) == 2:  # after the first decode step (warm-up): decode steps from here
+                read_before = stats.bytes_read
         e = engine.report()["experts"]
-    steps = times[2:]  # times[0]: prefill, times[1]: the first decode step (warm-up)
-    return {"tok_s": len(steps) / sum(steps), "slabs": e["slabs"], "hit_rate": e["hit_rate"], "io_path": e["io_path"],
-            "stall_ms": e["stall_ms"], "bytes_read": e["bytes_read"], "loader_bytes_per_s": e["loader_bytes_per_s"],
-            "decode_bytes_per_s": e["bytes_read"] / sum(times), "prefetches": e["prefetches"],
-            "prefetch_used": e["prefetch_used"], "prefetch_wasted_bytes": e["prefetch_wasted_bytes"]}
+        decode_read = stats.bytes_read - read_before
+    steps = times[2:]  # times[0]: prefill, times[1]: the first decode step
+    return {"tok_s": len(steps) / sum(steps), "slabs": e["slabs"], "loader_slabs": e["loader_slabs"],
+            "hit_rate": e["hit_rate"], "io_path": e["io_path"], "crc_path": e["crc_path"], "stall_ms": e["stall_ms"],
+            "loader_bytes_per_s": e["loader_bytes_per_s"], "decode_bytes_per_s": decode_read / sum(steps),
+            "prefetches": e["prefetches"], "prefetch_used": e["prefetch_used"],
+            "prefetch_wasted_bytes": e["prefetch_wasted_bytes"], "prefetch_aborted": e["prefetch_aborted"]}
 
 
 def direct_read_probe(mote: Path, seconds: float = 2.0) -> float:
@@ -60,48 +85,77 @@ def direct_read_probe(mote: Path, seconds: float = 2.0) -> float:
     return done / (time.perf_counter() - t0)
 
 
+def fitted_routing(questions: int) -> dict:
+    """The tiny MoTE's fitted routing (skew, stickiness, lookahead recall), from prefetch_replay.py's
+    output when it exists, else measured now."""
+    saved = HERE / "out" / "prefetch-replay.json"
+    if saved.exists():
+        return json.loads(saved.read_text())["tiny_fit"]["mean"]
+    from prefetch_replay import tiny_trace
+
+    return tiny_trace(questions)[1]["mean"]
+
+
+def budgets_of(mote: Path) -> dict[str, int | None]:
+    from mote_edge.format import MoteFile
+    from mote_edge.runtime.plan import plan_file
+
+    with MoteFile(mote) as f:
+        top_k, total = f.config.moe.top_k_experts, len(f.experts)
+        return {"minimum": plan_file(f, 1024, top_k, vision=False).total_bytes,
+                "minimum+buf": plan_file(f, 1024, top_k, vision=False, loader_slabs=top_k).total_bytes,
+                "half": plan_file(f, 1024, total // 2, vision=False).total_bytes, "full": None}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("mote", type=Path)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--questions", type=int, default=100, help="tiny-MoTE prompts to fit the routing on")
+    ap.add_argument("--budgets", default=",".join(MODES), help="comma list of " + ", ".join(MODES))
     args = ap.parse_args()
-    from mote_edge.format import MoteFile
-    from mote_edge.runtime.plan import plan_file
-
-    with MoteFile(args.mote) as f:
-        top_k, total = f.config.moe.top_k_experts, len(f.experts)
-        budgets = {"minimum": plan_file(f, 1024, top_k, vision=False).total_bytes,
-                   "half": plan_file(f, 1024, total // 2, vision=False).total_bytes}
-    runs: dict = {b: {f"{l}/{p}": [] for l, p in MODES} for b in budgets}
+    routing = fitted_routing(args.questions)
+    budgets = {k: v for k, v in budgets_of(args.mote).items() if k in args.budgets.split(",")}
+    runs: dict = {b: {f"{l}/{p}": [] for l, p in MODES[b]} for b in budgets}
     probes = []
     for _ in range(args.repeats):  # interleaved: every mode sees the same machine load
         probes.append(direct_read_probe(args.mote))
         for name, budget in budgets.items():
-            for loader, prefetch in MODES:
-                runs[name][f"{loader}/{prefetch}"].append(decode(args.mote, budget, args.tokens, args.threads,
-                                                                 loader, prefetch))
+            for loader, prefetch in MODES[name]:
+                runs[name][f"{loader}/{prefetch}"].append(decode(args.mote, budget, args.tokens, args.threads, loader,
+                                                                 prefetch, routing if name in SKEWED else None,
+                                                                 warm=name == "full"))
     probe = statistics.median(probes)
-    print(f"O_DIRECT read probe: {probe / 2**20:,.0f} MiB/s (median of {len(probes)})")
-    result = {"threads": args.threads, "tokens": args.tokens, "direct_read_bytes_per_s": probe, "budgets": {}}
+    print(f"{args.mote.name}: O_DIRECT read probe {probe / 2**20:,.0f} MiB/s (median of {len(probes)}); routing at "
+          f"half/full: skew {routing['skew']:.2f}, stickiness {routing['stickiness']:.2f}, lookahead recall "
+          + ", ".join(f"{100 * r:.1f}%" for r in routing["lookahead_recall"]))
+    result = {"model": args.mote.name, "threads": args.threads, "tokens": args.tokens, "routing": routing,
+              "direct_read_bytes_per_s": probe, "probes": probes, "budgets": {}}
+    full = statistics.median(r["tok_s"] for r in runs["full"]["thread/none"]) if "full" in runs else float("nan")
+    keys = ("tok_s", "stall_ms", "loader_bytes_per_s", "decode_bytes_per_s", "hit_rate", "prefetches", "prefetch_used",
+            "prefetch_wasted_bytes", "prefetch_aborted")
     for name, modes in runs.items():
         base = statistics.median(r["tok_s"] for r in modes["serial/none"])
-        result["budgets"][name] = {}
+        result["budgets"][name] = {"budget_bytes": budgets[name]}
         for mode, rs in modes.items():
-            med = {k: statistics.median(r[k] for r in rs) for k in ("tok_s", "stall_ms", "loader_bytes_per_s",
-                                                                   "decode_bytes_per_s", "hit_rate", "prefetches",
-                                                                   "prefetch_used", "prefetch_wasted_bytes")}
-            med.update(slabs=rs[0]["slabs"], io_path=rs[0]["io_path"], runs=[r["tok_s"] for r in rs])
+            med = {k: statistics.median(r[k] for r in rs) for k in keys}
+            med.update(slabs=rs[0]["slabs"], loader_slabs=rs[0]["loader_slabs"], io_path=rs[0]["io_path"],
+                       crc_path=rs[0]["crc_path"], runs=[r["tok_s"] for r in rs], vs_serial=med["tok_s"] / base,
+                       vs_full=med["tok_s"] / full, disk_share=med["decode_bytes_per_s"] / probe)
             result["budgets"][name][mode] = med
-            print(f"{name:8s} {rs[0]['slabs']:3d} slabs  {mode:17s} {med['tok_s']:6.2f} tok/s ({med['tok_s'] / base:.2f}x "
-                  f"serial)  {rs[0]['io_path']:8s} loader {med['loader_bytes_per_s'] / 2**20:5.0f} MiB/s busy, "
-                  f"{med['decode_bytes_per_s'] / 2**20:5.0f} MiB/s over the run ({med['decode_bytes_per_s'] / probe:.0%} "
-                  f"of probe), stall {med['stall_ms']:5.0f} ms, hit {100 * med['hit_rate']:4.1f}%, prefetch "
-                  f"{med['prefetch_used']:.0f}/{med['prefetches']:.0f} used, {med['prefetch_wasted_bytes'] / 2**20:.0f} MiB wasted")
-    out = Path(__file__).parent / "out"
+            print(f"{name:11s} {rs[0]['slabs']:3d} slabs ({rs[0]['loader_slabs']} buffers) {mode:17s} "
+                  f"{med['tok_s']:6.2f} tok/s ({med['vs_serial']:.2f}x serial, {med['vs_full']:.2f}x full)  "
+                  f"{rs[0]['io_path']:8s} {rs[0]['crc_path']:6s} loader {med['loader_bytes_per_s'] / 2**20:5.0f} MiB/s busy, "
+                  f"decode {med['decode_bytes_per_s'] / 2**20:5.0f} MiB/s ({med['disk_share']:.0%} of probe), "
+                  f"stall {med['stall_ms']:5.0f} ms, hit {100 * med['hit_rate']:4.1f}%, prefetch "
+                  f"{med['prefetch_used']:.0f}/{med['prefetches']:.0f} used, {med['prefetch_aborted']:.0f} aborted, "
+                  f"{med['prefetch_wasted_bytes'] / 2**20:.0f} MiB wasted", flush=True)
+    out = HERE / "out"
     out.mkdir(exist_ok=True)
-    (out / "expert_streaming.json").write_text(json.dumps(result, indent=2) + "\n")
+    suffix = "" if set(budgets) == set(MODES) else "-" + "-".join(budgets)
+    (out / f"expert-streaming-{args.mote.stem}{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

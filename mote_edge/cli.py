@@ -120,9 +120,11 @@ def run(
                                                    "trits), slab2 (re-laid to 2 bits per trit when loaded: 25% "
                                                    "more memory, a faster kernel), auto (slab2 when the budget "
                                                    "caches every expert in it; default)."),
-    prefetch: str = typer.Option("none", help="Expert prefetch: lookahead (the next MoE layer's router "
+    prefetch: str = typer.Option("auto", help="Expert prefetch: lookahead (the next MoE layer's router "
                                                         "applied to the current hidden state picks experts to read "
-                                                        "ahead) or none."),
+                                                        "ahead, into top_k loader buffers the plan adds), lookahead2 "
+                                                        "(the next two layers'), none, or auto (default: lookahead2 when "
+                                                        "the budget holds its buffers, else none)."),
     kv_bits: int = typer.Option(32, help="KV cache storage: 32 (float32) or 8 (int8 with a scale per head and "
                                          "position: ~4x less KV memory, like llama.cpp's -ctk q8_0)."),
     report: bool = typer.Option(False, "--report", help="Print the memory and speed report to stderr."),
@@ -248,12 +250,16 @@ def simulate(
     slabs: Optional[str] = typer.Option(None, help="Comma-separated slab counts (default: 1, 2, 4 and quarters "
                                                    "of the distinct experts in the trace)."),
     policies: str = typer.Option("lru,lfu,layer,belady", help="Policies to compare: lru, lfu, layer, belady."),
+    prefetch: Optional[str] = typer.Option(None, help="Prefetches to compare: none, lookahead-1, lookahead-2 (the "
+                                                      "trace's predictions), oracle (default: none and oracle, plus "
+                                                      "the lookaheads when the trace has predictions)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Replay a routing trace under cache sizes and policies; print the hit-rate curve.
+    """Replay a routing trace under cache sizes, policies and prefetches; print the hit-rate curve.
 
-    belady (Belady's MIN, offline optimum) is the upper bound any policy could reach."""
-    from mote_edge.runtime.simulate import default_slab_counts, read_trace, sweep
+    belady (Belady's MIN, offline optimum) is the upper bound of demand loading; an expert prefetched
+    before it is needed counts as a hit."""
+    from mote_edge.runtime.simulate import best_pairs, default_slab_counts, has_predictions, read_trace, sweep
 
     waves = read_trace(trace)
     try:
@@ -261,15 +267,29 @@ def simulate(
     except ValueError:
         raise MoteError(f"--slabs must be comma-separated integers, got {slabs!r}") from None
     names = [p.strip() for p in policies.split(",") if p.strip()]
-    results = sweep(waves, counts, names)
+    default = ["none", "lookahead-1", "lookahead-2", "oracle"] if has_predictions(waves) else ["none", "oracle"]
+    fetches = [p.strip() for p in prefetch.split(",") if p.strip()] if prefetch else default
+    # belady is the reference of demand loading: replayed without prefetch only
+    results = [r for r in sweep(waves, counts, names, fetches) if r["policy"] != "belady" or r["prefetch"] == "none"]
+    if not results:
+        raise MoteError("nothing to replay: belady is replayed without prefetch only (add --prefetch none)")
+    best = best_pairs(results)
     if as_json:
-        typer.echo(json.dumps(results, indent=2))
+        typer.echo(json.dumps({"results": results, "best": best}, indent=2))
         return
-    typer.echo(f"{len(waves)} waves; hit rate by cache slabs")
-    typer.echo(f"{'slabs':>6}" + "".join(f"{n:>9}" for n in names))
+    columns = [(r["policy"], r["prefetch"]) for r in results if r["slabs"] == counts[0]]
+    typer.echo(f"{len(waves)} waves; hit rate by cache slabs (policy/prefetch; a prefetched expert counts as a hit)")
+    typer.echo(f"{'slabs':>6}" + "".join(f"{_column_name(p, f):>14}" for p, f in columns) + "   best (points behind belady)")
     for c in counts:
-        row = {r["policy"]: r["hit_rate"] for r in results if r["slabs"] == c}
-        typer.echo(f"{c:>6}" + "".join(f"{100 * row[n]:>8.1f}%" for n in names))
+        row = {(r["policy"], r["prefetch"]): r["hit_rate"] for r in results if r["slabs"] == c}
+        b = next((x for x in best if x["slabs"] == c), None)
+        gap = "" if b is None else f"   {_column_name(b['policy'], b['prefetch'])}" + (
+            "" if b["points_behind_belady"] is None else f" ({b['points_behind_belady']:+.1f})")
+        typer.echo(f"{c:>6}" + "".join(f"{100 * row[k]:>13.1f}%" for k in columns) + gap)
+
+
+def _column_name(policy: str, prefetch: str) -> str:
+    return policy if prefetch == "none" else f"{policy}+{prefetch.replace('lookahead-', 'la')}"
 
 
 @app.command()

@@ -144,6 +144,11 @@ static inline int8_t mote_quantize_one(float v, float s, int32_t *acc) {
     return (int8_t)q;
 }
 
+/* ---- CRC-32, zlib's (crc32.c) ---- */
+/* crc: the value so far (0 to start), as zlib.crc32(data, crc) takes it */
+uint32_t mote_crc32(uint32_t crc, const uint8_t *p, size_t n);
+int mote_crc32_simd(void);                  /* 1 if mote_crc32 runs the PCLMULQDQ path */
+
 /* ---- memory bandwidth probe (membench.c) ---- */
 uint64_t mote_read_sum(const uint64_t *p, size_t n);
 

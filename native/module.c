@@ -388,6 +388,22 @@ done:
     Py_RETURN_NONE;
 }
 
+static PyObject *py_crc32(PyObject *self, PyObject *args) {
+    Py_buffer b = {0};
+    unsigned int crc = 0;
+    if (!PyArg_ParseTuple(args, "y*|I", &b, &crc)) return NULL;
+    uint32_t out;
+    Py_BEGIN_ALLOW_THREADS
+    out = mote_crc32((uint32_t)crc, (const uint8_t *)b.buf, (size_t)b.len);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLong(out);
+}
+
+static PyObject *py_crc32_path(PyObject *self, PyObject *noargs) {
+    return PyUnicode_FromString(mote_crc32_simd() ? "clmul" : "scalar");
+}
+
 static PyMethodDef native_methods[] = {
     {"cpu_features", py_cpu_features, METH_NOARGS,
      "cpu_features() -> dict: which SIMD instruction sets this CPU supports (run-time detection)."},
@@ -412,6 +428,9 @@ static PyMethodDef native_methods[] = {
      "attn_step(x f32[H], pos, h f32[H], layer tuple, threads): one decode step's attention half (native/layer.c)."},
     {"ffn_step", py_ffn_step, METH_VARARGS,
      "ffn_step(h f32[H], y f32[H], coef, gate_up specs, down spec, threads): y += coef * SwiGLU(h) (native/layer.c)."},
+    {"crc32", py_crc32, METH_VARARGS,
+     "crc32(buf, crc=0) -> int: zlib's CRC-32 of buf continuing from crc (GIL released)."},
+    {"crc32_path", py_crc32_path, METH_NOARGS, "crc32_path() -> str: 'clmul' or 'scalar' (the CRC-32 path in use)."},
     {NULL, NULL, 0, NULL},
 };
 

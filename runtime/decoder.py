@@ -16,6 +16,8 @@ Prefill (T > 1) runs the numpy layer.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from mote_edge.config import ModelConfig
@@ -115,10 +117,18 @@ class MoE:
         if cfg.moe.use_residual:
             self.residual = (SwiGLU(w, f"{p}.mlp"), w.matrix(f"{p}.coefficient.weight"), w.vector(f"{p}.coefficient.bias"))
         self.last_routes: np.ndarray | None = None
-        self.lookahead: Lookahead | None = None  # the next MoE layer's router, when prefetching
+        self.lookaheads: list[Lookahead] = []  # the next MoE layers' routers (Decoder.enable_lookahead)
+        self.prefetch_depth = 0  # how many of them prefetch (decode steps)
+        # routes in place of the router, same signature as route() (benchmarks/route_model.py replays
+        # fitted routing statistics through it); the lookahead keeps predicting with the router
+        self.routing: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
 
     def route(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """h [T, H] -> (expert ids [T, k], weights [T, k])."""
+        """h [T, H] -> (expert ids [T, k], weights [T, k]): `routing` if one is set, else the router."""
+        return self.routing(h) if self.routing is not None else self.router_top_k(h)
+
+    def router_top_k(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The router's choice: top_k of softmax(h Wg^T)."""
         probs = softmax(h @ self.router.T)  # [T, E] float32
         if self.top_k == 1:
             idx = probs.argmax(axis=-1)[:, None]
@@ -134,37 +144,53 @@ class MoE:
         self.last_routes = idx
         needed = sorted(set(idx.reshape(-1).tolist()), key=lambda e: not self.cache.is_cached(self.layer, e))
         self.cache.begin_wave(self.layer, needed)
-        if self.lookahead is not None and residual is not None and h.shape[0] == 1:  # decode steps
-            self.cache.prefetch(self.lookahead.layer, self.lookahead.predict(residual))
-        if self.cache.trace is not None:
-            self.cache.trace.append({"layer": self.layer, "experts": needed, "tokens": int(h.shape[0])})
+        tracing, decoding = self.cache.trace is not None, residual is not None and h.shape[0] == 1
+        predicted = [(a.layer, a.predict(residual)) for a in self.lookaheads] if decoding and (
+            tracing or self.prefetch_depth) else []
+        if self.prefetch_depth:
+            self.cache.prefetch([(layer, experts) for layer, experts in predicted[:self.prefetch_depth]])
+        if tracing:
+            wave = {"layer": self.layer, "experts": needed, "tokens": int(h.shape[0])}
+            self.cache.trace.append({**wave, "predicted": [{"layer": la, "experts": ex} for la, ex in predicted]}
+                                    if predicted else wave)
         return idx, weight, needed
 
     def __call__(self, h: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
         """h: the normed input [T, H]; residual: the residual stream it came from (for the lookahead)."""
         idx, weight, needed = self._begin_wave(h, residual)
+        # the dense parts first: they compute while the loader reads the wave's misses
+        mlp_out = self.residual[0](h) if self.residual is not None else None
+        shared_out = self.shared(h) if self.shared is not None else None
         out = np.zeros_like(h)
         for e in needed:  # wave: each needed expert loaded once, cached ones first
             rows, slot = np.nonzero(idx == e)
             out[rows] += self.cache.get(self.layer, e)(h[rows]) * weight[rows, slot, None]
         self.cache.end_wave()
-        return self._mix(h, out)
+        return self._mix(h, out, mlp_out, shared_out)
 
-    def _mix(self, h: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """The routed experts' sum `out` [T, H] + the residual MLP / shared expert of h."""
+    def _mix(self, h: np.ndarray, out: np.ndarray, mlp_out: np.ndarray | None,
+             shared_out: np.ndarray | None) -> np.ndarray:
+        """The routed experts' sum `out` [T, H] mixed with the residual MLP's output and plus the shared
+        expert's (each [T, H], computed before the wave's loads)."""
         if self.residual is not None:
-            mlp, cw, cb = self.residual
+            _, cw, cb = self.residual
             coef = softmax(h @ cw.T + cb)
-            out = out * coef[:, :1] + mlp(h) * coef[:, 1:]
-        if self.shared is not None:
-            out += self.shared(h)
+            out = out * coef[:, :1] + mlp_out * coef[:, 1:]
+        if shared_out is not None:
+            out += shared_out
         return out
 
     def step(self, h: np.ndarray, x: np.ndarray, threads: int) -> None:
         """One position, native FFNs: x [H] += the layer's output for the normed input h [H]. The same
-        wave as __call__ (route, begin_wave, prefetch from the residual x, get each expert, end_wave)."""
+        wave as __call__ (route, begin_wave, prefetch from the residual x, the dense parts while misses
+        load, each expert, end_wave)."""
         h2 = h[None]  # [1, H]
         idx, weight, needed = self._begin_wave(h2, x[None])
+        mlp_out = self.residual[0](h2) if self.residual is not None else None  # [1, H]
+        shared_out = None
+        if self.shared is not None:
+            shared_out = np.zeros_like(h)  # [H]
+            self.shared.step(h, shared_out, 1.0, threads)
         out = np.zeros_like(h)  # [H]
         routed = idx[0].tolist()
         for e in needed:  # the wave's order, as in __call__
@@ -173,23 +199,23 @@ class MoE:
             specs = ((expert.gate.native_spec(), expert.up.native_spec()), expert.down.native_spec())
             ffn_step(h, out, float(weight[0, slot]), *specs, threads)
         self.cache.end_wave()
-        if self.residual is not None:
-            out = self._mix(h2, out[None])[0]
-        elif self.shared is not None:
-            self.shared.step(h, out, 1.0, threads)
-        x += out
+        x += self._mix(h2, out[None], mlp_out, None if shared_out is None else shared_out[None])[0]
 
 
 class Lookahead:
-    """Router lookahead: the next MoE layer's norm and router applied to the residual stream at this
-    layer's MoE input predict the experts the next layer will route to (mixtral-offloading, FATE)."""
+    """Router lookahead: a later MoE layer's norm and router applied to the residual stream at this
+    layer's MoE input predict the experts that layer will route to (mixtral-offloading, FATE).
+    `depth`: how many MoE layers ahead in decode order (wrapping to the next token's)."""
 
-    def __init__(self, layer: int, norm: np.ndarray, moe: MoE, eps: float):
-        self.layer, self.norm, self.moe, self.eps = layer, norm, moe, eps
+    def __init__(self, layer: int, norm: np.ndarray, moe: MoE, eps: float, depth: int = 1):
+        self.layer, self.norm, self.moe, self.eps, self.depth = layer, norm, moe, eps, depth
 
     def predict(self, residual: np.ndarray) -> list[int]:
-        """The predicted experts, the most tokens' choices first."""
-        idx, _ = self.moe.route(rms_norm(residual, self.norm, self.eps))
+        """The predicted experts, the most tokens' choices first. A `routing` that predicts its own
+        routes (benchmarks/route_model.py, at a measured accuracy) answers for the router."""
+        if self.moe.routing is not None and hasattr(self.moe.routing, "predict"):
+            return self.moe.routing.predict(self.depth)
+        idx, _ = self.moe.router_top_k(rms_norm(residual, self.norm, self.eps))
         experts, counts = np.unique(idx, return_counts=True)
         return experts[np.argsort(-counts, kind="stable")].tolist()
 
@@ -237,11 +263,15 @@ class Decoder:
             layer.attn_step = AttentionStep(layer.attn, layer.ln_in, layer.ln_post, layer.eps, self.rope, self.kv, i,
                                             w.threads)
 
-    def enable_lookahead(self, on: bool) -> None:
-        """Each MoE layer prefetches the experts the next MoE layer's router predicts (decode steps)."""
-        moe = [(i, layer) for i, layer in enumerate(self.layers) if isinstance(layer.mlp, MoE)]
-        for (i, layer), (j, nxt) in zip(moe, moe[1:] + moe[:1]):
-            layer.mlp.lookahead = Lookahead(j, nxt.ln_post, nxt.mlp, nxt.eps) if on and len(moe) > 1 else None
+    def enable_lookahead(self, depth: int) -> None:
+        """Each MoE layer prefetches the experts the routers of the next `depth` MoE layers predict
+        (decode steps; 0: none; the order wraps to the next token's layers). The predictions of the next
+        two go into a trace either way."""
+        moe = [layer for layer in self.layers if isinstance(layer.mlp, MoE)]
+        for n, layer in enumerate(moe):
+            ahead = [(d, moe[(n + d) % len(moe)]) for d in (1, 2)]
+            layer.mlp.lookaheads = [Lookahead(a.mlp.layer, a.ln_post, a.mlp, a.eps, d) for d, a in ahead]
+            layer.mlp.prefetch_depth = depth
 
     def reset(self) -> None:
         self.length = 0

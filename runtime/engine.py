@@ -30,14 +30,14 @@ from mote_edge.image import ImagePreprocessConfig, load_image, preprocess
 from mote_edge.messages import Conversation
 from mote_edge.tokenizer import Tokenizer
 
-from .budget import parse_bytes
+from .budget import BudgetError, parse_bytes
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES
 from .decoder import Decoder
-from .expert_cache import DEFAULT_PREFETCH, EXPERT_LOADERS, PREFETCH_MODES, ExpertCache
+from .expert_cache import DEFAULT_PREFETCH, EXPERT_LOADERS, PREFETCH_DEPTH, PREFETCH_MODES, ExpertCache
 from .expert_layout import EXPERT_LAYOUTS
 from .kv_cache import KV_BITS
 from .memory import PeakTracker, drop_page_cache, read_status, trim_heap
-from .plan import PREFILL_CHUNK, MemoryPlan, default_context, fit_file_budget
+from .plan import PREFILL_CHUNK, MemoryPlan, default_context, fit_file_budget, loader_slabs
 from .prefix_cache import CachedPositions, image_digest, position_keys
 from .report import RunStats, TokenCounts, build_report
 from .sampler import Sampler, SamplingParams
@@ -70,9 +70,31 @@ class _VocabMaskedSampler:
         return self.sampler.sample(logits)
 
 
+def _fit_with_prefetch(f: MoteFile, context: int, budget: int | None, layout: str, vision: bool, kv_bits: int,
+                       prefetch: str, loader: str) -> tuple[MemoryPlan, str]:
+    """The plan and the prefetch it runs. "auto": lookahead2 when the budget holds its loader buffers beside
+    the minimum cache and not every expert; else none. Measured (benchmarks/expert_streaming.py,
+    docs/BENCHMARKS.md): at half the experts cached lookahead2 decoded as fast as lookahead on the 0.5B and
+    1.25x faster on the 1.5B, and the replay ranks it first; one slab above the minimum, lookahead's
+    mispredicted reads made decoding slower than none."""
+    if prefetch != "auto":
+        return fit_file_budget(f, context, budget, layout, vision, kv_bits,
+                               loader_slabs(f.config, PREFETCH_DEPTH[prefetch])), prefetch
+    if loader == "thread" and budget is not None:
+        for mode in ("lookahead2",):
+            try:
+                plan = fit_file_budget(f, context, budget, layout, vision, kv_bits,
+                                       loader_slabs(f.config, PREFETCH_DEPTH[mode]))
+            except BudgetError:
+                continue
+            if plan.loader_slabs:  # else every expert fits: nothing to prefetch
+                return plan, mode
+    return fit_file_budget(f, context, budget, layout, vision, kv_bits), "none"
+
+
 class Engine:
     def __init__(self, file: MoteFile, plan: MemoryPlan, budget: int | None, threads: int, baseline_rss: int,
-                 cache_policy: str = DEFAULT_POLICY, vision: bool = True, prefetch: str = DEFAULT_PREFETCH,
+                 cache_policy: str = DEFAULT_POLICY, vision: bool = True, prefetch: str = "none",
                  expert_loader: str = "thread"):
         self.file, self.plan, self.budget, self.threads = file, plan, budget, threads
         self.baseline_rss = baseline_rss
@@ -91,12 +113,12 @@ class Engine:
             pre, aspect_ratio=pre.pop("image_aspect_ratio", cfg.projector.image_aspect_ratio))
         self.template = ChatTemplate.from_dict(meta.get("chat_template", {"name": "v1"}))
         self.weights = ResidentWeights(file, threads)
-        self.experts = (ExpertCache(file, plan.expert_slabs, threads, policy=cache_policy, layout=plan.expert_layout,
-                                    loader=expert_loader) if cfg.moe_layers else None)
+        self.experts = (ExpertCache(file, plan.expert_slabs + plan.loader_slabs, threads, policy=cache_policy,
+                                    layout=plan.expert_layout, loader=expert_loader) if cfg.moe_layers else None)
         self.decoder = Decoder(cfg, self.weights, self.experts, plan.context, plan.kv_bits)
         # nothing to prefetch when every expert stays cached (each is read once, on first use)
         self.prefetch = prefetch if self.experts is not None and plan.expert_slabs < plan.total_experts else "none"
-        self.decoder.enable_lookahead(self.prefetch == "lookahead")
+        self.decoder.enable_lookahead(PREFETCH_DEPTH[self.prefetch])
         self.vision_enabled = vision
         self.vision = vision_encoder(file, threads) if file.vision is not None and vision else None
         self.stats = RunStats()
@@ -115,8 +137,11 @@ class Engine:
              expert_loader: str = "thread", kv_bits: int = 32) -> "Engine":
         """Plan, check the budget, read the resident weights, allocate the expert slabs. vision=False
         plans no image phase (its memory goes to the expert cache): the Engine then refuses images.
-        prefetch "lookahead": while a MoE layer runs, the next MoE layer's router predicts its experts
-        and the loader reads them ahead (decode steps); "none": experts load when a wave needs them.
+        prefetch "lookahead" ("lookahead2"): while a MoE layer runs, the next (two) MoE layers' routers
+        predict their experts and the loader reads them ahead (decode steps) into loader buffers the
+        plan adds (top_k slabs per layer ahead); "none": experts load when a wave needs them; "auto"
+        (default): lookahead2 when its buffers fit beside top_k cache slabs, none when every expert is
+        cached or they do not fit.
         expert_loader "thread": records are read by a loader thread, overlapped with compute (O_DIRECT
         where the filesystem allows it); "serial": read on the decoding thread when needed.
         kv_bits 8 keeps the KV cache as int8 with a scale per head and position (~4x smaller than 32)."""
@@ -132,7 +157,7 @@ class Engine:
             raise MoteError(f"unknown prefetch {prefetch!r} (choose from {', '.join(PREFETCH_MODES)})")
         if expert_loader not in EXPERT_LOADERS:
             raise MoteError(f"unknown expert loader {expert_loader!r} (choose from {', '.join(EXPERT_LOADERS)})")
-        if prefetch != "none" and expert_loader != "thread":
+        if prefetch not in ("none", "auto") and expert_loader != "thread":
             raise MoteError("prefetch needs the thread expert loader")
         if expert_layout not in EXPERT_LAYOUTS:
             raise MoteError(f"unknown expert layout {expert_layout!r} (choose from {', '.join(EXPERT_LAYOUTS)})")
@@ -145,7 +170,8 @@ class Engine:
             if not 1 <= context <= cfg.decoder.max_position_embeddings:
                 raise ContextError(f"max context {context} is outside 1..{cfg.decoder.max_position_embeddings} "
                                    f"(the model's max_position_embeddings)")
-            plan = fit_file_budget(f, context, budget, expert_layout, vision, kv_bits)
+            plan, prefetch = _fit_with_prefetch(f, context, budget, expert_layout, vision, kv_bits, prefetch,
+                                                expert_loader)
             try:
                 engine = cls(f, plan, budget, threads, baseline, cache_policy, vision, prefetch, expert_loader)
             except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:

@@ -22,15 +22,19 @@ from mote_edge.format.reader import MoteFile, parse_parts
 
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES, Key, pick_victim
 from .expert_layout import SLAB_LAYOUTS, place_slab2, slab_bytes, staging_bytes
-from .expert_io import ExpertReader
-from .expert_loader import ExpertLoader, LoadJob
+from .expert_io import ExpertReader, ReadTiming
+from .expert_loader import ExpertLoader, LoadAborted, LoadJob
 from .hugepages import huge_buffer
 from .memory import release_pages
 from .weights import Linear
 
 EXPERT_LOADERS = ("thread", "serial")
-PREFETCH_MODES = ("none", "lookahead")  # lookahead: runtime/decoder.py Lookahead
-DEFAULT_PREFETCH = "none"
+DEFAULT_READERS = 2  # loader threads: a demand miss never waits behind a prefetch's read
+# how many MoE layers ahead the routers predict and prefetch (runtime/decoder.py Lookahead)
+PREFETCH_DEPTH = {"none": 0, "lookahead": 1, "lookahead2": 2}
+# auto: lookahead2 when the budget holds its loader buffers beside top_k cache slabs (runtime/engine.py)
+PREFETCH_MODES = ("auto", *PREFETCH_DEPTH)
+DEFAULT_PREFETCH = "auto"
 
 
 @dataclass
@@ -45,6 +49,10 @@ class CacheStats:
     prefetch_late: int = 0  # of the used ones, still loading when needed (the wait counts as a miss)
     prefetch_wasted_bytes: int = 0  # bytes of prefetched records evicted before any use
     prefetch_cancelled: int = 0  # mispredicted prefetches dropped before their read started
+    prefetch_aborted: int = 0  # mispredicted prefetches stopped part way to free the disk for a demand miss
+    load_read_ms: float = 0.0  # summed over loads (readers run at once): reading records
+    load_crc_ms: float = 0.0  # ... checking their CRC-32
+    load_place_ms: float = 0.0  # ... parsing them into tensors (and the 2-bit re-layout)
 
     @property
     def uses(self) -> int:
@@ -67,14 +75,15 @@ class Expert:
 
 
 class ExpertCache:
-    """`loader` "thread": a background thread reads records (runtime/expert_loader.py), with O_DIRECT
-    where the filesystem allows it (runtime/expert_io.py); a wave queues all its misses at once and
-    each get() waits only for its own record. "serial": each miss is read on the decoding thread
-    when get() needs it (buffered read + DONTNEED). `prefetch(layer, experts)` queues loads for the
-    next MoE layer (router lookahead) into slabs whose experts are needed later than it."""
+    """`loader` "thread": `readers` background threads read records (runtime/expert_loader.py), with
+    O_DIRECT where the filesystem allows it (runtime/expert_io.py); a wave queues all its misses at once
+    and each get() waits only for its own record. "serial": each miss is read on the decoding thread
+    when get() needs it (buffered read + DONTNEED, zlib's CRC). `prefetch(layer, experts)` queues loads
+    for the next MoE layer (router lookahead) into slabs whose experts are needed later than it; a wave
+    with a miss aborts the running prefetches it did not need."""
 
     def __init__(self, f: MoteFile, slabs: int, threads: int, drop_pages: bool = True, policy: str = DEFAULT_POLICY,
-                 layout: str = "file", loader: str = "thread"):
+                 layout: str = "file", loader: str = "thread", readers: int = DEFAULT_READERS):
         if policy not in RUNTIME_POLICIES:
             raise ValueError(f"unknown cache policy {policy!r} (choose from {', '.join(RUNTIME_POLICIES)})")
         if layout not in SLAB_LAYOUTS:
@@ -90,7 +99,7 @@ class ExpertCache:
         if drop_pages and hasattr(os, "posix_fadvise"):
             # expert reads are random: no readahead, whose pages the per-record DONTNEED would miss
             os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_RANDOM)
-        self.reader = ExpertReader(f, direct=drop_pages and loader == "thread")
+        self.reader = ExpertReader(f, direct=drop_pages and loader == "thread", native_crc=loader == "thread")
         self.slab_bytes = slab_bytes(f.experts.values(), layout)
         # one mapping for every slab, on huge pages where the OS grants them (runtime/hugepages.py):
         # expert weights are streamed from DRAM on every use
@@ -110,9 +119,11 @@ class ExpertCache:
         self.wanted: list[Key] = []  # prefetches not issued yet (no slab could be taken for them)
         self.prefetched: set[Key] = set()  # loaded (or loading) by a prefetch and not used yet
         self.fresh: set[Key] = set()  # read ahead for the running wave and not used yet: a miss, not a hit
+        self.current: Key | None = None  # the expert the last get() returned: in use until the next get()
         self.stats = CacheStats()
         self.trace: list[dict] | None = None  # set to a list to record every MoE wave (for `simulate`)
-        self.loader = ExpertLoader(self._load) if loader == "thread" else None
+        # slab2 converts from the one staging buffer: one reader
+        self.loader = (ExpertLoader(self._load, 1 if layout == "slab2" else readers) if loader == "thread" else None)
 
     @property
     def nbytes(self) -> int:
@@ -132,27 +143,35 @@ class ExpertCache:
         self.layer, self.wave = layer, {(layer, e) for e in experts}
         self.pending = [(layer, e) for e in experts]
         self.wanted = []
-        for key, job in list(self.loading.items()):  # mispredicted prefetches not started: their slabs are free
-            if job.prefetch and key not in self.wave and self.loader.cancel(job):
+        self.current = None
+        misses = any(k not in self.resident and k not in self.loading for k in self.pending)
+        for key, job in list(self.loading.items()):  # this layer's mispredicted prefetches (later layers' wait)
+            if not job.prefetch or key[0] != layer or key in self.wave:
+                continue
+            if self.loader.cancel(job):  # not started: its slab is free
                 del self.loading[key]
                 self.prefetched.discard(key)
                 self.free.append(job.slab)
                 self.stats.prefetch_cancelled += 1
+            elif misses:  # reading: stop it at its next chunk, the demand reads need the disk
+                self.loader.abort(job)
         self._pump()
 
     def end_wave(self) -> None:
         """The wave's experts are done: their slabs can take prefetches for the next layers."""
         self.pending = []
+        self.current = None
         self._collect()
         self._pump()
 
-    def prefetch(self, layer: int, experts) -> None:
-        """Queue loads of `experts` of MoE layer `layer` (predicted, most likely first), behind every
-        demand load. A prefetch takes a free slab, or the slab of an expert whose next use (in the
-        layer-aware order) comes after `layer`'s, never one of the running wave's still to be used."""
+    def prefetch(self, predicted) -> None:
+        """Queue loads of the predicted experts `[(layer, experts), ...]` (the nearest layer first, each
+        layer's most likely first), behind every demand load. A prefetch takes a free slab, or the slab
+        of an expert whose next use (in the layer-aware order) comes after its own, never one of the
+        running wave's still to be used."""
         if self.loader is None:
             return
-        self.wanted = [(layer, e) for e in experts
+        self.wanted = [(layer, e) for layer, experts in predicted for e in experts
                        if (layer, e) not in self.resident and (layer, e) not in self.loading]
         self._pump()
 
@@ -165,8 +184,9 @@ class ExpertCache:
         key = (layer, expert)
         if key in self.pending:
             self.pending.remove(key)
+        self.current = key  # a prefetch may take the slabs of the experts used before this one, not its slab
         self._collect()
-        self._pump()  # the experts used before this one are done: their slabs can take prefetches
+        self._pump()
         if key in self.resident and key not in self.fresh:
             self.stats.hits += 1
             if key in self.prefetched:
@@ -175,16 +195,17 @@ class ExpertCache:
             self._touch(key)
             return self.resident[key][1]
         t0 = time.perf_counter()
-        if key not in self.loading and key not in self.resident:
-            self._demand(key)
-        if key in self.loading:
+        if key in self.loading and self.loading[key].prefetch:
             job = self.loading[key]
-            if job.prefetch:
-                self.loader.promote(job)
-                self.prefetched.discard(key)
-                self.stats.prefetch_used += 1
-                self.stats.prefetch_late += 1
-            self._wait(job)
+            self.loader.promote(job)
+            self.prefetched.discard(key)
+            self.stats.prefetch_used += 1
+            self.stats.prefetch_late += 1
+        while key not in self.resident:  # a prefetch aborted before it was needed lands without its expert
+            if key not in self.loading:
+                self._demand(key)  # the serial loader reads it here
+            if key in self.loading:
+                self._wait(self.loading[key])
         self.fresh.discard(key)
         self._touch(key)
         self.stats.misses += 1
@@ -197,6 +218,8 @@ class ExpertCache:
         if slab is None:
             for job in list(self.loading.values()):  # in-flight loads hold slabs: let them land first
                 self._wait(job)
+            slab = self._free_slab()  # an aborted prefetch gives its slab back
+        if slab is None:
             victim = pick_victim(self.resident.keys(), self.policy, key[0], self.cycle, self.last, self.count,
                                  self.wave)
             slab = self._evict(victim)
@@ -241,8 +264,8 @@ class ExpertCache:
                 continue
             slab = self._free_slab()
             if slab is None:
-                pending = set(self.pending)
-                later = [k for k in self.resident if k not in pending and distance(k) > distance(key)]
+                busy = {*self.pending, self.current}
+                later = [k for k in self.resident if k not in busy and distance(k) > distance(key)]
                 if not later:
                     return
                 slab = self._evict(pick_victim(later, self.policy, self.layer, self.cycle, self.last, self.count))
@@ -253,8 +276,12 @@ class ExpertCache:
 
     def _start(self, key: Key, slab: int, prefetch: bool) -> None:
         if self.loader is None:
-            self.resident[key] = (slab, self._place(key, slab)[0])
+            timing = ReadTiming()
+            expert, nbytes = self._place(key, slab, timing=timing)
+            self.resident[key] = (slab, expert)
             self.count[key] = 0
+            self.stats.bytes_read += nbytes
+            self._add_timing(timing)
             return
         if not prefetch:
             self.fresh.add(key)
@@ -277,25 +304,38 @@ class ExpertCache:
         if job.error is not None:
             self.free.append(job.slab)
             self.prefetched.discard(job.key)
+            if isinstance(job.error, LoadAborted):
+                self.stats.prefetch_aborted += 1
+                return
             raise job.error
         self.resident[job.key] = (job.slab, job.result)
+        self.stats.bytes_read += job.nbytes
+        self._add_timing(job.timing)
         self.count[job.key] = 0
         self.last.setdefault(job.key, self.clock)
 
+    def _add_timing(self, timing: ReadTiming) -> None:
+        self.stats.load_read_ms += timing.read_ms
+        self.stats.load_crc_ms += timing.crc_ms
+        self.stats.load_place_ms += timing.place_ms
+
     def _load(self, job: LoadJob) -> tuple[Expert, int]:
         """On the loader thread: read, check and place one record (its CRC and re-layout off the decoding thread)."""
-        return self._place(job.key, job.slab)
+        job.timing = ReadTiming()
+        return self._place(job.key, job.slab, job.check if job.prefetch else None, job.timing)
 
-    def _place(self, key: Key, slab: int) -> tuple[Expert, int]:
+    def _place(self, key: Key, slab: int, check=None, timing: ReadTiming | None = None) -> tuple[Expert, int]:
+        timing = timing if timing is not None else ReadTiming()
         buf = self.slabs[slab]
-        entry = self.reader.read_into(*key, buf if self.layout == "file" else self.staging)
+        entry = self.reader.read_into(*key, buf if self.layout == "file" else self.staging, check, timing)
+        t0 = time.perf_counter()
         if self.layout == "file":
             placed = {t.name: (parse_parts(t, buf, t.offset), "file") for t in entry.tensors}
         else:
             placed = place_slab2(entry, self.staging, buf)
         projs = {t.name: Linear(placed[t.name][0], t.scheme, t.shape, self.threads, ternary_layout=placed[t.name][1])
                  for t in entry.tensors}
-        self.stats.bytes_read += entry.nbytes
+        timing.place_ms += 1e3 * (time.perf_counter() - t0)
         return Expert(projs), entry.nbytes
 
     def drain(self) -> None:

@@ -1,10 +1,14 @@
-"""One loader thread that fills expert slabs while the decoding thread computes.
+"""A small pool of loader threads that fill expert slabs while the decoding thread computes.
 
 The expert cache (runtime/expert_cache.py) decides which record goes into which slab; the loader only
-runs the loads it is handed, demand loads always before prefetches (a prefetch never waits in front of
-a demand miss: at most the one record being read when the demand arrives is finished first). The read,
-the checksum and the 2-bit slab re-layout all run here, with the GIL released, so the decoding thread
-waits only when it needs a record that is not in yet.
+runs the loads it is handed. Demand loads always go first: a prefetch starts only while no demand load
+runs (so it never shares the disk with one it could delay), and prefetches never hold every reader: at
+most `readers - 1` run at once, so a demand miss starts on a free reader at once instead of waiting
+behind a prefetch (with one reader, a demand waits for at most the one record being read). A running
+prefetch that turned out mispredicted can be aborted between two chunks of its read (`abort`), so it
+stops taking disk bandwidth from the demand reads. The read, the checksum and the
+2-bit slab re-layout all run here, with the GIL released, so the decoding thread waits only when it
+needs a record that is not in yet.
 """
 
 from __future__ import annotations
@@ -16,7 +20,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 
-@dataclass
+class LoadAborted(Exception):
+    """A prefetch's read stopped part way because its record is no longer wanted."""
+
+
+@dataclass(eq=False)
 class LoadJob:
     key: tuple[int, int]
     slab: int
@@ -26,32 +34,51 @@ class LoadJob:
     error: BaseException | None = None
     nbytes: int = 0
     started: bool = False
+    aborted: bool = False  # set by the cache: stop reading at the next chunk (prefetches only)
+    timing: Any = None  # the load's own account of where its time went (runtime/expert_io.py ReadTiming)
+
+    def check(self) -> None:
+        """Called by the read between chunks: raises LoadAborted once the job is aborted."""
+        if self.aborted:
+            raise LoadAborted(self.key)
 
 
 @dataclass
 class LoaderStats:
+    readers: int = 1
     loads: int = 0
+    aborted: int = 0  # prefetches stopped part way (their bytes are not counted as read)
     bytes_read: int = 0
-    busy_ms: float = 0.0  # time the loader spent reading, checking and placing records
+    busy_ms: float = 0.0  # summed over readers: time spent reading, checking and placing records
+    span_ms: float = 0.0  # wall time during which at least one reader was busy
+    most_in_flight: int = 0  # the most records read at the same time
 
     @property
     def throughput(self) -> float:
-        """Bytes per second while the loader was busy."""
-        return 1e3 * self.bytes_read / self.busy_ms if self.busy_ms > 0 else 0.0
+        """Bytes per second while at least one reader was busy (the pool's, not one reader's)."""
+        return 1e3 * self.bytes_read / self.span_ms if self.span_ms > 0 else 0.0
 
 
 class ExpertLoader:
-    """Runs `load(job) -> (result, nbytes)` for queued jobs on one background thread."""
+    """Runs `load(job) -> (result, nbytes)` for queued jobs on `readers` background threads."""
 
-    def __init__(self, load: Callable[[LoadJob], tuple[Any, int]]):
+    def __init__(self, load: Callable[[LoadJob], tuple[Any, int]], readers: int = 2):
+        if readers < 1:
+            raise ValueError(f"an expert loader needs at least 1 reader, got {readers}")
         self._load = load
         self._demand: deque[LoadJob] = deque()
         self._prefetch: deque[LoadJob] = deque()
         self._wake = threading.Condition()
         self._stopping = False
-        self.stats = LoaderStats()
-        self._thread = threading.Thread(target=self._run, name="mote-expert-loader", daemon=True)
-        self._thread.start()
+        self._running = 0
+        self._running_prefetch = 0
+        self._busy_since = 0.0
+        self.readers = readers
+        self.stats = LoaderStats(readers=readers)
+        self._threads = [threading.Thread(target=self._run, name=f"mote-expert-loader-{i}", daemon=True)
+                         for i in range(readers)]
+        for t in self._threads:
+            t.start()
 
     def submit(self, job: LoadJob) -> None:
         with self._wake:
@@ -63,7 +90,9 @@ class ExpertLoader:
         with self._wake:
             if not job.started and job in self._prefetch:
                 self._prefetch.remove(job)
+                job.prefetch = False
                 self._demand.appendleft(job)
+                self._wake.notify()
 
     def cancel(self, job: LoadJob) -> bool:
         """Drop a queued prefetch that has not started; True if it was dropped."""
@@ -73,30 +102,58 @@ class ExpertLoader:
                 return True
         return False
 
+    def abort(self, job: LoadJob) -> None:
+        """Stop a running prefetch at its next chunk (it finishes with LoadAborted); a no-op for demand loads."""
+        if job.prefetch:
+            job.aborted = True
+
+    def _next(self) -> LoadJob | None:
+        """The job to start now (called with the lock held): demand first, then a prefetch if no demand
+        load runs and a reader stays free for demand."""
+        if self._demand:
+            return self._demand.popleft()
+        demand_running = self._running - self._running_prefetch
+        if self._prefetch and not demand_running and (self.readers == 1 or self._running_prefetch < self.readers - 1):
+            return self._prefetch.popleft()
+        return None
+
     def _run(self) -> None:
         while True:
             with self._wake:
-                while not (self._demand or self._prefetch or self._stopping):
+                while not self._stopping and (job := self._next()) is None:
                     self._wake.wait()
                 if self._stopping:
                     return
-                job = (self._demand or self._prefetch).popleft()
                 job.started = True
+                if self._running == 0:
+                    self._busy_since = time.perf_counter()
+                self._running += 1
+                self._running_prefetch += job.prefetch
+                self.stats.most_in_flight = max(self.stats.most_in_flight, self._running)
             t0 = time.perf_counter()
             try:
                 job.result, job.nbytes = self._load(job)
             except BaseException as e:  # handed to the decoding thread, raised where it waits
                 job.error = e
-            self.stats.busy_ms += 1e3 * (time.perf_counter() - t0)
-            self.stats.loads += 1
-            self.stats.bytes_read += job.nbytes
+            t1 = time.perf_counter()
+            with self._wake:
+                self._running -= 1
+                self._running_prefetch -= job.prefetch
+                if self._running == 0:
+                    self.stats.span_ms += 1e3 * (t1 - self._busy_since)
+                self.stats.busy_ms += 1e3 * (t1 - t0)
+                self.stats.loads += 1
+                self.stats.aborted += isinstance(job.error, LoadAborted)
+                self.stats.bytes_read += job.nbytes
+                self._wake.notify_all()  # a finished prefetch may let a queued one start
             job.done.set()
 
     def close(self) -> None:
-        """Stop after the record being read (queued jobs are dropped: the cache is going away)."""
+        """Stop after the records being read (queued jobs are dropped: the cache is going away)."""
         with self._wake:
             self._stopping = True
             self._demand.clear()
             self._prefetch.clear()
-            self._wake.notify()
-        self._thread.join()
+            self._wake.notify_all()
+        for t in self._threads:
+            t.join()

@@ -20,9 +20,12 @@ A request goes through phases that never overlap, and the plan is the largest of
                       in the prompt's embeddings is scratch)
     expert cache      slabs x the largest expert record, rounded up to whole 2 MiB huge pages if >= 16 MiB
                       (in the 2-bit slab layout: ternary tensors at 2 bpw, plus one staging record)
+    loader buffers    with prefetch, top_k slabs per MoE layer predicted ahead, beside the cache's: the
+                      loader reads the next layers' experts into them while this layer computes
 
 A plan without vision (an Engine loaded with vision=False, or a file without a vision section) has
-no image phase. The minimum feasible budget holds top_k slabs (one decode step of one MoE layer);
+no image phase. The minimum feasible budget holds top_k slabs (one decode step of one MoE layer),
+plus the loader buffers;
 the full plan caches every expert. Pure arithmetic over the file's directory: nothing is allocated.
 """
 
@@ -75,6 +78,7 @@ class MemoryPlan:
     encode_slabs: int | None = None  # slabs kept while an image is encoded (None = all)
     kv_bits: int = 32  # the KV cache's storage: 32 (float32) or 8 (int8 + a scale per head and position)
     image_input_bytes: int = 0  # pixels + features of the image a prefill splices in (plans with vision)
+    loader_slabs: int = 0  # slabs the expert loader prefetches into, beside expert_slabs (same mapping)
 
     def _cache_bytes(self, slabs: int) -> int:
         """The slabs share one huge-page mapping, faulted in whole 2 MiB pages (runtime/hugepages.py),
@@ -108,6 +112,9 @@ class MemoryPlan:
                                    f"expert cache ({_slabs(self.expert_slabs)}{layout})": self.expert_cache_bytes}
         if self.image_input_bytes:
             out["prefill / decode"]["image inputs"] = self.image_input_bytes
+        if self.loader_slabs:
+            out["prefill / decode"][f"expert loader buffers ({_slabs(self.loader_slabs)})"] = (
+                self._cache_bytes(self.expert_slabs + self.loader_slabs) - self.expert_cache_bytes)
         return out
 
     def phase_bytes(self) -> dict[str, int]:
@@ -195,11 +202,12 @@ class SlabSpec:
 
 def plan(cfg: ModelConfig, sizes: dict, context: int, expert_slabs: int | None = None,
          resident_bytes: int | None = None, metadata_bytes: int = 0, slab: SlabSpec | None = None,
-         vision: VisionCost | None = None, encode_slabs: int | None = None, kv_bits: int = 32) -> MemoryPlan:
+         vision: VisionCost | None = None, encode_slabs: int | None = None, kv_bits: int = 32,
+         loader_slabs: int = 0) -> MemoryPlan:
     """`sizes` is the file's size statistics; expert_slabs None = every expert cached;
     resident_bytes overrides the stored size (the runtime widens fp16 to fp32); `slab` overrides the
     file layout's slabs (one stored record each); vision None = no image phase; encode_slabs = slabs
-    kept while an image is encoded (None = all)."""
+    kept while an image is encoded (None = all); loader_slabs: prefetch buffers (none past every expert)."""
     total_experts = sizes["num_expert_records"]
     slabs = total_experts if expert_slabs is None else min(expert_slabs, total_experts)
     slab = slab or SlabSpec(align(sizes["expert_record_max_bytes"], SECTION_ALIGN))
@@ -211,7 +219,13 @@ def plan(cfg: ModelConfig, sizes: dict, context: int, expert_slabs: int | None =
                       expert_slab_bytes=slab.slab_bytes, expert_slabs=slabs, total_experts=total_experts,
                       expert_layout=slab.layout, expert_staging_bytes=slab.staging_bytes,
                       encode_slabs=encode_slabs, kv_bits=kv_bits,
-                      image_input_bytes=vision.input_bytes if vision else 0)
+                      image_input_bytes=vision.input_bytes if vision else 0,
+                      loader_slabs=max(0, min(loader_slabs, total_experts - slabs)))
+
+
+def loader_slabs(cfg: ModelConfig, depth: int) -> int:
+    """Prefetch buffers for `depth` MoE layers predicted ahead: top_k slabs each."""
+    return cfg.moe.top_k_experts * depth if cfg.moe_layers else 0
 
 
 def minimum_slabs(cfg: ModelConfig) -> int:
@@ -229,35 +243,37 @@ def file_slab_spec(f, layout: str = "file") -> SlabSpec:
 
 
 def plan_file(f, context: int, expert_slabs: int | None = None, layout: str = "file", vision: bool = True,
-              encode_slabs: int | None = None, kv_bits: int = 32) -> MemoryPlan:
+              encode_slabs: int | None = None, kv_bits: int = 32, loader_slabs: int = 0) -> MemoryPlan:
     """The plan of an opened MoteFile (resident bytes as loaded: fp16 is widened to fp32)."""
     return plan(f.config, f.metadata["sizes"], context, expert_slabs, _resident_runtime_bytes(f),
                 f.header.metadata_length, file_slab_spec(f, layout), file_vision_cost(f) if vision else None,
-                encode_slabs, kv_bits)
+                encode_slabs, kv_bits, loader_slabs)
 
 
-def minimum_plan_file(f, context: int, layout: str = "file", vision: bool = True, kv_bits: int = 32) -> MemoryPlan:
-    """The smallest feasible plan: top_k slabs, all of them lent while an image is encoded."""
-    return plan_file(f, context, minimum_slabs(f.config), layout, vision, encode_slabs=0, kv_bits=kv_bits)
+def minimum_plan_file(f, context: int, layout: str = "file", vision: bool = True, kv_bits: int = 32,
+                      loader_slabs: int = 0) -> MemoryPlan:
+    """The smallest feasible plan: top_k slabs (+ the loader buffers), all of them lent while an image is encoded."""
+    return plan_file(f, context, minimum_slabs(f.config), layout, vision, encode_slabs=0, kv_bits=kv_bits,
+                     loader_slabs=loader_slabs)
 
 
 def fit_file_budget(f, context: int, budget: int | None, layout: str = "file", vision: bool = True,
-                    kv_bits: int = 32) -> MemoryPlan:
+                    kv_bits: int = 32, loader_slabs: int = 0) -> MemoryPlan:
     """fit_budget for an opened MoteFile. layout "auto": the 2-bit slab layout when the budget caches
     every expert in it, else the file layout (runtime/expert_layout.py)."""
     args = (f.config, f.metadata["sizes"], context, budget, _resident_runtime_bytes(f), f.header.metadata_length)
     cost = file_vision_cost(f) if vision else None
     if layout == "auto":
         if not f.config.moe_layers or not any(t.scheme.kind == "ternary" for e in f.experts.values() for t in e.tensors):
-            return fit_budget(*args, file_slab_spec(f, "file"), cost, kv_bits)
+            return fit_budget(*args, file_slab_spec(f, "file"), cost, kv_bits, loader_slabs)
         try:
-            p = fit_budget(*args, file_slab_spec(f, "slab2"), cost, kv_bits)
+            p = fit_budget(*args, file_slab_spec(f, "slab2"), cost, kv_bits, loader_slabs)
             if p.expert_slabs == p.total_experts:
                 return p
         except BudgetError:  # the file layout's smaller slabs may still fit; it reports the numbers if not
             pass
         layout = "file"
-    return fit_budget(*args, file_slab_spec(f, layout), cost, kv_bits)
+    return fit_budget(*args, file_slab_spec(f, layout), cost, kv_bits, loader_slabs)
 
 
 def _resident_runtime_bytes(f) -> int:
@@ -280,12 +296,12 @@ def _most_slabs(room: int, slab_bytes: int, limit: int, fits) -> int:
 
 def fit_budget(cfg: ModelConfig, sizes: dict, context: int, budget: int | None, resident_bytes: int,
                metadata_bytes: int, slab: SlabSpec | None = None, vision: VisionCost | None = None,
-               kv_bits: int = 32) -> MemoryPlan:
+               kv_bits: int = 32, loader_slabs: int = 0) -> MemoryPlan:
     """The plan with as many expert slabs as `budget` allows in the prefill / decode phase (all when
     budget is None) and as many kept while an image is encoded as the image phase allows; raises
     BudgetError naming the numbers when even the minimum does not fit. Allocates nothing."""
     def with_slabs(n, kept=None):
-        return plan(cfg, sizes, context, n, resident_bytes, metadata_bytes, slab, vision, kept, kv_bits)
+        return plan(cfg, sizes, context, n, resident_bytes, metadata_bytes, slab, vision, kept, kv_bits, loader_slabs)
 
     full = with_slabs(None)
     if budget is None:

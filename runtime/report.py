@@ -42,11 +42,17 @@ def build_report(engine) -> dict:
         st = cache.stats
         experts = {"policy": cache.policy, "layout": cache.layout, "slabs": len(cache.slabs), "total": len(engine.file.experts), "hits": st.hits, "misses": st.misses,
                    "hit_rate": st.hit_rate, "evictions": st.evictions, "bytes_read": st.bytes_read,
-                   "stall_ms": st.stall_ms, "io_path": cache.io_path,
-                   "loader": "serial" if cache.loader is None else "thread", "prefetch": engine.prefetch,
+                   "stall_ms": st.stall_ms, "io_path": cache.io_path, "crc_path": cache.reader.crc_path,
+                   "loader": "serial" if cache.loader is None else "thread",
+                   "loader_readers": cache.loader.readers if cache.loader else 0,
+                   "loader_slabs": engine.plan.loader_slabs, "prefetch": engine.prefetch,
                    "prefetches": st.prefetches, "prefetch_used": st.prefetch_used, "prefetch_late": st.prefetch_late,
-                   "prefetch_wasted_bytes": st.prefetch_wasted_bytes,
+                   "prefetch_wasted_bytes": st.prefetch_wasted_bytes, "prefetch_cancelled": st.prefetch_cancelled,
+                   "prefetch_aborted": st.prefetch_aborted, "load_read_ms": st.load_read_ms,
+                   "load_crc_ms": st.load_crc_ms, "load_place_ms": st.load_place_ms,
                    "loader_busy_ms": cache.loader.stats.busy_ms if cache.loader else st.stall_ms,
+                   "loader_span_ms": cache.loader.stats.span_ms if cache.loader else st.stall_ms,
+                   "loader_most_in_flight": cache.loader.stats.most_in_flight if cache.loader else int(st.misses > 0),
                    "loader_bytes_per_s": cache.loader.stats.throughput if cache.loader else
                    (1e3 * st.bytes_read / st.stall_ms if st.stall_ms > 0 else 0.0)}
     return {
@@ -86,10 +92,14 @@ def report_text(r: dict) -> str:
     if e is not None:
         lines += [f"experts              {e['slabs']} of {e['total']} cached; {e['hits']} hits, {e['misses']} misses "
                   f"({100 * e['hit_rate']:.1f}% hit rate), {e['evictions']} evictions ({e['policy']}, {e['layout']} layout)",
-                  f"expert loads         {format_bytes(e['bytes_read'])} read ({e['io_path']} I/O, {e['loader']} loader, "
+                  f"expert loads         {format_bytes(e['bytes_read'])} read ({e['io_path']} I/O, {e['crc_path']} CRC, "
+                  f"{e['loader']} loader, {e['loader_readers']} readers, at most {e['loader_most_in_flight']} in flight, "
                   f"{format_bytes(e['loader_bytes_per_s'])}/s while loading), {e['stall_ms']:.1f} ms stalled",
-                  f"prefetch             {e['prefetch']}: {e['prefetches']} issued, {e['prefetch_used']} used "
-                  f"({e['prefetch_late']} late), {format_bytes(e['prefetch_wasted_bytes'])} wasted"]
+                  f"load time            read {e['load_read_ms']:.1f} ms, CRC {e['load_crc_ms']:.1f} ms, "
+                  f"place {e['load_place_ms']:.1f} ms (summed over loads; readers overlap)",
+                  f"prefetch             {e['prefetch']} into {e['loader_slabs']} loader buffers: {e['prefetches']} "
+                  f"issued, {e['prefetch_used']} used ({e['prefetch_late']} late), {e['prefetch_cancelled']} cancelled, "
+                  f"{e['prefetch_aborted']} aborted, {format_bytes(e['prefetch_wasted_bytes'])} wasted"]
     lines += [f"image encode         {t['image_encode_ms']:.1f} ms",
               f"time to first token  {t['ttft_ms']:.1f} ms",
               f"prompt               {r['prompt_tokens']} positions: {r['reused_tokens']} reused from the KV cache, "

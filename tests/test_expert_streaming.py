@@ -1,6 +1,8 @@
 """The expert loader and router-lookahead prefetch change when records are read, never what is computed:
 identical greedy tokens with the serial loader, the thread loader, and the thread loader with
-lookahead prefetch, at budgets from the minimum to every expert cached (with evictions below full)."""
+lookahead prefetch one and two MoE layers ahead, at budgets from the minimum to every expert cached
+(with evictions below full). Every mode at a slab count gets the budget of that many slabs: with
+prefetch, top_k of them per layer ahead are the plan's loader buffers."""
 
 from __future__ import annotations
 
@@ -8,20 +10,31 @@ import numpy as np
 import pytest
 
 from mote_edge.format import MoteFile
+from mote_edge.runtime.budget import BudgetError
 from mote_edge.runtime.engine import Engine
+from mote_edge.runtime.expert_cache import PREFETCH_DEPTH
 from mote_edge.runtime.expert_io import ExpertReader
 from mote_edge.runtime.hugepages import huge_buffer
-from mote_edge.runtime.plan import plan_file
+from mote_edge.runtime.plan import loader_slabs, plan_file
 
 PROMPT = "What color is the circle? Is it left or right of the star?"
-MODES = [("serial", "none"), ("thread", "none"), ("thread", "lookahead")]
+MODES = [("serial", "none"), ("thread", "none"), ("thread", "lookahead"), ("thread", "lookahead2")]
 
 
 def _budgets(mote):
+    """[(slabs, {mode: budget})] from the minimum to every expert; a mode is left out where its loader
+    buffers leave fewer than top_k cache slabs."""
     with MoteFile(mote) as f:
         top_k, total = f.config.moe.top_k_experts, len(f.experts)
-        counts = sorted({top_k, top_k + 1, total // 2, total})
-        return [(n, plan_file(f, 256, n, vision=False).total_bytes) for n in counts], total
+        out = []
+        for n in sorted({top_k, top_k + 1, 2 * top_k, 3 * top_k, total // 2, total}):
+            budgets = {}
+            for mode in MODES:
+                buffers = loader_slabs(f.config, PREFETCH_DEPTH[mode[1]]) if n < total else 0
+                if n - buffers >= top_k:
+                    budgets[mode] = plan_file(f, 256, n - buffers, vision=False, loader_slabs=buffers).total_bytes
+            out.append((n, budgets))
+        return out, total, top_k
 
 
 def _run(mote, budget, loader, prefetch):
@@ -32,24 +45,33 @@ def _run(mote, budget, loader, prefetch):
 
 
 def test_same_tokens_with_and_without_prefetch_at_every_budget(tiny_b4_mote):
-    budgets, total = _budgets(tiny_b4_mote)
-    issued = 0
-    for slabs, budget in budgets:
-        results = {mode: _run(tiny_b4_mote, budget, *mode) for mode in MODES}
+    budgets, total, top_k = _budgets(tiny_b4_mote)
+    issued = {"lookahead": 0, "lookahead2": 0}
+    for slabs, mode_budgets in budgets:
+        results = {mode: _run(tiny_b4_mote, budget, *mode) for mode, budget in mode_budgets.items()}
         reference, serial = results[("serial", "none")]
         for mode, (ids, experts) in results.items():
             assert ids == reference, (slabs, mode)
             assert experts["slabs"] == slabs
+            assert experts["loader_slabs"] == (0 if slabs == total else top_k * PREFETCH_DEPTH[mode[1]])
             if slabs < total:
                 assert experts["evictions"] > 0, (slabs, mode)
         # the thread loader without prefetch reads exactly what the serial one reads
         thread = results[("thread", "none")][1]
         assert (thread["hits"], thread["misses"], thread["evictions"]) == (serial["hits"], serial["misses"],
                                                                            serial["evictions"])
-        look = results[("thread", "lookahead")][1]
-        assert look["prefetch_used"] <= look["prefetches"]
-        issued += look["prefetches"]
-    assert issued > 0
+        for (_, prefetch), (_, experts) in results.items():
+            if prefetch != "none":
+                assert experts["prefetch_used"] <= experts["prefetches"]
+                issued[prefetch] += experts["prefetches"]
+    assert all(n > 0 for n in issued.values()), issued
+
+
+def test_prefetch_below_its_minimum_names_the_loader_buffers(tiny_b4_mote):
+    with MoteFile(tiny_b4_mote) as f:
+        budget = plan_file(f, 256, f.config.moe.top_k_experts, vision=False).total_bytes
+    with pytest.raises(BudgetError, match="expert loader buffers"):
+        Engine.load(tiny_b4_mote, memory_budget=budget, threads=1, max_context=256, vision=False, prefetch="lookahead")
 
 
 @pytest.mark.parametrize("direct", [True, False])
@@ -62,3 +84,20 @@ def test_both_io_paths_read_the_same_bytes(tiny_b4_mote, direct):
         reader.read_into(layer, expert, buf)
         assert bytes(buf[:entry.nbytes]) == bytes(f.read_expert_record(layer, expert))
         reader.close()
+
+
+def test_auto_prefetch_runs_lookahead2_where_the_budget_holds_its_buffers(tiny_b4_mote):
+    with MoteFile(tiny_b4_mote) as f:
+        top_k, total = f.config.moe.top_k_experts, len(f.experts)
+
+        def budget(slabs):
+            return plan_file(f, 256, slabs, vision=False).total_bytes
+        cases = [(budget(top_k), "thread", "none", 0), (budget(2 * top_k), "thread", "none", 0),
+                 (budget(3 * top_k), "thread", "lookahead2", 2 * top_k), (budget(3 * top_k), "serial", "none", 0),
+                 (None, "thread", "none", 0)]
+    for b, loader, want, buffers in cases:
+        with Engine.load(tiny_b4_mote, memory_budget=b, threads=1, max_context=256, vision=False,
+                         expert_loader=loader) as engine:
+            assert engine.prefetch == want, (b, loader)
+            assert engine.plan.loader_slabs == buffers
+            assert len(engine.experts.slabs) == (total if b is None else engine.plan.expert_slabs + buffers)

@@ -50,29 +50,36 @@ def expert_heavy_mote(tmp_path_factory):
 # A text-only run with a long prompt (the prefill fills the planned scratch) and routing forced round robin
 # over every expert (a random model's router keeps to a few experts): the 16 slabs all fill and the cache
 # evicts on almost every use. With "ignore-budget" the ExpertCache is replaced, in this process only, by one
-# that takes a slab per expert whatever the plan says.
+# that takes a slab per expert whatever the plan says. With "prefetch" the router lookahead reads into the
+# plan's loader buffers beside the cache (its random router mispredicts the round robin: wasted reads).
 RUN = r"""
 import json, sys
 import numpy as np
-import mote_edge.runtime.decoder as decoder_module
 import mote_edge.runtime.engine as engine_module
+from mote_edge.runtime.decoder import MoE
 from mote_edge.runtime.engine import Engine
 
 path, budget, context, new_tokens, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 
-def round_robin_route(self, h):
-    n, start = self.router.shape[0], getattr(self, "next_expert", 0)
-    idx = (start + np.arange(h.shape[0] * self.top_k)).reshape(-1, self.top_k) % n
-    self.next_expert = int(idx[-1, -1] + 1) % n
-    return idx, np.full(idx.shape, 1.0 / self.top_k, np.float32)
+class RoundRobin:
+    def __init__(self, n, top_k):
+        self.n, self.top_k, self.next = n, top_k, 0
 
-decoder_module.MoE.route = round_robin_route
+    def __call__(self, h):
+        idx = (self.next + np.arange(h.shape[0] * self.top_k)).reshape(-1, self.top_k) % self.n
+        self.next = int(idx[-1, -1] + 1) % self.n
+        return idx, np.full(idx.shape, 1.0 / self.top_k, np.float32)
+
 if mode == "ignore-budget":
     class BudgetIgnoringCache(engine_module.ExpertCache):
         def __init__(self, f, slabs, *args, **kwargs):
             super().__init__(f, len(f.experts), *args, **kwargs)
     engine_module.ExpertCache = BudgetIgnoringCache
-with Engine.load(path, memory_budget=budget, threads=1, max_context=context, vision=False) as engine:
+prefetch = "lookahead" if mode == "prefetch" else "none"
+with Engine.load(path, memory_budget=budget, threads=1, max_context=context, vision=False, prefetch=prefetch) as engine:
+    for layer in engine.decoder.layers:
+        if isinstance(layer.mlp, MoE):
+            layer.mlp.routing = RoundRobin(layer.mlp.router.shape[0], layer.mlp.top_k)
     prompt = "Describe the picture in detail, please. " * 12
     prompt_tokens = len(engine.encode(prompt, has_image=False))
     engine.experts.trace = []
@@ -81,7 +88,8 @@ with Engine.load(path, memory_budget=budget, threads=1, max_context=context, vis
     used = {(w["layer"], e) for w in engine.experts.trace for e in w["experts"]}
     slabs = len(engine.experts.slabs)
 print(json.dumps({"peak_over_baseline": r["memory"]["peak_over_baseline"], "slabs": slabs, "prompt_tokens": prompt_tokens,
-                  "plan": r["plan"]["total_bytes"], "misses": r["experts"]["misses"], "experts_used": len(used)}))
+                  "plan": r["plan"]["total_bytes"], "misses": r["experts"]["misses"], "experts_used": len(used),
+                  "loader_slabs": r["experts"]["loader_slabs"], "prefetches": r["experts"]["prefetches"]}))
 """
 
 
@@ -119,6 +127,12 @@ def test_peak_rss_fills_a_budget_that_caches_a_quarter_of_the_experts_and_a_budg
     assert run["experts_used"] == total and run["misses"] > 2 * run["slabs"]  # the cache churns
     assert run["prompt_tokens"] + NEW_TOKENS > CONTEXT * 3 // 4  # the prefill's scratch is used
     assert _within(run["peak_over_baseline"], budget, slack), (run, budget, slack)
+
+    # with prefetch, 2 of the same 16 slabs are the loader buffers (top_k = 2, one MoE layer ahead); the
+    # loader threads and the prefetch reads add nothing the plan does not hold
+    prefetch = _run(expert_heavy_mote, budget, "prefetch")
+    assert prefetch["slabs"] == total // 4 and prefetch["loader_slabs"] == 2 and prefetch["prefetches"] > 0
+    assert _within(prefetch["peak_over_baseline"], budget, slack), (prefetch, budget, slack)
 
     control = _run(expert_heavy_mote, budget, "ignore-budget")
     assert control["slabs"] == total and control["experts_used"] == total

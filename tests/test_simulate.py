@@ -100,7 +100,8 @@ def test_simulation_equals_the_runtime_counters(tiny_b4_mote, tmp_path, extra_sl
     trace = tmp_path / "routes.jsonl"
     r = run_cli("run", str(mote), "--prompt", "What color is the circle? Is it left or right of the star?",
                 "--max-new-tokens", "16", "--ignore-eos", "--memory-budget", str(fixed + (2 + extra_slabs) * slab),
-                "--trace-out", str(trace), "--report-json", str(tmp_path / "r.json"), "--cache-policy", policy)
+                "--trace-out", str(trace), "--report-json", str(tmp_path / "r.json"), "--cache-policy", policy,
+                "--prefetch", "none")  # a replay has no clock: prefetches land in it at once, in the runtime later
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "r.json").read_text())["experts"]
     waves = read_trace(trace)
@@ -138,3 +139,70 @@ def test_simulate_cli_and_bad_traces(tmp_path):
     assert r.returncode == 1 and r.stderr.startswith("error: cannot read trace")
     with pytest.raises(MoteError, match="unknown cache policy"):
         simulate([Wave(0, [1])], 1, "fifo")
+
+
+def _cyclic(tokens: int, predicted=lambda t, layer: None):
+    """3 MoE layers, one expert each, a different expert every token (no reuse within a token)."""
+    layers = (0, 2, 4)
+    waves = []
+    for t in range(tokens):
+        for n, layer in enumerate(layers):
+            ahead = [((t * 3 + n + d) // 3, layers[(n + d) % 3]) for d in (1, 2)]
+            waves.append(Wave(layer, [t % 4], 1, [(la, [predicted(tt, la)]) for tt, la in ahead]))
+    return waves
+
+
+def test_perfect_predictions_prefetch_every_wave_after_the_first():
+    waves = _cyclic(10, predicted=lambda t, layer: t % 4)
+    none = simulate(waves, 2, "layer")
+    assert none["hits"] == 0  # every expert is new to its layer's slab
+    for prefetch in ("lookahead-1", "lookahead-2", "oracle"):
+        sim = simulate(waves, 2, "layer", prefetch)
+        assert (sim["hits"], sim["misses"]) == (29, 1), prefetch
+        assert sim["prefetch_used"] == 29 and sim["prefetch_wasted"] == 0
+        assert sim["prefetches"] - 29 <= 2  # predictions of waves past the trace's end
+    # 3 slabs hold two layers ahead: lookahead-2 equals the oracle, which reads the next two waves
+    assert simulate(waves, 3, "layer", "lookahead-2")["hits"] == simulate(waves, 3, "layer", "oracle")["hits"] == 29
+
+
+def test_wrong_predictions_are_wasted_and_never_hits():
+    waves = _cyclic(10, predicted=lambda t, layer: 7)  # expert 7 is never used
+    for slabs in (2, 3, 6):
+        none = simulate(waves, slabs, "layer")
+        sim = simulate(waves, slabs, "layer", "lookahead-2")
+        assert sim["prefetch_used"] == 0 and sim["prefetches"] > 0
+        assert sim["hits"] <= none["hits"]
+        assert sim["prefetch_wasted"] <= sim["prefetches"]
+
+
+def test_prefill_waves_prefetch_nothing_and_unknown_prefetch_is_an_error():
+    waves = [Wave(0, [0, 1], 5, [(2, [3])]), Wave(2, [3], 5, [(0, [0])])]
+    assert simulate(waves, 2, "layer", "lookahead-1")["prefetches"] == 0
+    with pytest.raises(MoteError, match="unknown prefetch"):
+        simulate(waves, 2, "layer", "psychic")
+
+
+def test_traces_round_trip_their_predictions(tmp_path):
+    from mote_edge.runtime.simulate import write_trace
+
+    waves = _cyclic(3, predicted=lambda t, layer: 1)
+    write_trace(waves, tmp_path / "t.jsonl")
+    assert read_trace(tmp_path / "t.jsonl") == waves
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"layer": 0, "experts": [1], "predicted": [{"layer": 2}]}) + "\n")
+    with pytest.raises(MoteError, match="line 1 is not a wave record"):
+        read_trace(tmp_path / "bad.jsonl")
+
+
+def test_a_runtime_trace_records_the_lookahead_and_simulate_replays_it(tiny_b4_mote, tmp_path):
+    trace = tmp_path / "routes.jsonl"
+    r = run_cli("run", str(tiny_b4_mote), "--prompt", "What color is the circle?", "--max-new-tokens", "8",
+                "--ignore-eos", "--trace-out", str(trace))
+    assert r.returncode == 0, r.stderr
+    waves = read_trace(trace)
+    decode = [w for w in waves if w.tokens == 1]
+    assert decode and all(len(w.predicted) == 2 for w in decode)
+    assert all(w.predicted == [] for w in waves if w.tokens > 1)  # prefill waves predict nothing
+    r = run_cli("simulate", str(trace), "--slabs", "2,4")
+    assert r.returncode == 0 and "layer+la1" in r.stdout and "layer+oracle" in r.stdout
+    r = run_cli("simulate", str(trace), "--prefetch", "sometimes")
+    assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: unknown prefetch")

@@ -5,6 +5,7 @@
     ternary_matmul_q8(xq, s, packed, gamma, N, K, threads=1) -> y            (pre-quantized x)
     intn_matmul(x, w: IntNWeight, threads=1) -> y [T, N] float32
     kernel_path() / set_kernel_path("auto"|"scalar"|"avx2"|"avx512"|"neon"|"dotprod") / available_paths()
+    crc32(buf, crc=0) -> int                  zlib's CRC-32, PCLMULQDQ on x86-64 (crc32_path() says which)
 x may be [K] (one token) or [T, K]; the result then has shape [N] or [T, N]. `out` may be given
 (float32, C-contiguous, the result's shape) to avoid an allocation.
 """
@@ -22,6 +23,8 @@ from .ternary_slab import packed_slab2_nbytes, slab2_row_bytes
 kernel_path = _native.kernel_path
 set_kernel_path = _native.set_kernel_path
 available_paths = _native.available_paths
+crc32 = _native.crc32
+crc32_path = _native.crc32_path
 
 
 def _array(a, dtype, name: str, shape: tuple | None = None) -> np.ndarray:

@@ -1,0 +1,92 @@
+"""Cache policy x prefetch replayed on routing traces against Belady's MIN (`mote-edge simulate`'s
+replay): which default the runtime should ship, and how close it comes to the offline optimum.
+
+    python benchmarks/prefetch_replay.py [--questions 100] [--tokens 2000]
+
+Traces:
+    tiny        the shipped trained tiny MoTE (examples/tiny-mote at --bits 4) over held-out task prompts
+                (image + question + 16 greedy tokens, EOS ignored: the answers are a token or two), recorded
+                by the runtime with the lookahead's predictions
+    q05 / q15   synthetic decode traces at the Qwen2.5-0.5B / 1.5B synth shapes (12 / 14 MoE layers of
+                8 experts, top-1), routed by the tiny model's fitted skew, stickiness and lookahead recall
+                (benchmarks/route_model.py): a trained router's statistics at the sizes the budget targets
+Every runtime policy (lru, lfu, layer) with every prefetch (none, lookahead-1, lookahead-2) and the oracle
+(the next two waves' real experts), against Belady's MIN of demand loading; an expert prefetched before
+it is needed counts as a hit. Writes benchmarks/out/prefetch-replay.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+TINY = HERE.parent / "examples" / "tiny-mote"
+SHAPES = {"q05": (list(range(0, 24, 2)), 8, 1), "q15": (list(range(0, 28, 2)), 8, 1)}  # MoE layers, experts, top_k
+SYNTH_SLABS = [2, 4, 8, 17, 24, 32, 48, 64]
+POLICIES = ["lru", "lfu", "layer", "belady"]
+PREFETCHES = ["none", "lookahead-1", "lookahead-2", "oracle"]
+
+
+def tiny_trace(questions: int) -> tuple[Path, dict]:
+    from route_model import measure_tiny_routing  # a sibling: a script's folder is sys.path[0]
+
+    mote, trace = OUT / "tiny-mote-b4.mote", OUT / "tiny-trace.jsonl"
+    if not mote.exists():
+        subprocess.run([sys.executable, "-m", "mote_edge.cli", "export", str(TINY), "--bits", "4", "-o", str(mote),
+                        "--force"], check=True, capture_output=True)
+    return trace, measure_tiny_routing(mote, questions, trace_out=trace, max_new_tokens=16, ignore_eos=True)
+
+
+def replay(waves, slabs: list[int]) -> dict:
+    from mote_edge.runtime.simulate import best_pairs, sweep
+
+    results = [r for r in sweep(waves, slabs, POLICIES, PREFETCHES) if r["policy"] != "belady" or r["prefetch"] == "none"]
+    return {"results": results, "best": best_pairs(results)}
+
+
+def show(name: str, rep: dict) -> None:
+    rows = rep["results"]
+    cols = [(r["policy"], r["prefetch"]) for r in rows if r["slabs"] == rows[0]["slabs"]]
+    print(f"\n{name}: hit rate % by slabs")
+    print(f"{'slabs':>5} " + " ".join(f"{p[:5] + ('+' + f.replace('lookahead-', 'la') if f != 'none' else ''):>12}"
+                                      for p, f in cols) + "   best runtime pair, points behind belady")
+    for b in rep["best"]:
+        hr = {(r["policy"], r["prefetch"]): r["hit_rate"] for r in rows if r["slabs"] == b["slabs"]}
+        print(f"{b['slabs']:>5} " + " ".join(f"{100 * hr[c]:>12.1f}" for c in cols)
+              + f"   {b['policy']}+{b['prefetch']} {b['points_behind_belady']:+.1f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--questions", type=int, default=100, help="held-out prompts routed by the tiny model")
+    ap.add_argument("--tokens", type=int, default=2000, help="decode steps per synthetic trace")
+    ap.add_argument("--json", type=Path, default=OUT / "prefetch-replay.json")
+    args = ap.parse_args()
+    from route_model import RouteModel, synth_trace
+
+    from mote_edge.runtime.simulate import read_trace
+
+    OUT.mkdir(parents=True, exist_ok=True)
+    trace, fit = tiny_trace(args.questions)
+    model = RouteModel(**{**fit["mean"], "lookahead_recall": tuple(fit["mean"]["lookahead_recall"])})
+    print(f"tiny MoTE over {args.questions} held-out prompts: skew {model.skew:.2f}, stickiness {model.stickiness:.2f}, "
+          f"lookahead recall " + ", ".join(f"{d} ahead {100 * r:.1f}%" for d, r in enumerate(model.lookahead_recall, 1)))
+    result = {"tiny_fit": fit, "traces": {}}
+    waves = read_trace(trace)
+    result["traces"]["tiny"] = replay(waves, [2, 3, 4, 5, 6, 7, 8])
+    show(f"tiny MoTE trace ({len(waves)} waves)", result["traces"]["tiny"])
+    for name, (layers, experts, top_k) in SHAPES.items():
+        waves = synth_trace(model, layers, experts, top_k, args.tokens, seed=1)
+        result["traces"][name] = replay(waves, SYNTH_SLABS)
+        show(f"{name} shape, fitted routing ({args.tokens} tokens, {len(layers) * experts} experts)", result["traces"][name])
+    args.json.write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
