@@ -31,6 +31,7 @@ the full plan caches every expert. Pure arithmetic over the file's directory: no
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from mote_edge.config import ModelConfig
@@ -322,7 +323,11 @@ def fit_budget(cfg: ModelConfig, sizes: dict, context: int, budget: int | None, 
         minimum = with_slabs(need, 0)
         parts = "; ".join(f"{phase}: " + ", ".join(f"{k} {format_bytes(v)}" for k, v in items.items())
                           for phase, items in minimum.phases().items())
-        raise BudgetError(f"memory budget {format_bytes(budget)} is below the minimum {format_bytes(minimum.total_bytes)} "
+        least = math.ceil(minimum.total_bytes / 1e5) * 100_000  # rounded up: the printed minimum fits
+        have, need = format_bytes(budget), format_bytes(least)
+        if have == need:  # never "13.0 MB is below the minimum 13.0 MB"
+            have, need = f"{budget / 1e6:,.3f} MB", f"{least / 1e6:,.3f} MB"
+        raise BudgetError(f"memory budget {have} is below the minimum {need} "
                           f"for this model at context {context}, set by its {minimum.binding_phase} phase ({parts}); "
                           f"raise --memory-budget or lower --max-context")
     return result

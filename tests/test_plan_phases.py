@@ -62,6 +62,20 @@ def test_plan_is_the_largest_phase_not_the_sum(mote):
         assert minimum_plan_file(f, 512, vision=False).total_bytes < minimum.total_bytes
 
 
+def test_the_minimum_a_budget_error_prints_is_a_budget_that_fits(mote):
+    """The minimum is rounded up to the 0.1 MB it prints: a budget 1 byte short never reads as
+    "13.0 MB is below the minimum 13.0 MB", and the printed number, passed back, fits."""
+    from mote_edge.runtime.budget import parse_bytes
+
+    with MoteFile(mote) as f:
+        minimum = minimum_plan_file(f, 512).total_bytes
+        with pytest.raises(BudgetError) as e:
+            fit_file_budget(f, 512, minimum - 1)
+        printed = str(e.value).split("below the minimum ")[1].split(" for ")[0]  # "13.1 MB"
+        assert printed != str(e.value).split("memory budget ")[1].split(" is below")[0]
+        assert fit_file_budget(f, 512, parse_bytes(printed.replace(" ", ""))).total_bytes <= parse_bytes(printed.replace(" ", ""))
+
+
 def test_budget_between_the_text_and_image_minimums(mote):
     with MoteFile(mote) as f:
         text_min = minimum_plan_file(f, 512, vision=False).total_bytes
