@@ -32,15 +32,9 @@ def runtime_decode(mote: Path, tokens: int, budget: int | None, threads: int, la
     from mote_edge.runtime.engine import Engine
 
     with Engine.load(mote, memory_budget=budget, threads=threads, max_context=1024, expert_layout=layout) as engine:
-        times = []
-        t = time.perf_counter()
-        for _ in engine.generate_ids(PROMPT, max_new_tokens=tokens + 1, ignore_eos=True):
-            now = time.perf_counter()
-            times.append(now - t)
-            t = now
+        tok_s, _ = decode_steps_per_s(engine, tokens)
         r = engine.report()
-    decode = times[2:]  # times[0] = prefill, times[1] = first decode step (warm-up)
-    return {"tok_s": len(decode) / sum(decode), "layout": r["experts"]["layout"], "slabs": r["experts"]["slabs"], "total_experts": r["experts"]["total"],
+    return {"tok_s": tok_s, "layout": r["experts"]["layout"], "slabs": r["experts"]["slabs"], "total_experts": r["experts"]["total"],
             "hit_rate": r["experts"]["hit_rate"], "stall_ms": r["experts"]["stall_ms"],
             "peak_over_baseline": r["memory"]["peak_over_baseline"], "plan_bytes": r["plan"]["total_bytes"],
             "ttft_ms": r["timing"]["ttft_ms"], "prefill_tok_s": r["timing"]["prefill_tok_s"]}
@@ -70,7 +64,7 @@ def decode_steps_per_s(engine, tokens: int) -> tuple[float, int]:
         now = time.perf_counter()
         times.append(now - t)
         t = now
-    decode = times[2:]
+    decode = times[2:]  # times[0] = prefill, times[1] = first decode step (warm-up)
     return len(decode) / sum(decode), engine.tokens.prompt_tokens
 
 
