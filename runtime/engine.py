@@ -81,14 +81,13 @@ def _fit_with_prefetch(f: MoteFile, context: int, budget: int | None, layout: st
         return fit_file_budget(f, context, budget, layout, vision, kv_bits,
                                loader_slabs(f.config, PREFETCH_DEPTH[prefetch])), prefetch
     if loader == "thread" and budget is not None:
-        for mode in ("lookahead2",):
-            try:
-                plan = fit_file_budget(f, context, budget, layout, vision, kv_bits,
-                                       loader_slabs(f.config, PREFETCH_DEPTH[mode]))
-            except BudgetError:
-                continue
+        try:
+            plan = fit_file_budget(f, context, budget, layout, vision, kv_bits,
+                                   loader_slabs(f.config, PREFETCH_DEPTH["lookahead2"]))
             if plan.loader_slabs:  # else every expert fits: nothing to prefetch
-                return plan, mode
+                return plan, "lookahead2"
+        except BudgetError:  # its buffers do not fit beside the minimum cache
+            pass
     return fit_file_budget(f, context, budget, layout, vision, kv_bits), "none"
 
 
