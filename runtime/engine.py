@@ -196,13 +196,11 @@ class Engine:
 
     def _prompt_embeddings(self, prompt: str, image, system: str | None = None, raw: bool = False) -> np.ndarray:
         """[T', H]: the chat-templated prompt with the image's patch embeddings at the placeholder."""
-        ids = np.array(self.encode(prompt, image is not None, system, raw))
+        ids = list(self.encode(prompt, image is not None, system, raw))
         if image is None:
-            return self._embed_pieces([ids])
+            return self._position_embeddings(ids, [], 0, start=0)
         self._check_vision("drop --image")
-        features = self._encode_image(image, self._patches_per_image())
-        at = int(np.nonzero(ids == IMAGE_TOKEN_INDEX)[0][0])
-        return self._embed_pieces([ids[:at], features, ids[at + 1:]])
+        return self._position_embeddings(ids, [image], self._patches_per_image(), start=0)
 
     def _embed_pieces(self, pieces: list[np.ndarray]) -> np.ndarray:
         """[sum of lengths, H]: token-id runs [n] embedded and image features [P, H] copied, in order,
