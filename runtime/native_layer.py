@@ -1,10 +1,12 @@
-"""The decode step's layer in C (native/layer.c): the argument tuples `mote_edge._native.attn_step` and
-`ffn_step` take, built once per layer from the decoder's weights, with their dtypes checked here (the C
-side checks every byte size and contiguity).
+"""The decoder layer in C (native/layer.c) for a decode step and a prefill chunk: the argument tuples
+`mote_edge._native.attn_step` / `attn_chunk` and `ffn_step` / `ffn_chunk` take, built once per layer from
+the decoder's weights, with their dtypes checked here (the C side checks every byte size and contiguity).
 
     step = AttentionStep(attn, ln_in, ln_post, eps, rope, kv, layer, threads)
     step(x, pos, h)                        x [H] += attention half at `pos`; h [H] = rmsnorm(x, ln_post)
+    step.chunk(x, start, h)                x [T, H], h [T, H]: positions start .. start + T - 1, causal
     ffn_step(h, y, coef, gate_up, down)    y [H] += coef * down(silu(gate h) * up h)   (specs: Linear.native_spec)
+    ffn_chunk(h, y, coef, gate_up, down)   h, y [T, H], coef [T]: the same per row
 
 Selected by `MOTE_DECODER` (`native`, the default, or `numpy`: the numpy layer, the scalar reference).
 """
@@ -69,7 +71,16 @@ class AttentionStep:
     def __call__(self, x: np.ndarray, pos: int, h: np.ndarray) -> None:
         _native.attn_step(x, pos, h, self.args, self.threads)
 
+    def chunk(self, x: np.ndarray, start: int, h: np.ndarray) -> None:
+        """x [T, H] += the attention half at positions start .. start + T - 1; h [T, H] = rmsnorm(x, ln_post)."""
+        _native.attn_chunk(x, x.shape[0], start, h, self.args, self.threads)
+
 
 def ffn_step(h: np.ndarray, y: np.ndarray, coef: float, gate_up: tuple, down: tuple, threads: int) -> None:
     """y += coef * down(silu(gate h) * up h); gate_up: one fused spec or (gate, up)."""
     _native.ffn_step(h, y, coef, gate_up, down, threads)
+
+
+def ffn_chunk(h: np.ndarray, y: np.ndarray, coef: np.ndarray, gate_up: tuple, down: tuple, threads: int) -> None:
+    """y [T, H] += coef[t] * down(silu(gate h_t) * up h_t) for the rows of h [T, H]; coef float32 [T]."""
+    _native.ffn_chunk(h, h.shape[0], y, coef, gate_up, down, threads)
