@@ -120,6 +120,37 @@ void mote_exp_shift_scalar(float *x, float m, int n) {
     for (int i = 0; i < n; i++) x[i] = exp_scalar(x[i] - m);
 }
 
+/* ---- attention's inner loops ----
+ * scores_kt: out[8 b + j] = sum_d q[d] kt[b][d][j] for nb transposed key blocks kt [nb, D, 8] (8 positions
+ *            each), every lane summed in d order (prefill: one query against 8 keys, no horizontal sum);
+ * pv:        o[d] = sum_s p[s] v[s][d] over S rows v [S, D] in s order, from 0; v float32, or int8 with
+ *            p[s] times the row's scale vs[s] (the softmax-weighted sum of values). */
+void mote_scores_kt_scalar(const float *q, const float *kt, int D, int nb, float *out) {
+    for (int b = 0; b < nb; b++) {
+        const float *blk = kt + (int64_t)b * D * LANES;
+        float acc[LANES] = {0};
+        for (int d = 0; d < D; d++)
+            for (int j = 0; j < LANES; j++) acc[j] += q[d] * blk[(int64_t)d * LANES + j];
+        memcpy(out + (int64_t)b * LANES, acc, sizeof acc);
+    }
+}
+
+void mote_pv_f32_scalar(float *o, const float *p, const float *v, int S, int D) {
+    for (int d = 0; d < D; d++) {
+        float acc = 0.0f;
+        for (int s = 0; s < S; s++) acc += p[s] * v[(int64_t)s * D + d];
+        o[d] = acc;
+    }
+}
+
+void mote_pv_i8_scalar(float *o, const float *p, const float *vs, const int8_t *v, int S, int D) {
+    for (int d = 0; d < D; d++) {
+        float acc = 0.0f;
+        for (int s = 0; s < S; s++) acc += p[s] * vs[s] * (float)v[(int64_t)s * D + d];
+        o[d] = acc;
+    }
+}
+
 #if defined(__x86_64__)
 __attribute__((target("avx2"))) static inline __m256 exp_avx2(__m256 x) {
     x = _mm256_min_ps(x, _mm256_set1_ps(EXP_HI));
@@ -155,14 +186,104 @@ __attribute__((target("avx2"))) static void exp_shift_avx2(float *x, float m, in
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(m))));
     mote_exp_shift_scalar(x + i, m, n - i);
 }
+
+/* 4 blocks at a time: 4 independent sums (one chain would wait on the add latency) */
+__attribute__((target("avx2"))) static void scores_kt_avx2(const float *q, const float *kt, int D, int nb, float *out) {
+    const int64_t bs = (int64_t)D * LANES;   /* floats per block */
+    int b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        const float *k0 = kt + b * bs;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int d = 0; d < D; d++) {
+            const __m256 qd = _mm256_set1_ps(q[d]);
+            const float *k = k0 + (int64_t)d * LANES;
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(qd, _mm256_loadu_ps(k)));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(qd, _mm256_loadu_ps(k + bs)));
+            a2 = _mm256_add_ps(a2, _mm256_mul_ps(qd, _mm256_loadu_ps(k + 2 * bs)));
+            a3 = _mm256_add_ps(a3, _mm256_mul_ps(qd, _mm256_loadu_ps(k + 3 * bs)));
+        }
+        float *o = out + (int64_t)b * LANES;
+        _mm256_storeu_ps(o, a0), _mm256_storeu_ps(o + 8, a1), _mm256_storeu_ps(o + 16, a2), _mm256_storeu_ps(o + 24, a3);
+    }
+    for (; b < nb; b++) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int d = 0; d < D; d++)
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(q[d]), _mm256_loadu_ps(kt + b * bs + (int64_t)d * LANES)));
+        _mm256_storeu_ps(out + (int64_t)b * LANES, acc);
+    }
+}
+
+/* 32 columns of o in registers per pass over the S rows */
+__attribute__((target("avx2"))) static void pv_f32_avx2(float *o, const float *p, const float *v, int S, int D) {
+    int d = 0;
+    for (; d + 32 <= D; d += 32) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int s = 0; s < S; s++) {
+            const __m256 ps = _mm256_set1_ps(p[s]);
+            const float *r = v + (int64_t)s * D + d;
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(ps, _mm256_loadu_ps(r)));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(ps, _mm256_loadu_ps(r + 8)));
+            a2 = _mm256_add_ps(a2, _mm256_mul_ps(ps, _mm256_loadu_ps(r + 16)));
+            a3 = _mm256_add_ps(a3, _mm256_mul_ps(ps, _mm256_loadu_ps(r + 24)));
+        }
+        _mm256_storeu_ps(o + d, a0), _mm256_storeu_ps(o + d + 8, a1), _mm256_storeu_ps(o + d + 16, a2);
+        _mm256_storeu_ps(o + d + 24, a3);
+    }
+    for (; d + 8 <= D; d += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int s = 0; s < S; s++)
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(p[s]), _mm256_loadu_ps(v + (int64_t)s * D + d)));
+        _mm256_storeu_ps(o + d, acc);
+    }
+    for (; d < D; d++) {
+        float acc = 0.0f;
+        for (int s = 0; s < S; s++) acc += p[s] * v[(int64_t)s * D + d];
+        o[d] = acc;
+    }
+}
+
+static inline __attribute__((target("avx2"))) __m256 i8_to_f32(const int8_t *v) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)v)));
+}
+
+__attribute__((target("avx2"))) static void pv_i8_avx2(float *o, const float *p, const float *vs, const int8_t *v, int S,
+                                                       int D) {
+    int d = 0;
+    for (; d + 32 <= D; d += 32) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int s = 0; s < S; s++) {
+            const __m256 ps = _mm256_set1_ps(p[s] * vs[s]);
+            const int8_t *r = v + (int64_t)s * D + d;
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(ps, i8_to_f32(r)));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(ps, i8_to_f32(r + 8)));
+            a2 = _mm256_add_ps(a2, _mm256_mul_ps(ps, i8_to_f32(r + 16)));
+            a3 = _mm256_add_ps(a3, _mm256_mul_ps(ps, i8_to_f32(r + 24)));
+        }
+        _mm256_storeu_ps(o + d, a0), _mm256_storeu_ps(o + d + 8, a1), _mm256_storeu_ps(o + d + 16, a2);
+        _mm256_storeu_ps(o + d + 24, a3);
+    }
+    for (; d + 8 <= D; d += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int s = 0; s < S; s++)
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(p[s] * vs[s]), i8_to_f32(v + (int64_t)s * D + d)));
+        _mm256_storeu_ps(o + d, acc);
+    }
+    for (; d < D; d++) {
+        float acc = 0.0f;
+        for (int s = 0; s < S; s++) acc += p[s] * vs[s] * (float)v[(int64_t)s * D + d];
+        o[d] = acc;
+    }
+}
 #endif
 
 mote_dot_fns mote_dot_for(mote_path p) {
 #if defined(__x86_64__)
     if (p == MOTE_PATH_AVX2 || p == MOTE_PATH_AVX512)
-        return (mote_dot_fns){dot_f32_avx2, dot_f32_i8_avx2, silu_mul_avx2, exp_shift_avx2};
+        return (mote_dot_fns){dot_f32_avx2, dot_f32_i8_avx2, silu_mul_avx2, exp_shift_avx2, scores_kt_avx2,
+                              pv_f32_avx2, pv_i8_avx2};
 #endif
-    return (mote_dot_fns){mote_dot_f32_scalar, mote_dot_f32_i8_scalar, mote_silu_mul_scalar, mote_exp_shift_scalar};
+    return (mote_dot_fns){mote_dot_f32_scalar, mote_dot_f32_i8_scalar, mote_silu_mul_scalar, mote_exp_shift_scalar,
+                          mote_scores_kt_scalar, mote_pv_f32_scalar, mote_pv_i8_scalar};
 }
 
 #define dot_f32 mote_dot_f32_scalar   /* norms and the f32 GEMV: the portable loop */
@@ -257,13 +378,33 @@ typedef struct {
     const float *qkv;  /* [T, nH D + 2 nKV D]: q of token t at row t */
     float *att;        /* [T, nH, D] */
     float *scores;     /* [threads, group, start + T]: one block per thread */
-    int T, start;
+    const float *kt;   /* T > 1: [nKV, nblk, D, 8] keys in transposed blocks of 8 positions (keys_t); else NULL */
+    int T, start, nblk;
     mote_dot_fns dot;
 } attn_job;
 
+/* Prefill: every position's key of every kv head, transposed in blocks of 8 positions (zero past
+ * start + T): kt[g][b][d][j] = K[g][8 b + j][d] as float (int8 values unscaled: the scale multiplies the sum) */
+static void keys_t(const mote_attn_layer *L, int S, int nblk, float *kt) {
+    const int D = L->D;
+    for (int g = 0; g < L->n_kv; g++) {
+        for (int b = 0; b < nblk; b++) {
+            float *blk = kt + ((int64_t)g * nblk + b) * D * LANES;
+            for (int j = 0; j < LANES; j++) {
+                const int s = b * LANES + j;
+                const int64_t at = ((int64_t)g * L->context + s) * D;
+                for (int d = 0; d < D; d++)
+                    blk[(int64_t)d * LANES + j] = s >= S ? 0.0f : L->kv_bits == 32 ? ((const float *)L->kv)[at + d]
+                                                                                    : (float)((const int8_t *)L->kv)[at + d];
+            }
+        }
+    }
+}
+
 /* Work items (kv head g, query t), g major, split evenly over the threads: item g T + t runs the group of
  * query heads of kv head g (GQA) for token t over its S = start + t + 1 causal positions, reading every
- * cached K and V row once for the group. Per head h: att_h = softmax(q_h K^T / sqrt(D)) V. */
+ * cached K and V row once for the group. Per head h: att_h = softmax(q_h K^T / sqrt(D)) V. Scores: one
+ * dot per position (decode), or 8 positions at a time from the transposed blocks (prefill). */
 static void attn_task(void *ctx, int i, int n) {
     const attn_job *j = (const attn_job *)ctx;
     const mote_attn_layer *L = j->L;
@@ -277,16 +418,25 @@ static void attn_task(void *ctx, int i, int n) {
         const int64_t row0 = (int64_t)g * L->context;                    /* position 0 of kv head g */
         const float *q = j->qkv + (int64_t)t * width + (int64_t)g * group * D;   /* the group's heads [group, D] */
         float *out = j->att + ((int64_t)t * L->n_heads + (int64_t)g * group) * D;
-        for (int s = 0; s < S; s++) {                                        /* scores [group, S] */
+        if (j->kt) {                                                         /* scores [group, S], 8 at a time */
+            const int nb = (S + LANES - 1) / LANES;
             for (int h = 0; h < group; h++) {
-                float dot;
-                if (L->kv_bits == 32) {
-                    dot = j->dot.f32(q + (int64_t)h * D, (const float *)L->kv + (row0 + s) * D, D);
-                } else {
-                    dot = j->dot.f32_i8(q + (int64_t)h * D, (const int8_t *)L->kv + (row0 + s) * D, D) *
-                          L->kv_scales[row0 + s];
+                float *p = sc + (int64_t)h * S;                                 /* (writes up to 7 past S: slack) */
+                j->dot.scores_kt(q + (int64_t)h * D, j->kt + (int64_t)g * j->nblk * D * LANES, D, nb, p);
+                for (int s = 0; s < S; s++) p[s] = (L->kv_bits == 32 ? p[s] : p[s] * L->kv_scales[row0 + s]) * scale;
+            }
+        } else {                                                             /* scores [group, S] */
+            for (int s = 0; s < S; s++) {
+                for (int h = 0; h < group; h++) {
+                    float dot;
+                    if (L->kv_bits == 32) {
+                        dot = j->dot.f32(q + (int64_t)h * D, (const float *)L->kv + (row0 + s) * D, D);
+                    } else {
+                        dot = j->dot.f32_i8(q + (int64_t)h * D, (const int8_t *)L->kv + (row0 + s) * D, D) *
+                              L->kv_scales[row0 + s];
+                    }
+                    sc[(int64_t)h * S + s] = dot * scale;
                 }
-                sc[(int64_t)h * S + s] = dot * scale;
             }
         }
         for (int h = 0; h < group; h++) {                                    /* softmax per head */
@@ -296,24 +446,13 @@ static void attn_task(void *ctx, int i, int n) {
             for (int s = 0; s < S; s++) sum += p[s];
             for (int s = 0; s < S; s++) p[s] = p[s] / sum;
         }
-        for (int d = 0; d < group * D; d++) out[d] = 0.0f;
-        for (int s = 0; s < S; s++) {                                        /* out [group, D] = p V */
-            if (L->kv_bits == 32) {
-                const float *v = (const float *)L->kv + (plane + row0 + s) * D;
-                for (int h = 0; h < group; h++) {
-                    const float p = sc[(int64_t)h * S + s];
-                    float *o = out + (int64_t)h * D;
-                    for (int d = 0; d < D; d++) o[d] += p * v[d];
-                }
-            } else {
-                const int8_t *v = (const int8_t *)L->kv + (plane + row0 + s) * D;
-                const float vs = L->kv_scales[plane + row0 + s];
-                for (int h = 0; h < group; h++) {
-                    const float p = sc[(int64_t)h * S + s] * vs;
-                    float *o = out + (int64_t)h * D;
-                    for (int d = 0; d < D; d++) o[d] += p * (float)v[d];
-                }
-            }
+        for (int h = 0; h < group; h++) {                                    /* out [group, D] = p V */
+            const float *p = sc + (int64_t)h * S;
+            if (L->kv_bits == 32)
+                j->dot.pv_f32(out + (int64_t)h * D, p, (const float *)L->kv + (plane + row0) * D, S, D);
+            else
+                j->dot.pv_i8(out + (int64_t)h * D, p, L->kv_scales + plane + row0, (const int8_t *)L->kv + (plane + row0) * D,
+                             S, D);
         }
     }
 }
@@ -348,12 +487,12 @@ int mote_attn_chunk(const mote_attn_layer *L, float *x, int T, int start, float 
     const int64_t items = (int64_t)L->n_kv * T;
     const int nth = threads < 1 ? 1 : threads > items ? (int)items : threads;
     const size_t split = L->nqkv == 1 ? 0 : (size_t)T * nq;              /* unfused: q, k, v before interleaving */
-    const size_t n_floats = (size_t)T * width + (size_t)T * nq + (size_t)nth * group * ((size_t)start + T) +
+    const size_t n_floats = (size_t)T * width + (size_t)T * nq + (size_t)nth * group * ((size_t)start + T) + LANES +
                             (size_t)T * H + split;
     float *buf = malloc(sizeof(float) * n_floats);
     if (!buf) return -1;
     float *qkv = buf, *att = qkv + (size_t)T * width;                     /* [T, width], [T, nq] */
-    float *scores = att + (size_t)T * nq, *o = scores + (size_t)nth * group * ((size_t)start + T);   /* o [T, H] */
+    float *scores = att + (size_t)T * nq, *o = scores + (size_t)nth * group * ((size_t)start + T) + LANES;   /* o [T, H] */
     float *part = o + (size_t)T * H;                                       /* [T, nq] (unfused only) */
     int rc = 0;
 
@@ -371,8 +510,16 @@ int mote_attn_chunk(const mote_attn_layer *L, float *x, int T, int start, float 
     }
     for (int t = 0; t < T; t++) place_token(L, qkv + (int64_t)t * width, start + t);
 
-    attn_job job = {L, qkv, att, scores, T, start, mote_dot_for(mote_get_path())};   /* att = softmax(q K^T) V */
+    const int nblk = T > 1 ? (start + T + LANES - 1) / LANES : 0;         /* prefill: keys transposed once */
+    float *kt = nblk ? malloc(sizeof(float) * (size_t)L->n_kv * nblk * D * LANES) : NULL;
+    if (nblk && !kt) {
+        free(buf);
+        return -1;
+    }
+    if (kt) keys_t(L, start + T, nblk, kt);
+    attn_job job = {L, qkv, att, scores, kt, T, start, nblk, mote_dot_for(mote_get_path())};   /* att = softmax(q K^T) V */
     mote_parallel(nth, attn_task, &job);
+    free(kt);
 
     rc |= mote_linear_matmul(&L->o, att, T, o, threads);                   /* x += att W_o^T  [T, H] */
     for (int64_t i = 0; i < (int64_t)T * H; i++) x[i] += o[i];
@@ -392,21 +539,14 @@ static int is_ternary(const mote_linear *L) { return L->kind == MOTE_LIN_TERN ||
 int mote_ffn_chunk(const mote_linear *gate_up, int ngu, const mote_linear *down, const float *h, int T,
                    const float *coef, float *y, int threads) {
     const int I = down->K, H = down->N, K = gate_up[0].K;
-    const int split = ngu == 1 && T > 1;                                   /* a fused [T, 2 I] to split */
-    float *buf = malloc(sizeof(float) * ((split ? 4 : 2) * (size_t)T * I + (size_t)T * H));
+    const int fused = ngu == 1;                                            /* [T, 2 I]: row t = [gate_t | up_t] */
+    float *buf = malloc(sizeof(float) * (2 * (size_t)T * I + (size_t)T * H));
     int8_t *xq = NULL;
     if (!buf) return -1;
-    float *gate = buf, *up = gate + (size_t)T * I, *d = up + (size_t)T * I;   /* [T, I], [T, I], [T, H] */
+    float *gate = buf, *up = gate + (size_t)T * I, *d = up + (size_t)T * I;   /* [T, I], [T, I] unless fused; [T, H] */
     int rc = 0;
-    if (ngu == 1 && !split) {                                              /* [gate | up] = W h    [2 I] */
-        rc |= mote_linear_matmul(&gate_up[0], h, 1, gate, threads);
-    } else if (ngu == 1) {                                                 /* [gate | up] = h W^T  [T, 2 I] */
-        float *fused = d + (size_t)T * H;
-        rc |= mote_linear_matmul(&gate_up[0], h, T, fused, threads);
-        for (int t = 0; t < T; t++) {
-            memcpy(gate + (int64_t)t * I, fused + (int64_t)t * 2 * I, sizeof(float) * (size_t)I);
-            memcpy(up + (int64_t)t * I, fused + (int64_t)t * 2 * I + I, sizeof(float) * (size_t)I);
-        }
+    if (fused) {                                                           /* [gate | up] = h W^T  [T, 2 I] */
+        rc |= mote_linear_matmul(&gate_up[0], h, T, gate, threads);
     } else if (is_ternary(&gate_up[0]) && is_ternary(&gate_up[1])) {       /* h quantized once per row */
         float *s = malloc(sizeof(float) * (size_t)T);
         xq = malloc((size_t)T * K + 64);
@@ -429,7 +569,12 @@ int mote_ffn_chunk(const mote_linear *gate_up, int ngu, const mote_linear *down,
         rc |= mote_linear_matmul(&gate_up[1], h, T, up, threads);
     }
     const mote_dot_fns fn = mote_dot_for(mote_get_path());
-    for (int t = 0; t < T; t++) fn.silu_mul(gate + (int64_t)t * I, up + (int64_t)t * I, I);   /* silu(gate) up [T, I] */
+    for (int t = 0; t < T; t++) {                                          /* gate = silu(gate) up  [T, I] */
+        float *g = gate + (int64_t)t * I;
+        const float *u = fused ? gate + (int64_t)t * 2 * I + I : up + (int64_t)t * I;
+        if (fused && t) memmove(g, gate + (int64_t)t * 2 * I, sizeof(float) * (size_t)I);   /* rows < t are consumed */
+        fn.silu_mul(g, u, I);
+    }
     rc |= mote_linear_matmul(down, gate, T, d, threads);                   /* d = . W_down^T   [T, H] */
     for (int t = 0; t < T; t++)                                            /* y += coef d      */
         for (int i = 0; i < H; i++) y[(int64_t)t * H + i] += d[(int64_t)t * H + i] * coef[t];

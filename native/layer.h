@@ -6,8 +6,8 @@
  *                    first, then causal attention over positions 0 .. start + t for token t
  *   mote_ffn_chunk:  y += coef * down(silu(gate(h)) * up(h))   (a dense / shared FFN or one routed expert)
  *
- * Every output row of a chunk is the same computation as a decode step on that row (the matmuls compute
- * rows independently), so a chunk equals T steps bit for bit when its K / V are in the cache.
+ * A chunk's attention scores come 8 positions at a time from keys transposed once per call (a different
+ * summation order than the step's per-position dot), so a chunk and T steps agree within rounding.
  *
  * The matmuls are the dispatched kernels of ternary.c / intn.c (or an f32 GEMV for the --bits 16 / f32
  * schemes); the rest (norms, RoPE, attention, SwiGLU) is portable C. Every size below is checked by the
@@ -45,17 +45,25 @@ void mote_gemv_f32(const float *W, const float *x, int N, int K, float *y, int t
 /* The layer's vector helpers; the AVX2 versions (x86-64 avx2 / avx512 paths) are bit-identical to the
  * scalar ones. f32 / f32_i8: sum_k a[k] b[k] in 8 partial sums (lane j: k = j, j + 8, ...), then the
  * lanes in order. silu_mul: g[i] = g[i] / (1 + exp(-g[i])) * u[i]. exp_shift: x[i] = exp(x[i] - m).
- * exp is Cephes' expf polynomial (layer.c), within ~1 ulp of expf on [-88.37, 88.37]. */
+ * exp is Cephes' expf polynomial (layer.c), within ~1 ulp of expf on [-88.37, 88.37].
+ * scores_kt: out[8 b + j] = sum_d q[d] kt[(b D + d) 8 + j] for nb blocks of 8 keys, each in d order.
+ * pv_f32 / pv_i8: o[d] = sum_s p[s] (vs[s]) v[s D + d], in s order from 0. */
 typedef struct {
     float (*f32)(const float *a, const float *b, int n);
     float (*f32_i8)(const float *a, const int8_t *b, int n);
     void (*silu_mul)(float *g, const float *u, int n);
     void (*exp_shift)(float *x, float m, int n);
+    void (*scores_kt)(const float *q, const float *kt, int D, int nb, float *out);
+    void (*pv_f32)(float *o, const float *p, const float *v, int S, int D);
+    void (*pv_i8)(float *o, const float *p, const float *vs, const int8_t *v, int S, int D);
 } mote_dot_fns;
 float mote_dot_f32_scalar(const float *a, const float *b, int n);
 float mote_dot_f32_i8_scalar(const float *a, const int8_t *b, int n);
 void mote_silu_mul_scalar(float *g, const float *u, int n);
 void mote_exp_shift_scalar(float *x, float m, int n);
+void mote_scores_kt_scalar(const float *q, const float *kt, int D, int nb, float *out);
+void mote_pv_f32_scalar(float *o, const float *p, const float *v, int S, int D);
+void mote_pv_i8_scalar(float *o, const float *p, const float *vs, const int8_t *v, int S, int D);
 mote_dot_fns mote_dot_for(mote_path p);
 
 /* y[n] = w[n] * (x[n] / sqrt(mean(x^2) + eps)) */
