@@ -300,6 +300,24 @@ static int take_linear(buf_bag *bag, PyObject *spec, int N, int K, mote_linear *
     return -1;
 }
 
+/* gemm_f32(W f32[N, K], x f32[T, K], T, K, N, out f32[T, N], threads): out = x W^T (layer.c's f32 GEMM) */
+static PyObject *py_gemm_f32(PyObject *self, PyObject *args) {
+    Py_buffer b[3] = {{0}};   /* W, x, out */
+    int T, K, N, threads = 1, rc = -2;
+    if (!PyArg_ParseTuple(args, "y*y*iiiw*|i", &b[0], &b[1], &T, &K, &N, &b[2], &threads)) return NULL;
+    if (check_dims(T, K, N, threads) || check_len(&b[0], 4LL * N * K, "W") || check_len(&b[1], 4LL * T * K, "x") ||
+        check_len(&b[2], 4LL * T * N, "out"))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    mote_gemm_f32(b[0].buf, b[1].buf, T, N, K, b[2].buf, threads);
+    Py_END_ALLOW_THREADS
+    rc = 0;
+done:
+    release(b, 3);
+    if (rc != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 /* The attention half for T positions from `start` (x, h: f32 [T, H]); attn_step and attn_chunk */
 static PyObject *attn_call(PyObject *xo, int T, int start, PyObject *ho, PyObject *layer, int threads,
                            const char *start_name) {
@@ -463,6 +481,8 @@ static PyMethodDef native_methods[] = {
      "attn_step(x f32[H], pos, h f32[H], layer tuple, threads): one decode step's attention half (native/layer.c)."},
     {"ffn_step", py_ffn_step, METH_VARARGS,
      "ffn_step(h f32[H], y f32[H], coef, gate_up specs, down spec, threads): y += coef * SwiGLU(h) (native/layer.c)."},
+    {"gemm_f32", py_gemm_f32, METH_VARARGS,
+     "gemm_f32(W f32[N,K], x f32[T,K], T, K, N, out f32[T,N], threads=1): out = x W^T on the kernel thread pool."},
     {"attn_chunk", py_attn_chunk, METH_VARARGS,
      "attn_chunk(x f32[T,H], T, start, h f32[T,H], layer tuple, threads): prefill's attention half, causal (native/layer.c)."},
     {"ffn_chunk", py_ffn_chunk, METH_VARARGS,

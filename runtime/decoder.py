@@ -24,7 +24,7 @@ from mote_edge.config import ModelConfig
 
 from .expert_cache import ExpertCache
 from .kv_cache import KVCache
-from .native_layer import AttentionStep, default_decoder_path, ffn_chunk, ffn_step
+from .native_layer import AttentionStep, default_decoder_path, ffn_chunk, ffn_step, matmul_f32
 from .plan import ATTN_QUERY_CHUNK, PREFILL_CHUNK
 from .weights import Linear, ResidentWeights
 
@@ -159,7 +159,7 @@ class MoE:
 
     def router_top_k(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The router's choice: top_k of softmax(h Wg^T)."""
-        probs = softmax(h @ self.router.T)  # [T, E] float32
+        probs = softmax(matmul_f32(h, self.router))  # [T, E] float32
         if self.top_k == 1:
             idx = probs.argmax(axis=-1)[:, None]
             return idx, probs[np.arange(probs.shape[0])[:, None], idx]
@@ -205,7 +205,7 @@ class MoE:
         expert's (each [T, H], computed before the wave's loads)."""
         if self.residual is not None:
             _, cw, cb = self.residual
-            coef = softmax(h @ cw.T + cb)
+            coef = softmax(matmul_f32(h, cw) + cb)
             out = out * coef[:, :1] + mlp_out * coef[:, 1:]
         if shared_out is not None:
             out += shared_out
