@@ -93,8 +93,8 @@ def matmul_f32(x: np.ndarray, w: np.ndarray, threads: int = 1) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     w = np.ascontiguousarray(w, dtype=np.float32)
     T, K = x.shape
-    out = np.empty((T, w.shape[0]), np.float32)
     if w.ndim != 2 or w.shape[1] != K:
         raise ValueError(f"matmul_f32: x is [{T}, {K}], w is {list(w.shape)}")
+    out = np.empty((T, w.shape[0]), np.float32)
     _native.gemm_f32(w, x, T, K, w.shape[0], out, threads)
     return out
