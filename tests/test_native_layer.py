@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
+from mote_edge.quant import kernels
 from mote_edge.runtime.decoder import MoE, SwiGLU, add_expert_rows, expert_specs, rms_norm
-from mote_edge.runtime.native_layer import ffn_step
 from mote_edge.runtime.engine import Engine
+from mote_edge.runtime.native_layer import ffn_step
 
 PROMPT = "What color is the circle?"
 U = 2.0 ** -24  # float32 unit roundoff
@@ -200,10 +201,19 @@ def test_unknown_decoder_path_is_a_one_line_error(tiny_b4_mote):
     assert "MOTE_DECODER must be one of native, numpy" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.fixture(params=["scalar", "auto"])
+def kernel_path(request):
+    """The scalar fallback forced (MOTE_KERNEL_PATH=scalar in-process), or the best path."""
+    kernels.set_kernel_path(request.param)
+    yield request.param
+    kernels.set_kernel_path("auto")
+
+
 @pytest.mark.parametrize("kv_bits", [32, 8])
-def test_prefill_in_chunks_matches_the_numpy_decoder(exported, kv_bits, monkeypatch):
+def test_prefill_in_chunks_matches_the_numpy_decoder(exported, kv_bits, kernel_path, monkeypatch):
     """The prompt in chunks of 7 positions (each chunk attends to the cache of the ones before and causally
-    within itself): the native prefill's last logits agree with the numpy layer's to the runtime's tolerance."""
+    within itself): the native prefill's last logits agree with the numpy layer's to the runtime's tolerance,
+    on the scalar path and the best one."""
     from mote_edge.runtime import decoder
 
     bits, mote = exported
