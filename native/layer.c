@@ -377,7 +377,7 @@ typedef struct {
     const mote_attn_layer *L;
     const float *qkv;  /* [T, nH D + 2 nKV D]: q of token t at row t */
     float *att;        /* [T, nH, D] */
-    float *scores;     /* [threads, group, start + T]: one block per thread */
+    float *scores;     /* [threads, group (start + T) + 8]: one block per thread (8: scores_kt writes past S) */
     const float *kt;   /* T > 1: [nKV, nblk, D, 8] keys in transposed blocks of 8 positions (keys_t); else NULL */
     int T, start, nblk;
     mote_dot_fns dot;
@@ -412,7 +412,7 @@ static void attn_task(void *ctx, int i, int n) {
     const int64_t items = (int64_t)L->n_kv * T, it0 = items * i / n, it1 = items * (i + 1) / n;
     const float scale = (float)(1.0 / sqrt((double)D));
     const int64_t plane = (int64_t)L->n_kv * L->context;   /* positions per k or v plane */
-    float *sc = j->scores + (int64_t)i * group * (j->start + T);
+    float *sc = j->scores + (int64_t)i * (group * (j->start + T) + LANES);   /* this thread's block */
     for (int64_t it = it0; it < it1; it++) {
         const int g = (int)(it / T), t = (int)(it % T), S = j->start + t + 1;
         const int64_t row0 = (int64_t)g * L->context;                    /* position 0 of kv head g */
@@ -487,12 +487,13 @@ int mote_attn_chunk(const mote_attn_layer *L, float *x, int T, int start, float 
     const int64_t items = (int64_t)L->n_kv * T;
     const int nth = threads < 1 ? 1 : threads > items ? (int)items : threads;
     const size_t split = L->nqkv == 1 ? 0 : (size_t)T * nq;              /* unfused: q, k, v before interleaving */
-    const size_t n_floats = (size_t)T * width + (size_t)T * nq + (size_t)nth * group * ((size_t)start + T) + LANES +
+    const size_t per_thread = (size_t)group * ((size_t)start + T) + LANES;   /* scores + scores_kt's overrun */
+    const size_t n_floats = (size_t)T * width + (size_t)T * nq + (size_t)nth * per_thread +
                             (size_t)T * H + split;
     float *buf = malloc(sizeof(float) * n_floats);
     if (!buf) return -1;
     float *qkv = buf, *att = qkv + (size_t)T * width;                     /* [T, width], [T, nq] */
-    float *scores = att + (size_t)T * nq, *o = scores + (size_t)nth * group * ((size_t)start + T) + LANES;   /* o [T, H] */
+    float *scores = att + (size_t)T * nq, *o = scores + (size_t)nth * per_thread;   /* o [T, H] */
     float *part = o + (size_t)T * H;                                       /* [T, nq] (unfused only) */
     int rc = 0;
 
