@@ -6,7 +6,8 @@ cost of a memory budget that holds half the experts.
 
 First, the decoder layer paths side by side (runtime/decoder.py: the numpy layer, MOTE_DECODER=numpy,
 against the native one, native/layer.c) at 1 and 2 threads: for each thread count one Engine, every
-expert cached, decode runs alternating between the two paths (--rounds each, the median reported), the
+expert cached, decode and prefill runs alternating between the two paths (--rounds each, the median
+reported; prefill: --prefill positions of the repeated text prompt, timed through Decoder.forward), the
 bytes each decode step reads (resident weights + the routed experts it uses + the KV cache; MB / token),
 effective GB/s = MB/token x tok/s, and the share of a DRAM read probe measured in the same process
 (a C streaming read over 1 GiB on huge pages, where the runtime keeps its weights).
@@ -68,7 +69,23 @@ def decode_steps_per_s(engine, tokens: int) -> tuple[float, int]:
     return len(decode) / sum(decode), engine.tokens.prompt_tokens
 
 
-def layer_paths(mote: Path, tokens: int, threads: int, rounds: int, budget: int | None = None) -> dict:
+def prefill_tok_s(engine, positions: int) -> float:
+    """Positions per second of one prefill of `positions` prompt positions (PROMPT's ids repeated) from an
+    empty cache, through Decoder.forward (the prompt's embeddings looked up before the clock starts)."""
+    import numpy as np
+
+    ids = engine.encode(PROMPT, False, raw=True)
+    x = engine.decoder.embed(np.resize(np.asarray(ids), positions))
+    engine.decoder.reset()
+    t0 = time.perf_counter()
+    engine.decoder.forward(x)
+    elapsed = time.perf_counter() - t0
+    engine.decoder.reset()
+    return positions / elapsed
+
+
+def layer_paths(mote: Path, tokens: int, threads: int, rounds: int, budget: int | None = None,
+                prefill: int = 236) -> dict:
     """The numpy and the native decoder layer in one Engine, alternating, and the same-run DRAM probe.
     `budget`: the Engine's memory budget (None: every expert cached)."""
     import numpy as np
@@ -83,11 +100,13 @@ def layer_paths(mote: Path, tokens: int, threads: int, rounds: int, budget: int 
     dram = []
     with Engine.load(mote, memory_budget=budget, threads=threads, max_context=1024, vision=budget is None) as engine:
         speeds = {"numpy": [], "native": []}
+        prefills = {"numpy": [], "native": []}
         for _ in range(rounds):
             for path in speeds:
                 engine.decoder.native = path == "native"
                 tok_s, prompt = decode_steps_per_s(engine, tokens)
                 speeds[path].append(tok_s)
+                prefills[path].append(prefill_tok_s(engine, prefill))
             t0 = time.perf_counter()
             _native.read_sum(probe, threads)
             dram.append(probe.nbytes / (time.perf_counter() - t0))
@@ -95,24 +114,29 @@ def layer_paths(mote: Path, tokens: int, threads: int, rounds: int, budget: int 
     del probe
     dram_bps = float(np.median(dram))
     out = {"threads": threads, "budget": budget, "dram_GBps": dram_bps / 1e9, "MB_per_token": per_token / 1e6,
-           "rounds": rounds}
+           "rounds": rounds, "prefill_positions": prefill}
     for path, v in speeds.items():
         tok_s = float(np.median(v))
         out[path] = {"tok_s": tok_s, "all_tok_s": v, "GBps": tok_s * per_token / 1e9,
-                     "dram_share": tok_s * per_token / dram_bps}
+                     "dram_share": tok_s * per_token / dram_bps, "prefill_tok_s": float(np.median(prefills[path])),
+                     "all_prefill_tok_s": prefills[path]}
     out["native_vs_numpy"] = out["native"]["tok_s"] / out["numpy"]["tok_s"]
+    out["prefill_native_vs_numpy"] = out["native"]["prefill_tok_s"] / out["numpy"]["prefill_tok_s"]
     return out
 
 
 def print_layer_paths(rows: list[dict]) -> None:
-    print(f"decoder layer paths (MB/token {rows[0]['MB_per_token']:.1f}; medians of {rows[0]['rounds']} alternating runs)")
-    print("  cache         threads | DRAM probe GB/s | numpy tok/s  GB/s  of DRAM | native tok/s  GB/s  of DRAM | native/numpy")
+    print(f"decoder layer paths (MB/token {rows[0]['MB_per_token']:.1f}; medians of {rows[0]['rounds']} alternating runs; "
+          f"prefill of {rows[0]['prefill_positions']} positions)")
+    print("  cache         threads | DRAM probe GB/s | numpy tok/s  GB/s  of DRAM | native tok/s  GB/s  of DRAM | native/numpy"
+          " | prefill tok/s numpy  native  native/numpy")
     for r in rows:
         a, b = r["numpy"], r["native"]
         cache = "every expert" if r["budget"] is None else f"min {r['budget'] / 1e6:,.0f} MB"
         print(f"  {cache:13s} {r['threads']:7d} | {r['dram_GBps']:15.1f} | {a['tok_s']:11.1f} {a['GBps']:5.1f} "
               f"{100 * a['dram_share']:6.1f}% | {b['tok_s']:12.1f} {b['GBps']:5.1f} {100 * b['dram_share']:6.1f}% "
-              f"| {r['native_vs_numpy']:.2f}x")
+              f"| {r['native_vs_numpy']:11.2f}x | {a['prefill_tok_s']:19.0f} {b['prefill_tok_s']:7.0f} "
+              f"{r['prefill_native_vs_numpy']:11.2f}x")
 
 
 def torch_decode(ckpt: Path, tokens: int, threads: int) -> dict:

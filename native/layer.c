@@ -1,16 +1,17 @@
-/* One decode step of a Qwen2 decoder layer, T = 1 (layer.h; docs/KERNELS.md section 6). The same maths as
- * runtime/decoder.py's numpy layer (the reference), in one call per half-layer:
+/* A Qwen2 decoder layer for a chunk of T positions (prefill) or one (a decode step) (layer.h;
+ * docs/KERNELS.md section 6). The same maths as runtime/decoder.py's numpy layer (the reference), in one
+ * call per half-layer:
  *
- *   attention half                                   shapes (H hidden, nH / nKV heads, D head dim, S = pos + 1)
- *     h   = rmsnorm(x, ln_in)                        [H]
- *     qkv = W_qkv h + b                              [nH D + 2 nKV D]   one int-N kernel call when fused
- *     q, k = rope(q, pos), rope(k, pos)              [nH, D], [nKV, D]
+ *   attention half          shapes (H hidden, nH / nKV heads, D head dim, token t at pos = start + t, S = pos + 1)
+ *     h   = rmsnorm(x, ln_in)                        [T, H]
+ *     qkv = h W_qkv^T + b                            [T, nH D + 2 nKV D]   one int-N kernel call when fused
+ *     q, k = rope(q, pos), rope(k, pos)              [T, nH, D], [T, nKV, D]
  *     cache[pos] = k, v                              float32, or int8 with scale = max|.| / 127 per head
- *     att_h = softmax(q_h K^T / sqrt(D)) V           [nH, D]   head h reads kv head h / (nH / nKV)
- *     x  += W_o att                                  [H]
- *     h   = rmsnorm(x, ln_post)                      [H]
+ *     att_h = softmax(q_h K^T / sqrt(D)) V           [T, nH, D]   causal: S positions; head h reads kv head h / (nH / nKV)
+ *     x  += att W_o^T                                [T, H]
+ *     h   = rmsnorm(x, ln_post)                      [T, H]
  *   FFN (dense, shared expert, or one routed expert)
- *     y  += coef * down(silu(gate h) * up h)         [H]   gate / up: [I] each
+ *     y  += coef * down(silu(gate h) * up h)         [T, H]   gate / up: [T, I] each
  *
  * Float steps are the numpy layer's expressions with -ffp-contract=off; sums (norms, attention dots,
  * the f32 GEMV) run in 8 partial sums, a different order than numpy's, so the two agree within the
@@ -119,6 +120,37 @@ void mote_exp_shift_scalar(float *x, float m, int n) {
     for (int i = 0; i < n; i++) x[i] = exp_scalar(x[i] - m);
 }
 
+/* ---- attention's inner loops ----
+ * scores_kt: out[8 b + j] = sum_d q[d] kt[b][d][j] for nb transposed key blocks kt [nb, D, 8] (8 positions
+ *            each), every lane summed in d order (prefill: one query against 8 keys, no horizontal sum);
+ * pv:        o[d] = sum_s p[s] v[s][d] over S rows v [S, D] in s order, from 0; v float32, or int8 with
+ *            p[s] times the row's scale vs[s] (the softmax-weighted sum of values). */
+void mote_scores_kt_scalar(const float *q, const float *kt, int D, int nb, float *out) {
+    for (int b = 0; b < nb; b++) {
+        const float *blk = kt + (int64_t)b * D * LANES;
+        float acc[LANES] = {0};
+        for (int d = 0; d < D; d++)
+            for (int j = 0; j < LANES; j++) acc[j] += q[d] * blk[(int64_t)d * LANES + j];
+        memcpy(out + (int64_t)b * LANES, acc, sizeof acc);
+    }
+}
+
+void mote_pv_f32_scalar(float *o, const float *p, const float *v, int S, int D) {
+    for (int d = 0; d < D; d++) {
+        float acc = 0.0f;
+        for (int s = 0; s < S; s++) acc += p[s] * v[(int64_t)s * D + d];
+        o[d] = acc;
+    }
+}
+
+void mote_pv_i8_scalar(float *o, const float *p, const float *vs, const int8_t *v, int S, int D) {
+    for (int d = 0; d < D; d++) {
+        float acc = 0.0f;
+        for (int s = 0; s < S; s++) acc += p[s] * vs[s] * (float)v[(int64_t)s * D + d];
+        o[d] = acc;
+    }
+}
+
 #if defined(__x86_64__)
 __attribute__((target("avx2"))) static inline __m256 exp_avx2(__m256 x) {
     x = _mm256_min_ps(x, _mm256_set1_ps(EXP_HI));
@@ -154,14 +186,104 @@ __attribute__((target("avx2"))) static void exp_shift_avx2(float *x, float m, in
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), _mm256_set1_ps(m))));
     mote_exp_shift_scalar(x + i, m, n - i);
 }
+
+/* 4 blocks at a time: 4 independent sums (one chain would wait on the add latency) */
+__attribute__((target("avx2"))) static void scores_kt_avx2(const float *q, const float *kt, int D, int nb, float *out) {
+    const int64_t bs = (int64_t)D * LANES;   /* floats per block */
+    int b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        const float *k0 = kt + b * bs;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int d = 0; d < D; d++) {
+            const __m256 qd = _mm256_set1_ps(q[d]);
+            const float *k = k0 + (int64_t)d * LANES;
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(qd, _mm256_loadu_ps(k)));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(qd, _mm256_loadu_ps(k + bs)));
+            a2 = _mm256_add_ps(a2, _mm256_mul_ps(qd, _mm256_loadu_ps(k + 2 * bs)));
+            a3 = _mm256_add_ps(a3, _mm256_mul_ps(qd, _mm256_loadu_ps(k + 3 * bs)));
+        }
+        float *o = out + (int64_t)b * LANES;
+        _mm256_storeu_ps(o, a0), _mm256_storeu_ps(o + 8, a1), _mm256_storeu_ps(o + 16, a2), _mm256_storeu_ps(o + 24, a3);
+    }
+    for (; b < nb; b++) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int d = 0; d < D; d++)
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(q[d]), _mm256_loadu_ps(kt + b * bs + (int64_t)d * LANES)));
+        _mm256_storeu_ps(out + (int64_t)b * LANES, acc);
+    }
+}
+
+/* 32 columns of o in registers per pass over the S rows */
+__attribute__((target("avx2"))) static void pv_f32_avx2(float *o, const float *p, const float *v, int S, int D) {
+    int d = 0;
+    for (; d + 32 <= D; d += 32) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int s = 0; s < S; s++) {
+            const __m256 ps = _mm256_set1_ps(p[s]);
+            const float *r = v + (int64_t)s * D + d;
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(ps, _mm256_loadu_ps(r)));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(ps, _mm256_loadu_ps(r + 8)));
+            a2 = _mm256_add_ps(a2, _mm256_mul_ps(ps, _mm256_loadu_ps(r + 16)));
+            a3 = _mm256_add_ps(a3, _mm256_mul_ps(ps, _mm256_loadu_ps(r + 24)));
+        }
+        _mm256_storeu_ps(o + d, a0), _mm256_storeu_ps(o + d + 8, a1), _mm256_storeu_ps(o + d + 16, a2);
+        _mm256_storeu_ps(o + d + 24, a3);
+    }
+    for (; d + 8 <= D; d += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int s = 0; s < S; s++)
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(p[s]), _mm256_loadu_ps(v + (int64_t)s * D + d)));
+        _mm256_storeu_ps(o + d, acc);
+    }
+    for (; d < D; d++) {
+        float acc = 0.0f;
+        for (int s = 0; s < S; s++) acc += p[s] * v[(int64_t)s * D + d];
+        o[d] = acc;
+    }
+}
+
+static inline __attribute__((target("avx2"))) __m256 i8_to_f32(const int8_t *v) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)v)));
+}
+
+__attribute__((target("avx2"))) static void pv_i8_avx2(float *o, const float *p, const float *vs, const int8_t *v, int S,
+                                                       int D) {
+    int d = 0;
+    for (; d + 32 <= D; d += 32) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int s = 0; s < S; s++) {
+            const __m256 ps = _mm256_set1_ps(p[s] * vs[s]);
+            const int8_t *r = v + (int64_t)s * D + d;
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(ps, i8_to_f32(r)));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(ps, i8_to_f32(r + 8)));
+            a2 = _mm256_add_ps(a2, _mm256_mul_ps(ps, i8_to_f32(r + 16)));
+            a3 = _mm256_add_ps(a3, _mm256_mul_ps(ps, i8_to_f32(r + 24)));
+        }
+        _mm256_storeu_ps(o + d, a0), _mm256_storeu_ps(o + d + 8, a1), _mm256_storeu_ps(o + d + 16, a2);
+        _mm256_storeu_ps(o + d + 24, a3);
+    }
+    for (; d + 8 <= D; d += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int s = 0; s < S; s++)
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(p[s] * vs[s]), i8_to_f32(v + (int64_t)s * D + d)));
+        _mm256_storeu_ps(o + d, acc);
+    }
+    for (; d < D; d++) {
+        float acc = 0.0f;
+        for (int s = 0; s < S; s++) acc += p[s] * vs[s] * (float)v[(int64_t)s * D + d];
+        o[d] = acc;
+    }
+}
 #endif
 
 mote_dot_fns mote_dot_for(mote_path p) {
 #if defined(__x86_64__)
     if (p == MOTE_PATH_AVX2 || p == MOTE_PATH_AVX512)
-        return (mote_dot_fns){dot_f32_avx2, dot_f32_i8_avx2, silu_mul_avx2, exp_shift_avx2};
+        return (mote_dot_fns){dot_f32_avx2, dot_f32_i8_avx2, silu_mul_avx2, exp_shift_avx2, scores_kt_avx2,
+                              pv_f32_avx2, pv_i8_avx2};
 #endif
-    return (mote_dot_fns){mote_dot_f32_scalar, mote_dot_f32_i8_scalar, mote_silu_mul_scalar, mote_exp_shift_scalar};
+    return (mote_dot_fns){mote_dot_f32_scalar, mote_dot_f32_i8_scalar, mote_silu_mul_scalar, mote_exp_shift_scalar,
+                          mote_scores_kt_scalar, mote_pv_f32_scalar, mote_pv_i8_scalar};
 }
 
 #define dot_f32 mote_dot_f32_scalar   /* norms and the f32 GEMV: the portable loop */
@@ -172,40 +294,60 @@ void mote_rms_norm(const float *x, const float *w, int n, float eps, float *y) {
     for (int i = 0; i < n; i++) y[i] = w[i] * (x[i] / r);
 }
 
-/* ---- f32 GEMV, rows over the thread pool ---- */
+/* ---- f32 GEMV / GEMM, rows over the thread pool ----
+ * y[t, r] = dot(W_r, x_t): each output is one dot product in the 8-lane order, whatever T is, so a chunk's
+ * rows equal T separate GEMVs bit for bit. A thread takes a block of rows and runs every token over each
+ * block of F32_ROW_BLOCK rows (~224 KB of W at K = 896: L2), so W streams from DRAM once per chunk. */
+#define F32_ROW_BLOCK 64
+
 typedef struct {
     const float *W, *x;
-    int N, K;
+    int T, N, K;
     float *y;
-} gemv_job;
+} gemm_job;
 
-static void gemv_task(void *ctx, int i, int n) {
-    const gemv_job *j = (const gemv_job *)ctx;
+static void gemm_task(void *ctx, int i, int n) {
+    const gemm_job *j = (const gemm_job *)ctx;
     int n0, n1;
     mote_split_rows(j->N, i, n, 16, &n0, &n1);
-    for (int r = n0; r < n1; r++) j->y[r] = dot_f32(j->W + (int64_t)r * j->K, j->x, j->K);
+    for (int b0 = n0; b0 < n1; b0 += F32_ROW_BLOCK) {
+        const int b1 = b0 + F32_ROW_BLOCK < n1 ? b0 + F32_ROW_BLOCK : n1;
+        for (int t = 0; t < j->T; t++) {
+            const float *x = j->x + (int64_t)t * j->K;
+            float *y = j->y + (int64_t)t * j->N;
+            for (int r = b0; r < b1; r++) y[r] = dot_f32(j->W + (int64_t)r * j->K, x, j->K);
+        }
+    }
+}
+
+void mote_gemm_f32(const float *W, const float *x, int T, int N, int K, float *y, int threads) {
+    gemm_job j = {W, x, T, N, K, y};
+    int nth = threads < 1 ? 1 : threads;
+    if (nth > (N + 15) / 16) nth = (N + 15) / 16;
+    mote_parallel(nth < 1 ? 1 : nth, gemm_task, &j);
 }
 
 void mote_gemv_f32(const float *W, const float *x, int N, int K, float *y, int threads) {
-    gemv_job j = {W, x, N, K, y};
-    int nth = threads < 1 ? 1 : threads;
-    if (nth > (N + 15) / 16) nth = (N + 15) / 16;
-    mote_parallel(nth < 1 ? 1 : nth, gemv_task, &j);
+    mote_gemm_f32(W, x, 1, N, K, y, threads);
+}
+
+int mote_linear_matmul(const mote_linear *L, const float *x, int T, float *y, int threads) {
+    switch (L->kind) {
+        case MOTE_LIN_F32:
+            mote_gemm_f32((const float *)L->w, x, T, L->N, L->K, y, threads);
+            return 0;
+        case MOTE_LIN_INTN:
+            return mote_intn_matmul(L->w, L->scales, L->zeros, L->bits, L->G, x, T, L->K, L->N, y, threads);
+        case MOTE_LIN_TERN:
+            return mote_ternary_matmul(MOTE_TPB_FILE, L->w, L->gamma, x, NULL, NULL, T, L->K, L->N, y, threads);
+        case MOTE_LIN_TERN2:
+            return mote_ternary_matmul(MOTE_TPB_SLAB2, L->w, L->gamma, x, NULL, NULL, T, L->K, L->N, y, threads);
+    }
+    return -1;
 }
 
 int mote_linear_gemv(const mote_linear *L, const float *x, float *y, int threads) {
-    switch (L->kind) {
-        case MOTE_LIN_F32:
-            mote_gemv_f32((const float *)L->w, x, L->N, L->K, y, threads);
-            return 0;
-        case MOTE_LIN_INTN:
-            return mote_intn_matmul(L->w, L->scales, L->zeros, L->bits, L->G, x, 1, L->K, L->N, y, threads);
-        case MOTE_LIN_TERN:
-            return mote_ternary_matmul(MOTE_TPB_FILE, L->w, L->gamma, x, NULL, NULL, 1, L->K, L->N, y, threads);
-        case MOTE_LIN_TERN2:
-            return mote_ternary_matmul(MOTE_TPB_SLAB2, L->w, L->gamma, x, NULL, NULL, 1, L->K, L->N, y, threads);
-    }
-    return -1;
+    return mote_linear_matmul(L, x, 1, y, threads);
 }
 
 /* ---- attention half ---- */
@@ -233,36 +375,68 @@ static void quantize_head(const float *x, int D, int8_t *q, float *scale) {
 
 typedef struct {
     const mote_attn_layer *L;
-    const float *q;    /* [nH, D] */
-    float *att;        /* [nH, D] */
-    float *scores;     /* [nH, S] */
-    int S;
+    const float *qkv;  /* [T, nH D + 2 nKV D]: q of token t at row t */
+    float *att;        /* [T, nH, D] */
+    float *scores;     /* [threads, group (start + T) + 8]: one block per thread (8: scores_kt writes past S) */
+    const float *kt;   /* T > 1: [nKV, nblk, D, 8] keys in transposed blocks of 8 positions (keys_t); else NULL */
+    int T, start, nblk;
     mote_dot_fns dot;
 } attn_job;
 
-/* kv heads [g0, g1) of the split, each with its group of query heads (GQA): every cached K and V row is
- * read once for the whole group. Per head h: att_h = softmax(q_h K^T / sqrt(D)) V over S positions. */
+/* Prefill: every position's key of every kv head, transposed in blocks of 8 positions (zero past
+ * start + T): kt[g][b][d][j] = K[g][8 b + j][d] as float (int8 values unscaled: the scale multiplies the sum) */
+static void keys_t(const mote_attn_layer *L, int S, int nblk, float *kt) {
+    const int D = L->D;
+    for (int g = 0; g < L->n_kv; g++) {
+        for (int b = 0; b < nblk; b++) {
+            float *blk = kt + ((int64_t)g * nblk + b) * D * LANES;
+            for (int j = 0; j < LANES; j++) {
+                const int s = b * LANES + j;
+                const int64_t at = ((int64_t)g * L->context + s) * D;
+                for (int d = 0; d < D; d++)
+                    blk[(int64_t)d * LANES + j] = s >= S ? 0.0f : L->kv_bits == 32 ? ((const float *)L->kv)[at + d]
+                                                                                    : (float)((const int8_t *)L->kv)[at + d];
+            }
+        }
+    }
+}
+
+/* Work items (kv head g, query t), g major, split evenly over the threads: item g T + t runs the group of
+ * query heads of kv head g (GQA) for token t over its S = start + t + 1 causal positions, reading every
+ * cached K and V row once for the group. Per head h: att_h = softmax(q_h K^T / sqrt(D)) V. Scores: one
+ * dot per position (decode), or 8 positions at a time from the transposed blocks (prefill). */
 static void attn_task(void *ctx, int i, int n) {
     const attn_job *j = (const attn_job *)ctx;
     const mote_attn_layer *L = j->L;
-    const int D = L->D, S = j->S, group = L->n_heads / L->n_kv;
-    const int g0 = (int)((int64_t)L->n_kv * i / n), g1 = (int)((int64_t)L->n_kv * (i + 1) / n);
+    const int D = L->D, group = L->n_heads / L->n_kv, T = j->T, width = (L->n_heads + 2 * L->n_kv) * D;
+    const int64_t items = (int64_t)L->n_kv * T, it0 = items * i / n, it1 = items * (i + 1) / n;
     const float scale = (float)(1.0 / sqrt((double)D));
     const int64_t plane = (int64_t)L->n_kv * L->context;   /* positions per k or v plane */
-    for (int g = g0; g < g1; g++) {
-        const int64_t row0 = (int64_t)g * L->context;     /* position 0 of this kv head in a plane */
-        const float *q = j->q + (int64_t)g * group * D;   /* the group's heads [group, D] */
-        float *sc = j->scores + (int64_t)g * group * S, *out = j->att + (int64_t)g * group * D;
-        for (int s = 0; s < S; s++) {                                        /* scores [group, S] */
+    float *sc = j->scores + (int64_t)i * (group * (j->start + T) + LANES);   /* this thread's block */
+    for (int64_t it = it0; it < it1; it++) {
+        const int g = (int)(it / T), t = (int)(it % T), S = j->start + t + 1;
+        const int64_t row0 = (int64_t)g * L->context;                    /* position 0 of kv head g */
+        const float *q = j->qkv + (int64_t)t * width + (int64_t)g * group * D;   /* the group's heads [group, D] */
+        float *out = j->att + ((int64_t)t * L->n_heads + (int64_t)g * group) * D;
+        if (j->kt) {                                                         /* scores [group, S], 8 at a time */
+            const int nb = (S + LANES - 1) / LANES;
             for (int h = 0; h < group; h++) {
-                float dot;
-                if (L->kv_bits == 32) {
-                    dot = j->dot.f32(q + (int64_t)h * D, (const float *)L->kv + (row0 + s) * D, D);
-                } else {
-                    dot = j->dot.f32_i8(q + (int64_t)h * D, (const int8_t *)L->kv + (row0 + s) * D, D) *
-                          L->kv_scales[row0 + s];
+                float *p = sc + (int64_t)h * S;                                 /* (writes up to 7 past S: slack) */
+                j->dot.scores_kt(q + (int64_t)h * D, j->kt + (int64_t)g * j->nblk * D * LANES, D, nb, p);
+                for (int s = 0; s < S; s++) p[s] = (L->kv_bits == 32 ? p[s] : p[s] * L->kv_scales[row0 + s]) * scale;
+            }
+        } else {                                                             /* scores [group, S] */
+            for (int s = 0; s < S; s++) {
+                for (int h = 0; h < group; h++) {
+                    float dot;
+                    if (L->kv_bits == 32) {
+                        dot = j->dot.f32(q + (int64_t)h * D, (const float *)L->kv + (row0 + s) * D, D);
+                    } else {
+                        dot = j->dot.f32_i8(q + (int64_t)h * D, (const int8_t *)L->kv + (row0 + s) * D, D) *
+                              L->kv_scales[row0 + s];
+                    }
+                    sc[(int64_t)h * S + s] = dot * scale;
                 }
-                sc[(int64_t)h * S + s] = dot * scale;
             }
         }
         for (int h = 0; h < group; h++) {                                    /* softmax per head */
@@ -272,44 +446,21 @@ static void attn_task(void *ctx, int i, int n) {
             for (int s = 0; s < S; s++) sum += p[s];
             for (int s = 0; s < S; s++) p[s] = p[s] / sum;
         }
-        for (int d = 0; d < group * D; d++) out[d] = 0.0f;
-        for (int s = 0; s < S; s++) {                                        /* out [group, D] = p V */
-            if (L->kv_bits == 32) {
-                const float *v = (const float *)L->kv + (plane + row0 + s) * D;
-                for (int h = 0; h < group; h++) {
-                    const float p = sc[(int64_t)h * S + s];
-                    float *o = out + (int64_t)h * D;
-                    for (int d = 0; d < D; d++) o[d] += p * v[d];
-                }
-            } else {
-                const int8_t *v = (const int8_t *)L->kv + (plane + row0 + s) * D;
-                const float vs = L->kv_scales[plane + row0 + s];
-                for (int h = 0; h < group; h++) {
-                    const float p = sc[(int64_t)h * S + s] * vs;
-                    float *o = out + (int64_t)h * D;
-                    for (int d = 0; d < D; d++) o[d] += p * (float)v[d];
-                }
-            }
+        for (int h = 0; h < group; h++) {                                    /* out [group, D] = p V */
+            const float *p = sc + (int64_t)h * S;
+            if (L->kv_bits == 32)
+                j->dot.pv_f32(out + (int64_t)h * D, p, (const float *)L->kv + (plane + row0) * D, S, D);
+            else
+                j->dot.pv_i8(out + (int64_t)h * D, p, L->kv_scales + plane + row0, (const int8_t *)L->kv + (plane + row0) * D,
+                             S, D);
         }
     }
 }
 
-int mote_attn_step(const mote_attn_layer *L, float *x, int pos, float *h, int threads) {
-    const int H = L->H, D = L->D, nq = L->n_heads * D, nk = L->n_kv * D, S = pos + 1;
-    float *buf = malloc(sizeof(float) * ((size_t)nq + 2 * (size_t)nk + (size_t)nq + (size_t)L->n_heads * S + H));
-    if (!buf) return -1;
-    float *q = buf, *k = q + nq, *v = k + nk;        /* [nH D], [nKV D], [nKV D]: one fused output */
-    float *att = v + nk, *scores = att + nq, *o = scores + (size_t)L->n_heads * S;
-    int rc = 0;
-
-    mote_rms_norm(x, L->ln_in, H, L->eps, h);                              /* h = rmsnorm(x)     [H] */
-    if (L->nqkv == 1) {                                                    /* qkv = W h          */
-        rc |= mote_linear_gemv(&L->qkv[0], h, q, threads);
-    } else {
-        rc |= mote_linear_gemv(&L->qkv[0], h, q, threads);
-        rc |= mote_linear_gemv(&L->qkv[1], h, k, threads);
-        rc |= mote_linear_gemv(&L->qkv[2], h, v, threads);
-    }
+/* q, k, v of token t (row t of qkv [T, width]) at position pos: + bias, RoPE on q and k, K / V into the cache */
+static void place_token(const mote_attn_layer *L, float *row, int pos) {
+    const int D = L->D, nq = L->n_heads * D, nk = L->n_kv * D;
+    float *q = row, *k = q + nq, *v = k + nk;
     for (int i = 0; i < nq; i++) q[i] += L->bq[i];                         /* + bias             */
     for (int i = 0; i < nk; i++) k[i] += L->bk[i];
     for (int i = 0; i < nk; i++) v[i] += L->bv[i];
@@ -328,52 +479,112 @@ int mote_attn_step(const mote_attn_layer *L, float *x, int pos, float *h, int th
             quantize_head(v + (int64_t)hd * D, D, (int8_t *)L->kv + (plane + at) * D, &L->kv_scales[plane + at]);
         }
     }
+}
 
-    attn_job job = {L, q, att, scores, S, mote_dot_for(mote_get_path())};   /* att = softmax(q K^T) V */
-    int nth = threads < 1 ? 1 : threads > L->n_kv ? L->n_kv : threads;
+int mote_attn_chunk(const mote_attn_layer *L, float *x, int T, int start, float *h, int threads) {
+    const int H = L->H, D = L->D, nq = L->n_heads * D, nk = L->n_kv * D, width = nq + 2 * nk;
+    const int group = L->n_heads / L->n_kv;
+    const int64_t items = (int64_t)L->n_kv * T;
+    const int nth = threads < 1 ? 1 : threads > items ? (int)items : threads;
+    const size_t split = L->nqkv == 1 ? 0 : (size_t)T * nq;              /* unfused: q, k, v before interleaving */
+    const size_t per_thread = (size_t)group * ((size_t)start + T) + LANES;   /* scores + scores_kt's overrun */
+    const size_t n_floats = (size_t)T * width + (size_t)T * nq + (size_t)nth * per_thread +
+                            (size_t)T * H + split;
+    float *buf = malloc(sizeof(float) * n_floats);
+    if (!buf) return -1;
+    float *qkv = buf, *att = qkv + (size_t)T * width;                     /* [T, width], [T, nq] */
+    float *scores = att + (size_t)T * nq, *o = scores + (size_t)nth * per_thread;   /* o [T, H] */
+    float *part = o + (size_t)T * H;                                       /* [T, nq] (unfused only) */
+    int rc = 0;
+
+    for (int t = 0; t < T; t++)                                            /* h = rmsnorm(x)  [T, H] */
+        mote_rms_norm(x + (int64_t)t * H, L->ln_in, H, L->eps, h + (int64_t)t * H);
+    if (L->nqkv == 1) {                                                    /* qkv = h W^T     [T, width] */
+        rc |= mote_linear_matmul(&L->qkv[0], h, T, qkv, threads);
+    } else {
+        const int off[3] = {0, nq, nq + nk}, cols[3] = {nq, nk, nk};
+        for (int p = 0; p < 3; p++) {
+            rc |= mote_linear_matmul(&L->qkv[p], h, T, part, threads);
+            for (int t = 0; t < T; t++)
+                memcpy(qkv + (int64_t)t * width + off[p], part + (int64_t)t * cols[p], sizeof(float) * (size_t)cols[p]);
+        }
+    }
+    for (int t = 0; t < T; t++) place_token(L, qkv + (int64_t)t * width, start + t);
+
+    const int nblk = T > 1 ? (start + T + LANES - 1) / LANES : 0;         /* prefill: keys transposed once */
+    float *kt = nblk ? malloc(sizeof(float) * (size_t)L->n_kv * nblk * D * LANES) : NULL;
+    if (nblk && !kt) {
+        free(buf);
+        return -1;
+    }
+    if (kt) keys_t(L, start + T, nblk, kt);
+    attn_job job = {L, qkv, att, scores, kt, T, start, nblk, mote_dot_for(mote_get_path())};   /* att = softmax(q K^T) V */
     mote_parallel(nth, attn_task, &job);
+    free(kt);
 
-    rc |= mote_linear_gemv(&L->o, att, o, threads);                        /* x += W_o att       */
-    for (int i = 0; i < H; i++) x[i] += o[i];
-    mote_rms_norm(x, L->ln_post, H, L->eps, h);                            /* h = rmsnorm(x)     */
+    rc |= mote_linear_matmul(&L->o, att, T, o, threads);                   /* x += att W_o^T  [T, H] */
+    for (int64_t i = 0; i < (int64_t)T * H; i++) x[i] += o[i];
+    for (int t = 0; t < T; t++)                                            /* h = rmsnorm(x)  */
+        mote_rms_norm(x + (int64_t)t * H, L->ln_post, H, L->eps, h + (int64_t)t * H);
     free(buf);
     return rc ? -1 : 0;
+}
+
+int mote_attn_step(const mote_attn_layer *L, float *x, int pos, float *h, int threads) {
+    return mote_attn_chunk(L, x, 1, pos, h, threads);
 }
 
 /* ---- FFN ---- */
 static int is_ternary(const mote_linear *L) { return L->kind == MOTE_LIN_TERN || L->kind == MOTE_LIN_TERN2; }
 
-int mote_ffn_step(const mote_linear *gate_up, int ngu, const mote_linear *down, const float *h, float coef, float *y,
-                  int threads) {
+int mote_ffn_chunk(const mote_linear *gate_up, int ngu, const mote_linear *down, const float *h, int T,
+                   const float *coef, float *y, int threads) {
     const int I = down->K, H = down->N, K = gate_up[0].K;
-    float *buf = malloc(sizeof(float) * (2 * (size_t)I + (size_t)H));
+    const int fused = ngu == 1;                                            /* [T, 2 I]: row t = [gate_t | up_t] */
+    float *buf = malloc(sizeof(float) * (2 * (size_t)T * I + (size_t)T * H));
     int8_t *xq = NULL;
     if (!buf) return -1;
-    float *gate = buf, *up = gate + I, *d = up + I;
+    float *gate = buf, *up = gate + (size_t)T * I, *d = up + (size_t)T * I;   /* [T, I], [T, I] unless fused; [T, H] */
     int rc = 0;
-    if (ngu == 1) {                                                        /* [gate | up] = W h  [2 I] */
-        rc |= mote_linear_gemv(&gate_up[0], h, gate, threads);
-    } else if (is_ternary(&gate_up[0]) && is_ternary(&gate_up[1])) {       /* h quantized once */
-        xq = malloc((size_t)K + 64);
-        if (!xq) {
-            free(buf);
+    if (fused) {                                                           /* [gate | up] = h W^T  [T, 2 I] */
+        rc |= mote_linear_matmul(&gate_up[0], h, T, gate, threads);
+    } else if (is_ternary(&gate_up[0]) && is_ternary(&gate_up[1])) {       /* h quantized once per row */
+        float *s = malloc(sizeof(float) * (size_t)T);
+        xq = malloc((size_t)T * K + 64);
+        if (!xq || !s) {
+            free(buf), free(xq), free(s);
             return -1;
         }
-        int32_t sum;
-        float s = mote_quantize_act(h, K, xq, &sum);
+        for (int t = 0; t < T; t++) {
+            int32_t sum;
+            s[t] = mote_quantize_act(h + (int64_t)t * K, K, xq + (int64_t)t * K, &sum);
+        }
         for (int p = 0; p < 2; p++) {
             const int tpb = gate_up[p].kind == MOTE_LIN_TERN ? MOTE_TPB_FILE : MOTE_TPB_SLAB2;
-            rc |= mote_ternary_matmul(tpb, gate_up[p].w, gate_up[p].gamma, NULL, xq, &s, 1, K, I, p ? up : gate,
+            rc |= mote_ternary_matmul(tpb, gate_up[p].w, gate_up[p].gamma, NULL, xq, s, T, K, I, p ? up : gate,
                                       threads);
         }
+        free(s);
     } else {
-        rc |= mote_linear_gemv(&gate_up[0], h, gate, threads);
-        rc |= mote_linear_gemv(&gate_up[1], h, up, threads);
+        rc |= mote_linear_matmul(&gate_up[0], h, T, gate, threads);
+        rc |= mote_linear_matmul(&gate_up[1], h, T, up, threads);
     }
-    mote_dot_for(mote_get_path()).silu_mul(gate, up, I);                  /* silu(gate) up      [I] */
-    rc |= mote_linear_gemv(down, gate, d, threads);                        /* d = down(.)        [H] */
-    for (int i = 0; i < H; i++) y[i] += d[i] * coef;                       /* y += coef d        */
+    const mote_dot_fns fn = mote_dot_for(mote_get_path());
+    for (int t = 0; t < T; t++) {                                          /* gate = silu(gate) up  [T, I] */
+        float *g = gate + (int64_t)t * I;
+        const float *u = fused ? gate + (int64_t)t * 2 * I + I : up + (int64_t)t * I;
+        if (fused && t) memmove(g, gate + (int64_t)t * 2 * I, sizeof(float) * (size_t)I);   /* rows < t are consumed */
+        fn.silu_mul(g, u, I);
+    }
+    rc |= mote_linear_matmul(down, gate, T, d, threads);                   /* d = . W_down^T   [T, H] */
+    for (int t = 0; t < T; t++)                                            /* y += coef d      */
+        for (int i = 0; i < H; i++) y[(int64_t)t * H + i] += d[(int64_t)t * H + i] * coef[t];
     free(buf);
     free(xq);
     return rc ? -1 : 0;
+}
+
+int mote_ffn_step(const mote_linear *gate_up, int ngu, const mote_linear *down, const float *h, float coef, float *y,
+                  int threads) {
+    return mote_ffn_chunk(gate_up, ngu, down, h, 1, &coef, y, threads);
 }

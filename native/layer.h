@@ -1,8 +1,13 @@
-/* One decode step (T = 1) of a Qwen2 decoder layer in C (native/layer.c; docs/KERNELS.md section 6).
+/* A Qwen2 decoder layer in C (native/layer.c; docs/KERNELS.md section 6), for a chunk of T positions
+ * (prefill) or one (a decode step, T = 1):
  *
- *   mote_attn_step: x += O(attention(rope(q), rope(k), v) over the KV cache), h = rmsnorm(x, ln_post)
- *                   with q, k, v = W_qkv rmsnorm(x, ln_in) + b; K / V of this position written to the cache
- *   mote_ffn_step:  y += coef * down(silu(gate(h)) * up(h))   (a dense / shared FFN or one routed expert)
+ *   mote_attn_chunk: x += O(attention(rope(q), rope(k), v) over the KV cache), h = rmsnorm(x, ln_post)
+ *                    with q, k, v = W_qkv rmsnorm(x, ln_in) + b; K / V of the chunk written to the cache
+ *                    first, then causal attention over positions 0 .. start + t for token t
+ *   mote_ffn_chunk:  y += coef * down(silu(gate(h)) * up(h))   (a dense / shared FFN or one routed expert)
+ *
+ * A chunk's attention scores come 8 positions at a time from keys transposed once per call (a different
+ * summation order than the step's per-position dot), so a chunk and T steps agree within rounding.
  *
  * The matmuls are the dispatched kernels of ternary.c / intn.c (or an f32 GEMV for the --bits 16 / f32
  * schemes); the rest (norms, RoPE, attention, SwiGLU) is portable C. Every size below is checked by the
@@ -27,26 +32,38 @@ typedef struct {
     float gamma;                     /* ternary */
 } mote_linear;
 
-/* y[N] = W x[K] for one token; 0, or -1 on out of memory */
+/* y[T, N] = x[T, K] W^T (the kernel of L's kind; int-N and ternary quantize each row of x once);
+ * 0, or -1 on out of memory. gemv: T = 1. */
+int mote_linear_matmul(const mote_linear *L, const float *x, int T, float *y, int threads);
 int mote_linear_gemv(const mote_linear *L, const float *x, float *y, int threads);
 
-/* y[N] = W x[K] with W float32 [N, K]: 8 partial sums per row, rows split over the thread pool */
+/* y[T, N] = x[T, K] W^T with W float32 [N, K]: each output one 8-partial-sum dot product, rows split
+ * over the thread pool in L2-sized blocks that every token runs over. gemv: T = 1. */
+void mote_gemm_f32(const float *W, const float *x, int T, int N, int K, float *y, int threads);
 void mote_gemv_f32(const float *W, const float *x, int N, int K, float *y, int threads);
 
 /* The layer's vector helpers; the AVX2 versions (x86-64 avx2 / avx512 paths) are bit-identical to the
  * scalar ones. f32 / f32_i8: sum_k a[k] b[k] in 8 partial sums (lane j: k = j, j + 8, ...), then the
  * lanes in order. silu_mul: g[i] = g[i] / (1 + exp(-g[i])) * u[i]. exp_shift: x[i] = exp(x[i] - m).
- * exp is Cephes' expf polynomial (layer.c), within ~1 ulp of expf on [-88.37, 88.37]. */
+ * exp is Cephes' expf polynomial (layer.c), within ~1 ulp of expf on [-88.37, 88.37].
+ * scores_kt: out[8 b + j] = sum_d q[d] kt[(b D + d) 8 + j] for nb blocks of 8 keys, each in d order.
+ * pv_f32 / pv_i8: o[d] = sum_s p[s] (vs[s]) v[s D + d], in s order from 0. */
 typedef struct {
     float (*f32)(const float *a, const float *b, int n);
     float (*f32_i8)(const float *a, const int8_t *b, int n);
     void (*silu_mul)(float *g, const float *u, int n);
     void (*exp_shift)(float *x, float m, int n);
+    void (*scores_kt)(const float *q, const float *kt, int D, int nb, float *out);
+    void (*pv_f32)(float *o, const float *p, const float *v, int S, int D);
+    void (*pv_i8)(float *o, const float *p, const float *vs, const int8_t *v, int S, int D);
 } mote_dot_fns;
 float mote_dot_f32_scalar(const float *a, const float *b, int n);
 float mote_dot_f32_i8_scalar(const float *a, const int8_t *b, int n);
 void mote_silu_mul_scalar(float *g, const float *u, int n);
 void mote_exp_shift_scalar(float *x, float m, int n);
+void mote_scores_kt_scalar(const float *q, const float *kt, int D, int nb, float *out);
+void mote_pv_f32_scalar(float *o, const float *p, const float *v, int S, int D);
+void mote_pv_i8_scalar(float *o, const float *p, const float *vs, const int8_t *v, int S, int D);
 mote_dot_fns mote_dot_for(mote_path p);
 
 /* y[n] = w[n] * (x[n] / sqrt(mean(x^2) + eps)) */
@@ -66,12 +83,17 @@ typedef struct {
     float *kv_scales;                        /* kv_bits 8: [2, nKV, context] */
 } mote_attn_layer;
 
-/* x[H] += attention half of the layer at position pos (K/V of pos written to the cache); h[H] =
- * rmsnorm(x, ln_post). 0, or -1 on out of memory. */
+/* x[T, H] += attention half of the layer at positions start .. start + T - 1 (their K/V written to the
+ * cache); h[T, H] = rmsnorm(x, ln_post). Work split over the threads: the matmuls' rows, and (kv head,
+ * token) pairs in attention. 0, or -1 on out of memory. step: T = 1 at pos. */
+int mote_attn_chunk(const mote_attn_layer *L, float *x, int T, int start, float *h, int threads);
 int mote_attn_step(const mote_attn_layer *L, float *x, int pos, float *h, int threads);
 
-/* y[H] += coef * down(silu(gate h) * up h): gate_up is one fused [2 I, H] weight (ngu = 1) or gate, up
- * (ngu = 2; ternary ones share one quantization of h). 0, or -1 on out of memory. */
+/* y[T, H] += coef[t] * down(silu(gate h_t) * up h_t) per token t: gate_up is one fused [2 I, H] weight
+ * (ngu = 1) or gate, up (ngu = 2; ternary ones share one quantization of each row of h). 0, or -1 on out
+ * of memory. step: T = 1 with one coef. */
+int mote_ffn_chunk(const mote_linear *gate_up, int ngu, const mote_linear *down, const float *h, int T,
+                   const float *coef, float *y, int threads);
 int mote_ffn_step(const mote_linear *gate_up, int ngu, const mote_linear *down, const float *h, float coef, float *y,
                   int threads);
 

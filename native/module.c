@@ -300,20 +300,39 @@ static int take_linear(buf_bag *bag, PyObject *spec, int N, int K, mote_linear *
     return -1;
 }
 
-/* attn_step(x f32[H] (in/out), pos, h f32[H] (out), layer tuple, threads) */
-static PyObject *py_attn_step(PyObject *self, PyObject *args) {
-    PyObject *xo, *ho, *layer, *ln_in, *ln_post, *qkv, *bq, *bk, *bv, *o, *cos, *sin, *kv, *kv_scales;
-    int pos, threads, rc = -2;
+/* gemm_f32(W f32[N, K], x f32[T, K], T, K, N, out f32[T, N], threads): out = x W^T (layer.c's f32 GEMM) */
+static PyObject *py_gemm_f32(PyObject *self, PyObject *args) {
+    Py_buffer b[3] = {{0}};   /* W, x, out */
+    int T, K, N, threads = 1, rc = -2;
+    if (!PyArg_ParseTuple(args, "y*y*iiiw*|i", &b[0], &b[1], &T, &K, &N, &b[2], &threads)) return NULL;
+    if (check_dims(T, K, N, threads) || check_len(&b[0], 4LL * N * K, "W") || check_len(&b[1], 4LL * T * K, "x") ||
+        check_len(&b[2], 4LL * T * N, "out"))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    mote_gemm_f32(b[0].buf, b[1].buf, T, N, K, b[2].buf, threads);
+    Py_END_ALLOW_THREADS
+    rc = 0;
+done:
+    release(b, 3);
+    if (rc != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* The attention half for T positions from `start` (x, h: f32 [T, H]); attn_step and attn_chunk */
+static PyObject *attn_call(PyObject *xo, int T, int start, PyObject *ho, PyObject *layer, int threads,
+                           const char *start_name) {
+    PyObject *ln_in, *ln_post, *qkv, *bq, *bk, *bv, *o, *cos, *sin, *kv, *kv_scales;
+    int rc = -2;
     mote_attn_layer L;
     buf_bag bag = {.n = 0};
-    if (!PyArg_ParseTuple(args, "OiOO!i", &xo, &pos, &ho, &PyTuple_Type, &layer, &threads)) return NULL;
     if (!PyArg_ParseTuple(layer, "iiiiifOOOOOOOOOiOO", &L.H, &L.n_heads, &L.n_kv, &L.D, &L.context, &L.eps, &ln_in,
                           &ln_post, &qkv, &bq, &bk, &bv, &o, &cos, &sin, &L.kv_bits, &kv, &kv_scales))
         return NULL;
     if (check_range(threads, 1, 256, "threads") || check_range(L.H, 1, MOTE_MAX_DIM, "hidden size") ||
         check_range(L.n_kv, 1, 4096, "kv heads") || check_range(L.n_heads, L.n_kv, 4096, "heads") ||
         check_range(L.D, 2, 4096, "head_dim") || check_range(L.context, 1, MOTE_MAX_DIM, "context") ||
-        check_range(pos, 0, L.context - 1, "pos"))
+        check_range(T, 1, L.context, "T") || check_range(start, 0, L.context - T, start_name) ||
+        check_dims(T, L.H, (L.n_heads + 2 * L.n_kv) * L.D, threads))
         goto done;
     if (L.n_heads % L.n_kv || L.D % 2 || (L.kv_bits != 32 && L.kv_bits != 8)) {
         PyErr_Format(PyExc_ValueError, "heads %d must be a multiple of kv heads %d, head_dim %d even, kv bits 32 or 8",
@@ -322,7 +341,7 @@ static PyObject *py_attn_step(PyObject *self, PyObject *args) {
     }
     const int nq = L.n_heads * L.D, nk = L.n_kv * L.D;
     const long long cells = 2LL * L.n_kv * L.context;   /* (k|v, head, position) */
-    float *x = bag_take(&bag, xo, 1, 4LL * L.H, "x"), *h = x ? bag_take(&bag, ho, 1, 4LL * L.H, "h") : NULL;
+    float *x = bag_take(&bag, xo, 1, 4LL * T * L.H, "x"), *h = x ? bag_take(&bag, ho, 1, 4LL * T * L.H, "h") : NULL;
     if (!h || !(L.ln_in = bag_take(&bag, ln_in, 0, 4LL * L.H, "ln_in")) ||
         !(L.ln_post = bag_take(&bag, ln_post, 0, 4LL * L.H, "ln_post")) ||
         !(L.bq = bag_take(&bag, bq, 0, 4LL * nq, "bq")) || !(L.bk = bag_take(&bag, bk, 0, 4LL * nk, "bk")) ||
@@ -345,7 +364,58 @@ static PyObject *py_attn_step(PyObject *self, PyObject *args) {
         goto done;
     if (take_linear(&bag, o, L.H, nq, &L.o, "o")) goto done;
     Py_BEGIN_ALLOW_THREADS
-    rc = mote_attn_step(&L, x, pos, h, threads);
+    rc = mote_attn_chunk(&L, x, T, start, h, threads);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) PyErr_NoMemory();
+done:
+    bag_release(&bag);
+    if (rc != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* attn_step(x f32[H] (in/out), pos, h f32[H] (out), layer tuple, threads) */
+static PyObject *py_attn_step(PyObject *self, PyObject *args) {
+    PyObject *xo, *ho, *layer;
+    int pos, threads;
+    if (!PyArg_ParseTuple(args, "OiOO!i", &xo, &pos, &ho, &PyTuple_Type, &layer, &threads)) return NULL;
+    return attn_call(xo, 1, pos, ho, layer, threads, "pos");
+}
+
+/* attn_chunk(x f32[T, H] (in/out), T, start, h f32[T, H] (out), layer tuple, threads) */
+static PyObject *py_attn_chunk(PyObject *self, PyObject *args) {
+    PyObject *xo, *ho, *layer;
+    int T, start, threads;
+    if (!PyArg_ParseTuple(args, "OiiOO!i", &xo, &T, &start, &ho, &PyTuple_Type, &layer, &threads)) return NULL;
+    return attn_call(xo, T, start, ho, layer, threads, "start");
+}
+
+/* The FFN for T rows (h, y: f32 [T, H]; coef: f32 [T], or NULL with one scalar); ffn_step and ffn_chunk */
+static PyObject *ffn_call(PyObject *ho, int T, PyObject *yo, PyObject *coefo, float coef1, PyObject *gu,
+                          PyObject *down, int threads) {
+    int rc = -2, H, I;
+    mote_linear G[2], D;
+    buf_bag bag = {.n = 0};
+    const float *coef = &coef1;
+    if (check_range(threads, 1, 256, "threads") || check_range(T, 1, MOTE_MAX_DIM, "T")) goto done;
+    const Py_ssize_t ngu = PyTuple_GET_SIZE(gu);
+    if ((ngu != 1 && ngu != 2) || !PyTuple_Check(down) || PyTuple_GET_SIZE(down) < 3) {
+        PyErr_SetString(PyExc_ValueError, "gate_up must be a tuple of 1 (fused) or 2 linear specs, down a linear spec");
+        goto done;
+    }
+    H = (int)PyLong_AsLong(PyTuple_GET_ITEM(down, 1));   /* down is [H, I] */
+    I = (int)PyLong_AsLong(PyTuple_GET_ITEM(down, 2));
+    if (PyErr_Occurred() || check_range(H, 1, MOTE_MAX_DIM, "down rows") || check_range(I, 1, MOTE_MAX_DIM, "down columns") ||
+        check_dims(T, H, 2 * I, threads) || check_dims(T, I, H, threads))
+        goto done;
+    float *h = bag_take(&bag, ho, 0, 4LL * T * H, "h"), *y = h ? bag_take(&bag, yo, 1, 4LL * T * H, "y") : NULL;
+    if (!y || (coefo && !(coef = bag_take(&bag, coefo, 0, 4LL * T, "coef"))) || take_linear(&bag, down, H, I, &D, "down"))
+        goto done;
+    if (ngu == 1 ? take_linear(&bag, PyTuple_GET_ITEM(gu, 0), 2 * I, H, &G[0], "gate_up")
+                 : (take_linear(&bag, PyTuple_GET_ITEM(gu, 0), I, H, &G[0], "gate") ||
+                    take_linear(&bag, PyTuple_GET_ITEM(gu, 1), I, H, &G[1], "up")))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    rc = mote_ffn_chunk(G, (int)ngu, &D, h, T, coef, y, threads);
     Py_END_ALLOW_THREADS
     if (rc != 0) PyErr_NoMemory();
 done:
@@ -358,34 +428,17 @@ done:
 static PyObject *py_ffn_step(PyObject *self, PyObject *args) {
     PyObject *ho, *yo, *gu, *down;
     float coef;
-    int threads, rc = -2, H, I;
-    mote_linear G[2], D;
-    buf_bag bag = {.n = 0};
+    int threads;
     if (!PyArg_ParseTuple(args, "OOfO!Oi", &ho, &yo, &coef, &PyTuple_Type, &gu, &down, &threads)) return NULL;
-    if (check_range(threads, 1, 256, "threads")) goto done;
-    const Py_ssize_t ngu = PyTuple_GET_SIZE(gu);
-    if ((ngu != 1 && ngu != 2) || !PyTuple_Check(down) || PyTuple_GET_SIZE(down) < 3) {
-        PyErr_SetString(PyExc_ValueError, "gate_up must be a tuple of 1 (fused) or 2 linear specs, down a linear spec");
-        goto done;
-    }
-    H = (int)PyLong_AsLong(PyTuple_GET_ITEM(down, 1));   /* down is [H, I] */
-    I = (int)PyLong_AsLong(PyTuple_GET_ITEM(down, 2));
-    if (PyErr_Occurred() || check_range(H, 1, MOTE_MAX_DIM, "down rows") || check_range(I, 1, MOTE_MAX_DIM, "down columns"))
-        goto done;
-    float *h = bag_take(&bag, ho, 0, 4LL * H, "h"), *y = h ? bag_take(&bag, yo, 1, 4LL * H, "y") : NULL;
-    if (!y || take_linear(&bag, down, H, I, &D, "down")) goto done;
-    if (ngu == 1 ? take_linear(&bag, PyTuple_GET_ITEM(gu, 0), 2 * I, H, &G[0], "gate_up")
-                 : (take_linear(&bag, PyTuple_GET_ITEM(gu, 0), I, H, &G[0], "gate") ||
-                    take_linear(&bag, PyTuple_GET_ITEM(gu, 1), I, H, &G[1], "up")))
-        goto done;
-    Py_BEGIN_ALLOW_THREADS
-    rc = mote_ffn_step(G, (int)ngu, &D, h, coef, y, threads);
-    Py_END_ALLOW_THREADS
-    if (rc != 0) PyErr_NoMemory();
-done:
-    bag_release(&bag);
-    if (rc != 0) return NULL;
-    Py_RETURN_NONE;
+    return ffn_call(ho, 1, yo, NULL, coef, gu, down, threads);
+}
+
+/* ffn_chunk(h f32[T, H], T, y f32[T, H] (in/out), coef f32[T], gate_up specs, down spec, threads) */
+static PyObject *py_ffn_chunk(PyObject *self, PyObject *args) {
+    PyObject *ho, *yo, *coefo, *gu, *down;
+    int T, threads;
+    if (!PyArg_ParseTuple(args, "OiOOO!Oi", &ho, &T, &yo, &coefo, &PyTuple_Type, &gu, &down, &threads)) return NULL;
+    return ffn_call(ho, T, yo, coefo, 1.0f, gu, down, threads);
 }
 
 static PyObject *py_crc32(PyObject *self, PyObject *args) {
@@ -428,6 +481,12 @@ static PyMethodDef native_methods[] = {
      "attn_step(x f32[H], pos, h f32[H], layer tuple, threads): one decode step's attention half (native/layer.c)."},
     {"ffn_step", py_ffn_step, METH_VARARGS,
      "ffn_step(h f32[H], y f32[H], coef, gate_up specs, down spec, threads): y += coef * SwiGLU(h) (native/layer.c)."},
+    {"gemm_f32", py_gemm_f32, METH_VARARGS,
+     "gemm_f32(W f32[N,K], x f32[T,K], T, K, N, out f32[T,N], threads=1): out = x W^T on the kernel thread pool."},
+    {"attn_chunk", py_attn_chunk, METH_VARARGS,
+     "attn_chunk(x f32[T,H], T, start, h f32[T,H], layer tuple, threads): prefill's attention half, causal (native/layer.c)."},
+    {"ffn_chunk", py_ffn_chunk, METH_VARARGS,
+     "ffn_chunk(h f32[T,H], T, y f32[T,H], coef f32[T], gate_up specs, down spec, threads): y += coef * SwiGLU(h)."},
     {"crc32", py_crc32, METH_VARARGS,
      "crc32(buf, crc=0) -> int: zlib's CRC-32 of buf continuing from crc (GIL released)."},
     {"crc32_path", py_crc32_path, METH_NOARGS, "crc32_path() -> str: 'clmul' or 'scalar' (the CRC-32 path in use)."},

@@ -7,11 +7,11 @@ Same maths as the torch reference (mote_edge.exporters.reference), float32 throu
 MoE layers run a "wave": route every token of the step first, then load each needed expert once
 (cached ones first, so loads do not evict experts this wave still needs) and run it on its tokens.
 
-A decode step (one position) runs each layer as native calls (runtime/native_layer.py, native/layer.c):
-the attention half in one, each FFN (dense, shared expert, every routed expert) in one; the MoE
-orchestration (routing, the expert cache's wave, prefetch) stays here. `MOTE_DECODER=numpy` (or
-Decoder.native = False) runs the numpy layer instead: the reference the native one is tested against.
-Prefill (T > 1) runs the numpy layer.
+A decode step (one position) and a prefill chunk (up to PREFILL_CHUNK positions) run each layer as
+native calls (runtime/native_layer.py, native/layer.c): the attention half in one, each FFN (dense,
+shared expert, every routed expert on its rows of the chunk) in one; the MoE orchestration (routing, the
+expert cache's wave, prefetch) stays here. `MOTE_DECODER=numpy` (or Decoder.native = False) runs the
+numpy layer instead: the reference the native one is tested against.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from mote_edge.config import ModelConfig
 
 from .expert_cache import ExpertCache
 from .kv_cache import KVCache
-from .native_layer import AttentionStep, default_decoder_path, ffn_step
+from .native_layer import AttentionStep, default_decoder_path, ffn_chunk, ffn_step, matmul_f32
 from .plan import ATTN_QUERY_CHUNK, PREFILL_CHUNK
 from .weights import Linear, ResidentWeights
 
@@ -59,20 +59,50 @@ class Rope:
         return x * cos + rotated * sin
 
 
+def expert_specs(expert) -> tuple:
+    """A routed expert's weights as the native FFN takes them: ((gate, up), down) specs."""
+    return (expert.gate.native_spec(), expert.up.native_spec()), expert.down.native_spec()
+
+
+def add_expert_rows(expert, h: np.ndarray, out: np.ndarray, rows: np.ndarray, coef: np.ndarray,
+                    threads: int | None) -> None:
+    """out[rows] += coef[:, None] * expert(h[rows]): native (ffn_chunk) on `threads`, or numpy if None."""
+    if threads is None:
+        out[rows] += expert(h[rows]) * coef[:, None]
+        return
+    y = out[rows]  # [R, H], a copy
+    ffn_chunk(np.ascontiguousarray(h[rows]), y, np.ascontiguousarray(coef, dtype=np.float32), *expert_specs(expert),
+              threads)
+    out[rows] = y
+
+
 class SwiGLU:
     def __init__(self, w: ResidentWeights, prefix: str):
         self.gate_up = w.fused_linear([f"{prefix}.gate_proj.weight", f"{prefix}.up_proj.weight"])
         self.down = w.linear(f"{prefix}.down_proj.weight")
+        self._specs: tuple | None = None
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, threads: int | None = None) -> np.ndarray:
+        """x [T, H] -> [T, H]; native (ffn_chunk) on `threads`, or numpy if None."""
+        if threads is not None:
+            y = np.zeros_like(x)
+            self.chunk(np.ascontiguousarray(x), y, threads)
+            return y
         gate, up = self.gate_up(x)  # [T, I] each
         return self.down(silu(gate) * up)
 
+    def specs(self) -> tuple:
+        if self._specs is None:
+            self._specs = (self.gate_up.native_specs(), self.down.native_spec())
+        return self._specs
+
     def step(self, h: np.ndarray, y: np.ndarray, coef: float, threads: int) -> None:
         """One position, native: y [H] += coef * self(h [H])."""
-        if not hasattr(self, "_specs"):
-            self._specs = (self.gate_up.native_specs(), self.down.native_spec())
-        ffn_step(h, y, coef, *self._specs, threads)
+        ffn_step(h, y, coef, *self.specs(), threads)
+
+    def chunk(self, h: np.ndarray, y: np.ndarray, threads: int) -> None:
+        """T positions, native: y [T, H] += self(h [T, H])."""
+        ffn_chunk(h, y, np.ones(h.shape[0], np.float32), *self.specs(), threads)
 
 
 class Attention:
@@ -129,7 +159,7 @@ class MoE:
 
     def router_top_k(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The router's choice: top_k of softmax(h Wg^T)."""
-        probs = softmax(h @ self.router.T)  # [T, E] float32
+        probs = softmax(matmul_f32(h, self.router))  # [T, E] float32
         if self.top_k == 1:
             idx = probs.argmax(axis=-1)[:, None]
             return idx, probs[np.arange(probs.shape[0])[:, None], idx]
@@ -155,16 +185,17 @@ class MoE:
                                     if predicted else wave)
         return idx, weight, needed
 
-    def __call__(self, h: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
-        """h: the normed input [T, H]; residual: the residual stream it came from (for the lookahead)."""
+    def __call__(self, h: np.ndarray, residual: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
+        """h: the normed input [T, H]; residual: the residual stream it came from (for the lookahead);
+        threads: run the FFNs natively (native/layer.c) on that many threads, None: the numpy layer."""
         idx, weight, needed = self._begin_wave(h, residual)
         # the dense parts first: they compute while the loader reads the wave's misses
-        mlp_out = self.residual[0](h) if self.residual is not None else None
-        shared_out = self.shared(h) if self.shared is not None else None
+        mlp_out = self.residual[0](h, threads) if self.residual is not None else None
+        shared_out = self.shared(h, threads) if self.shared is not None else None
         out = np.zeros_like(h)
         for e in needed:  # wave: each needed expert loaded once, cached ones first
             rows, slot = np.nonzero(idx == e)
-            out[rows] += self.cache.get(self.layer, e)(h[rows]) * weight[rows, slot, None]
+            add_expert_rows(self.cache.get(self.layer, e), h, out, rows, weight[rows, slot], threads)
         self.cache.end_wave()
         return self._mix(h, out, mlp_out, shared_out)
 
@@ -174,7 +205,7 @@ class MoE:
         expert's (each [T, H], computed before the wave's loads)."""
         if self.residual is not None:
             _, cw, cb = self.residual
-            coef = softmax(h @ cw.T + cb)
+            coef = softmax(matmul_f32(h, cw) + cb)
             out = out * coef[:, :1] + mlp_out * coef[:, 1:]
         if shared_out is not None:
             out += shared_out
@@ -195,9 +226,7 @@ class MoE:
         routed = idx[0].tolist()
         for e in needed:  # the wave's order, as in __call__
             slot = routed.index(e)
-            expert = self.cache.get(self.layer, e)
-            specs = ((expert.gate.native_spec(), expert.up.native_spec()), expert.down.native_spec())
-            ffn_step(h, out, float(weight[0, slot]), *specs, threads)
+            ffn_step(h, out, float(weight[0, slot]), *expert_specs(self.cache.get(self.layer, e)), threads)
         self.cache.end_wave()
         x += self._mix(h2, out[None], mlp_out, None if shared_out is None else shared_out[None])[0]
 
@@ -235,6 +264,14 @@ class DecoderLayer:
             self.mlp.step(h, x, threads)
         else:
             self.mlp.step(h, x, 1.0, threads)
+
+    def chunk(self, x: np.ndarray, start: int, h: np.ndarray, threads: int) -> None:
+        """Positions start .. start + T - 1, native: x [T, H] += the layer's attention and FFN; h [T, H] is scratch."""
+        self.attn_step.chunk(x, start, h)
+        if isinstance(self.mlp, MoE):
+            x += self.mlp(h, x, threads)
+        else:
+            self.mlp.chunk(h, x, threads)
 
     def __call__(self, x, start, rope, kv: KVCache, layer: int):
         x = x + self.attn(rms_norm(x, self.ln_in, self.eps), start, rope, kv, layer)
@@ -299,8 +336,14 @@ class Decoder:
             return self.lm_head(rms_norm(h[None], self.norm, self.cfg.decoder.rms_norm_eps))[0]
         for c0 in range(0, t, PREFILL_CHUNK):
             h = x[c0:c0 + PREFILL_CHUNK]
-            for i, layer in enumerate(self.layers):
-                h = layer(h, self.length, self.rope, self.kv, i)
+            if self.native:
+                h = np.array(h, dtype=np.float32)  # [T, H], the residual stream, updated in place
+                scratch = np.empty_like(h)
+                for layer in self.layers:
+                    layer.chunk(h, self.length, scratch, self.threads)
+            else:
+                for i, layer in enumerate(self.layers):
+                    h = layer(h, self.length, self.rope, self.kv, i)
             self.length += h.shape[0]
         last = rms_norm(h[-1:], self.norm, self.cfg.decoder.rms_norm_eps)
         return self.lm_head(last)[0]

@@ -1,10 +1,14 @@
-"""The decode step's layer in C (native/layer.c): the argument tuples `mote_edge._native.attn_step` and
-`ffn_step` take, built once per layer from the decoder's weights, with their dtypes checked here (the C
-side checks every byte size and contiguity).
+"""The decoder layer in C (native/layer.c) for a decode step and a prefill chunk: the argument tuples
+`mote_edge._native.attn_step` / `attn_chunk` and `ffn_step` / `ffn_chunk` take, built once per layer from
+the decoder's weights, with their dtypes checked here (the C side checks every byte size and contiguity).
 
     step = AttentionStep(attn, ln_in, ln_post, eps, rope, kv, layer, threads)
     step(x, pos, h)                        x [H] += attention half at `pos`; h [H] = rmsnorm(x, ln_post)
+    step.chunk(x, start, h)                x [T, H], h [T, H]: positions start .. start + T - 1, causal
     ffn_step(h, y, coef, gate_up, down)    y [H] += coef * down(silu(gate h) * up h)   (specs: Linear.native_spec)
+    ffn_chunk(h, y, coef, gate_up, down)   h, y [T, H], coef [T]: the same per row
+    matmul_f32(x, w)                       x [T, K] @ w [N, K]^T on the kernel pool (routers: no BLAS threads,
+                                           whose spinning workers would take the cores from the pool's)
 
 Selected by `MOTE_DECODER` (`native`, the default, or `numpy`: the numpy layer, the scalar reference).
 """
@@ -69,7 +73,28 @@ class AttentionStep:
     def __call__(self, x: np.ndarray, pos: int, h: np.ndarray) -> None:
         _native.attn_step(x, pos, h, self.args, self.threads)
 
+    def chunk(self, x: np.ndarray, start: int, h: np.ndarray) -> None:
+        """x [T, H] += the attention half at positions start .. start + T - 1; h [T, H] = rmsnorm(x, ln_post)."""
+        _native.attn_chunk(x, x.shape[0], start, h, self.args, self.threads)
+
 
 def ffn_step(h: np.ndarray, y: np.ndarray, coef: float, gate_up: tuple, down: tuple, threads: int) -> None:
     """y += coef * down(silu(gate h) * up h); gate_up: one fused spec or (gate, up)."""
     _native.ffn_step(h, y, coef, gate_up, down, threads)
+
+
+def ffn_chunk(h: np.ndarray, y: np.ndarray, coef: np.ndarray, gate_up: tuple, down: tuple, threads: int) -> None:
+    """y [T, H] += coef[t] * down(silu(gate h_t) * up h_t) for the rows of h [T, H]; coef float32 [T]."""
+    _native.ffn_chunk(h, h.shape[0], y, coef, gate_up, down, threads)
+
+
+def matmul_f32(x: np.ndarray, w: np.ndarray, threads: int = 1) -> np.ndarray:
+    """x [T, K] @ w [N, K]^T -> [T, N] float32 (native/layer.c's f32 GEMM: 8-partial-sum dot per output)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    T, K = x.shape
+    if w.ndim != 2 or w.shape[1] != K:
+        raise ValueError(f"matmul_f32: x is [{T}, {K}], w is {list(w.shape)}")
+    out = np.empty((T, w.shape[0]), np.float32)
+    _native.gemm_f32(w, x, T, K, w.shape[0], out, threads)
+    return out

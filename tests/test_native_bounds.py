@@ -62,7 +62,14 @@ TERN_Q8 = (u8(N * 2), 1.0, np.zeros(T * K, np.int8), f32(T), T, K, N, f32(T * N)
 TERN2 = (u8(N * 3), 1.0, f32(T * K), T, K, N, f32(T * N), 1)
 SLAB2 = (u8(N * 2), N, K, u8(N * 3))
 INTN = (u8(N * 16), f16(N), f16(N), 4, 32, f32(T * K), T, K, N, f32(T * N), 1)
+GEMM = (f32(N * K), f32(T * K), T, K, N, f32(T * N), 1)
 WRONG = [
+    ("gemm_f32", GEMM, 0, f32(N * K - 1), "W"),
+    ("gemm_f32", GEMM, 1, f32(T * K + 1), "x"),
+    ("gemm_f32", GEMM, 5, f32(T * N - 1), "out"),
+    ("gemm_f32", GEMM, 2, -1, "must be >= 0"),
+    ("gemm_f32", GEMM, 3, 2 ** 31 - 1, "at most"),
+    ("gemm_f32", GEMM, 6, 0, "threads"),
     ("ternary_matmul", TERN, 0, u8(N * 2 - 1), "packed"),
     ("ternary_matmul", TERN, 2, f32(T * K + 1), "x"),
     ("ternary_matmul", TERN, 6, f32(T * N - 1), "out"),
@@ -205,3 +212,51 @@ def test_attn_step_checks_its_buffers(pos, x, h, threads, words):
 def test_ffn_step_checks_every_size(change, words):
     with pytest.raises(ValueError, match=words):
         _native.ffn_step(*ffn_args(**change))
+
+
+# ---- the prefill chunk (native/layer.c): attn_chunk and ffn_chunk take T rows ----
+def test_chunks_run_on_every_path(path):
+    for kv_bits, kv, scales in ((32, f32(2 * NKV * CTX * D), None),
+                                (8, np.zeros(2 * NKV * CTX * D, np.int8), f32(2 * NKV * CTX))):
+        for T, start in ((CTX, 0), (2, 3), (1, CTX - 1)):
+            x, h = f32(T * H), f32(T * H)
+            _native.attn_chunk(x, T, start, h, attn_layer(kv_bits=kv_bits, kv=kv, kv_scales=scales), 2)
+            assert not x.any() and not h.any()
+    for gu in ((spec(0, 2 * I, H),), (spec(2, I, H), spec(3, I, H)), (spec(1, I, H), spec(0, I, H))):
+        _native.ffn_chunk(*chunk_ffn_args(gate_up=gu))
+
+
+@pytest.mark.parametrize("T, start, x, h, threads, words", [
+    (0, 0, f32(0), f32(0), 1, "T must be in 1..6"), (CTX + 1, 0, f32((CTX + 1) * H), f32((CTX + 1) * H), 1, "T"),
+    (2, CTX - 1, f32(2 * H), f32(2 * H), 1, "start must be in 0..4"), (2, -1, f32(2 * H), f32(2 * H), 1, "start"),
+    (2, 0, f32(2 * H - 1), f32(2 * H), 1, "x has"), (2, 0, f32(2 * H), f32(H), 1, "h has"),
+    (2, 0, f32(2 * H), f32(2 * H), 0, "threads"), (2, 0, bytes(8 * H), f32(2 * H), 1, "x must be a C-contiguous writable"),
+])
+def test_attn_chunk_checks_its_positions_and_buffers(T, start, x, h, threads, words):
+    with pytest.raises(ValueError, match=words):
+        _native.attn_chunk(x, T, start, h, attn_layer(), threads)
+
+
+@pytest.mark.parametrize("change, words", ATTN_WRONG[:6], ids=[w for _, w in ATTN_WRONG[:6]])
+def test_attn_chunk_checks_the_layer_as_the_step_does(change, words):
+    with pytest.raises(ValueError, match=words):
+        _native.attn_chunk(f32(2 * H), 2, 0, f32(2 * H), attn_layer(**change), 1)
+
+
+def chunk_ffn_args(**change):
+    T = change.pop("T", 3)
+    fields = dict(h=f32(T * H), T=T, y=f32(T * H), coef=f32(T), gate_up=(spec(0, 2 * I, H),), down=spec(1, H, I),
+                  threads=1)
+    fields.update(change)
+    return tuple(fields.values())
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(h=f32(3 * H - 1)), "h has"), (dict(y=f32(3 * H + 1)), "y has"), (dict(y=bytes(12 * H)), "writable"),
+    (dict(coef=f32(2)), "coef has"), (dict(coef=np.zeros(6, np.float32)[::2]), "coef must be a C-contiguous"),
+    (dict(T=0, h=f32(0), y=f32(0), coef=f32(0)), "T must be"), (dict(gate_up=(spec(0, 2 * I + 1, H),)), "gate_up is"),
+    (dict(gate_up=(spec(2, I, H), spec(2, I, H - 1))), "up is"), (dict(threads=0), "threads"),
+])
+def test_ffn_chunk_checks_every_size(change, words):
+    with pytest.raises(ValueError, match=words):
+        _native.ffn_chunk(*chunk_ffn_args(**change))

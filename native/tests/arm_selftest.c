@@ -232,7 +232,29 @@ static void check_dots(int n, int kind) {
         compare(silu_ref, silu, sizeof(float) * (size_t)n, simd[i], what);
         compare(exp_ref, ex, sizeof(float) * (size_t)n, simd[i], what);
     }
-    free(a), free(b), free(b8), free(silu_ref), free(silu), free(exp_ref), free(ex), free(sa);
+    free(silu_ref), free(silu), free(exp_ref), free(ex), free(sa);
+
+    /* attention's inner loops: q [n] against 3 transposed key blocks [3, n, 8]; p [n] over n value rows of 43 */
+    enum { NB = 3, PD = 43 };
+    float *kt = malloc(sizeof(float) * ((size_t)NB * n * 8 + 1)), *v = malloc(sizeof(float) * ((size_t)n * PD + 1));
+    int8_t *v8 = malloc((size_t)n * PD + 1);
+    fill_x(kt, (size_t)NB * n * 8, X_NORMAL);
+    fill_x(v, (size_t)n * PD, kind);
+    fill_bytes((uint8_t *)v8, (size_t)n * PD, W_RANDOM);
+    float sk_ref[NB * 8], sk[NB * 8], pv_ref[2][PD], pv[2][PD];
+    ref.scores_kt(a, kt, n, NB, sk_ref);
+    ref.pv_f32(pv_ref[0], a, v, n, PD);
+    ref.pv_i8(pv_ref[1], a, b, v8, n, PD);
+    for (int i = 0; i < nsimd; i++) {
+        const mote_dot_fns fn = mote_dot_for(simd[i]);
+        fn.scores_kt(a, kt, n, NB, sk);
+        fn.pv_f32(pv[0], a, v, n, PD);
+        fn.pv_i8(pv[1], a, b, v8, n, PD);
+        snprintf(what, sizeof what, "scores_kt / pv n=%d x=%s", n, xkind_name[kind]);
+        compare(sk_ref, sk, sizeof sk, simd[i], what);
+        compare(pv_ref, pv, sizeof pv, simd[i], what);
+    }
+    free(kt), free(v), free(v8), free(a), free(b), free(b8);
 }
 
 static float *random_floats(size_t n, float scale) {
@@ -242,13 +264,13 @@ static float *random_floats(size_t n, float scale) {
     return x;
 }
 
-static void check_attn(int H, int nH, int nKV, int D, int context, int pos, int kv_bits, int threads) {
+static void check_attn(int H, int nH, int nKV, int D, int context, int pos, int T, int kv_bits, int threads) {
     const int nq = nH * D, nk = nKV * D;
     const size_t cells = 2 * (size_t)nKV * context;
     float *wqkv = random_floats((size_t)(nq + 2 * nk) * H, 0.1f), *wo = random_floats((size_t)H * nq, 0.1f);
     float *ln = random_floats((size_t)H, 1.0f), *b = random_floats((size_t)(nq + 2 * nk), 0.1f);
     float *cs = random_floats((size_t)context * D, 1.0f), *sn = random_floats((size_t)context * D, 1.0f);
-    float *x0 = random_floats((size_t)H, 1.0f), *kv0 = random_floats(cells * D, 1.0f);
+    float *x0 = random_floats((size_t)T * H, 1.0f), *kv0 = random_floats(cells * D, 1.0f);
     float *sc0 = random_floats(cells, 0.01f);
     int8_t *kv8 = malloc(cells * D + 1);
     fill_bytes((uint8_t *)kv8, cells * D, W_RANDOM);
@@ -260,25 +282,27 @@ static void check_attn(int H, int nH, int nKV, int D, int context, int pos, int 
     float *out[2][3];   /* [ref | got][x, h, kv scales]; the cache itself below */
     void *kv_out[2];
     for (int r = 0; r < 2; r++) {
-        out[r][0] = malloc(sizeof(float) * H), out[r][1] = malloc(sizeof(float) * H);
+        out[r][0] = malloc(sizeof(float) * T * H), out[r][1] = malloc(sizeof(float) * T * H);
         out[r][2] = malloc(sizeof(float) * cells);
         kv_out[r] = malloc(kv_bytes);
     }
     char what[96];
-    snprintf(what, sizeof what, "attn H=%d heads=%d/%d D=%d pos=%d kv=%d threads=%d", H, nH, nKV, D, pos, kv_bits,
-             threads);
+    snprintf(what, sizeof what, "attn H=%d heads=%d/%d D=%d pos=%d T=%d kv=%d threads=%d", H, nH, nKV, D, pos, T,
+             kv_bits, threads);
     for (int i = -1; i < nsimd; i++) {
         const int r = i < 0 ? 0 : 1;
         use(i < 0 ? MOTE_PATH_SCALAR : simd[i]);
-        memcpy(out[r][0], x0, sizeof(float) * H);
+        memcpy(out[r][0], x0, sizeof(float) * T * H);
         memcpy(out[r][2], sc0, sizeof(float) * cells);
         memcpy(kv_out[r], kv_bits == 32 ? (void *)kv0 : (void *)kv8, kv_bytes);
         L.kv = kv_out[r];
         L.kv_scales = kv_bits == 32 ? NULL : out[r][2];
-        if (mote_attn_step(&L, out[r][0], pos, out[r][1], threads) != 0) exit(3);
+        if ((T == 1 ? mote_attn_step(&L, out[r][0], pos, out[r][1], threads)
+                    : mote_attn_chunk(&L, out[r][0], T, pos, out[r][1], threads)) != 0)
+            exit(3);
         if (r == 0) continue;
-        compare(out[0][0], out[1][0], sizeof(float) * H, simd[i], what);
-        compare(out[0][1], out[1][1], sizeof(float) * H, simd[i], what);
+        compare(out[0][0], out[1][0], sizeof(float) * T * H, simd[i], what);
+        compare(out[0][1], out[1][1], sizeof(float) * T * H, simd[i], what);
         compare(kv_out[0], kv_out[1], kv_bytes, simd[i], what);
         compare(out[0][2], out[1][2], sizeof(float) * cells, simd[i], what);
     }
@@ -383,7 +407,8 @@ int main(int argc, char **argv) {
         }
     printf("intn: %d checks\n", checks - c2);
 
-    /* decode-step layer: dots of every length around the 8 lanes, attention half at several positions */
+    /* the layer: dots of every length around the 8 lanes, the attention half at several positions as a
+     * decode step (T = 1) and as prefill chunks (T = 2, 7: causal over the cache and the chunk) */
     const int c3 = checks;
     for (int kind = 0; kind < X_KINDS; kind++) {
         if (kind == X_SPECIAL && !nan_ok) continue;
@@ -394,8 +419,9 @@ int main(int argc, char **argv) {
     for (size_t s = 0; s < sizeof attn_shapes / sizeof attn_shapes[0]; s++)
         for (int kv_bits = 8; kv_bits <= 32; kv_bits += 24)
             for (int pos = 0; pos < 20; pos += 6)
-                check_attn(attn_shapes[s][0], attn_shapes[s][1], attn_shapes[s][2], attn_shapes[s][3], 20, pos, kv_bits,
-                           1 + (int)(s % 2));
+                for (int T = 1; T <= 7 && pos + T <= 20; T += T == 1 ? 1 : 5)
+                    check_attn(attn_shapes[s][0], attn_shapes[s][1], attn_shapes[s][2], attn_shapes[s][3], 20, pos, T,
+                               kv_bits, 1 + (int)(s % 2));
     printf("layer: %d checks\n", checks - c3);
 
     /* CRC-32: the known check value, then every length 0..300 at every start offset mod 16 and a few long
