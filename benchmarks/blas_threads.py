@@ -5,10 +5,10 @@ side in one process, alternating, on an idle and on a busy box.
 
 The runtime's remaining numpy BLAS products are prefill attention (runtime/decoder.py: [G, C, D] x
 [D, S] per KV head group) and the vision encoder's attention (runtime/vit.py). Per setting of BLAS
-threads (the cap = the Engine's threads, and numpy's default = every core), one prefill of `--positions`
+threads (1, the Engine's threads = the cap, numpy's default = every core), one prefill of `--positions`
 prompt positions (text only, every expert cached) and one image encode, repeated `--reps` times in
 alternation; medians. `--busy N` runs N spinning processes beside it (a box shared with other work).
-Prints ms per setting and the ratio default / capped.
+Prints ms per setting and the ratio default / cap.
 """
 
 from __future__ import annotations
@@ -80,10 +80,11 @@ def main() -> None:
     default = blas_threads()
     if default is None:
         raise SystemExit("numpy's BLAS is not an OpenBLAS this runtime can set (nothing to compare)")
-    settings = {f"capped ({args.threads})": args.threads, f"numpy default ({default})": default}
-    print(f"CPU: {os.cpu_count()} cores; Engine threads {args.threads}; {args.positions} prefill positions; "
-          f"medians of {args.reps}")
-    print(f"{'busy':>5}  {'run':<13}" + "".join(f"{s:>22}" for s in settings) + f"{'default / capped':>18}")
+    settings = {f"BLAS {n}": n for n in sorted({1, args.threads, default})}
+    cap, free = f"BLAS {args.threads}", f"BLAS {default}"
+    print(f"CPU: {os.cpu_count()} cores; Engine threads {args.threads} (the cap), numpy's default {default}; "
+          f"{args.positions} prefill positions; medians of {args.reps}")
+    print(f"{'busy':>5}  {'run':<13}" + "".join(f"{s:>12}" for s in settings) + f"{'default / cap':>15}")
     for busy in (int(b) for b in args.busy.split(",")):
         spinners = [mp.Process(target=spin, daemon=True) for _ in range(busy)]
         for p in spinners:
@@ -95,9 +96,8 @@ def main() -> None:
                 p.terminate()
                 p.join()
         for name, per in result.items():
-            capped, free = per[f"capped ({args.threads})"], per[f"numpy default ({default})"]
-            print(f"{busy:>5}  {name:<13}" + "".join(f"{v:>19.1f} ms" for v in per.values()) + f"{free / capped:>17.2f}x",
-                  flush=True)
+            print(f"{busy:>5}  {name:<13}" + "".join(f"{v:>9.1f} ms" for v in per.values())
+                  + f"{per[free] / per[cap]:>14.2f}x", flush=True)
 
 
 if __name__ == "__main__":
