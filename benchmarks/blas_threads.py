@@ -1,14 +1,15 @@
-"""numpy's BLAS threads, capped to the Engine's threads or not: prefill and the vision encoder timed side by
-side in one process, alternating, on an idle and on a busy box.
+"""numpy's BLAS threads as the runtime sets them (runtime/blas.py BLAS_THREADS), at the Engine's threads
+and at numpy's default: prefill and the vision encoder timed side by side in one process, alternating, on
+an idle and on a busy box.
 
     python benchmarks/blas_threads.py out/q05n.mote [--threads 1] [--positions 900] [--reps 5] [--busy 0,2]
 
 The runtime's remaining numpy BLAS products are prefill attention (runtime/decoder.py: [G, C, D] x
 [D, S] per KV head group) and the vision encoder's attention (runtime/vit.py). Per setting of BLAS
-threads (1, the Engine's threads = the cap, numpy's default = every core), one prefill of `--positions`
+threads (the runtime's, the Engine's threads, numpy's default = every core), one prefill of `--positions`
 prompt positions (text only, every expert cached) and one image encode, repeated `--reps` times in
 alternation; medians. `--busy N` runs N spinning processes beside it (a box shared with other work).
-Prints ms per setting and the ratio default / cap.
+Prints ms per setting and the ratio numpy's default / the runtime's setting.
 """
 
 from __future__ import annotations
@@ -70,21 +71,21 @@ def measure(model: str, threads: int, positions: int, reps: int, settings: dict[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
-    ap.add_argument("--threads", type=int, default=1, help="the Engine's threads (the cap)")
+    ap.add_argument("--threads", type=int, default=1, help="the Engine's threads")
     ap.add_argument("--positions", type=int, default=900)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--busy", default="0,2", help="spinning processes beside the run, comma separated settings")
     args = ap.parse_args()
-    from mote_edge.runtime.blas import blas_threads
+    from mote_edge.runtime.blas import BLAS_THREADS, blas_threads
 
     default = blas_threads()
     if default is None:
         raise SystemExit("numpy's BLAS is not an OpenBLAS this runtime can set (nothing to compare)")
-    settings = {f"BLAS {n}": n for n in sorted({1, args.threads, default})}
-    cap, free = f"BLAS {args.threads}", f"BLAS {default}"
-    print(f"CPU: {os.cpu_count()} cores; Engine threads {args.threads} (the cap), numpy's default {default}; "
-          f"{args.positions} prefill positions; medians of {args.reps}")
-    print(f"{'busy':>5}  {'run':<13}" + "".join(f"{s:>12}" for s in settings) + f"{'default / cap':>15}")
+    settings = {f"BLAS {n}": n for n in sorted({BLAS_THREADS, args.threads, default})}
+    cap, free = f"BLAS {BLAS_THREADS}", f"BLAS {default}"
+    print(f"CPU: {os.cpu_count()} cores; Engine threads {args.threads}, the runtime's BLAS threads {BLAS_THREADS}, "
+          f"numpy's default {default}; {args.positions} prefill positions; medians of {args.reps}")
+    print(f"{'busy':>5}  {'run':<13}" + "".join(f"{s:>12}" for s in settings) + f"{'default / runtime':>19}")
     for busy in (int(b) for b in args.busy.split(",")):
         spinners = [mp.Process(target=spin, daemon=True) for _ in range(busy)]
         for p in spinners:
@@ -97,7 +98,7 @@ def main() -> None:
                 p.join()
         for name, per in result.items():
             print(f"{busy:>5}  {name:<13}" + "".join(f"{v:>9.1f} ms" for v in per.values())
-                  + f"{per[free] / per[cap]:>14.2f}x", flush=True)
+                  + f"{per[free] / per[cap]:>18.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
 """numpy's BLAS thread count, through the OpenBLAS C API of the library numpy loaded (no threadpoolctl).
 
-The runtime still hands some products to numpy's BLAS (prefill attention's per-head-group matmuls in
-runtime/decoder.py, the vision encoder's attention in runtime/vit.py, fp weights in runtime/weights.py).
-OpenBLAS starts one thread per core by default, beside the Engine's own kernel threads; `Engine.load`
-caps it to the Engine's `threads` (docs/BENCHMARKS.md, "BLAS threads", has the numbers).
+The runtime still hands some products to numpy's BLAS: prefill attention (runtime/decoder.py: a batch
+of [C, D] x [D, S] products per KV head group, D = head_dim = 64-128), the vision encoder's attention
+(runtime/vit.py: one head, 128 query rows at a time) and fp-stored weights (runtime/weights.py). Each
+product is small, and OpenBLAS splits every one over its threads (one per core by default), beside the
+Engine's own kernel threads. `Engine.load` sets BLAS_THREADS: measured on the 2-core EPYC
+(benchmarks/blas_threads.py, docs/BENCHMARKS.md "BLAS threads"), a 900-position 0.5B prefill at one
+BLAS thread against numpy's default two ran 1.45x faster with the Engine on 2 threads and the box idle,
+3.5x faster with two other processes spinning (Engine on 1 or 2 threads); the image encode 1.0-1.9x.
 
 Only OpenBLAS builds are handled (numpy's wheels bundle one, its symbols prefixed `scipy_` and suffixed
 `64_` for the 64-bit-integer build); elsewhere (another BLAS, not Linux) nothing is changed and the
@@ -61,6 +65,8 @@ def _find() -> "_OpenBLAS | None":
                 return _OpenBLAS(setter, getter)
     return None
 
+
+BLAS_THREADS = 1  # what Engine.load sets, whatever its own threads (above)
 
 _blas: "_OpenBLAS | None | bool" = False  # False: not looked up yet
 
