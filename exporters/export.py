@@ -1,9 +1,11 @@
 """`mote-edge export`: checkpoint directory -> one .mote file.
 
-Stages (each with a progress bar): open + validate the checkpoint; store the vision tower and
-projector (native blocks with int8 group-wise matrices by default, or an ONNX model); quantize every decoder tensor by the recipe
-and stream it into place (resident tensors, then one record per routed expert); finalize.
-Memory stays near the largest tensor plus the vision export: the decoder is never held whole.
+Stages (each with a progress bar): open + validate the checkpoint; export an ONNX vision tower (with
+--vision-format onnx); quantize every decoder tensor by the recipe and stream it into place (resident
+tensors, then one record per routed expert); write the vision tower + projector (native: one block at a
+time, int8 group-wise matrices by default; or the ONNX bytes); finalize.
+Memory stays near the largest tensor (a native vision block at most): neither the decoder nor a native
+vision tower is ever held whole (an ONNX tower is).
 GPTQ (`method="gptq"`) first runs the float model on calibration data to collect Hessians.
 """
 
@@ -21,7 +23,8 @@ from mote_edge.chat import template_for_tokenizer, template_named
 from mote_edge.errors import ExportError
 from mote_edge.format.encoding import encode
 from mote_edge.format.stats import size_stats
-from mote_edge.format.vision_blocks import DEFAULT_VISION_GROUP_SIZE, VISION_FORMATS, build_vision_section
+from mote_edge.format.vision_blocks import (DEFAULT_VISION_GROUP_SIZE, VISION_FORMATS, encode_vision_blocks,
+                                           plan_vision_blocks, section_nbytes)
 from mote_edge.format.writer import MoteWriter
 from mote_edge.progress import byte_progress, stderr_console
 from mote_edge.quant.gptq import gptq_quantize
@@ -125,13 +128,23 @@ def _vision_onnx(ckpt: Checkpoint, bits: int) -> bytes:
     return export_vision_onnx(vision_reference(ckpt), weight_bits=bits)
 
 
-def _vision_section(ckpt: Checkpoint, bits: int, opts: ExportOptions) -> tuple[bytes | bytearray, dict, list]:
-    """The vision section's bytes, its metadata entry and (native) its blocks."""
+def _vision_section(ckpt: Checkpoint, bits: int, opts: ExportOptions) -> tuple[bytes | None, dict, list]:
+    """An ONNX section's bytes, or (native) None and its planned blocks (encoded while writing); its
+    metadata entry."""
     if opts.vision_format == "onnx":
         info = {"format": "onnx", "weight_bits": bits, "input": "pixel_values", "output": "image_features"}
         return _vision_onnx(ckpt, bits), info, []
-    data, blocks = build_vision_section(ckpt.config, bits, opts.vision_group_size, ckpt.tensor)
-    return data, {"format": "native", "weight_bits": bits, "group_size": opts.vision_group_size}, blocks
+    blocks = plan_vision_blocks(ckpt.config, bits, opts.vision_group_size)
+    return None, {"format": "native", "weight_bits": bits, "group_size": opts.vision_group_size}, blocks
+
+
+def _write_vision(writer: MoteWriter, ckpt: Checkpoint, onnx: bytes | None) -> None:
+    """The vision section: the ONNX bytes, or the native blocks encoded and written one at a time."""
+    if onnx is not None:
+        writer.write_vision(onnx)
+        return
+    for block, record in encode_vision_blocks(ckpt.config, writer.vision.blocks, ckpt.tensor):
+        writer.write_vision_block(block, record)
 
 
 def _check_vision_options(opts: ExportOptions) -> None:
@@ -168,24 +181,30 @@ def export_checkpoint(checkpoint_dir: str | Path, output: str | Path, opts: Expo
         stages["calibration"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    say(f"exporting the vision tower ({opts.vision_format}, {recipe.vision_bits}-bit weights)")
-    vision, vision_info, vision_blocks = _vision_section(ckpt, recipe.vision_bits, opts)
+    if opts.vision_format == "onnx":
+        say(f"exporting the vision tower (onnx, {recipe.vision_bits}-bit weights)")
+    onnx, vision_info, vision_blocks = _vision_section(ckpt, recipe.vision_bits, opts)
     stages["vision"] = time.perf_counter() - t
 
     t = time.perf_counter()
     warn = (lambda m: stderr_console.print(f"warning: {m}")) if opts.progress else None
     writer = MoteWriter(output, build_metadata(ckpt, recipe, opts.chat_template, opts.system, warn))
     assign_offsets(writer, specs, recipe)
-    writer.add_vision(len(vision), vision_info, vision_blocks)
+    writer.add_vision(len(onnx) if onnx is not None else section_nbytes(vision_blocks), vision_info, vision_blocks)
     writer.metadata["sizes"] = size_stats(writer.tensors.values(), writer.experts.values(), writer.vision)
     decoder_bytes = sum(s.numel * 4 for s in specs if s.role not in VISION_ROLES)
     with writer:
         writer.begin()
         with byte_progress(f"quantizing {Path(checkpoint_dir).name}", decoder_bytes, opts.progress) as bar:
             _write_decoder(writer, ckpt, specs, hessians, bar)
-        writer.write_vision(vision)
+        stages["decoder"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if onnx is None:
+            say(f"writing the vision tower (native, {recipe.vision_bits}-bit weights, block by block)")
+        _write_vision(writer, ckpt, onnx)
+        onnx = None
         writer.finalize()
-    stages["decoder"] = time.perf_counter() - t
+    stages["vision"] += time.perf_counter() - t
     return ExportSummary(output, output.stat().st_size, writer.metadata["sizes"], time.perf_counter() - t0,
                          _peak_rss(), stages)
 

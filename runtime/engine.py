@@ -30,6 +30,7 @@ from mote_edge.image import ImagePreprocessConfig, load_image, preprocess
 from mote_edge.messages import Conversation
 from mote_edge.tokenizer import Tokenizer
 
+from .blas import BLAS_THREADS, set_blas_threads
 from .budget import BudgetError, parse_bytes
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES
 from .decoder import Decoder
@@ -149,6 +150,7 @@ class Engine:
         threads = int(threads if threads is not None else _usable_cpus())
         if threads < 1:
             raise MoteError(f"threads must be >= 1, got {threads}")
+        set_blas_threads(BLAS_THREADS)  # numpy's small BLAS products run faster on one thread (runtime/blas.py)
         budget = parse_bytes(memory_budget) if memory_budget is not None else None
         if cache_policy not in RUNTIME_POLICIES:
             raise MoteError(f"unknown cache policy {cache_policy!r} (choose from {', '.join(RUNTIME_POLICIES)})")

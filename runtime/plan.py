@@ -12,8 +12,8 @@ A request goes through phases that never overlap, and the plan is the largest of
     KV cache          layers x 2 x kv_heads x context x (head_dim x 4 bytes (fp32), or head_dim + a
                       4-byte scale (int8, kv_bits 8))
     scratch           activations of one prefill chunk (PREFILL_CHUNK positions; attention in query
-                      chunks over the whole context) + the prompt's embeddings [context, H] (held
-                      while its chunks run) + logits
+                      chunks over the whole context; the kernels' int8 input copies) + the prompt's
+                      embeddings [context, H] (held while its chunks run) + logits
     vision peak       the vision encoder while an image is encoded: the native encoder's largest
                       block + its activations (runtime/vit.py), or an ONNX section's onnxruntime session
     image inputs      what an image adds to the prefill: its pixels and its features [P, H] (their copy
@@ -146,11 +146,19 @@ def kv_cache_bytes(cfg: ModelConfig, context: int, kv_bits: int = 32) -> int:
 
 
 def scratch_bytes(cfg: ModelConfig, context: int) -> int:
+    """Per prefill position (float32): 4 x [H] (the residual stream, its norm, a layer's output, the sum),
+    q/k/v [(nH + 2 nKV) x head_dim], and the SwiGLU's 4 x [I] (gate and up, and silu's two temporaries
+    beside them); the int-N kernels' int8 copy of the widest matrix input and its interleaved copy (2 bytes
+    per input, as runtime/vit.py counts); one query chunk's scores; the prompt's embeddings; the logits.
+    Measured on a context-filling prompt routed over every expert (benchmarks/plan_tightness.py): with
+    3 x [I] and no kernel copies the synth 1.5B's prefill peaked 4.6-4.9 MB over its plan."""
     dc = cfg.decoder
-    per_token = 4 * dc.hidden_size + 3 * dc.intermediate_size + dc.head_dim * (dc.num_attention_heads + 2 * dc.num_key_value_heads)
+    chunk = min(context, PREFILL_CHUNK)
+    per_token = 4 * dc.hidden_size + 4 * dc.intermediate_size + dc.head_dim * (dc.num_attention_heads + 2 * dc.num_key_value_heads)
+    kernel = 2 * chunk * max(dc.intermediate_size, dc.hidden_size)
     scores = dc.num_attention_heads * ATTN_QUERY_CHUNK * context
     prompt = context * dc.hidden_size  # the embedded prompt, whole, while the chunks run
-    return 4 * (min(context, PREFILL_CHUNK) * per_token + scores + prompt + dc.vocab_size)
+    return 4 * (chunk * per_token + scores + prompt + dc.vocab_size) + kernel
 
 
 def onnx_vision_peak_bytes(cfg: ModelConfig, vision_bytes: int) -> int:

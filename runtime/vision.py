@@ -28,7 +28,7 @@ from mote_edge.format.constants import VISION_INPUT, VISION_OUTPUT
 
 from mote_edge.format.reader import MoteFile
 
-from .memory import trim_heap
+from .memory import large_allocations_mapped, trim_heap
 from .vit import NativeVisionEncoder
 
 __all__ = ["run_vision_onnx", "vision_encoder", "VisionEncoder", "VisionSectionError", "VisionShapeError"]
@@ -100,6 +100,17 @@ class VisionEncoder:
         if pixels.ndim != 4 or pixels.shape[0] != 1:
             raise ValueError(f"VisionEncoder.encode takes one image, pixels [1, 3, S, S]; got {list(pixels.shape)}")
         start = time.perf_counter()
+        with large_allocations_mapped():  # the session's buffers leave no heap behind (runtime/memory.py)
+            features = self._encode(pixels)
+        if features.ndim != 2 or (self.hidden_size is not None and features.shape[1] != self.hidden_size):
+            raise VisionShapeError(f"the vision section gives image features of shape {list(features.shape)}, "
+                                   f"the decoder takes [P, {self.hidden_size}]")
+        self.encodes += 1
+        self.last_encode_ms = (time.perf_counter() - start) * 1e3
+        return features
+
+    def _encode(self, pixels: np.ndarray) -> np.ndarray:
+        """Load the section, build the session, run it, copy the features out, drop the session, trim."""
         blob: Any = self._loader()
         session: Any = None
         try:
@@ -127,11 +138,6 @@ class VisionEncoder:
             session = blob = None
             gc.collect()
             trim_heap()
-        if features.ndim != 2 or (self.hidden_size is not None and features.shape[1] != self.hidden_size):
-            raise VisionShapeError(f"the vision section gives image features of shape {list(features.shape)}, "
-                                   f"the decoder takes [P, {self.hidden_size}]")
-        self.encodes += 1
-        self.last_encode_ms = (time.perf_counter() - start) * 1e3
         return features
 
 

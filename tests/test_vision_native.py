@@ -16,6 +16,7 @@ Tolerances (rel = max |y - ref| / max |ref| over an image's [P, H] features):
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -285,15 +286,18 @@ def memory_setup(path: str):
     return cfg, blocks, read_into
 
 
-@pytest.fixture(scope="module")
-def memory_section(tmp_path_factory) -> Path:
+def memory_weights(cfg: ModelConfig) -> dict[str, np.ndarray]:
     from mote_edge.schema import projector_tensors, vision_tensors
 
-    cfg = memory_config()
     rng = np.random.default_rng(0)
-    weights = {s.name: (0.02 * rng.standard_normal(s.shape)).astype(np.float32)
-               for s in vision_tensors(cfg) + projector_tensors(cfg)}
-    data, _ = build_vision_section(cfg, 8, 32, weights.__getitem__)
+    return {s.name: (0.02 * rng.standard_normal(s.shape)).astype(np.float32)
+            for s in vision_tensors(cfg) + projector_tensors(cfg)}
+
+
+@pytest.fixture(scope="module")
+def memory_section(tmp_path_factory) -> Path:
+    cfg = memory_config()
+    data, _ = build_vision_section(cfg, 8, 32, memory_weights(cfg).__getitem__)
     path = tmp_path_factory.mktemp("vit-memory") / "section.bin"
     path.write_bytes(bytes(data))
     return path
@@ -316,3 +320,101 @@ def test_the_encoders_peak_stays_under_its_plan_and_a_whole_tower_breaks_it(memo
     assert 0.6 * run["plan"] <= run["peak"] <= run["plan"], run
     control = _encode_in_a_subprocess(memory_section, "whole-tower")
     assert control["peak"] > control["plan"], control
+
+
+def _traced_peak(fn) -> int:
+    """Bytes allocated at once (tracemalloc: Python objects and numpy arrays) while fn runs."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_writer_takes_a_native_section_block_by_block_and_holds_none_of_it(tmp_path):
+    from mote_edge.format import MoteWriter
+    from mote_edge.format.vision_blocks import encode_vision_blocks, plan_vision_blocks, section_nbytes
+    from mote_edge.quant.recipe import Recipe
+
+    cfg = memory_config()
+    tensor = memory_weights(cfg).__getitem__
+    whole = {}
+    whole_peak = _traced_peak(lambda: whole.update(data=build_vision_section(cfg, 8, 32, tensor)[0]))
+    path = tmp_path / "streamed.mote"
+    with MoteWriter(path, {"format": "mote", "model": cfg.to_dict(), "recipe": Recipe.default(4).to_dict()}) as w:
+        blocks = plan_vision_blocks(cfg, 8, 32)
+        w.add_vision(section_nbytes(blocks), {"format": "native", "weight_bits": 8, "group_size": 32}, blocks)
+        w.metadata["sizes"] = {}
+        w.begin()
+        records = encode_vision_blocks(cfg, w.vision.blocks, tensor)
+        first, second = next(records), next(records)
+        with pytest.raises(FormatError, match="layers.0 is not the next planned one"):
+            w.write_vision_block(*second)
+        with pytest.raises(FormatError, match="written block by block"):
+            w.write_vision(bytes(whole["data"]))
+
+        def stream():
+            for block, record in itertools.chain([first, second], records):
+                w.write_vision_block(block, record)
+        streamed_peak = _traced_peak(stream)
+        w.finalize()
+    section = len(whole["data"])
+    largest = max(b.nbytes for b in blocks)
+    assert section > 6 * largest
+    # the section in memory is what the whole build holds beyond one block's encoding
+    assert whole_peak >= section and streamed_peak < whole_peak - section + 2 * largest, (streamed_peak, whole_peak)
+    with MoteFile(path, container_only=True) as f:
+        assert f.read_vision() == bytes(whole["data"])  # the section's CRC over blocks and padding holds
+        assert [b.crc32 for b in f.vision.blocks] == [b.crc32 for b in blocks]
+
+
+# An ONNX section's first encode in a fresh process: how much it extends the main heap (glibc mallinfo2
+# arena: its extent, resident or not). Measured on this tower (23.9 MB of int8 ONNX): 34 MB with the
+# session's buffers carved from the heap, whose top then stays pinned by chunks still live (a prefill
+# afterwards faults its free chunks in again: the 3B over its plan, docs/BENCHMARKS.md); 11-12 MB with
+# them mapped (onnxruntime's one-time state: a second encode adds < 1 MB either way).
+ONNX_HEAP = r"""
+import ctypes, json, sys
+import numpy as np
+from mote_edge.runtime.memory import trim_heap
+from mote_edge.runtime.vision import VisionEncoder
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+onnx = open(sys.argv[1], "rb").read()
+encoder = VisionEncoder(lambda: bytes(onnx), threads=1)
+pixels = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+trim_heap()
+heap_before = libc.mallinfo2().arena
+features = encoder.encode(pixels)
+print(json.dumps({"heap_growth": libc.mallinfo2().arena - heap_before, "onnx_bytes": len(onnx),
+                  "shape": list(features.shape)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def memory_onnx(tmp_path_factory) -> Path:
+    """The MEMORY_VISION tower + projector as an int8 ONNX model."""
+    import_oracle("onnx")
+    from mote_edge.exporters.vision_onnx import export_vision_onnx
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("onnx-heap") / "vision.onnx"
+    path.write_bytes(export_vision_onnx(MoTELlavaForCausalLM(memory_config()).eval(), weight_bits=8))
+    return path
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallinfo2")
+def test_an_onnx_encode_leaves_no_heap_behind(memory_onnx):
+    pytest.importorskip("onnxruntime")
+    r = subprocess.run([sys.executable, "-c", ONNX_HEAP, str(memory_onnx)], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = json.loads(r.stdout.strip().splitlines()[-1])
+    assert run["shape"] == [196, memory_config().decoder.hidden_size]
+    assert run["heap_growth"] < 0.75 * run["onnx_bytes"], run

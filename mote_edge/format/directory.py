@@ -65,18 +65,6 @@ class TensorEntry:
             d["crc32"] = crc_hex(self.crc32)
         return d
 
-    @classmethod
-    def from_json(cls, d: dict, with_crc: bool) -> "TensorEntry":
-        entry = cls.plan(d["name"], d["role"], Scheme.from_dict(d["scheme"]), tuple(d["shape"]))
-        entry.offset = int(d["offset"])
-        stored = [(p["name"], p["dtype"], tuple(p["shape"]), int(p["offset"])) for p in d["parts"]]
-        planned = [(p.name, p.dtype, p.shape, o) for p, o in zip(entry.parts, entry.part_offsets)]
-        if stored != planned or int(d["nbytes"]) != entry.nbytes:
-            raise ValueError(f"tensor {entry.name}: parts do not match its scheme and shape")
-        if with_crc:
-            entry.crc32 = int(d["crc32"], 16)
-        return entry
-
 
 def place_back_to_back(tensors: list[TensorEntry]) -> int:
     """Set each tensor's offset in a record (one after the other, TENSOR_ALIGN-aligned); the record's bytes."""
@@ -110,16 +98,6 @@ class ExpertEntry:
     def to_json(self) -> dict:
         return {"layer": self.layer, "expert": self.expert, "offset": self.offset, "nbytes": self.nbytes,
                 "crc32": crc_hex(self.crc32), "tensors": [t.to_json(with_crc=False) for t in self.tensors]}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "ExpertEntry":
-        tensors = [TensorEntry.from_json(t, with_crc=False) for t in d["tensors"]]
-        entry = cls.plan(int(d["layer"]), int(d["expert"]), tensors)
-        if [t.offset for t in tensors] != [int(t["offset"]) for t in d["tensors"]] or int(d["nbytes"]) != entry.nbytes:
-            raise ValueError(f"expert record ({entry.layer}, {entry.expert}): tensor offsets are inconsistent")
-        entry.offset = int(d["offset"])
-        entry.crc32 = int(d["crc32"], 16)
-        return entry
 
 
 @dataclass
@@ -166,8 +144,3 @@ class BlobEntry:
         if self.blocks:
             d["blocks"] = [b.to_json() for b in self.blocks]
         return d
-
-    @classmethod
-    def from_json(cls, d: dict) -> "BlobEntry":
-        info = {k: v for k, v in d.items() if k not in ("offset", "nbytes", "crc32", "blocks")}
-        return cls(int(d["nbytes"]), int(d["offset"]), int(d["crc32"], 16), info)

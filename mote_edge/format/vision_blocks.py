@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 
@@ -127,18 +128,21 @@ def source_tensor(spec: VisionTensorSpec, tensor) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(spec.shape))
 
 
-def build_vision_section(cfg: ModelConfig, weight_bits: int, group_size: int, tensor,
-                         on_block=None) -> tuple[bytearray, list[VisionBlock]]:
-    """The native section's bytes and its blocks (CRCs filled): every spec read with `tensor(name)`
-    (a checkpoint reader), encoded by the shared quantizer, packed at its planned offset. One block's
-    float tensors are alive at a time. `on_block(block)` is called after each block (progress)."""
-    blocks = plan_vision_blocks(cfg, weight_bits, group_size)
-    data = bytearray(section_nbytes(blocks))
+def encode_vision_blocks(cfg: ModelConfig, blocks: list[VisionBlock], tensor) -> Iterator[tuple[VisionBlock, bytearray]]:
+    """Each planned block (plan_vision_blocks) with its record's bytes, in order, its CRC filled: every spec
+    read with `tensor(name)` (a checkpoint reader), encoded by the shared quantizer, packed at its planned
+    offset. One block's tensors and record are alive at a time (a writer streams them to the file)."""
     for block, (_, specs) in zip(blocks, vision_block_specs(cfg)):
         parts = {s.name: encode(source_tensor(s, tensor), t.scheme) for s, t in zip(specs, block.tensors)}
         record = record_bytes(block.tensors, parts, f"vision block {block.name}")
         block.crc32 = zlib.crc32(record)
+        yield block, record
+
+
+def build_vision_section(cfg: ModelConfig, weight_bits: int, group_size: int, tensor) -> tuple[bytearray, list[VisionBlock]]:
+    """The whole native section in memory and its blocks (CRCs filled), for readers that take bytes."""
+    blocks = plan_vision_blocks(cfg, weight_bits, group_size)
+    data = bytearray(section_nbytes(blocks))
+    for block, record in encode_vision_blocks(cfg, blocks, tensor):
         data[block.offset:block.offset + block.nbytes] = record
-        if on_block is not None:
-            on_block(block)
     return data, blocks

@@ -7,8 +7,9 @@ interrupted export never leaves a file that looks valid.
 
 Layout (docs/FORMAT.md): header | metadata JSON | pad to 4096 | data section =
 [resident tensors, 64-aligned] [expert records, 4096-aligned] [vision, 4096-aligned] | trailer.
-The vision section is written in one piece (`write_vision`): an ONNX model, or the native blocks
-laid out by mote_edge/format/vision_blocks.py.
+The vision section is an ONNX model written in one piece (`write_vision`), or the native blocks laid
+out by mote_edge/format/vision_blocks.py, written one at a time in order (`write_vision_block`), so an
+exporter never holds the whole tower.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ class MoteWriter:
         self.tensors: dict[str, TensorEntry] = {}
         self.experts: dict[tuple[int, int], ExpertEntry] = {}
         self.vision: BlobEntry | None = None
+        self._vision_blocks_written = 0
+        self._vision_end = 0  # section bytes covered by _vision_crc
+        self._vision_crc = 0
         self._written: set = set()
         self._fd: int | None = None
         self.data_offset = 0
@@ -169,11 +173,36 @@ class MoteWriter:
         self._pwrite(bytes(record), entry.offset)
 
     def write_vision(self, data: bytes) -> None:
+        """The whole section at once (an ONNX model)."""
         if self.vision is None or len(data) != self.vision.nbytes:
             raise FormatError("vision section was not planned with this size")
+        if self.vision.blocks:
+            raise FormatError("a native vision section is written block by block (write_vision_block)")
         self._writing(("vision",))  # (validated above)
         self.vision.crc32 = zlib.crc32(data)
         self._pwrite(data, self.vision.offset)
+
+    def write_vision_block(self, block: VisionBlock, record: bytes) -> None:
+        """The next block of a native section (`block` is its planned entry, CRC filled), in plan order.
+        The section's CRC runs over the blocks and the zero padding between them; the section counts as
+        written with its last block."""
+        if self.vision is None or not self.vision.blocks:
+            raise FormatError("no native vision section was planned")
+        blocks = self.vision.blocks
+        if self._vision_blocks_written >= len(blocks) or blocks[self._vision_blocks_written] is not block:
+            raise FormatError(f"vision block {block.name} is not the next planned one")
+        if len(record) != block.nbytes:
+            raise FormatError(f"vision block {block.name}: {len(record)} bytes, planned {block.nbytes}")
+        if self._vision_blocks_written == len(blocks) - 1:
+            self._writing(("vision",))
+        elif self._fd is None:
+            raise FormatError("call begin() before writing")
+        self._vision_crc = zlib.crc32(bytes(block.offset - self._vision_end), self._vision_crc)
+        self._vision_crc = zlib.crc32(record, self._vision_crc)
+        self._vision_end = block.offset + block.nbytes
+        self._vision_blocks_written += 1
+        self.vision.crc32 = self._vision_crc
+        self._pwrite(record, self.vision.offset + block.offset)
 
     # ------------------------------------------------------------------ finalize
     def finalize(self) -> None:
