@@ -122,8 +122,15 @@ class ExpertCache:
         self.current: Key | None = None  # the expert the last get() returned: in use until the next get()
         self.stats = CacheStats()
         self.trace: list[dict] | None = None  # set to a list to record every MoE wave (for `simulate`)
+        # set to a list to record when waves begin and end, loads run and get() waits (perf_counter seconds;
+        # benchmarks/expert_timeline.py)
+        self.timeline: list[dict] | None = None
         # slab2 converts from the one staging buffer: one reader
         self.loader = (ExpertLoader(self._load, 1 if layout == "slab2" else readers) if loader == "thread" else None)
+        # True: a demand read that finds a reader idle reads its record's two halves at once
+        # (runtime/expert_io.py). Off: on the EPYC box's disk two halves at once read no faster than one
+        # whole record (the 0.5B's minimum-budget step 1.04x slower; benchmarks/expert_timeline.py)
+        self.split_reads = False
 
     @property
     def nbytes(self) -> int:
@@ -140,6 +147,7 @@ class ExpertCache:
         """A MoE layer is about to use `experts` (in this order): loads during the wave spare them, and
         the thread loader starts reading every one of them that is not cached."""
         self._collect()
+        self._mark("wave", layer=layer, experts=list(experts))
         self.layer, self.wave = layer, {(layer, e) for e in experts}
         self.pending = [(layer, e) for e in experts]
         self.wanted = []
@@ -161,8 +169,13 @@ class ExpertCache:
         """The wave's experts are done: their slabs can take prefetches for the next layers."""
         self.pending = []
         self.current = None
+        self._mark("end", layer=self.layer)
         self._collect()
         self._pump()
+
+    def _mark(self, event: str, **fields) -> None:
+        if self.timeline is not None:
+            self.timeline.append({"event": event, "t": time.perf_counter(), **fields})
 
     def prefetch(self, predicted) -> None:
         """Queue loads of the predicted experts `[(layer, experts), ...]` (the nearest layer first, each
@@ -209,7 +222,10 @@ class ExpertCache:
         self.fresh.discard(key)
         self._touch(key)
         self.stats.misses += 1
-        self.stats.stall_ms += 1e3 * (time.perf_counter() - t0)
+        t1 = time.perf_counter()
+        self.stats.stall_ms += 1e3 * (t1 - t0)
+        if self.timeline is not None:
+            self.timeline.append({"event": "wait", "key": key, "t": t0, "end": t1})
         return self.resident[key][1]
 
     def _demand(self, key: Key) -> None:
@@ -276,8 +292,9 @@ class ExpertCache:
 
     def _start(self, key: Key, slab: int, prefetch: bool) -> None:
         if self.loader is None:
-            timing = ReadTiming()
+            timing, t0 = ReadTiming(), time.perf_counter()
             expert, nbytes = self._place(key, slab, timing=timing)
+            self._mark_load(key, False, -1, t0, t0, time.perf_counter(), timing)
             self.resident[key] = (slab, expert)
             self.count[key] = 0
             self.stats.bytes_read += nbytes
@@ -298,9 +315,19 @@ class ExpertCache:
         for job in [j for j in self.loading.values() if j.done.is_set()]:
             self._land(job)
 
+    def _mark_load(self, key: Key, prefetch: bool, reader: int, queued: float, start: float, end: float,
+                   timing: ReadTiming | None, aborted: bool = False) -> None:
+        if self.timeline is not None:
+            self.timeline.append({"event": "load", "key": key, "prefetch": prefetch, "reader": reader, "queued": queued,
+                                  "t": start, "end": end, "aborted": aborted,
+                                  "read_ms": timing.read_ms if timing else 0.0, "crc_ms": timing.crc_ms if timing else 0.0,
+                                  "place_ms": timing.place_ms if timing else 0.0})
+
     def _land(self, job: LoadJob) -> None:
         if self.loading.pop(job.key, None) is None:
             return
+        self._mark_load(job.key, job.prefetch, job.reader, job.queued_at, job.started_at, job.ended_at, job.timing,
+                        isinstance(job.error, LoadAborted))
         if job.error is not None:
             self.free.append(job.slab)
             self.prefetched.discard(job.key)
@@ -322,12 +349,15 @@ class ExpertCache:
     def _load(self, job: LoadJob) -> tuple[Expert, int]:
         """On the loader thread: read, check and place one record (its CRC and re-layout off the decoding thread)."""
         job.timing = ReadTiming()
-        return self._place(job.key, job.slab, job.check if job.prefetch else None, job.timing)
+        if job.prefetch:
+            return self._place(job.key, job.slab, job.check, job.timing)
+        return self._place(job.key, job.slab, None, job.timing, self.loader.assist if self.split_reads else None)
 
-    def _place(self, key: Key, slab: int, check=None, timing: ReadTiming | None = None) -> tuple[Expert, int]:
+    def _place(self, key: Key, slab: int, check=None, timing: ReadTiming | None = None,
+               assist=None) -> tuple[Expert, int]:
         timing = timing if timing is not None else ReadTiming()
         buf = self.slabs[slab]
-        entry = self.reader.read_into(*key, buf if self.layout == "file" else self.staging, check, timing)
+        entry = self.reader.read_into(*key, buf if self.layout == "file" else self.staging, check, timing, assist)
         t0 = time.perf_counter()
         if self.layout == "file":
             placed = {t.name: (parse_parts(t, buf, t.offset), "file") for t in entry.tensors}
