@@ -68,6 +68,7 @@ def summarise(events: list[dict], marks: list[float]) -> tuple[list[dict], list[
                "route_to_read_ms": statistics.mean([ld["start"] - r["wave"] for r in rows for ld in r["loads"]] or [0]),
                "read_ms": statistics.mean([ld["done"] - ld["start"] for r in rows for ld in r["loads"]] or [0]),
                "compute_after_wait_ms": statistics.mean([r["end"] - r["wait_end"] for r in rows] or [0]),
+               "overlap_ms": statistics.mean([r["wait_end"] - r["wait_ms"] - r["wave"] for r in rows if r["loads"]] or [0]),
                "end_to_next_wave_ms": statistics.mean([r["next_wave"] - r["end"] for r in rows] or [0]),
                "reads": sum(len(r["loads"]) for r in rows)}
         steps.append(per)
@@ -83,12 +84,16 @@ def run(mote: Path, budget_name: str, tokens: int, threads: int, loader: str, pr
     with MoteFile(mote) as f:
         top_k = f.config.moe.top_k_experts
         extra = top_k if budget_name == "min+buf" else 0
-        budget = plan_file(f, 1024, top_k, vision=False, loader_slabs=extra).total_bytes
+        budget = None if budget_name == "full" else plan_file(f, 1024, top_k, vision=False, loader_slabs=extra).total_bytes
     with Engine.load(mote, memory_budget=budget, threads=threads, max_context=1024, vision=False,
                      expert_loader=loader.split("-")[0], prefetch=prefetch) as engine:
         engine.experts.split_reads = loader != "thread-whole"
         engine.experts.timeline = events = []
         marks = []
+        if budget is None:  # every expert cached: a first answer reads them, the timed one none
+            for _ in engine.generate_ids(PROMPT, max_new_tokens=tokens + 2, ignore_eos=True):
+                pass
+            del events[:]
         for _ in engine.generate_ids(PROMPT, max_new_tokens=tokens + 2, ignore_eos=True):
             marks.append(time.perf_counter())
         io_path = engine.experts.io_path
@@ -128,6 +133,10 @@ def main() -> None:
                     help="comma list of loader/prefetch; loader serial, thread, or thread-whole (a demand record "
                          "read by one reader, not in halves by two); prefetch needs --budget min+buf")
     args = ap.parse_args()
+    from mote_edge.format import MoteFile
+
+    with MoteFile(args.mote) as f:
+        moe_layers, record_bytes = len(f.config.moe_layers), max(e.nbytes for e in f.experts.values())
     results = []
     for mode in args.modes.split(","):
         loader, prefetch = mode.split("/")
@@ -137,9 +146,19 @@ def main() -> None:
             for row in rows:
                 row.pop("other_reads")
         results.append(r)
+    full = run(args.mote, "full", args.tokens, args.threads, "thread", "none")
+    thread = next((r for r in results if r["loader"] == "thread" and r["prefetch"] == "none"), results[-1])
+    med = lambda r, k: statistics.median(s[k] for s in r["steps"][1:])  # noqa: E731
+    clock = {"read_ms": med(thread, "read_ms"), "wave_ms": med(full, "step_ms") / moe_layers,
+             "overlap_ms": med(thread, "overlap_ms"), "record_bytes": record_bytes, "moe_layers": moe_layers}
+    print(f"\nreplay clock (mote-edge simulate --read-ms --wave-ms --overlap-ms): read {clock['read_ms']:.2f} ms per "
+          f"record ({record_bytes / 2**20:.2f} MiB, {record_bytes / clock['read_ms'] * 1e3 / 2**20:,.0f} MiB/s), "
+          f"wave {clock['wave_ms']:.2f} ms (every expert cached: a step of {med(full, 'step_ms'):.1f} ms over "
+          f"{moe_layers} MoE layers), overlap {clock['overlap_ms']:.2f} ms (routing to the wait: the shared expert)")
     out = HERE / "out"
     out.mkdir(exist_ok=True)
-    (out / f"expert-timeline-{args.mote.stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / f"expert-timeline-{args.mote.stem}.json").write_text(json.dumps({"clock": clock, "runs": results},
+                                                                           indent=1) + "\n")
 
 
 if __name__ == "__main__":
