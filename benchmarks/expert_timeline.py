@@ -39,7 +39,7 @@ def step_rows(events: list[dict], t0: float, t1: float) -> list[dict]:
     waves = [e for e in events if e["event"] == "wave" and t0 <= e["t"] < t1]
     ends = [e for e in events if e["event"] == "end" and t0 <= e["t"] < t1]
     loads = [e for e in events if e["event"] == "load" and e["end"] > t0 and e["t"] < t1]
-    waits = [e for e in events if e["event"] == "wait" and t0 <= e["t"] < t1]
+    waits = [e for e in events if e["event"] in ("wait", "first") and t0 <= e["t"] < t1]
     rows = []
     for n, (w, end) in enumerate(zip(waves, ends)):
         nxt = waves[n + 1]["t"] if n + 1 < len(waves) else t1
@@ -76,6 +76,15 @@ def summarise(events: list[dict], marks: list[float]) -> tuple[list[dict], list[
     return steps, all_rows
 
 
+LOADERS = {"serial": {}, "thread": {}, "thread-late": {"early_compute": False}, "thread-split": {"split_reads": True}}
+
+
+def set_variant(cache, loader: str) -> None:
+    """thread-late: no compute before a record is whole; thread-split: demand records in halves on both readers."""
+    for name, value in LOADERS[loader].items():
+        setattr(cache, name, value)
+
+
 def run(mote: Path, budget_name: str, tokens: int, threads: int, loader: str, prefetch: str) -> dict:
     from mote_edge.format import MoteFile
     from mote_edge.runtime.engine import Engine
@@ -87,7 +96,7 @@ def run(mote: Path, budget_name: str, tokens: int, threads: int, loader: str, pr
         budget = None if budget_name == "full" else plan_file(f, 1024, top_k, vision=False, loader_slabs=extra).total_bytes
     with Engine.load(mote, memory_budget=budget, threads=threads, max_context=1024, vision=False,
                      expert_loader=loader.split("-")[0], prefetch=prefetch) as engine:
-        engine.experts.split_reads = loader != "thread-whole"
+        set_variant(engine.experts, loader)
         engine.experts.timeline = events = []
         marks = []
         if budget is None:  # every expert cached: a first answer reads them, the timed one none
@@ -100,6 +109,34 @@ def run(mote: Path, budget_name: str, tokens: int, threads: int, loader: str, pr
     steps, rows = summarise(events, marks[1:])  # marks[0] ends the prefill; decode steps from there
     return {"budget": budget_name, "loader": loader, "prefetch": prefetch, "io_path": io_path, "steps": steps,
             "rows": rows}
+
+
+def ab_steps(mote: Path, switch: str, tokens: int, threads: int, budget_name: str = "minimum") -> dict:
+    """One Engine at the minimum budget, the cache's `switch` (early_compute or split_reads) alternated
+    between decode steps in ABBA order, so both sides see the same machine load: median step ms of each."""
+    from mote_edge.format import MoteFile
+    from mote_edge.runtime.engine import Engine
+    from mote_edge.runtime.plan import plan_file
+
+    with MoteFile(mote) as f:
+        budget = plan_file(f, 1024, f.config.moe.top_k_experts, vision=False).total_bytes
+    steps: dict[bool, list[float]] = {False: [], True: []}
+    with Engine.load(mote, memory_budget=budget, threads=threads, max_context=1024, vision=False,
+                     prefetch="none") as engine:
+        cache = engine.experts
+        on = False
+        t = None
+        for n, _ in enumerate(engine.generate_ids(PROMPT, max_new_tokens=tokens + 2, ignore_eos=True)):
+            now = time.perf_counter()
+            if n >= 2:  # after the prefill and a warm-up step
+                steps[on].append(1e3 * (now - t))
+            on = (n % 4) in (0, 3)  # ABBA: the next step's setting
+            setattr(cache, switch, on)
+            t = time.perf_counter()
+    med = {k: statistics.median(v) for k, v in steps.items()}
+    print(f"{switch} alternated per decode step ({len(steps[True])} + {len(steps[False])} steps): on "
+          f"{med[True]:.1f} ms, off {med[False]:.1f} ms per step: on is {med[False] / med[True]:.3f}x as fast")
+    return {"switch": switch, "on_ms": med[True], "off_ms": med[False], "steps": {str(k): v for k, v in steps.items()}}
 
 
 def print_run(r: dict) -> None:
@@ -129,10 +166,16 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--budget", choices=("minimum", "min+buf"), default="minimum")
-    ap.add_argument("--modes", default="serial/none,thread-whole/none,thread/none",
-                    help="comma list of loader/prefetch; loader serial, thread, or thread-whole (a demand record "
-                         "read by one reader, not in halves by two); prefetch needs --budget min+buf")
+    ap.add_argument("--modes", default="serial/none,thread-late/none,thread/none",
+                    help="comma list of loader/prefetch; loader serial, thread (the default: gate and up computed "
+                         "while down_proj reads), thread-late (not), thread-split (a demand record read in halves "
+                         "by both readers); prefetch needs --budget min+buf")
+    ap.add_argument("--ab", choices=("early_compute", "split_reads"),
+                    help="only alternate this switch between decode steps at the minimum budget (ABBA) and compare")
     args = ap.parse_args()
+    if args.ab:
+        ab_steps(args.mote, args.ab, args.tokens, args.threads)
+        return
     from mote_edge.format import MoteFile
 
     with MoteFile(args.mote) as f:

@@ -343,16 +343,15 @@ int mote_attn_step(const mote_attn_layer *L, float *x, int pos, float *h, int th
 /* ---- FFN ---- */
 static int is_ternary(const mote_linear *L) { return L->kind == MOTE_LIN_TERN || L->kind == MOTE_LIN_TERN2; }
 
-int mote_ffn_step(const mote_linear *gate_up, int ngu, const mote_linear *down, const float *h, float coef, float *y,
-                  int threads) {
-    const int I = down->K, H = down->N, K = gate_up[0].K;
-    float *buf = malloc(sizeof(float) * (2 * (size_t)I + (size_t)H));
+int mote_ffn_gate_up(const mote_linear *gate_up, int ngu, const float *h, float *act, int threads) {
+    const int I = ngu == 1 ? gate_up[0].N / 2 : gate_up[0].N, K = gate_up[0].K;
+    float *buf = ngu == 1 ? malloc(sizeof(float) * 2 * (size_t)I) : malloc(sizeof(float) * (size_t)I);
     int8_t *xq = NULL;
     if (!buf) return -1;
-    float *gate = buf, *up = gate + I, *d = up + I;
+    float *gate = ngu == 1 ? buf : act, *up = ngu == 1 ? buf + I : buf;
     int rc = 0;
     if (ngu == 1) {                                                        /* [gate | up] = W h  [2 I] */
-        rc |= mote_linear_gemv(&gate_up[0], h, gate, threads);
+        rc |= mote_linear_gemv(&gate_up[0], h, buf, threads);
     } else if (is_ternary(&gate_up[0]) && is_ternary(&gate_up[1])) {       /* h quantized once */
         xq = malloc((size_t)K + 64);
         if (!xq) {
@@ -371,9 +370,28 @@ int mote_ffn_step(const mote_linear *gate_up, int ngu, const mote_linear *down, 
         rc |= mote_linear_gemv(&gate_up[1], h, up, threads);
     }
     mote_dot_for(mote_get_path()).silu_mul(gate, up, I);                  /* silu(gate) up      [I] */
-    rc |= mote_linear_gemv(down, gate, d, threads);                        /* d = down(.)        [H] */
-    for (int i = 0; i < H; i++) y[i] += d[i] * coef;                       /* y += coef d        */
+    if (ngu == 1) memcpy(act, gate, sizeof(float) * (size_t)I);
     free(buf);
     free(xq);
+    return rc ? -1 : 0;
+}
+
+int mote_ffn_down(const mote_linear *down, const float *act, float coef, float *y, int threads) {
+    const int H = down->N;
+    float *d = malloc(sizeof(float) * (size_t)H);
+    if (!d) return -1;
+    int rc = mote_linear_gemv(down, act, d, threads);                      /* d = down(act)      [H] */
+    for (int i = 0; i < H; i++) y[i] += d[i] * coef;                       /* y += coef d        */
+    free(d);
+    return rc ? -1 : 0;
+}
+
+int mote_ffn_step(const mote_linear *gate_up, int ngu, const mote_linear *down, const float *h, float coef, float *y,
+                  int threads) {
+    float *act = malloc(sizeof(float) * (size_t)down->K);                 /* silu(gate h) up h  [I] */
+    if (!act) return -1;
+    int rc = mote_ffn_gate_up(gate_up, ngu, h, act, threads);
+    rc |= mote_ffn_down(down, act, coef, y, threads);
+    free(act);
     return rc ? -1 : 0;
 }

@@ -355,7 +355,8 @@ done:
 }
 
 /* ffn_step(h f32[H], y f32[H] (in/out), coef, gate_up tuple of 1 or 2 specs, down spec, threads) */
-static PyObject *py_ffn_step(PyObject *self, PyObject *args) {
+/* part 0: y[H] += coef * SwiGLU(h[H]); 1: y is act[I] = silu(gate h) up h; 2: h is act[I], y[H] += coef down(act) */
+static PyObject *ffn_call(PyObject *args, int part) {
     PyObject *ho, *yo, *gu, *down;
     float coef;
     int threads, rc = -2, H, I;
@@ -364,22 +365,29 @@ static PyObject *py_ffn_step(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OOfO!Oi", &ho, &yo, &coef, &PyTuple_Type, &gu, &down, &threads)) return NULL;
     if (check_range(threads, 1, 256, "threads")) goto done;
     const Py_ssize_t ngu = PyTuple_GET_SIZE(gu);
-    if ((ngu != 1 && ngu != 2) || !PyTuple_Check(down) || PyTuple_GET_SIZE(down) < 3) {
-        PyErr_SetString(PyExc_ValueError, "gate_up must be a tuple of 1 (fused) or 2 linear specs, down a linear spec");
+    /* the dims come from down [H, I]; ffn_gate_up takes down None and reads them from gate_up [(2) I, H] */
+    PyObject *dims = part == 1 ? (ngu >= 1 ? PyTuple_GET_ITEM(gu, 0) : NULL) : down;
+    if ((ngu != 1 && ngu != 2) || (part == 1 && down != Py_None) || !dims || !PyTuple_Check(dims) ||
+        PyTuple_GET_SIZE(dims) < 3) {
+        PyErr_SetString(PyExc_ValueError, "gate_up must be a tuple of 1 (fused) or 2 linear specs, down a linear spec "
+                                          "(None for ffn_gate_up)");
         goto done;
     }
-    H = (int)PyLong_AsLong(PyTuple_GET_ITEM(down, 1));   /* down is [H, I] */
-    I = (int)PyLong_AsLong(PyTuple_GET_ITEM(down, 2));
+    H = (int)PyLong_AsLong(PyTuple_GET_ITEM(dims, part == 1 ? 2 : 1));
+    I = (int)PyLong_AsLong(PyTuple_GET_ITEM(dims, part == 1 ? 1 : 2)) / (part == 1 && ngu == 1 ? 2 : 1);
     if (PyErr_Occurred() || check_range(H, 1, MOTE_MAX_DIM, "down rows") || check_range(I, 1, MOTE_MAX_DIM, "down columns"))
         goto done;
-    float *h = bag_take(&bag, ho, 0, 4LL * H, "h"), *y = h ? bag_take(&bag, yo, 1, 4LL * H, "y") : NULL;
-    if (!y || take_linear(&bag, down, H, I, &D, "down")) goto done;
+    float *h = bag_take(&bag, ho, 0, 4LL * (part == 2 ? I : H), part == 2 ? "act" : "h");
+    float *y = h ? bag_take(&bag, yo, 1, 4LL * (part == 1 ? I : H), part == 1 ? "act" : "y") : NULL;
+    if (!y || (part != 1 && take_linear(&bag, down, H, I, &D, "down"))) goto done;
     if (ngu == 1 ? take_linear(&bag, PyTuple_GET_ITEM(gu, 0), 2 * I, H, &G[0], "gate_up")
                  : (take_linear(&bag, PyTuple_GET_ITEM(gu, 0), I, H, &G[0], "gate") ||
                     take_linear(&bag, PyTuple_GET_ITEM(gu, 1), I, H, &G[1], "up")))
         goto done;
     Py_BEGIN_ALLOW_THREADS
-    rc = mote_ffn_step(G, (int)ngu, &D, h, coef, y, threads);
+    rc = part == 1 ? mote_ffn_gate_up(G, (int)ngu, h, y, threads)
+       : part == 2 ? mote_ffn_down(&D, h, coef, y, threads)
+                   : mote_ffn_step(G, (int)ngu, &D, h, coef, y, threads);
     Py_END_ALLOW_THREADS
     if (rc != 0) PyErr_NoMemory();
 done:
@@ -387,6 +395,10 @@ done:
     if (rc != 0) return NULL;
     Py_RETURN_NONE;
 }
+
+static PyObject *py_ffn_step(PyObject *self, PyObject *args) { return ffn_call(args, 0); }
+static PyObject *py_ffn_gate_up(PyObject *self, PyObject *args) { return ffn_call(args, 1); }
+static PyObject *py_ffn_down(PyObject *self, PyObject *args) { return ffn_call(args, 2); }
 
 static PyObject *py_crc32(PyObject *self, PyObject *args) {
     Py_buffer b = {0};
@@ -431,6 +443,10 @@ static PyMethodDef native_methods[] = {
     {"crc32", py_crc32, METH_VARARGS,
      "crc32(buf, crc=0) -> int: zlib's CRC-32 of buf continuing from crc (GIL released)."},
     {"crc32_path", py_crc32_path, METH_NOARGS, "crc32_path() -> str: 'clmul' or 'scalar' (the CRC-32 path in use)."},
+    {"ffn_gate_up", py_ffn_gate_up, METH_VARARGS,
+     "ffn_gate_up(h f32[H], act f32[I], coef, gate_up specs, None, threads): act = silu(gate h) * up h (coef unused)."},
+    {"ffn_down", py_ffn_down, METH_VARARGS,
+     "ffn_down(act f32[I], y f32[H], coef, gate_up specs, down spec, threads): y += coef * down(act)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from mote_edge.config import ModelConfig
 
-from .expert_cache import ExpertCache
+from .expert_cache import ExpertCache, FirstPart
 from .kv_cache import KVCache
 from .native_layer import AttentionStep, default_decoder_path, ffn_step
 from .plan import ATTN_QUERY_CHUNK, PREFILL_CHUNK
@@ -194,10 +194,13 @@ class MoE:
         out = np.zeros_like(h)  # [H]
         routed = idx[0].tolist()
         for e in needed:  # the wave's order, as in __call__
-            slot = routed.index(e)
-            expert = self.cache.get(self.layer, e)
-            specs = ((expert.gate.native_spec(), expert.up.native_spec()), expert.down.native_spec())
-            ffn_step(h, out, float(weight[0, slot]), *specs, threads)
+            coef = float(weight[0, routed.index(e)])
+            expert = self.cache.get(self.layer, e, first_part=True)
+            if isinstance(expert, FirstPart):  # gate and up while down_proj reads; used once the record checks
+                act = expert.gate_up_step(h, threads)  # [I]
+                expert.rest().down_step(act, out, coef, threads)
+            else:
+                ffn_step(h, out, coef, expert.gate_up_specs(), expert.down.native_spec(), threads)
         self.cache.end_wave()
         x += self._mix(h2, out[None], mlp_out, None if shared_out is None else shared_out[None])[0]
 

@@ -13,11 +13,14 @@ allocated per expert (the tensors are views into the slab).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
+from mote_edge import _native
 from mote_edge.format.reader import MoteFile, parse_parts
 
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES, Key, pick_victim
@@ -72,6 +75,29 @@ class Expert:
     def __call__(self, x: np.ndarray) -> np.ndarray:  # [T, H] -> [T, H]
         g = self.gate(x)
         return self.down(g / (1.0 + np.exp(-g)) * self.up(x))
+
+    def gate_up_specs(self) -> tuple:
+        return self.gate.native_spec(), self.up.native_spec()
+
+    def gate_up_step(self, h: np.ndarray, threads: int) -> np.ndarray:
+        """One position, native: act [I] = silu(gate h) * up h for h [H] (ffn_step's first half)."""
+        act = np.empty(self.gate.N, np.float32)
+        _native.ffn_gate_up(h, act, 1.0, self.gate_up_specs(), None, threads)
+        return act
+
+    def down_step(self, act: np.ndarray, y: np.ndarray, coef: float, threads: int) -> None:
+        """y [H] += coef * down(act) (ffn_step's second half: the two give ffn_step's result bit for bit)."""
+        _native.ffn_down(act, y, coef, self.gate_up_specs(), self.down.native_spec(), threads)
+
+
+class FirstPart(Expert):
+    """An expert whose gate_proj and up_proj are in its slab while down_proj still loads (a demand miss of
+    the thread loader, runtime/expert_io.py): `gate_up_step` computes with them; `rest()` waits for the
+    record, which is checked whole (CRC-32) before it returns the Expert. Nothing computed from the first
+    part is to be used before `rest()` returned."""
+
+    def __init__(self, projs: dict[str, Linear], rest: Callable[[], Expert]):
+        self.gate, self.up, self.rest = projs["gate_proj"], projs["up_proj"], rest
 
 
 class ExpertCache:
@@ -131,6 +157,9 @@ class ExpertCache:
         # (runtime/expert_io.py). Off: on the EPYC box's disk two halves at once read no faster than one
         # whole record (the 0.5B's minimum-budget step 1.04x slower; benchmarks/expert_timeline.py)
         self.split_reads = False
+        # a demand miss lands gate_proj and up_proj first and the decode step computes with them while
+        # down_proj reads (get(first_part=True); direct reads into "file" slabs)
+        self.early_compute = True
 
     @property
     def nbytes(self) -> int:
@@ -193,7 +222,9 @@ class ExpertCache:
         self.last[key] = self.clock
         self.count[key] = self.count.get(key, 0) + 1
 
-    def get(self, layer: int, expert: int) -> Expert:
+    def get(self, layer: int, expert: int, first_part: bool = False) -> Expert:
+        """The expert, loaded and checked. `first_part`: a demand miss whose record lands its gate and up
+        projections first may return a FirstPart as soon as they are in (its `rest()` the Expert)."""
         key = (layer, expert)
         if key in self.pending:
             self.pending.remove(key)
@@ -214,6 +245,21 @@ class ExpertCache:
             self.prefetched.discard(key)
             self.stats.prefetch_used += 1
             self.stats.prefetch_late += 1
+        if first_part and key not in self.resident:
+            if key not in self.loading:
+                self._demand(key)
+            job = self.loading.get(key)
+            if job is not None and job.early is not None:
+                job.early.wait()  # its first part is in, or the load ended
+                if job.first is not None and not job.done.is_set():
+                    t1 = time.perf_counter()
+                    if self.timeline is not None:
+                        self.timeline.append({"event": "first", "key": key, "t": t0, "end": t1})
+                    return FirstPart(job.first, lambda: self._finish_miss(key, time.perf_counter(), 1e3 * (t1 - t0)))
+        return self._finish_miss(key, t0)
+
+    def _finish_miss(self, key: Key, t0: float, waited_ms: float = 0.0) -> Expert:
+        """Wait from `t0` until `key` is resident (checked); count the miss and the stall."""
         while key not in self.resident:  # a prefetch aborted before it was needed lands without its expert
             if key not in self.loading:
                 self._demand(key)  # the serial loader reads it here
@@ -223,7 +269,7 @@ class ExpertCache:
         self._touch(key)
         self.stats.misses += 1
         t1 = time.perf_counter()
-        self.stats.stall_ms += 1e3 * (t1 - t0)
+        self.stats.stall_ms += waited_ms + 1e3 * (t1 - t0)
         if self.timeline is not None:
             self.timeline.append({"event": "wait", "key": key, "t": t0, "end": t1})
         return self.resident[key][1]
@@ -303,6 +349,8 @@ class ExpertCache:
         if not prefetch:
             self.fresh.add(key)
         job = LoadJob(key, slab, prefetch)
+        if not prefetch and self.early_compute and self.layout == "file" and self.io_path == "direct":
+            job.early = threading.Event()
         self.loading[key] = job
         self.loader.submit(job)
 
@@ -351,13 +399,25 @@ class ExpertCache:
         job.timing = ReadTiming()
         if job.prefetch:
             return self._place(job.key, job.slab, job.check, job.timing)
-        return self._place(job.key, job.slab, None, job.timing, self.loader.assist if self.split_reads else None)
+        assist = self.loader.assist if self.split_reads else None
+        return self._place(job.key, job.slab, None, job.timing, assist, job if job.early is not None else None)
 
-    def _place(self, key: Key, slab: int, check=None, timing: ReadTiming | None = None,
-               assist=None) -> tuple[Expert, int]:
+    def _place(self, key: Key, slab: int, check=None, timing: ReadTiming | None = None, assist=None,
+               early_job: LoadJob | None = None) -> tuple[Expert, int]:
+        """Read, check and place one record; `early_job` gets its gate and up projections (`first`) as soon as
+        they are in the slab."""
         timing = timing if timing is not None else ReadTiming()
         buf = self.slabs[slab]
-        entry = self.reader.read_into(*key, buf if self.layout == "file" else self.staging, check, timing, assist)
+
+        def early() -> None:
+            t0 = time.perf_counter()
+            early_job.first = {t.name: Linear(parse_parts(t, buf, t.offset), t.scheme, t.shape, self.threads)
+                               for t in self.file.expert_entry(*key).tensors[:-1]}
+            timing.place_ms += 1e3 * (time.perf_counter() - t0)
+            early_job.early.set()
+
+        entry = self.reader.read_into(*key, buf if self.layout == "file" else self.staging, check, timing, assist,
+                                      early if early_job is not None else None)
         t0 = time.perf_counter()
         if self.layout == "file":
             placed = {t.name: (parse_parts(t, buf, t.offset), "file") for t in entry.tensors}

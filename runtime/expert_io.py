@@ -10,6 +10,10 @@ verified, without leaving a second copy in the page cache (DESIGN.md section 5).
               between them. A demand read given an `assist` (an idle loader thread) reads its first
               half here and has the second half read and checksummed there at the same time; the
               record's CRC-32 is the halves' combined (`crc32_combine`), checked before the record is used.
+              A demand read given `early` reads the record's leading tensors (gate_proj, up_proj) first and
+              calls `early()` as soon as they are in, then the rest (by an idle reader where `assist`
+              finds one, while this thread checksums the first part); the caller may compute with the
+              first part meanwhile but uses no result before read_into has checked the whole record.
     buffered  the filesystem refused O_DIRECT (tmpfs does), or a buffer is not aligned: one preadv,
               then posix_fadvise(DONTNEED) on the record's pages.
 
@@ -47,6 +51,11 @@ class ReadTiming:
     read_ms: float = 0.0
     crc_ms: float = 0.0
     place_ms: float = 0.0  # parsing the record into tensors, the 2-bit re-layout
+
+
+def _add(total: ReadTiming, part: ReadTiming) -> None:
+    total.read_ms += part.read_ms
+    total.crc_ms += part.crc_ms
 
 
 def _gf2_times(mat: list[int], vec: int) -> int:
@@ -123,16 +132,20 @@ class ExpertReader:
         self.io_path = "direct" if self._direct_fd is not None else "buffered"
         self._crc = kernels.crc32 if native_crc else zlib.crc32
         self.crc_path = kernels.crc32_path() if native_crc else "zlib"
-        if self._direct_fd is not None:  # the halves' CRC operators, built now rather than on a first miss
-            for n in {e.nbytes - align(e.nbytes // 2, DIRECT_ALIGN) for e in f.experts.values()}:
-                crc32_combine(0, 0, n)
+        if self._direct_fd is not None:  # the split reads' CRC operators, built now rather than on a first miss
+            for e in f.experts.values():
+                for split in (align(e.nbytes // 2, DIRECT_ALIGN), align(e.tensors[-1].offset, DIRECT_ALIGN)):
+                    if split < e.nbytes:
+                        crc32_combine(0, 0, e.nbytes - split)
 
     def read_into(self, layer: int, expert: int, buf: np.ndarray, check: Callable[[], None] | None = None,
-                  timing: ReadTiming | None = None, assist: Callable | None = None) -> ExpertEntry:
+                  timing: ReadTiming | None = None, assist: Callable | None = None,
+                  early: Callable[[], None] | None = None) -> ExpertEntry:
         """Read expert (layer, expert) into `buf` (uint8, at least the record rounded up to 4096) and
         verify its checksum; returns its directory entry. `check` runs between direct chunks (it may raise);
         `timing` gets the read and checksum times added; `assist(fn)` (an ExpertLoader's) may run half of a
-        direct read without `check` on another thread (it returns None when no thread is free)."""
+        direct read without `check` on another thread (it returns None when no thread is free); `early()`
+        runs once the tensors before the last are in, before the checksum (direct reads without `check`)."""
         entry = self.file.expert_entry(layer, expert)
         timing = timing if timing is not None else ReadTiming()
         if self._direct_fd is None or buf.ctypes.data % DIRECT_ALIGN or buf.nbytes < align(entry.nbytes, DIRECT_ALIGN):
@@ -143,6 +156,8 @@ class ExpertReader:
             crc = self._crc(memoryview(buf).cast("B")[:entry.nbytes])
             timing.read_ms += 1e3 * (t1 - t0)
             timing.crc_ms += 1e3 * (time.perf_counter() - t1)
+        elif check is None and early is not None and DIRECT_ALIGN <= entry.tensors[-1].offset:
+            crc = self._read_early(entry, buf, f"expert ({layer}, {expert})", timing, early, assist)
         elif check is None and assist is not None and entry.nbytes > DIRECT_ALIGN:
             crc = self._read_halves(entry, buf, f"expert ({layer}, {expert})", timing, assist)
         else:
@@ -172,18 +187,21 @@ class ExpertReader:
             done += n
         return crc
 
-    def _read_span(self, view: memoryview, entry: ExpertEntry, start: int, end: int, what: str) -> tuple[int, ReadTiming]:
-        """Bytes [start, end) of the record (4096-aligned start) into `view` in one preadv; their CRC-32."""
+    def _read_span(self, view: memoryview, entry: ExpertEntry, start: int, end: int, what: str,
+                   crc: bool = True) -> tuple[int, ReadTiming]:
+        """Bytes [start, end) of the record (4096-aligned start) into `view` in one preadv; their CRC-32
+        (0 without `crc`)."""
         timing = ReadTiming()
         t0 = time.perf_counter()
         length = min(align(end, DIRECT_ALIGN), align(entry.nbytes, DIRECT_ALIGN)) - start
         n = os.preadv(self._direct_fd, [view[start:start + length]], self.data_offset + entry.offset + start)
         if n < min(length, end - start):
             raise FormatError(f"{self.file.name} is truncated: cannot read {what}")
-        t1 = time.perf_counter()
-        crc = self._crc(view[start:end])
-        timing.read_ms, timing.crc_ms = 1e3 * (t1 - t0), 1e3 * (time.perf_counter() - t1)
-        return crc, timing
+        timing.read_ms = 1e3 * (time.perf_counter() - t0)
+        if not crc:
+            return 0, timing
+        value, timing.crc_ms = self._timed_crc(view[start:end])
+        return value, timing
 
     def _read_halves(self, entry: ExpertEntry, buf: np.ndarray, what: str, timing: ReadTiming, assist) -> int:
         """The record's two halves read at once, the second by `assist`'s thread; the combined CRC-32."""
@@ -196,10 +214,41 @@ class ExpertReader:
             crc_a, mine = self._read_span(view, entry, 0, half, what)
         finally:
             crc_b, theirs = other.wait()  # never leave the other thread writing into a slab we hand back
-        for t in (mine, theirs):
-            timing.read_ms += t.read_ms
-            timing.crc_ms += t.crc_ms
+        _add(timing, mine)
+        _add(timing, theirs)
         return crc32_combine(crc_a, crc_b, entry.nbytes - half)
+
+    def _read_early(self, entry: ExpertEntry, buf: np.ndarray, what: str, timing: ReadTiming, early,
+                    assist) -> int:
+        """The leading tensors, `early()`, then the rest (on an idle reader if `assist` finds one, while this
+        thread checksums the first part); the combined CRC-32."""
+        view = memoryview(buf).cast("B")
+        split = align(entry.tensors[-1].offset, DIRECT_ALIGN)  # the last tensor's first bytes may come along
+        crc_a, first = self._read_span(view, entry, 0, min(split, entry.nbytes), what, crc=False)
+        if split >= entry.nbytes:
+            early()
+            crc_a, first.crc_ms = self._timed_crc(view[:entry.nbytes])
+            _add(timing, first)
+            return crc_a
+        other = assist(lambda: self._read_span(view, entry, split, entry.nbytes, what)) if assist else None
+        try:
+            early()
+            if other is None:  # one reader: the rest read first, the disk kept busy; then both checksums
+                crc_b, rest = self._read_span(view, entry, split, entry.nbytes, what)
+                crc_a, first.crc_ms = self._timed_crc(view[:split])
+            else:
+                crc_a, first.crc_ms = self._timed_crc(view[:split])
+        finally:
+            if other is not None:
+                crc_b, rest = other.wait()  # never leave the other thread writing into a slab we hand back
+        _add(timing, first)
+        _add(timing, rest)
+        return crc32_combine(crc_a, crc_b, entry.nbytes - split)
+
+    def _timed_crc(self, view: memoryview) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        crc = self._crc(view)
+        return crc, 1e3 * (time.perf_counter() - t0)
 
     def close(self) -> None:
         if self._direct_fd is not None:

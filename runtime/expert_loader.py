@@ -56,6 +56,10 @@ class LoadJob:
     started_at: float = 0.0
     ended_at: float = 0.0
     reader: int = -1  # the loader thread that ran it
+    # a demand load that lands its record's leading tensors early (runtime/expert_io.py): set once they are
+    # in (`first`: their Linears, unverified until the load is done) or once the load ends, whichever first
+    early: threading.Event | None = None
+    first: Any = None
 
     def check(self) -> None:
         """Called by the read between chunks: raises LoadAborted once the job is aborted."""
@@ -192,6 +196,8 @@ class ExpertLoader:
                     self.stats.aborted += isinstance(job.error, LoadAborted)
                     self.stats.bytes_read += job.nbytes
                 self._wake.notify_all()  # a finished prefetch may let a queued one start
+            if not helping and job.early is not None:
+                job.early.set()  # a load that failed before its first part must not leave a waiter behind
             job.done.set()
 
     def close(self) -> None:
