@@ -26,9 +26,10 @@ at a time on the disk, a wave's demand reads before every prefetch not started y
 when its wave routes; a wave computes `overlap_ms` (its dense parts) while its misses load, waits for
 the last of them, then computes the rest of `wave_ms` (every expert cached: routing to the next wave).
 A prefetch still reading when its wave needs it is a miss (`prefetch_late`) and the wait is a stall, so
-only "prefetched before it is needed" is a hit, and `time_ms` is the replay's decode time. A started
-read always finishes (the runtime aborts mispredicted prefetches at the next 4 MiB chunk: with records
-under 4 MiB, the same).
+only "prefetched before it is needed" is a hit, and `time_ms` is the replay's decode time. When a wave
+routes, its layer's mispredicted prefetches that have not started are cancelled (their slabs freed), as
+in the runtime; a started read always finishes (the runtime aborts a mispredicted one at its next 4 MiB
+chunk: for records under 4 MiB, the same).
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def simulate(waves: list[Wave], slabs: int, policy: str, prefetch: str = "none",
     count: dict[Key, int] = {}
     nxt: dict[Key, int] = {}
     prefetched: set[Key] = set()
-    hits = misses = tick = pos = issued = used = wasted = late = 0
+    hits = misses = tick = pos = issued = used = wasted = late = cancelled = 0
     disk = _Disk(clock.read_ms) if clock is not None else None
     now = stall = 0.0
 
@@ -184,6 +185,11 @@ def simulate(waves: list[Wave], slabs: int, policy: str, prefetch: str = "none",
     for i, w in enumerate(waves):
         if disk is not None:
             disk.start_until(now)
+            for key, _ in list(disk.queued):  # this layer's mispredicted prefetches not started: cancelled
+                if key[0] == w.layer and key[1] not in w.experts:
+                    evict(key)
+                    wasted -= 1  # cancelled, not read
+                    cancelled += 1
         busy = disk.in_flight(now) if disk is not None else set()
         order = sorted(w.experts, key=lambda e: (w.layer, e) not in last)  # hits first, as the runtime
         wave_keys = {(w.layer, e) for e in w.experts}
@@ -240,7 +246,7 @@ def simulate(waves: list[Wave], slabs: int, policy: str, prefetch: str = "none",
            "hit_rate": hits / total if total else 0.0, "prefetches": issued, "prefetch_used": used,
            "prefetch_wasted": wasted}
     if clock is not None:
-        out.update(prefetch_late=late, stall_ms=stall, time_ms=now)
+        out.update(prefetch_late=late, prefetch_cancelled=cancelled, stall_ms=stall, time_ms=now)
     return out
 
 

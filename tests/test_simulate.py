@@ -260,6 +260,17 @@ def test_a_prefetch_that_lands_late_is_a_stall_not_a_hit():
         Clock(read_ms=1.0, wave_ms=1.0, overlap_ms=2.0)
 
 
+def test_mispredicted_prefetches_not_started_are_cancelled_when_their_wave_routes():
+    # wave 0 predicts experts 5, 6, 7 of layer 2; one starts reading behind wave 0's own miss, the other two
+    # still wait when layer 2 routes to expert 1: cancelled, never read
+    waves = [Wave(0, [0], 1, [(2, [5, 6, 7])]), Wave(2, [1], 1), Wave(0, [0], 1)]
+    sim = simulate(waves, 5, "layer", "lookahead-1", Clock(read_ms=3.0, wave_ms=1.0))
+    assert (sim["prefetches"], sim["prefetch_cancelled"], sim["prefetch_used"]) == (3, 2, 0)
+    assert sim["hits"] == 1  # wave 2's expert 0 stayed cached
+    # wave 1 waits for the prefetch already reading (3..6), then reads its own expert (6..9)
+    assert sim["time_ms"] == pytest.approx(3.0 + 1.0 + (9.0 - 4.0) + 1.0 + 1.0)
+
+
 def test_best_pairs_name_the_fastest_pair_with_a_clock():
     waves = _random_waves(3)
     results = sweep(waves, [4], ["layer", "belady"], ["none", "lookahead-1", "lookahead-2"], Clock(1.0, 1.0))
