@@ -112,7 +112,7 @@ def run(mote: Path, budget_name: str, tokens: int, threads: int, loader: str, pr
 
 
 def ab_steps(mote: Path, switch: str, tokens: int, threads: int, budget_name: str = "minimum") -> dict:
-    """One Engine at the minimum budget, the cache's `switch` (early_compute or split_reads) alternated
+    """One Engine at the minimum budget, the cache's `switch` (early_compute, check_later or split_reads) alternated
     between decode steps in ABBA order, so both sides see the same machine load: median step ms of each."""
     from mote_edge.format import MoteFile
     from mote_edge.runtime.engine import Engine
@@ -170,7 +170,7 @@ def main() -> None:
                     help="comma list of loader/prefetch; loader serial, thread (the default: gate and up computed "
                          "while down_proj reads), thread-late (not), thread-split (a demand record read in halves "
                          "by both readers); prefetch needs --budget min+buf")
-    ap.add_argument("--ab", choices=("early_compute", "split_reads"),
+    ap.add_argument("--ab", choices=("early_compute", "check_later", "split_reads"),
                     help="only alternate this switch between decode steps at the minimum budget (ABBA) and compare")
     args = ap.parse_args()
     if args.ab:

@@ -195,7 +195,7 @@ class MoE:
         routed = idx[0].tolist()
         for e in needed:  # the wave's order, as in __call__
             coef = float(weight[0, routed.index(e)])
-            expert = self.cache.get(self.layer, e, first_part=True)
+            expert = self.cache.get(self.layer, e, early=True)  # checked by Decoder.forward's verify()
             if isinstance(expert, FirstPart):  # gate and up while down_proj reads; used once the record checks
                 act = expert.gate_up_step(h, threads)  # [I]
                 expert.rest().down_step(act, out, coef, threads)
@@ -251,7 +251,7 @@ class Decoder:
 
     def __init__(self, cfg: ModelConfig, w: ResidentWeights, cache: ExpertCache | None, context: int, kv_bits: int = 32):
         dc = cfg.decoder
-        self.cfg, self.context = cfg, context
+        self.cfg, self.context, self.experts = cfg, context, cache
         self.embed = w.embedding("model.embed_tokens.weight")
         self.layers = [DecoderLayer(cfg, w, i, cache) for i in range(dc.num_hidden_layers)]
         self.norm = w.vector("model.norm.weight")
@@ -298,6 +298,8 @@ class Decoder:
             scratch = np.empty_like(h)
             for layer in self.layers:
                 layer.step(h, self.length, scratch, self.threads)
+            if self.experts is not None:
+                self.experts.verify()  # the records the step used before their checksums: checked before its token
             self.length += 1
             return self.lm_head(rms_norm(h[None], self.norm, self.cfg.decoder.rms_norm_eps))[0]
         for c0 in range(0, t, PREFILL_CHUNK):

@@ -56,6 +56,8 @@ class CacheStats:
     load_read_ms: float = 0.0  # summed over loads (readers run at once): reading records
     load_crc_ms: float = 0.0  # ... checking their CRC-32
     load_place_ms: float = 0.0  # ... parsing them into tensors (and the 2-bit re-layout)
+    first_parts: int = 0  # misses whose gate and up computed while their down_proj still read
+    checked_later: int = 0  # misses computed with before their CRC-32 was checked (checked before the token)
 
     @property
     def uses(self) -> int:
@@ -158,8 +160,13 @@ class ExpertCache:
         # whole record (the 0.5B's minimum-budget step 1.04x slower; benchmarks/expert_timeline.py)
         self.split_reads = False
         # a demand miss lands gate_proj and up_proj first and the decode step computes with them while
-        # down_proj reads (get(first_part=True); direct reads into "file" slabs)
+        # down_proj reads (get(early=True); direct reads into "file" slabs)
         self.early_compute = True
+        # get(early=True) hands out a record as soon as it is in; its CRC-32 runs on the loader while the
+        # expert computes, and verify() (when the next MoE layer begins, and before the step's token) raises
+        # a mismatch
+        self.check_later = True
+        self.unchecked: list[LoadJob] = []  # loads handed out before their checksum was checked
 
     @property
     def nbytes(self) -> int:
@@ -175,6 +182,7 @@ class ExpertCache:
     def begin_wave(self, layer: int, experts) -> None:
         """A MoE layer is about to use `experts` (in this order): loads during the wave spare them, and
         the thread loader starts reading every one of them that is not cached."""
+        self.verify()  # the last wave's records are checked (and resident) before this wave picks victims
         self._collect()
         self._mark("wave", layer=layer, experts=list(experts))
         self.layer, self.wave = layer, {(layer, e) for e in experts}
@@ -222,9 +230,11 @@ class ExpertCache:
         self.last[key] = self.clock
         self.count[key] = self.count.get(key, 0) + 1
 
-    def get(self, layer: int, expert: int, first_part: bool = False) -> Expert:
-        """The expert, loaded and checked. `first_part`: a demand miss whose record lands its gate and up
-        projections first may return a FirstPart as soon as they are in (its `rest()` the Expert)."""
+    def get(self, layer: int, expert: int, early: bool = False) -> Expert:
+        """The expert, loaded and checked. `early` (the decode step): a demand miss may come back before its
+        record is checked, as a FirstPart as soon as its gate and up projections are in (its `rest()` the
+        Expert), or as the Expert as soon as the whole record is; verify() checks them before their results
+        are used."""
         key = (layer, expert)
         if key in self.pending:
             self.pending.remove(key)
@@ -245,7 +255,7 @@ class ExpertCache:
             self.prefetched.discard(key)
             self.stats.prefetch_used += 1
             self.stats.prefetch_late += 1
-        if first_part and key not in self.resident:
+        if early and key not in self.resident:
             if key not in self.loading:
                 self._demand(key)
             job = self.loading.get(key)
@@ -253,18 +263,31 @@ class ExpertCache:
                 job.early.wait()  # its first part is in, or the load ended
                 if job.first is not None and not job.done.is_set():
                     t1 = time.perf_counter()
+                    self.stats.first_parts += 1
                     if self.timeline is not None:
                         self.timeline.append({"event": "first", "key": key, "t": t0, "end": t1})
-                    return FirstPart(job.first, lambda: self._finish_miss(key, time.perf_counter(), 1e3 * (t1 - t0)))
-        return self._finish_miss(key, t0)
+                    return FirstPart(job.first, lambda: self._finish_miss(key, time.perf_counter(), 1e3 * (t1 - t0),
+                                                                          unchecked=True))
+        return self._finish_miss(key, t0, unchecked=early)
 
-    def _finish_miss(self, key: Key, t0: float, waited_ms: float = 0.0) -> Expert:
-        """Wait from `t0` until `key` is resident (checked); count the miss and the stall."""
+    def _finish_miss(self, key: Key, t0: float, waited_ms: float = 0.0, unchecked: bool = False) -> Expert:
+        """Wait from `t0` until `key` is resident (checked), or with `unchecked` until its record is in (then
+        verify() checks it); count the miss and the stall."""
+        expert = None
         while key not in self.resident:  # a prefetch aborted before it was needed lands without its expert
             if key not in self.loading:
                 self._demand(key)  # the serial loader reads it here
-            if key in self.loading:
-                self._wait(self.loading[key])
+            job = self.loading.get(key)
+            if job is None:
+                continue
+            if unchecked and job.landed is not None:
+                job.landed.wait()
+                if job.unchecked is not None and not job.done.is_set():
+                    expert = job.unchecked
+                    self.unchecked.append(job)
+                    self.stats.checked_later += 1
+                    break
+            self._wait(job)
         self.fresh.discard(key)
         self._touch(key)
         self.stats.misses += 1
@@ -272,7 +295,7 @@ class ExpertCache:
         self.stats.stall_ms += waited_ms + 1e3 * (t1 - t0)
         if self.timeline is not None:
             self.timeline.append({"event": "wait", "key": key, "t": t0, "end": t1})
-        return self.resident[key][1]
+        return expert if expert is not None else self.resident[key][1]
 
     def _demand(self, key: Key) -> None:
         """Load `key` now that it is needed and no slab was taken for it ahead of time."""
@@ -351,6 +374,8 @@ class ExpertCache:
         job = LoadJob(key, slab, prefetch)
         if not prefetch and self.early_compute and self.layout == "file" and self.io_path == "direct":
             job.early = threading.Event()
+        if not prefetch and self.check_later:
+            job.landed = threading.Event()
         self.loading[key] = job
         self.loader.submit(job)
 
@@ -386,7 +411,7 @@ class ExpertCache:
         self.resident[job.key] = (job.slab, job.result)
         self.stats.bytes_read += job.nbytes
         self._add_timing(job.timing)
-        self.count[job.key] = 0
+        self.count.setdefault(job.key, 0)  # a record used before it was checked has its use counted already
         self.last.setdefault(job.key, self.clock)
 
     def _add_timing(self, timing: ReadTiming) -> None:
@@ -399,25 +424,37 @@ class ExpertCache:
         job.timing = ReadTiming()
         if job.prefetch:
             return self._place(job.key, job.slab, job.check, job.timing)
-        assist = self.loader.assist if self.split_reads else None
-        return self._place(job.key, job.slab, None, job.timing, assist, job if job.early is not None else None)
+        return self._place(job.key, job.slab, None, job.timing, self.loader.assist if self.split_reads else None, job)
 
     def _place(self, key: Key, slab: int, check=None, timing: ReadTiming | None = None, assist=None,
-               early_job: LoadJob | None = None) -> tuple[Expert, int]:
-        """Read, check and place one record; `early_job` gets its gate and up projections (`first`) as soon as
-        they are in the slab."""
+               job: LoadJob | None = None) -> tuple[Expert, int]:
+        """Read, check and place one record. A demand `job` with `early` gets its gate and up projections
+        (`first`) as soon as they are in the slab; with `landed`, its Expert (`unchecked`) as soon as the whole
+        record is, while the checksum is computed."""
         timing = timing if timing is not None else ReadTiming()
         buf = self.slabs[slab]
+        entry = self.file.expert_entry(*key)
+        placed: list[Expert] = []
 
         def early() -> None:
             t0 = time.perf_counter()
-            early_job.first = {t.name: Linear(parse_parts(t, buf, t.offset), t.scheme, t.shape, self.threads)
-                               for t in self.file.expert_entry(*key).tensors[:-1]}
+            job.first = {t.name: Linear(parse_parts(t, buf, t.offset), t.scheme, t.shape, self.threads)
+                         for t in entry.tensors[:-1]}
             timing.place_ms += 1e3 * (time.perf_counter() - t0)
-            early_job.early.set()
+            job.early.set()
 
-        entry = self.reader.read_into(*key, buf if self.layout == "file" else self.staging, check, timing, assist,
-                                      early if early_job is not None else None)
+        def landed() -> None:
+            placed.append(self._build(entry, buf, timing))
+            job.unchecked = placed[0]
+            job.landed.set()
+
+        self.reader.read_into(*key, buf if self.layout == "file" else self.staging, check, timing, assist,
+                              early if job is not None and job.early is not None else None,
+                              landed if job is not None and job.landed is not None else None)
+        return (placed[0] if placed else self._build(entry, buf, timing)), entry.nbytes
+
+    def _build(self, entry, buf: np.ndarray, timing: ReadTiming) -> Expert:
+        """The Expert over a record read into slab `buf` (or the staging buffer, converted into `buf`)."""
         t0 = time.perf_counter()
         if self.layout == "file":
             placed = {t.name: (parse_parts(t, buf, t.offset), "file") for t in entry.tensors}
@@ -426,7 +463,18 @@ class ExpertCache:
         projs = {t.name: Linear(placed[t.name][0], t.scheme, t.shape, self.threads, ternary_layout=placed[t.name][1])
                  for t in entry.tensors}
         timing.place_ms += 1e3 * (time.perf_counter() - t0)
-        return Expert(projs), entry.nbytes
+        return Expert(projs)
+
+    def verify(self) -> None:
+        """Wait for the checksums of the records get(early=True) handed out before they were checked, and
+        raise a mismatch. The decode step calls it before its token is taken from what they computed."""
+        if not self.unchecked:
+            return
+        jobs, self.unchecked = self.unchecked, []
+        t0 = time.perf_counter()
+        for job in jobs:
+            self._wait(job)
+        self.stats.stall_ms += 1e3 * (time.perf_counter() - t0)
 
     def drain(self) -> None:
         """Wait for every queued load and forget the wanted prefetches."""
@@ -451,6 +499,7 @@ class ExpertCache:
             self.loader.close()
             self.loader = None
         self.loading.clear()
+        self.unchecked.clear()
         self.fresh.clear()
         self.prefetched.clear()
         self.reader.close()

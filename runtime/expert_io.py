@@ -140,34 +140,40 @@ class ExpertReader:
 
     def read_into(self, layer: int, expert: int, buf: np.ndarray, check: Callable[[], None] | None = None,
                   timing: ReadTiming | None = None, assist: Callable | None = None,
-                  early: Callable[[], None] | None = None) -> ExpertEntry:
+                  early: Callable[[], None] | None = None, landed: Callable[[], None] | None = None) -> ExpertEntry:
         """Read expert (layer, expert) into `buf` (uint8, at least the record rounded up to 4096) and
         verify its checksum; returns its directory entry. `check` runs between direct chunks (it may raise);
         `timing` gets the read and checksum times added; `assist(fn)` (an ExpertLoader's) may run half of a
         direct read without `check` on another thread (it returns None when no thread is free); `early()`
-        runs once the tensors before the last are in, before the checksum (direct reads without `check`)."""
+        runs once the tensors before the last are in, before the checksum (direct reads without `check`);
+        `landed()` once the whole record is in, before its checksum is computed where the path allows."""
         entry = self.file.expert_entry(layer, expert)
         timing = timing if timing is not None else ReadTiming()
+        landed = landed or (lambda: None)
+        what = f"expert ({layer}, {expert})"
         if self._direct_fd is None or buf.ctypes.data % DIRECT_ALIGN or buf.nbytes < align(entry.nbytes, DIRECT_ALIGN):
             t0 = time.perf_counter()
             self.file.read_expert_into(layer, expert, buf, verify=False)
             drop_page_cache(self.file.fileno(), self.data_offset + entry.offset, align(entry.nbytes, SECTION_ALIGN))
-            t1 = time.perf_counter()
-            crc = self._crc(memoryview(buf).cast("B")[:entry.nbytes])
-            timing.read_ms += 1e3 * (t1 - t0)
-            timing.crc_ms += 1e3 * (time.perf_counter() - t1)
+            timing.read_ms += 1e3 * (time.perf_counter() - t0)
+            landed()
+            crc, ms = self._timed_crc(memoryview(buf).cast("B")[:entry.nbytes])
+            timing.crc_ms += ms
         elif check is None and early is not None and DIRECT_ALIGN <= entry.tensors[-1].offset:
-            crc = self._read_early(entry, buf, f"expert ({layer}, {expert})", timing, early, assist)
+            crc = self._read_early(entry, buf, what, timing, early, assist, landed)
         elif check is None and assist is not None and entry.nbytes > DIRECT_ALIGN:
-            crc = self._read_halves(entry, buf, f"expert ({layer}, {expert})", timing, assist)
+            crc = self._read_halves(entry, buf, what, timing, assist)
+            landed()
         else:
-            crc = self._read_direct(entry, buf, f"expert ({layer}, {expert})", check, timing)
+            crc = self._read_direct(entry, buf, what, check, timing, landed)
         if crc != entry.crc32:
             raise FormatError(f"{self.file.name}: checksum mismatch in expert ({layer}, {expert})")
         return entry
 
-    def _read_direct(self, entry: ExpertEntry, buf: np.ndarray, what: str, check, timing: ReadTiming) -> int:
-        """The record in one read, or in chunks with `check()` between them; returns its CRC-32."""
+    def _read_direct(self, entry: ExpertEntry, buf: np.ndarray, what: str, check, timing: ReadTiming,
+                     landed: Callable[[], None] = lambda: None) -> int:
+        """The record in one read, then `landed()` and its CRC-32; or in chunks, `check()` before each and
+        each chunk's CRC after it (the disk keeps reading while an abortable prefetch checks)."""
         offset = self.data_offset + entry.offset
         length = align(entry.nbytes, DIRECT_ALIGN)
         view = memoryview(buf).cast("B")
@@ -180,11 +186,15 @@ class ExpertReader:
             n = os.preadv(self._direct_fd, [view[done:min(length, done + chunk)]], offset + done)
             if n <= 0:
                 raise FormatError(f"{self.file.name} is truncated: cannot read {what}")
-            t1 = time.perf_counter()
-            crc = self._crc(view[done:min(entry.nbytes, done + n)], crc)
-            timing.read_ms += 1e3 * (t1 - t0)
-            timing.crc_ms += 1e3 * (time.perf_counter() - t1)
+            timing.read_ms += 1e3 * (time.perf_counter() - t0)
+            if check is not None:
+                crc, ms = self._timed_crc(view[done:min(entry.nbytes, done + n)], crc)
+                timing.crc_ms += ms
             done += n
+        landed()
+        if check is None:
+            crc, ms = self._timed_crc(view[:entry.nbytes])
+            timing.crc_ms += ms
         return crc
 
     def _read_span(self, view: memoryview, entry: ExpertEntry, start: int, end: int, what: str,
@@ -219,7 +229,7 @@ class ExpertReader:
         return crc32_combine(crc_a, crc_b, entry.nbytes - half)
 
     def _read_early(self, entry: ExpertEntry, buf: np.ndarray, what: str, timing: ReadTiming, early,
-                    assist) -> int:
+                    assist, landed) -> int:
         """The leading tensors, `early()`, then the rest (on an idle reader if `assist` finds one, while this
         thread checksums the first part); the combined CRC-32."""
         view = memoryview(buf).cast("B")
@@ -227,6 +237,7 @@ class ExpertReader:
         crc_a, first = self._read_span(view, entry, 0, min(split, entry.nbytes), what, crc=False)
         if split >= entry.nbytes:
             early()
+            landed()
             crc_a, first.crc_ms = self._timed_crc(view[:entry.nbytes])
             _add(timing, first)
             return crc_a
@@ -234,20 +245,24 @@ class ExpertReader:
         try:
             early()
             if other is None:  # one reader: the rest read first, the disk kept busy; then both checksums
-                crc_b, rest = self._read_span(view, entry, split, entry.nbytes, what)
+                _, rest = self._read_span(view, entry, split, entry.nbytes, what, crc=False)
+                landed()
+                crc_b, rest.crc_ms = self._timed_crc(view[split:entry.nbytes])
                 crc_a, first.crc_ms = self._timed_crc(view[:split])
             else:
                 crc_a, first.crc_ms = self._timed_crc(view[:split])
         finally:
             if other is not None:
                 crc_b, rest = other.wait()  # never leave the other thread writing into a slab we hand back
+        if other is not None:
+            landed()
         _add(timing, first)
         _add(timing, rest)
         return crc32_combine(crc_a, crc_b, entry.nbytes - split)
 
-    def _timed_crc(self, view: memoryview) -> tuple[int, float]:
+    def _timed_crc(self, view: memoryview, crc: int = 0) -> tuple[int, float]:
         t0 = time.perf_counter()
-        crc = self._crc(view)
+        crc = self._crc(view, crc)
         return crc, 1e3 * (time.perf_counter() - t0)
 
     def close(self) -> None:

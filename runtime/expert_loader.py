@@ -60,6 +60,10 @@ class LoadJob:
     # in (`first`: their Linears, unverified until the load is done) or once the load ends, whichever first
     early: threading.Event | None = None
     first: Any = None
+    # a demand load whose record may be used before its checksum (ExpertCache.verify checks it before the
+    # result is kept): set once the whole record is in and placed (`unchecked`), or once the load ends
+    landed: threading.Event | None = None
+    unchecked: Any = None
 
     def check(self) -> None:
         """Called by the read between chunks: raises LoadAborted once the job is aborted."""
@@ -196,8 +200,9 @@ class ExpertLoader:
                     self.stats.aborted += isinstance(job.error, LoadAborted)
                     self.stats.bytes_read += job.nbytes
                 self._wake.notify_all()  # a finished prefetch may let a queued one start
-            if not helping and job.early is not None:
-                job.early.set()  # a load that failed before its first part must not leave a waiter behind
+            for event in ((job.early, job.landed) if not helping else ()):
+                if event is not None:
+                    event.set()  # a load that failed part way must not leave a waiter behind
             job.done.set()
 
     def close(self) -> None:

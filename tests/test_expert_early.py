@@ -1,7 +1,7 @@
-"""Computing with an expert's first part while the rest of its record reads: native/layer.c's two FFN
-halves give ffn_step's result bit for bit on every kernel path; a demand miss hands the decode step its
-gate and up projections before down_proj is in, and a record that fails its checksum fails before anything
-computed from it is used; tokens are the same with and without it."""
+"""Computing with an expert's record while it still loads: native/layer.c's two FFN halves give ffn_step's
+result bit for bit on every kernel path; a demand miss hands the decode step its gate and up projections
+before down_proj is in, and the whole record before its checksum; a record that fails its checksum fails
+in verify(), before anything computed from it is kept; tokens are the same with and without either."""
 
 from __future__ import annotations
 
@@ -92,13 +92,18 @@ class HeldRest:
 
 
 def slow_rest(reader, seconds: float = 0.005) -> None:
-    span = reader._read_span
+    """The rest of each record and each checksum take `seconds` longer (so the decode step sees both states)."""
+    span, crc32 = reader._read_span, reader._crc
 
     def later(view, entry, start, end, what, crc=True):
         if start > 0:
             time.sleep(seconds)
         return span(view, entry, start, end, what, crc)
-    reader._read_span = later
+
+    def slow_crc(data, value=0):
+        time.sleep(seconds)
+        return crc32(data, value)
+    reader._read_span, reader._crc = later, slow_crc
 
 
 def _cache(f, early=True):
@@ -118,13 +123,14 @@ def test_a_miss_computes_gate_and_up_while_down_reads(int8_mote):
         held = HeldRest(cache.reader)
         try:
             cache.begin_wave(layer, [e])
-            part = cache.get(layer, e, first_part=True)
+            part = cache.get(layer, e, early=True)
             assert isinstance(part, FirstPart)  # down_proj is held back: the first part came alone
             h = np.random.default_rng(1).standard_normal(entry.tensors[0].shape[1]).astype(np.float32)
             act = part.gate_up_step(h, 1)  # while down_proj is held back
             held.release.set()
             expert = part.rest()
-            assert held.reads == 1
+            cache.verify()
+            assert held.reads == 1 and cache.is_cached(layer, e)
             got, want = np.zeros_like(h), np.zeros_like(h)
             expert.down_step(act, got, 0.5, 1)
             _native.ffn_step(h, want, 0.5, expert.gate_up_specs(), expert.down.native_spec(), 1)
@@ -132,7 +138,7 @@ def test_a_miss_computes_gate_and_up_while_down_reads(int8_mote):
             cache.end_wave()
             assert (cache.stats.misses, cache.stats.hits) == (1, 0)
             cache.begin_wave(layer, [e])
-            assert not isinstance(cache.get(layer, e, first_part=True), FirstPart)  # a hit: the whole expert
+            assert not isinstance(cache.get(layer, e, early=True), FirstPart)  # a hit: the whole expert
             assert cache.stats.hits == 1
         finally:
             held.release.set()
@@ -140,7 +146,7 @@ def test_a_miss_computes_gate_and_up_while_down_reads(int8_mote):
 
 
 @pytest.mark.parametrize("where", ["gate_proj", "down_proj"])
-def test_a_corrupt_record_fails_before_its_first_part_is_used(int8_mote, tmp_path, where):
+def test_a_corrupt_record_fails_before_anything_computed_from_it_is_kept(int8_mote, tmp_path, where):
     with MoteFile(int8_mote) as f:
         (layer, e), entry = next(iter(f.experts.items()))
         t = next(t for t in entry.tensors if t.name == where)
@@ -154,11 +160,13 @@ def test_a_corrupt_record_fails_before_its_first_part_is_used(int8_mote, tmp_pat
         held = HeldRest(cache.reader)
         try:
             cache.begin_wave(layer, [e])
-            part = cache.get(layer, e, first_part=True)
+            part = cache.get(layer, e, early=True)
             assert isinstance(part, FirstPart)
             held.release.set()
             with pytest.raises(FormatError, match="checksum mismatch"):
-                part.rest()
+                part.rest()  # the whole record (or the mismatch, if its checksum ran first)
+                cache.verify()  # before anything computed from it is kept
+            assert not cache.is_cached(layer, e)
         finally:
             held.release.set()
             cache.release()
@@ -172,12 +180,17 @@ def test_early_compute_changes_no_token(int8_mote, extra):
     for loader, early in (("serial", False), ("thread", False), ("thread", True)):
         with Engine.load(int8_mote, memory_budget=budget, threads=1, max_context=256, vision=False,
                          expert_layout="file", prefetch="none", expert_loader=loader) as engine:
-            engine.experts.early_compute = early
+            engine.experts.early_compute = engine.experts.check_later = early
             engine.experts.timeline = timeline = []
             if early and engine.experts.io_path == "direct":  # the rest of each record arrives 5 ms later
                 slow_rest(engine.experts.reader)
             runs[loader, early] = list(engine.generate_ids(PROMPT, max_new_tokens=16, ignore_eos=True))
             assert engine.report()["experts"]["evictions"] > 0
             firsts = sum(ev["event"] == "first" for ev in timeline)
-            assert firsts > 0 if early and engine.experts.io_path == "direct" else firsts == 0
+            report = engine.report()["experts"]
+            assert report["first_parts"] == firsts
+            if early and engine.experts.io_path == "direct":
+                assert firsts > 0 and report["checked_later"] > 0
+            else:
+                assert firsts == 0 == report["checked_later"]
     assert runs["thread", True] == runs["thread", False] == runs["serial", False]
