@@ -142,8 +142,8 @@ class Engine:
         prefetch "lookahead" ("lookahead2"): while a MoE layer runs, the next (two) MoE layers' routers
         predict their experts and the loader reads them ahead (decode steps) into loader buffers the
         plan adds (top_k slabs per layer ahead); "none": experts load when a wave needs them; "auto"
-        (default): lookahead2 when its buffers fit beside top_k cache slabs, none when every expert is
-        cached or they do not fit.
+        (default): lookahead2 when its buffers fit beside top_k cache slabs and the slabs hold at least
+        half the experts, none below that, when every expert is cached or when they do not fit.
         expert_loader "thread": records are read by a loader thread, overlapped with compute (O_DIRECT
         where the filesystem allows it); "serial": read on the decoding thread when needed.
         kv_bits 8 keeps the KV cache as int8 with a scale per head and position (~4x smaller than 32)."""
