@@ -95,8 +95,8 @@ class Expert:
 class FirstPart(Expert):
     """An expert whose gate_proj and up_proj are in its slab while down_proj still loads (a demand miss of
     the thread loader, runtime/expert_io.py): `gate_up_step` computes with them; `rest()` waits for the
-    record, which is checked whole (CRC-32) before it returns the Expert. Nothing computed from the first
-    part is to be used before `rest()` returned."""
+    record and returns the Expert. The record's CRC-32 covers all of it: nothing computed from it is kept
+    before it is checked (by `rest()`, or by ExpertCache.verify() with `check_later`)."""
 
     def __init__(self, projs: dict[str, Linear], rest: Callable[[], Expert]):
         self.gate, self.up, self.rest = projs["gate_proj"], projs["up_proj"], rest
@@ -157,7 +157,7 @@ class ExpertCache:
         self.loader = (ExpertLoader(self._load, 1 if layout == "slab2" else readers) if loader == "thread" else None)
         # True: a demand read that finds a reader idle reads its record's two halves at once
         # (runtime/expert_io.py). Off: on the EPYC box's disk two halves at once read no faster than one
-        # whole record (the 0.5B's minimum-budget step 1.04x slower; benchmarks/expert_timeline.py)
+        # whole record (minimum-budget steps 1.00x / 0.98x on the 0.5B / 1.5B: benchmarks/expert_timeline.py --ab)
         self.split_reads = False
         # a demand miss lands gate_proj and up_proj first and the decode step computes with them while
         # down_proj reads (get(early=True); direct reads into "file" slabs)
