@@ -1,5 +1,6 @@
 """The `mote-edge` command line: help, one-line errors and exit codes, synth end to end."""
 
+import re
 import subprocess
 import sys
 
@@ -82,3 +83,35 @@ def test_export_only_command_without_torch_says_what_to_install():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert r.stderr.strip() == "error: this command needs torch: pip install 'mote-edge[export]'"
+
+
+
+def _readme_synopsis() -> dict[str, set[str]]:
+    """README's Commands block: command name -> the options its synopsis lines name."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    block = text.split("## Commands", 1)[1].split("```", 2)[1]
+    synopsis: dict[str, set[str]] = {}
+    command = None
+    for line in block.splitlines():
+        if line.startswith("mote-edge "):
+            command = line.split()[1]
+            synopsis[command] = set()
+        if command:
+            code = line.split("#", 1)[0]  # what follows '#' is a comment
+            synopsis[command] |= set(re.findall(r"(?<![\w-])--?[a-z][a-z0-9-]*", code))
+    return synopsis
+
+
+def test_readme_synopsis_names_every_option():
+    """The README's Commands block says what `--help` has: every command and every option (long or short form)."""
+    import typer.main
+    from mote_edge.cli import app
+
+    commands = typer.main.get_command(app).commands
+    synopsis = _readme_synopsis()
+    assert set(synopsis) == set(commands)
+    missing = {name: sorted(p.opts[0] for p in commands[name].params
+                            if p.opts[0].startswith("-") and not set(p.opts) & synopsis[name])
+               for name in synopsis}
+    missing = {name: opts for name, opts in missing.items() if opts}
+    assert not missing, f"README's Commands block lacks {missing}"
