@@ -11,8 +11,13 @@ Traces:
                 8 experts, top-1), routed by the tiny model's fitted skew, stickiness and lookahead recall
                 (benchmarks/route_model.py): a trained router's statistics at the sizes the budget targets
 Every runtime policy (lru, lfu, layer) with every prefetch (none, lookahead-1, lookahead-2) and the oracle
-(the next two waves' real experts), against Belady's MIN of demand loading; an expert prefetched before
-it is needed counts as a hit. Writes benchmarks/out/prefetch-replay.json.
+(the next two waves' real experts), against Belady's MIN of demand loading, twice: without a clock (a
+prefetch is in before its wave) and with the clock measured by benchmarks/expert_timeline.py on the
+0.5B / 1.5B synth files (benchmarks/out/expert-timeline-q05-b4.json, -q15-b4.json: a record's read time,
+a wave's compute with every expert cached, the shared expert's overlap; runtime/simulate.py Clock), where
+only an expert whose read ended before its wave counts as a hit and the fastest pair is the default's
+evidence. The tiny trace runs on the 0.5B's clock (its records are tiny: the 0.5B's ratio of read to
+compute is the question). Writes benchmarks/out/prefetch-replay.json.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ OUT = HERE / "out"
 TINY = HERE.parent / "examples" / "tiny-mote"
 SHAPES = {"q05": (list(range(0, 24, 2)), 8, 1), "q15": (list(range(0, 28, 2)), 8, 1)}  # MoE layers, experts, top_k
 SYNTH_SLABS = [2, 4, 8, 17, 24, 32, 48, 64]
+CLOCK_FILES = {"q05": OUT / "expert-timeline-q05-b4.json", "q15": OUT / "expert-timeline-q15-b4.json"}
 POLICIES = ["lru", "lfu", "layer", "belady"]
 PREFETCHES = ["none", "lookahead-1", "lookahead-2", "oracle"]
 
@@ -42,23 +48,42 @@ def tiny_trace(questions: int) -> tuple[Path, dict]:
     return trace, measure_tiny_routing(mote, questions, trace_out=trace, max_new_tokens=16, ignore_eos=True)
 
 
-def replay(waves, slabs: list[int]) -> dict:
+def clock_of(shape: str):
+    """The Clock measured for a synth shape (benchmarks/expert_timeline.py), or None before it ran."""
+    from mote_edge.runtime.simulate import Clock
+
+    path = CLOCK_FILES[shape]
+    if not path.exists():
+        return None
+    c = json.loads(path.read_text())["clock"]
+    return Clock(c["read_ms"], c["wave_ms"], c["overlap_ms"])
+
+
+def replay(waves, slabs: list[int], clock=None) -> dict:
     from mote_edge.runtime.simulate import best_pairs, sweep
 
-    results = [r for r in sweep(waves, slabs, POLICIES, PREFETCHES) if r["policy"] != "belady" or r["prefetch"] == "none"]
-    return {"results": results, "best": best_pairs(results)}
+    results = [r for r in sweep(waves, slabs, POLICIES, PREFETCHES, clock)
+               if r["policy"] != "belady" or r["prefetch"] == "none"]
+    return {"results": results, "best": best_pairs(results),
+            "clock": None if clock is None else {"read_ms": clock.read_ms, "wave_ms": clock.wave_ms,
+                                                 "overlap_ms": clock.overlap_ms}}
 
 
 def show(name: str, rep: dict) -> None:
     rows = rep["results"]
     cols = [(r["policy"], r["prefetch"]) for r in rows if r["slabs"] == rows[0]["slabs"]]
-    print(f"\n{name}: hit rate % by slabs")
+    c = rep["clock"]
+    when = ("no clock" if c is None else f"clock: read {c['read_ms']:.2f} ms, wave {c['wave_ms']:.2f} ms, overlap "
+            f"{c['overlap_ms']:.2f} ms; a late prefetch is a miss")
+    print(f"\n{name}, {when}: hit rate % by slabs")
     print(f"{'slabs':>5} " + " ".join(f"{p[:5] + ('+' + f.replace('lookahead-', 'la') if f != 'none' else ''):>12}"
                                       for p, f in cols) + "   best runtime pair, points behind belady")
     for b in rep["best"]:
         hr = {(r["policy"], r["prefetch"]): r["hit_rate"] for r in rows if r["slabs"] == b["slabs"]}
+        fastest = "" if "fastest" not in b else (f"; fastest {b['fastest']['policy']}+{b['fastest']['prefetch']} "
+                                                  f"{b['fastest']['time_ms'] / 1e3:.2f} s")
         print(f"{b['slabs']:>5} " + " ".join(f"{100 * hr[c]:>12.1f}" for c in cols)
-              + f"   {b['policy']}+{b['prefetch']} {b['points_behind_belady']:+.1f}")
+              + f"   {b['policy']}+{b['prefetch']} {b['points_behind_belady']:+.1f}{fastest}")
 
 
 def main() -> None:
@@ -78,12 +103,17 @@ def main() -> None:
           f"lookahead recall " + ", ".join(f"{d} ahead {100 * r:.1f}%" for d, r in enumerate(model.lookahead_recall, 1)))
     result = {"tiny_fit": fit, "traces": {}}
     waves = read_trace(trace)
-    result["traces"]["tiny"] = replay(waves, [2, 3, 4, 5, 6, 7, 8])
-    show(f"tiny MoTE trace ({len(waves)} waves)", result["traces"]["tiny"])
+    for clock in (None, *[c for c in [clock_of("q05")] if c is not None]):
+        key = "tiny" if clock is None else "tiny-clock"
+        result["traces"][key] = replay(waves, [2, 3, 4, 5, 6, 7, 8], clock)
+        show(f"tiny MoTE trace ({len(waves)} waves)", result["traces"][key])
     for name, (layers, experts, top_k) in SHAPES.items():
         waves = synth_trace(model, layers, experts, top_k, args.tokens, seed=1)
-        result["traces"][name] = replay(waves, SYNTH_SLABS)
-        show(f"{name} shape, fitted routing ({args.tokens} tokens, {len(layers) * experts} experts)", result["traces"][name])
+        for clock in (None, *[c for c in [clock_of(name)] if c is not None]):
+            key = name if clock is None else f"{name}-clock"
+            result["traces"][key] = replay(waves, SYNTH_SLABS, clock)
+            show(f"{name} shape, fitted routing ({args.tokens} tokens, {len(layers) * experts} experts)",
+                 result["traces"][key])
     args.json.write_text(json.dumps(result, indent=1))
     print(f"\nwrote {args.json}")
 

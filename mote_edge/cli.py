@@ -124,7 +124,8 @@ def run(
                                                         "applied to the current hidden state picks experts to read "
                                                         "ahead, into top_k loader buffers the plan adds), lookahead2 "
                                                         "(the next two layers'), none, or auto (default: lookahead2 when "
-                                                        "the budget holds its buffers, else none)."),
+                                                        "the budget holds its buffers and its slabs half the "
+                                                        "experts, else none)."),
     kv_bits: int = typer.Option(32, help="KV cache storage: 32 (float32) or 8 (int8 with a scale per head and "
                                          "position: ~4x less KV memory, like llama.cpp's -ctk q8_0)."),
     report: bool = typer.Option(False, "--report", help="Print the memory and speed report to stderr."),
@@ -253,14 +254,24 @@ def simulate(
     prefetch: Optional[str] = typer.Option(None, help="Prefetches to compare: none, lookahead-1, lookahead-2 (the "
                                                       "trace's predictions), oracle (default: none and oracle, plus "
                                                       "the lookaheads when the trace has predictions)."),
+    read_ms: Optional[float] = typer.Option(None, help="With --wave-ms: a clock. One expert record's read time "
+                                                       "(its bytes over the disk's speed); a prefetch still reading "
+                                                       "when its wave comes is a miss and a stall."),
+    wave_ms: Optional[float] = typer.Option(None, help="A MoE wave's compute, routing to the next wave, every "
+                                                       "expert cached (decode step / MoE layers)."),
+    overlap_ms: float = typer.Option(0.0, help="Of --wave-ms, what runs while the wave's misses load (the "
+                                               "shared expert)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Replay a routing trace under cache sizes, policies and prefetches; print the hit-rate curve.
 
     belady (Belady's MIN, offline optimum) is the upper bound of demand loading; an expert prefetched
-    before it is needed counts as a hit."""
-    from mote_edge.runtime.simulate import best_pairs, default_slab_counts, has_predictions, read_trace, sweep
+    before it is needed counts as a hit (with a clock: one whose read ended before its wave)."""
+    from mote_edge.runtime.simulate import Clock, best_pairs, default_slab_counts, has_predictions, read_trace, sweep
 
+    if (read_ms is None) != (wave_ms is None):
+        raise MoteError("a replay clock needs both --read-ms and --wave-ms")
+    clock = Clock(read_ms, wave_ms, overlap_ms) if read_ms is not None else None
     waves = read_trace(trace)
     try:
         counts = [int(x) for x in slabs.split(",")] if slabs else default_slab_counts(waves)
@@ -270,7 +281,8 @@ def simulate(
     default = ["none", "lookahead-1", "lookahead-2", "oracle"] if has_predictions(waves) else ["none", "oracle"]
     fetches = [p.strip() for p in prefetch.split(",") if p.strip()] if prefetch else default
     # belady is the reference of demand loading: replayed without prefetch only
-    results = [r for r in sweep(waves, counts, names, fetches) if r["policy"] != "belady" or r["prefetch"] == "none"]
+    results = [r for r in sweep(waves, counts, names, fetches, clock)
+               if r["policy"] != "belady" or r["prefetch"] == "none"]
     if not results:
         raise MoteError("nothing to replay: belady is replayed without prefetch only (add --prefetch none)")
     best = best_pairs(results)
@@ -286,6 +298,13 @@ def simulate(
         gap = "" if b is None else f"   {_column_name(b['policy'], b['prefetch'])}" + (
             "" if b["points_behind_belady"] is None else f" ({b['points_behind_belady']:+.1f})")
         typer.echo(f"{c:>6}" + "".join(f"{100 * row[k]:>13.1f}%" for k in columns) + gap)
+    if clock is not None:
+        typer.echo(f"replayed decode time (read {clock.read_ms:g} ms per record, wave {clock.wave_ms:g} ms, overlap "
+                   f"{clock.overlap_ms:g} ms), the fastest runtime pair:")
+        for b in best:
+            f = b["fastest"]
+            typer.echo(f"{b['slabs']:>6}   {_column_name(f['policy'], f['prefetch'])} {f['time_ms']:,.1f} ms, "
+                       f"hit rate {100 * f['hit_rate']:.1f}%")
 
 
 def _column_name(policy: str, prefetch: str) -> str:

@@ -537,22 +537,19 @@ int mote_attn_step(const mote_attn_layer *L, float *x, int pos, float *h, int th
 /* ---- FFN ---- */
 static int is_ternary(const mote_linear *L) { return L->kind == MOTE_LIN_TERN || L->kind == MOTE_LIN_TERN2; }
 
-int mote_ffn_chunk(const mote_linear *gate_up, int ngu, const mote_linear *down, const float *h, int T,
-                   const float *coef, float *y, int threads) {
-    const int I = down->K, H = down->N, K = gate_up[0].K;
+/* act = silu(h W_gate^T) * (h W_up^T) for T rows, into buf [T, 2 I]: the result is its first T * I floats. */
+static int gate_up_rows(const mote_linear *gate_up, int ngu, const float *h, int T, float *buf, int threads) {
     const int fused = ngu == 1;                                            /* [T, 2 I]: row t = [gate_t | up_t] */
-    float *buf = malloc(sizeof(float) * (2 * (size_t)T * I + (size_t)T * H));
-    int8_t *xq = NULL;
-    if (!buf) return -1;
-    float *gate = buf, *up = gate + (size_t)T * I, *d = up + (size_t)T * I;   /* [T, I], [T, I] unless fused; [T, H] */
+    const int I = fused ? gate_up[0].N / 2 : gate_up[0].N, K = gate_up[0].K;
+    float *gate = buf, *up = gate + (size_t)T * I;                         /* [T, I], [T, I] unless fused */
     int rc = 0;
     if (fused) {                                                           /* [gate | up] = h W^T  [T, 2 I] */
         rc |= mote_linear_matmul(&gate_up[0], h, T, gate, threads);
     } else if (is_ternary(&gate_up[0]) && is_ternary(&gate_up[1])) {       /* h quantized once per row */
         float *s = malloc(sizeof(float) * (size_t)T);
-        xq = malloc((size_t)T * K + 64);
+        int8_t *xq = malloc((size_t)T * K + 64);
         if (!xq || !s) {
-            free(buf), free(xq), free(s);
+            free(xq), free(s);
             return -1;
         }
         for (int t = 0; t < T; t++) {
@@ -565,6 +562,7 @@ int mote_ffn_chunk(const mote_linear *gate_up, int ngu, const mote_linear *down,
                                       threads);
         }
         free(s);
+        free(xq);
     } else {
         rc |= mote_linear_matmul(&gate_up[0], h, T, gate, threads);
         rc |= mote_linear_matmul(&gate_up[1], h, T, up, threads);
@@ -576,15 +574,50 @@ int mote_ffn_chunk(const mote_linear *gate_up, int ngu, const mote_linear *down,
         if (fused && t) memmove(g, gate + (int64_t)t * 2 * I, sizeof(float) * (size_t)I);   /* rows < t are consumed */
         fn.silu_mul(g, u, I);
     }
-    rc |= mote_linear_matmul(down, gate, T, d, threads);                   /* d = . W_down^T   [T, H] */
-    for (int t = 0; t < T; t++)                                            /* y += coef d      */
+    return rc;
+}
+
+/* y += coef[t] * (act W_down^T) for T rows; d is [T, H] scratch. */
+static int down_rows(const mote_linear *down, const float *act, int T, const float *coef, float *y, float *d,
+                     int threads) {
+    const int H = down->N;
+    int rc = mote_linear_matmul(down, act, T, d, threads);                 /* d = act W_down^T  [T, H] */
+    for (int t = 0; t < T; t++)                                            /* y += coef d       */
         for (int i = 0; i < H; i++) y[(int64_t)t * H + i] += d[(int64_t)t * H + i] * coef[t];
+    return rc;
+}
+
+int mote_ffn_chunk(const mote_linear *gate_up, int ngu, const mote_linear *down, const float *h, int T,
+                   const float *coef, float *y, int threads) {
+    const int I = down->K, H = down->N;
+    float *buf = malloc(sizeof(float) * (2 * (size_t)T * I + (size_t)T * H));   /* [T, 2 I] then d [T, H] */
+    if (!buf) return -1;
+    int rc = gate_up_rows(gate_up, ngu, h, T, buf, threads);
+    rc |= down_rows(down, buf, T, coef, y, buf + 2 * (size_t)T * I, threads);
     free(buf);
-    free(xq);
     return rc ? -1 : 0;
 }
 
 int mote_ffn_step(const mote_linear *gate_up, int ngu, const mote_linear *down, const float *h, float coef, float *y,
                   int threads) {
     return mote_ffn_chunk(gate_up, ngu, down, h, 1, &coef, y, threads);
+}
+
+/* mote_ffn_step's two halves, bit for bit: act [I] = silu(gate h) * up h, then y += coef * down(act). */
+int mote_ffn_gate_up(const mote_linear *gate_up, int ngu, const float *h, float *act, int threads) {
+    const int I = ngu == 1 ? gate_up[0].N / 2 : gate_up[0].N;
+    float *buf = malloc(sizeof(float) * 2 * (size_t)I);
+    if (!buf) return -1;
+    int rc = gate_up_rows(gate_up, ngu, h, 1, buf, threads);
+    memcpy(act, buf, sizeof(float) * (size_t)I);
+    free(buf);
+    return rc ? -1 : 0;
+}
+
+int mote_ffn_down(const mote_linear *down, const float *act, float coef, float *y, int threads) {
+    float *d = malloc(sizeof(float) * (size_t)down->N);
+    if (!d) return -1;
+    int rc = down_rows(down, act, 1, &coef, y, d, threads);
+    free(d);
+    return rc ? -1 : 0;
 }

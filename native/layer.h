@@ -97,4 +97,9 @@ int mote_ffn_chunk(const mote_linear *gate_up, int ngu, const mote_linear *down,
 int mote_ffn_step(const mote_linear *gate_up, int ngu, const mote_linear *down, const float *h, float coef, float *y,
                   int threads);
 
+/* mote_ffn_step's two halves (it runs them back to back): act[I] = silu(gate h) * up h, then
+ * y[H] += coef * down(act). A routed expert whose down_proj is still loading runs the first. */
+int mote_ffn_gate_up(const mote_linear *gate_up, int ngu, const float *h, float *act, int threads);
+int mote_ffn_down(const mote_linear *down, const float *act, float coef, float *y, int threads);
+
 #endif

@@ -389,8 +389,10 @@ static PyObject *py_attn_chunk(PyObject *self, PyObject *args) {
     return attn_call(xo, T, start, ho, layer, threads, "start");
 }
 
-/* The FFN for T rows (h, y: f32 [T, H]; coef: f32 [T], or NULL with one scalar); ffn_step and ffn_chunk */
-static PyObject *ffn_call(PyObject *ho, int T, PyObject *yo, PyObject *coefo, float coef1, PyObject *gu,
+/* The FFN for T rows (h, y: f32 [T, H]; coef: f32 [T], or NULL with one scalar). part 0: y += coef SwiGLU(h)
+ * (ffn_step, ffn_chunk); the two halves of a step (T = 1): part 1 (ffn_gate_up) y is act [I] = silu(gate h) up h and
+ * down is None; part 2 (ffn_down) h is act [I] and y [H] += coef down(act). */
+static PyObject *ffn_call(int part, PyObject *ho, int T, PyObject *yo, PyObject *coefo, float coef1, PyObject *gu,
                           PyObject *down, int threads) {
     int rc = -2, H, I;
     mote_linear G[2], D;
@@ -398,24 +400,32 @@ static PyObject *ffn_call(PyObject *ho, int T, PyObject *yo, PyObject *coefo, fl
     const float *coef = &coef1;
     if (check_range(threads, 1, 256, "threads") || check_range(T, 1, MOTE_MAX_DIM, "T")) goto done;
     const Py_ssize_t ngu = PyTuple_GET_SIZE(gu);
-    if ((ngu != 1 && ngu != 2) || !PyTuple_Check(down) || PyTuple_GET_SIZE(down) < 3) {
-        PyErr_SetString(PyExc_ValueError, "gate_up must be a tuple of 1 (fused) or 2 linear specs, down a linear spec");
+    /* the dims come from down [H, I]; ffn_gate_up takes down None and reads them from gate_up [(2) I, H] */
+    PyObject *dims = part == 1 ? (ngu >= 1 ? PyTuple_GET_ITEM(gu, 0) : NULL) : down;
+    if ((ngu != 1 && ngu != 2) || (part == 1 && down != Py_None) || !dims || !PyTuple_Check(dims) ||
+        PyTuple_GET_SIZE(dims) < 3) {
+        PyErr_SetString(PyExc_ValueError, "gate_up must be a tuple of 1 (fused) or 2 linear specs, down a linear spec "
+                                          "(None for ffn_gate_up)");
         goto done;
     }
-    H = (int)PyLong_AsLong(PyTuple_GET_ITEM(down, 1));   /* down is [H, I] */
-    I = (int)PyLong_AsLong(PyTuple_GET_ITEM(down, 2));
+    H = (int)PyLong_AsLong(PyTuple_GET_ITEM(dims, part == 1 ? 2 : 1));
+    I = (int)PyLong_AsLong(PyTuple_GET_ITEM(dims, part == 1 ? 1 : 2)) / (part == 1 && ngu == 1 ? 2 : 1);
     if (PyErr_Occurred() || check_range(H, 1, MOTE_MAX_DIM, "down rows") || check_range(I, 1, MOTE_MAX_DIM, "down columns") ||
         check_dims(T, H, 2 * I, threads) || check_dims(T, I, H, threads))
         goto done;
-    float *h = bag_take(&bag, ho, 0, 4LL * T * H, "h"), *y = h ? bag_take(&bag, yo, 1, 4LL * T * H, "y") : NULL;
-    if (!y || (coefo && !(coef = bag_take(&bag, coefo, 0, 4LL * T, "coef"))) || take_linear(&bag, down, H, I, &D, "down"))
+    float *h = bag_take(&bag, ho, 0, 4LL * T * (part == 2 ? I : H), part == 2 ? "act" : "h");
+    float *y = h ? bag_take(&bag, yo, 1, 4LL * T * (part == 1 ? I : H), part == 1 ? "act" : "y") : NULL;
+    if (!y || (coefo && !(coef = bag_take(&bag, coefo, 0, 4LL * T, "coef"))) ||
+        (part != 1 && take_linear(&bag, down, H, I, &D, "down")))
         goto done;
     if (ngu == 1 ? take_linear(&bag, PyTuple_GET_ITEM(gu, 0), 2 * I, H, &G[0], "gate_up")
                  : (take_linear(&bag, PyTuple_GET_ITEM(gu, 0), I, H, &G[0], "gate") ||
                     take_linear(&bag, PyTuple_GET_ITEM(gu, 1), I, H, &G[1], "up")))
         goto done;
     Py_BEGIN_ALLOW_THREADS
-    rc = mote_ffn_chunk(G, (int)ngu, &D, h, T, coef, y, threads);
+    rc = part == 1 ? mote_ffn_gate_up(G, (int)ngu, h, y, threads)
+       : part == 2 ? mote_ffn_down(&D, h, *coef, y, threads)
+                   : mote_ffn_chunk(G, (int)ngu, &D, h, T, coef, y, threads);
     Py_END_ALLOW_THREADS
     if (rc != 0) PyErr_NoMemory();
 done:
@@ -424,21 +434,26 @@ done:
     Py_RETURN_NONE;
 }
 
-/* ffn_step(h f32[H], y f32[H] (in/out), coef, gate_up tuple of 1 or 2 specs, down spec, threads) */
-static PyObject *py_ffn_step(PyObject *self, PyObject *args) {
+/* ffn_step / ffn_gate_up / ffn_down(h, y, coef, gate_up tuple of 1 or 2 specs, down spec or None, threads):
+ * part 0 h, y f32[H]; part 1 h f32[H], y = act f32[I]; part 2 h = act f32[I], y f32[H] */
+static PyObject *ffn_step_part(PyObject *args, int part) {
     PyObject *ho, *yo, *gu, *down;
     float coef;
     int threads;
     if (!PyArg_ParseTuple(args, "OOfO!Oi", &ho, &yo, &coef, &PyTuple_Type, &gu, &down, &threads)) return NULL;
-    return ffn_call(ho, 1, yo, NULL, coef, gu, down, threads);
+    return ffn_call(part, ho, 1, yo, NULL, coef, gu, down, threads);
 }
+
+static PyObject *py_ffn_step(PyObject *self, PyObject *args) { return ffn_step_part(args, 0); }
+static PyObject *py_ffn_gate_up(PyObject *self, PyObject *args) { return ffn_step_part(args, 1); }
+static PyObject *py_ffn_down(PyObject *self, PyObject *args) { return ffn_step_part(args, 2); }
 
 /* ffn_chunk(h f32[T, H], T, y f32[T, H] (in/out), coef f32[T], gate_up specs, down spec, threads) */
 static PyObject *py_ffn_chunk(PyObject *self, PyObject *args) {
     PyObject *ho, *yo, *coefo, *gu, *down;
     int T, threads;
     if (!PyArg_ParseTuple(args, "OiOOO!Oi", &ho, &T, &yo, &coefo, &PyTuple_Type, &gu, &down, &threads)) return NULL;
-    return ffn_call(ho, T, yo, coefo, 1.0f, gu, down, threads);
+    return ffn_call(0, ho, T, yo, coefo, 1.0f, gu, down, threads);
 }
 
 static PyObject *py_crc32(PyObject *self, PyObject *args) {
@@ -490,6 +505,10 @@ static PyMethodDef native_methods[] = {
     {"crc32", py_crc32, METH_VARARGS,
      "crc32(buf, crc=0) -> int: zlib's CRC-32 of buf continuing from crc (GIL released)."},
     {"crc32_path", py_crc32_path, METH_NOARGS, "crc32_path() -> str: 'clmul' or 'scalar' (the CRC-32 path in use)."},
+    {"ffn_gate_up", py_ffn_gate_up, METH_VARARGS,
+     "ffn_gate_up(h f32[H], act f32[I], coef, gate_up specs, None, threads): act = silu(gate h) * up h (coef unused)."},
+    {"ffn_down", py_ffn_down, METH_VARARGS,
+     "ffn_down(act f32[I], y f32[H], coef, gate_up specs, down spec, threads): y += coef * down(act)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from mote_edge.config import ModelConfig
 
-from .expert_cache import ExpertCache
+from .expert_cache import ExpertCache, FirstPart
 from .kv_cache import KVCache
 from .native_layer import AttentionStep, default_decoder_path, ffn_chunk, ffn_step, matmul_f32
 from .plan import ATTN_QUERY_CHUNK, PREFILL_CHUNK
@@ -225,8 +225,13 @@ class MoE:
         out = np.zeros_like(h)  # [H]
         routed = idx[0].tolist()
         for e in needed:  # the wave's order, as in __call__
-            slot = routed.index(e)
-            ffn_step(h, out, float(weight[0, slot]), *expert_specs(self.cache.get(self.layer, e)), threads)
+            coef = float(weight[0, routed.index(e)])
+            expert = self.cache.get(self.layer, e, early=True)  # checked by Decoder.forward's verify()
+            if isinstance(expert, FirstPart):  # gate and up while down_proj reads; used once the record checks
+                act = expert.gate_up_step(h, threads)  # [I]
+                expert.rest().down_step(act, out, coef, threads)
+            else:
+                ffn_step(h, out, coef, *expert_specs(expert), threads)
         self.cache.end_wave()
         x += self._mix(h2, out[None], mlp_out, None if shared_out is None else shared_out[None])[0]
 
@@ -285,7 +290,7 @@ class Decoder:
 
     def __init__(self, cfg: ModelConfig, w: ResidentWeights, cache: ExpertCache | None, context: int, kv_bits: int = 32):
         dc = cfg.decoder
-        self.cfg, self.context = cfg, context
+        self.cfg, self.context, self.experts = cfg, context, cache
         self.embed = w.embedding("model.embed_tokens.weight")
         self.layers = [DecoderLayer(cfg, w, i, cache) for i in range(dc.num_hidden_layers)]
         self.norm = w.vector("model.norm.weight")
@@ -332,6 +337,8 @@ class Decoder:
             scratch = np.empty_like(h)
             for layer in self.layers:
                 layer.step(h, self.length, scratch, self.threads)
+            if self.experts is not None:
+                self.experts.verify()  # the records the step used before their checksums: checked before its token
             self.length += 1
             return self.lm_head(rms_norm(h[None], self.norm, self.cfg.decoder.rms_norm_eps))[0]
         for c0 in range(0, t, PREFILL_CHUNK):

@@ -73,11 +73,13 @@ class _VocabMaskedSampler:
 
 def _fit_with_prefetch(f: MoteFile, context: int, budget: int | None, layout: str, vision: bool, kv_bits: int,
                        prefetch: str, loader: str) -> tuple[MemoryPlan, str]:
-    """The plan and the prefetch it runs. "auto": lookahead2 when the budget holds its loader buffers beside
-    the minimum cache and not every expert; else none. Measured (benchmarks/expert_streaming.py,
-    docs/BENCHMARKS.md): at half the experts cached lookahead2 decoded as fast as lookahead on the 0.5B and
-    1.25x faster on the 1.5B, and the replay ranks it first; one slab above the minimum, lookahead's
-    mispredicted reads made decoding slower than none."""
+    """The plan and the prefetch it runs. "auto": lookahead2 when the budget holds its loader buffers and
+    its slabs (cache and buffers) hold at least half the experts, but not every expert; else none. Measured
+    (benchmarks/expert_streaming.py, docs/BENCHMARKS.md): at half the experts cached lookahead2 decoded
+    faster than none on the 0.5B and 1.5B; one slab above the minimum, lookahead's mispredicted reads made
+    decoding slower than none; the replay with the disk's clock (benchmarks/prefetch_replay.py) finds
+    prefetch 2-28% slower than none below half the experts (the demand misses keep the disk busy, the
+    prefetches land late) and 0-10% faster from half up."""
     if prefetch != "auto":
         return fit_file_budget(f, context, budget, layout, vision, kv_bits,
                                loader_slabs(f.config, PREFETCH_DEPTH[prefetch])), prefetch
@@ -85,7 +87,8 @@ def _fit_with_prefetch(f: MoteFile, context: int, budget: int | None, layout: st
         try:
             plan = fit_file_budget(f, context, budget, layout, vision, kv_bits,
                                    loader_slabs(f.config, PREFETCH_DEPTH["lookahead2"]))
-            if plan.loader_slabs:  # else every expert fits: nothing to prefetch
+            # no buffers: every expert fits, nothing to prefetch
+            if plan.loader_slabs and 2 * (plan.expert_slabs + plan.loader_slabs) >= plan.total_experts:
                 return plan, "lookahead2"
         except BudgetError:  # its buffers do not fit beside the minimum cache
             pass
@@ -140,8 +143,8 @@ class Engine:
         prefetch "lookahead" ("lookahead2"): while a MoE layer runs, the next (two) MoE layers' routers
         predict their experts and the loader reads them ahead (decode steps) into loader buffers the
         plan adds (top_k slabs per layer ahead); "none": experts load when a wave needs them; "auto"
-        (default): lookahead2 when its buffers fit beside top_k cache slabs, none when every expert is
-        cached or they do not fit.
+        (default): lookahead2 when its buffers fit beside top_k cache slabs and the slabs hold at least
+        half the experts, none below that, when every expert is cached or when they do not fit.
         expert_loader "thread": records are read by a loader thread, overlapped with compute (O_DIRECT
         where the filesystem allows it); "serial": read on the decoding thread when needed.
         kv_bits 8 keeps the KV cache as int8 with a scale per head and position (~4x smaller than 32)."""

@@ -13,11 +13,14 @@ allocated per expert (the tensors are views into the slab).
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
+from mote_edge import _native
 from mote_edge.format.reader import MoteFile, parse_parts
 
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES, Key, pick_victim
@@ -53,6 +56,8 @@ class CacheStats:
     load_read_ms: float = 0.0  # summed over loads (readers run at once): reading records
     load_crc_ms: float = 0.0  # ... checking their CRC-32
     load_place_ms: float = 0.0  # ... parsing them into tensors (and the 2-bit re-layout)
+    first_parts: int = 0  # misses whose gate and up computed while their down_proj still read
+    checked_later: int = 0  # misses computed with before their CRC-32 was checked (checked before the token)
 
     @property
     def uses(self) -> int:
@@ -72,6 +77,29 @@ class Expert:
     def __call__(self, x: np.ndarray) -> np.ndarray:  # [T, H] -> [T, H]
         g = self.gate(x)
         return self.down(g / (1.0 + np.exp(-g)) * self.up(x))
+
+    def gate_up_specs(self) -> tuple:
+        return self.gate.native_spec(), self.up.native_spec()
+
+    def gate_up_step(self, h: np.ndarray, threads: int) -> np.ndarray:
+        """One position, native: act [I] = silu(gate h) * up h for h [H] (ffn_step's first half)."""
+        act = np.empty(self.gate.N, np.float32)
+        _native.ffn_gate_up(h, act, 1.0, self.gate_up_specs(), None, threads)
+        return act
+
+    def down_step(self, act: np.ndarray, y: np.ndarray, coef: float, threads: int) -> None:
+        """y [H] += coef * down(act) (ffn_step's second half: the two give ffn_step's result bit for bit)."""
+        _native.ffn_down(act, y, coef, self.gate_up_specs(), self.down.native_spec(), threads)
+
+
+class FirstPart(Expert):
+    """An expert whose gate_proj and up_proj are in its slab while down_proj still loads (a demand miss of
+    the thread loader, runtime/expert_io.py): `gate_up_step` computes with them; `rest()` waits for the
+    record and returns the Expert. The record's CRC-32 covers all of it: nothing computed from it is kept
+    before it is checked (by `rest()`, or by ExpertCache.verify() with `check_later`)."""
+
+    def __init__(self, projs: dict[str, Linear], rest: Callable[[], Expert]):
+        self.gate, self.up, self.rest = projs["gate_proj"], projs["up_proj"], rest
 
 
 class ExpertCache:
@@ -122,8 +150,23 @@ class ExpertCache:
         self.current: Key | None = None  # the expert the last get() returned: in use until the next get()
         self.stats = CacheStats()
         self.trace: list[dict] | None = None  # set to a list to record every MoE wave (for `simulate`)
+        # set to a list to record when waves begin and end, loads run and get() waits (perf_counter seconds;
+        # benchmarks/expert_timeline.py)
+        self.timeline: list[dict] | None = None
         # slab2 converts from the one staging buffer: one reader
         self.loader = (ExpertLoader(self._load, 1 if layout == "slab2" else readers) if loader == "thread" else None)
+        # True: a demand read that finds a reader idle reads its record's two halves at once
+        # (runtime/expert_io.py). Off: on the EPYC box's disk two halves at once read no faster than one
+        # whole record (minimum-budget steps 1.00x / 0.98x on the 0.5B / 1.5B: benchmarks/expert_timeline.py --ab)
+        self.split_reads = False
+        # a demand miss lands gate_proj and up_proj first and the decode step computes with them while
+        # down_proj reads (get(early=True); direct reads into "file" slabs)
+        self.early_compute = True
+        # get(early=True) hands out a record as soon as it is in; its CRC-32 runs on the loader while the
+        # expert computes, and verify() (when the next MoE layer begins, and before the step's token) raises
+        # a mismatch
+        self.check_later = True
+        self.unchecked: list[LoadJob] = []  # loads handed out before their checksum was checked
 
     @property
     def nbytes(self) -> int:
@@ -139,7 +182,9 @@ class ExpertCache:
     def begin_wave(self, layer: int, experts) -> None:
         """A MoE layer is about to use `experts` (in this order): loads during the wave spare them, and
         the thread loader starts reading every one of them that is not cached."""
+        self.verify()  # the last wave's records are checked (and resident) before this wave picks victims
         self._collect()
+        self._mark("wave", layer=layer, experts=list(experts))
         self.layer, self.wave = layer, {(layer, e) for e in experts}
         self.pending = [(layer, e) for e in experts]
         self.wanted = []
@@ -161,8 +206,13 @@ class ExpertCache:
         """The wave's experts are done: their slabs can take prefetches for the next layers."""
         self.pending = []
         self.current = None
+        self._mark("end", layer=self.layer)
         self._collect()
         self._pump()
+
+    def _mark(self, event: str, **fields) -> None:
+        if self.timeline is not None:
+            self.timeline.append({"event": event, "t": time.perf_counter(), **fields})
 
     def prefetch(self, predicted) -> None:
         """Queue loads of the predicted experts `[(layer, experts), ...]` (the nearest layer first, each
@@ -180,7 +230,11 @@ class ExpertCache:
         self.last[key] = self.clock
         self.count[key] = self.count.get(key, 0) + 1
 
-    def get(self, layer: int, expert: int) -> Expert:
+    def get(self, layer: int, expert: int, early: bool = False) -> Expert:
+        """The expert, loaded and checked. `early` (the decode step): a demand miss may come back before its
+        record is checked, as a FirstPart as soon as its gate and up projections are in (its `rest()` the
+        Expert), or as the Expert as soon as the whole record is; verify() checks them before their results
+        are used."""
         key = (layer, expert)
         if key in self.pending:
             self.pending.remove(key)
@@ -201,16 +255,47 @@ class ExpertCache:
             self.prefetched.discard(key)
             self.stats.prefetch_used += 1
             self.stats.prefetch_late += 1
+        if early and key not in self.resident:
+            if key not in self.loading:
+                self._demand(key)
+            job = self.loading.get(key)
+            if job is not None and job.early is not None:
+                job.early.wait()  # its first part is in, or the load ended
+                if job.first is not None and not job.done.is_set():
+                    t1 = time.perf_counter()
+                    self.stats.first_parts += 1
+                    if self.timeline is not None:
+                        self.timeline.append({"event": "first", "key": key, "t": t0, "end": t1})
+                    return FirstPart(job.first, lambda: self._finish_miss(key, time.perf_counter(), 1e3 * (t1 - t0),
+                                                                          unchecked=True))
+        return self._finish_miss(key, t0, unchecked=early)
+
+    def _finish_miss(self, key: Key, t0: float, waited_ms: float = 0.0, unchecked: bool = False) -> Expert:
+        """Wait from `t0` until `key` is resident (checked), or with `unchecked` until its record is in (then
+        verify() checks it); count the miss and the stall."""
+        expert = None
         while key not in self.resident:  # a prefetch aborted before it was needed lands without its expert
             if key not in self.loading:
                 self._demand(key)  # the serial loader reads it here
-            if key in self.loading:
-                self._wait(self.loading[key])
+            job = self.loading.get(key)
+            if job is None:
+                continue
+            if unchecked and job.landed is not None:
+                job.landed.wait()
+                if job.unchecked is not None and not job.done.is_set():
+                    expert = job.unchecked
+                    self.unchecked.append(job)
+                    self.stats.checked_later += 1
+                    break
+            self._wait(job)
         self.fresh.discard(key)
         self._touch(key)
         self.stats.misses += 1
-        self.stats.stall_ms += 1e3 * (time.perf_counter() - t0)
-        return self.resident[key][1]
+        t1 = time.perf_counter()
+        self.stats.stall_ms += waited_ms + 1e3 * (t1 - t0)
+        if self.timeline is not None:
+            self.timeline.append({"event": "wait", "key": key, "t": t0, "end": t1})
+        return expert if expert is not None else self.resident[key][1]
 
     def _demand(self, key: Key) -> None:
         """Load `key` now that it is needed and no slab was taken for it ahead of time."""
@@ -276,8 +361,9 @@ class ExpertCache:
 
     def _start(self, key: Key, slab: int, prefetch: bool) -> None:
         if self.loader is None:
-            timing = ReadTiming()
+            timing, t0 = ReadTiming(), time.perf_counter()
             expert, nbytes = self._place(key, slab, timing=timing)
+            self._mark_load(key, False, -1, t0, t0, time.perf_counter(), timing)
             self.resident[key] = (slab, expert)
             self.count[key] = 0
             self.stats.bytes_read += nbytes
@@ -286,6 +372,10 @@ class ExpertCache:
         if not prefetch:
             self.fresh.add(key)
         job = LoadJob(key, slab, prefetch)
+        if not prefetch and self.early_compute and self.layout == "file" and self.io_path == "direct":
+            job.early = threading.Event()
+        if not prefetch and self.check_later:
+            job.landed = threading.Event()
         self.loading[key] = job
         self.loader.submit(job)
 
@@ -298,9 +388,19 @@ class ExpertCache:
         for job in [j for j in self.loading.values() if j.done.is_set()]:
             self._land(job)
 
+    def _mark_load(self, key: Key, prefetch: bool, reader: int, queued: float, start: float, end: float,
+                   timing: ReadTiming | None, aborted: bool = False) -> None:
+        if self.timeline is not None:
+            self.timeline.append({"event": "load", "key": key, "prefetch": prefetch, "reader": reader, "queued": queued,
+                                  "t": start, "end": end, "aborted": aborted,
+                                  "read_ms": timing.read_ms if timing else 0.0, "crc_ms": timing.crc_ms if timing else 0.0,
+                                  "place_ms": timing.place_ms if timing else 0.0})
+
     def _land(self, job: LoadJob) -> None:
         if self.loading.pop(job.key, None) is None:
             return
+        self._mark_load(job.key, job.prefetch, job.reader, job.queued_at, job.started_at, job.ended_at, job.timing,
+                        isinstance(job.error, LoadAborted))
         if job.error is not None:
             self.free.append(job.slab)
             self.prefetched.discard(job.key)
@@ -311,7 +411,7 @@ class ExpertCache:
         self.resident[job.key] = (job.slab, job.result)
         self.stats.bytes_read += job.nbytes
         self._add_timing(job.timing)
-        self.count[job.key] = 0
+        self.count.setdefault(job.key, 0)  # a record used before it was checked has its use counted already
         self.last.setdefault(job.key, self.clock)
 
     def _add_timing(self, timing: ReadTiming) -> None:
@@ -322,12 +422,39 @@ class ExpertCache:
     def _load(self, job: LoadJob) -> tuple[Expert, int]:
         """On the loader thread: read, check and place one record (its CRC and re-layout off the decoding thread)."""
         job.timing = ReadTiming()
-        return self._place(job.key, job.slab, job.check if job.prefetch else None, job.timing)
+        if job.prefetch:
+            return self._place(job.key, job.slab, job.check, job.timing)
+        return self._place(job.key, job.slab, None, job.timing, self.loader.assist if self.split_reads else None, job)
 
-    def _place(self, key: Key, slab: int, check=None, timing: ReadTiming | None = None) -> tuple[Expert, int]:
+    def _place(self, key: Key, slab: int, check=None, timing: ReadTiming | None = None, assist=None,
+               job: LoadJob | None = None) -> tuple[Expert, int]:
+        """Read, check and place one record. A demand `job` with `early` gets its gate and up projections
+        (`first`) as soon as they are in the slab; with `landed`, its Expert (`unchecked`) as soon as the whole
+        record is, while the checksum is computed."""
         timing = timing if timing is not None else ReadTiming()
         buf = self.slabs[slab]
-        entry = self.reader.read_into(*key, buf if self.layout == "file" else self.staging, check, timing)
+        entry = self.file.expert_entry(*key)
+        placed: list[Expert] = []
+
+        def early() -> None:
+            t0 = time.perf_counter()
+            job.first = {t.name: Linear(parse_parts(t, buf, t.offset), t.scheme, t.shape, self.threads)
+                         for t in entry.tensors[:-1]}
+            timing.place_ms += 1e3 * (time.perf_counter() - t0)
+            job.early.set()
+
+        def landed() -> None:
+            placed.append(self._build(entry, buf, timing))
+            job.unchecked = placed[0]
+            job.landed.set()
+
+        self.reader.read_into(*key, buf if self.layout == "file" else self.staging, check, timing, assist,
+                              early if job is not None and job.early is not None else None,
+                              landed if job is not None and job.landed is not None else None)
+        return (placed[0] if placed else self._build(entry, buf, timing)), entry.nbytes
+
+    def _build(self, entry, buf: np.ndarray, timing: ReadTiming) -> Expert:
+        """The Expert over a record read into slab `buf` (or the staging buffer, converted into `buf`)."""
         t0 = time.perf_counter()
         if self.layout == "file":
             placed = {t.name: (parse_parts(t, buf, t.offset), "file") for t in entry.tensors}
@@ -336,7 +463,18 @@ class ExpertCache:
         projs = {t.name: Linear(placed[t.name][0], t.scheme, t.shape, self.threads, ternary_layout=placed[t.name][1])
                  for t in entry.tensors}
         timing.place_ms += 1e3 * (time.perf_counter() - t0)
-        return Expert(projs), entry.nbytes
+        return Expert(projs)
+
+    def verify(self) -> None:
+        """Wait for the checksums of the records get(early=True) handed out before they were checked, and
+        raise a mismatch. The decode step calls it before its token is taken from what they computed."""
+        if not self.unchecked:
+            return
+        jobs, self.unchecked = self.unchecked, []
+        t0 = time.perf_counter()
+        for job in jobs:
+            self._wait(job)
+        self.stats.stall_ms += 1e3 * (time.perf_counter() - t0)
 
     def drain(self) -> None:
         """Wait for every queued load and forget the wanted prefetches."""
@@ -361,6 +499,7 @@ class ExpertCache:
             self.loader.close()
             self.loader = None
         self.loading.clear()
+        self.unchecked.clear()
         self.fresh.clear()
         self.prefetched.clear()
         self.reader.close()

@@ -7,7 +7,13 @@ verified, without leaving a second copy in the page cache (DESIGN.md section 5).
               demand read is one preadv of the whole record (the kernel queues all of it at once:
               on the EPYC box's disk 1 MiB chunks read 8.3 MB records ~35% slower, 4 MiB ~15%); a
               read that may be aborted (a prefetch: `check` given) goes in 4 MiB chunks, `check()`
-              between them.
+              between them. A demand read given an `assist` (an idle loader thread) reads its first
+              half here and has the second half read and checksummed there at the same time; the
+              record's CRC-32 is the halves' combined (`crc32_combine`), checked before the record is used.
+              A demand read given `early` reads the record's leading tensors (gate_proj, up_proj) first and
+              calls `early()` as soon as they are in, then the rest (by an idle reader where `assist`
+              finds one, while this thread checksums the first part); the caller may compute with the
+              first part meanwhile but uses no result before read_into has checked the whole record.
     buffered  the filesystem refused O_DIRECT (tmpfs does), or a buffer is not aligned: one preadv,
               then posix_fadvise(DONTNEED) on the record's pages.
 
@@ -47,6 +53,50 @@ class ReadTiming:
     place_ms: float = 0.0  # parsing the record into tensors, the 2-bit re-layout
 
 
+def _add(total: ReadTiming, part: ReadTiming) -> None:
+    total.read_ms += part.read_ms
+    total.crc_ms += part.crc_ms
+
+
+def _gf2_times(mat: list[int], vec: int) -> int:
+    """A 32 x 32 matrix over GF(2) (mat[i]: the image of bit i) times a 32-bit vector."""
+    out, i = 0, 0
+    while vec:
+        if vec & 1:
+            out ^= mat[i]
+        vec >>= 1
+        i += 1
+    return out
+
+
+def _zeros_operator(nbytes: int) -> list[int]:
+    """The linear map c -> crc32(zeros(nbytes), c) ^ crc32(zeros(nbytes), 0): what appending `nbytes` bytes
+    does to a CRC-32 (the map zlib's crc32_combine applies), by squaring the one-zero-bit operator."""
+    op = [0xEDB88320] + [1 << i for i in range(31)]  # one zero bit: shift right, xor the polynomial on bit 0
+    for _ in range(3):  # one zero byte = 8 bits
+        op = [_gf2_times(op, col) for col in op]
+    result = [1 << i for i in range(32)]  # identity
+    while nbytes:
+        if nbytes & 1:
+            result = [_gf2_times(op, col) for col in result]
+        nbytes >>= 1
+        if nbytes:
+            op = [_gf2_times(op, col) for col in op]
+    return result
+
+
+_ZEROS_OPERATORS: dict[int, list[int]] = {}
+
+
+def crc32_combine(crc_a: int, crc_b: int, len_b: int) -> int:
+    """CRC-32 of A + B from CRC-32(A), CRC-32(B) and len(B) (zlib's crc32_combine); the operator of each
+    length is computed once (~2 ms) and kept."""
+    op = _ZEROS_OPERATORS.get(len_b)
+    if op is None:
+        op = _ZEROS_OPERATORS.setdefault(len_b, _zeros_operator(len_b))
+    return _gf2_times(op, crc_a) ^ crc_b
+
+
 def _open_direct(path, data_offset: int) -> int | None:
     """An O_DIRECT descriptor of `path`, or None where the OS or the filesystem refuses it."""
     flag = getattr(os, "O_DIRECT", 0)
@@ -82,30 +132,48 @@ class ExpertReader:
         self.io_path = "direct" if self._direct_fd is not None else "buffered"
         self._crc = kernels.crc32 if native_crc else zlib.crc32
         self.crc_path = kernels.crc32_path() if native_crc else "zlib"
+        if self._direct_fd is not None:  # the split reads' CRC operators, built now rather than on a first miss
+            for e in f.experts.values():
+                for split in (align(e.nbytes // 2, DIRECT_ALIGN), align(e.tensors[-1].offset, DIRECT_ALIGN)):
+                    if split < e.nbytes:
+                        crc32_combine(0, 0, e.nbytes - split)
 
     def read_into(self, layer: int, expert: int, buf: np.ndarray, check: Callable[[], None] | None = None,
-                  timing: ReadTiming | None = None) -> ExpertEntry:
+                  timing: ReadTiming | None = None, assist: Callable | None = None,
+                  early: Callable[[], None] | None = None, landed: Callable[[], None] | None = None) -> ExpertEntry:
         """Read expert (layer, expert) into `buf` (uint8, at least the record rounded up to 4096) and
         verify its checksum; returns its directory entry. `check` runs between direct chunks (it may raise);
-        `timing` gets the read and checksum times added."""
+        `timing` gets the read and checksum times added; `assist(fn)` (an ExpertLoader's) may run half of a
+        direct read without `check` on another thread (it returns None when no thread is free); `early()`
+        runs once the tensors before the last are in, before the checksum (direct reads without `check`);
+        `landed()` once the whole record is in, before its checksum is computed where the path allows."""
         entry = self.file.expert_entry(layer, expert)
         timing = timing if timing is not None else ReadTiming()
+        landed = landed or (lambda: None)
+        what = f"expert ({layer}, {expert})"
         if self._direct_fd is None or buf.ctypes.data % DIRECT_ALIGN or buf.nbytes < align(entry.nbytes, DIRECT_ALIGN):
             t0 = time.perf_counter()
             self.file.read_expert_into(layer, expert, buf, verify=False)
             drop_page_cache(self.file.fileno(), self.data_offset + entry.offset, align(entry.nbytes, SECTION_ALIGN))
-            t1 = time.perf_counter()
-            crc = self._crc(memoryview(buf).cast("B")[:entry.nbytes])
-            timing.read_ms += 1e3 * (t1 - t0)
-            timing.crc_ms += 1e3 * (time.perf_counter() - t1)
+            timing.read_ms += 1e3 * (time.perf_counter() - t0)
+            landed()
+            crc, ms = self._timed_crc(memoryview(buf).cast("B")[:entry.nbytes])
+            timing.crc_ms += ms
+        elif check is None and early is not None and DIRECT_ALIGN <= entry.tensors[-1].offset:
+            crc = self._read_early(entry, buf, what, timing, early, assist, landed)
+        elif check is None and assist is not None and entry.nbytes > DIRECT_ALIGN:
+            crc = self._read_halves(entry, buf, what, timing, assist)
+            landed()
         else:
-            crc = self._read_direct(entry, buf, f"expert ({layer}, {expert})", check, timing)
+            crc = self._read_direct(entry, buf, what, check, timing, landed)
         if crc != entry.crc32:
             raise FormatError(f"{self.file.name}: checksum mismatch in expert ({layer}, {expert})")
         return entry
 
-    def _read_direct(self, entry: ExpertEntry, buf: np.ndarray, what: str, check, timing: ReadTiming) -> int:
-        """The record in one read, or in chunks with `check()` between them; returns its CRC-32."""
+    def _read_direct(self, entry: ExpertEntry, buf: np.ndarray, what: str, check, timing: ReadTiming,
+                     landed: Callable[[], None] = lambda: None) -> int:
+        """The record in one read, then `landed()` and its CRC-32; or in chunks, `check()` before each and
+        each chunk's CRC after it (the disk keeps reading while an abortable prefetch checks)."""
         offset = self.data_offset + entry.offset
         length = align(entry.nbytes, DIRECT_ALIGN)
         view = memoryview(buf).cast("B")
@@ -118,12 +186,84 @@ class ExpertReader:
             n = os.preadv(self._direct_fd, [view[done:min(length, done + chunk)]], offset + done)
             if n <= 0:
                 raise FormatError(f"{self.file.name} is truncated: cannot read {what}")
-            t1 = time.perf_counter()
-            crc = self._crc(view[done:min(entry.nbytes, done + n)], crc)
-            timing.read_ms += 1e3 * (t1 - t0)
-            timing.crc_ms += 1e3 * (time.perf_counter() - t1)
+            timing.read_ms += 1e3 * (time.perf_counter() - t0)
+            if check is not None:
+                crc, ms = self._timed_crc(view[done:min(entry.nbytes, done + n)], crc)
+                timing.crc_ms += ms
             done += n
+        landed()
+        if check is None:
+            crc, ms = self._timed_crc(view[:entry.nbytes])
+            timing.crc_ms += ms
         return crc
+
+    def _read_span(self, view: memoryview, entry: ExpertEntry, start: int, end: int, what: str,
+                   crc: bool = True) -> tuple[int, ReadTiming]:
+        """Bytes [start, end) of the record (4096-aligned start) into `view` in one preadv; their CRC-32
+        (0 without `crc`)."""
+        timing = ReadTiming()
+        t0 = time.perf_counter()
+        length = min(align(end, DIRECT_ALIGN), align(entry.nbytes, DIRECT_ALIGN)) - start
+        n = os.preadv(self._direct_fd, [view[start:start + length]], self.data_offset + entry.offset + start)
+        if n < min(length, end - start):
+            raise FormatError(f"{self.file.name} is truncated: cannot read {what}")
+        timing.read_ms = 1e3 * (time.perf_counter() - t0)
+        if not crc:
+            return 0, timing
+        value, timing.crc_ms = self._timed_crc(view[start:end])
+        return value, timing
+
+    def _read_halves(self, entry: ExpertEntry, buf: np.ndarray, what: str, timing: ReadTiming, assist) -> int:
+        """The record's two halves read at once, the second by `assist`'s thread; the combined CRC-32."""
+        view = memoryview(buf).cast("B")
+        half = align(entry.nbytes // 2, DIRECT_ALIGN)
+        other = assist(lambda: self._read_span(view, entry, half, entry.nbytes, what))
+        if other is None:
+            return self._read_direct(entry, buf, what, None, timing)
+        try:
+            crc_a, mine = self._read_span(view, entry, 0, half, what)
+        finally:
+            crc_b, theirs = other.wait()  # never leave the other thread writing into a slab we hand back
+        _add(timing, mine)
+        _add(timing, theirs)
+        return crc32_combine(crc_a, crc_b, entry.nbytes - half)
+
+    def _read_early(self, entry: ExpertEntry, buf: np.ndarray, what: str, timing: ReadTiming, early,
+                    assist, landed) -> int:
+        """The leading tensors, `early()`, then the rest (on an idle reader if `assist` finds one, while this
+        thread checksums the first part); the combined CRC-32."""
+        view = memoryview(buf).cast("B")
+        split = align(entry.tensors[-1].offset, DIRECT_ALIGN)  # the last tensor's first bytes may come along
+        crc_a, first = self._read_span(view, entry, 0, min(split, entry.nbytes), what, crc=False)
+        if split >= entry.nbytes:
+            early()
+            landed()
+            crc_a, first.crc_ms = self._timed_crc(view[:entry.nbytes])
+            _add(timing, first)
+            return crc_a
+        other = assist(lambda: self._read_span(view, entry, split, entry.nbytes, what)) if assist else None
+        try:
+            early()
+            if other is None:  # one reader: the rest read first, the disk kept busy; then both checksums
+                _, rest = self._read_span(view, entry, split, entry.nbytes, what, crc=False)
+                landed()
+                crc_b, rest.crc_ms = self._timed_crc(view[split:entry.nbytes])
+                crc_a, first.crc_ms = self._timed_crc(view[:split])
+            else:
+                crc_a, first.crc_ms = self._timed_crc(view[:split])
+        finally:
+            if other is not None:
+                crc_b, rest = other.wait()  # never leave the other thread writing into a slab we hand back
+        if other is not None:
+            landed()
+        _add(timing, first)
+        _add(timing, rest)
+        return crc32_combine(crc_a, crc_b, entry.nbytes - split)
+
+    def _timed_crc(self, view: memoryview, crc: int = 0) -> tuple[int, float]:
+        t0 = time.perf_counter()
+        crc = self._crc(view, crc)
+        return crc, 1e3 * (time.perf_counter() - t0)
 
     def close(self) -> None:
         if self._direct_fd is not None:

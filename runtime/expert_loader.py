@@ -6,7 +6,8 @@ runs (so it never shares the disk with one it could delay), and prefetches never
 most `readers - 1` run at once, so a demand miss starts on a free reader at once instead of waiting
 behind a prefetch (with one reader, a demand waits for at most the one record being read). A running
 prefetch that turned out mispredicted can be aborted between two chunks of its read (`abort`), so it
-stops taking disk bandwidth from the demand reads. The read, the checksum and the
+stops taking disk bandwidth from the demand reads. A demand load that finds a reader idle hands it the
+second half of its record (`assist`: both halves read and checksummed at once). The read, the checksum and the
 2-bit slab re-layout all run here, with the GIL released, so the decoding thread waits only when it
 needs a record that is not in yet.
 """
@@ -18,6 +19,21 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+
+@dataclass(eq=False)
+class Assist:
+    """A piece of a running demand load handed to an idle reader (`ExpertLoader.assist`)."""
+    run: Callable[[], Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+    def wait(self) -> Any:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 class LoadAborted(Exception):
@@ -36,6 +52,18 @@ class LoadJob:
     started: bool = False
     aborted: bool = False  # set by the cache: stop reading at the next chunk (prefetches only)
     timing: Any = None  # the load's own account of where its time went (runtime/expert_io.py ReadTiming)
+    queued_at: float = 0.0  # perf_counter() when submitted, started and finished (the cache's timeline)
+    started_at: float = 0.0
+    ended_at: float = 0.0
+    reader: int = -1  # the loader thread that ran it
+    # a demand load that lands its record's leading tensors early (runtime/expert_io.py): set once they are
+    # in (`first`: their Linears, unverified until the load is done) or once the load ends, whichever first
+    early: threading.Event | None = None
+    first: Any = None
+    # a demand load whose record may be used before its checksum (ExpertCache.verify checks it before the
+    # result is kept): set once the whole record is in and placed (`unchecked`), or once the load ends
+    landed: threading.Event | None = None
+    unchecked: Any = None
 
     def check(self) -> None:
         """Called by the read between chunks: raises LoadAborted once the job is aborted."""
@@ -51,7 +79,8 @@ class LoaderStats:
     bytes_read: int = 0
     busy_ms: float = 0.0  # summed over readers: time spent reading, checking and placing records
     span_ms: float = 0.0  # wall time during which at least one reader was busy
-    most_in_flight: int = 0  # the most records read at the same time
+    most_in_flight: int = 0  # the most reads running at the same time (records, or halves of one)
+    assists: int = 0  # second halves of demand records read by an idle reader (ExpertLoader.assist)
 
     @property
     def throughput(self) -> float:
@@ -68,6 +97,7 @@ class ExpertLoader:
         self._load = load
         self._demand: deque[LoadJob] = deque()
         self._prefetch: deque[LoadJob] = deque()
+        self._assists: deque[Assist] = deque()
         self._wake = threading.Condition()
         self._stopping = False
         self._running = 0
@@ -75,12 +105,13 @@ class ExpertLoader:
         self._busy_since = 0.0
         self.readers = readers
         self.stats = LoaderStats(readers=readers)
-        self._threads = [threading.Thread(target=self._run, name=f"mote-expert-loader-{i}", daemon=True)
+        self._threads = [threading.Thread(target=self._run, args=(i,), name=f"mote-expert-loader-{i}", daemon=True)
                          for i in range(readers)]
         for t in self._threads:
             t.start()
 
     def submit(self, job: LoadJob) -> None:
+        job.queued_at = time.perf_counter()
         with self._wake:
             (self._prefetch if job.prefetch else self._demand).append(job)
             self._wake.notify()
@@ -102,14 +133,27 @@ class ExpertLoader:
                 return True
         return False
 
+    def assist(self, run: Callable[[], Any]) -> Assist | None:
+        """Run `run()` on an idle reader beside the running demand load that asks (the other half of its
+        record); None when no reader is idle or a demand load waits to start (the caller reads it all)."""
+        with self._wake:
+            if self._stopping or self._demand or self._running + len(self._assists) >= self.readers:
+                return None
+            task = Assist(run)
+            self._assists.append(task)
+            self._wake.notify_all()
+            return task
+
     def abort(self, job: LoadJob) -> None:
         """Stop a running prefetch at its next chunk (it finishes with LoadAborted); a no-op for demand loads."""
         if job.prefetch:
             job.aborted = True
 
-    def _next(self) -> LoadJob | None:
-        """The job to start now (called with the lock held): demand first, then a prefetch if no demand
-        load runs and a reader stays free for demand."""
+    def _next(self) -> LoadJob | Assist | None:
+        """The job to start now (called with the lock held): a running demand load's assist, then demand,
+        then a prefetch if no demand load runs and a reader stays free for demand."""
+        if self._assists:
+            return self._assists.popleft()
         if self._demand:
             return self._demand.popleft()
         demand_running = self._running - self._running_prefetch
@@ -117,35 +161,48 @@ class ExpertLoader:
             return self._prefetch.popleft()
         return None
 
-    def _run(self) -> None:
+    def _run(self, reader: int) -> None:
         while True:
             with self._wake:
                 while not self._stopping and (job := self._next()) is None:
                     self._wake.wait()
                 if self._stopping:
                     return
-                job.started = True
+                helping = isinstance(job, Assist)
+                prefetch = not helping and job.prefetch
+                if not helping:
+                    job.started, job.reader = True, reader
                 if self._running == 0:
                     self._busy_since = time.perf_counter()
                 self._running += 1
-                self._running_prefetch += job.prefetch
+                self._running_prefetch += prefetch
                 self.stats.most_in_flight = max(self.stats.most_in_flight, self._running)
             t0 = time.perf_counter()
             try:
-                job.result, job.nbytes = self._load(job)
-            except BaseException as e:  # handed to the decoding thread, raised where it waits
+                if helping:
+                    job.result = job.run()
+                else:
+                    job.result, job.nbytes = self._load(job)
+            except BaseException as e:  # handed to the thread that waits for it, raised there
                 job.error = e
             t1 = time.perf_counter()
             with self._wake:
                 self._running -= 1
-                self._running_prefetch -= job.prefetch
+                self._running_prefetch -= prefetch
                 if self._running == 0:
                     self.stats.span_ms += 1e3 * (t1 - self._busy_since)
                 self.stats.busy_ms += 1e3 * (t1 - t0)
-                self.stats.loads += 1
-                self.stats.aborted += isinstance(job.error, LoadAborted)
-                self.stats.bytes_read += job.nbytes
+                if helping:
+                    self.stats.assists += 1
+                else:
+                    job.started_at, job.ended_at = t0, t1
+                    self.stats.loads += 1
+                    self.stats.aborted += isinstance(job.error, LoadAborted)
+                    self.stats.bytes_read += job.nbytes
                 self._wake.notify_all()  # a finished prefetch may let a queued one start
+            for event in ((job.early, job.landed) if not helping else ()):
+                if event is not None:
+                    event.set()  # a load that failed part way must not leave a waiter behind
             job.done.set()
 
     def close(self) -> None:
@@ -154,6 +211,10 @@ class ExpertLoader:
             self._stopping = True
             self._demand.clear()
             self._prefetch.clear()
+            for task in self._assists:  # their loads wait for them: fail them
+                task.error = RuntimeError("the expert loader closed")
+                task.done.set()
+            self._assists.clear()
             self._wake.notify_all()
         for t in self._threads:
             t.join()

@@ -50,6 +50,7 @@ def build_report(engine) -> dict:
                    "prefetch_wasted_bytes": st.prefetch_wasted_bytes, "prefetch_cancelled": st.prefetch_cancelled,
                    "prefetch_aborted": st.prefetch_aborted, "load_read_ms": st.load_read_ms,
                    "load_crc_ms": st.load_crc_ms, "load_place_ms": st.load_place_ms,
+                   "first_parts": st.first_parts, "checked_later": st.checked_later,
                    "loader_busy_ms": cache.loader.stats.busy_ms if cache.loader else st.stall_ms,
                    "loader_span_ms": cache.loader.stats.span_ms if cache.loader else st.stall_ms,
                    "loader_most_in_flight": cache.loader.stats.most_in_flight if cache.loader else int(st.misses > 0),
@@ -96,7 +97,9 @@ def report_text(r: dict) -> str:
                   f"{e['loader']} loader, {e['loader_readers']} readers, at most {e['loader_most_in_flight']} in flight, "
                   f"{format_bytes(e['loader_bytes_per_s'])}/s while loading), {e['stall_ms']:.1f} ms stalled",
                   f"load time            read {e['load_read_ms']:.1f} ms, CRC {e['load_crc_ms']:.1f} ms, "
-                  f"place {e['load_place_ms']:.1f} ms (summed over loads; readers overlap)",
+                  f"place {e['load_place_ms']:.1f} ms (summed over loads; readers overlap); {e['first_parts']} misses "
+                  f"computed gate/up while down_proj read, {e['checked_later']} computed while their CRC ran "
+                  f"(checked before the token)",
                   f"prefetch             {e['prefetch']} into {e['loader_slabs']} loader buffers: {e['prefetches']} "
                   f"issued, {e['prefetch_used']} used ({e['prefetch_late']} late), {e['prefetch_cancelled']} cancelled, "
                   f"{e['prefetch_aborted']} aborted, {format_bytes(e['prefetch_wasted_bytes'])} wasted"]

@@ -18,9 +18,18 @@ Prefetch, after each decode wave (the runtime reads them while the wave computes
     lookahead-2  ... for the next two MoE layers
     oracle       the experts the next two decode waves really use (what a perfect lookahead-2 reads)
 A prefetch takes a free slab, or the slab of the cached expert (chosen by the policy) whose layer comes
-back later than the prefetched one's, as the runtime does; it stops when there is none. The replay
-has no clock: a prefetched expert is in its slab when its wave comes, and its use counts as a hit
-("prefetched before it is needed"), so with prefetch a policy can pass Belady's MIN of demand loading.
+back later than the prefetched one's, as the runtime does; it stops when there is none.
+
+Without a clock a prefetched expert is in its slab when its wave comes and its use counts as a hit. With
+a `Clock` (measured: a record's read time, a MoE wave's compute) time runs as in the runtime: one read
+at a time on the disk, a wave's demand reads before every prefetch not started yet, each prefetch queued
+when its wave routes; a wave computes `overlap_ms` (its dense parts) while its misses load, waits for
+the last of them, then computes the rest of `wave_ms` (every expert cached: routing to the next wave).
+A prefetch still reading when its wave needs it is a miss (`prefetch_late`) and the wait is a stall, so
+only "prefetched before it is needed" is a hit, and `time_ms` is the replay's decode time. When a wave
+routes, its layer's mispredicted prefetches that have not started are cancelled (their slabs freed), as
+in the runtime; a started read always finishes (the runtime aborts a mispredicted one at its next 4 MiB
+chunk: for records under 4 MiB, the same).
 """
 
 from __future__ import annotations
@@ -37,6 +46,21 @@ from .cache_policy import POLICIES, Key, pick_victim
 PREFETCHES = ("none", "lookahead-1", "lookahead-2", "oracle")
 ORACLE_DEPTH = 2
 NEVER = 1 << 62  # the next use of an expert the trace never uses again
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The replay's time in ms: one record reads in `read_ms` (its bytes over the measured disk speed);
+    a MoE wave takes `wave_ms` from its routing to the next wave's with every expert cached (the decode
+    step over the MoE layers), `overlap_ms` of it (the shared expert) before it needs its experts."""
+    read_ms: float
+    wave_ms: float
+    overlap_ms: float = 0.0
+
+    def __post_init__(self):
+        if self.read_ms < 0 or self.wave_ms <= 0 or not 0 <= self.overlap_ms <= self.wave_ms:
+            raise MoteError(f"a replay clock needs read >= 0, wave > 0 and 0 <= overlap <= wave ms, got "
+                            f"{self.read_ms}, {self.wave_ms}, {self.overlap_ms}")
 
 
 @dataclass
@@ -93,9 +117,37 @@ def _prefetches(waves: list[Wave], i: int, prefetch: str) -> list[Key]:
     return [(layer, e) for layer, experts in w.predicted[:depth] for e in experts]
 
 
-def simulate(waves: list[Wave], slabs: int, policy: str, prefetch: str = "none") -> dict:
+class _Disk:
+    """One read at a time: demand reads go before every prefetch that has not started by their wave."""
+
+    def __init__(self, read_ms: float):
+        self.read_ms, self.free_at = read_ms, 0.0
+        self.queued: list[tuple[Key, float]] = []  # prefetches not started: (key, when queued)
+        self.ready: dict[Key, float] = {}  # key -> when its read ends (started reads)
+
+    def start_until(self, now: float) -> None:
+        """Start the queued prefetches the disk reaches before `now`."""
+        while self.queued and max(self.free_at, self.queued[0][1]) < now:
+            key, at = self.queued.pop(0)
+            self.free_at = self.ready[key] = max(self.free_at, at) + self.read_ms
+
+    def demand(self, key: Key, now: float) -> float:
+        self.drop(key)
+        self.free_at = self.ready[key] = max(self.free_at, now) + self.read_ms
+        return self.ready[key]
+
+    def drop(self, key: Key) -> None:
+        self.queued = [(k, at) for k, at in self.queued if k != key]
+        self.ready.pop(key, None)
+
+    def in_flight(self, now: float) -> set[Key]:
+        return {k for k, _ in self.queued} | {k for k, t in self.ready.items() if t > now}
+
+
+def simulate(waves: list[Wave], slabs: int, policy: str, prefetch: str = "none", clock: Clock | None = None) -> dict:
     """Replay `waves` with `slabs` cache slots; returns hits (prefetched experts included), misses, the
-    hit rate and the prefetches issued / used / wasted (evicted unused)."""
+    hit rate and the prefetches issued / used / wasted (evicted unused); with a `clock`, also the late
+    prefetches (misses), the stall and the replay's decode time in ms."""
     if policy not in POLICIES:
         raise MoteError(f"unknown cache policy {policy!r} (choose from {', '.join(POLICIES)})")
     if prefetch not in PREFETCHES:
@@ -117,55 +169,90 @@ def simulate(waves: list[Wave], slabs: int, policy: str, prefetch: str = "none")
     count: dict[Key, int] = {}
     nxt: dict[Key, int] = {}
     prefetched: set[Key] = set()
-    hits = misses = clock = pos = issued = used = wasted = 0
+    hits = misses = tick = pos = issued = used = wasted = late = cancelled = 0
+    disk = _Disk(clock.read_ms) if clock is not None else None
+    now = stall = 0.0
 
     def evict(victim: Key) -> None:
         nonlocal wasted
         del last[victim], count[victim], nxt[victim]
+        if disk is not None:
+            disk.drop(victim)
         if victim in prefetched:
             prefetched.discard(victim)
             wasted += 1
 
     for i, w in enumerate(waves):
+        if disk is not None:
+            disk.start_until(now)
+            for key, _ in list(disk.queued):  # this layer's mispredicted prefetches not started: cancelled
+                if key[0] == w.layer and key[1] not in w.experts:
+                    evict(key)
+                    wasted -= 1  # cancelled, not read
+                    cancelled += 1
+        busy = disk.in_flight(now) if disk is not None else set()
         order = sorted(w.experts, key=lambda e: (w.layer, e) not in last)  # hits first, as the runtime
         wave_keys = {(w.layer, e) for e in w.experts}
         index_of = {(w.layer, e): pos + j for j, e in enumerate(w.experts)}
+        needed_at = now
         for e in order:
             key = (w.layer, e)
-            clock += 1
-            if key in last:
+            tick += 1
+            if key in last and key not in busy:
                 hits += 1
                 if key in prefetched:
                     prefetched.discard(key)
                     used += 1
+            elif key in last:  # prefetched, still queued or reading: a miss that waits for it
+                misses += 1
+                late += 1
+                used += key in prefetched
+                prefetched.discard(key)
+                ready = disk.ready.get(key)
+                needed_at = max(needed_at, ready if ready is not None else disk.demand(key, now))
             else:
                 misses += 1
                 if len(last) >= slabs:
-                    evict(pick_victim(last.keys(), policy, w.layer, cycle, last, count, wave_keys, nxt))
+                    evict(pick_victim(last.keys(), policy, w.layer, cycle, last, count, wave_keys | busy, nxt))
                 count[key] = 0
-            last[key], count[key], nxt[key] = clock, count[key] + 1, next_use(key, index_of[key])
+                if disk is not None:
+                    needed_at = max(needed_at, disk.demand(key, now))
+            last[key], count[key], nxt[key] = tick, count[key] + 1, next_use(key, index_of[key])
         pos += len(w.experts)
         here, n = cycle[w.layer], len(cycle)
         for key in _prefetches(waves, i, prefetch):
             if key in last:
                 continue
+            queued_at = now
             if len(last) >= slabs:
                 gap = (cycle[key[0]] - here - 1) % n
-                later = [k for k in last if (cycle[k[0]] - here - 1) % n > gap]
+                later = [k for k in last if (cycle[k[0]] - here - 1) % n > gap and k not in busy]
                 if not later:
                     break
-                evict(pick_victim(later, policy, w.layer, cycle, last, count, set(), nxt))
-            last[key], count[key], nxt[key] = clock, 0, next_use(key, pos - 1)
+                victim = pick_victim(later, policy, w.layer, cycle, last, count, set(), nxt)
+                if victim in wave_keys:  # its slab is free once the wave has used it
+                    queued_at = max(now + clock.overlap_ms, needed_at) if clock is not None else now
+                evict(victim)
+            last[key], count[key], nxt[key] = tick, 0, next_use(key, pos - 1)
             prefetched.add(key)
             issued += 1
+            if disk is not None:
+                disk.queued.append((key, queued_at))
+        if clock is not None:
+            stall += max(0.0, needed_at - (now + clock.overlap_ms))
+            now = max(now + clock.overlap_ms, needed_at) + clock.wave_ms - clock.overlap_ms
     total = hits + misses
-    return {"policy": policy, "prefetch": prefetch, "slabs": slabs, "hits": hits, "misses": misses,
-            "hit_rate": hits / total if total else 0.0, "prefetches": issued, "prefetch_used": used,
-            "prefetch_wasted": wasted}
+    out = {"policy": policy, "prefetch": prefetch, "slabs": slabs, "hits": hits, "misses": misses,
+           "hit_rate": hits / total if total else 0.0, "prefetches": issued, "prefetch_used": used,
+           "prefetch_wasted": wasted}
+    if clock is not None:
+        out.update(prefetch_late=late, prefetch_cancelled=cancelled, stall_ms=stall, time_ms=now)
+    return out
 
 
-def sweep(waves: list[Wave], slab_counts: list[int], policies: list[str], prefetches: list[str] = ("none",)) -> list[dict]:
-    return [simulate(waves, s, p, f) for s in slab_counts for p in policies for f in prefetches]
+def sweep(waves: list[Wave], slab_counts: list[int], policies: list[str], prefetches: list[str] = ("none",),
+          clock: Clock | None = None) -> list[dict]:
+    return [simulate(waves, s, p, f, clock) for s in slab_counts for p in policies for f in prefetches]
 
 
 def has_predictions(waves: list[Wave]) -> bool:
@@ -180,7 +267,8 @@ def default_slab_counts(waves: list[Wave]) -> list[int]:
 
 def best_pairs(results: list[dict], baseline: str = "belady") -> list[dict]:
     """Per slab count: the best policy x prefetch the runtime can run (no belady, no oracle; highest hit
-    rate) and its gap to `baseline` without prefetch (Belady's MIN of demand loading), in points."""
+    rate) and its gap to `baseline` without prefetch (Belady's MIN of demand loading), in points; with a
+    clock, also the fastest pair (the shortest replayed decode time)."""
     out = []
     for slabs in sorted({r["slabs"] for r in results}):
         rows = [r for r in results if r["slabs"] == slabs]
@@ -189,7 +277,10 @@ def best_pairs(results: list[dict], baseline: str = "belady") -> list[dict]:
         if not runtime:
             continue
         best = max(runtime, key=lambda r: r["hit_rate"])
-        out.append({"slabs": slabs, "policy": best["policy"], "prefetch": best["prefetch"],
-                    "hit_rate": best["hit_rate"],
-                    "points_behind_belady": None if ref is None else 100 * (ref["hit_rate"] - best["hit_rate"])})
+        row = {"slabs": slabs, "policy": best["policy"], "prefetch": best["prefetch"], "hit_rate": best["hit_rate"],
+               "points_behind_belady": None if ref is None else 100 * (ref["hit_rate"] - best["hit_rate"])}
+        if "time_ms" in best:
+            fastest = min(runtime, key=lambda r: r["time_ms"])
+            row["fastest"] = {k: fastest[k] for k in ("policy", "prefetch", "hit_rate", "time_ms")}
+        out.append(row)
     return out

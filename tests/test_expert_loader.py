@@ -120,3 +120,40 @@ def test_a_prefetch_waits_while_a_demand_load_reads():
         assert started[prefetch.key] >= started[demand.key]
     finally:
         loader.close()
+
+
+def test_assist_runs_on_an_idle_reader_only():
+    gate = threading.Event()
+
+    def load(job: LoadJob):
+        if job.key == (0, 0):  # the asking demand load: its helper runs on the other reader
+            helper = loader.assist(threading.current_thread)
+            return (helper.wait(), threading.current_thread()), 10
+        gate.wait(WAIT)
+        return None, 10
+
+    loader = ExpertLoader(load, readers=2)
+    try:
+        job = LoadJob((0, 0), slab=0, prefetch=False)
+        loader.submit(job)
+        assert job.done.wait(WAIT) and job.error is None
+        helper_thread, own_thread = job.result
+        assert helper_thread is not own_thread and loader.stats.assists == 1
+        blockers = [LoadJob((0, 1), slab=1, prefetch=False), LoadJob((0, 2), slab=2, prefetch=False)]
+        for b in blockers:  # both readers busy
+            loader.submit(b)
+        queued = LoadJob((0, 3), slab=3, prefetch=False)
+        loader.submit(queued)
+        time.sleep(0.05)
+        assert loader.assist(lambda: None) is None  # no idle reader (and a demand load waits): declined
+        gate.set()
+        assert all(j.done.wait(WAIT) and j.error is None for j in (*blockers, queued))
+    finally:
+        loader.close()
+    one = ExpertLoader(lambda job: (one.assist(lambda: None), 0), readers=1)
+    try:
+        job = LoadJob((0, 0), slab=0, prefetch=False)
+        one.submit(job)
+        assert job.done.wait(WAIT) and job.error is None and job.result is None  # one reader: nobody to help
+    finally:
+        one.close()

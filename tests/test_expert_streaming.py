@@ -6,6 +6,8 @@ prefetch, top_k of them per layer ahead are the plan's loader buffers."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,9 @@ from mote_edge.format import MoteFile
 from mote_edge.runtime.budget import BudgetError
 from mote_edge.runtime.engine import Engine
 from mote_edge.runtime.expert_cache import PREFETCH_DEPTH
-from mote_edge.runtime.expert_io import ExpertReader
+from mote_edge.errors import FormatError
+from mote_edge.runtime.expert_io import ExpertReader, crc32_combine
+from mote_edge.runtime.expert_loader import ExpertLoader
 from mote_edge.runtime.hugepages import huge_buffer
 from mote_edge.runtime.plan import loader_slabs, plan_file
 
@@ -84,6 +88,68 @@ def test_both_io_paths_read_the_same_bytes(tiny_b4_mote, direct):
         reader.read_into(layer, expert, buf)
         assert bytes(buf[:entry.nbytes]) == bytes(f.read_expert_record(layer, expert))
         reader.close()
+
+
+@pytest.mark.parametrize("lengths", [(0, 5), (1, 1), (4096, 12345), (8191, 4096), (70000, 0)])
+def test_crc32_combine_is_the_crc_of_the_concatenation(lengths):
+    rng = np.random.default_rng(sum(lengths))
+    a, b = (rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in lengths)
+    assert crc32_combine(zlib.crc32(a), zlib.crc32(b), len(b)) == zlib.crc32(a + b)
+
+
+def _corrupt_copy(mote, tmp_path, where: float):
+    """A copy of `mote` with one byte flipped at `where` (0..1) of its first expert record."""
+    with MoteFile(mote) as f:
+        (layer, expert), entry = next(iter(f.experts.items()))
+        at = f.header.data_offset + entry.offset + int(where * (entry.nbytes - 1))
+    data = bytearray(mote.read_bytes())
+    data[at] ^= 0x40
+    bad = tmp_path / "bad.mote"
+    bad.write_bytes(bytes(data))
+    return bad, (layer, expert)
+
+
+@pytest.mark.parametrize("where", [None, 0.1, 0.9])
+def test_a_record_read_in_halves_by_two_readers_is_checked_whole(tiny_b4_mote, tmp_path, where):
+    mote, key = (tiny_b4_mote, None) if where is None else _corrupt_copy(tiny_b4_mote, tmp_path, where)
+    loader = ExpertLoader(lambda job: (None, 0), readers=2)
+    try:
+        with MoteFile(mote) as f:
+            reader = ExpertReader(f, direct=True)
+            if reader.io_path != "direct":
+                pytest.skip("the filesystem refuses O_DIRECT: no split reads")
+            key = key or next(iter(f.experts))
+            entry = f.expert_entry(*key)
+            buf = huge_buffer(-(-entry.nbytes // 4096) * 4096)
+            if where is None:
+                reader.read_into(*key, buf, assist=loader.assist)
+                assert bytes(buf[:entry.nbytes]) == bytes(f.read_expert_record(*key))
+                assert loader.stats.assists == 1
+            else:
+                with pytest.raises(FormatError, match="checksum mismatch"):
+                    reader.read_into(*key, buf, assist=loader.assist)
+            reader.close()
+    finally:
+        loader.close()
+
+
+def test_split_reads_and_the_timeline_change_no_token(tiny_b4_mote):
+    with MoteFile(tiny_b4_mote) as f:
+        budget = plan_file(f, 256, f.config.moe.top_k_experts + 1, vision=False).total_bytes
+    runs = {}
+    for split in (False, True):
+        with Engine.load(tiny_b4_mote, memory_budget=budget, threads=1, max_context=256, vision=False,
+                         expert_layout="file", prefetch="none") as engine:
+            engine.experts.split_reads = split
+            engine.experts.timeline = timeline = []
+            runs[split] = list(engine.generate_ids(PROMPT, max_new_tokens=16, ignore_eos=True))
+            misses = engine.report()["experts"]["misses"]
+        kinds = [e["event"] for e in timeline]
+        assert kinds.count("wave") == kinds.count("end") > 0
+        assert kinds.count("load") == misses == kinds.count("wait")  # every demand read waited for
+        loads = [e for e in timeline if e["event"] == "load"]
+        assert all(e["queued"] <= e["t"] <= e["end"] for e in loads)
+    assert runs[True] == runs[False]
 
 
 def test_auto_prefetch_runs_lookahead2_where_the_budget_holds_its_buffers(tiny_b4_mote):

@@ -5,11 +5,12 @@ import json
 import random
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 
 from conftest import REPO, run_cli
 from mote_edge.errors import MoteError
-from mote_edge.runtime.simulate import POLICIES, Wave, read_trace, simulate, sweep
+from mote_edge.runtime.simulate import POLICIES, Clock, Wave, best_pairs, read_trace, simulate, sweep
 
 IMAGE = REPO / "examples" / "images" / "shapes.png"
 
@@ -139,6 +140,13 @@ def test_simulate_cli_and_bad_traces(tmp_path):
     assert r.returncode == 1 and r.stderr.startswith("error: cannot read trace")
     with pytest.raises(MoteError, match="unknown cache policy"):
         simulate([Wave(0, [1])], 1, "fifo")
+    trace.write_text("".join(json.dumps({"layer": 0, "experts": [e]}) + "\n" for e in [0, 1, 2] * 4))
+    r = run_cli("simulate", str(trace), "--slabs", "2", "--read-ms", "2", "--wave-ms", "1.5", "--overlap-ms", "0.2")
+    assert r.returncode == 0 and "replayed decode time" in r.stdout, r.stderr
+    r = run_cli("simulate", str(trace), "--read-ms", "2")
+    assert r.returncode == 1 and r.stderr.strip() == "error: a replay clock needs both --read-ms and --wave-ms"
+    r = run_cli("simulate", str(trace), "--read-ms", "2", "--wave-ms", "1", "--overlap-ms", "3")
+    assert r.returncode == 1 and r.stderr.startswith("error: a replay clock needs read >= 0")
 
 
 def _cyclic(tokens: int, predicted=lambda t, layer: None):
@@ -206,3 +214,66 @@ def test_a_runtime_trace_records_the_lookahead_and_simulate_replays_it(tiny_b4_m
     assert r.returncode == 0 and "layer+la1" in r.stdout and "layer+oracle" in r.stdout
     r = run_cli("simulate", str(trace), "--prefetch", "sometimes")
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: unknown prefetch")
+
+
+def _random_waves(seed: int, tokens: int = 60) -> list[Wave]:
+    rng = np.random.default_rng(seed)
+    layers = [0, 2, 4]
+    return [Wave(layer, sorted({int(e) for e in rng.integers(0, 6, 2)}), 1,
+                 [(layers[(n + d) % 3], [int(rng.integers(0, 6))]) for d in (1, 2)])
+            for _ in range(tokens) for n, layer in enumerate(layers)]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_an_instant_disk_replays_like_no_clock(seed):
+    waves = _random_waves(seed)
+    for slabs in (2, 5, 9):
+        for policy in ("lru", "layer", "belady"):
+            for prefetch in ("none", "lookahead-1", "lookahead-2", "oracle"):
+                plain = simulate(waves, slabs, policy, prefetch)
+                timed = simulate(waves, slabs, policy, prefetch, Clock(read_ms=0.0, wave_ms=1.0))
+                assert {k: timed[k] for k in plain} == plain, (slabs, policy, prefetch)
+                assert timed["prefetch_late"] == 0 and timed["stall_ms"] == 0
+                assert timed["time_ms"] == pytest.approx(len(waves))
+
+
+def test_demand_loads_cost_their_read_beyond_the_overlap():
+    waves = _cyclic(10, predicted=lambda t, layer: t % 4)  # every wave a new expert: 1 slab misses them all
+    clock = Clock(read_ms=3.0, wave_ms=2.0, overlap_ms=0.5)
+    sim = simulate(waves, 1, "layer", "none", clock)
+    assert sim["misses"] == 30
+    assert sim["stall_ms"] == pytest.approx(30 * 2.5)
+    assert sim["time_ms"] == pytest.approx(30 * (3.0 + 1.5))
+
+
+def test_a_prefetch_that_lands_late_is_a_stall_not_a_hit():
+    waves = _cyclic(10, predicted=lambda t, layer: t % 4)  # perfect predictions
+    on_time = simulate(waves, 2, "layer", "lookahead-1", Clock(read_ms=0.8, wave_ms=1.0))
+    assert (on_time["hits"], on_time["prefetch_late"]) == (29, 0)
+    late = simulate(waves, 2, "layer", "lookahead-1", Clock(read_ms=1.5, wave_ms=1.0))
+    assert late["hits"] < 29 and late["prefetch_late"] > 0 and late["stall_ms"] > 0
+    assert late["hits"] + late["misses"] == 30 and late["time_ms"] > on_time["time_ms"]
+    # two layers ahead leave two waves for each read: on time again, where the disk keeps up
+    ahead = simulate(waves, 3, "layer", "lookahead-2", Clock(read_ms=1.5, wave_ms=2.0))
+    assert ahead["prefetch_late"] == 0 and ahead["hits"] == 29
+    with pytest.raises(MoteError, match="replay clock"):
+        Clock(read_ms=1.0, wave_ms=1.0, overlap_ms=2.0)
+
+
+def test_mispredicted_prefetches_not_started_are_cancelled_when_their_wave_routes():
+    # wave 0 predicts experts 5, 6, 7 of layer 2; one starts reading behind wave 0's own miss, the other two
+    # still wait when layer 2 routes to expert 1: cancelled, never read
+    waves = [Wave(0, [0], 1, [(2, [5, 6, 7])]), Wave(2, [1], 1), Wave(0, [0], 1)]
+    sim = simulate(waves, 5, "layer", "lookahead-1", Clock(read_ms=3.0, wave_ms=1.0))
+    assert (sim["prefetches"], sim["prefetch_cancelled"], sim["prefetch_used"]) == (3, 2, 0)
+    assert sim["hits"] == 1  # wave 2's expert 0 stayed cached
+    # wave 1 waits for the prefetch already reading (3..6), then reads its own expert (6..9)
+    assert sim["time_ms"] == pytest.approx(3.0 + 1.0 + (9.0 - 4.0) + 1.0 + 1.0)
+
+
+def test_best_pairs_name_the_fastest_pair_with_a_clock():
+    waves = _random_waves(3)
+    results = sweep(waves, [4], ["layer", "belady"], ["none", "lookahead-1", "lookahead-2"], Clock(1.0, 1.0))
+    (best,) = best_pairs(results)
+    runtime = [r for r in results if r["policy"] != "belady"]
+    assert best["fastest"]["time_ms"] == min(r["time_ms"] for r in runtime)
