@@ -251,6 +251,7 @@ pixels = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.fl
 encoder = NativeVisionEncoder(cfg, blocks, read_into)
 if sys.argv[2] == "whole-tower":
     encoder = NativeVisionEncoder(cfg, blocks, lambda b, buf: whole[b.name])
+encoder.encode(pixels)  # once first: the code pages it runs belong to the runtime-code allowance, not to this plan
 trim_heap()
 reset_peak()
 base = read_status()["VmRSS"]
@@ -315,8 +316,10 @@ def test_the_encoders_peak_stays_under_its_plan_and_a_whole_tower_breaks_it(memo
     run = _encode_in_a_subprocess(memory_section, "streamed")
     assert run["shape"] == [196, memory_config().decoder.hidden_size]
     assert run["section"] > 6 * run["largest_block"]  # streaming matters here
-    # Measured: plan 15.5 MB, peak 12.0-12.1 MB (0.78). The lower bound: the plan is not a blanket
-    # over-estimate (the block buffer and fc1's output alone are 5.2 MB of it).
+    # Measured (second encode of the process): plan 11.9 MB, peak 9.7-10.0 MB (0.82-0.84). A first encode
+    # also faults in the code it runs (1-2 MB, more or less by environment), which the runtime-code allowance
+    # covers, not this plan. The lower bound: the plan is not a blanket over-estimate (the block buffer and
+    # fc1's output alone are 5.2 MB of it).
     assert 0.6 * run["plan"] <= run["peak"] <= run["plan"], run
     control = _encode_in_a_subprocess(memory_section, "whole-tower")
     assert control["peak"] > control["plan"], control
