@@ -593,7 +593,7 @@ int mote_ffn_chunk(const mote_linear *gate_up, int ngu, const mote_linear *down,
     float *buf = malloc(sizeof(float) * (2 * (size_t)T * I + (size_t)T * H));   /* [T, 2 I] then d [T, H] */
     if (!buf) return -1;
     int rc = gate_up_rows(gate_up, ngu, h, T, buf, threads);
-    rc |= down_rows(down, buf, T, coef, y, buf + 2 * (size_t)T * I, threads);
+    if (!rc) rc = down_rows(down, buf, T, coef, y, buf + 2 * (size_t)T * I, threads);
     free(buf);
     return rc ? -1 : 0;
 }
@@ -609,7 +609,7 @@ int mote_ffn_gate_up(const mote_linear *gate_up, int ngu, const float *h, float 
     float *buf = malloc(sizeof(float) * 2 * (size_t)I);
     if (!buf) return -1;
     int rc = gate_up_rows(gate_up, ngu, h, 1, buf, threads);
-    memcpy(act, buf, sizeof(float) * (size_t)I);
+    if (!rc) memcpy(act, buf, sizeof(float) * (size_t)I);
     free(buf);
     return rc ? -1 : 0;
 }
