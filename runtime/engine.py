@@ -71,6 +71,13 @@ class _VocabMaskedSampler:
         return self.sampler.sample(logits)
 
 
+def lookahead_pays(cache_slabs: int, loader_slabs: int, total_experts: int) -> bool:
+    """Whether "auto" runs lookahead prefetch: the plan has loader buffers (none when every expert is cached:
+    nothing to prefetch) and the slabs, cache and buffers, hold at least half the experts (below that the
+    demand misses keep the disk busy and prefetches land late: see _fit_with_prefetch)."""
+    return loader_slabs > 0 and 2 * (cache_slabs + loader_slabs) >= total_experts
+
+
 def _fit_with_prefetch(f: MoteFile, context: int, budget: int | None, layout: str, vision: bool, kv_bits: int,
                        prefetch: str, loader: str) -> tuple[MemoryPlan, str]:
     """The plan and the prefetch it runs. "auto": lookahead2 when the budget holds its loader buffers and
@@ -87,8 +94,7 @@ def _fit_with_prefetch(f: MoteFile, context: int, budget: int | None, layout: st
         try:
             plan = fit_file_budget(f, context, budget, layout, vision, kv_bits,
                                    loader_slabs(f.config, PREFETCH_DEPTH["lookahead2"]))
-            # no buffers: every expert fits, nothing to prefetch
-            if plan.loader_slabs and 2 * (plan.expert_slabs + plan.loader_slabs) >= plan.total_experts:
+            if lookahead_pays(plan.expert_slabs, plan.loader_slabs, plan.total_experts):
                 return plan, "lookahead2"
         except BudgetError:  # its buffers do not fit beside the minimum cache
             pass

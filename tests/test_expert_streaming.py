@@ -13,7 +13,7 @@ import pytest
 
 from mote_edge.format import MoteFile
 from mote_edge.runtime.budget import BudgetError
-from mote_edge.runtime.engine import Engine
+from mote_edge.runtime.engine import Engine, lookahead_pays
 from mote_edge.runtime.expert_cache import PREFETCH_DEPTH
 from mote_edge.errors import FormatError
 from mote_edge.runtime.expert_io import ExpertReader, crc32_combine
@@ -167,3 +167,14 @@ def test_auto_prefetch_runs_lookahead2_where_the_budget_holds_its_buffers(tiny_b
             assert engine.prefetch == want, (b, loader)
             assert engine.plan.loader_slabs == buffers
             assert len(engine.experts.slabs) == (total if b is None else engine.plan.expert_slabs + buffers)
+
+
+@pytest.mark.parametrize("cache, buffers, total, runs", [
+    (12, 4, 32, True),    # exactly half: lookahead2
+    (11, 4, 32, False),   # one slab below half: the clocked replay finds prefetch slower than none
+    (2, 4, 32, False),    # the minimum cache beside the buffers
+    (2, 4, 8, True),      # a small model: the buffers alone hold half
+    (32, 0, 32, False),   # every expert cached: no buffers, nothing to prefetch
+])
+def test_auto_prefetch_runs_lookahead_only_from_half_the_experts(cache, buffers, total, runs):
+    assert lookahead_pays(cache, buffers, total) is runs
