@@ -1,10 +1,12 @@
 """numpy's BLAS thread count, through the OpenBLAS C API of the library numpy loaded (no threadpoolctl).
 
-The runtime still hands some products to numpy's BLAS: prefill attention (runtime/decoder.py: a batch
-of [C, D] x [D, S] products per KV head group, D = head_dim = 64-128), the vision encoder's attention
+The runtime still hands some products to numpy's BLAS: the numpy reference layer's prefill attention
+(`MOTE_DECODER=numpy`, runtime/decoder.py: a batch of [C, D] x [D, S] products per KV head group, D = head_dim
+= 64-128; the native layer does its own), the vision encoder's attention
 (runtime/vit.py: one head, 128 query rows at a time) and fp-stored weights (runtime/weights.py). Each
 product is small, and OpenBLAS splits every one over its threads (one per core by default), beside the
-Engine's own kernel threads. `Engine.load` sets BLAS_THREADS: measured on the 2-core EPYC
+Engine's own kernel threads. `Engine.load` sets BLAS_THREADS for the process (an app that embeds the Engine
+and wants more BLAS threads for its own numpy work sets them after the load): measured on the 2-core EPYC
 (benchmarks/blas_threads.py, docs/BENCHMARKS.md "BLAS threads"), a 900-position 0.5B prefill at one
 BLAS thread against numpy's default two ran 1.45x faster with the Engine on 2 threads and the box idle,
 3.5x faster with two other processes spinning (Engine on 1 or 2 threads); the image encode 1.0-1.9x.
