@@ -4,11 +4,12 @@ an idle and on a busy box.
 
     python benchmarks/blas_threads.py out/q05n.mote [--threads 1] [--positions 900] [--reps 5] [--busy 0,2]
 
-The runtime's remaining numpy BLAS products are prefill attention (runtime/decoder.py: [G, C, D] x
-[D, S] per KV head group) and the vision encoder's attention (runtime/vit.py). Per setting of BLAS
-threads (the runtime's, the Engine's threads, numpy's default = every core), one prefill of `--positions`
-prompt positions (text only, every expert cached) and one image encode, repeated `--reps` times in
-alternation; medians. `--busy N` runs N spinning processes beside it (a box shared with other work).
+The runtime's numpy BLAS products are the vision encoder's attention (runtime/vit.py) and, in the numpy
+reference layer only (`MOTE_DECODER=numpy`), prefill attention (runtime/decoder.py: [G, C, D] x [D, S] per KV
+head group) and the routers; the native layer (the default) makes no BLAS calls. Per setting of BLAS threads
+(the runtime's, the Engine's threads, numpy's default = every core), one prefill of `--positions` prompt
+positions through the numpy layer (text only, every expert cached) and one image encode, repeated `--reps`
+times in alternation; medians. `--busy N` runs N spinning processes beside it (a box shared with other work).
 Prints ms per setting and the ratio numpy's default / the runtime's setting.
 """
 
@@ -51,11 +52,13 @@ def measure(model: str, threads: int, positions: int, reps: int, settings: dict[
         pixels = preprocess(load_image(IMAGE), engine.image_config)[None] if engine.file.vision is not None else None
         encoder = vision_encoder(engine.file, threads) if pixels is not None else None
 
+        engine.decoder.native = False  # the numpy layer: the only prefill that calls BLAS
+
         def prefill() -> None:
             engine.decoder.reset()
             engine.decoder.forward(x)
 
-        runs = {"prefill": prefill}
+        runs = {"prefill, numpy": prefill}
         if encoder is not None:
             runs["image encode"] = lambda: encoder.encode(pixels)
         times: dict[str, dict[str, list[float]]] = {name: {s: [] for s in settings} for name in runs}
@@ -85,7 +88,7 @@ def main() -> None:
     cap, free = f"BLAS {BLAS_THREADS}", f"BLAS {default}"
     print(f"CPU: {os.cpu_count()} cores; Engine threads {args.threads}, the runtime's BLAS threads {BLAS_THREADS}, "
           f"numpy's default {default}; {args.positions} prefill positions; medians of {args.reps}")
-    print(f"{'busy':>5}  {'run':<13}" + "".join(f"{s:>12}" for s in settings) + f"{'default / runtime':>19}")
+    print(f"{'busy':>5}  {'run':<16}" + "".join(f"{s:>12}" for s in settings) + f"{'default / runtime':>19}")
     for busy in (int(b) for b in args.busy.split(",")):
         spinners = [mp.Process(target=spin, daemon=True) for _ in range(busy)]
         for p in spinners:
@@ -97,7 +100,7 @@ def main() -> None:
                 p.terminate()
                 p.join()
         for name, per in result.items():
-            print(f"{busy:>5}  {name:<13}" + "".join(f"{v:>9.1f} ms" for v in per.values())
+            print(f"{busy:>5}  {name:<16}" + "".join(f"{v:>9.1f} ms" for v in per.values())
                   + f"{per[free] / per[cap]:>18.2f}x", flush=True)
 
 
