@@ -111,9 +111,26 @@ def run(mote: Path, budget_name: str, tokens: int, threads: int, loader: str, pr
             "rows": rows}
 
 
-def ab_steps(mote: Path, switch: str, tokens: int, threads: int, budget_name: str = "minimum") -> dict:
-    """One Engine at the minimum budget, the cache's `switch` (early_compute, check_later or split_reads) alternated
-    between decode steps in ABBA order, so both sides see the same machine load: median step ms of each."""
+GAP_LAYERS = ("all", "inner", "wrap")
+
+
+def set_gap_prefetch(engine, on: bool, where: str = "all") -> None:
+    """The "gap" prefetch on or off between decode steps: MoE layers' lookahead depth 1 or 0 (same plan). `where`:
+    every MoE layer, "inner" (not the last: the next token's first MoE layer is not predicted across the
+    lm_head) or "wrap" (only the last)."""
+    moe = [layer.mlp for layer in engine.decoder.layers if hasattr(layer.mlp, "prefetch_depth")]
+    for n, mlp in enumerate(moe):
+        last = n == len(moe) - 1
+        mlp.prefetch_depth = int(on and (where == "all" or (where == "wrap") == last))
+
+
+def ab_steps(mote: Path, switch: str, tokens: int, threads: int, fitted: bool = False,
+             recall: float | None = None, gap_layers: str = "all") -> dict:
+    """One Engine at the minimum budget, the cache's `switch` (early_compute, check_later or split_reads; or
+    gap_prefetch: the "gap" prefetch) alternated between decode steps in ABBA order, so both sides see the same
+    machine load: median step ms of each, and the prefetch counters of the steps it was on. `fitted`: routed by
+    the tiny MoTE's fitted routing (benchmarks/route_model.py) instead of the synth router; `recall` replaces its
+    lookahead recall (1.0: an oracle's predictions)."""
     from mote_edge.format import MoteFile
     from mote_edge.runtime.engine import Engine
     from mote_edge.runtime.plan import plan_file
@@ -121,8 +138,16 @@ def ab_steps(mote: Path, switch: str, tokens: int, threads: int, budget_name: st
     with MoteFile(mote) as f:
         budget = plan_file(f, 1024, f.config.moe.top_k_experts, vision=False).total_bytes
     steps: dict[bool, list[float]] = {False: [], True: []}
+    gap = switch == "gap_prefetch"
     with Engine.load(mote, memory_budget=budget, threads=threads, max_context=1024, vision=False,
-                     prefetch="none") as engine:
+                     prefetch="gap" if gap else "none") as engine:
+        if fitted:
+            from expert_streaming import fitted_routing
+            from route_model import RouteModel, install
+
+            routing = fitted_routing(100)
+            fit = tuple(routing["lookahead_recall"]) if recall is None else (recall, recall)
+            install(engine, RouteModel(**{**routing, "lookahead_recall": fit}))
         cache = engine.experts
         on = False
         t = None
@@ -131,12 +156,23 @@ def ab_steps(mote: Path, switch: str, tokens: int, threads: int, budget_name: st
             if n >= 2:  # after the prefill and a warm-up step
                 steps[on].append(1e3 * (now - t))
             on = (n % 4) in (0, 3)  # ABBA: the next step's setting
-            setattr(cache, switch, on)
+            if gap:
+                set_gap_prefetch(engine, on, gap_layers)
+            else:
+                setattr(cache, switch, on)
             t = time.perf_counter()
+        st = cache.stats
+        counters = {"prefetches": st.prefetches, "used": st.prefetch_used, "late": st.prefetch_late,
+                    "aborted": st.prefetch_aborted, "handovers": st.prefetch_handovers,
+                    "wasted_bytes": st.prefetch_wasted_bytes}
     med = {k: statistics.median(v) for k, v in steps.items()}
-    print(f"{switch} alternated per decode step ({len(steps[True])} + {len(steps[False])} steps): on "
-          f"{med[True]:.1f} ms, off {med[False]:.1f} ms per step: on is {med[False] / med[True]:.3f}x as fast")
-    return {"switch": switch, "on_ms": med[True], "off_ms": med[False], "steps": {str(k): v for k, v in steps.items()}}
+    routed = ("fitted routing" + (f", lookahead recall {recall:.0%}" if recall is not None else "")) if fitted \
+        else "synth router"
+    print(f"{switch} alternated per decode step ({len(steps[True])} + {len(steps[False])} steps, {routed}): on "
+          f"{med[True]:.1f} ms, off {med[False]:.1f} ms per step: on is {med[False] / med[True]:.3f}x as fast"
+          + (f"; prefetch at {gap_layers} MoE layers: {counters}" if gap else ""))
+    return {"switch": switch, "fitted": fitted, "recall": recall, "gap_layers": gap_layers, "on_ms": med[True], "off_ms": med[False], "counters": counters,
+            "steps": {str(k): v for k, v in steps.items()}}
 
 
 def print_run(r: dict) -> None:
@@ -170,11 +206,16 @@ def main() -> None:
                     help="comma list of loader/prefetch; loader serial, thread (the default: gate and up computed "
                          "while down_proj reads), thread-late (not), thread-split (a demand record read in halves "
                          "by both readers); prefetch needs --budget min+buf")
-    ap.add_argument("--ab", choices=("early_compute", "check_later", "split_reads"),
+    ap.add_argument("--ab", choices=("early_compute", "check_later", "split_reads", "gap_prefetch"),
                     help="only alternate this switch between decode steps at the minimum budget (ABBA) and compare")
+    ap.add_argument("--fitted", action="store_true", help="--ab: route by the tiny MoTE's fitted routing")
+    ap.add_argument("--recall", type=float, help="--ab --fitted: the lookahead's recall instead of the fitted one "
+                                                 "(1: an oracle)")
+    ap.add_argument("--gap-layers", choices=GAP_LAYERS, default="all",
+                    help="--ab gap_prefetch: the MoE layers that prefetch (inner: not across the lm_head)")
     args = ap.parse_args()
     if args.ab:
-        ab_steps(args.mote, args.ab, args.tokens, args.threads)
+        ab_steps(args.mote, args.ab, args.tokens, args.threads, args.fitted, args.recall, args.gap_layers)
         return
     from mote_edge.format import MoteFile
 

@@ -34,7 +34,9 @@ from .blas import BLAS_THREADS, set_blas_threads
 from .budget import BudgetError, parse_bytes
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES
 from .decoder import Decoder
-from .expert_cache import DEFAULT_PREFETCH, EXPERT_LOADERS, PREFETCH_DEPTH, PREFETCH_MODES, ExpertCache
+from .expert_cache import (DEFAULT_PREFETCH, EXPERT_LOADERS, PREFETCH_BUFFERED, PREFETCH_DEPTH, PREFETCH_MODES,
+                           ExpertCache)
+from .expert_loader import GAP_CHUNK
 from .expert_layout import EXPERT_LAYOUTS
 from .kv_cache import KV_BITS
 from .memory import PeakTracker, drop_page_cache, read_status, trim_heap
@@ -89,11 +91,11 @@ def _fit_with_prefetch(f: MoteFile, context: int, budget: int | None, layout: st
     prefetches land late) and 0-10% faster from half up."""
     if prefetch != "auto":
         return fit_file_budget(f, context, budget, layout, vision, kv_bits,
-                               loader_slabs(f.config, PREFETCH_DEPTH[prefetch])), prefetch
+                               loader_slabs(f.config, PREFETCH_BUFFERED[prefetch])), prefetch
     if loader == "thread" and budget is not None:
         try:
             plan = fit_file_budget(f, context, budget, layout, vision, kv_bits,
-                                   loader_slabs(f.config, PREFETCH_DEPTH["lookahead2"]))
+                                   loader_slabs(f.config, PREFETCH_BUFFERED["lookahead2"]))
             if lookahead_pays(plan.expert_slabs, plan.loader_slabs, plan.total_experts):
                 return plan, "lookahead2"
         except BudgetError:  # its buffers do not fit beside the minimum cache
@@ -128,6 +130,8 @@ class Engine:
         # nothing to prefetch when every expert stays cached (each is read once, on first use)
         self.prefetch = prefetch if self.experts is not None and plan.expert_slabs < plan.total_experts else "none"
         self.decoder.enable_lookahead(PREFETCH_DEPTH[self.prefetch])
+        if self.prefetch == "gap":  # its prefetch holds the slab the next demand miss needs: small chunks
+            self.experts.prefetch_chunk = GAP_CHUNK
         self.vision_enabled = vision
         self.vision = vision_encoder(file, threads) if file.vision is not None and vision else None
         self.stats = RunStats()
