@@ -125,7 +125,8 @@ def run(
                                                         "ahead, into top_k loader buffers the plan adds), lookahead2 "
                                                         "(the next two layers'), none, or auto (default: lookahead2 when "
                                                         "the budget holds its buffers and its slabs half the "
-                                                        "experts, else none)."),
+                                                        "experts, else none), or gap (the next layer's predicted "
+                                                        "experts into the slabs a wave frees: no buffers)."),
     kv_bits: int = typer.Option(32, help="KV cache storage: 32 (float32) or 8 (int8 with a scale per head and "
                                          "position: ~4x less KV memory, like llama.cpp's -ctk q8_0)."),
     report: bool = typer.Option(False, "--report", help="Print the memory and speed report to stderr."),

@@ -152,7 +152,9 @@ class Engine:
         plans no image phase (its memory goes to the expert cache): the Engine then refuses images.
         prefetch "lookahead" ("lookahead2"): while a MoE layer runs, the next (two) MoE layers' routers
         predict their experts and the loader reads them ahead (decode steps) into loader buffers the
-        plan adds (top_k slabs per layer ahead); "none": experts load when a wave needs them; "auto"
+        plan adds (top_k slabs per layer ahead); "gap": the next MoE layer's predicted experts into the
+        cache's own slabs as each wave frees them (no loader buffers; small chunks, a mispredicted read
+        aborted and its slab handed to the demand read); "none": experts load when a wave needs them; "auto"
         (default): lookahead2 when its buffers fit beside top_k cache slabs and the slabs hold at least
         half the experts, none below that, when every expert is cached or when they do not fit.
         expert_loader "thread": records are read by a loader thread, overlapped with compute (O_DIRECT
