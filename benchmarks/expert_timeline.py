@@ -175,6 +175,60 @@ def ab_steps(mote: Path, switch: str, tokens: int, threads: int, fitted: bool = 
             "steps": {str(k): v for k, v in steps.items()}}
 
 
+def read_contention(mote: Path, threads: int, reps: int = 3, calls: int = 40) -> dict:
+    """The lm_head (a 2-thread native GEMV streaming its weights from DRAM) timed alone and while a loader
+    thread reads expert records back to back (O_DIRECT, whole records or GAP_CHUNK chunks, CRC-32 checked):
+    what a read overlapped with compute costs the compute on this machine. Median ms per call, interleaved."""
+    import random
+    import threading
+
+    import numpy as np
+
+    from mote_edge.runtime.engine import Engine
+    from mote_edge.runtime.expert_io import ExpertReader
+    from mote_edge.runtime.expert_loader import GAP_CHUNK
+    from mote_edge.runtime.hugepages import huge_buffer
+
+    modes = {"alone": None, "whole records": 0, f"{GAP_CHUNK >> 10} KiB chunks": GAP_CHUNK}
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    with Engine.load(mote, memory_budget=None, threads=threads, max_context=256, vision=False) as engine:
+        head, f = engine.decoder.lm_head, engine.file
+        x = np.random.default_rng(0).standard_normal((1, f.config.decoder.hidden_size)).astype(np.float32)
+        keys = list(f.experts)
+        buf = huge_buffer(max(-(-e.nbytes // 4096) * 4096 for e in f.experts.values()))
+        reader = ExpertReader(f, direct=True)
+        state = {"chunk": None, "stop": False}
+
+        def read_loop() -> None:
+            rng = random.Random(0)
+            while not state["stop"]:
+                chunk = state["chunk"]
+                if chunk is None:
+                    time.sleep(0.001)
+                    continue
+                reader.read_into(*rng.choice(keys), buf, check=(lambda: chunk) if chunk else None)
+
+        loop = threading.Thread(target=read_loop, daemon=True)
+        loop.start()
+        try:
+            for _ in range(reps):
+                for name, chunk in modes.items():
+                    state["chunk"] = chunk
+                    time.sleep(0.02)
+                    for _ in range(calls):
+                        t0 = time.perf_counter()
+                        head(x)
+                        times[name].append(1e3 * (time.perf_counter() - t0))
+        finally:
+            state["stop"] = True
+            loop.join()
+            reader.close()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"lm_head ({threads} threads, {reader.io_path} reads): " + ", ".join(
+        f"{k} {v:.2f} ms ({v / med['alone']:.2f}x)" for k, v in med.items()))
+    return med
+
+
 def print_run(r: dict) -> None:
     steps = r["steps"][1:]  # the first decode step warms up
     med = {k: statistics.median(s[k] for s in steps) for k in steps[0]}
@@ -213,7 +267,12 @@ def main() -> None:
                                                  "(1: an oracle)")
     ap.add_argument("--gap-layers", choices=GAP_LAYERS, default="all",
                     help="--ab gap_prefetch: the MoE layers that prefetch (inner: not across the lm_head)")
+    ap.add_argument("--contention", action="store_true",
+                    help="only time the lm_head alone and beside a loader thread reading records")
     args = ap.parse_args()
+    if args.contention:
+        read_contention(args.mote, args.threads)
+        return
     if args.ab:
         ab_steps(args.mote, args.ab, args.tokens, args.threads, args.fitted, args.recall, args.gap_layers)
         return

@@ -346,12 +346,11 @@ class ExpertCache:
             slab, after = self._free_slab(), None
             if slab is None:
                 idle = [k for k in self.resident if k not in self.wave]
-                after = next((j for j in self.loading.values() if j.aborted and not j.handed), None)
+                aborting = next((j for j in self.loading.values() if j.aborted and not j.handed), None)
                 if idle:
-                    slab, after = self._evict(pick_victim(idle, self.policy, key[0], self.cycle, self.last,
-                                                          self.count)), None
-                elif after is not None:  # the slab of a prefetch being aborted: read once its chunk ends
-                    after.handed, slab = True, after.slab
+                    slab = self._evict(pick_victim(idle, self.policy, key[0], self.cycle, self.last, self.count))
+                elif aborting is not None:  # the slab of a prefetch being aborted: read once its chunk ends
+                    aborting.handed, slab, after = True, aborting.slab, aborting
                     self.stats.prefetch_handovers += 1
                 else:
                     return  # no slab without an expert this wave needs: get() decides when it is needed
@@ -376,8 +375,7 @@ class ExpertCache:
                 if later:
                     slab = self._evict(pick_victim(later, self.policy, self.layer, self.cycle, self.last, self.count))
                 elif checking:
-                    after = checking[0]
-                    after.handed, slab = True, after.slab
+                    checking[0].handed, slab, after = True, checking[0].slab, checking[0]
                     self.stats.evictions += 1
                 else:
                     return
