@@ -114,7 +114,7 @@ def run(mote: Path, budget_name: str, tokens: int, threads: int, loader: str, pr
 GAP_LAYERS = ("all", "inner", "wrap")
 
 
-def set_gap_prefetch(engine, on: bool, where: str = "all") -> None:
+def set_gap_prefetch(engine, on: bool, where: str = "inner") -> None:
     """The "gap" prefetch on or off between decode steps: MoE layers' lookahead depth 1 or 0 (same plan). `where`:
     every MoE layer, "inner" (not the last: the next token's first MoE layer is not predicted across the
     lm_head) or "wrap" (only the last)."""
@@ -125,7 +125,7 @@ def set_gap_prefetch(engine, on: bool, where: str = "all") -> None:
 
 
 def ab_steps(mote: Path, switch: str, tokens: int, threads: int, fitted: bool = False,
-             recall: float | None = None, gap_layers: str = "all") -> dict:
+             recall: float | None = None, gap_layers: str = "inner") -> dict:
     """One Engine at the minimum budget, the cache's `switch` (early_compute, check_later or split_reads; or
     gap_prefetch: the "gap" prefetch) alternated between decode steps in ABBA order, so both sides see the same
     machine load: median step ms of each, and the prefetch counters of the steps it was on. `fitted`: routed by
@@ -265,8 +265,9 @@ def main() -> None:
     ap.add_argument("--fitted", action="store_true", help="--ab: route by the tiny MoTE's fitted routing")
     ap.add_argument("--recall", type=float, help="--ab --fitted: the lookahead's recall instead of the fitted one "
                                                  "(1: an oracle)")
-    ap.add_argument("--gap-layers", choices=GAP_LAYERS, default="all",
-                    help="--ab gap_prefetch: the MoE layers that prefetch (inner: not across the lm_head)")
+    ap.add_argument("--gap-layers", choices=GAP_LAYERS, default="inner",
+                    help="--ab gap_prefetch: the MoE layers that prefetch (inner, the runtime's: not across the "
+                         "lm_head; all; wrap: only across it)")
     ap.add_argument("--contention", action="store_true",
                     help="only time the lm_head alone and beside a loader thread reading records")
     args = ap.parse_args()

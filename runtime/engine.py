@@ -129,7 +129,9 @@ class Engine:
         self.decoder = Decoder(cfg, self.weights, self.experts, plan.context, plan.kv_bits)
         # nothing to prefetch when every expert stays cached (each is read once, on first use)
         self.prefetch = prefetch if self.experts is not None and plan.expert_slabs < plan.total_experts else "none"
-        self.decoder.enable_lookahead(PREFETCH_DEPTH[self.prefetch])
+        # the gap prefetch predicts no expert across the lm_head: the next token's first MoE layer from this
+        # token's last one was right 1 time in 61 on the synth 0.5B, and its reads slowed the lm_head
+        self.decoder.enable_lookahead(PREFETCH_DEPTH[self.prefetch], wrap=self.prefetch != "gap")
         if self.prefetch == "gap":  # its prefetch holds the slab the next demand miss needs: small chunks
             self.experts.prefetch_chunk = GAP_CHUNK
         self.vision_enabled = vision
