@@ -10,6 +10,12 @@ from the wave's routing to its read's start, the read (its read / CRC / place pa
 expert's compute after the wait and the time from the wave's end to the next wave (attention and the
 dense layers in between: the disk is idle there unless a prefetch reads). Writes
 benchmarks/out/expert-timeline-<model>.json.
+
+    --ab SWITCH [--fitted [--recall R]] [--gap-layers inner|all|wrap]
+        one Engine at the minimum budget, SWITCH (early_compute, check_later, split_reads, or gap_prefetch:
+        the "gap" prefetch) alternated per decode step (ABBA): step-time ratio on/off
+    --contention
+        the lm_head timed alone and beside a loader thread reading records (whole, or in gap chunks)
 """
 
 from __future__ import annotations
@@ -259,7 +265,8 @@ def main() -> None:
     ap.add_argument("--modes", default="serial/none,thread-late/none,thread/none",
                     help="comma list of loader/prefetch; loader serial, thread (the default: gate and up computed "
                          "while down_proj reads), thread-late (not), thread-split (a demand record read in halves "
-                         "by both readers); prefetch needs --budget min+buf")
+                         "by both readers); prefetch lookahead / lookahead2 need --budget min+buf, gap runs "
+                         "at the minimum")
     ap.add_argument("--ab", choices=("early_compute", "check_later", "split_reads", "gap_prefetch"),
                     help="only alternate this switch between decode steps at the minimum budget (ABBA) and compare")
     ap.add_argument("--fitted", action="store_true", help="--ab: route by the tiny MoTE's fitted routing")
