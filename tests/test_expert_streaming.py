@@ -14,11 +14,11 @@ import pytest
 
 from mote_edge.format import MoteFile
 from mote_edge.runtime.budget import BudgetError
-from mote_edge.runtime.engine import Engine, lookahead_pays
+from mote_edge.runtime.engine import GAP_PAYS_CHUNKS, Engine, gap_prefetch_pays, lookahead_pays
 from mote_edge.runtime.expert_cache import PREFETCH_BUFFERED
 from mote_edge.errors import FormatError
 from mote_edge.runtime.expert_io import ExpertReader, crc32_combine
-from mote_edge.runtime.expert_loader import GAP_CHUNK, ExpertLoader, LoadAborted, LoadJob
+from mote_edge.runtime.expert_loader import GAP_CHUNK, PREFETCH_CHUNK, ExpertLoader, LoadAborted, LoadJob
 from mote_edge.runtime.hugepages import huge_buffer
 from mote_edge.runtime.plan import loader_slabs, plan_file
 
@@ -224,3 +224,32 @@ def test_auto_prefetch_runs_lookahead2_where_the_budget_holds_its_buffers(tiny_b
 ])
 def test_auto_prefetch_runs_lookahead_only_from_half_the_experts(cache, buffers, total, runs):
     assert lookahead_pays(cache, buffers, total) is runs
+
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize("cache, minimum, record, runs", [
+    (1, 1, 7.9 * MiB, True),                      # the 1.5B at its minimum: 16 chunks a record
+    (1, 1, 2.5 * MiB, False),                     # the 0.5B: 5 chunks, as fast as none
+    (1, 1, GAP_PAYS_CHUNKS * GAP_CHUNK, True),    # the threshold
+    (1, 1, GAP_PAYS_CHUNKS * GAP_CHUNK - 4096, False),
+    (2, 1, 7.9 * MiB, False),                     # above the minimum: not measured, none
+    (2, 2, 7.9 * MiB, True),                      # top-2 at its minimum
+])
+def test_auto_runs_the_gap_prefetch_at_the_minimum_with_large_records(cache, minimum, record, runs):
+    assert gap_prefetch_pays(cache, minimum, int(record)) is runs
+
+
+def test_auto_picks_the_gap_prefetch_by_the_rule_and_its_plan_has_no_buffers(tiny_b4_mote, monkeypatch):
+    import mote_edge.runtime.engine as engine_module
+
+    with MoteFile(tiny_b4_mote) as f:
+        top_k = f.config.moe.top_k_experts
+        budget = plan_file(f, 256, top_k, vision=False).total_bytes
+    for chunks, want in ((GAP_PAYS_CHUNKS, "none"), (0, "gap")):  # the tiny model's records are small
+        monkeypatch.setattr(engine_module, "GAP_PAYS_CHUNKS", chunks)
+        with Engine.load(tiny_b4_mote, memory_budget=budget, threads=1, max_context=256, vision=False) as engine:
+            assert engine.prefetch == want
+            assert engine.plan.loader_slabs == 0 and len(engine.experts.slabs) == top_k
+            assert engine.experts.prefetch_chunk == (GAP_CHUNK if want == "gap" else PREFETCH_CHUNK)
