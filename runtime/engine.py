@@ -83,7 +83,7 @@ def lookahead_pays(cache_slabs: int, loader_slabs: int, total_experts: int) -> b
 # the gap prefetch pays with records of at least this many of its chunks: a misprediction delays the demand
 # read by up to one chunk, a right guess starts the read a layer's attention earlier. At the minimum budget,
 # per decode step on the 2-core EPYC box (benchmarks/expert_timeline.py --ab gap_prefetch): 0.5B records of
-# 5 chunks 0.95-1.04x of none, 1.5B records of 16 chunks 0.99-1.04x (synth router), 1.03-1.05x (fitted routing)
+# 5 chunks 0.99-1.04x of none, 1.5B records of 16 chunks 0.99-1.04x (synth router), 1.03-1.05x (fitted routing)
 GAP_PAYS_CHUNKS = 8
 
 
