@@ -155,8 +155,8 @@ def main() -> None:
                   f"{rs[0]['io_path']:8s} {rs[0]['crc_path']:6s} loader {med['loader_bytes_per_s'] / 2**20:5.0f} MiB/s busy, "
                   f"decode {med['decode_bytes_per_s'] / 2**20:5.0f} MiB/s ({med['disk_share']:.0%} of probe), "
                   f"stall {med['stall_ms']:5.0f} ms, hit {100 * med['hit_rate']:4.1f}%, prefetch "
-                  f"{med['prefetch_used']:.0f}/{med['prefetches']:.0f} used ({med['prefetch_evicting']:.0f} into freed "
-                  f"slabs), {med['prefetch_aborted']:.0f} aborted ({med['prefetch_handovers']:.0f} slabs handed to "
+                  f"{med['prefetch_used']:.0f}/{med['prefetches']:.0f} used ({med['prefetch_evicting']:.0f} into cached "
+                  f"experts' slabs), {med['prefetch_aborted']:.0f} aborted ({med['prefetch_handovers']:.0f} slabs handed to "
                   f"demand reads), "
                   f"{med['prefetch_wasted_bytes'] / 2**20:.0f} MiB wasted", flush=True)
     out = HERE / "out"

@@ -131,7 +131,7 @@ def set_gap_prefetch(engine, on: bool, where: str = "inner") -> None:
 
 
 def ab_steps(mote: Path, switch: str, tokens: int, threads: int, fitted: bool = False,
-             recall: float | None = None, gap_layers: str = "inner") -> dict:
+             recall: float | None = None, gap_layers: str = "inner", gap_chunk: int | None = None) -> dict:
     """One Engine at the minimum budget, the cache's `switch` (early_compute, check_later or split_reads; or
     gap_prefetch: the "gap" prefetch) alternated between decode steps in ABBA order, so both sides see the same
     machine load: median step ms of each, and the prefetch counters of the steps it was on. `fitted`: routed by
@@ -155,6 +155,8 @@ def ab_steps(mote: Path, switch: str, tokens: int, threads: int, fitted: bool = 
             fit = tuple(routing["lookahead_recall"]) if recall is None else (recall, recall)
             install(engine, RouteModel(**{**routing, "lookahead_recall": fit}))
         cache = engine.experts
+        if gap_chunk:
+            cache.prefetch_chunk = gap_chunk
         on = False
         t = None
         for n, _ in enumerate(engine.generate_ids(PROMPT, max_new_tokens=tokens + 2, ignore_eos=True)):
@@ -176,8 +178,10 @@ def ab_steps(mote: Path, switch: str, tokens: int, threads: int, fitted: bool = 
         else "synth router"
     print(f"{switch} alternated per decode step ({len(steps[True])} + {len(steps[False])} steps, {routed}): on "
           f"{med[True]:.1f} ms, off {med[False]:.1f} ms per step: on is {med[False] / med[True]:.3f}x as fast"
-          + (f"; prefetch at {gap_layers} MoE layers: {counters}" if gap else ""))
-    return {"switch": switch, "fitted": fitted, "recall": recall, "gap_layers": gap_layers, "on_ms": med[True], "off_ms": med[False], "counters": counters,
+          + (f"; prefetch at {gap_layers} MoE layers in {cache.prefetch_chunk >> 10} KiB chunks: {counters}"
+             if gap else ""))
+    return {"switch": switch, "fitted": fitted, "recall": recall, "gap_layers": gap_layers,
+            "gap_chunk": cache.prefetch_chunk, "on_ms": med[True], "off_ms": med[False], "counters": counters,
             "steps": {str(k): v for k, v in steps.items()}}
 
 
@@ -275,6 +279,7 @@ def main() -> None:
     ap.add_argument("--gap-layers", choices=GAP_LAYERS, default="inner",
                     help="--ab gap_prefetch: the MoE layers that prefetch (inner, the runtime's: not across the "
                          "lm_head; all; wrap: only across it)")
+    ap.add_argument("--gap-chunk", type=int, help="--ab gap_prefetch: bytes per unconfirmed read (default GAP_CHUNK)")
     ap.add_argument("--contention", action="store_true",
                     help="only time the lm_head alone and beside a loader thread reading records")
     args = ap.parse_args()
@@ -282,7 +287,8 @@ def main() -> None:
         read_contention(args.mote, args.threads)
         return
     if args.ab:
-        ab_steps(args.mote, args.ab, args.tokens, args.threads, args.fitted, args.recall, args.gap_layers)
+        ab_steps(args.mote, args.ab, args.tokens, args.threads, args.fitted, args.recall, args.gap_layers,
+                 args.gap_chunk)
         return
     from mote_edge.format import MoteFile
 
