@@ -64,8 +64,10 @@ class LoadJob:
     aborted: bool = False  # set by the cache: stop reading at the next chunk (prefetches only)
     confirmed: bool = False  # set by the cache: the wave needs this prefetch, read the rest in one go
     chunk: int = PREFETCH_CHUNK  # bytes per read until confirmed (prefetches)
-    after: "LoadJob | None" = None  # an aborted prefetch whose slab this load takes: start once it has stopped
-    handed: bool = False  # this aborted prefetch's slab went to a demand load (`after`): not free, not resident
+    # a load whose slab this one takes (an aborted prefetch, or a record used while its checksum runs): this
+    # one starts once that one has ended
+    after: "LoadJob | None" = None
+    handed: bool = False  # set by the cache: this load's slab went to a later load (`after`): not free, not resident
     timing: Any = None  # the load's own account of where its time went (runtime/expert_io.py ReadTiming)
     queued_at: float = 0.0  # perf_counter() when submitted, started and finished (the cache's timeline)
     started_at: float = 0.0
