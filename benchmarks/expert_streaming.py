@@ -6,14 +6,16 @@ loaded per second of decoding against an O_DIRECT read-speed probe of the same f
     python benchmarks/expert_streaming.py models/q05-b4.mote [--tokens 64] [--repeats 3]
 
 Budgets (text prompt, context 1024, ignore_eos; the modes interleaved, medians of --repeats):
-    minimum      top_k slabs: the smallest plan without prefetch (serial, thread)
+    minimum      top_k slabs: the smallest plan without loader buffers (serial, thread, thread + the gap
+                 prefetch into the slab each wave frees)
+    minimum-fitted  the same, routed by the fitted routing (below) instead of the synth router
     minimum+buf  top_k cache slabs + top_k loader buffers: the smallest plan with prefetch; every mode gets
                  the same bytes (without prefetch they are 2 x top_k cache slabs)
     half         half the experts' slabs, routed by the trained tiny MoTE's fitted skew, stickiness and
                  lookahead recall (benchmarks/route_model.py; the synth router is random)
     full         every expert cached, same routing, timed after a first answer of as many tokens has read
                  the experts it uses: the loader must cost nothing when nothing misses
-The minimum budgets keep the synth model's own (random) router. --budgets picks some of them.
+"minimum" and "minimum+buf" keep the synth model's own (random) router. --budgets picks some of them.
 """
 
 from __future__ import annotations
@@ -31,11 +33,12 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 PROMPT = "Describe the picture in detail. What shapes are there, what colors do they have, and where are they?"
-MODES = {"minimum": [("serial", "none"), ("thread", "none")],
+MODES = {"minimum": [("serial", "none"), ("thread", "none"), ("thread", "gap")],
+         "minimum-fitted": [("serial", "none"), ("thread", "none"), ("thread", "gap")],
          "minimum+buf": [("serial", "none"), ("thread", "none"), ("thread", "lookahead")],
          "half": [("serial", "none"), ("thread", "none"), ("thread", "lookahead"), ("thread", "lookahead2")],
          "full": [("serial", "none"), ("thread", "none")]}
-SKEWED = ("half", "full")
+SKEWED = ("minimum-fitted", "half", "full")
 
 
 def decode(mote: Path, budget: int | None, tokens: int, threads: int, loader: str, prefetch: str,
@@ -66,7 +69,8 @@ def decode(mote: Path, budget: int | None, tokens: int, threads: int, loader: st
             "hit_rate": e["hit_rate"], "io_path": e["io_path"], "crc_path": e["crc_path"], "stall_ms": e["stall_ms"],
             "loader_bytes_per_s": e["loader_bytes_per_s"], "decode_bytes_per_s": decode_read / sum(steps),
             "prefetches": e["prefetches"], "prefetch_used": e["prefetch_used"],
-            "prefetch_wasted_bytes": e["prefetch_wasted_bytes"], "prefetch_aborted": e["prefetch_aborted"]}
+            "prefetch_wasted_bytes": e["prefetch_wasted_bytes"], "prefetch_aborted": e["prefetch_aborted"],
+            "prefetch_evicting": e["prefetch_evicting"], "prefetch_handovers": e["prefetch_handovers"]}
 
 
 def direct_read_probe(mote: Path, seconds: float = 2.0) -> float:
@@ -103,6 +107,7 @@ def budgets_of(mote: Path) -> dict[str, int | None]:
     with MoteFile(mote) as f:
         top_k, total = f.config.moe.top_k_experts, len(f.experts)
         return {"minimum": plan_file(f, 1024, top_k, vision=False).total_bytes,
+                "minimum-fitted": plan_file(f, 1024, top_k, vision=False).total_bytes,
                 "minimum+buf": plan_file(f, 1024, top_k, vision=False, loader_slabs=top_k).total_bytes,
                 "half": plan_file(f, 1024, total // 2, vision=False).total_bytes, "full": None}
 
@@ -135,7 +140,7 @@ def main() -> None:
               "direct_read_bytes_per_s": probe, "probes": probes, "budgets": {}}
     full = statistics.median(r["tok_s"] for r in runs["full"]["thread/none"]) if "full" in runs else float("nan")
     keys = ("tok_s", "stall_ms", "loader_bytes_per_s", "decode_bytes_per_s", "hit_rate", "prefetches", "prefetch_used",
-            "prefetch_wasted_bytes", "prefetch_aborted")
+            "prefetch_wasted_bytes", "prefetch_aborted", "prefetch_evicting", "prefetch_handovers")
     for name, modes in runs.items():
         base = statistics.median(r["tok_s"] for r in modes["serial/none"])
         result["budgets"][name] = {"budget_bytes": budgets[name]}
@@ -150,7 +155,9 @@ def main() -> None:
                   f"{rs[0]['io_path']:8s} {rs[0]['crc_path']:6s} loader {med['loader_bytes_per_s'] / 2**20:5.0f} MiB/s busy, "
                   f"decode {med['decode_bytes_per_s'] / 2**20:5.0f} MiB/s ({med['disk_share']:.0%} of probe), "
                   f"stall {med['stall_ms']:5.0f} ms, hit {100 * med['hit_rate']:4.1f}%, prefetch "
-                  f"{med['prefetch_used']:.0f}/{med['prefetches']:.0f} used, {med['prefetch_aborted']:.0f} aborted, "
+                  f"{med['prefetch_used']:.0f}/{med['prefetches']:.0f} used ({med['prefetch_evicting']:.0f} into cached "
+                  f"experts' slabs), {med['prefetch_aborted']:.0f} aborted ({med['prefetch_handovers']:.0f} slabs handed to "
+                  f"demand reads), "
                   f"{med['prefetch_wasted_bytes'] / 2**20:.0f} MiB wasted", flush=True)
     out = HERE / "out"
     out.mkdir(exist_ok=True)

@@ -10,6 +10,12 @@ from the wave's routing to its read's start, the read (its read / CRC / place pa
 expert's compute after the wait and the time from the wave's end to the next wave (attention and the
 dense layers in between: the disk is idle there unless a prefetch reads). Writes
 benchmarks/out/expert-timeline-<model>.json.
+
+    --ab SWITCH [--fitted [--recall R]] [--gap-layers inner|all|wrap]
+        one Engine at the minimum budget, SWITCH (early_compute, check_later, split_reads, or gap_prefetch:
+        the "gap" prefetch) alternated per decode step (ABBA): step-time ratio on/off
+    --contention
+        the lm_head timed alone and beside a loader thread reading records (whole, or in gap chunks)
 """
 
 from __future__ import annotations
@@ -111,9 +117,26 @@ def run(mote: Path, budget_name: str, tokens: int, threads: int, loader: str, pr
             "rows": rows}
 
 
-def ab_steps(mote: Path, switch: str, tokens: int, threads: int, budget_name: str = "minimum") -> dict:
-    """One Engine at the minimum budget, the cache's `switch` (early_compute, check_later or split_reads) alternated
-    between decode steps in ABBA order, so both sides see the same machine load: median step ms of each."""
+GAP_LAYERS = ("all", "inner", "wrap")
+
+
+def set_gap_prefetch(engine, on: bool, where: str = "inner") -> None:
+    """The "gap" prefetch on or off between decode steps: MoE layers' lookahead depth 1 or 0 (same plan). `where`:
+    every MoE layer, "inner" (not the last: the next token's first MoE layer is not predicted across the
+    lm_head) or "wrap" (only the last)."""
+    moe = [layer.mlp for layer in engine.decoder.layers if hasattr(layer.mlp, "prefetch_depth")]
+    for n, mlp in enumerate(moe):
+        last = n == len(moe) - 1
+        mlp.prefetch_depth = int(on and (where == "all" or (where == "wrap") == last))
+
+
+def ab_steps(mote: Path, switch: str, tokens: int, threads: int, fitted: bool = False,
+             recall: float | None = None, gap_layers: str = "inner", gap_chunk: int | None = None) -> dict:
+    """One Engine at the minimum budget, the cache's `switch` (early_compute, check_later or split_reads; or
+    gap_prefetch: the "gap" prefetch) alternated between decode steps in ABBA order, so both sides see the same
+    machine load: median step ms of each, and the prefetch counters of the steps it was on. `fitted`: routed by
+    the tiny MoTE's fitted routing (benchmarks/route_model.py) instead of the synth router; `recall` replaces its
+    lookahead recall (1.0: an oracle's predictions)."""
     from mote_edge.format import MoteFile
     from mote_edge.runtime.engine import Engine
     from mote_edge.runtime.plan import plan_file
@@ -121,9 +144,19 @@ def ab_steps(mote: Path, switch: str, tokens: int, threads: int, budget_name: st
     with MoteFile(mote) as f:
         budget = plan_file(f, 1024, f.config.moe.top_k_experts, vision=False).total_bytes
     steps: dict[bool, list[float]] = {False: [], True: []}
+    gap = switch == "gap_prefetch"
     with Engine.load(mote, memory_budget=budget, threads=threads, max_context=1024, vision=False,
-                     prefetch="none") as engine:
+                     prefetch="gap" if gap else "none") as engine:
+        if fitted:
+            from expert_streaming import fitted_routing
+            from route_model import RouteModel, install
+
+            routing = fitted_routing(100)
+            fit = tuple(routing["lookahead_recall"]) if recall is None else (recall, recall)
+            install(engine, RouteModel(**{**routing, "lookahead_recall": fit}))
         cache = engine.experts
+        if gap_chunk:
+            cache.prefetch_chunk = gap_chunk
         on = False
         t = None
         for n, _ in enumerate(engine.generate_ids(PROMPT, max_new_tokens=tokens + 2, ignore_eos=True)):
@@ -131,12 +164,79 @@ def ab_steps(mote: Path, switch: str, tokens: int, threads: int, budget_name: st
             if n >= 2:  # after the prefill and a warm-up step
                 steps[on].append(1e3 * (now - t))
             on = (n % 4) in (0, 3)  # ABBA: the next step's setting
-            setattr(cache, switch, on)
+            if gap:
+                set_gap_prefetch(engine, on, gap_layers)
+            else:
+                setattr(cache, switch, on)
             t = time.perf_counter()
+        st = cache.stats
+        counters = {"prefetches": st.prefetches, "used": st.prefetch_used, "late": st.prefetch_late,
+                    "aborted": st.prefetch_aborted, "handovers": st.prefetch_handovers,
+                    "wasted_bytes": st.prefetch_wasted_bytes}
     med = {k: statistics.median(v) for k, v in steps.items()}
-    print(f"{switch} alternated per decode step ({len(steps[True])} + {len(steps[False])} steps): on "
-          f"{med[True]:.1f} ms, off {med[False]:.1f} ms per step: on is {med[False] / med[True]:.3f}x as fast")
-    return {"switch": switch, "on_ms": med[True], "off_ms": med[False], "steps": {str(k): v for k, v in steps.items()}}
+    routed = ("fitted routing" + (f", lookahead recall {recall:.0%}" if recall is not None else "")) if fitted \
+        else "synth router"
+    print(f"{switch} alternated per decode step ({len(steps[True])} + {len(steps[False])} steps, {routed}): on "
+          f"{med[True]:.1f} ms, off {med[False]:.1f} ms per step: on is {med[False] / med[True]:.3f}x as fast"
+          + (f"; prefetch at {gap_layers} MoE layers in {cache.prefetch_chunk >> 10} KiB chunks: {counters}"
+             if gap else ""))
+    return {"switch": switch, "fitted": fitted, "recall": recall, "gap_layers": gap_layers,
+            "gap_chunk": cache.prefetch_chunk, "on_ms": med[True], "off_ms": med[False], "counters": counters,
+            "steps": {str(k): v for k, v in steps.items()}}
+
+
+def read_contention(mote: Path, threads: int, reps: int = 3, calls: int = 40) -> dict:
+    """The lm_head (a 2-thread native GEMV streaming its weights from DRAM) timed alone and while a loader
+    thread reads expert records back to back (O_DIRECT, whole records or GAP_CHUNK chunks, CRC-32 checked):
+    what a read overlapped with compute costs the compute on this machine. Median ms per call, interleaved."""
+    import random
+    import threading
+
+    import numpy as np
+
+    from mote_edge.runtime.engine import Engine
+    from mote_edge.runtime.expert_io import ExpertReader
+    from mote_edge.runtime.expert_loader import GAP_CHUNK
+    from mote_edge.runtime.hugepages import huge_buffer
+
+    modes = {"alone": None, "whole records": 0, f"{GAP_CHUNK >> 10} KiB chunks": GAP_CHUNK}
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    with Engine.load(mote, memory_budget=None, threads=threads, max_context=256, vision=False) as engine:
+        head, f = engine.decoder.lm_head, engine.file
+        x = np.random.default_rng(0).standard_normal((1, f.config.decoder.hidden_size)).astype(np.float32)
+        keys = list(f.experts)
+        buf = huge_buffer(max(-(-e.nbytes // 4096) * 4096 for e in f.experts.values()))
+        reader = ExpertReader(f, direct=True)
+        state = {"chunk": None, "stop": False}
+
+        def read_loop() -> None:
+            rng = random.Random(0)
+            while not state["stop"]:
+                chunk = state["chunk"]
+                if chunk is None:
+                    time.sleep(0.001)
+                    continue
+                reader.read_into(*rng.choice(keys), buf, check=(lambda: chunk) if chunk else None)
+
+        loop = threading.Thread(target=read_loop, daemon=True)
+        loop.start()
+        try:
+            for _ in range(reps):
+                for name, chunk in modes.items():
+                    state["chunk"] = chunk
+                    time.sleep(0.02)
+                    for _ in range(calls):
+                        t0 = time.perf_counter()
+                        head(x)
+                        times[name].append(1e3 * (time.perf_counter() - t0))
+        finally:
+            state["stop"] = True
+            loop.join()
+            reader.close()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"lm_head ({threads} threads, {reader.io_path} reads): " + ", ".join(
+        f"{k} {v:.2f} ms ({v / med['alone']:.2f}x)" for k, v in med.items()))
+    return med
 
 
 def print_run(r: dict) -> None:
@@ -169,12 +269,26 @@ def main() -> None:
     ap.add_argument("--modes", default="serial/none,thread-late/none,thread/none",
                     help="comma list of loader/prefetch; loader serial, thread (the default: gate and up computed "
                          "while down_proj reads), thread-late (not), thread-split (a demand record read in halves "
-                         "by both readers); prefetch needs --budget min+buf")
-    ap.add_argument("--ab", choices=("early_compute", "check_later", "split_reads"),
+                         "by both readers); prefetch lookahead / lookahead2 need --budget min+buf, gap runs "
+                         "at the minimum")
+    ap.add_argument("--ab", choices=("early_compute", "check_later", "split_reads", "gap_prefetch"),
                     help="only alternate this switch between decode steps at the minimum budget (ABBA) and compare")
+    ap.add_argument("--fitted", action="store_true", help="--ab: route by the tiny MoTE's fitted routing")
+    ap.add_argument("--recall", type=float, help="--ab --fitted: the lookahead's recall instead of the fitted one "
+                                                 "(1: an oracle)")
+    ap.add_argument("--gap-layers", choices=GAP_LAYERS, default="inner",
+                    help="--ab gap_prefetch: the MoE layers that prefetch (inner, the runtime's: not across the "
+                         "lm_head; all; wrap: only across it)")
+    ap.add_argument("--gap-chunk", type=int, help="--ab gap_prefetch: bytes per unconfirmed read (default GAP_CHUNK)")
+    ap.add_argument("--contention", action="store_true",
+                    help="only time the lm_head alone and beside a loader thread reading records")
     args = ap.parse_args()
+    if args.contention:
+        read_contention(args.mote, args.threads)
+        return
     if args.ab:
-        ab_steps(args.mote, args.ab, args.tokens, args.threads)
+        ab_steps(args.mote, args.ab, args.tokens, args.threads, args.fitted, args.recall, args.gap_layers,
+                 args.gap_chunk)
         return
     from mote_edge.format import MoteFile
 

@@ -305,15 +305,16 @@ class Decoder:
             layer.attn_step = AttentionStep(layer.attn, layer.ln_in, layer.ln_post, layer.eps, self.rope, self.kv, i,
                                             w.threads)
 
-    def enable_lookahead(self, depth: int) -> None:
+    def enable_lookahead(self, depth: int, wrap: bool = True) -> None:
         """Each MoE layer prefetches the experts the routers of the next `depth` MoE layers predict
-        (decode steps; 0: none; the order wraps to the next token's layers). The predictions of the next
-        two go into a trace either way."""
+        (decode steps; 0: none; the order wraps to the next token's layers, unless `wrap` is False: then
+        the last MoE layers prefetch only this token's). The predictions of the next two go into a trace
+        either way."""
         moe = [layer for layer in self.layers if isinstance(layer.mlp, MoE)]
         for n, layer in enumerate(moe):
             ahead = [(d, moe[(n + d) % len(moe)]) for d in (1, 2)]
             layer.mlp.lookaheads = [Lookahead(a.mlp.layer, a.ln_post, a.mlp, a.eps, d) for d, a in ahead]
-            layer.mlp.prefetch_depth = depth
+            layer.mlp.prefetch_depth = depth if wrap else min(depth, len(moe) - 1 - n)
 
     def reset(self) -> None:
         self.length = 0

@@ -34,11 +34,13 @@ from .blas import BLAS_THREADS, set_blas_threads
 from .budget import BudgetError, parse_bytes
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES
 from .decoder import Decoder
-from .expert_cache import DEFAULT_PREFETCH, EXPERT_LOADERS, PREFETCH_DEPTH, PREFETCH_MODES, ExpertCache
+from .expert_cache import (DEFAULT_PREFETCH, EXPERT_LOADERS, PREFETCH_BUFFERED, PREFETCH_DEPTH, PREFETCH_MODES,
+                           ExpertCache)
+from .expert_loader import GAP_CHUNK
 from .expert_layout import EXPERT_LAYOUTS
 from .kv_cache import KV_BITS
 from .memory import PeakTracker, drop_page_cache, read_status, trim_heap
-from .plan import PREFILL_CHUNK, MemoryPlan, default_context, fit_file_budget, loader_slabs
+from .plan import PREFILL_CHUNK, MemoryPlan, default_context, fit_file_budget, loader_slabs, minimum_slabs
 from .prefix_cache import CachedPositions, image_digest, position_keys
 from .report import RunStats, TokenCounts, build_report
 from .sampler import Sampler, SamplingParams
@@ -78,6 +80,19 @@ def lookahead_pays(cache_slabs: int, loader_slabs: int, total_experts: int) -> b
     return loader_slabs > 0 and 2 * (cache_slabs + loader_slabs) >= total_experts
 
 
+# the gap prefetch pays with records of at least this many of its chunks: a misprediction delays the demand
+# read by up to one chunk, a right guess starts the read a layer's attention earlier. At the minimum budget,
+# per decode step on the 2-core EPYC box (benchmarks/expert_timeline.py --ab gap_prefetch): 0.5B records of
+# 5 chunks 0.99-1.04x of none, 1.5B records of 16 chunks 0.99-1.04x (synth router), 1.03-1.05x (fitted routing)
+GAP_PAYS_CHUNKS = 8
+
+
+def gap_prefetch_pays(cache_slabs: int, minimum_slabs: int, record_bytes: int) -> bool:
+    """Whether "auto" runs the gap prefetch: at the minimum budget (every slab holds the running wave's
+    experts, no loader buffers fit) with records of at least GAP_PAYS_CHUNKS chunks."""
+    return cache_slabs == minimum_slabs and record_bytes >= GAP_PAYS_CHUNKS * GAP_CHUNK
+
+
 def _fit_with_prefetch(f: MoteFile, context: int, budget: int | None, layout: str, vision: bool, kv_bits: int,
                        prefetch: str, loader: str) -> tuple[MemoryPlan, str]:
     """The plan and the prefetch it runs. "auto": lookahead2 when the budget holds its loader buffers and
@@ -86,19 +101,23 @@ def _fit_with_prefetch(f: MoteFile, context: int, budget: int | None, layout: st
     faster than none on the 0.5B and 1.5B; one slab above the minimum, lookahead's mispredicted reads made
     decoding slower than none; the replay with the disk's clock (benchmarks/prefetch_replay.py) finds
     prefetch 2-28% slower than none below half the experts (the demand misses keep the disk busy, the
-    prefetches land late) and 0-10% faster from half up."""
+    prefetches land late) and 0-10% faster from half up. Below that: "gap" where gap_prefetch_pays."""
     if prefetch != "auto":
         return fit_file_budget(f, context, budget, layout, vision, kv_bits,
-                               loader_slabs(f.config, PREFETCH_DEPTH[prefetch])), prefetch
+                               loader_slabs(f.config, PREFETCH_BUFFERED[prefetch])), prefetch
     if loader == "thread" and budget is not None:
         try:
             plan = fit_file_budget(f, context, budget, layout, vision, kv_bits,
-                                   loader_slabs(f.config, PREFETCH_DEPTH["lookahead2"]))
+                                   loader_slabs(f.config, PREFETCH_BUFFERED["lookahead2"]))
             if lookahead_pays(plan.expert_slabs, plan.loader_slabs, plan.total_experts):
                 return plan, "lookahead2"
         except BudgetError:  # its buffers do not fit beside the minimum cache
             pass
-    return fit_file_budget(f, context, budget, layout, vision, kv_bits), "none"
+    plan = fit_file_budget(f, context, budget, layout, vision, kv_bits)
+    if loader == "thread" and budget is not None and gap_prefetch_pays(
+            plan.expert_slabs, minimum_slabs(f.config), max(e.nbytes for e in f.experts.values())):
+        return plan, "gap"
+    return plan, "none"
 
 
 class Engine:
@@ -127,7 +146,11 @@ class Engine:
         self.decoder = Decoder(cfg, self.weights, self.experts, plan.context, plan.kv_bits)
         # nothing to prefetch when every expert stays cached (each is read once, on first use)
         self.prefetch = prefetch if self.experts is not None and plan.expert_slabs < plan.total_experts else "none"
-        self.decoder.enable_lookahead(PREFETCH_DEPTH[self.prefetch])
+        # the gap prefetch predicts no expert across the lm_head: the next token's first MoE layer from this
+        # token's last one was right 1 time in 61 on the synth 0.5B, and its reads slowed the lm_head
+        self.decoder.enable_lookahead(PREFETCH_DEPTH[self.prefetch], wrap=self.prefetch != "gap")
+        if self.prefetch == "gap":  # its prefetch holds the slab the next demand miss needs: small chunks
+            self.experts.prefetch_chunk = GAP_CHUNK
         self.vision_enabled = vision
         self.vision = vision_encoder(file, threads) if file.vision is not None and vision else None
         self.stats = RunStats()
@@ -148,9 +171,12 @@ class Engine:
         plans no image phase (its memory goes to the expert cache): the Engine then refuses images.
         prefetch "lookahead" ("lookahead2"): while a MoE layer runs, the next (two) MoE layers' routers
         predict their experts and the loader reads them ahead (decode steps) into loader buffers the
-        plan adds (top_k slabs per layer ahead); "none": experts load when a wave needs them; "auto"
+        plan adds (top_k slabs per layer ahead); "gap": the next MoE layer's predicted experts into the
+        cache's own slabs as each wave frees them (no loader buffers; small chunks, a mispredicted read
+        aborted and its slab handed to the demand read); "none": experts load when a wave needs them; "auto"
         (default): lookahead2 when its buffers fit beside top_k cache slabs and the slabs hold at least
-        half the experts, none below that, when every expert is cached or when they do not fit.
+        half the experts; gap at the minimum budget where records are large (gap_prefetch_pays); none
+        otherwise, when every expert is cached or when they do not fit.
         expert_loader "thread": records are read by a loader thread, overlapped with compute (O_DIRECT
         where the filesystem allows it); "serial": read on the decoding thread when needed.
         kv_bits 8 keeps the KV cache as int8 with a scale per head and position (~4x smaller than 32)."""

@@ -26,7 +26,7 @@ from mote_edge.format.reader import MoteFile, parse_parts
 from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES, Key, pick_victim
 from .expert_layout import SLAB_LAYOUTS, place_slab2, slab_bytes, staging_bytes
 from .expert_io import ExpertReader, ReadTiming
-from .expert_loader import ExpertLoader, LoadAborted, LoadJob
+from .expert_loader import PREFETCH_CHUNK, ExpertLoader, LoadAborted, LoadJob
 from .hugepages import huge_buffer
 from .memory import release_pages
 from .weights import Linear
@@ -34,7 +34,10 @@ from .weights import Linear
 EXPERT_LOADERS = ("thread", "serial")
 DEFAULT_READERS = 2  # loader threads: a demand miss never waits behind a prefetch's read
 # how many MoE layers ahead the routers predict and prefetch (runtime/decoder.py Lookahead)
-PREFETCH_DEPTH = {"none": 0, "lookahead": 1, "lookahead2": 2}
+PREFETCH_DEPTH = {"none": 0, "gap": 1, "lookahead": 1, "lookahead2": 2}
+# "gap": lookahead-1 into the cache's own slabs (no loader buffers): the slab a wave frees at its end is
+# refilled with the next MoE layer's predicted expert while the decoder computes up to that layer's routing
+PREFETCH_BUFFERED = {"none": 0, "gap": 0, "lookahead": 1, "lookahead2": 2}  # MoE layers of loader buffers
 # auto: lookahead2 when the budget holds its loader buffers beside top_k cache slabs (runtime/engine.py)
 PREFETCH_MODES = ("auto", *PREFETCH_DEPTH)
 DEFAULT_PREFETCH = "auto"
@@ -53,6 +56,8 @@ class CacheStats:
     prefetch_wasted_bytes: int = 0  # bytes of prefetched records evicted before any use
     prefetch_cancelled: int = 0  # mispredicted prefetches dropped before their read started
     prefetch_aborted: int = 0  # mispredicted prefetches stopped part way to free the disk for a demand miss
+    prefetch_evicting: int = 0  # prefetches into the slab of a cached expert needed later (one freed by a wave's end)
+    prefetch_handovers: int = 0  # demand loads that took an aborted prefetch's slab (started when its chunk ended)
     load_read_ms: float = 0.0  # summed over loads (readers run at once): reading records
     load_crc_ms: float = 0.0  # ... checking their CRC-32
     load_place_ms: float = 0.0  # ... parsing them into tensors (and the 2-bit re-layout)
@@ -167,6 +172,9 @@ class ExpertCache:
         # a mismatch
         self.check_later = True
         self.unchecked: list[LoadJob] = []  # loads handed out before their checksum was checked
+        # bytes per read of a prefetch not confirmed yet by its wave (runtime/expert_loader.py): the "gap"
+        # prefetch, whose slab the next demand miss may need, reads in GAP_CHUNK
+        self.prefetch_chunk = PREFETCH_CHUNK
 
     @property
     def nbytes(self) -> int:
@@ -191,6 +199,9 @@ class ExpertCache:
         self.current = None
         misses = any(k not in self.resident and k not in self.loading for k in self.pending)
         for key, job in list(self.loading.items()):  # this layer's mispredicted prefetches (later layers' wait)
+            if key in self.wave and key in self.prefetched:  # predicted right: the rest in one read, or first
+                job.confirmed = True
+                self.loader.promote(job)
             if not job.prefetch or key[0] != layer or key in self.wave:
                 continue
             if self.loader.cancel(job):  # not started: its slab is free
@@ -203,7 +214,8 @@ class ExpertCache:
         self._pump()
 
     def end_wave(self) -> None:
-        """The wave's experts are done: their slabs can take prefetches for the next layers."""
+        """The wave's experts are done: their slabs can take prefetches for the next layers (a record still
+        being checked gives its slab once its checksum is done: see _pump)."""
         self.pending = []
         self.current = None
         self._mark("end", layer=self.layer)
@@ -249,8 +261,9 @@ class ExpertCache:
             self._touch(key)
             return self.resident[key][1]
         t0 = time.perf_counter()
-        if key in self.loading and self.loading[key].prefetch:
+        if key in self.loading and key in self.prefetched:
             job = self.loading[key]
+            job.confirmed = True
             self.loader.promote(job)
             self.prefetched.discard(key)
             self.stats.prefetch_used += 1
@@ -330,13 +343,18 @@ class ExpertCache:
         for key in self.pending:
             if key in self.resident or key in self.loading:
                 continue
-            slab = self._free_slab()
+            slab, after = self._free_slab(), None
             if slab is None:
                 idle = [k for k in self.resident if k not in self.wave]
-                if not idle:
+                aborting = next((j for j in self.loading.values() if j.aborted and not j.handed), None)
+                if idle:
+                    slab = self._evict(pick_victim(idle, self.policy, key[0], self.cycle, self.last, self.count))
+                elif aborting is not None:  # the slab of a prefetch being aborted: read once its chunk ends
+                    aborting.handed, slab, after = True, aborting.slab, aborting
+                    self.stats.prefetch_handovers += 1
+                else:
                     return  # no slab without an expert this wave needs: get() decides when it is needed
-                slab = self._evict(pick_victim(idle, self.policy, key[0], self.cycle, self.last, self.count))
-            self._start(key, slab, prefetch=False)
+            self._start(key, slab, prefetch=False, after=after)
         here, n = self.cycle[self.layer], len(self.cycle)
 
         def distance(k: Key) -> int:  # MoE layers until k's layer runs again
@@ -347,19 +365,27 @@ class ExpertCache:
             if key in self.resident or key in self.loading:
                 self.wanted.pop(0)
                 continue
-            slab = self._free_slab()
+            slab, after = self._free_slab(), None
             if slab is None:
                 busy = {*self.pending, self.current}
                 later = [k for k in self.resident if k not in busy and distance(k) > distance(key)]
-                if not later:
+                # a record used by this wave whose checksum still runs: its slab once the check is done
+                checking = [j for j in self.unchecked if self.loading.get(j.key) is j and j.key not in busy
+                            and not j.handed and distance(j.key) > distance(key)]
+                if later:
+                    slab = self._evict(pick_victim(later, self.policy, self.layer, self.cycle, self.last, self.count))
+                elif checking:
+                    checking[0].handed, slab, after = True, checking[0].slab, checking[0]
+                    self.stats.evictions += 1
+                else:
                     return
-                slab = self._evict(pick_victim(later, self.policy, self.layer, self.cycle, self.last, self.count))
+                self.stats.prefetch_evicting += 1
             self.wanted.pop(0)
             self.prefetched.add(key)
             self.stats.prefetches += 1
-            self._start(key, slab, prefetch=True)
+            self._start(key, slab, prefetch=True, after=after)
 
-    def _start(self, key: Key, slab: int, prefetch: bool) -> None:
+    def _start(self, key: Key, slab: int, prefetch: bool, after: LoadJob | None = None) -> None:
         if self.loader is None:
             timing, t0 = ReadTiming(), time.perf_counter()
             expert, nbytes = self._place(key, slab, timing=timing)
@@ -371,10 +397,11 @@ class ExpertCache:
             return
         if not prefetch:
             self.fresh.add(key)
-        job = LoadJob(key, slab, prefetch)
-        if not prefetch and self.early_compute and self.layout == "file" and self.io_path == "direct":
+        job = LoadJob(key, slab, prefetch, after=after, chunk=self.prefetch_chunk)
+        # a prefetch gets them too: one still reading when its wave needs it is used like a demand miss
+        if self.early_compute and self.layout == "file" and self.io_path == "direct":
             job.early = threading.Event()
-        if not prefetch and self.check_later:
+        if self.check_later:
             job.landed = threading.Event()
         self.loading[key] = job
         self.loader.submit(job)
@@ -401,6 +428,9 @@ class ExpertCache:
             return
         self._mark_load(job.key, job.prefetch, job.reader, job.queued_at, job.started_at, job.ended_at, job.timing,
                         isinstance(job.error, LoadAborted))
+        if job.handed:  # its slab went to a later load: checked, counted, never resident
+            self._land_handed(job)
+            return
         if job.error is not None:
             self.free.append(job.slab)
             self.prefetched.discard(job.key)
@@ -414,6 +444,23 @@ class ExpertCache:
         self.count.setdefault(job.key, 0)  # a record used before it was checked has its use counted already
         self.last.setdefault(job.key, self.clock)
 
+    def _land_handed(self, job: LoadJob) -> None:
+        """A load whose slab another load took (`LoadJob.after`): an aborted prefetch (a read that ended
+        before its abort is wasted), or a record used before its checksum (a mismatch still raises)."""
+        if job.key in self.prefetched:
+            self.prefetched.discard(job.key)
+            if job.error is None:
+                self.stats.prefetch_wasted_bytes += job.nbytes
+            elif isinstance(job.error, LoadAborted):
+                self.stats.prefetch_aborted += 1
+            return
+        self.last.pop(job.key, None)
+        self.count.pop(job.key, None)
+        if job.error is not None:
+            raise job.error
+        self.stats.bytes_read += job.nbytes
+        self._add_timing(job.timing)
+
     def _add_timing(self, timing: ReadTiming) -> None:
         self.stats.load_read_ms += timing.read_ms
         self.stats.load_crc_ms += timing.crc_ms
@@ -423,7 +470,7 @@ class ExpertCache:
         """On the loader thread: read, check and place one record (its CRC and re-layout off the decoding thread)."""
         job.timing = ReadTiming()
         if job.prefetch:
-            return self._place(job.key, job.slab, job.check, job.timing)
+            return self._place(job.key, job.slab, job.check, job.timing, None, job)
         return self._place(job.key, job.slab, None, job.timing, self.loader.assist if self.split_reads else None, job)
 
     def _place(self, key: Key, slab: int, check=None, timing: ReadTiming | None = None, assist=None,

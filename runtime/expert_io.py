@@ -6,8 +6,9 @@ verified, without leaving a second copy in the page cache (DESIGN.md section 5).
               rounded up to 4096 inside the buffer (the bytes past the record are never used). A
               demand read is one preadv of the whole record (the kernel queues all of it at once:
               on the EPYC box's disk 1 MiB chunks read 8.3 MB records ~35% slower, 4 MiB ~15%); a
-              read that may be aborted (a prefetch: `check` given) goes in 4 MiB chunks, `check()`
-              between them. A demand read given an `assist` (an idle loader thread) reads its first
+              read that may be aborted (a prefetch: `check` given) asks `check()` before each chunk
+              how much to read next (it raises to abort): small chunks while its prediction is not
+              confirmed (a demand read waits for at most one), the rest in one preadv once it is. A demand read given an `assist` (an idle loader thread) reads its first
               half here and has the second half read and checksummed there at the same time; the
               record's CRC-32 is the halves' combined (`crc32_combine`), checked before the record is used.
               A demand read given `early` reads the record's leading tensors (gate_proj, up_proj) first and
@@ -42,7 +43,6 @@ from .memory import drop_page_cache
 
 IO_PATHS = ("direct", "buffered")
 DIRECT_ALIGN = 4096
-CHUNK = 4 << 20  # bytes per direct read of an abortable load (a multiple of DIRECT_ALIGN)
 
 
 @dataclass
@@ -146,7 +146,9 @@ class ExpertReader:
         `timing` gets the read and checksum times added; `assist(fn)` (an ExpertLoader's) may run half of a
         direct read without `check` on another thread (it returns None when no thread is free); `early()`
         runs once the tensors before the last are in, before the checksum (direct reads without `check`);
-        `landed()` once the whole record is in, before its checksum is computed where the path allows."""
+        `landed()` once the whole record is in, before its checksum is computed where the path allows.
+        `check() -> int | None` (an abortable read): the bytes to read next (a multiple of DIRECT_ALIGN; None:
+        the rest), or raises to stop; `early()` runs there too once the leading tensors are in."""
         entry = self.file.expert_entry(layer, expert)
         timing = timing if timing is not None else ReadTiming()
         landed = landed or (lambda: None)
@@ -164,37 +166,53 @@ class ExpertReader:
         elif check is None and assist is not None and entry.nbytes > DIRECT_ALIGN:
             crc = self._read_halves(entry, buf, what, timing, assist)
             landed()
+        elif check is not None:
+            crc = self._read_chunks(entry, buf, what, check, timing, early, landed)
         else:
-            crc = self._read_direct(entry, buf, what, check, timing, landed)
+            crc = self._read_direct(entry, buf, what, timing, landed)
         if crc != entry.crc32:
             raise FormatError(f"{self.file.name}: checksum mismatch in expert ({layer}, {expert})")
         return entry
 
-    def _read_direct(self, entry: ExpertEntry, buf: np.ndarray, what: str, check, timing: ReadTiming,
+    def _read_direct(self, entry: ExpertEntry, buf: np.ndarray, what: str, timing: ReadTiming,
                      landed: Callable[[], None] = lambda: None) -> int:
-        """The record in one read, then `landed()` and its CRC-32; or in chunks, `check()` before each and
-        each chunk's CRC after it (the disk keeps reading while an abortable prefetch checks)."""
+        """The record in one read, then `landed()` and its CRC-32."""
+        view = memoryview(buf).cast("B")
+        t0 = time.perf_counter()
+        n = os.preadv(self._direct_fd, [view[:align(entry.nbytes, DIRECT_ALIGN)]], self.data_offset + entry.offset)
+        if n < entry.nbytes:
+            raise FormatError(f"{self.file.name} is truncated: cannot read {what}")
+        timing.read_ms += 1e3 * (time.perf_counter() - t0)
+        landed()
+        crc, ms = self._timed_crc(view[:entry.nbytes])
+        timing.crc_ms += ms
+        return crc
+
+    def _read_chunks(self, entry: ExpertEntry, buf: np.ndarray, what: str, check: Callable[[], int | None],
+                     timing: ReadTiming, early: Callable[[], None] | None, landed: Callable[[], None]) -> int:
+        """An abortable read: before each chunk `check()` gives its length (None: the rest) or raises;
+        `early()` once the leading tensors are in, `landed()` once the whole record is, then its CRC-32 (after
+        the reads: a prefetch reads while the decoder computes, its checksum runs while the decoder waits)."""
         offset = self.data_offset + entry.offset
         length = align(entry.nbytes, DIRECT_ALIGN)
+        split = align(entry.tensors[-1].offset, DIRECT_ALIGN) if early is not None else None
         view = memoryview(buf).cast("B")
-        chunk = length if check is None else CHUNK
-        done = crc = 0
+        done = 0
         while done < entry.nbytes:
-            if check is not None:
-                check()
+            step = check()
             t0 = time.perf_counter()
-            n = os.preadv(self._direct_fd, [view[done:min(length, done + chunk)]], offset + done)
+            n = os.preadv(self._direct_fd, [view[done:length if step is None else min(length, done + step)]],
+                          offset + done)
             if n <= 0:
                 raise FormatError(f"{self.file.name} is truncated: cannot read {what}")
             timing.read_ms += 1e3 * (time.perf_counter() - t0)
-            if check is not None:
-                crc, ms = self._timed_crc(view[done:min(entry.nbytes, done + n)], crc)
-                timing.crc_ms += ms
             done += n
+            if split is not None and done >= min(split, entry.nbytes):
+                early()
+                split = None
         landed()
-        if check is None:
-            crc, ms = self._timed_crc(view[:entry.nbytes])
-            timing.crc_ms += ms
+        crc, ms = self._timed_crc(view[:entry.nbytes])
+        timing.crc_ms += ms
         return crc
 
     def _read_span(self, view: memoryview, entry: ExpertEntry, start: int, end: int, what: str,
@@ -219,7 +237,7 @@ class ExpertReader:
         half = align(entry.nbytes // 2, DIRECT_ALIGN)
         other = assist(lambda: self._read_span(view, entry, half, entry.nbytes, what))
         if other is None:
-            return self._read_direct(entry, buf, what, None, timing)
+            return self._read_direct(entry, buf, what, timing)
         try:
             crc_a, mine = self._read_span(view, entry, 0, half, what)
         finally:

@@ -5,8 +5,11 @@ runs the loads it is handed. Demand loads always go first: a prefetch starts onl
 runs (so it never shares the disk with one it could delay), and prefetches never hold every reader: at
 most `readers - 1` run at once, so a demand miss starts on a free reader at once instead of waiting
 behind a prefetch (with one reader, a demand waits for at most the one record being read). A running
-prefetch that turned out mispredicted can be aborted between two chunks of its read (`abort`), so it
-stops taking disk bandwidth from the demand reads. A demand load that finds a reader idle hands it the
+prefetch reads in chunks (its `chunk`: GAP_CHUNK into a slab a demand miss may need next, else
+PREFETCH_CHUNK) until the wave it was predicted for confirms it (then the rest in one read); one that turned
+out mispredicted is aborted between two chunks (`abort`), and a demand load may take over its slab (`after`:
+it starts as soon as the aborted read has stopped), so a misprediction delays the demand read by at most
+one chunk. A demand load that finds a reader idle hands it the
 second half of its record (`assist`: both halves read and checksummed at once). The read, the checksum and the
 2-bit slab re-layout all run here, with the GIL released, so the decoding thread waits only when it
 needs a record that is not in yet.
@@ -36,6 +39,14 @@ class Assist:
         return self.result
 
 
+# bytes per read of an unconfirmed prefetch into a loader buffer (records of the synth models are read whole)
+PREFETCH_CHUNK = 4 << 20
+# ... into the slab the next demand miss needs ("gap" prefetch): on the EPYC box's disk 512 KiB reads run at
+# ~86% of whole 2.6 MB records (256 KiB ~67%, 1 MiB ~92%) and take ~0.4 ms, the most a misprediction delays
+# the demand read
+GAP_CHUNK = 512 << 10
+
+
 class LoadAborted(Exception):
     """A prefetch's read stopped part way because its record is no longer wanted."""
 
@@ -51,6 +62,12 @@ class LoadJob:
     nbytes: int = 0
     started: bool = False
     aborted: bool = False  # set by the cache: stop reading at the next chunk (prefetches only)
+    confirmed: bool = False  # set by the cache: the wave needs this prefetch, read the rest in one go
+    chunk: int = PREFETCH_CHUNK  # bytes per read until confirmed (prefetches)
+    # a load whose slab this one takes (an aborted prefetch, or a record used while its checksum runs): this
+    # one starts once that one has ended
+    after: "LoadJob | None" = None
+    handed: bool = False  # set by the cache: this load's slab went to a later load (`after`): not free, not resident
     timing: Any = None  # the load's own account of where its time went (runtime/expert_io.py ReadTiming)
     queued_at: float = 0.0  # perf_counter() when submitted, started and finished (the cache's timeline)
     started_at: float = 0.0
@@ -65,10 +82,12 @@ class LoadJob:
     landed: threading.Event | None = None
     unchecked: Any = None
 
-    def check(self) -> None:
-        """Called by the read between chunks: raises LoadAborted once the job is aborted."""
+    def check(self) -> int | None:
+        """Called by a prefetch's read before each chunk: raises LoadAborted once the job is aborted, else
+        the bytes to read next (None: the rest, once the wave confirmed it)."""
         if self.aborted:
             raise LoadAborted(self.key)
+        return None if self.confirmed else self.chunk
 
 
 @dataclass
@@ -177,6 +196,8 @@ class ExpertLoader:
                 self._running += 1
                 self._running_prefetch += prefetch
                 self.stats.most_in_flight = max(self.stats.most_in_flight, self._running)
+            if not helping and job.after is not None:
+                job.after.done.wait()  # the aborted prefetch whose slab this load reads into has stopped
             t0 = time.perf_counter()
             try:
                 if helping:

@@ -48,7 +48,9 @@ def build_report(engine) -> dict:
                    "loader_slabs": engine.plan.loader_slabs, "prefetch": engine.prefetch,
                    "prefetches": st.prefetches, "prefetch_used": st.prefetch_used, "prefetch_late": st.prefetch_late,
                    "prefetch_wasted_bytes": st.prefetch_wasted_bytes, "prefetch_cancelled": st.prefetch_cancelled,
-                   "prefetch_aborted": st.prefetch_aborted, "load_read_ms": st.load_read_ms,
+                   "prefetch_aborted": st.prefetch_aborted, "prefetch_evicting": st.prefetch_evicting,
+                   "prefetch_handovers": st.prefetch_handovers, "prefetch_chunk": cache.prefetch_chunk,
+                   "load_read_ms": st.load_read_ms,
                    "load_crc_ms": st.load_crc_ms, "load_place_ms": st.load_place_ms,
                    "first_parts": st.first_parts, "checked_later": st.checked_later,
                    "loader_busy_ms": cache.loader.stats.busy_ms if cache.loader else st.stall_ms,
@@ -101,8 +103,10 @@ def report_text(r: dict) -> str:
                   f"computed gate/up while down_proj read, {e['checked_later']} computed while their CRC ran "
                   f"(checked before the token)",
                   f"prefetch             {e['prefetch']} into {e['loader_slabs']} loader buffers: {e['prefetches']} "
-                  f"issued, {e['prefetch_used']} used ({e['prefetch_late']} late), {e['prefetch_cancelled']} cancelled, "
-                  f"{e['prefetch_aborted']} aborted, {format_bytes(e['prefetch_wasted_bytes'])} wasted"]
+                  f"issued ({e['prefetch_evicting']} into the slab of an expert needed later), {e['prefetch_used']} "
+                  f"used ({e['prefetch_late']} late), {e['prefetch_cancelled']} cancelled, {e['prefetch_aborted']} "
+                  f"aborted (chunks of {format_bytes(e['prefetch_chunk'])}; {e['prefetch_handovers']} demand reads "
+                  f"took their slab), {format_bytes(e['prefetch_wasted_bytes'])} wasted"]
     lines += [f"image encode         {t['image_encode_ms']:.1f} ms",
               f"time to first token  {t['ttft_ms']:.1f} ms",
               f"prompt               {r['prompt_tokens']} positions: {r['reused_tokens']} reused from the KV cache, "

@@ -157,3 +157,24 @@ def test_assist_runs_on_an_idle_reader_only():
         assert job.done.wait(WAIT) and job.error is None and job.result is None  # one reader: nobody to help
     finally:
         one.close()
+
+
+def test_a_load_after_an_aborted_prefetch_starts_once_that_prefetch_has_stopped():
+    """A demand load given `after` (it reads into that prefetch's slab) runs only once the prefetch ended."""
+    load = SlowPrefetches()
+    ended: list[tuple[int, int]] = []
+    loader = ExpertLoader(lambda job: (ended.append(job.key), load(job))[1], readers=2)
+    try:
+        prefetch = LoadJob((2, 1), slab=0, prefetch=True)
+        loader.submit(prefetch)
+        assert load.started_event((2, 1)).wait(WAIT)
+        demand = LoadJob((2, 3), slab=0, prefetch=False, after=prefetch)
+        loader.submit(demand)
+        time.sleep(0.05)
+        assert not load.started_event((2, 3)).is_set()  # a reader is free, but the slab is still being written
+        loader.abort(prefetch)
+        assert demand.done.wait(WAIT) and demand.error is None
+        assert isinstance(prefetch.error, LoadAborted) and prefetch.ended_at <= demand.started_at
+    finally:
+        load.release.set()
+        loader.close()

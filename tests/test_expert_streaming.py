@@ -1,8 +1,9 @@
 """The expert loader and router-lookahead prefetch change when records are read, never what is computed:
 identical greedy tokens with the serial loader, the thread loader, and the thread loader with
-lookahead prefetch one and two MoE layers ahead, at budgets from the minimum to every expert cached
-(with evictions below full). Every mode at a slab count gets the budget of that many slabs: with
-prefetch, top_k of them per layer ahead are the plan's loader buffers."""
+lookahead prefetch one and two MoE layers ahead and the "gap" prefetch (one ahead, into the slabs waves
+free), at budgets from the minimum to every expert cached (with evictions below full). Every mode at a slab
+count gets the budget of that many slabs: with lookahead prefetch, top_k of them per layer ahead are the
+plan's loader buffers; the gap prefetch has none."""
 
 from __future__ import annotations
 
@@ -13,16 +14,16 @@ import pytest
 
 from mote_edge.format import MoteFile
 from mote_edge.runtime.budget import BudgetError
-from mote_edge.runtime.engine import Engine, lookahead_pays
-from mote_edge.runtime.expert_cache import PREFETCH_DEPTH
+from mote_edge.runtime.engine import GAP_PAYS_CHUNKS, Engine, gap_prefetch_pays, lookahead_pays
+from mote_edge.runtime.expert_cache import PREFETCH_BUFFERED
 from mote_edge.errors import FormatError
 from mote_edge.runtime.expert_io import ExpertReader, crc32_combine
-from mote_edge.runtime.expert_loader import ExpertLoader
+from mote_edge.runtime.expert_loader import GAP_CHUNK, PREFETCH_CHUNK, ExpertLoader, LoadAborted, LoadJob
 from mote_edge.runtime.hugepages import huge_buffer
 from mote_edge.runtime.plan import loader_slabs, plan_file
 
 PROMPT = "What color is the circle? Is it left or right of the star?"
-MODES = [("serial", "none"), ("thread", "none"), ("thread", "lookahead"), ("thread", "lookahead2")]
+MODES = [("serial", "none"), ("thread", "none"), ("thread", "lookahead"), ("thread", "lookahead2"), ("thread", "gap")]
 
 
 def _budgets(mote):
@@ -34,7 +35,7 @@ def _budgets(mote):
         for n in sorted({top_k, top_k + 1, 2 * top_k, 3 * top_k, total // 2, total}):
             budgets = {}
             for mode in MODES:
-                buffers = loader_slabs(f.config, PREFETCH_DEPTH[mode[1]]) if n < total else 0
+                buffers = loader_slabs(f.config, PREFETCH_BUFFERED[mode[1]]) if n < total else 0
                 if n - buffers >= top_k:
                     budgets[mode] = plan_file(f, 256, n - buffers, vision=False, loader_slabs=buffers).total_bytes
             out.append((n, budgets))
@@ -50,14 +51,15 @@ def _run(mote, budget, loader, prefetch):
 
 def test_same_tokens_with_and_without_prefetch_at_every_budget(tiny_b4_mote):
     budgets, total, top_k = _budgets(tiny_b4_mote)
-    issued = {"lookahead": 0, "lookahead2": 0}
+    issued = {"lookahead": 0, "lookahead2": 0, "gap": 0}
+    gap_at_minimum = None
     for slabs, mode_budgets in budgets:
         results = {mode: _run(tiny_b4_mote, budget, *mode) for mode, budget in mode_budgets.items()}
         reference, serial = results[("serial", "none")]
         for mode, (ids, experts) in results.items():
             assert ids == reference, (slabs, mode)
             assert experts["slabs"] == slabs
-            assert experts["loader_slabs"] == (0 if slabs == total else top_k * PREFETCH_DEPTH[mode[1]])
+            assert experts["loader_slabs"] == (0 if slabs == total else top_k * PREFETCH_BUFFERED[mode[1]])
             if slabs < total:
                 assert experts["evictions"] > 0, (slabs, mode)
         # the thread loader without prefetch reads exactly what the serial one reads
@@ -68,7 +70,13 @@ def test_same_tokens_with_and_without_prefetch_at_every_budget(tiny_b4_mote):
             if prefetch != "none":
                 assert experts["prefetch_used"] <= experts["prefetches"]
                 issued[prefetch] += experts["prefetches"]
+        if slabs == top_k:
+            gap_at_minimum = results[("thread", "gap")][1]
     assert all(n > 0 for n in issued.values()), issued
+    # at the minimum every slab holds the running wave's experts: each gap prefetch takes a slab freed at a
+    # wave's end, from an expert needed later
+    assert gap_at_minimum["prefetches"] > 0
+    assert gap_at_minimum["prefetch_evicting"] == gap_at_minimum["prefetches"]
 
 
 def test_prefetch_below_its_minimum_names_the_loader_buffers(tiny_b4_mote):
@@ -88,6 +96,44 @@ def test_both_io_paths_read_the_same_bytes(tiny_b4_mote, direct):
         reader.read_into(layer, expert, buf)
         assert bytes(buf[:entry.nbytes]) == bytes(f.read_expert_record(layer, expert))
         reader.close()
+
+
+@pytest.mark.parametrize("chunks", [[4096], [4096, 8192, None], [GAP_CHUNK], [1 << 30]])
+def test_a_chunked_read_lands_the_record_whole_and_checked(tiny_b4_mote, chunks):
+    """An abortable read asks `check()` for each chunk's length (None: the rest): the same bytes as one read,
+    `early()` once with the leading tensors in, `landed()` once before the checksum."""
+    with MoteFile(tiny_b4_mote) as f:
+        reader = ExpertReader(f, direct=True)
+        if reader.io_path != "direct":
+            pytest.skip("the filesystem refuses O_DIRECT: no chunked reads")
+        (layer, expert), entry = next(iter(f.experts.items()))
+        buf = huge_buffer(-(-entry.nbytes // 4096) * 4096)
+        asked, calls = [], []
+
+        def check():
+            asked.append(chunks[min(len(asked), len(chunks) - 1)])
+            return asked[-1]
+
+        def early():
+            calls.append(("early", bytes(buf[:entry.tensors[-1].offset]) ==
+                          bytes(f.read_expert_record(layer, expert))[:entry.tensors[-1].offset]))
+
+        reader.read_into(layer, expert, buf, check=check, early=early, landed=lambda: calls.append(("landed", True)))
+        assert bytes(buf[:entry.nbytes]) == bytes(f.read_expert_record(layer, expert))
+        assert calls == [("early", True), ("landed", True)]
+        full = -(-entry.nbytes // 4096) * 4096
+        assert len(asked) == (1 if chunks[0] in (None, 1 << 30) else min(len(asked), -(-full // chunks[0])))
+        reader.close()
+
+
+def test_a_prefetch_reads_in_chunks_until_its_wave_confirms_it():
+    job = LoadJob((0, 1), 0, prefetch=True, chunk=GAP_CHUNK)
+    assert job.check() == GAP_CHUNK
+    job.confirmed = True
+    assert job.check() is None  # the rest in one read
+    job.aborted = True
+    with pytest.raises(LoadAborted):
+        job.check()
 
 
 @pytest.mark.parametrize("lengths", [(0, 5), (1, 1), (4096, 12345), (8191, 4096), (70000, 0)])
@@ -178,3 +224,32 @@ def test_auto_prefetch_runs_lookahead2_where_the_budget_holds_its_buffers(tiny_b
 ])
 def test_auto_prefetch_runs_lookahead_only_from_half_the_experts(cache, buffers, total, runs):
     assert lookahead_pays(cache, buffers, total) is runs
+
+
+MiB = 1 << 20
+
+
+@pytest.mark.parametrize("cache, minimum, record, runs", [
+    (1, 1, 7.9 * MiB, True),                      # the 1.5B at its minimum: 16 chunks a record
+    (1, 1, 2.5 * MiB, False),                     # the 0.5B: 5 chunks, as fast as none
+    (1, 1, GAP_PAYS_CHUNKS * GAP_CHUNK, True),    # the threshold
+    (1, 1, GAP_PAYS_CHUNKS * GAP_CHUNK - 4096, False),
+    (2, 1, 7.9 * MiB, False),                     # above the minimum: not measured, none
+    (2, 2, 7.9 * MiB, True),                      # top-2 at its minimum
+])
+def test_auto_runs_the_gap_prefetch_at_the_minimum_with_large_records(cache, minimum, record, runs):
+    assert gap_prefetch_pays(cache, minimum, int(record)) is runs
+
+
+def test_auto_picks_the_gap_prefetch_by_the_rule_and_its_plan_has_no_buffers(tiny_b4_mote, monkeypatch):
+    import mote_edge.runtime.engine as engine_module
+
+    with MoteFile(tiny_b4_mote) as f:
+        top_k = f.config.moe.top_k_experts
+        budget = plan_file(f, 256, top_k, vision=False).total_bytes
+    for chunks, want in ((GAP_PAYS_CHUNKS, "none"), (0, "gap")):  # the tiny model's records are small
+        monkeypatch.setattr(engine_module, "GAP_PAYS_CHUNKS", chunks)
+        with Engine.load(tiny_b4_mote, memory_budget=budget, threads=1, max_context=256, vision=False) as engine:
+            assert engine.prefetch == want
+            assert engine.plan.loader_slabs == 0 and len(engine.experts.slabs) == top_k
+            assert engine.experts.prefetch_chunk == (GAP_CHUNK if want == "gap" else PREFETCH_CHUNK)

@@ -52,7 +52,8 @@ def expert_heavy_mote(tmp_path_factory):
 # same top_k experts, so their SwiGLU runs over the whole chunk, as the plan's scratch allows): the 16
 # slabs all fill and the cache evicts on almost every use. With "ignore-budget" the ExpertCache is replaced, in this process only, by one
 # that takes a slab per expert whatever the plan says. With "prefetch" the router lookahead reads into the
-# plan's loader buffers beside the cache (its random router mispredicts the round robin: wasted reads).
+# plan's loader buffers beside the cache (its random router mispredicts the round robin: wasted reads); with
+# "gap" into the cache's own slabs as waves free them (no buffers).
 RUN = r"""
 import json, sys
 import numpy as np
@@ -79,7 +80,7 @@ if mode == "ignore-budget":
         def __init__(self, f, slabs, *args, **kwargs):
             super().__init__(f, len(f.experts), *args, **kwargs)
     engine_module.ExpertCache = BudgetIgnoringCache
-prefetch = "lookahead" if mode == "prefetch" else "none"
+prefetch = {"prefetch": "lookahead", "gap": "gap"}.get(mode, "none")
 with Engine.load(path, memory_budget=budget, threads=1, max_context=context, vision=False, prefetch=prefetch) as engine:
     for layer in engine.decoder.layers:
         if isinstance(layer.mlp, MoE):
@@ -137,6 +138,11 @@ def test_peak_rss_fills_a_budget_that_caches_a_quarter_of_the_experts_and_a_budg
     prefetch = _run(expert_heavy_mote, budget, "prefetch")
     assert prefetch["slabs"] == total // 4 and prefetch["loader_slabs"] == 2 and prefetch["prefetches"] > 0
     assert _within(prefetch["peak_over_baseline"], budget, slack), (prefetch, budget, slack)
+
+    # the gap prefetch reads into the cache's own slabs: the same 16, no buffers, nothing beside them
+    gap = _run(expert_heavy_mote, budget, "gap")
+    assert gap["slabs"] == total // 4 and gap["loader_slabs"] == 0 and gap["prefetches"] > 0
+    assert _within(gap["peak_over_baseline"], budget, slack), (gap, budget, slack)
 
     control = _run(expert_heavy_mote, budget, "ignore-budget")
     assert control["slabs"] == total and control["experts_used"] == total
