@@ -87,12 +87,15 @@ TGT INLINE void tile(const mote_intn_args *a, const rowview *r, float *fac, int3
  * into a buffer; each row then sums its ng products. No per-group broadcast / convert, no
  * per-row horizontal integer sum in the hot loop. */
 #define DPBUSD(acc, a, b) __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b))
-/* GEMV software prefetch distance in bytes of the weight stream: 8 KiB ahead for 2 / 3 / 4-bit groups,
+/* GEMV software prefetch distance in bytes of the weight stream: 12 KiB ahead for 2 / 3 / 4-bit groups,
  * 1 KiB (8 groups of 128 bytes) for 8-bit ones. Cold GEMV on Zen 4 (EPYC family 25 model 17; 1 thread,
- * huge pages, DRAM probe 35 GB/s; docs/KERNELS.md section 4): int4 22 -> 28 GB/s at every 0.5B shape going from 4 to 8 KiB,
- * int8 (the 0.5B lm_head) 22 -> 27 GB/s going from 4 KiB to 1 KiB. */
+ * huge pages; docs/KERNELS.md section 4): int4 22 -> 28 GB/s at every 0.5B shape going from 4 to 8 KiB
+ * (DRAM probe 35 GB/s); a decode step's int4 matrices in their order (q/k/v, o, gate/up, down of 24 layers,
+ * each read once; 2026-12-05, probe 35.5 GB/s) 8 -> 12 KiB: q/k/v 24.8 -> 25.7, o 25.2 -> 26.9, gate/up
+ * 27.0 -> 28.9, down 28.0 -> 30.0 GB/s (16 KiB in between, none 20-24); int8 (the 0.5B lm_head) 22 -> 27 GB/s
+ * going from 4 KiB to 1 KiB (768 B, 2 KiB and none: level with 1 KiB). */
 #ifndef MOTE_INTN_PF
-#define MOTE_INTN_PF 8192
+#define MOTE_INTN_PF 12288
 #endif
 #ifndef MOTE_INTN_PF8
 #define MOTE_INTN_PF8 1024
@@ -200,8 +203,18 @@ TGT static inline __attribute__((always_inline)) void flat_products(const mote_i
     }
 }
 
-/* sum of the ng products of one row */
+/* sum of the ng products of one row. ng <= 8 (K <= 1024: the q/k/v, gate/up and lm_head rows at 0.5B) in
+ * 256-bit halves: one row sum per 7 groups is a tenth of such a row's instructions, and the 512-bit masked
+ * load + reduction cost twice the 256-bit one on Zen 4 (a decode step's q/k/v 22.5 -> 24.6 GB/s, gate/up
+ * 25.5 -> 26.5 cold on 2026-12-05, probe 32.6 GB/s) */
 TGT static inline float row_sum(const float *prod, int ng) {
+    if (ng <= 8) {
+        const __m256 v = _mm256_maskz_loadu_ps((__mmask8)((1u << ng) - 1), prod);
+        __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        q = _mm_add_ss(q, _mm_movehdup_ps(q));
+        return _mm_cvtss_f32(q);
+    }
     __m512 acc = _mm512_setzero_ps();
     for (int g = 0; g < ng; g += 16) {
         __mmask16 m = ng - g >= 16 ? 0xFFFF : (__mmask16)((1u << (ng - g)) - 1);

@@ -60,6 +60,15 @@ float mote_dot_f32_i8_scalar(const float *a, const int8_t *b, int n) {
     return sum_lanes(acc);
 }
 
+/* 8 dots against 8 rows b + r stride (r = 0..7) at once: out[r] = mote_dot_f32(a, b + r stride, n) */
+void mote_dot8_f32_scalar(const float *a, const float *b, int64_t stride, int n, float *out) {
+    for (int r = 0; r < 8; r++) out[r] = mote_dot_f32_scalar(a, b + r * stride, n);
+}
+
+void mote_dot8_f32_i8_scalar(const float *a, const int8_t *b, int64_t stride, int n, float *out) {
+    for (int r = 0; r < 8; r++) out[r] = mote_dot_f32_i8_scalar(a, b + r * stride, n);
+}
+
 #if defined(__x86_64__)
 __attribute__((target("avx2"))) static float dot_f32_avx2(const float *a, const float *b, int n) {
     __m256 acc = _mm256_setzero_ps();
@@ -82,6 +91,45 @@ __attribute__((target("avx2"))) static float dot_f32_i8_avx2(const float *a, con
     _mm256_storeu_ps(lanes, acc);
     for (int j = 0; k + j < n; j++) lanes[j] += a[k + j] * (float)b[k + j];
     return sum_lanes(lanes);
+}
+
+/* the 8 rows' sums run side by side (8 independent add chains, a's loads shared), each in the scalar
+ * dot's order: lane j over k = j, j + 8, ..., the tail into lanes 0.., then the lanes in order */
+__attribute__((target("avx2"))) static void dot8_f32_avx2(const float *a, const float *b, int64_t stride, int n,
+                                                         float *out) {
+    __m256 acc[8];
+    for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + LANES <= n; k += LANES) {
+        const __m256 av = _mm256_loadu_ps(a + k);
+        for (int r = 0; r < 8; r++) acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(av, _mm256_loadu_ps(b + r * stride + k)));
+    }
+    float lanes[8][LANES];
+    for (int r = 0; r < 8; r++) {
+        _mm256_storeu_ps(lanes[r], acc[r]);
+        for (int j = 0; k + j < n; j++) lanes[r][j] += a[k + j] * b[r * stride + k + j];
+    }
+    for (int r = 0; r < 8; r++) out[r] = sum_lanes(lanes[r]);
+}
+
+__attribute__((target("avx2"))) static void dot8_f32_i8_avx2(const float *a, const int8_t *b, int64_t stride, int n,
+                                                            float *out) {
+    __m256 acc[8];
+    for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + LANES <= n; k += LANES) {
+        const __m256 av = _mm256_loadu_ps(a + k);
+        for (int r = 0; r < 8; r++) {
+            const __m256 bf = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(b + r * stride + k))));
+            acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(av, bf));
+        }
+    }
+    float lanes[8][LANES];
+    for (int r = 0; r < 8; r++) {
+        _mm256_storeu_ps(lanes[r], acc[r]);
+        for (int j = 0; k + j < n; j++) lanes[r][j] += a[k + j] * (float)b[r * stride + k + j];
+    }
+    for (int r = 0; r < 8; r++) out[r] = sum_lanes(lanes[r]);
 }
 #endif
 
@@ -279,10 +327,11 @@ __attribute__((target("avx2"))) static void pv_i8_avx2(float *o, const float *p,
 mote_dot_fns mote_dot_for(mote_path p) {
 #if defined(__x86_64__)
     if (p == MOTE_PATH_AVX2 || p == MOTE_PATH_AVX512)
-        return (mote_dot_fns){dot_f32_avx2, dot_f32_i8_avx2, silu_mul_avx2, exp_shift_avx2, scores_kt_avx2,
+        return (mote_dot_fns){dot_f32_avx2, dot_f32_i8_avx2, dot8_f32_avx2, dot8_f32_i8_avx2, silu_mul_avx2, exp_shift_avx2, scores_kt_avx2,
                               pv_f32_avx2, pv_i8_avx2};
 #endif
-    return (mote_dot_fns){mote_dot_f32_scalar, mote_dot_f32_i8_scalar, mote_silu_mul_scalar, mote_exp_shift_scalar,
+    return (mote_dot_fns){mote_dot_f32_scalar, mote_dot_f32_i8_scalar, mote_dot8_f32_scalar, mote_dot8_f32_i8_scalar,
+                          mote_silu_mul_scalar, mote_exp_shift_scalar,
                           mote_scores_kt_scalar, mote_pv_f32_scalar, mote_pv_i8_scalar};
 }
 
@@ -425,17 +474,21 @@ static void attn_task(void *ctx, int i, int n) {
                 j->dot.scores_kt(q + (int64_t)h * D, j->kt + (int64_t)g * j->nblk * D * LANES, D, nb, p);
                 for (int s = 0; s < S; s++) p[s] = (L->kv_bits == 32 ? p[s] : p[s] * L->kv_scales[row0 + s]) * scale;
             }
-        } else {                                                             /* scores [group, S] */
-            for (int s = 0; s < S; s++) {
-                for (int h = 0; h < group; h++) {
-                    float dot;
-                    if (L->kv_bits == 32) {
-                        dot = j->dot.f32(q + (int64_t)h * D, (const float *)L->kv + (row0 + s) * D, D);
-                    } else {
-                        dot = j->dot.f32_i8(q + (int64_t)h * D, (const int8_t *)L->kv + (row0 + s) * D, D) *
-                              L->kv_scales[row0 + s];
-                    }
-                    sc[(int64_t)h * S + s] = dot * scale;
+        } else {                                                             /* scores [group, S], 8 rows at a time */
+            for (int h = 0; h < group; h++) {
+                const float *qh = q + (int64_t)h * D;
+                float *p = sc + (int64_t)h * S;
+                int s = 0;
+                if (L->kv_bits == 32) {
+                    const float *K = (const float *)L->kv + row0 * D;
+                    for (; s + 8 <= S; s += 8) j->dot.f32_rows8(qh, K + (int64_t)s * D, D, D, p + s);
+                    for (; s < S; s++) p[s] = j->dot.f32(qh, K + (int64_t)s * D, D);
+                    for (s = 0; s < S; s++) p[s] = p[s] * scale;
+                } else {
+                    const int8_t *K = (const int8_t *)L->kv + row0 * D;
+                    for (; s + 8 <= S; s += 8) j->dot.f32_i8_rows8(qh, K + (int64_t)s * D, D, D, p + s);
+                    for (; s < S; s++) p[s] = j->dot.f32_i8(qh, K + (int64_t)s * D, D);
+                    for (s = 0; s < S; s++) p[s] = p[s] * L->kv_scales[row0 + s] * scale;
                 }
             }
         }

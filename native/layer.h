@@ -44,13 +44,15 @@ void mote_gemv_f32(const float *W, const float *x, int N, int K, float *y, int t
 
 /* The layer's vector helpers; the AVX2 versions (x86-64 avx2 / avx512 paths) are bit-identical to the
  * scalar ones. f32 / f32_i8: sum_k a[k] b[k] in 8 partial sums (lane j: k = j, j + 8, ...), then the
- * lanes in order. silu_mul: g[i] = g[i] / (1 + exp(-g[i])) * u[i]. exp_shift: x[i] = exp(x[i] - m).
+ * lanes in order; f32_rows8 / f32_i8_rows8: out[r] = f32(a, b + r stride, n) for 8 rows r (decode scores). silu_mul: g[i] = g[i] / (1 + exp(-g[i])) * u[i]. exp_shift: x[i] = exp(x[i] - m).
  * exp is Cephes' expf polynomial (layer.c), within ~1 ulp of expf on [-88.37, 88.37].
  * scores_kt: out[8 b + j] = sum_d q[d] kt[(b D + d) 8 + j] for nb blocks of 8 keys, each in d order.
  * pv_f32 / pv_i8: o[d] = sum_s p[s] (vs[s]) v[s D + d], in s order from 0. */
 typedef struct {
     float (*f32)(const float *a, const float *b, int n);
     float (*f32_i8)(const float *a, const int8_t *b, int n);
+    void (*f32_rows8)(const float *a, const float *b, int64_t stride, int n, float *out);
+    void (*f32_i8_rows8)(const float *a, const int8_t *b, int64_t stride, int n, float *out);
     void (*silu_mul)(float *g, const float *u, int n);
     void (*exp_shift)(float *x, float m, int n);
     void (*scores_kt)(const float *q, const float *kt, int D, int nb, float *out);
@@ -59,6 +61,8 @@ typedef struct {
 } mote_dot_fns;
 float mote_dot_f32_scalar(const float *a, const float *b, int n);
 float mote_dot_f32_i8_scalar(const float *a, const int8_t *b, int n);
+void mote_dot8_f32_scalar(const float *a, const float *b, int64_t stride, int n, float *out);
+void mote_dot8_f32_i8_scalar(const float *a, const int8_t *b, int64_t stride, int n, float *out);
 void mote_silu_mul_scalar(float *g, const float *u, int n);
 void mote_exp_shift_scalar(float *x, float m, int n);
 void mote_scores_kt_scalar(const float *q, const float *kt, int D, int nb, float *out);

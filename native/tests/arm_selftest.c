@@ -234,6 +234,27 @@ static void check_dots(int n, int kind) {
     }
     free(silu_ref), free(silu), free(exp_ref), free(ex), free(sa);
 
+    /* 8 rows at once (decode scores): rows of n at a stride of n + 3 */
+    const int64_t st = n + 3;
+    float *rows = malloc(sizeof(float) * (size_t)(8 * st + 1)), rw_ref[2][8], rw[2][8];
+    int8_t *rows8 = malloc((size_t)(8 * st + 1));
+    fill_x(rows, (size_t)(8 * st), X_NORMAL);
+    fill_bytes((uint8_t *)rows8, (size_t)(8 * st), W_RANDOM);
+    ref.f32_rows8(a, rows, st, n, rw_ref[0]);
+    ref.f32_i8_rows8(a, rows8, st, n, rw_ref[1]);
+    for (int r = 0; r < 8; r++) {   /* the scalar rows8 is 8 scalar dots */
+        const float d32 = ref.f32(a, rows + r * st, n), d8 = ref.f32_i8(a, rows8 + r * st, n);
+        if (memcmp(&d32, &rw_ref[0][r], sizeof d32) || memcmp(&d8, &rw_ref[1][r], sizeof d8)) exit(4);
+    }
+    for (int i = 0; i < nsimd; i++) {
+        const mote_dot_fns fn = mote_dot_for(simd[i]);
+        fn.f32_rows8(a, rows, st, n, rw[0]);
+        fn.f32_i8_rows8(a, rows8, st, n, rw[1]);
+        snprintf(what, sizeof what, "dot 8 rows n=%d x=%s", n, xkind_name[kind]);
+        compare(rw_ref, rw, sizeof rw, simd[i], what);
+    }
+    free(rows), free(rows8);
+
     /* attention's inner loops: q [n] against 3 transposed key blocks [3, n, 8]; p [n] over n value rows of 43 */
     enum { NB = 3, PD = 43 };
     float *kt = malloc(sizeof(float) * ((size_t)NB * n * 8 + 1)), *v = malloc(sizeof(float) * ((size_t)n * PD + 1));
