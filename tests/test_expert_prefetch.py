@@ -16,12 +16,11 @@ from mote_edge.runtime.expert_cache import ExpertCache
 WAIT = 5.0
 
 
-@pytest.fixture
-def gated_cache(tiny_b4_mote):
-    """An ExpertCache of the tiny model (MoE layers 0 and 2, 4 experts each) whose prefetch reads run
-    until the gate opens (or they are aborted); demand reads run at once."""
+def _gated(tiny_b4_mote, slabs: int):
+    """An ExpertCache of the tiny model (MoE layers 0 and 2, 4 experts each) on `slabs` slabs whose prefetch
+    reads run until the gate opens (or they are aborted); demand reads run at once."""
     f = MoteFile(tiny_b4_mote)
-    cache = ExpertCache(f, slabs=4, threads=1, layout="file", loader="thread")
+    cache = ExpertCache(f, slabs=slabs, threads=1, layout="file", loader="thread")
     gate, started = threading.Event(), threading.Event()
     load = cache.loader._load
 
@@ -38,6 +37,11 @@ def gated_cache(tiny_b4_mote):
     gate.set()
     cache.release()
     f.close()
+
+
+@pytest.fixture
+def gated_cache(tiny_b4_mote):
+    yield from _gated(tiny_b4_mote, slabs=4)
 
 
 def test_a_prefetch_for_a_later_layer_survives_a_wave_with_misses(gated_cache):
@@ -89,24 +93,7 @@ def _reference(mote, key, x):
 @pytest.fixture
 def gated_gap_cache(tiny_b4_mote):
     """The gated cache of one slab: the gap prefetch's only room is the slab a wave frees at its end."""
-    f = MoteFile(tiny_b4_mote)
-    cache = ExpertCache(f, slabs=1, threads=1, layout="file", loader="thread")
-    gate, started = threading.Event(), threading.Event()
-    load = cache.loader._load
-
-    def gated(job):
-        if job.prefetch:
-            started.set()
-            while not gate.is_set():
-                job.check()
-                time.sleep(0.001)
-        return load(job)
-
-    cache.loader._load = gated
-    yield cache, gate, started
-    gate.set()
-    cache.release()
-    f.close()
+    yield from _gated(tiny_b4_mote, slabs=1)
 
 
 def test_a_gap_prefetch_takes_the_slab_a_wave_frees_and_the_next_wave_uses_it(gated_gap_cache):
