@@ -200,8 +200,7 @@ class ExpertCache:
         misses = any(k not in self.resident and k not in self.loading for k in self.pending)
         for key, job in list(self.loading.items()):  # this layer's mispredicted prefetches (later layers' wait)
             if key in self.wave and key in self.prefetched:  # predicted right: the rest in one read, or first
-                job.confirmed = True
-                self.loader.promote(job)
+                self._confirm(job)
             if not job.prefetch or key[0] != layer or key in self.wave:
                 continue
             if self.loader.cancel(job):  # not started: its slab is free
@@ -237,6 +236,11 @@ class ExpertCache:
                        if (layer, e) not in self.resident and (layer, e) not in self.loading]
         self._pump()
 
+    def _confirm(self, job: LoadJob) -> None:
+        """A prefetch its wave routed to: read the rest of it in one go, ahead of later prefetches."""
+        job.confirmed = True
+        self.loader.promote(job)
+
     def _touch(self, key: Key) -> None:
         self.clock += 1
         self.last[key] = self.clock
@@ -262,9 +266,7 @@ class ExpertCache:
             return self.resident[key][1]
         t0 = time.perf_counter()
         if key in self.loading and key in self.prefetched:
-            job = self.loading[key]
-            job.confirmed = True
-            self.loader.promote(job)
+            self._confirm(self.loading[key])
             self.prefetched.discard(key)
             self.stats.prefetch_used += 1
             self.stats.prefetch_late += 1
