@@ -75,6 +75,22 @@ def decode(mote: Path, budget: int | None, tokens: int, threads: int, loader: st
             "prefetch_evicting": e["prefetch_evicting"], "prefetch_handovers": e["prefetch_handovers"]}
 
 
+def policy_ab(mote: Path, tokens: int, threads: int, rounds: int, routing: dict, policies=("layer", "expected")) -> None:
+    """Two cache policies at half the experts (fitted routing, thread loader, no prefetch), one Engine per
+    run, alternated ABBA in this process: the medians of decode tok/s, hit rate and stall."""
+    budget = budgets_of(mote)["half"]
+    runs: dict = {p: [] for p in policies}
+    for r in range(rounds):
+        for pol in policies if r % 2 == 0 else policies[::-1]:
+            runs[pol].append(decode(mote, budget, tokens, threads, "thread", "none", routing, cache_policy=pol))
+            d = runs[pol][-1]
+            print(f"{pol:9s} {d['tok_s']:6.2f} tok/s, hit {100 * d['hit_rate']:4.1f}%, stall {d['stall_ms']:5.0f} ms", flush=True)
+    for pol, ds in runs.items():
+        print(f"{pol:9s} median {statistics.median(d['tok_s'] for d in ds):6.2f} tok/s, hit "
+              f"{100 * statistics.median(d['hit_rate'] for d in ds):4.1f}%, stall "
+              f"{statistics.median(d['stall_ms'] for d in ds):5.0f} ms")
+
+
 def direct_read_probe(mote: Path, seconds: float = 2.0) -> float:
     """O_DIRECT random reads of whole expert records, one thread: bytes per second."""
     from mote_edge.format import MoteFile
@@ -123,8 +139,13 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=100, help="tiny-MoTE prompts to fit the routing on")
     ap.add_argument("--budgets", default=",".join(MODES), help="comma list of " + ", ".join(MODES))
     ap.add_argument("--cache-policy", default=DEFAULT_POLICY, choices=RUNTIME_POLICIES, help="every run's eviction policy")
+    ap.add_argument("--policy-ab", type=int, default=0, metavar="ROUNDS",
+                    help="instead: layer against expected at half the experts, ROUNDS alternated runs each")
     args = ap.parse_args()
     routing = fitted_routing(args.questions)
+    if args.policy_ab:
+        policy_ab(args.mote, args.tokens, args.threads, args.policy_ab, routing)
+        return
     budgets = {k: v for k, v in budgets_of(args.mote).items() if k in args.budgets.split(",")}
     runs: dict = {b: {f"{l}/{p}": [] for l, p in MODES[b]} for b in budgets}
     probes = []
