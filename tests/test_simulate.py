@@ -79,7 +79,8 @@ def test_lru_and_lfu_match_independent_implementations_on_random_traces(seed):
 
 def expected_oracle(waves, slabs):
     """The `expected` policy written out on its own: per layer, waves, routings per expert, and the repeat
-    rate of the last wave's experts at the next; evict the largest layer distance + n (1 / p - 1)."""
+    rate of the last wave's experts at the next (all equal below 16 waves of the layer); evict the largest
+    layer distance + n (1 / p - 1)."""
     cycle = {layer: i for i, layer in enumerate(sorted({w.layer for w in waves}))}
     n = len(cycle)
     visits, routed, prev, carried, repeated = {}, {}, {}, {}, {}
@@ -95,7 +96,9 @@ def expected_oracle(waves, slabs):
             routed[(layer, e)] = routed.get((layer, e), 0) + 1
 
         def distance(k):
-            if k[1] in prev[k[0]]:
+            if visits[k[0]] < 16:
+                p = 0.5
+            elif k[1] in prev[k[0]]:
                 p = (repeated.get(k[0], 0) + 0.5) / (carried.get(k[0], 0) + 1)
             else:
                 p = (routed.get(k, 0) + 0.5) / (visits[k[0]] + 1)
@@ -136,6 +139,12 @@ def test_expected_matches_an_independent_implementation(seed):
     for slabs in (1, 2, 3, 5, 8, 13, 20, 32):
         sim = simulate(waves, slabs, "expected")
         assert (sim["hits"], sim["misses"]) == expected_oracle(waves, slabs), slabs
+
+
+def test_expected_is_the_layer_rule_for_a_layer_s_first_waves():
+    waves = sticky_trace(5, tokens=15)
+    for slabs in (3, 8, 17):
+        assert simulate(waves, slabs, "expected")["hits"] == simulate(waves, slabs, "layer")["hits"]
 
 
 def test_expected_beats_layer_on_skewed_sticky_routing():
