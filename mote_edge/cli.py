@@ -16,6 +16,7 @@ import typer
 from mote_edge import __version__
 from mote_edge.errors import MoteError
 from mote_edge.presets import PRESETS
+from mote_edge.runtime.cache_policy import DEFAULT_POLICY
 
 app = typer.Typer(
     name="mote-edge",
@@ -113,11 +114,12 @@ def run(
                                                                 "(exactly --max-new-tokens; for benchmarks)."),
     threads: Optional[int] = typer.Option(None, help="Threads for the kernels (default: all cores)."),
     max_context: Optional[int] = typer.Option(None, help="Context positions to plan for (default: min(model's, 4096))."),
-    cache_policy: str = typer.Option("layer", help="Expert eviction when the cache is full: layer (evict the expert "
-                                                   "whose MoE layer runs again last; default), expected (the "
-                                                   "expert whose next use is expected last, from the routing "
-                                                   "seen so far), lru or lfu. Compare them on a trace with "
-                                                   "`mote-edge simulate`."),
+    cache_policy: str = typer.Option(DEFAULT_POLICY, help="Expert eviction when the cache is full: expected (evict "
+                                                          "the expert whose next use is expected last, from its "
+                                                          "layer's place in the cycle and the routing seen so far; "
+                                                          "default), layer (the expert whose MoE layer runs again "
+                                                          "last), lru or lfu. Compare them on a trace with "
+                                                          "`mote-edge simulate`."),
     expert_layout: str = typer.Option("auto", help="How cached experts are laid out: file (the stored 1.6-bit "
                                                    "trits), slab2 (re-laid to 2 bits per trit when loaded: 25% "
                                                    "more memory, a faster kernel), auto (slab2 when the budget "

@@ -19,7 +19,7 @@ from __future__ import annotations
 Key = tuple[int, int]  # (layer, expert)
 POLICIES = ("lru", "lfu", "layer", "expected", "belady")
 RUNTIME_POLICIES = ("lru", "lfu", "layer", "expected")
-DEFAULT_POLICY = "layer"
+DEFAULT_POLICY = "expected"  # wins the replays and the runtime A/Bs (docs/BENCHMARKS.md, "Prefetch replay")
 
 
 # A layer's first waves say little about its routing: counts of a few waves evicted worse than the layer

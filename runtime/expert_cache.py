@@ -1,5 +1,5 @@
 """The routed-expert cache: fixed slabs, one read per miss, a pluggable eviction policy
-(runtime/cache_policy.py; default "layer", LRU available), honest counters.
+(runtime/cache_policy.py; default "expected"), honest counters.
 
 A miss reads the expert's whole record into a free (or evicted) slab (runtime/expert_io.py: O_DIRECT
 where the filesystem allows it, else preadv + posix_fadvise DONTNEED, so the kernel never keeps a
