@@ -10,6 +10,7 @@
 #include "cpu.h"
 #include "kernels.h"
 #include "layer.h"
+#include "scratch.h"
 #include "threads.h"
 
 static PyObject *py_cpu_features(PyObject *self, PyObject *noargs) {
@@ -468,6 +469,10 @@ static PyObject *py_crc32(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLong(out);
 }
 
+static PyObject *py_scratch_held(PyObject *self, PyObject *noargs) {
+    return PyLong_FromSize_t(mote_scratch_held());
+}
+
 static PyObject *py_crc32_path(PyObject *self, PyObject *noargs) {
     return PyUnicode_FromString(mote_crc32_simd() ? "clmul" : "scalar");
 }
@@ -509,6 +514,8 @@ static PyMethodDef native_methods[] = {
      "ffn_gate_up(h f32[H], act f32[I], coef, gate_up specs, None, threads): act = silu(gate h) * up h (coef unused)."},
     {"ffn_down", py_ffn_down, METH_VARARGS,
      "ffn_down(act f32[I], y f32[H], coef, gate_up specs, down spec, threads): y += coef * down(act)."},
+    {"scratch_held", py_scratch_held, METH_NOARGS,
+     "scratch_held() -> int: bytes of kernel scratch the calling thread keeps between calls (native/scratch.h)."},
     {NULL, NULL, 0, NULL},
 };
 
