@@ -28,6 +28,7 @@ typedef enum {
     MOTE_SCR_ATTN,           /* layer.c attention half: qkv, att, scores, o (+ the chunk's transposed keys) */
     MOTE_SCR_FFN,            /* layer.c FFN: gate | up, down's output */
     MOTE_SCR_FFN_Q,          /* layer.c FFN: h quantized once for ternary gate and up */
+    MOTE_SCR_ROUTE,          /* route.c: the router's logits */
     MOTE_SCR_COUNT
 } mote_scratch_slot;
 

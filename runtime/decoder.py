@@ -24,7 +24,7 @@ from mote_edge.config import ModelConfig
 
 from .expert_cache import ExpertCache, FirstPart
 from .kv_cache import KVCache
-from .native_layer import AttentionStep, default_decoder_path, ffn_chunk, ffn_step, matmul_f32
+from .native_layer import AttentionStep, default_decoder_path, ffn_chunk, ffn_step, matmul_f32, route_top_k
 from .plan import ATTN_QUERY_CHUNK, PREFILL_CHUNK
 from .weights import Linear, ResidentWeights
 
@@ -158,14 +158,9 @@ class MoE:
         return self.routing(h) if self.routing is not None else self.router_top_k(h)
 
     def router_top_k(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The router's choice: top_k of softmax(h Wg^T)."""
-        probs = softmax(matmul_f32(h, self.router))  # [T, E] float32
-        if self.top_k == 1:
-            idx = probs.argmax(axis=-1)[:, None]
-            return idx, probs[np.arange(probs.shape[0])[:, None], idx]
-        idx = np.argsort(-probs, axis=-1, kind="stable")[:, :self.top_k]
-        top = np.take_along_axis(probs, idx, axis=-1)
-        return idx, top / np.maximum(top.sum(axis=-1, keepdims=True), np.finfo(np.float32).eps)
+        """The router's choice: top_k of softmax(h Wg^T) (one native call; the numpy formula it follows is
+        tests/test_route.py's reference): the raw probability at top-1, renormalised over the k at top-k."""
+        return route_top_k(h, self.router, self.top_k)
 
     def _begin_wave(self, h: np.ndarray, residual: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Route h [T, H], start the cache's wave (and, in decode steps, the lookahead prefetch from the
