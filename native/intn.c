@@ -126,7 +126,7 @@ static void intn_task(void *ctx, int i, int n) {
         return;
     }
     job->rows(job->a, n0, n1, scratch);
-    mote_scratch_release(MOTE_SCR_INTN_ROWS);
+    mote_scratch_release(MOTE_SCR_INTN_ROWS, 1);
 }
 
 static size_t up64(size_t n) { return (n + 63) & ~(size_t)63; }
@@ -202,6 +202,6 @@ int mote_intn_matmul(const uint8_t *w, const uint16_t *scales, const uint16_t *z
     int nth = threads < 1 ? 1 : threads;
     if (nth > (N + 15) / 16) nth = (N + 15) / 16;
     mote_parallel(nth, intn_task, &job);
-    mote_scratch_release(MOTE_SCR_INTN_ACT);
+    mote_scratch_release(MOTE_SCR_INTN_ACT, T == 1);
     return job.failed ? -1 : 0;
 }

@@ -576,7 +576,7 @@ int mote_attn_chunk(const mote_attn_layer *L, float *x, int T, int start, float 
     for (int64_t i = 0; i < (int64_t)T * H; i++) x[i] += o[i];
     for (int t = 0; t < T; t++)                                            /* h = rmsnorm(x)  */
         mote_rms_norm(x + (int64_t)t * H, L->ln_post, H, L->eps, h + (int64_t)t * H);
-    mote_scratch_release(MOTE_SCR_ATTN);
+    mote_scratch_release(MOTE_SCR_ATTN, T == 1);
     return rc ? -1 : 0;
 }
 
@@ -609,7 +609,7 @@ static int gate_up_rows(const mote_linear *gate_up, int ngu, const float *h, int
             rc |= mote_ternary_matmul(tpb, gate_up[p].w, gate_up[p].gamma, NULL, xq, s, T, K, I, p ? up : gate,
                                       threads);
         }
-        mote_scratch_release(MOTE_SCR_FFN_Q);
+        mote_scratch_release(MOTE_SCR_FFN_Q, T == 1);
     } else {
         rc |= mote_linear_matmul(&gate_up[0], h, T, gate, threads);
         rc |= mote_linear_matmul(&gate_up[1], h, T, up, threads);
@@ -642,7 +642,7 @@ int mote_ffn_chunk(const mote_linear *gate_up, int ngu, const mote_linear *down,
     if (!buf) return -1;
     int rc = gate_up_rows(gate_up, ngu, h, T, buf, threads);
     if (!rc) rc = down_rows(down, buf, T, coef, y, buf + act_floats, threads);
-    mote_scratch_release(MOTE_SCR_FFN);
+    mote_scratch_release(MOTE_SCR_FFN, T == 1);
     return rc ? -1 : 0;
 }
 
@@ -658,7 +658,7 @@ int mote_ffn_gate_up(const mote_linear *gate_up, int ngu, const float *h, float 
     if (!buf) return -1;
     int rc = gate_up_rows(gate_up, ngu, h, 1, buf, threads);
     if (!rc) memcpy(act, buf, sizeof(float) * (size_t)I);
-    mote_scratch_release(MOTE_SCR_FFN);
+    mote_scratch_release(MOTE_SCR_FFN, 1);
     return rc ? -1 : 0;
 }
 
@@ -666,6 +666,6 @@ int mote_ffn_down(const mote_linear *down, const float *act, float coef, float *
     float *d = mote_scratch(MOTE_SCR_FFN, sizeof(float) * (size_t)down->N);   /* [H] */
     if (!d) return -1;
     int rc = down_rows(down, act, 1, &coef, y, d, threads);
-    mote_scratch_release(MOTE_SCR_FFN);
+    mote_scratch_release(MOTE_SCR_FFN, 1);
     return rc ? -1 : 0;
 }

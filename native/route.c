@@ -64,6 +64,6 @@ int mote_route(const float *W, const float *h, int T, int E, int H, int k, int64
     if (!logits) return -1;
     mote_gemm_f32(W, h, T, E, H, logits, threads);
     for (int t = 0; t < T; t++) route_row(logits + (int64_t)t * E, E, k, idx + (int64_t)t * k, weight + (int64_t)t * k);
-    mote_scratch_release(MOTE_SCR_ROUTE);
+    mote_scratch_release(MOTE_SCR_ROUTE, T == 1);
     return 0;
 }

@@ -60,9 +60,9 @@ void *mote_scratch(mote_scratch_slot slot, size_t bytes) {
     return (uint8_t *)s->block[slot] + off;
 }
 
-void mote_scratch_release(mote_scratch_slot slot) {
+void mote_scratch_release(mote_scratch_slot slot, int keep) {
     scratch_set *s = &tls;
-    if (s->cap[slot] > MOTE_SCRATCH_KEEP) {
+    if (!keep || s->cap[slot] > MOTE_SCRATCH_KEEP) {
         free(s->block[slot]);
         s->block[slot] = NULL;
         s->cap[slot] = 0;

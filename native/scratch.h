@@ -7,8 +7,9 @@
  *
  *   p = mote_scratch(slot, bytes)     this thread's buffer of slot, >= bytes, 64-byte aligned (NULL: out of memory);
  *                                     its contents are whatever the last user left (callers zero what they read)
- *   mote_scratch_release(slot)        done with it: a buffer above MOTE_SCRATCH_KEEP (a prefill chunk's) is freed,
- *                                     a smaller one kept for the next call
+ *   mote_scratch_release(slot, keep)  done with it: kept for the next call if keep (a decode step's call) and it is
+ *                                     at most MOTE_SCRATCH_KEEP, else freed (a prefill chunk's: its activations
+ *                                     are the plan's scratch, runtime/plan.py, and do not outlive the call)
  *
  * One slot per role, so the buffers one call holds at once never share a slot: a driver's activation buffer
  * (held while its row tasks run) and the row scratch of the task the calling thread runs itself, the layer's
@@ -32,12 +33,14 @@ typedef enum {
     MOTE_SCR_COUNT
 } mote_scratch_slot;
 
-/* a buffer above this many bytes is freed on release: what stays allocated is at most
- * MOTE_SCR_COUNT x MOTE_SCRATCH_KEEP per thread that ran a kernel (decode needs far less: docs/KERNELS.md) */
+/* a buffer above this many bytes is freed on release: what stays allocated is at most MOTE_SCR_COUNT x
+ * MOTE_SCRATCH_KEEP per thread that ran a kernel; a decode step keeps ~80 KB on the calling thread (0.5B,
+ * 1.5B: the FFN's gate | up the largest; the attention scores grow by 4 bytes per cached position and query
+ * head) and the row scratch (~10-40 KB) on each pool worker */
 #define MOTE_SCRATCH_KEEP ((size_t)256 << 10)
 
 void *mote_scratch(mote_scratch_slot slot, size_t bytes);
-void mote_scratch_release(mote_scratch_slot slot);
+void mote_scratch_release(mote_scratch_slot slot, int keep);
 
 /* bytes this thread keeps allocated now (tests: tests/test_native_kernels.py) */
 size_t mote_scratch_held(void);

@@ -86,7 +86,7 @@ static void tern_task(void *ctx, int i, int n) {
         return;
     }
     job->rows(job->a, n0, n1, scratch);
-    mote_scratch_release(MOTE_SCR_TERN_ROWS);
+    mote_scratch_release(MOTE_SCR_TERN_ROWS, 1);
 }
 
 /* one token's int8 activations (natural order, K) -> block order (kx), zero padded */
@@ -148,7 +148,7 @@ int mote_ternary_matmul(int tpb, const uint8_t *w, float gamma, const float *x, 
     int nth = threads < 1 ? 1 : threads;
     if (nth > (N + 15) / 16) nth = (N + 15) / 16;
     mote_parallel(nth, tern_task, &job);
-    mote_scratch_release(MOTE_SCR_TERN_ACT);
+    mote_scratch_release(MOTE_SCR_TERN_ACT, T == 1);
     return job.failed ? -1 : 0;
 }
 
