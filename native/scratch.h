@@ -34,9 +34,9 @@ typedef enum {
 } mote_scratch_slot;
 
 /* a buffer above this many bytes is freed on release: what stays allocated is at most MOTE_SCR_COUNT x
- * MOTE_SCRATCH_KEEP per thread that ran a kernel; a decode step keeps ~80 KB on the calling thread (0.5B,
- * 1.5B: the FFN's gate | up the largest; the attention scores grow by 4 bytes per cached position and query
- * head) and the row scratch (~10-40 KB) on each pool worker */
+ * MOTE_SCRATCH_KEEP per thread that ran a kernel; decode steps keep ~150 KB on the calling thread (synth 0.5B;
+ * 1.5B ~240 KB: the FFN's gate | up the largest; the attention scores grow by 4 bytes per cached position and
+ * query head of a kv group) and the row scratch (< 50 KB) on each pool worker */
 #define MOTE_SCRATCH_KEEP ((size_t)256 << 10)
 
 void *mote_scratch(mote_scratch_slot slot, size_t bytes);
