@@ -117,8 +117,17 @@ static void rows_from_il16(const mote_intn_args *a, mote_intn_rows_fn rows, int 
     b.w = blk;
     b.scales = sc;
     b.zeros = zp;
+#if defined(__x86_64__)
+    const int avx512 = mote_get_path() == MOTE_PATH_AVX512;
+#else
+    const int avx512 = 0;
+#endif
     for (int n = n0; n < n1; n += 16) {   /* n0, n1: multiples of 16 (N % 16 == 0, parts split on 16 rows) */
-        mote_intn_il16_block_to_rows(a, n, blk, sc, zp);
+#if defined(__x86_64__)
+        if (avx512) mote_intn_il16_block_to_rows_avx512(a, n, blk, sc, zp);
+        else
+#endif
+            mote_intn_il16_block_to_rows(a, n, blk, sc, zp);
         b.y = a->y + n;                    /* rows 0..15 of the block are y's columns n..n+15 */
         rows(&b, 0, 16, scratch);
     }

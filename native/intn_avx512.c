@@ -256,14 +256,16 @@ static int flat_ok(const mote_intn_args *a) { return a->T == 1 && a->G == 128; }
  * 4j..4j+3 (low nibbles) and 64+4j.. (high). No horizontal sums: per group and block one exact
  * correction (acc - zero sumx), one int32 -> float, a multiply by scale * (1 / s) and an add, so each
  * row sums its groups' products in group order, as the scalar path does (bit-identical to it).
- * The weights are one sequential stream, prefetched into L1 8 KiB ahead: on Zen 4 (EPYC family 25
- * model 17, 1 thread, 2026-12-05, docs/KERNELS.md section 4) the L2 hint ran it at 0.98x the rows-layout
- * GEMV cold, L1 at 8 / 12 / 16 KiB 1.11-1.19x / 1.07-1.14x / 1.04-1.14x. */
+ * The weights are one sequential stream with no software prefetch: the hardware prefetchers keep up with it
+ * (q/k/v, o and gate/up of the 0.5B step stream at ~90% of the DRAM probe, level with a plain read). On Zen 4
+ * (EPYC family 25 model 17, 1 thread, 2026-12-06, benchmarks/intn_layout_ab.py; docs/KERNELS.md section 4),
+ * il16 / rows layout over a decode step's int4 matrices: no prefetch 1.09-1.12x, L2 hint 2 KiB 1.08x, L1 hint
+ * 1 / 2 / 4 / 8 KiB 0.89-0.96x, L2 hint 12 KiB (the rows GEMV's) 0.79x. -DMOTE_INTN_IL_PF=bytes turns it on. */
 #ifndef MOTE_INTN_IL_PF
-#define MOTE_INTN_IL_PF 8192
+#define MOTE_INTN_IL_PF 0
 #endif
 #ifndef MOTE_INTN_IL_PF_HINT
-#define MOTE_INTN_IL_PF_HINT _MM_HINT_T0
+#define MOTE_INTN_IL_PF_HINT _MM_HINT_T1
 #endif
 #define DPBUSD_B(acc, xv, p) __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(xv), "m"(*(const int32_t *)(p)))
 
@@ -280,7 +282,9 @@ TGT static void gemv_il16(const mote_intn_args *a, int n0, int n1) {
             for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_si512();
 #pragma GCC unroll 16
             for (int j = 0; j < 16; j++) {
+#if MOTE_INTN_IL_PF > 0
                 _mm_prefetch((const char *)(p + MOTE_INTN_IL_PF), MOTE_INTN_IL_PF_HINT);
+#endif
                 const __m512i raw = _mm512_loadu_si512(p);
                 DPBUSD_B(acc[(2 * j) % 4], _mm512_and_si512(raw, lo4), x + 4 * j);
                 DPBUSD_B(acc[(2 * j + 1) % 4], _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4), x + 64 + 4 * j);
@@ -436,6 +440,44 @@ TGT static void gemm_il(const mote_intn_args *a, int n0, int n1, uint8_t *scratc
         unpack_row_s(a, n, ws, A, zo, sc);
         il_rows(a, ws, kpa, A, zo, sc, n, 1);
     }
+}
+
+/* mote_intn_il16_block_to_rows (intn.c) with each group's 16 lines x 16 rows of 4 bytes transposed in registers
+ * (a 16 x 16 transpose of 32-bit words: unpack 32, unpack 64, two 128-bit lane shuffles) */
+TGT void mote_intn_il16_block_to_rows_avx512(const mote_intn_args *a, int n, uint8_t *w, uint16_t *scales,
+                                             uint16_t *zeros) {
+    const int ng = a->ng;
+    const uint8_t *src = a->w + (int64_t)n * a->rb;
+    for (int g = 0; g < ng; g++) {
+        __m512i r[16], t[16];
+        for (int j = 0; j < 16; j++) r[j] = _mm512_loadu_si512(src + ((int64_t)g * 16 + j) * 64);   /* line j */
+        for (int j = 0; j < 16; j += 2) {
+            t[j] = _mm512_unpacklo_epi32(r[j], r[j + 1]);
+            t[j + 1] = _mm512_unpackhi_epi32(r[j], r[j + 1]);
+        }
+        for (int j = 0; j < 16; j += 4) {
+            r[j] = _mm512_unpacklo_epi64(t[j], t[j + 2]);
+            r[j + 1] = _mm512_unpackhi_epi64(t[j], t[j + 2]);
+            r[j + 2] = _mm512_unpacklo_epi64(t[j + 1], t[j + 3]);
+            r[j + 3] = _mm512_unpackhi_epi64(t[j + 1], t[j + 3]);
+        }
+        for (int h = 0; h < 16; h += 8)
+            for (int k = 0; k < 4; k++) {
+                t[h + k] = _mm512_shuffle_i32x4(r[h + k], r[h + k + 4], 0x88);
+                t[h + k + 4] = _mm512_shuffle_i32x4(r[h + k], r[h + k + 4], 0xDD);
+            }
+        for (int k = 0; k < 8; k++) {
+            r[k] = _mm512_shuffle_i32x4(t[k], t[k + 8], 0x88);
+            r[k + 8] = _mm512_shuffle_i32x4(t[k], t[k + 8], 0xDD);
+        }
+        for (int q = 0; q < 16; q++) _mm512_storeu_si512(w + (int64_t)q * a->rb + g * 64, r[q]);   /* row q */
+    }
+    const uint16_t *s16 = a->scales + (int64_t)n * ng, *z16 = a->zeros + (int64_t)n * ng;
+    for (int g = 0; g < ng; g++)
+        for (int q = 0; q < 16; q++) {
+            scales[q * ng + g] = s16[g * 16 + q];
+            zeros[q * ng + g] = z16[g * 16 + q];
+        }
 }
 
 TGT void mote_intn_rows_avx512(const mote_intn_args *a, int n0, int n1, uint8_t *scratch) {

@@ -134,6 +134,8 @@ int mote_intn_matmul_layout(const uint8_t *w, const uint16_t *scales, const uint
                             int layout, const float *x, int T, int K, int N, float *y, int threads);
 /* the 16 rows of IL16 block n / 16 -> the rows layout: w [16, rb], scales / zeros [16, ng] */
 void mote_intn_il16_block_to_rows(const mote_intn_args *a, int n, uint8_t *w, uint16_t *scales, uint16_t *zeros);
+void mote_intn_il16_block_to_rows_avx512(const mote_intn_args *a, int n, uint8_t *w, uint16_t *scales,
+                                         uint16_t *zeros);
 
 #define MOTE_INTN_FLAT 1024   /* AVX-512 int-N GEMV: (row, group) products per stretch */
 
