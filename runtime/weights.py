@@ -60,7 +60,8 @@ class Linear:
         if kind in ("f32", "f16"):
             return (0, self.N, self.K, self.w, None, None, 0, 0, 0.0)
         if kind == "intn":
-            return (4 if self.w.layout == "il16" else 1, self.N, self.K, self.w.packed, self.w.scales, self.w.zeros, self.w.bits, self.w.group_size, 0.0)
+            w = self.w
+            return (4 if w.layout == "il16" else 1, self.N, self.K, w.packed, w.scales, w.zeros, w.bits, w.group_size, 0.0)
         return (3 if self.ternary_layout == "slab2" else 2, self.N, self.K, self.packed, None, None, 0, 0, self.gamma)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
