@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mote_edge.runtime.cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES
+
 HERE = Path(__file__).resolve().parent
 PROMPT = "Describe the picture in detail. What shapes are there, what colors do they have, and where are they?"
 MODES = {"minimum": [("serial", "none"), ("thread", "none"), ("thread", "gap")],
@@ -42,13 +44,13 @@ SKEWED = ("minimum-fitted", "half", "full")
 
 
 def decode(mote: Path, budget: int | None, tokens: int, threads: int, loader: str, prefetch: str,
-           routing: dict | None, warm: bool = False) -> dict:
+           routing: dict | None, warm: bool = False, cache_policy: str = DEFAULT_POLICY) -> dict:
     from route_model import RouteModel, install  # a sibling: a script's folder is sys.path[0]
 
     from mote_edge.runtime.engine import Engine
 
     with Engine.load(mote, memory_budget=budget, threads=threads, max_context=1024, vision=False,
-                     expert_loader=loader, prefetch=prefetch) as engine:
+                     expert_loader=loader, prefetch=prefetch, cache_policy=cache_policy) as engine:
         if routing is not None:
             install(engine, RouteModel(**{**routing, "lookahead_recall": tuple(routing["lookahead_recall"])}))
         stats = engine.experts.stats
@@ -71,6 +73,22 @@ def decode(mote: Path, budget: int | None, tokens: int, threads: int, loader: st
             "prefetches": e["prefetches"], "prefetch_used": e["prefetch_used"],
             "prefetch_wasted_bytes": e["prefetch_wasted_bytes"], "prefetch_aborted": e["prefetch_aborted"],
             "prefetch_evicting": e["prefetch_evicting"], "prefetch_handovers": e["prefetch_handovers"]}
+
+
+def policy_ab(mote: Path, tokens: int, threads: int, rounds: int, routing: dict, policies=("layer", "expected")) -> None:
+    """Two cache policies at half the experts (fitted routing, thread loader, no prefetch), one Engine per
+    run, alternated ABBA in this process: the medians of decode tok/s, hit rate and stall."""
+    budget = budgets_of(mote)["half"]
+    runs: dict = {p: [] for p in policies}
+    for r in range(rounds):
+        for pol in policies if r % 2 == 0 else policies[::-1]:
+            runs[pol].append(decode(mote, budget, tokens, threads, "thread", "none", routing, cache_policy=pol))
+            d = runs[pol][-1]
+            print(f"{pol:9s} {d['tok_s']:6.2f} tok/s, hit {100 * d['hit_rate']:4.1f}%, stall {d['stall_ms']:5.0f} ms", flush=True)
+    for pol, ds in runs.items():
+        print(f"{pol:9s} median {statistics.median(d['tok_s'] for d in ds):6.2f} tok/s, hit "
+              f"{100 * statistics.median(d['hit_rate'] for d in ds):4.1f}%, stall "
+              f"{statistics.median(d['stall_ms'] for d in ds):5.0f} ms")
 
 
 def direct_read_probe(mote: Path, seconds: float = 2.0) -> float:
@@ -120,8 +138,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--questions", type=int, default=100, help="tiny-MoTE prompts to fit the routing on")
     ap.add_argument("--budgets", default=",".join(MODES), help="comma list of " + ", ".join(MODES))
+    ap.add_argument("--cache-policy", default=DEFAULT_POLICY, choices=RUNTIME_POLICIES, help="every run's eviction policy")
+    ap.add_argument("--policy-ab", type=int, default=0, metavar="ROUNDS",
+                    help="instead: layer against expected at half the experts, ROUNDS alternated runs each")
     args = ap.parse_args()
     routing = fitted_routing(args.questions)
+    if args.policy_ab:
+        policy_ab(args.mote, args.tokens, args.threads, args.policy_ab, routing)
+        return
     budgets = {k: v for k, v in budgets_of(args.mote).items() if k in args.budgets.split(",")}
     runs: dict = {b: {f"{l}/{p}": [] for l, p in MODES[b]} for b in budgets}
     probes = []
@@ -131,12 +155,12 @@ def main() -> None:
             for loader, prefetch in MODES[name]:
                 runs[name][f"{loader}/{prefetch}"].append(decode(args.mote, budget, args.tokens, args.threads, loader,
                                                                  prefetch, routing if name in SKEWED else None,
-                                                                 warm=name == "full"))
+                                                                 warm=name == "full", cache_policy=args.cache_policy))
     probe = statistics.median(probes)
     print(f"{args.mote.name}: O_DIRECT read probe {probe / 2**20:,.0f} MiB/s (median of {len(probes)}); routing at "
           f"half/full: skew {routing['skew']:.2f}, stickiness {routing['stickiness']:.2f}, lookahead recall "
           + ", ".join(f"{100 * r:.1f}%" for r in routing["lookahead_recall"]))
-    result = {"model": args.mote.name, "threads": args.threads, "tokens": args.tokens, "routing": routing,
+    result = {"model": args.mote.name, "cache_policy": args.cache_policy, "threads": args.threads, "tokens": args.tokens, "routing": routing,
               "direct_read_bytes_per_s": probe, "probes": probes, "budgets": {}}
     full = statistics.median(r["tok_s"] for r in runs["full"]["thread/none"]) if "full" in runs else float("nan")
     keys = ("tok_s", "stall_ms", "loader_bytes_per_s", "decode_bytes_per_s", "hit_rate", "prefetches", "prefetch_used",
@@ -161,7 +185,8 @@ def main() -> None:
                   f"{med['prefetch_wasted_bytes'] / 2**20:.0f} MiB wasted", flush=True)
     out = HERE / "out"
     out.mkdir(exist_ok=True)
-    suffix = "" if set(budgets) == set(MODES) else "-" + "-".join(budgets)
+    suffix = ("" if set(budgets) == set(MODES) else "-" + "-".join(budgets)) + (
+        "" if args.cache_policy == DEFAULT_POLICY else f"-{args.cache_policy}")
     (out / f"expert-streaming-{args.mote.stem}{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -5,7 +5,9 @@ prefetch of `run --prefetch lookahead`), on a trained model and held-out task qu
 
 For each pair of consecutive MoE layers (L, L') and every decoded token, the prediction is the top-k of
 router_L'(rmsnorm_L'(x)) where x is the residual stream at layer L's MoE input ("input", what the runtime
-uses) or after layer L ("output"); the truth is layer L''s own routing. Prints recall (share of the true
+uses) or after layer L ("output"); the truth is layer L''s own routing. Across the lm_head (L' the first
+MoE layer of the next token, marked '), "repeat" predicts the experts this token took at L' (stickiness),
+the stale-gate sources apply L''s router to this token's last MoE layer's residual. Prints recall (share of the true
 experts predicted; precision is the same number, since both sides have k experts) and the chance level k/E.
 Prefill tokens are counted apart (prefill loads each needed expert once per wave, so lookahead matters less).
 """
@@ -19,17 +21,34 @@ import numpy as np
 
 
 def _recording(moe, log: list):
-    """A copy of a decoder layer's MoE that records its input residual and its routing, then runs."""
+    """A copy of a decoder layer's MoE that records, at each wave it begins, its input residual and its
+    routing (numpy and native paths alike), unless `muted` (the extra waves this script runs itself)."""
     from mote_edge.runtime.decoder import MoE
 
     class Recorder(MoE):
-        def __call__(self, h, x):
-            log.append((self.layer, x.copy(), self.route(h)[0]))
-            return MoE.__call__(self, h, x)
+        muted = False
+
+        def _begin_wave(self, h, residual):
+            idx, weight, needed = MoE._begin_wave(self, h, residual)
+            if not self.muted:
+                log.append((self.layer, residual.copy(), idx))
+            return idx, weight, needed
 
     recorder = object.__new__(Recorder)
     recorder.__dict__.update(moe.__dict__)
     return recorder
+
+
+def _after(layers, layer: int, x: np.ndarray, eps: float) -> np.ndarray:
+    """The residual x [T, H] after MoE layer `layer` (its FFN half), without recording that wave."""
+    from mote_edge.runtime.decoder import MoE
+
+    mlp = layers[layer].mlp
+    mlp.muted = True
+    try:
+        return x + MoE.__call__(mlp, rms(x, layers[layer], eps), x)
+    finally:
+        mlp.muted = False
 
 
 def _predict(layer, x: np.ndarray, eps: float) -> np.ndarray:
@@ -39,8 +58,7 @@ def _predict(layer, x: np.ndarray, eps: float) -> np.ndarray:
     return layer.mlp.route(rms_norm(x, layer.ln_post, eps))[0]
 
 
-def measure(path: str, n: int) -> dict:
-    from mote_edge.runtime.decoder import MoE
+def measure(path: str, n: int, tokens: int = 4) -> dict:
     from mote_edge.runtime.engine import Engine
     from mote_edge.training.data import heldout_seeds, make_example
 
@@ -57,19 +75,31 @@ def measure(path: str, n: int) -> dict:
         for seed in heldout_seeds(n):
             ex = make_example(seed)
             log.clear()
-            list(engine.generate_ids(ex.question, ex.image, max_new_tokens=4, ignore_eos=True))
+            list(engine.generate_ids(ex.question, ex.image, max_new_tokens=tokens, ignore_eos=True))
             # the log holds, per forward pass, one entry per MoE layer in order
             steps = [log[j:j + len(moe_layers)] for j in range(0, len(log), len(moe_layers))]
+
+            def count(key, pred, truth):
+                cell = hits[key]
+                cell[0] += sum(len(set(p) & set(t)) for p, t in zip(pred.tolist(), truth.tolist()))
+                cell[1] += truth.size
+
             for step_no, entries in enumerate(steps):
                 phase = "prefill" if step_no == 0 else "decode"
                 for (la, xa, _), (lb, xb, truth) in zip(entries, entries[1:]):
-                    after = xa + MoE.__call__(layers[la].mlp, rms(xa, layers[la], eps), xa)
+                    after = _after(layers, la, xa, eps)
                     for source, x in (("input", xa), ("output", after)):
-                        pred = _predict(layers[lb], x, eps)
-                        got = sum(len(set(p) & set(t)) for p, t in zip(pred.tolist(), truth.tolist()))
-                        cell = hits[(f"{la}->{lb}", source, phase)]
-                        cell[0] += got
-                        cell[1] += truth.size
+                        count((f"{la}->{lb}", source, phase), _predict(layers[lb], x, eps), truth)
+            # across the lm_head: this token's last MoE layer -> the next token's first (its last position
+            # after prefill); "repeat" predicts the first layer's own experts of this token (stickiness)
+            for this, nxt in zip(steps, steps[1:]):
+                (l0, _, first_now), (ll, xl, _) = this[0], this[-1]
+                truth = nxt[0][2]
+                after = _after(layers, ll, xl, eps)
+                pair = f"{ll}->{l0}'"
+                for source, x in (("input", xl[-1:]), ("output", after[-1:])):
+                    count((pair, source, "decode"), _predict(layers[l0], x, eps), truth)
+                count((pair, "repeat", "decode"), first_now[-1:], truth)
     return {"chance": k / experts, "k": k, "experts": experts,
             "recall": {key: a / b for key, (a, b) in sorted(hits.items()) if b}}
 
@@ -84,8 +114,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="a .mote file of a trained MoE model")
     ap.add_argument("-n", type=int, default=50, help="held-out questions")
+    ap.add_argument("--tokens", type=int, default=4, help="tokens decoded per question (EOS ignored)")
     args = ap.parse_args()
-    r = measure(args.model, args.n)
+    r = measure(args.model, args.n, args.tokens)
     print(f"top-{r['k']} of {r['experts']} experts; chance recall {100 * r['chance']:.0f}%")
     print(f"{'layers':<10}{'residual':<10}{'phase':<10}{'recall':>8}")
     for (pair, source, phase), value in r["recall"].items():

@@ -34,7 +34,6 @@ TINY = HERE.parent / "examples" / "tiny-mote"
 SHAPES = {"q05": (list(range(0, 24, 2)), 8, 1), "q15": (list(range(0, 28, 2)), 8, 1)}  # MoE layers, experts, top_k
 SYNTH_SLABS = [2, 4, 8, 17, 24, 32, 48, 64]
 CLOCK_FILES = {"q05": OUT / "expert-timeline-q05-b4.json", "q15": OUT / "expert-timeline-q15-b4.json"}
-POLICIES = ["lru", "lfu", "layer", "belady"]
 PREFETCHES = ["none", "lookahead-1", "lookahead-2", "oracle"]
 
 
@@ -60,9 +59,9 @@ def clock_of(shape: str):
 
 
 def replay(waves, slabs: list[int], clock=None) -> dict:
-    from mote_edge.runtime.simulate import best_pairs, sweep
+    from mote_edge.runtime.simulate import POLICIES, best_pairs, sweep
 
-    results = [r for r in sweep(waves, slabs, POLICIES, PREFETCHES, clock)
+    results = [r for r in sweep(waves, slabs, list(POLICIES), PREFETCHES, clock)
                if r["policy"] != "belady" or r["prefetch"] == "none"]
     return {"results": results, "best": best_pairs(results),
             "clock": None if clock is None else {"read_ms": clock.read_ms, "wave_ms": clock.wave_ms,

@@ -114,8 +114,10 @@ def run(
     threads: Optional[int] = typer.Option(None, help="Threads for the kernels (default: all cores)."),
     max_context: Optional[int] = typer.Option(None, help="Context positions to plan for (default: min(model's, 4096))."),
     cache_policy: str = typer.Option("layer", help="Expert eviction when the cache is full: layer (evict the expert "
-                                                   "whose MoE layer runs again last; default), lru or lfu. "
-                                                   "Compare them on a trace with `mote-edge simulate`."),
+                                                   "whose MoE layer runs again last; default), expected (the "
+                                                   "expert whose next use is expected last, from the routing "
+                                                   "seen so far), lru or lfu. Compare them on a trace with "
+                                                   "`mote-edge simulate`."),
     expert_layout: str = typer.Option("auto", help="How cached experts are laid out: file (the stored 1.6-bit "
                                                    "trits), slab2 (re-laid to 2 bits per trit when loaded: 25% "
                                                    "more memory, a faster kernel), auto (slab2 when the budget "

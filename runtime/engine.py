@@ -146,8 +146,9 @@ class Engine:
         self.decoder = Decoder(cfg, self.weights, self.experts, plan.context, plan.kv_bits)
         # nothing to prefetch when every expert stays cached (each is read once, on first use)
         self.prefetch = prefetch if self.experts is not None and plan.expert_slabs < plan.total_experts else "none"
-        # the gap prefetch predicts no expert across the lm_head: the next token's first MoE layer from this
-        # token's last one was right 1 time in 61 on the synth 0.5B, and its reads slowed the lm_head
+        # the gap prefetch predicts no expert across the lm_head: with the synth 0.5B's random router it was
+        # right 1 time in 61 and its reads slowed the lm_head; at a trained router's recall it was level
+        # (docs/BENCHMARKS.md, "The gap prefetch at the minimum budget")
         self.decoder.enable_lookahead(PREFETCH_DEPTH[self.prefetch], wrap=self.prefetch != "gap")
         if self.prefetch == "gap":  # its prefetch holds the slab the next demand miss needs: small chunks
             self.experts.prefetch_chunk = GAP_CHUNK

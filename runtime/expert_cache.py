@@ -23,7 +23,7 @@ import numpy as np
 from mote_edge import _native
 from mote_edge.format.reader import MoteFile, parse_parts
 
-from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES, Key, pick_victim
+from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES, Key, RoutingCounts, pick_victim
 from .expert_layout import SLAB_LAYOUTS, place_slab2, slab_bytes, staging_bytes
 from .expert_io import ExpertReader, ReadTiming
 from .expert_loader import PREFETCH_CHUNK, ExpertLoader, LoadAborted, LoadJob
@@ -145,6 +145,7 @@ class ExpertCache:
         self.loading: dict[Key, LoadJob] = {}  # key -> its load, queued or running (thread loader)
         self.last: dict[Key, int] = {}  # key -> clock of its last use
         self.count: dict[Key, int] = {}  # key -> uses since it was loaded
+        self.routing = RoutingCounts()  # every wave's experts (the "expected" policy)
         self.clock = 0
         self.layer = next(iter(self.cycle), 0)  # the MoE layer of the running wave
         self.wave: set[Key] = set()  # the running wave's experts
@@ -193,6 +194,7 @@ class ExpertCache:
         self.verify()  # the last wave's records are checked (and resident) before this wave picks victims
         self._collect()
         self._mark("wave", layer=layer, experts=list(experts))
+        self.routing.observe(layer, experts)
         self.layer, self.wave = layer, {(layer, e) for e in experts}
         self.pending = [(layer, e) for e in experts]
         self.wanted = []
@@ -200,8 +202,7 @@ class ExpertCache:
         misses = any(k not in self.resident and k not in self.loading for k in self.pending)
         for key, job in list(self.loading.items()):  # this layer's mispredicted prefetches (later layers' wait)
             if key in self.wave and key in self.prefetched:  # predicted right: the rest in one read, or first
-                job.confirmed = True
-                self.loader.promote(job)
+                self._confirm(job)
             if not job.prefetch or key[0] != layer or key in self.wave:
                 continue
             if self.loader.cancel(job):  # not started: its slab is free
@@ -237,6 +238,11 @@ class ExpertCache:
                        if (layer, e) not in self.resident and (layer, e) not in self.loading]
         self._pump()
 
+    def _confirm(self, job: LoadJob) -> None:
+        """A prefetch its wave routed to: read the rest of it in one go, ahead of later prefetches."""
+        job.confirmed = True
+        self.loader.promote(job)
+
     def _touch(self, key: Key) -> None:
         self.clock += 1
         self.last[key] = self.clock
@@ -262,9 +268,7 @@ class ExpertCache:
             return self.resident[key][1]
         t0 = time.perf_counter()
         if key in self.loading and key in self.prefetched:
-            job = self.loading[key]
-            job.confirmed = True
-            self.loader.promote(job)
+            self._confirm(self.loading[key])
             self.prefetched.discard(key)
             self.stats.prefetch_used += 1
             self.stats.prefetch_late += 1
@@ -318,10 +322,12 @@ class ExpertCache:
                 self._wait(job)
             slab = self._free_slab()  # an aborted prefetch gives its slab back
         if slab is None:
-            victim = pick_victim(self.resident.keys(), self.policy, key[0], self.cycle, self.last, self.count,
-                                 self.wave)
-            slab = self._evict(victim)
+            slab = self._evict(self._victim(self.resident.keys(), key[0], self.wave))
         self._start(key, slab, prefetch=False)
+
+    def _victim(self, keys, layer: int, protected: set[Key] = frozenset()) -> Key:
+        """The policy's choice among `keys` while `layer` runs, sparing `protected` if it can."""
+        return pick_victim(keys, self.policy, layer, self.cycle, self.last, self.count, protected, routing=self.routing)
 
     def _free_slab(self) -> int | None:
         return self.free.pop() if self.free else None
@@ -348,7 +354,7 @@ class ExpertCache:
                 idle = [k for k in self.resident if k not in self.wave]
                 aborting = next((j for j in self.loading.values() if j.aborted and not j.handed), None)
                 if idle:
-                    slab = self._evict(pick_victim(idle, self.policy, key[0], self.cycle, self.last, self.count))
+                    slab = self._evict(self._victim(idle, key[0]))
                 elif aborting is not None:  # the slab of a prefetch being aborted: read once its chunk ends
                     aborting.handed, slab, after = True, aborting.slab, aborting
                     self.stats.prefetch_handovers += 1
@@ -373,7 +379,7 @@ class ExpertCache:
                 checking = [j for j in self.unchecked if self.loading.get(j.key) is j and j.key not in busy
                             and not j.handed and distance(j.key) > distance(key)]
                 if later:
-                    slab = self._evict(pick_victim(later, self.policy, self.layer, self.cycle, self.last, self.count))
+                    slab = self._evict(self._victim(later, self.layer))
                 elif checking:
                     checking[0].handed, slab, after = True, checking[0].slab, checking[0]
                     self.stats.evictions += 1
@@ -535,9 +541,7 @@ class ExpertCache:
         OS. Later misses refill them. Returns the bytes released."""
         self.drain()
         while len(self.resident) > max(0, keep):
-            victim = pick_victim(self.resident.keys(), self.policy, self.layer, self.cycle, self.last, self.count,
-                                 set())
-            self.free.append(self._evict(victim))
+            self.free.append(self._evict(self._victim(self.resident.keys(), self.layer)))
         released = sum(release_pages(self.slabs[i]) for i in self.free)
         return released + release_pages(self.staging)
 

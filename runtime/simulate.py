@@ -10,7 +10,7 @@ the misses are loaded one by one (a wave never evicts an expert it still needs, 
 one slab exists).
 
 Policies (runtime/cache_policy.py, the same rule the runtime uses): lru, lfu, layer (the runtime's
-default) and belady (Belady's MIN, the offline optimum of demand loading).
+default), expected and belady (Belady's MIN, the offline optimum of demand loading).
 
 Prefetch, after each decode wave (the runtime reads them while the wave computes):
     none         demand loads only
@@ -41,7 +41,7 @@ from pathlib import Path
 
 from mote_edge.errors import MoteError
 
-from .cache_policy import POLICIES, Key, pick_victim
+from .cache_policy import POLICIES, Key, RoutingCounts, pick_victim
 
 PREFETCHES = ("none", "lookahead-1", "lookahead-2", "oracle")
 ORACLE_DEPTH = 2
@@ -169,6 +169,7 @@ def simulate(waves: list[Wave], slabs: int, policy: str, prefetch: str = "none",
     count: dict[Key, int] = {}
     nxt: dict[Key, int] = {}
     prefetched: set[Key] = set()
+    routing = RoutingCounts()
     hits = misses = tick = pos = issued = used = wasted = late = cancelled = 0
     disk = _Disk(clock.read_ms) if clock is not None else None
     now = stall = 0.0
@@ -190,6 +191,7 @@ def simulate(waves: list[Wave], slabs: int, policy: str, prefetch: str = "none",
                     evict(key)
                     wasted -= 1  # cancelled, not read
                     cancelled += 1
+        routing.observe(w.layer, w.experts)
         busy = disk.in_flight(now) if disk is not None else set()
         order = sorted(w.experts, key=lambda e: (w.layer, e) not in last)  # hits first, as the runtime
         wave_keys = {(w.layer, e) for e in w.experts}
@@ -213,7 +215,7 @@ def simulate(waves: list[Wave], slabs: int, policy: str, prefetch: str = "none",
             else:
                 misses += 1
                 if len(last) >= slabs:
-                    evict(pick_victim(last.keys(), policy, w.layer, cycle, last, count, wave_keys | busy, nxt))
+                    evict(pick_victim(last.keys(), policy, w.layer, cycle, last, count, wave_keys | busy, nxt, routing))
                 count[key] = 0
                 if disk is not None:
                     needed_at = max(needed_at, disk.demand(key, now))
@@ -229,7 +231,7 @@ def simulate(waves: list[Wave], slabs: int, policy: str, prefetch: str = "none",
                 later = [k for k in last if (cycle[k[0]] - here - 1) % n > gap and k not in busy]
                 if not later:
                     break
-                victim = pick_victim(later, policy, w.layer, cycle, last, count, set(), nxt)
+                victim = pick_victim(later, policy, w.layer, cycle, last, count, set(), nxt, routing)
                 if victim in wave_keys:  # its slab is free once the wave has used it
                     queued_at = max(now + clock.overlap_ms, needed_at) if clock is not None else now
                 evict(victim)

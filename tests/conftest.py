@@ -101,6 +101,12 @@ def export_once(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def shipped_tiny_mote(export_once) -> Path:
+    """The shipped trained tiny MoTE (examples/tiny-mote) at --bits 4, as `make demo` exports it (shared, read only)."""
+    return export_once(REPO / "examples" / "tiny-mote", bits=4)
+
+
+@pytest.fixture(scope="session")
 def tiny_b4_mote(tiny_ckpt, export_once) -> Path:
     """The synth `tiny` checkpoint exported at --bits 4 --group-size 32 (shared, read only)."""
     return export_once(tiny_ckpt, bits=4, group_size=32)

@@ -19,32 +19,19 @@ COUNTS = ("prompt_tokens", "reused_tokens", "prefilled_tokens", "completion_toke
 
 
 @pytest.fixture(scope="module")
-def tiny_mote(tmp_path_factory):
-    """The shipped trained tiny MoTE at 4 bits (as `make demo` exports it)."""
-    from mote_edge.exporters.export import ExportOptions, export_checkpoint
-
-    path = tmp_path_factory.mktemp("chat") / "tiny-mote.mote"
-    export_checkpoint(REPO / "examples" / "tiny-mote", path, ExportOptions(bits=4, progress=False))
-    return path
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_mote):
+def engine(shipped_tiny_mote):
     from mote_edge.runtime.engine import Engine
 
-    with Engine.load(tiny_mote, memory_budget="40MB") as e:
+    with Engine.load(shipped_tiny_mote, memory_budget="40MB") as e:
         yield e
 
 
 @pytest.fixture(scope="module")
-def synth_engine(tiny_ckpt, tmp_path_factory):
+def synth_engine(tiny_b4_mote):
     """Random weights: long answers that never stop early, so every decoded position is compared."""
-    from mote_edge.exporters.export import ExportOptions, export_checkpoint
     from mote_edge.runtime.engine import Engine
 
-    path = tmp_path_factory.mktemp("chat") / "synth.mote"
-    export_checkpoint(tiny_ckpt, path, ExportOptions(bits=4, group_size=32, progress=False))
-    with Engine.load(path) as e:
+    with Engine.load(tiny_b4_mote) as e:
         yield e
 
 

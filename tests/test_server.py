@@ -40,15 +40,6 @@ def image_turn(text: str, url: str) -> dict:
     return {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": text}]}
 
 
-@pytest.fixture(scope="module")
-def tiny_mote(tmp_path_factory):
-    from mote_edge.exporters.export import ExportOptions, export_checkpoint
-
-    path = tmp_path_factory.mktemp("serve") / "tiny-mote.mote"
-    export_checkpoint(REPO / "examples" / "tiny-mote", path, ExportOptions(bits=4, progress=False))
-    return path
-
-
 # The cancellation and time-limit tests need 450 tokens of the tiny synth model to outlast the server's
 # disconnect poll and a 0.2 s time limit: its servers run the numpy decoder layer (~0.35 s for them; the
 # native layer decodes them in ~0.2 s).
@@ -66,9 +57,9 @@ def synth_mote(tiny_ckpt, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_mote, tmp_path_factory):
+def server(shipped_tiny_mote, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve") / "server.log"
-    with LiveServer(tiny_mote, log, "--memory-budget", "40MB", "--max-queue", "2", "--max-body", "1MB",
+    with LiveServer(shipped_tiny_mote, log, "--memory-budget", "40MB", "--max-queue", "2", "--max-body", "1MB",
                     "--max-image-bytes", "256KB", "--max-images", "2", api_key=KEY) as s:
         yield s
         assert s.proc.poll() is None, s.log()
@@ -330,14 +321,14 @@ def test_request_time_limit(synth_mote, tmp_path):
         assert s.healthy()
 
 
-def test_serve_cli_errors_are_one_line(tiny_mote):
+def test_serve_cli_errors_are_one_line(shipped_tiny_mote):
     from conftest import run_cli
 
     for args, message in ((["--max-queue", "0"], "max-queue must be >= 1"),
                           (["--request-timeout", "0"], "request-timeout must be > 0"),
                           (["--port", "70000"], "--port must be 0..65535"),
                           (["--max-body", "lots"], "")):
-        out = run_cli("serve", str(tiny_mote), *args, timeout=60)
+        out = run_cli("serve", str(shipped_tiny_mote), *args, timeout=60)
         assert out.returncode == 1 and out.stderr.startswith("error: ") and message in out.stderr, out.stderr
         assert len(out.stderr.strip().splitlines()) == 1
     out = run_cli("serve", "--help", timeout=60)

@@ -133,12 +133,9 @@ def bodies(draw):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from mote_edge.exporters.export import ExportOptions, export_checkpoint
-
+def server(tmp_path_factory, shipped_tiny_mote):
     d = tmp_path_factory.mktemp("fuzz")
-    export_checkpoint(REPO / "examples" / "tiny-mote", d / "tiny-mote.mote", ExportOptions(bits=4, progress=False))
-    with LiveServer(d / "tiny-mote.mote", d / "server.log", "--max-image-bytes", "64KB") as s:
+    with LiveServer(shipped_tiny_mote, d / "server.log", "--max-image-bytes", "64KB") as s:
         yield s
     assert "Traceback" not in (d / "server.log").read_text(), (d / "server.log").read_text()[-4000:]
 

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import REPO, run_cli
 from mote_edge.errors import MoteError
+from mote_edge.runtime.cache_policy import RUNTIME_POLICIES
 from mote_edge.runtime.simulate import POLICIES, Clock, Wave, best_pairs, read_trace, simulate, sweep
 
 IMAGE = REPO / "examples" / "images" / "shapes.png"
@@ -76,6 +77,86 @@ def test_lru_and_lfu_match_independent_implementations_on_random_traces(seed):
             assert (sim["hits"], sim["misses"]) == oracle(waves, slabs), (policy, slabs)
 
 
+def expected_oracle(waves, slabs):
+    """The `expected` policy written out on its own: per layer, waves, routings per expert, and the repeat
+    rate of the last wave's experts at the next (all equal below 16 waves of the layer); evict the largest
+    layer distance + n (1 / p - 1)."""
+    cycle = {layer: i for i, layer in enumerate(sorted({w.layer for w in waves}))}
+    n = len(cycle)
+    visits, routed, prev, carried, repeated = {}, {}, {}, {}, {}
+    last, clock, hits, misses = {}, 0, 0, 0
+    for w in waves:
+        layer, now = w.layer, set(w.experts)
+        if layer in prev:
+            carried[layer] = carried.get(layer, 0) + len(prev[layer])
+            repeated[layer] = repeated.get(layer, 0) + len(prev[layer] & now)
+        prev[layer] = now
+        visits[layer] = visits.get(layer, 0) + 1
+        for e in now:
+            routed[(layer, e)] = routed.get((layer, e), 0) + 1
+
+        def distance(k):
+            if visits[k[0]] < 16:
+                p = 0.5
+            elif k[1] in prev[k[0]]:
+                p = (repeated.get(k[0], 0) + 0.5) / (carried.get(k[0], 0) + 1)
+            else:
+                p = (routed.get(k, 0) + 0.5) / (visits[k[0]] + 1)
+            return (cycle[k[0]] - cycle[layer] - 1) % n + n * (1.0 / p - 1.0), -last[k]
+
+        wave = {(layer, e) for e in w.experts}
+        for e in sorted(w.experts, key=lambda e: (layer, e) not in last):
+            clock += 1
+            k = (layer, e)
+            if k in last:
+                hits += 1
+            else:
+                misses += 1
+                if len(last) >= slabs:
+                    del last[max([c for c in last if c not in wave] or list(last), key=distance)]
+            last[k] = clock
+    return hits, misses
+
+
+def sticky_trace(seed, tokens=600, layers=(0, 2, 4, 6), experts=8, skew=0.8, stickiness=0.4):
+    """Decode waves, top-1: expert i with p ~ (i + 1)^-skew, or the layer's last expert again with `stickiness`."""
+    rng = random.Random(seed)
+    weights = [1.0 / (i + 1) ** skew for i in range(experts)]
+    last, waves = {}, []
+    for _ in range(tokens):
+        for layer in layers:
+            e = last[layer] if layer in last and rng.random() < stickiness else rng.choices(range(experts), weights)[0]
+            last[layer] = e
+            waves.append(Wave(layer, [e]))
+    return waves
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_expected_matches_an_independent_implementation(seed):
+    rng = random.Random(seed)
+    waves = sticky_trace(seed, tokens=150) + [Wave(layer, rng.sample(range(8), rng.choice([1, 2, 3])))
+                                             for _ in range(60) for layer in (0, 2, 4, 6)]
+    for slabs in (1, 2, 3, 5, 8, 13, 20, 32):
+        sim = simulate(waves, slabs, "expected")
+        assert (sim["hits"], sim["misses"]) == expected_oracle(waves, slabs), slabs
+
+
+def test_expected_is_the_layer_rule_for_a_layer_s_first_waves():
+    waves = sticky_trace(5, tokens=15)
+    for slabs in (3, 8, 17):
+        assert simulate(waves, slabs, "expected")["hits"] == simulate(waves, slabs, "layer")["hits"]
+
+
+def test_expected_beats_layer_on_skewed_sticky_routing():
+    """Popular and sticky experts come back sooner than their layer's distance says: with a mild skew and
+    stickiness (the tiny MoTE's fit is skew 0.4-0.7, stickiness 0.24-0.36) `expected` keeps them."""
+    for seed in range(3):
+        waves = sticky_trace(seed)
+        for slabs in (8, 12, 16, 20):
+            layer, expected = (simulate(waves, slabs, p)["hits"] for p in ("layer", "expected"))
+            assert expected > 1.02 * layer, (seed, slabs, layer, expected)
+
+
 def test_belady_bounds_every_policy_and_full_cache_only_misses_once():
     rng = random.Random(0)
     waves = [Wave(layer, rng.sample(range(8), rng.choice([1, 2]))) for _ in range(60) for layer in (0, 2, 4)]
@@ -88,7 +169,7 @@ def test_belady_bounds_every_policy_and_full_cache_only_misses_once():
             assert all(r["misses"] == distinct for r in results.values())
 
 
-@pytest.mark.parametrize("policy", ["lru", "lfu", "layer"])
+@pytest.mark.parametrize("policy", RUNTIME_POLICIES)
 @pytest.mark.parametrize("extra_slabs", [0, 2])
 def test_simulation_equals_the_runtime_counters(tiny_b4_mote, tmp_path, extra_slabs, policy):
     from mote_edge.runtime.engine import Engine

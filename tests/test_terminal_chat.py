@@ -23,24 +23,15 @@ STAR, COUNT = "What color is the star?", "How many shapes are there?"
 REPORT_LINE = re.compile(r"prompt\s+(\d+) positions: (\d+) reused from the KV cache, (\d+) prefilled")
 
 
-@pytest.fixture(scope="module")
-def tiny_mote(tmp_path_factory):
-    from mote_edge.exporters.export import ExportOptions, export_checkpoint
-
-    path = tmp_path_factory.mktemp("chat-cli") / "tiny-mote.mote"
-    export_checkpoint(REPO / "examples" / "tiny-mote", path, ExportOptions(bits=4, progress=False))
-    return path
-
-
 def chat_cli(model, stdin: str, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mote_edge.cli", "chat", str(model), *args], input=stdin,
                           capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def test_follow_up_questions_about_one_image_prefill_only_their_new_tokens(tiny_mote):
+def test_follow_up_questions_about_one_image_prefill_only_their_new_tokens(shipped_tiny_mote):
     from mote_edge.runtime.engine import Engine
 
-    with Engine.load(tiny_mote, memory_budget="40MB") as engine:  # what the answers and counts must be
+    with Engine.load(shipped_tiny_mote, memory_budget="40MB") as engine:  # what the answers and counts must be
         first = [{"role": "user", "content": [{"type": "image", "image": str(IMAGE)}, {"type": "text", "text": STAR}]}]
         star = "".join(engine.chat(first))
         turn1 = engine.report()
@@ -50,7 +41,7 @@ def test_follow_up_questions_about_one_image_prefill_only_their_new_tokens(tiny_
         new_tokens = len(engine.tokenizer.encode(f"{t.sep2}{t.user}: {COUNT}{t.sep}{t.assistant}:"))
     assert star == "green" and count.strip()
 
-    out = chat_cli(tiny_mote, f"{STAR}\n/report\n{COUNT}\n/report\n/quit\n", "--image", str(IMAGE),
+    out = chat_cli(shipped_tiny_mote, f"{STAR}\n/report\n{COUNT}\n/report\n/quit\n", "--image", str(IMAGE),
                    "--memory-budget", "40MB")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -63,10 +54,10 @@ def test_follow_up_questions_about_one_image_prefill_only_their_new_tokens(tiny_
     assert prefilled2 == new_tokens == prompt2 - reused2
 
 
-def test_commands_and_errors_keep_the_chat_going(tiny_mote):
+def test_commands_and_errors_keep_the_chat_going(shipped_tiny_mote):
     stdin = "\n".join(["/help", "/image /nonexistent.png", "/bogus", "/report", f"/image {IMAGE}", STAR, "/reset",
                        "/report", STAR, "/quit", "never read"]) + "\n"
-    out = chat_cli(tiny_mote, stdin)
+    out = chat_cli(shipped_tiny_mote, stdin)
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "commands: /image PATH" in text and "error: cannot read image /nonexistent.png" in text
@@ -120,12 +111,9 @@ def test_a_full_context_is_one_error_line():
         session.ask("hello")
 
 
-def test_sigint_during_an_answer(tiny_ckpt, tmp_path):
+def test_sigint_during_an_answer(tiny_b4_mote):
     """A real Ctrl-C (SIGINT) while a long answer streams: the answer stops, the next line is still read."""
-    from mote_edge.exporters.export import ExportOptions, export_checkpoint
-
-    model = tmp_path / "synth.mote"
-    export_checkpoint(tiny_ckpt, model, ExportOptions(bits=4, group_size=32, progress=False))
+    model = tiny_b4_mote
     proc = subprocess.Popen([sys.executable, "-m", "mote_edge.cli", "chat", str(model), "--max-new-tokens", "400"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=default_sigint)
