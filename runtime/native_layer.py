@@ -41,8 +41,7 @@ def check_float_vector(a: np.ndarray, n: int, name: str) -> np.ndarray:
     return a
 
 
-SPEC_DTYPES = {0: (np.float32, None), 1: (np.uint8, np.float16), 2: (np.uint8, None), 3: (np.uint8, None),
-               4: (np.uint8, np.float16)}
+SPEC_DTYPES = {0: (np.float32, None), 1: (np.uint8, np.float16), 2: (np.uint8, None), 3: (np.uint8, None)}
 
 
 def check_spec(spec: tuple, name: str) -> tuple:
