@@ -63,6 +63,12 @@ def measure(path: str, n: int, tokens: int = 4) -> dict:
     from mote_edge.training.data import heldout_seeds, make_example
 
     hits = defaultdict(lambda: [0, 0])  # (pair, source, phase) -> [true experts predicted, true experts]
+
+    def count(key, pred, truth):
+        cell = hits[key]
+        cell[0] += sum(len(set(p) & set(t)) for p, t in zip(pred.tolist(), truth.tolist()))
+        cell[1] += truth.size
+
     with Engine.load(path, threads=1) as engine:
         layers = engine.decoder.layers
         moe_layers = engine.config.moe_layers
@@ -78,11 +84,6 @@ def measure(path: str, n: int, tokens: int = 4) -> dict:
             list(engine.generate_ids(ex.question, ex.image, max_new_tokens=tokens, ignore_eos=True))
             # the log holds, per forward pass, one entry per MoE layer in order
             steps = [log[j:j + len(moe_layers)] for j in range(0, len(log), len(moe_layers))]
-
-            def count(key, pred, truth):
-                cell = hits[key]
-                cell[0] += sum(len(set(p) & set(t)) for p, t in zip(pred.tolist(), truth.tolist()))
-                cell[1] += truth.size
 
             for step_no, entries in enumerate(steps):
                 phase = "prefill" if step_no == 0 else "decode"

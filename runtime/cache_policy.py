@@ -22,6 +22,11 @@ RUNTIME_POLICIES = ("lru", "lfu", "layer", "expected")
 DEFAULT_POLICY = "expected"  # wins the replays and the runtime A/Bs (docs/BENCHMARKS.md, "Prefetch replay")
 
 
+def waves_until(cycle: dict[int, int], layer: int, here: int) -> int:
+    """MoE waves from the wave at place `here` in the decode cycle until `layer` runs again (0: next)."""
+    return (cycle[layer] - here - 1) % len(cycle)
+
+
 # A layer's first waves say little about its routing: counts of a few waves evicted worse than the layer
 # rule (fitted-routing replays at 17 slabs of 96: 4-token answers 22.5% hits against 30.2, 16-token ones 32.8
 # against 40.7); from 16 waves on they are level or better, and 2,000-token replays do not change.
@@ -63,8 +68,7 @@ class RoutingCounts:
 
     def expected_distance(self, key: Key, here: int, cycle: dict[int, int]) -> float:
         """MoE waves until `key` is expected to be used again, seen from the wave at place `here`."""
-        n = len(cycle)
-        return (cycle[key[0]] - here - 1) % n + n * (1.0 / self.reuse_probability(key) - 1.0)
+        return waves_until(cycle, key[0], here) + len(cycle) * (1.0 / self.reuse_probability(key) - 1.0)
 
 
 def pick_victim(keys, policy: str, layer: int, cycle: dict[int, int], last: dict[Key, int], count: dict[Key, int],
@@ -79,8 +83,8 @@ def pick_victim(keys, policy: str, layer: int, cycle: dict[int, int], last: dict
     if policy == "lfu":
         return min(candidates, key=lambda k: (count[k], last[k]))
     if policy == "layer":
-        here, n = cycle[layer], len(cycle)
-        return max(candidates, key=lambda k: ((cycle[k[0]] - here - 1) % n, -last[k]))
+        here = cycle[layer]
+        return max(candidates, key=lambda k: (waves_until(cycle, k[0], here), -last[k]))
     if policy == "expected" and routing is not None:
         here = cycle[layer]
         return max(candidates, key=lambda k: (routing.expected_distance(k, here, cycle), -last[k]))

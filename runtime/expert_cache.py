@@ -23,7 +23,7 @@ import numpy as np
 from mote_edge import _native
 from mote_edge.format.reader import MoteFile, parse_parts
 
-from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES, Key, RoutingCounts, pick_victim
+from .cache_policy import DEFAULT_POLICY, RUNTIME_POLICIES, Key, RoutingCounts, pick_victim, waves_until
 from .expert_layout import SLAB_LAYOUTS, place_slab2, slab_bytes, staging_bytes
 from .expert_io import ExpertReader, ReadTiming
 from .expert_loader import PREFETCH_CHUNK, ExpertLoader, LoadAborted, LoadJob
@@ -361,10 +361,10 @@ class ExpertCache:
                 else:
                     return  # no slab without an expert this wave needs: get() decides when it is needed
             self._start(key, slab, prefetch=False, after=after)
-        here, n = self.cycle[self.layer], len(self.cycle)
+        here = self.cycle[self.layer]
 
         def distance(k: Key) -> int:  # MoE layers until k's layer runs again
-            return (self.cycle[k[0]] - here - 1) % n
+            return waves_until(self.cycle, k[0], here)
 
         while self.wanted:
             key = self.wanted[0]

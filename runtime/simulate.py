@@ -9,8 +9,8 @@ Lookahead). Replaying follows the runtime: within a wave, experts already cached
 the misses are loaded one by one (a wave never evicts an expert it still needs, as long as at least
 one slab exists).
 
-Policies (runtime/cache_policy.py, the same rule the runtime uses): lru, lfu, layer (the runtime's
-default), expected and belady (Belady's MIN, the offline optimum of demand loading).
+Policies (runtime/cache_policy.py, the same rule the runtime uses): lru, lfu, layer, expected (the
+runtime's default) and belady (Belady's MIN, the offline optimum of demand loading).
 
 Prefetch, after each decode wave (the runtime reads them while the wave computes):
     none         demand loads only
@@ -41,7 +41,7 @@ from pathlib import Path
 
 from mote_edge.errors import MoteError
 
-from .cache_policy import POLICIES, Key, RoutingCounts, pick_victim
+from .cache_policy import POLICIES, Key, RoutingCounts, pick_victim, waves_until
 
 PREFETCHES = ("none", "lookahead-1", "lookahead-2", "oracle")
 ORACLE_DEPTH = 2
@@ -221,14 +221,14 @@ def simulate(waves: list[Wave], slabs: int, policy: str, prefetch: str = "none",
                     needed_at = max(needed_at, disk.demand(key, now))
             last[key], count[key], nxt[key] = tick, count[key] + 1, next_use(key, index_of[key])
         pos += len(w.experts)
-        here, n = cycle[w.layer], len(cycle)
+        here = cycle[w.layer]
         for key in _prefetches(waves, i, prefetch):
             if key in last:
                 continue
             queued_at = now
             if len(last) >= slabs:
-                gap = (cycle[key[0]] - here - 1) % n
-                later = [k for k in last if (cycle[k[0]] - here - 1) % n > gap and k not in busy]
+                gap = waves_until(cycle, key[0], here)
+                later = [k for k in last if waves_until(cycle, k[0], here) > gap and k not in busy]
                 if not later:
                     break
                 victim = pick_victim(later, policy, w.layer, cycle, last, count, set(), nxt, routing)
