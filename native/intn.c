@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "scratch.h"
 #include "threads.h"
 
 float mote_half_to_float(uint16_t h) {
@@ -119,14 +120,16 @@ static void intn_task(void *ctx, int i, int n) {
     int n0, n1;
     mote_split_rows(job->a->N, i, n, 16, &n0, &n1);
     if (n0 >= n1) return;
-    uint8_t *scratch = malloc(mote_intn_scratch_bytes(job->a));
+    uint8_t *scratch = mote_scratch(MOTE_SCR_INTN_ROWS, mote_intn_scratch_bytes(job->a));
     if (!scratch) {
         job->failed = 1;
         return;
     }
     job->rows(job->a, n0, n1, scratch);
-    free(scratch);
+    mote_scratch_release(MOTE_SCR_INTN_ROWS, 1);
 }
+
+static size_t up64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 int mote_intn_matmul(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int bits, int G,
                      const float *x, int T, int K, int N, float *y, int threads) {
@@ -145,13 +148,21 @@ int mote_intn_matmul(const uint8_t *w, const uint16_t *scales, const uint16_t *z
     a.zeros = zeros;
     a.N = N;
     a.T = T;
-    int8_t *xq = calloc((size_t)(T * a.kp + 128), 1);          /* +128: SIMD tails may over-read */
-    int32_t *sumx = malloc(sizeof(int32_t) * (size_t)(T * a.ng + 1));
-    float *rs = malloc(sizeof(float) * (size_t)(T * a.ng + 1));
-    if (!xq || !sumx || !rs) {
-        free(xq), free(sumx), free(rs);
-        return -1;
-    }
+    const mote_path path = mote_get_path();
+    a.ntb = (T + 15) / 16;
+    const int il = path == MOTE_PATH_AVX512 && T >= MOTE_INTN_IL_MIN;   /* tokens in lanes (intn_avx512.c) */
+    /* this thread's activation buffer (scratch.h): xq [T, kp] + 128 | sumx [T, ng] | rs [T, ng]
+     * (| xil [ntb, kp, 16] + 64 | sumx_il [ntb, ng, 16] | rs_il [ntb, ng, 16] when il), each 64-byte aligned */
+    const size_t xq_bytes = up64((size_t)T * a.kp + 128), sum_bytes = up64(sizeof(int32_t) * ((size_t)T * a.ng + 1));
+    const size_t xil_bytes = il ? up64((size_t)a.ntb * a.kp * 16 + 64) : 0, il_bytes = il ? up64(4 * (size_t)a.ntb * a.ng * 16) : 0;
+    uint8_t *act = mote_scratch(MOTE_SCR_INTN_ACT, xq_bytes + 2 * sum_bytes + xil_bytes + 2 * il_bytes);
+    if (!act) return -1;
+    int8_t *xq = (int8_t *)act;                                   /* +128: SIMD tails may over-read */
+    int32_t *sumx = (int32_t *)(void *)(act + xq_bytes);
+    float *rs = (float *)(void *)(act + xq_bytes + sum_bytes);
+    for (int t = 0; t < T; t++)   /* zero padding: columns K .. kp of each row, and the tail */
+        memset(xq + (int64_t)t * a.kp + K, 0, (size_t)(a.kp - K));
+    memset(xq + (int64_t)T * a.kp, 0, 128);
     for (int t = 0; t < T; t++)
         for (int g = 0; g < a.ng; g++) {
             int k0 = g * G, len = K - k0 < G ? K - k0 : G;
@@ -165,20 +176,12 @@ int mote_intn_matmul(const uint8_t *w, const uint16_t *scales, const uint16_t *z
     a.xil = NULL;
     a.sumx_il = NULL;
     a.rs_il = NULL;
-    a.ntb = (T + 15) / 16;
-    const mote_path path = mote_get_path();
-    uint8_t *xil = NULL;
-    int32_t *sumx_il = NULL;
-    float *rs_il = NULL;
-    if (path == MOTE_PATH_AVX512 && T >= MOTE_INTN_IL_MIN) {   /* tokens in lanes (intn_avx512.c) */
+    if (il) {
         const int64_t nch = a.kp / 4;
-        xil = malloc((size_t)(a.ntb * a.kp * 16 + 64));
-        sumx_il = calloc((size_t)a.ntb * a.ng * 16, sizeof(int32_t));
-        rs_il = calloc((size_t)a.ntb * a.ng * 16, sizeof(float));
-        if (!xil || !sumx_il || !rs_il) {
-            free(xq), free(sumx), free(rs), free(xil), free(sumx_il), free(rs_il);
-            return -1;
-        }
+        uint8_t *xil = act + xq_bytes + 2 * sum_bytes;
+        int32_t *sumx_il = (int32_t *)(void *)(xil + xil_bytes);
+        float *rs_il = (float *)(void *)(xil + xil_bytes + il_bytes);
+        memset(sumx_il, 0, 2 * il_bytes);                        /* 0 for tokens >= T */
         memset(xil, 128, (size_t)(a.ntb * a.kp * 16));
         for (int t = 0; t < T; t++) {
             const int tb = t / 16, l = t % 16;
@@ -199,6 +202,6 @@ int mote_intn_matmul(const uint8_t *w, const uint16_t *scales, const uint16_t *z
     int nth = threads < 1 ? 1 : threads;
     if (nth > (N + 15) / 16) nth = (N + 15) / 16;
     mote_parallel(nth, intn_task, &job);
-    free(xq), free(sumx), free(rs), free(xil), free(sumx_il), free(rs_il);
+    mote_scratch_release(MOTE_SCR_INTN_ACT, T == 1);
     return job.failed ? -1 : 0;
 }

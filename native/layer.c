@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "scratch.h"
 #include "threads.h"
 
 #if defined(__x86_64__)
@@ -543,7 +544,9 @@ int mote_attn_chunk(const mote_attn_layer *L, float *x, int T, int start, float 
     const size_t per_thread = (size_t)group * ((size_t)start + T) + LANES;   /* scores + scores_kt's overrun */
     const size_t n_floats = (size_t)T * width + (size_t)T * nq + (size_t)nth * per_thread +
                             (size_t)T * H + split;
-    float *buf = malloc(sizeof(float) * n_floats);
+    const int nblk = T > 1 ? (start + T + LANES - 1) / LANES : 0;         /* prefill: keys transposed once */
+    const size_t kt_floats = (size_t)L->n_kv * nblk * D * LANES;          /* [nKV, nblk, D, 8] */
+    float *buf = mote_scratch(MOTE_SCR_ATTN, sizeof(float) * (n_floats + kt_floats));   /* this thread's (scratch.h) */
     if (!buf) return -1;
     float *qkv = buf, *att = qkv + (size_t)T * width;                     /* [T, width], [T, nq] */
     float *scores = att + (size_t)T * nq, *o = scores + (size_t)nth * per_thread;   /* o [T, H] */
@@ -564,22 +567,16 @@ int mote_attn_chunk(const mote_attn_layer *L, float *x, int T, int start, float 
     }
     for (int t = 0; t < T; t++) place_token(L, qkv + (int64_t)t * width, start + t);
 
-    const int nblk = T > 1 ? (start + T + LANES - 1) / LANES : 0;         /* prefill: keys transposed once */
-    float *kt = nblk ? malloc(sizeof(float) * (size_t)L->n_kv * nblk * D * LANES) : NULL;
-    if (nblk && !kt) {
-        free(buf);
-        return -1;
-    }
+    float *kt = nblk ? buf + n_floats : NULL;
     if (kt) keys_t(L, start + T, nblk, kt);
     attn_job job = {L, qkv, att, scores, kt, T, start, nblk, mote_dot_for(mote_get_path())};   /* att = softmax(q K^T) V */
     mote_parallel(nth, attn_task, &job);
-    free(kt);
 
     rc |= mote_linear_matmul(&L->o, att, T, o, threads);                   /* x += att W_o^T  [T, H] */
     for (int64_t i = 0; i < (int64_t)T * H; i++) x[i] += o[i];
     for (int t = 0; t < T; t++)                                            /* h = rmsnorm(x)  */
         mote_rms_norm(x + (int64_t)t * H, L->ln_post, H, L->eps, h + (int64_t)t * H);
-    free(buf);
+    mote_scratch_release(MOTE_SCR_ATTN, T == 1);
     return rc ? -1 : 0;
 }
 
@@ -599,12 +596,10 @@ static int gate_up_rows(const mote_linear *gate_up, int ngu, const float *h, int
     if (fused) {                                                           /* [gate | up] = h W^T  [T, 2 I] */
         rc |= mote_linear_matmul(&gate_up[0], h, T, gate, threads);
     } else if (is_ternary(&gate_up[0]) && is_ternary(&gate_up[1])) {       /* h quantized once per row */
-        float *s = malloc(sizeof(float) * (size_t)T);
-        int8_t *xq = malloc((size_t)T * K + 64);
-        if (!xq || !s) {
-            free(xq), free(s);
-            return -1;
-        }
+        const size_t xq_bytes = ((size_t)T * K + 64 + 63) & ~(size_t)63;   /* xq [T, K] + 64 | s [T] */
+        int8_t *xq = mote_scratch(MOTE_SCR_FFN_Q, xq_bytes + sizeof(float) * (size_t)T);
+        if (!xq) return -1;
+        float *s = (float *)(void *)(xq + xq_bytes);
         for (int t = 0; t < T; t++) {
             int32_t sum;
             s[t] = mote_quantize_act(h + (int64_t)t * K, K, xq + (int64_t)t * K, &sum);
@@ -614,8 +609,7 @@ static int gate_up_rows(const mote_linear *gate_up, int ngu, const float *h, int
             rc |= mote_ternary_matmul(tpb, gate_up[p].w, gate_up[p].gamma, NULL, xq, s, T, K, I, p ? up : gate,
                                       threads);
         }
-        free(s);
-        free(xq);
+        mote_scratch_release(MOTE_SCR_FFN_Q, T == 1);
     } else {
         rc |= mote_linear_matmul(&gate_up[0], h, T, gate, threads);
         rc |= mote_linear_matmul(&gate_up[1], h, T, up, threads);
@@ -643,11 +637,12 @@ static int down_rows(const mote_linear *down, const float *act, int T, const flo
 int mote_ffn_chunk(const mote_linear *gate_up, int ngu, const mote_linear *down, const float *h, int T,
                    const float *coef, float *y, int threads) {
     const int I = down->K, H = down->N;
-    float *buf = malloc(sizeof(float) * (2 * (size_t)T * I + (size_t)T * H));   /* [T, 2 I] then d [T, H] */
+    const size_t act_floats = (2 * (size_t)T * I + 15) & ~(size_t)15;   /* [T, 2 I] then d [T, H], 64-byte aligned */
+    float *buf = mote_scratch(MOTE_SCR_FFN, sizeof(float) * (act_floats + (size_t)T * H));   /* this thread's (scratch.h) */
     if (!buf) return -1;
     int rc = gate_up_rows(gate_up, ngu, h, T, buf, threads);
-    if (!rc) rc = down_rows(down, buf, T, coef, y, buf + 2 * (size_t)T * I, threads);
-    free(buf);
+    if (!rc) rc = down_rows(down, buf, T, coef, y, buf + act_floats, threads);
+    mote_scratch_release(MOTE_SCR_FFN, T == 1);
     return rc ? -1 : 0;
 }
 
@@ -659,18 +654,18 @@ int mote_ffn_step(const mote_linear *gate_up, int ngu, const mote_linear *down, 
 /* mote_ffn_step's two halves, bit for bit: act [I] = silu(gate h) * up h, then y += coef * down(act). */
 int mote_ffn_gate_up(const mote_linear *gate_up, int ngu, const float *h, float *act, int threads) {
     const int I = ngu == 1 ? gate_up[0].N / 2 : gate_up[0].N;
-    float *buf = malloc(sizeof(float) * 2 * (size_t)I);
+    float *buf = mote_scratch(MOTE_SCR_FFN, sizeof(float) * 2 * (size_t)I);   /* [2 I] */
     if (!buf) return -1;
     int rc = gate_up_rows(gate_up, ngu, h, 1, buf, threads);
     if (!rc) memcpy(act, buf, sizeof(float) * (size_t)I);
-    free(buf);
+    mote_scratch_release(MOTE_SCR_FFN, 1);
     return rc ? -1 : 0;
 }
 
 int mote_ffn_down(const mote_linear *down, const float *act, float coef, float *y, int threads) {
-    float *d = malloc(sizeof(float) * (size_t)down->N);
+    float *d = mote_scratch(MOTE_SCR_FFN, sizeof(float) * (size_t)down->N);   /* [H] */
     if (!d) return -1;
     int rc = down_rows(down, act, 1, &coef, y, d, threads);
-    free(d);
+    mote_scratch_release(MOTE_SCR_FFN, 1);
     return rc ? -1 : 0;
 }

@@ -10,6 +10,8 @@
 #include "cpu.h"
 #include "kernels.h"
 #include "layer.h"
+#include "route.h"
+#include "scratch.h"
 #include "threads.h"
 
 static PyObject *py_cpu_features(PyObject *self, PyObject *noargs) {
@@ -468,6 +470,31 @@ static PyObject *py_crc32(PyObject *self, PyObject *args) {
     return PyLong_FromUnsignedLong(out);
 }
 
+/* route(h f32[T, H], T, W f32[E, H], E, k, idx i64[T, k] out, weight f32[T, k] out, threads): MoE routing (route.c) */
+static PyObject *py_route(PyObject *self, PyObject *args) {
+    Py_buffer b[4] = {{0}};   /* h, W, idx, weight */
+    int T, E, k, threads = 1, rc = -2;
+    if (!PyArg_ParseTuple(args, "y*iy*iiw*w*|i", &b[0], &T, &b[1], &E, &k, &b[2], &b[3], &threads)) return NULL;
+    const long long H = T > 0 ? (long long)b[0].len / 4 / T : 0;
+    if (check_range(T, 1, MOTE_MAX_DIM, "T") || check_range(E, 1, 4096, "experts") || check_range(k, 1, E < 64 ? E : 64, "k") ||
+        check_range(H, 1, MOTE_MAX_DIM, "hidden size") || check_dims(T, (int)H, E, threads) ||
+        check_len(&b[0], 4LL * T * H, "h") || check_len(&b[1], 4LL * E * H, "W") || check_len(&b[2], 8LL * T * k, "idx") ||
+        check_len(&b[3], 4LL * T * k, "weight"))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS
+    rc = mote_route(b[1].buf, b[0].buf, T, E, (int)H, k, b[2].buf, b[3].buf, threads);
+    Py_END_ALLOW_THREADS
+    if (rc != 0) PyErr_NoMemory();
+done:
+    release(b, 4);
+    if (rc != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_scratch_held(PyObject *self, PyObject *noargs) {
+    return PyLong_FromSize_t(mote_scratch_held());
+}
+
 static PyObject *py_crc32_path(PyObject *self, PyObject *noargs) {
     return PyUnicode_FromString(mote_crc32_simd() ? "clmul" : "scalar");
 }
@@ -509,6 +536,10 @@ static PyMethodDef native_methods[] = {
      "ffn_gate_up(h f32[H], act f32[I], coef, gate_up specs, None, threads): act = silu(gate h) * up h (coef unused)."},
     {"ffn_down", py_ffn_down, METH_VARARGS,
      "ffn_down(act f32[I], y f32[H], coef, gate_up specs, down spec, threads): y += coef * down(act)."},
+    {"route", py_route, METH_VARARGS,
+     "route(h f32[T,H], T, W f32[E,H], E, k, idx i64[T,k], weight f32[T,k], threads=1): MoE top-k routing (native/route.c)."},
+    {"scratch_held", py_scratch_held, METH_NOARGS,
+     "scratch_held() -> int: bytes of kernel scratch the calling thread keeps between calls (native/scratch.h)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "scratch.h"
 #include "threads.h"
 
 /* ---- scalar path: one row, one token at a time; the readable reference (both layouts) ---- */
@@ -79,13 +80,13 @@ static void tern_task(void *ctx, int i, int n) {
     int n0, n1;
     mote_split_rows(job->a->N, i, n, 16, &n0, &n1);
     if (n0 >= n1) return;
-    uint8_t *scratch = malloc(4 * (size_t)job->a->kx + 64);  /* four decoded rows (GEMM paths) */
+    uint8_t *scratch = mote_scratch(MOTE_SCR_TERN_ROWS, 4 * (size_t)job->a->kx + 64);  /* four decoded rows (GEMM paths) */
     if (!scratch) {
         job->failed = 1;
         return;
     }
     job->rows(job->a, n0, n1, scratch);
-    free(scratch);
+    mote_scratch_release(MOTE_SCR_TERN_ROWS, 1);
 }
 
 /* one token's int8 activations (natural order, K) -> block order (kx), zero padded */
@@ -117,14 +118,14 @@ int mote_ternary_matmul(int tpb, const uint8_t *w, float gamma, const float *x, 
     a.N = N;
     a.T = T;
     a.kx = (int64_t)a.nblk * cols;
-    int8_t *xq = malloc((size_t)(T * a.kx + K + 64));
-    int32_t *sumx = malloc(sizeof(int32_t) * (size_t)(T + 1));
-    float *f = malloc(sizeof(float) * (size_t)(T + 1));
+    /* this thread's activation buffer (scratch.h): xq [T, kx] | row [K] + 64 | sumx [T] | f [T], 64-byte aligned */
+    const size_t xq_bytes = ((size_t)T * a.kx + K + 64 + 63) & ~(size_t)63, t_bytes = (4 * ((size_t)T + 1) + 63) & ~(size_t)63;
+    uint8_t *act = mote_scratch(MOTE_SCR_TERN_ACT, xq_bytes + 2 * t_bytes);
+    if (!act) return -1;
+    int8_t *xq = (int8_t *)act;
+    int32_t *sumx = (int32_t *)(void *)(act + xq_bytes);
+    float *f = (float *)(void *)(act + xq_bytes + t_bytes);
     int8_t *row = xq + T * a.kx;   /* K bytes of scratch for one natural-order row */
-    if (!xq || !sumx || !f) {
-        free(xq), free(sumx), free(f);
-        return -1;
-    }
     for (int t = 0; t < T; t++) {
         float s;
         if (x) {
@@ -147,7 +148,7 @@ int mote_ternary_matmul(int tpb, const uint8_t *w, float gamma, const float *x, 
     int nth = threads < 1 ? 1 : threads;
     if (nth > (N + 15) / 16) nth = (N + 15) / 16;
     mote_parallel(nth, tern_task, &job);
-    free(xq), free(sumx), free(f);
+    mote_scratch_release(MOTE_SCR_TERN_ACT, T == 1);
     return job.failed ? -1 : 0;
 }
 

@@ -24,7 +24,7 @@ from mote_edge.config import ModelConfig
 
 from .expert_cache import ExpertCache, FirstPart
 from .kv_cache import KVCache
-from .native_layer import AttentionStep, default_decoder_path, ffn_chunk, ffn_step, matmul_f32
+from .native_layer import AttentionStep, default_decoder_path, ffn_chunk, ffn_step, matmul_f32, route_top_k
 from .plan import ATTN_QUERY_CHUNK, PREFILL_CHUNK
 from .weights import Linear, ResidentWeights
 
@@ -41,6 +41,19 @@ def silu(x: np.ndarray) -> np.ndarray:
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     e = np.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def route_top_k_numpy(h: np.ndarray, router: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The routing formula in numpy, the reference native/route.c is tested against (tests/test_route.py):
+    top k of softmax(h router^T) [T, E]; the raw probability at k = 1 (argmax: ties to the lower expert),
+    renormalised over the k chosen (stable argsort of -p) at k > 1."""
+    probs = softmax(matmul_f32(h, router))  # [T, E] float32
+    if k == 1:
+        idx = probs.argmax(axis=-1)[:, None]
+        return idx, probs[np.arange(probs.shape[0])[:, None], idx]
+    idx = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+    top = np.take_along_axis(probs, idx, axis=-1)
+    return idx, top / np.maximum(top.sum(axis=-1, keepdims=True), np.finfo(np.float32).eps)
 
 
 class Rope:
@@ -158,14 +171,8 @@ class MoE:
         return self.routing(h) if self.routing is not None else self.router_top_k(h)
 
     def router_top_k(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The router's choice: top_k of softmax(h Wg^T)."""
-        probs = softmax(matmul_f32(h, self.router))  # [T, E] float32
-        if self.top_k == 1:
-            idx = probs.argmax(axis=-1)[:, None]
-            return idx, probs[np.arange(probs.shape[0])[:, None], idx]
-        idx = np.argsort(-probs, axis=-1, kind="stable")[:, :self.top_k]
-        top = np.take_along_axis(probs, idx, axis=-1)
-        return idx, top / np.maximum(top.sum(axis=-1, keepdims=True), np.finfo(np.float32).eps)
+        """The router's choice: top_k of softmax(h Wg^T) in one native call (route_top_k_numpy's formula)."""
+        return route_top_k(h, self.router, self.top_k)
 
     def _begin_wave(self, h: np.ndarray, residual: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Route h [T, H], start the cache's wave (and, in decode steps, the lookahead prefetch from the

@@ -9,6 +9,7 @@ the decoder's weights, with their dtypes checked here (the C side checks every b
     ffn_chunk(h, y, coef, gate_up, down)   h, y [T, H], coef [T]: the same per row
     matmul_f32(x, w)                       x [T, K] @ w [N, K]^T on the kernel pool (routers: no BLAS threads,
                                            whose spinning workers would take the cores from the pool's)
+    route_top_k(h, router, k)              MoE routing (native/route.c): expert ids [T, k] int64, weights [T, k]
 
 Selected by `MOTE_DECODER` (`native`, the default, or `numpy`: the numpy layer, the scalar reference).
 """
@@ -98,3 +99,13 @@ def matmul_f32(x: np.ndarray, w: np.ndarray, threads: int = 1) -> np.ndarray:
     out = np.empty((T, w.shape[0]), np.float32)
     _native.gemm_f32(w, x, T, K, w.shape[0], out, threads)
     return out
+
+
+def route_top_k(h: np.ndarray, router: np.ndarray, k: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """h [T, H] -> (expert ids [T, k] int64, weights [T, k] float32): the top k of softmax(h router^T) (router
+    [E, H] float32), raw (k = 1) or renormalised over the k (native/route.c, one call)."""
+    h = np.ascontiguousarray(h, dtype=np.float32)
+    T = h.shape[0]
+    idx, weight = np.empty((T, k), np.int64), np.empty((T, k), np.float32)
+    _native.route(h, T, router, router.shape[0], k, idx, weight, threads)
+    return idx, weight

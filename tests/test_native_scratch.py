@@ -1,0 +1,122 @@
+"""The kernels' persistent per-thread buffers (native/scratch.c): results never depend on what an earlier
+call left in them, what a thread keeps between calls is bounded (a prefill chunk's large buffers are
+freed), and concurrent callers (a second Engine's thread, loader threads) each get their own."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from mote_edge import _native
+from mote_edge.quant import kernels
+from mote_edge.quant.intn import quantize_intn
+from mote_edge.quant.ternary import pack_ternary
+from mote_edge.quant.ternary_slab import pack_ternary_slab2
+
+KEEP = 256 << 10  # MOTE_SCRATCH_KEEP
+SLOTS = 8  # MOTE_SCR_COUNT
+
+
+@pytest.fixture(params=kernels.available_paths())
+def path(request):
+    kernels.set_kernel_path(request.param)
+    yield request.param
+    kernels.set_kernel_path("auto")
+
+
+def _intn(rng, N, K, bits=4, G=128):
+    return quantize_intn(rng.standard_normal((N, K)).astype(np.float32), bits, G)
+
+
+def _tern(rng, N, K):
+    return pack_ternary(rng.integers(-1, 2, size=(N, K)).astype(np.int8)), 0.7
+
+
+def _dirty(rng):
+    """Fill every kernel buffer of this thread with non-zero bytes: larger shapes, random activations."""
+    x = (rng.standard_normal((20, 4864)) * 50).astype(np.float32)
+    kernels.intn_matmul(x, _intn(rng, 64, 4864))
+    packed, gamma = _tern(rng, 64, 4864)
+    kernels.ternary_matmul(x, packed, gamma, 64, 4864)
+
+
+@pytest.mark.parametrize("T", [1, 3, 9, 17])
+def test_results_do_not_depend_on_what_the_buffers_held(path, T):
+    rng = np.random.default_rng(T)
+    K = 1000  # not a multiple of the group (128) nor of a ternary block (320): padded columns
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    wq = _intn(rng, 40, K)
+    packed, gamma = _tern(rng, 40, K)
+    packed2 = pack_ternary_slab2(rng.integers(-1, 2, size=(40, K)).astype(np.int8))
+
+    def run():
+        return [kernels.intn_matmul(x, wq), kernels.ternary_matmul(x, packed, gamma, 40, K),
+                kernels.ternary_matmul(x, packed2, gamma, 40, K, layout="slab2")]
+
+    first = run()
+    _dirty(rng)
+    again = run()
+    for a, b in zip(first, again):
+        assert np.array_equal(a, b)
+
+
+def in_new_thread(fn):
+    """fn() on a thread of its own (fresh buffers); its result, or its exception raised here."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_what_a_thread_keeps_is_bounded():
+    rng = np.random.default_rng(0)
+
+    def sizes():
+        assert _native.scratch_held() == 0  # a new thread holds nothing
+        kernels.intn_matmul(rng.standard_normal((1, 896)).astype(np.float32), _intn(rng, 64, 896))
+        small = _native.scratch_held()
+        # a prefill chunk: 256 positions of a 4864-wide input (1.2 MB of int8 copies, more interleaved): freed
+        kernels.intn_matmul(rng.standard_normal((256, 4864)).astype(np.float32), _intn(rng, 16, 4864))
+        return small, _native.scratch_held()
+
+    small, after_chunk = in_new_thread(sizes)
+    assert 0 < small <= 32 << 10  # a decode GEMV's activation and row scratch: a few KiB each
+    assert after_chunk <= SLOTS * KEEP and after_chunk < 1 << 20
+
+
+def test_concurrent_callers_get_their_own_buffers():
+    rng = np.random.default_rng(1)
+    cases = []
+    for T, K in ((1, 896), (3, 4864), (9, 1000), (1, 1000)):
+        x = rng.standard_normal((T, K)).astype(np.float32)
+        wq = _intn(rng, 80, K)
+        packed, gamma = _tern(rng, 80, K)
+        cases.append((x, wq, packed, gamma, K, kernels.intn_matmul(x, wq, threads=2),
+                      kernels.ternary_matmul(x, packed, gamma, 80, K, threads=2)))
+    errors = []
+
+    def worker(i):
+        for r in range(40):
+            x, wq, packed, gamma, K, yi, yt = cases[(i + r) % len(cases)]
+            if not (np.array_equal(kernels.intn_matmul(x, wq, threads=2), yi)
+                    and np.array_equal(kernels.ternary_matmul(x, packed, gamma, 80, K, threads=2), yt)):
+                errors.append((i, r))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
