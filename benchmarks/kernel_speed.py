@@ -91,15 +91,18 @@ def make_ternary(K, N, ncopies, threads, layout="file"):
     return call, base.nbytes + 4
 
 
-def make_intn(bits, K, N, ncopies, threads, G=128):
+def make_intn(bits, K, N, ncopies, threads, G=128, layout="rows"):
+    """layout "il16": the 16-row interleaved layout the runtime loads int4 G = 128 weights in on AVX-512."""
     from mote_edge.quant import kernels
-    from mote_edge.quant.intn import IntNWeight, intn_row_bytes
+    from mote_edge.quant.intn import IntNWeight, interleave_il16, intn_row_bytes
     rng = np.random.default_rng(0)
     ng = K // G
     base = IntNWeight(rng.integers(0, 256, size=(N, intn_row_bytes(K, bits, G)), dtype=np.uint8),
                       (rng.random((N, ng)) * 0.01).astype(np.float16),
                       np.full((N, ng), 2 ** (bits - 1), np.float16), bits, G, N, K)
-    copies = [IntNWeight(place(base.packed), place(base.scales), place(base.zeros), bits, G, N, K)
+    if layout == "il16":
+        base = IntNWeight(*interleave_il16(base.packed, base.scales, base.zeros), bits, G, N, K, "il16")
+    copies = [IntNWeight(place(base.packed), place(base.scales), place(base.zeros), bits, G, N, K, layout)
               for _ in range(ncopies)]
     outs = {}
 
@@ -160,6 +163,7 @@ KERNELS = {  # name -> (maker, is ours)
     "mote int2 g128": (lambda K, N, c, t: make_intn(2, K, N, c, t), True),
     "mote int3 g128": (lambda K, N, c, t: make_intn(3, K, N, c, t), True),
     "mote int4 g128": (lambda K, N, c, t: make_intn(4, K, N, c, t), True),
+    "mote int4 g128 il16": (lambda K, N, c, t: make_intn(4, K, N, c, t, layout="il16"), True),
     "mote int8 g128": (lambda K, N, c, t: make_intn(8, K, N, c, t), True),
     "numpy fp32": (make_numpy, False),
     "ORT MatMulNBits 2-bit b128": (lambda K, N, c, t: make_ort(2, K, N, c, t), False),
@@ -237,7 +241,9 @@ def report(results: list[dict]) -> None:
                                  ("mote ternary 2-bit slab", "ORT MatMulNBits 2-bit b128"),
                                  ("mote ternary (1.6 bpw)", "numpy fp32"),
                                  ("mote int2 g128", "ORT MatMulNBits 2-bit b128"),
-                                 ("mote int4 g128", "ORT MatMulNBits 4-bit b128")]:
+                                 ("mote int4 g128", "ORT MatMulNBits 4-bit b128"),
+                                 ("mote int4 g128 il16", "ORT MatMulNBits 4-bit b128"),
+                                 ("mote int4 g128 il16", "mote int4 g128")]:
                 for o in (ours, ours + HUGE_SUFFIX):
                     if (shape, o) not in by or (shape, theirs) not in by:
                         continue

@@ -53,10 +53,13 @@ def huge_share(addr: int) -> tuple[int, int]:
     return huge, rss
 
 
+INTN_KINDS = (1, 4)  # native spec kinds of int-N weights: the rows layout (intn_matmul layout 0), il16 (layout 1)
+
+
 def intn_call(spec: tuple, x: np.ndarray, y: np.ndarray, threads: int) -> None:
     kind, N, K, w, scales, zeros, bits, G, gamma = spec
-    if kind == 1:
-        _native.intn_matmul(w, scales, zeros, bits, G, x, 1, K, N, y, threads)
+    if kind in INTN_KINDS:
+        _native.intn_matmul(w, scales, zeros, bits, G, x, 1, K, N, y, threads, INTN_KINDS.index(kind))
     elif kind == 3:
         _native.ternary2_matmul(w, gamma, x, 1, K, N, y, threads)
     elif kind == 2:
@@ -107,7 +110,7 @@ def main() -> None:
                 ffns.append(layer.mlp.specs())
             layers.append((layer.attn_step, ffns))
         head = dec.lm_head.native_spec()
-        dense = [ffn for _, ffns in layers for ffn in ffns if ffn[1][0] == 1]  # the int-N (dense / shared) FFNs
+        dense = [ffn for _, ffns in layers for ffn in ffns if ffn[1][0] in INTN_KINDS]  # the int-N (dense / shared) FFNs
 
         big = np.empty(max(head[1], 4 * H, 2 * engine.config.decoder.intermediate_size), np.float32)
         act = (rng.standard_normal(big.size) * 0.5).astype(np.float32)  # the down projections' input
@@ -179,7 +182,7 @@ def main() -> None:
             ms = 1e3 * float(np.median(times[name]))
             gbs = nbytes / ms / 1e6
             print(f"  {name:30s} {nbytes / 1e6:7.1f} {ms:7.2f} {gbs:6.1f} {100 * gbs * 1e9 / d:7.1f}%")
-        routed = next(ffns[-1] for _, ffns in layers if ffns[-1][1][0] != 1)
+        routed = next(ffns[-1] for _, ffns in layers if ffns[-1][1][0] not in INTN_KINDS)
         for label, arr in (("resident weights (lm_head)", head[3]), ("expert slabs", routed[1][3])):
             hp, rss = huge_share(arr.ctypes.data)
             print(f"  huge pages, {label}: {hp / 1e6:.1f} of {rss / 1e6:.1f} MB resident in its mapping "

@@ -94,6 +94,46 @@ void mote_intn_rows_scalar(const mote_intn_args *a, int n0, int n1, uint8_t *scr
     }
 }
 
+/* ---- the MOTE_INTN_IL16 layout (kernels.h) ---- */
+void mote_intn_il16_block_to_rows(const mote_intn_args *a, int n, uint8_t *w, uint16_t *scales, uint16_t *zeros) {
+    const int ng = a->ng;
+    const uint8_t *src = a->w + (int64_t)n * a->rb;   /* block n / 16: 16 rb bytes, [ng][16 lines][16 rows][4] */
+    const uint16_t *s16 = a->scales + (int64_t)n * ng, *z16 = a->zeros + (int64_t)n * ng;   /* [ng][16] */
+    for (int g = 0; g < ng; g++) {
+        for (int j = 0; j < 16; j++)
+            for (int r = 0; r < 16; r++) memcpy(w + (int64_t)r * a->rb + g * 64 + 4 * j, src + ((g * 16 + j) * 16 + r) * 4, 4);
+        for (int r = 0; r < 16; r++) {
+            scales[r * ng + g] = s16[g * 16 + r];
+            zeros[r * ng + g] = z16[g * 16 + r];
+        }
+    }
+}
+
+/* a path without an IL16 kernel: each block of 16 rows de-interleaved into blk, then the path's rows function */
+static void rows_from_il16(const mote_intn_args *a, mote_intn_rows_fn rows, int n0, int n1, uint8_t *scratch,
+                           uint8_t *blk) {
+    mote_intn_args b = *a;
+    uint16_t *sc = (uint16_t *)(void *)(blk + 16 * a->rb), *zp = sc + 16 * a->ng;
+    b.il16 = 0;
+    b.w = blk;
+    b.scales = sc;
+    b.zeros = zp;
+#if defined(__x86_64__)
+    const int avx512 = mote_get_path() == MOTE_PATH_AVX512;
+#else
+    const int avx512 = 0;
+#endif
+    for (int n = n0; n < n1; n += 16) {   /* n0, n1: multiples of 16 (N % 16 == 0, parts split on 16 rows) */
+#if defined(__x86_64__)
+        if (avx512) mote_intn_il16_block_to_rows_avx512(a, n, blk, sc, zp);
+        else
+#endif
+            mote_intn_il16_block_to_rows(a, n, blk, sc, zp);
+        b.y = a->y + n;                    /* rows 0..15 of the block are y's columns n..n+15 */
+        rows(&b, 0, 16, scratch);
+    }
+}
+
 /* ---- driver ---- */
 static mote_intn_rows_fn intn_rows_for(mote_path p) {
     switch (p) {
@@ -112,33 +152,46 @@ static mote_intn_rows_fn intn_rows_for(mote_path p) {
 typedef struct {
     const mote_intn_args *a;
     mote_intn_rows_fn rows;
+    int deint;   /* IL16 weights on a path without an IL16 kernel: de-interleave 16 rows at a time */
     int failed;
 } intn_job;
+
+static size_t up64(size_t n) { return (n + 63) & ~(size_t)63; }
 
 static void intn_task(void *ctx, int i, int n) {
     intn_job *job = (intn_job *)ctx;
     int n0, n1;
     mote_split_rows(job->a->N, i, n, 16, &n0, &n1);
     if (n0 >= n1) return;
-    uint8_t *scratch = mote_scratch(MOTE_SCR_INTN_ROWS, mote_intn_scratch_bytes(job->a));
+    const size_t sb = up64(mote_intn_scratch_bytes(job->a));
+    const size_t blk = job->deint ? 16 * ((size_t)job->a->rb + 4 * (size_t)job->a->ng) : 0;   /* rows, scales, zeros */
+    uint8_t *scratch = mote_scratch(MOTE_SCR_INTN_ROWS, sb + blk);
     if (!scratch) {
         job->failed = 1;
         return;
     }
-    job->rows(job->a, n0, n1, scratch);
+    if (job->deint)
+        rows_from_il16(job->a, job->rows, n0, n1, scratch, scratch + sb);
+    else
+        job->rows(job->a, n0, n1, scratch);
     mote_scratch_release(MOTE_SCR_INTN_ROWS, 1);
 }
 
-static size_t up64(size_t n) { return (n + 63) & ~(size_t)63; }
-
 int mote_intn_matmul(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int bits, int G,
                      const float *x, int T, int K, int N, float *y, int threads) {
+    return mote_intn_matmul_layout(w, scales, zeros, bits, G, MOTE_INTN_ROWS, x, T, K, N, y, threads);
+}
+
+int mote_intn_matmul_layout(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int bits, int G,
+                            int layout, const float *x, int T, int K, int N, float *y, int threads) {
+    if (layout != MOTE_INTN_ROWS && (layout != MOTE_INTN_IL16 || bits != 4 || G != 128 || N % 16 != 0)) return -1;
     if (K == 0 || N == 0 || T == 0) {   /* empty sums (y = 0) or nothing to compute: no kernel runs */
         memset(y, 0, sizeof(float) * (size_t)T * (size_t)N);
         return 0;
     }
     mote_intn_args a;
     a.w = w;
+    a.il16 = layout == MOTE_INTN_IL16;
     a.bits = bits;
     a.G = G;
     a.ng = (K + G - 1) / G;
@@ -198,7 +251,8 @@ int mote_intn_matmul(const uint8_t *w, const uint16_t *scales, const uint16_t *z
         a.sumx_il = sumx_il;
         a.rs_il = rs_il;
     }
-    intn_job job = {&a, intn_rows_for(path), 0};
+    /* IL16 natively: the AVX-512 GEMV (T = 1; intn_avx512.c) */
+    intn_job job = {&a, intn_rows_for(path), a.il16 && !(path == MOTE_PATH_AVX512 && T == 1), 0};
     int nth = threads < 1 ? 1 : threads;
     if (nth > (N + 15) / 16) nth = (N + 15) / 16;
     mote_parallel(nth, intn_task, &job);

@@ -84,9 +84,19 @@ void mote_tern2_pack_neon(const uint8_t *d, int nfull, uint8_t *out);
 int mote_ternary_matmul(int tpb, const uint8_t *w, float gamma, const float *x, const int8_t *xq_in,
                         const float *s_in, int T, int K, int N, float *y, int threads);
 
-/* ---- int-N group-wise (intn.c): packed layout in mote_edge/quant/intn.py ---- */
+/* ---- int-N group-wise (intn.c): packed layout in mote_edge/quant/intn.py ----
+ * Two layouts of the same bytes (mote_edge/quant/intn.py, docs/KERNELS.md section 2):
+ *   MOTE_INTN_ROWS  rows one after the other: packed [N, rb], scales / zeros [N, ng];
+ *   MOTE_INTN_IL16  4-bit, G = 128, N % 16 == 0 only: blocks of 16 rows, per block and group 16 lines of
+ *                   64 bytes, line j = 4 bytes of each of the 16 rows (bytes 4j..4j+3 of the row's group:
+ *                   values 4j..4j+3 in the low nibbles, 64+4j.. in the high), i.e. packed
+ *                   [N/16][ng][16 lines][16 rows][4 bytes], scales / zeros [N/16][ng][16 rows]. */
+#define MOTE_INTN_ROWS 0
+#define MOTE_INTN_IL16 1
+
 typedef struct {
-    const uint8_t *w;        /* [N, rb] bit-plane packed groups */
+    const uint8_t *w;        /* [N, rb] bit-plane packed groups (or the MOTE_INTN_IL16 blocks) */
+    int il16;                /* 1: w, scales, zeros in the MOTE_INTN_IL16 layout */
     int64_t rb;              /* bytes per row = ng * G * bits / 8 */
     const uint16_t *scales;  /* [N, ng] fp16 */
     const uint16_t *zeros;   /* [N, ng] fp16 holding integers */
@@ -117,6 +127,15 @@ void mote_intn_rows_dotprod(const mote_intn_args *a, int n0, int n1, uint8_t *sc
 
 int mote_intn_matmul(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int bits, int G,
                      const float *x, int T, int K, int N, float *y, int threads);
+/* the same for either layout (MOTE_INTN_ROWS / MOTE_INTN_IL16; IL16 needs bits 4, G 128, N % 16 == 0: -1 else).
+ * IL16 runs natively in the AVX-512 GEMV (T = 1); every other path de-interleaves 16 rows at a time
+ * into scratch and runs its row kernel on them. */
+int mote_intn_matmul_layout(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int bits, int G,
+                            int layout, const float *x, int T, int K, int N, float *y, int threads);
+/* the 16 rows of IL16 block n / 16 -> the rows layout: w [16, rb], scales / zeros [16, ng] */
+void mote_intn_il16_block_to_rows(const mote_intn_args *a, int n, uint8_t *w, uint16_t *scales, uint16_t *zeros);
+void mote_intn_il16_block_to_rows_avx512(const mote_intn_args *a, int n, uint8_t *w, uint16_t *scales,
+                                         uint16_t *zeros);
 
 #define MOTE_INTN_FLAT 1024   /* AVX-512 int-N GEMV: (row, group) products per stretch */
 

@@ -388,6 +388,9 @@ int mote_linear_matmul(const mote_linear *L, const float *x, int T, float *y, in
             return 0;
         case MOTE_LIN_INTN:
             return mote_intn_matmul(L->w, L->scales, L->zeros, L->bits, L->G, x, T, L->K, L->N, y, threads);
+        case MOTE_LIN_INTN16:
+            return mote_intn_matmul_layout(L->w, L->scales, L->zeros, L->bits, L->G, MOTE_INTN_IL16, x, T, L->K, L->N, y,
+                                           threads);
         case MOTE_LIN_TERN:
             return mote_ternary_matmul(MOTE_TPB_FILE, L->w, L->gamma, x, NULL, NULL, T, L->K, L->N, y, threads);
         case MOTE_LIN_TERN2:

@@ -21,13 +21,14 @@
 #include "kernels.h"
 
 /* a stored [N, K] weight and how to multiply by it */
-typedef enum { MOTE_LIN_F32 = 0, MOTE_LIN_INTN = 1, MOTE_LIN_TERN = 2, MOTE_LIN_TERN2 = 3 } mote_lin_kind;
+/* MOTE_LIN_INTN16: int-N in the MOTE_INTN_IL16 layout (4-bit, G = 128, rows interleaved by 16; kernels.h) */
+typedef enum { MOTE_LIN_F32 = 0, MOTE_LIN_INTN = 1, MOTE_LIN_TERN = 2, MOTE_LIN_TERN2 = 3, MOTE_LIN_INTN16 = 4 } mote_lin_kind;
 
 typedef struct {
     int kind;                        /* mote_lin_kind */
     int N, K;
-    const void *w;                   /* f32 [N, K] | int-N packed [N, ng G bits / 8] | ternary packed rows */
-    const uint16_t *scales, *zeros;  /* int-N: fp16 [N, ng] each */
+    const void *w;                   /* f32 [N, K] | int-N packed [N, ng G bits / 8] (IL16: blocks) | ternary packed rows */
+    const uint16_t *scales, *zeros;  /* int-N: fp16 [N, ng] each (IL16: [N/16][ng][16]) */
     int bits, G;                     /* int-N */
     float gamma;                     /* ternary */
 } mote_linear;

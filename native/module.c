@@ -156,11 +156,16 @@ done:
 /* ---- int-N ---- */
 static PyObject *py_intn_matmul(PyObject *self, PyObject *args) {
     Py_buffer b[5] = {{0}};   /* packed, scales, zeros, x, out */
-    int bits, G, T, K, N, threads = 1, rc = -2;
+    int bits, G, T, K, N, threads = 1, layout = MOTE_INTN_ROWS, rc = -2;
     long long ng;
-    if (!PyArg_ParseTuple(args, "y*y*y*iiy*iiiw*|i", &b[0], &b[1], &b[2], &bits, &G, &b[3], &T, &K, &N, &b[4],
-                          &threads))
+    if (!PyArg_ParseTuple(args, "y*y*y*iiy*iiiw*|ii", &b[0], &b[1], &b[2], &bits, &G, &b[3], &T, &K, &N, &b[4],
+                          &threads, &layout))
         return NULL;
+    if (layout != MOTE_INTN_ROWS && (layout != MOTE_INTN_IL16 || bits != 4 || G != 128 || N % 16 != 0)) {
+        PyErr_Format(PyExc_ValueError, "layout %d: 0 (rows) or 1 (16-row interleaved: bits 4, group_size 128, "
+                     "N %% 16 == 0), got bits %d, group_size %d, N %d", layout, bits, G, N);
+        goto done;
+    }
     if (bits != 2 && bits != 3 && bits != 4 && bits != 8) {
         PyErr_Format(PyExc_ValueError, "bits must be 2, 3, 4 or 8, got %d", bits);
         goto done;
@@ -176,7 +181,7 @@ static PyObject *py_intn_matmul(PyObject *self, PyObject *args) {
         check_len(&b[3], (long long)T * K * 4, "x") || check_len(&b[4], (long long)T * N * 4, "out"))
         goto done;
     Py_BEGIN_ALLOW_THREADS
-    rc = mote_intn_matmul(b[0].buf, b[1].buf, b[2].buf, bits, G, b[3].buf, T, K, N, b[4].buf, threads);
+    rc = mote_intn_matmul_layout(b[0].buf, b[1].buf, b[2].buf, bits, G, layout, b[3].buf, T, K, N, b[4].buf, threads);
     Py_END_ALLOW_THREADS
     if (rc != 0) PyErr_NoMemory();
 done:
@@ -219,7 +224,8 @@ static PyObject *py_read_sum(PyObject *self, PyObject *args) {
 
 /* ---- decoder layer, one decode step (layer.c) ----
  * A weight travels as a "linear spec" tuple (runtime/native_layer.py builds them once per weight):
- *   (kind, N, K, w, scales | None, zeros | None, bits, G, gamma)   kind: 0 f32, 1 int-N, 2 ternary, 3 ternary 2-bit
+ *   (kind, N, K, w, scales | None, zeros | None, bits, G, gamma)   kind: 0 f32, 1 int-N, 2 ternary, 3 ternary 2-bit,
+ *   4 int-N in the 16-row interleaved layout (kernels.h MOTE_INTN_IL16)
  * Buffers are taken C-contiguous and checked against the byte sizes their shapes imply. */
 
 #define MOTE_MAX_BUFS 24
@@ -279,6 +285,13 @@ static int take_linear(buf_bag *bag, PyObject *spec, int N, int K, mote_linear *
             L->w = bag_take(bag, w, 0, (long long)N * (((long long)K + tpb - 1) / tpb), name);
             return L->w ? 0 : -1;
         }
+        case MOTE_LIN_INTN16:
+            if (L->bits != 4 || L->G != 128 || N % 16 != 0) {
+                PyErr_Format(PyExc_ValueError, "%s: the 16-row interleaved int-N layout needs bits 4, group_size 128 "
+                             "and N %% 16 == 0, got bits %d, group_size %d, N %d", name, L->bits, L->G, N);
+                return -1;
+            }
+            /* fall through: the same sizes as the rows layout */
         case MOTE_LIN_INTN: {
             if (L->bits != 2 && L->bits != 3 && L->bits != 4 && L->bits != 8) {
                 PyErr_Format(PyExc_ValueError, "%s: bits must be 2, 3, 4 or 8, got %d", name, L->bits);
@@ -297,7 +310,7 @@ static int take_linear(buf_bag *bag, PyObject *spec, int N, int K, mote_linear *
             return L->zeros ? 0 : -1;
         }
     }
-    PyErr_Format(PyExc_ValueError, "%s: unknown linear kind %d (0 f32, 1 int-N, 2 ternary, 3 ternary 2-bit)", name,
+    PyErr_Format(PyExc_ValueError, "%s: unknown linear kind %d (0 f32, 1 int-N, 2 ternary, 3 ternary 2-bit, 4 int-N interleaved by 16)", name,
                  L->kind);
     return -1;
 }
@@ -517,7 +530,7 @@ static PyMethodDef native_methods[] = {
     {"ternary_file_to_slab2", py_ternary_file_to_slab2, METH_VARARGS,
      "ternary_file_to_slab2(packed u8 [N*ceil(K/5)], N, K, out u8 [N*ceil(K/4)]): re-lay to the 2-bit slab layout."},
     {"intn_matmul", py_intn_matmul, METH_VARARGS,
-     "intn_matmul(packed, scales f16, zeros f16, bits, group, x f32[T,K], T, K, N, out f32[T,N], threads=1)."},
+     "intn_matmul(packed, scales f16, zeros f16, bits, group, x f32[T,K], T, K, N, out f32[T,N], threads=1, layout=0)."},
     {"read_sum", py_read_sum, METH_VARARGS, "read_sum(buf, threads=1) -> int: sum of uint64 words (bandwidth probe)."},
     {"attn_step", py_attn_step, METH_VARARGS,
      "attn_step(x f32[H], pos, h f32[H], layer tuple, threads): one decode step's attention half (native/layer.c)."},

@@ -41,7 +41,8 @@ def check_float_vector(a: np.ndarray, n: int, name: str) -> np.ndarray:
     return a
 
 
-SPEC_DTYPES = {0: (np.float32, None), 1: (np.uint8, np.float16), 2: (np.uint8, None), 3: (np.uint8, None)}
+SPEC_DTYPES = {0: (np.float32, None), 1: (np.uint8, np.float16), 2: (np.uint8, None), 3: (np.uint8, None),
+               4: (np.uint8, np.float16)}
 
 
 def check_spec(spec: tuple, name: str) -> tuple:

@@ -15,7 +15,8 @@ from mote_edge.format.encoding import as_intn_weight
 from mote_edge.format.directory import TensorEntry
 from mote_edge.format.reader import MoteFile
 from mote_edge.quant import kernels
-from mote_edge.quant.intn import IntNWeight, dequantize_intn, intn_row_bytes, num_groups
+from mote_edge.quant.intn import (IL16_ROWS, IntNWeight, dequantize_intn, il16_ok, interleave_il16, intn_row_bytes,
+                                  num_groups, take_rows)
 from mote_edge.quant.recipe import Scheme
 
 from .hugepages import Arena
@@ -33,13 +34,14 @@ class Linear:
     """y = x @ W^T for a stored [N, K] weight; x [T, K] float32 -> [T, N] float32."""
 
     def __init__(self, parts: dict[str, np.ndarray], scheme: Scheme, shape: tuple[int, int], threads: int = 1,
-                 ternary_layout: str = "file"):
+                 ternary_layout: str = "file", intn_layout: str = "rows"):
         self.scheme, self.threads, self.ternary_layout = scheme, threads, ternary_layout
         self.N, self.K = shape
         if scheme.kind in ("f32", "f16"):
             self.w = np.ascontiguousarray(parts["data"], dtype=np.float32).reshape(shape)
         elif scheme.kind == "intn":
             self.w = as_intn_weight(parts, scheme, shape)
+            self.w.layout = intn_layout  # "rows" or "il16" (mote_edge/quant/intn.py)
         elif scheme.kind == "ternary":
             self.packed, self.gamma = parts["packed"], float(parts["gamma"][0])
         else:
@@ -48,16 +50,18 @@ class Linear:
     @classmethod
     def from_intn(cls, w: IntNWeight, scheme: Scheme, threads: int = 1) -> "Linear":
         """A Linear over an already-built int-N weight (e.g. rows of several tensors concatenated)."""
-        return cls({"packed": w.packed, "scales": w.scales, "zeros": w.zeros}, scheme, (w.N, w.K), threads)
+        return cls({"packed": w.packed, "scales": w.scales, "zeros": w.zeros}, scheme, (w.N, w.K), threads,
+                   intn_layout=w.layout)
 
     def native_spec(self) -> tuple:
         """The weight as native/layer.c takes it: (kind, N, K, w, scales, zeros, bits, G, gamma),
-        kind 0 f32, 1 int-N, 2 ternary (file layout), 3 ternary (2-bit slab layout)."""
+        kind 0 f32, 1 int-N, 2 ternary (file layout), 3 ternary (2-bit slab layout), 4 int-N in the il16 layout."""
         kind = self.scheme.kind
         if kind in ("f32", "f16"):
             return (0, self.N, self.K, self.w, None, None, 0, 0, 0.0)
         if kind == "intn":
-            return (1, self.N, self.K, self.w.packed, self.w.scales, self.w.zeros, self.w.bits, self.w.group_size, 0.0)
+            w = self.w
+            return (4 if w.layout == "il16" else 1, self.N, self.K, w.packed, w.scales, w.zeros, w.bits, w.group_size, 0.0)
         return (3 if self.ternary_layout == "slab2" else 2, self.N, self.K, self.packed, None, None, 0, 0, self.gamma)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -120,8 +124,8 @@ def fusion_groups(entries: dict[str, TensorEntry]) -> list[tuple[str, ...]]:
 class Embedding:
     """Row lookup in a stored [V, H] table (any scheme but ternary)."""
 
-    def __init__(self, parts: dict[str, np.ndarray], scheme: Scheme, shape: tuple[int, int]):
-        self.parts, self.scheme, self.shape = parts, scheme, shape
+    def __init__(self, parts: dict[str, np.ndarray], scheme: Scheme, shape: tuple[int, int], intn_layout: str = "rows"):
+        self.parts, self.scheme, self.shape, self.intn_layout = parts, scheme, shape, intn_layout
         if scheme.kind in ("f32", "f16"):
             self.table = np.ascontiguousarray(parts["data"], dtype=np.float32).reshape(shape)
 
@@ -134,8 +138,21 @@ class Embedding:
         if self.scheme.kind in ("f32", "f16"):
             return self.table[ids]
         w = as_intn_weight(self.parts, self.scheme, self.shape)
-        rows = type(w)(w.packed[ids], w.scales[ids], w.zeros[ids], w.bits, w.group_size, len(ids), w.K)
-        return dequantize_intn(rows)
+        w.layout = self.intn_layout
+        return dequantize_intn(take_rows(w, ids))
+
+
+IL16_CHUNK_BYTES = 1 << 20  # packed bytes re-laid per step of interleave_il16_inplace (whole 16-row blocks)
+
+
+def interleave_il16_inplace(packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray) -> None:
+    """Rows layout -> il16 in place: packed [N, row bytes], scales / zeros [N, ng], N % 16 == 0. Blocks of 16
+    rows are independent and keep their byte range, so a few blocks at a time go through a small copy."""
+    N, rb = packed.shape
+    step = IL16_ROWS * max(1, IL16_CHUNK_BYTES // (IL16_ROWS * rb))
+    for r0 in range(0, N, step):
+        r1 = min(N, r0 + step)
+        packed[r0:r1], scales[r0:r1], zeros[r0:r1] = interleave_il16(packed[r0:r1], scales[r0:r1], zeros[r0:r1])
 
 
 class ResidentWeights:
@@ -144,9 +161,13 @@ class ResidentWeights:
     The int-N and ternary weights, which every decode step streams from DRAM, live in one huge-page
     arena (runtime/hugepages.py): a plain tensor is read straight into it; the members of a fusion
     group (q/k/v, gate/up) are copied into one fused [sum N, ...] weight there, so fusing costs no
-    second copy. Peak during the load: the arena plus one tensor."""
+    second copy. Peak during the load: the arena plus one tensor.
 
-    def __init__(self, f: MoteFile, threads: int):
+    With the AVX-512 kernels (or `intn_layout="il16"`), every int-N weight that can take it (4-bit, G = 128,
+    N % 16 == 0) is re-laid in the arena into the il16 layout, block by block through a small buffer (no second
+    copy), and its Linear / Embedding carries the layout (mote_edge/quant/intn.py)."""
+
+    def __init__(self, f: MoteFile, threads: int, intn_layout: str = "auto"):
         self.entries = f.tensors
         self.threads = threads
         groups = fusion_groups(f.tensors)
@@ -164,6 +185,20 @@ class ResidentWeights:
                 self._parts[name] = f.read_tensor_into(name, self.arena.empty((e.nbytes,), np.uint8))
             else:
                 self._parts[name] = f.read_tensor(name)
+        if intn_layout == "auto":
+            intn_layout = "il16" if kernels.kernel_path() == "avx512" else "rows"
+        self._layouts: dict[str, str] = {}  # tensor name (plain streamed int-N) -> its layout once loaded
+        if intn_layout == "il16":
+            for name in streamed:
+                e = self.entries[name]
+                if e.scheme.kind == "intn" and il16_ok(e.scheme.bits, e.scheme.group_size, e.shape[0]):
+                    p = self._parts[name]
+                    interleave_il16_inplace(p["packed"].reshape(e.shape[0], -1), p["scales"], p["zeros"])
+                    self._layouts[name] = "il16"
+            for w in self._fused.values():
+                if il16_ok(w.bits, w.group_size, w.N):
+                    interleave_il16_inplace(w.packed, w.scales, w.zeros)
+                    w.layout = "il16"
         self.nbytes = sum(runtime_nbytes(e) for e in f.tensors.values())
 
     def _fused_layout(self, group: tuple[str, ...]) -> list[tuple[tuple[int, int], type]]:
@@ -196,7 +231,7 @@ class ResidentWeights:
 
     def linear(self, name: str) -> Linear:
         e = self.entries[name]
-        return Linear(self._parts[name], e.scheme, e.shape, self.threads)
+        return Linear(self._parts[name], e.scheme, e.shape, self.threads, intn_layout=self._layouts.get(name, "rows"))
 
     def fused_linear(self, names: list[str]) -> FusedLinear:
         """The Linears of `names` (same input) as one call: the fused weight built at load when they
@@ -209,7 +244,7 @@ class ResidentWeights:
 
     def embedding(self, name: str) -> Embedding:
         e = self.entries[name]
-        return Embedding(self._parts[name], e.scheme, e.shape)
+        return Embedding(self._parts[name], e.scheme, e.shape, self._layouts.get(name, "rows"))
 
     def release(self) -> None:
         self._parts.clear()

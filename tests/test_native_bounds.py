@@ -101,6 +101,26 @@ WRONG = [
 ]
 
 
+# intn_matmul with layout 1 (il16: int4, G = 128, N % 16 == 0): [16, 10] -> one group per row
+INTN_IL16 = (u8(16 * 64), f16(16), f16(16), 4, 128, f32(T * K), T, K, 16, f32(T * 16), 1, 1)
+IL16_WRONG = [(11, 2, "layout"), (11, -1, "layout"), (3, 8, "layout"), (4, 64, "layout"), (0, u8(16 * 64 - 1), "packed"),
+              (1, f16(15), "scales"), (2, f16(17), "zeros"), (9, f32(T * 16 - 1), "out")]
+
+
+@pytest.mark.parametrize("index, value, words", IL16_WRONG, ids=[f"arg{i}-{w}" for i, _, w in IL16_WRONG])
+def test_intn_il16_layout_checks(index, value, words):
+    _native.intn_matmul(*INTN_IL16)
+    bad = list(INTN_IL16)
+    bad[index] = value
+    with pytest.raises(ValueError, match=words):
+        _native.intn_matmul(*bad)
+    n12 = list(INTN_IL16)
+    n12[0], n12[1], n12[2], n12[8], n12[9] = u8(12 * 64), f16(12), f16(12), 12, f32(T * 12)
+    _native.intn_matmul(*n12[:-1], 0)  # N = 12 in the rows layout runs
+    with pytest.raises(ValueError, match="layout"):
+        _native.intn_matmul(*n12)       # and is refused as il16
+
+
 @pytest.mark.parametrize("fn, args, index, value, words", WRONG,
                          ids=[f"{w[0]}-arg{w[2]}-{w[4].replace(' ', '_')}" for w in WRONG])
 def test_wrong_sizes_are_value_errors(fn, args, index, value, words):
@@ -140,12 +160,15 @@ def spec(kind, n, k, **parts):
     if kind == 1:
         ng = (k + 31) // 32
         return (1, n, k, parts.get("w", u8(n * ng * 16)), parts.get("scales", f16(n * ng)), f16(n * ng), 4, 32, 0.0)
+    if kind == 4:  # int4, G = 128, rows interleaved by 16 (n % 16 == 0)
+        ng = (k + 127) // 128
+        return (4, n, k, parts.get("w", u8(n * ng * 64)), parts.get("scales", f16(n * ng)), f16(n * ng), 4, 128, 0.0)
     return (kind, n, k, parts.get("w", u8(n * ((k + 6 - kind) // (7 - kind)))), None, None, 0, 0, 1.0)
 
 
 def attn_layer(**change):
     fields = dict(H=H, heads=NH, kv_heads=NKV, D=D, context=CTX, eps=1e-6, ln_in=f32(H), ln_post=f32(H),
-                  qkv=(spec(1, NQ + 2 * NK, H),), bq=f32(NQ), bk=f32(NK), bv=f32(NK), o=spec(0, H, NQ),
+                  qkv=(spec(4, NQ + 2 * NK, H),), bq=f32(NQ), bk=f32(NK), bv=f32(NK), o=spec(0, H, NQ),
                   cos=f32(CTX * D), sin=f32(CTX * D), kv_bits=32, kv=f32(2 * NKV * CTX * D), kv_scales=None)
     fields.update(change)
     return tuple(fields.values())
@@ -171,6 +194,10 @@ ATTN_WRONG = [
     (dict(o=(1, H, NQ, u8(H), f16(H), f16(H), 4, 48, 0.0)), "group_size"),
     (dict(o=spec(1, H, NQ, scales=f16(1))), "scales"), (dict(o=spec(2, H, NQ, w=u8(1))), "o has"),
     (dict(o=(0, H, NQ)), "linear spec"),
+    (dict(o=(4, H, NQ, u8(H * 16), f16(H), f16(H), 4, 32, 0.0)), "interleaved"),
+    (dict(o=(4, H, NQ, u8(H * 128), f16(H), f16(H), 8, 128, 0.0)), "interleaved"),
+    (dict(qkv=(spec(4, NQ + 2 * NK, H, scales=f16(1)),)), "scales"),
+    (dict(qkv=(spec(4, NQ + 2 * NK, H, w=u8(64)),)), "qkv has"),
 ]
 
 
@@ -180,8 +207,9 @@ def test_attn_and_ffn_steps_run_on_every_path(path):
                                 (8, np.zeros(2 * NKV * CTX * D, np.int8), f32(2 * NKV * CTX))):
         for pos in range(CTX):
             _native.attn_step(x, pos, h, attn_layer(kv_bits=kv_bits, kv=kv, kv_scales=scales), 2)
-    for gu in ((spec(0, 2 * I, H),), (spec(2, I, H), spec(3, I, H)), (spec(1, I, H), spec(0, I, H))):
+    for gu in ((spec(0, 2 * I, H),), (spec(2, I, H), spec(3, I, H)), (spec(1, I, H), spec(0, I, H)), (spec(4, 2 * I, H),)):
         _native.ffn_step(*ffn_args(gate_up=gu))
+    _native.attn_step(x, 0, h, attn_layer(qkv=(spec(1, NQ + 2 * NK, H),), o=spec(4, H, NQ)), 1)
     assert not x.any() and not h.any()  # zero weights and input: zero output, no NaN from the norms
 
 

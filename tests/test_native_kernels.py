@@ -3,7 +3,9 @@
 Ternary: bit-exact (integer accumulators and the same float32 scaling as bitlinear_reference).
 Int-N: integer part exact; the float sum over groups within 1e-5 of sum_g |acc_g * scale_g / s_g|
 (the SIMD paths sum per-lane partial products in a different order), plus an exactly representable
-case that must match bit for bit.
+case that must match bit for bit. The il16 layout (int4, G = 128): the AVX-512 GEMV bit-exact with the
+group-order reference (intn_matmul_group_order, = the scalar path), every other path bit-exact with its own
+rows-layout result.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import pytest
 
 from mote_edge import _native
 from mote_edge.quant import kernels
-from mote_edge.quant.intn import (IntNWeight, intn_accumulators, intn_matmul_reference, pack_intn,
-                                  quantize_activations_grouped, quantize_intn, unpack_intn)
+from mote_edge.quant.intn import (IntNWeight, as_rows, dequantize_intn, interleave_il16, intn_accumulators,
+                                  intn_matmul_group_order, intn_matmul_reference, pack_intn,
+                                  quantize_activations_grouped, quantize_intn, take_rows, unpack_intn)
+from mote_edge.runtime.weights import interleave_il16_inplace
 from mote_edge.quant.ternary import (bitlinear_reference, pack_ternary, packed_ternary_nbytes,
                                      quantize_activations_int8, unpack_ternary)
 from mote_edge.quant.ternary_slab import pack_ternary_slab2, unpack_ternary_slab2
@@ -262,3 +266,75 @@ def test_bad_inputs_raise():
 def test_read_sum():
     a = np.arange(1000, dtype=np.uint64)
     assert _native.read_sum(a) == _native.read_sum(a, 2) == int(a.sum())
+
+
+# ---------------------------------------------------------------- int4 G = 128 in the il16 layout
+
+def _il16(wq: IntNWeight) -> IntNWeight:
+    return IntNWeight(*interleave_il16(wq.packed, wq.scales, wq.zeros), wq.bits, wq.group_size, wq.N, wq.K, "il16")
+
+
+def test_il16_layout_round_trip():
+    rng = np.random.default_rng(5)
+    for N, K in [(16, 128), (48, 300), (32, 4864)]:
+        wq = quantize_intn(rng.standard_normal((N, K)).astype(np.float32), 4, 128)
+        il = _il16(wq)
+        assert il.packed.shape == wq.packed.shape and not np.array_equal(il.packed, wq.packed)
+        back = as_rows(il)
+        for a, b in ((back.packed, wq.packed), (back.scales, wq.scales), (back.zeros, wq.zeros)):
+            assert np.array_equal(a, b)
+        # line j of group g of block b holds bytes 4j..4j+3 of that group of each of the block's 16 rows
+        b, g, j, r = N // 16 - 1, K // 128 - 1 if K >= 128 else 0, 7, 5
+        line = il.packed.reshape(-1)[((b * il.scales.shape[1] + g) * 16 + j) * 64:][:64].reshape(16, 4)
+        assert np.array_equal(line[r], wq.packed[16 * b + r, g * 64 + 4 * j:g * 64 + 4 * j + 4])
+        assert il.scales.reshape(-1, il.scales.shape[1], 16)[b, g, r] == wq.scales[16 * b + r, g]
+        ids = np.array([N - 1, 0, 17 % N, 3, 3])
+        rows = take_rows(il, ids)
+        assert np.array_equal(rows.packed, wq.packed[ids]) and np.array_equal(rows.scales, wq.scales[ids])
+        assert np.array_equal(dequantize_intn(il), dequantize_intn(wq))
+        # in place, a few blocks at a time through a small buffer (runtime/weights.py): the same bytes
+        p, s, z = wq.packed.copy(), wq.scales.copy(), wq.zeros.copy()
+        interleave_il16_inplace(p, s, z)
+        assert np.array_equal(p, il.packed) and np.array_equal(s, il.scales) and np.array_equal(z, il.zeros)
+
+
+def test_group_order_reference_is_the_scalar_path():
+    """intn_matmul_group_order sums each row's group products in group order, in float32: the C scalar path."""
+    rng = np.random.default_rng(6)
+    kernels.set_kernel_path("scalar")
+    try:
+        for bits, G, T, N, K in [(4, 128, 1, 20, 900), (4, 128, 3, 7, 4864), (8, 64, 2, 5, 333), (2, 32, 1, 9, 97)]:
+            wq = quantize_intn(rng.standard_normal((N, K)).astype(np.float32), bits, G)
+            x = rng.standard_normal((T, K)).astype(np.float32)
+            assert np.array_equal(kernels.intn_matmul(x, wq).view(np.uint32),
+                                  intn_matmul_group_order(x, wq).view(np.uint32))
+    finally:
+        kernels.set_kernel_path("auto")
+
+
+@pytest.mark.parametrize("T", [1, 2, 9, 17])
+def test_il16_matches_rows_layout(path, T):
+    """The AVX-512 GEMV (T = 1) reads il16 natively in group order: bit-exact with intn_matmul_group_order.
+    Every other path and T de-interleaves 16 rows into scratch: the rows layout's result, bit for bit."""
+    rng = np.random.default_rng(T)
+    for N, K in [(16, 128), (48, 896), (32, 4864), (64, 1000)]:
+        wq = quantize_intn(rng.standard_normal((N, K)).astype(np.float32), 4, 128)
+        x = rng.standard_normal((T, K)).astype(np.float32)
+        ys = [kernels.intn_matmul(x, _il16(wq), threads=th) for th in (1, 2)]
+        assert np.array_equal(ys[0], ys[1])
+        want = intn_matmul_group_order(x, wq) if path == "avx512" and T == 1 else kernels.intn_matmul(x, wq)
+        assert np.array_equal(ys[0].view(np.uint32), want.view(np.uint32))
+        _intn_close(x, wq, ys[0])
+
+
+def test_il16_refused_where_it_does_not_apply():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 256)).astype(np.float32)
+    for bits, G, N in [(8, 128, 16), (4, 64, 16), (4, 128, 24)]:
+        wq = quantize_intn(rng.standard_normal((N, 256)).astype(np.float32), bits, G)
+        wq.layout = "il16"
+        with pytest.raises(ValueError, match="il16"):
+            kernels.intn_matmul(x, wq)
+    wq.layout = "cols"
+    with pytest.raises(ValueError, match="layout"):
+        kernels.intn_matmul(x, wq)

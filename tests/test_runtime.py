@@ -263,3 +263,48 @@ def test_auto_layout_is_slab2_only_when_every_expert_fits(exported):
         assert fit_file_budget(f, 512, _min_budget(exported, vision=False), "auto", vision=False).expert_layout == "file"
     r = run_cli("run", str(exported), "--prompt", PROMPT, "--expert-layout", "bits")
     assert r.returncode != 0 and "unknown expert layout 'bits'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_il16_layout_at_load_keeps_weights_outputs_and_tokens(tiny_ckpt, export_once, monkeypatch):
+    """With the AVX-512 kernels the int4 G = 128 weights are re-laid into the il16 layout in the arena (same
+    bytes, same arena: the plan does not change); every Linear / Embedding reads them right on every path,
+    and greedy tokens are those of the rows layout."""
+    from mote_edge.quant import kernels
+    from mote_edge.quant.intn import il16_ok
+    from mote_edge.runtime import engine as engine_module
+    from mote_edge.runtime.weights import ResidentWeights
+
+    path = export_once(tiny_ckpt, bits=4, group_size=128, vision_bits=8)
+    rng = np.random.default_rng(0)
+    with MoteFile(path) as f:
+        rows, il = ResidentWeights(f, 1, "rows"), ResidentWeights(f, 1, "il16")
+        assert il.arena.capacity == rows.arena.capacity
+        names = [n for n, e in f.tensors.items() if e.scheme.kind == "intn" and len(e.shape) == 2]
+        plain = [n for n in names if n in rows._parts and not n.endswith("embed_tokens.weight")]  # not fused at load
+        linears = [(n, rows.linear(n), il.linear(n)) for n in plain]
+        linears += [("qkv0", rows.fused_linear([f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkv"]).fused,
+                     il.fused_linear([f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkv"]).fused)]
+        assert any(b.native_spec()[0] == 4 for _, _, b in linears)
+        for name, a, b in linears:
+            sc = a.w.bits == 4 and a.w.group_size == 128 and il16_ok(a.w.bits, a.w.group_size, a.N)
+            assert b.native_spec()[0] == (4 if sc else 1), name
+            for p in kernels.available_paths():
+                kernels.set_kernel_path(p)
+                for T in (1, 3):
+                    x = rng.standard_normal((T, a.K)).astype(np.float32)
+                    ya, yb = a(x), b(x)
+                    if p == "avx512" and T == 1:  # il16 natively: the scalar group order
+                        kernels.set_kernel_path("scalar")
+                        ya = a(x)
+                        kernels.set_kernel_path(p)
+                    assert np.array_equal(ya, yb), (name, p, T)
+            kernels.set_kernel_path("auto")
+        ids = np.array([0, 5, 17, 3])
+        emb = "model.embed_tokens.weight"
+        assert np.array_equal(rows.embedding(emb)(ids), il.embedding(emb)(ids))
+    tokens = {}
+    for layout in ("rows", "il16"):
+        monkeypatch.setattr(engine_module, "ResidentWeights", lambda f, threads, lay=layout: ResidentWeights(f, threads, lay))
+        with Engine.load(path, threads=1) as eng:
+            tokens[layout] = list(eng.generate_ids(PROMPT, IMAGE, max_new_tokens=16))
+    assert tokens["rows"] == tokens["il16"]

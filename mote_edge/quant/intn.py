@@ -14,6 +14,12 @@ value j + i*m at bits [i*p, (i+1)*p), i = 0 .. 8/p - 1. bits 8/4/2 = one plane o
 bits 3 = the 2-bit plane of (q & 3) followed by the 1-bit plane of (q >> 2).
 So every plane unpacks with shifts and masks into contiguous runs of columns.
 
+The same bytes in another order, "il16" (IntNWeight.layout; 4-bit, G = 128, N % 16 == 0 only): blocks of 16
+rows; per block and group, 16 lines of 64 bytes, line j = bytes 4j..4j+3 of that group of each of the 16 rows
+(values 4j..4j+3 in the low nibbles, 64+4j.. in the high): packed [N/16, ng, 16 lines, 16 rows, 4 bytes],
+scales / zeros [N/16, ng, 16 rows]; the arrays keep their [N, row bytes] / [N, ng] shapes. The AVX-512 GEMV
+reads it with the 16 output rows in its lanes (docs/KERNELS.md); interleave_il16 / deinterleave_il16 convert.
+
 The matmul the C kernel computes (intn_matmul_reference): activations are quantized to int8 per
 (token, group) exactly like BitLinear does per token: s = 127 / max(max|x_g|, 1e-5),
 xq = clip(rint(x_g * s), -128, 127); then per group an exact int32
@@ -46,6 +52,7 @@ class IntNWeight:
     group_size: int
     N: int
     K: int
+    layout: str = "rows"  # "rows" or "il16" (the module docstring)
 
     @property
     def nbytes(self) -> int:
@@ -165,8 +172,57 @@ def quantize_intn(w: np.ndarray, bits: int, group_size: int = 128) -> IntNWeight
     return IntNWeight(pack_intn(q, bits, group_size), s, z, bits, group_size, N, K)
 
 
+LAYOUTS = ("rows", "il16")
+IL16_ROWS = 16
+
+
+def il16_ok(bits: int, group_size: int, N: int) -> bool:
+    """Whether a [N, K] weight at bits / group_size can take the il16 layout."""
+    return bits == 4 and group_size == 128 and N % IL16_ROWS == 0
+
+
+def interleave_il16(packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Rows layout (packed [N, ng * 64], scales / zeros [N, ng]) -> the il16 layout, same shapes, new arrays."""
+    N, ng = scales.shape
+    p = packed.reshape(N // IL16_ROWS, IL16_ROWS, ng, 16, 4).transpose(0, 2, 3, 1, 4)  # [N/16, ng, line, row, 4]
+    sz = [a.reshape(N // IL16_ROWS, IL16_ROWS, ng).transpose(0, 2, 1) for a in (scales, zeros)]  # [N/16, ng, row]
+    return (np.ascontiguousarray(p).reshape(packed.shape),
+            *(np.ascontiguousarray(a).reshape(N, ng) for a in sz))
+
+
+def deinterleave_il16(packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The il16 layout -> the rows layout (interleave_il16's inverse), new arrays."""
+    N, ng = scales.shape
+    p = packed.reshape(N // IL16_ROWS, ng, 16, IL16_ROWS, 4).transpose(0, 3, 1, 2, 4)  # [N/16, row, ng, line, 4]
+    sz = [a.reshape(N // IL16_ROWS, ng, IL16_ROWS).transpose(0, 2, 1) for a in (scales, zeros)]
+    return (np.ascontiguousarray(p).reshape(packed.shape),
+            *(np.ascontiguousarray(a).reshape(N, ng) for a in sz))
+
+
+def as_rows(wq: IntNWeight) -> IntNWeight:
+    """wq in the rows layout (wq itself, or a de-interleaved copy)."""
+    if wq.layout == "rows":
+        return wq
+    if wq.layout != "il16":
+        raise ValueError(f"unknown int-N layout {wq.layout!r}")
+    packed, scales, zeros = deinterleave_il16(wq.packed.reshape(wq.N, -1), wq.scales, wq.zeros)
+    return IntNWeight(packed, scales, zeros, wq.bits, wq.group_size, wq.N, wq.K)
+
+
+def take_rows(wq: IntNWeight, ids: np.ndarray) -> IntNWeight:
+    """Rows ids [R] of wq as an [R, K] weight in the rows layout (an embedding lookup; either layout)."""
+    if wq.layout == "rows":
+        return IntNWeight(wq.packed[ids], wq.scales[ids], wq.zeros[ids], wq.bits, wq.group_size, len(ids), wq.K)
+    ng = wq.scales.shape[1]
+    blk, row = ids // IL16_ROWS, ids % IL16_ROWS
+    packed = wq.packed.reshape(-1, ng, 16, IL16_ROWS, 4)[blk, :, :, row].reshape(len(ids), -1)  # [R, ng * 64]
+    scales, zeros = (a.reshape(-1, ng, IL16_ROWS)[blk, :, row] for a in (wq.scales, wq.zeros))  # [R, ng]
+    return IntNWeight(packed, scales, zeros, wq.bits, wq.group_size, len(ids), wq.K)
+
+
 def dequantize_intn(wq: IntNWeight) -> np.ndarray:
     """-> w [N, K] float32 = scale * (q - zero)."""
+    wq = as_rows(wq)
     q = unpack_intn(wq.packed, wq.N, wq.K, wq.bits, wq.group_size).astype(np.float32)
     G = wq.group_size
     s = np.repeat(wq.scales.astype(np.float32), G, axis=1)[:, :wq.K]
@@ -187,6 +243,7 @@ def quantize_activations_grouped(x: np.ndarray, group_size: int) -> tuple[np.nda
 
 def intn_accumulators(x: np.ndarray, wq: IntNWeight) -> tuple[np.ndarray, np.ndarray]:
     """The exact integer part: (acc [T, N, ngroups] int64, factor [T, N, ngroups] float32 = scale / s)."""
+    wq = as_rows(wq)
     G, ng = wq.group_size, num_groups(wq.K, wq.group_size)
     xq, s = quantize_activations_grouped(x, G)
     T = xq.shape[0]
@@ -208,3 +265,21 @@ def intn_matmul_reference(x: np.ndarray, wq: IntNWeight) -> np.ndarray:
         raise ValueError(f"x must be [T, {wq.K}], got {x.shape}")
     acc, factor = intn_accumulators(x, wq)
     return (acc * factor.astype(np.float64)).sum(axis=2).astype(np.float32)
+
+
+def intn_matmul_group_order(x: np.ndarray, wq: IntNWeight) -> np.ndarray:
+    """x [T, K] float -> y [T, N] float32 as the C scalar path (and the AVX-512 il16 GEMV) compute it, bit for
+    bit: per (token, row) y = 0, then for g in group order y += float32(acc_g) * float32(scale_g * float32(1 / s_g)),
+    every step rounded to float32 (no fused multiply-add)."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != wq.K:
+        raise ValueError(f"x must be [T, {wq.K}], got {x.shape}")
+    acc, _ = intn_accumulators(x, wq)                                                # [T, N, ng]
+    _, s = quantize_activations_grouped(x, wq.group_size)                           # [T, ng]
+    rs = (np.float32(1) / s).astype(np.float32)
+    fac = (as_rows(wq).scales.astype(np.float32)[None, :, :] * rs[:, None, :]).astype(np.float32)
+    prod = (acc.astype(np.float32) * fac).astype(np.float32)                        # [T, N, ng]
+    y = np.zeros(prod.shape[:2], np.float32)
+    for g in range(prod.shape[2]):
+        y += prod[:, :, g]
+    return y

@@ -3,7 +3,7 @@
     ternary_matmul(x, packed, gamma, N, K, threads=1, layout="file"|"slab2") -> y [T, N] float32
                                                                            (BitLinear, bit-exact)
     ternary_matmul_q8(xq, s, packed, gamma, N, K, threads=1) -> y            (pre-quantized x)
-    intn_matmul(x, w: IntNWeight, threads=1) -> y [T, N] float32
+    intn_matmul(x, w: IntNWeight, threads=1) -> y [T, N] float32   (w in either layout, IntNWeight.layout)
     kernel_path() / set_kernel_path("auto"|"scalar"|"avx2"|"avx512"|"neon"|"dotprod") / available_paths()
     crc32(buf, crc=0) -> int                  zlib's CRC-32, PCLMULQDQ on x86-64 (crc32_path() says which)
 x may be [K] (one token) or [T, K]; the result then has shape [N] or [T, N]. `out` may be given
@@ -16,7 +16,7 @@ import numpy as np
 
 from mote_edge import _native
 
-from .intn import IntNWeight, intn_row_bytes, num_groups
+from .intn import LAYOUTS, IntNWeight, il16_ok, intn_row_bytes, num_groups
 from .ternary import packed_ternary_nbytes
 from .ternary_slab import packed_slab2_nbytes, slab2_row_bytes
 
@@ -125,6 +125,10 @@ def intn_matmul(x: np.ndarray, w: IntNWeight, threads: int = 1, out: np.ndarray 
                          f"{w.N * intn_row_bytes(w.K, w.bits, w.group_size)}")
     scales = _array(w.scales, np.float16, "scales", (w.N, ng))
     zeros = _array(w.zeros, np.float16, "zeros", (w.N, ng))
+    if w.layout not in LAYOUTS or (w.layout == "il16" and not il16_ok(w.bits, w.group_size, w.N)):
+        raise ValueError(f"int-N layout {w.layout!r} with bits {w.bits}, group_size {w.group_size}, N {w.N}: "
+                         f"'rows', or 'il16' for bits 4, group_size 128, N % 16 == 0")
     y = _out(out, T, w.N, vec)
-    _native.intn_matmul(w.packed, scales, zeros, w.bits, w.group_size, x, T, w.K, w.N, y, int(threads))
+    _native.intn_matmul(w.packed, scales, zeros, w.bits, w.group_size, x, T, w.K, w.N, y, int(threads),
+                        LAYOUTS.index(w.layout))
     return y
