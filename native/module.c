@@ -508,6 +508,13 @@ static PyObject *py_scratch_held(PyObject *self, PyObject *noargs) {
     return PyLong_FromSize_t(mote_scratch_held());
 }
 
+static PyObject *py_scratch_hold(PyObject *self, PyObject *args) {
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
+    mote_scratch_hold(on);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_crc32_path(PyObject *self, PyObject *noargs) {
     return PyUnicode_FromString(mote_crc32_simd() ? "clmul" : "scalar");
 }
@@ -553,6 +560,8 @@ static PyMethodDef native_methods[] = {
      "route(h f32[T,H], T, W f32[E,H], E, k, idx i64[T,k], weight f32[T,k], threads=1): MoE top-k routing (native/route.c)."},
     {"scratch_held", py_scratch_held, METH_NOARGS,
      "scratch_held() -> int: bytes of kernel scratch the calling thread keeps between calls (native/scratch.h)."},
+    {"scratch_hold", py_scratch_hold, METH_VARARGS,
+     "scratch_hold(on): the calling thread keeps its kernel scratch between calls (on) or frees the large blocks (off)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -6,11 +6,18 @@
  * grow-only, so the addresses stay put from one decode step to the next.
  */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE  /* MAP_ANONYMOUS (glibc, musl) */
 #include "scratch.h"
 
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#if defined(MAP_ANONYMOUS)
+#define MOTE_SCRATCH_MMAP 1
+#endif
+#endif
 
 #ifndef MOTE_SCRATCH_STAGGER
 #define MOTE_SCRATCH_STAGGER 512
@@ -18,8 +25,10 @@
 #define PAGE 4096
 
 typedef struct {
-    void *block[MOTE_SCR_COUNT];   /* posix_memalign'd, PAGE-aligned */
+    void *block[MOTE_SCR_COUNT];   /* PAGE-aligned: posix_memalign'd, or its own mapping if mapped */
     size_t cap[MOTE_SCR_COUNT];    /* usable bytes from the slot's offset */
+    size_t mapped[MOTE_SCR_COUNT]; /* bytes of the block's own mapping (0: from malloc) */
+    int hold;                      /* mote_scratch_hold: release keeps every block */
     int registered;                /* the exit destructor is armed */
 } scratch_set;
 
@@ -27,13 +36,37 @@ static _Thread_local scratch_set tls;
 static pthread_key_t exit_key;
 static pthread_once_t key_once = PTHREAD_ONCE_INIT;
 
+static void free_block(scratch_set *s, int i) {
+#ifdef MOTE_SCRATCH_MMAP
+    if (s->mapped[i]) (void)munmap(s->block[i], s->mapped[i]);
+    else
+#endif
+        free(s->block[i]);
+    s->block[i] = NULL;
+    s->cap[i] = 0;
+    s->mapped[i] = 0;
+}
+
+/* a PAGE-aligned block of `total` bytes (a multiple of PAGE): one that outlives no call
+ * (> MOTE_SCRATCH_KEEP) is its own mapping, so freeing it returns its pages to the system at once and
+ * leaves malloc's heap and its mmap threshold as they were */
+static void *alloc_block(scratch_set *s, int i, size_t total) {
+    void *p = NULL;
+#ifdef MOTE_SCRATCH_MMAP
+    if (total > MOTE_SCRATCH_KEEP) {
+        p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) return NULL;
+        s->mapped[i] = total;
+        return p;
+    }
+#endif
+    if (posix_memalign(&p, PAGE, total) != 0) return NULL;
+    return p;
+}
+
 static void free_set(void *set) {
     scratch_set *s = (scratch_set *)set;
-    for (int i = 0; i < MOTE_SCR_COUNT; i++) {
-        free(s->block[i]);
-        s->block[i] = NULL;
-        s->cap[i] = 0;
-    }
+    for (int i = 0; i < MOTE_SCR_COUNT; i++) free_block(s, i);
 }
 
 static void make_key(void) { (void)pthread_key_create(&exit_key, free_set); }
@@ -48,25 +81,29 @@ void *mote_scratch(mote_scratch_slot slot, size_t bytes) {
             (void)pthread_once(&key_once, make_key);
             s->registered = pthread_setspecific(exit_key, s) == 0;
         }
-        free(s->block[slot]);
-        s->block[slot] = NULL;
-        s->cap[slot] = 0;
-        const size_t total = (off + bytes + PAGE - 1) / PAGE * PAGE;   /* whole pages */
-        void *p = NULL;
-        if (bytes > SIZE_MAX - 2 * PAGE || posix_memalign(&p, PAGE, total ? total : PAGE) != 0) return NULL;
+        free_block(s, slot);
+        if (bytes > SIZE_MAX - 2 * PAGE) return NULL;
+        size_t total = (off + bytes + PAGE - 1) / PAGE * PAGE;   /* whole pages */
+        if (!total) total = PAGE;
+        void *p = alloc_block(s, slot, total);
+        if (!p) return NULL;
         s->block[slot] = p;
-        s->cap[slot] = (total ? total : PAGE) - off;
+        s->cap[slot] = total - off;
     }
     return (uint8_t *)s->block[slot] + off;
 }
 
 void mote_scratch_release(mote_scratch_slot slot, int keep) {
     scratch_set *s = &tls;
-    if (!keep || s->cap[slot] > MOTE_SCRATCH_KEEP) {
-        free(s->block[slot]);
-        s->block[slot] = NULL;
-        s->cap[slot] = 0;
-    }
+    if (!s->hold && (!keep || s->cap[slot] > MOTE_SCRATCH_KEEP)) free_block(s, slot);
+}
+
+void mote_scratch_hold(int on) {
+    scratch_set *s = &tls;
+    s->hold = on != 0;
+    if (!s->hold)
+        for (int i = 0; i < MOTE_SCR_COUNT; i++)
+            if (s->cap[i] > MOTE_SCRATCH_KEEP) free_block(s, i);
 }
 
 size_t mote_scratch_held(void) {

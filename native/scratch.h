@@ -9,7 +9,15 @@
  *                                     its contents are whatever the last user left (callers zero what they read)
  *   mote_scratch_release(slot, keep)  done with it: kept for the next call if keep (a decode step's call) and it is
  *                                     at most MOTE_SCRATCH_KEEP, else freed (a prefill chunk's: its activations
- *                                     are the plan's scratch, runtime/plan.py, and do not outlive the call)
+ *                                     are the plan's scratch, runtime/plan.py), unless this thread holds them
+ *   mote_scratch_hold(on)             on: release keeps every block of this thread (a prefill holds its chunk
+ *                                     buffers from layer to layer and chunk to chunk: faulted in once, never
+ *                                     freed into malloc's heap); off: frees the blocks above MOTE_SCRATCH_KEEP
+ *
+ * A block above MOTE_SCRATCH_KEEP is its own mapping (mmap), not malloc's: freed, its pages go back to the
+ * system at once. From malloc, a freed multi-MB block raised glibc's dynamic mmap threshold, later blocks of
+ * that size came from the heap, and a heap fragmented by the allocations between them kept up to tens of MB
+ * resident past the memory plan (benchmarks/plan_tightness.py, worst case).
  *
  * One slot per role, so the buffers one call holds at once never share a slot: a driver's activation buffer
  * (held while its row tasks run) and the row scratch of the task the calling thread runs itself, the layer's
@@ -41,6 +49,7 @@ typedef enum {
 
 void *mote_scratch(mote_scratch_slot slot, size_t bytes);
 void mote_scratch_release(mote_scratch_slot slot, int keep);
+void mote_scratch_hold(int on);
 
 /* bytes this thread keeps allocated now (tests: tests/test_native_kernels.py) */
 size_t mote_scratch_held(void);

@@ -24,7 +24,7 @@ from mote_edge.config import ModelConfig
 
 from .expert_cache import ExpertCache, FirstPart
 from .kv_cache import KVCache
-from .native_layer import AttentionStep, default_decoder_path, ffn_chunk, ffn_step, matmul_f32, route_top_k
+from .native_layer import AttentionStep, default_decoder_path, ffn_chunk, ffn_step, held_scratch, matmul_f32, route_top_k
 from .plan import ATTN_QUERY_CHUNK, PREFILL_CHUNK
 from .weights import Linear, ResidentWeights
 
@@ -349,16 +349,17 @@ class Decoder:
                 self.experts.verify()  # the records the step used before their checksums: checked before its token
             self.length += 1
             return self.lm_head(rms_norm(h[None], self.norm, self.cfg.decoder.rms_norm_eps))[0]
-        for c0 in range(0, t, PREFILL_CHUNK):
-            h = x[c0:c0 + PREFILL_CHUNK]
-            if self.native:
-                h = np.array(h, dtype=np.float32)  # [T, H], the residual stream, updated in place
-                scratch = np.empty_like(h)
-                for layer in self.layers:
-                    layer.chunk(h, self.length, scratch, self.threads)
-            else:
-                for i, layer in enumerate(self.layers):
-                    h = layer(h, self.length, self.rope, self.kv, i)
-            self.length += h.shape[0]
+        with held_scratch():  # the kernels' chunk buffers, faulted in once for the whole prompt
+            for c0 in range(0, t, PREFILL_CHUNK):
+                h = x[c0:c0 + PREFILL_CHUNK]
+                if self.native:
+                    h = np.array(h, dtype=np.float32)  # [T, H], the residual stream, updated in place
+                    scratch = np.empty_like(h)
+                    for layer in self.layers:
+                        layer.chunk(h, self.length, scratch, self.threads)
+                else:
+                    for i, layer in enumerate(self.layers):
+                        h = layer(h, self.length, self.rope, self.kv, i)
+                self.length += h.shape[0]
         last = rms_norm(h[-1:], self.norm, self.cfg.decoder.rms_norm_eps)
         return self.lm_head(last)[0]

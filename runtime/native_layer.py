@@ -10,6 +10,7 @@ the decoder's weights, with their dtypes checked here (the C side checks every b
     matmul_f32(x, w)                       x [T, K] @ w [N, K]^T on the kernel pool (routers: no BLAS threads,
                                            whose spinning workers would take the cores from the pool's)
     route_top_k(h, router, k)              MoE routing (native/route.c): expert ids [T, k] int64, weights [T, k]
+    with held_scratch(): ...               the kernels keep their buffers from call to call (a prefill, an image)
 
 Selected by `MOTE_DECODER` (`native`, the default, or `numpy`: the numpy layer, the scalar reference).
 """
@@ -17,6 +18,8 @@ Selected by `MOTE_DECODER` (`native`, the default, or `numpy`: the numpy layer, 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -88,6 +91,18 @@ def ffn_step(h: np.ndarray, y: np.ndarray, coef: float, gate_up: tuple, down: tu
 def ffn_chunk(h: np.ndarray, y: np.ndarray, coef: np.ndarray, gate_up: tuple, down: tuple, threads: int) -> None:
     """y [T, H] += coef[t] * down(silu(gate h_t) * up h_t) for the rows of h [T, H]; coef float32 [T]."""
     _native.ffn_chunk(h, h.shape[0], y, coef, gate_up, down, threads)
+
+
+@contextmanager
+def held_scratch() -> Iterator[None]:
+    """While inside, the calling thread's kernels keep their scratch buffers between calls (native/scratch.h):
+    a prefill's chunk buffers are mapped and faulted in once, not per layer, and never enter malloc's heap;
+    on exit the large ones are unmapped. Their size is the plan's scratch (runtime/plan.py)."""
+    _native.scratch_hold(True)
+    try:
+        yield
+    finally:
+        _native.scratch_hold(False)
 
 
 def matmul_f32(x: np.ndarray, w: np.ndarray, threads: int = 1) -> np.ndarray:

@@ -25,6 +25,7 @@ from mote_edge.format.reader import MoteFile
 from mote_edge.format.vision_blocks import runtime_block_bytes
 
 from .memory import trim_heap
+from .native_layer import held_scratch
 from .weights import Linear
 
 ATTN_QUERY_CHUNK = 128  # query rows per attention step of one head: scores [chunk, tokens]
@@ -226,7 +227,8 @@ class NativeVisionEncoder:
         start = time.perf_counter()
         buf = np.empty(self.buffer_bytes, np.uint8)
         try:
-            features = run_vision_blocks(self.config, pixels[0], self._stream(buf), self.threads)
+            with held_scratch():  # the kernels' buffers, faulted in once for the whole image
+                features = run_vision_blocks(self.config, pixels[0], self._stream(buf), self.threads)
         finally:
             del buf
             trim_heap()
