@@ -120,3 +120,25 @@ def test_concurrent_callers_get_their_own_buffers():
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_held_scratch_keeps_a_prefills_buffers_until_it_ends():
+    from mote_edge.runtime.native_layer import held_scratch
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((256, 4864)).astype(np.float32)
+    w = _intn(rng, 16, 4864)
+    want = kernels.intn_matmul(x, w)
+
+    def sizes():
+        with held_scratch():
+            first = kernels.intn_matmul(x, w)
+            held = _native.scratch_held()
+            again = kernels.intn_matmul(x, w)  # the same buffer, not a second one
+            held_again = _native.scratch_held()
+        return first, again, held, held_again, _native.scratch_held()
+
+    first, again, held, held_again, after = in_new_thread(sizes)
+    assert np.array_equal(first, want) and np.array_equal(again, want)
+    assert held >= 256 * 4864 and held_again == held  # the chunk's int8 copy at least, kept from call to call
+    assert after <= SLOTS * KEEP  # the large blocks go when the hold ends
