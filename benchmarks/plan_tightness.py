@@ -1,7 +1,7 @@
 """How much of its memory plan a run uses: image + prompt runs and text-only runs (vision=False) at
 budgets swept from the minimum feasible one to the full expert cache, each in a fresh process.
 
-    python benchmarks/plan_tightness.py models/q05n.mote [--points 5] [--tokens 16] [--context 1024]
+    python benchmarks/plan_tightness.py models/q05-b4.mote [--points 5] [--tokens 16] [--context 1024]
 
 Two workloads per run kind:
   short   the 23-token prompt (with the image for image runs), the model's own routers: a typical request.
