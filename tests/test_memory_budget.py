@@ -120,12 +120,14 @@ def test_peak_rss_fills_a_budget_that_caches_a_quarter_of_the_experts_and_a_budg
     all_experts = plan.expert_slab_bytes * total
     assert all_experts > budget - plan.expert_cache_bytes and all_experts > 50 * plan.resident_bytes
     # The slack: the part of the text-only plan this run does not fill, the runtime + metadata allowance
-    # (library code paged in on first use, parsed metadata), plus 4 slabs for how much library code a run
-    # happens to page in and for modules imported before Engine.load reads its baseline (threading, for the
-    # expert loader). Everything else (resident weights, KV cache, scratch, the 16 slabs) this run fills; a
-    # cache that keeps 2 slabs peaks at 16 MB and is caught. Measured: budget 43.1 MB, slack 15.1 MB, peak
-    # over baseline 28.9-29.0 MB (three runs).
-    slack = plan.overhead_bytes + 4 * plan.expert_slab_bytes
+    # (library code paged in on first use, parsed metadata), plus 8 slabs for how much library code a run
+    # happens to page in, for modules imported before Engine.load reads its baseline (threading, for the
+    # expert loader) and for the part of the planned scratch the native layer does not touch. Everything else
+    # (resident weights, KV cache, most of the scratch, the 16 slabs) this run fills; a cache that keeps 2 slabs
+    # peaks at 16 MB, one that keeps 8 at ~19 MB, and is caught. Measured: budget 43.1 MB, slack 19.3 MB, peak
+    # over baseline 26.4-27.2 MB (three runs; 28.9-29.0 when the prefill's kernel buffers went through malloc's
+    # heap, which kept some of them resident).
+    slack = plan.overhead_bytes + 8 * plan.expert_slab_bytes
 
     run = _run(expert_heavy_mote, budget, "honest")
     assert run["plan"] <= budget and run["slabs"] == total // 4
