@@ -97,16 +97,22 @@ void mote_intn_rows_scalar(const mote_intn_args *a, int n0, int n1, uint8_t *scr
 /* ---- the MOTE_INTN_IL16 layout (kernels.h) ---- */
 void mote_intn_il16_block_to_rows(const mote_intn_args *a, int n, uint8_t *w, uint16_t *scales, uint16_t *zeros) {
     const int ng = a->ng;
-    const uint8_t *src = a->w + (int64_t)n * a->rb;   /* block n / 16: 16 rb bytes, [ng][16 lines][16 rows][4] */
+    const int64_t nc = a->rb / 64;   /* 64-byte chunks of a row: 1 per group at 4 bits, 2 at 8 */
+    const uint8_t *src = a->w + (int64_t)n * a->rb;   /* block n / 16: 16 rb bytes, [nc][16 lines][16 rows][4] */
     const uint16_t *s16 = a->scales + (int64_t)n * ng, *z16 = a->zeros + (int64_t)n * ng;   /* [ng][16] */
-    for (int g = 0; g < ng; g++) {
+    for (int64_t c = 0; c < nc; c++)
         for (int j = 0; j < 16; j++)
-            for (int r = 0; r < 16; r++) memcpy(w + (int64_t)r * a->rb + g * 64 + 4 * j, src + ((g * 16 + j) * 16 + r) * 4, 4);
+            for (int r = 0; r < 16; r++) memcpy(w + (int64_t)r * a->rb + c * 64 + 4 * j, src + ((c * 16 + j) * 16 + r) * 4, 4);
+    for (int g = 0; g < ng; g++) {
         for (int r = 0; r < 16; r++) {
             scales[r * ng + g] = s16[g * 16 + r];
             zeros[r * ng + g] = z16[g * 16 + r];
         }
     }
+}
+
+int mote_intn_il16_ok(int layout, int bits, int G, int N) {
+    return layout == MOTE_INTN_IL16 && (bits == 4 || bits == 8) && G == 128 && N % 16 == 0;
 }
 
 /* a path without an IL16 kernel: each block of 16 rows de-interleaved into blk, then the path's rows function */
@@ -184,7 +190,7 @@ int mote_intn_matmul(const uint8_t *w, const uint16_t *scales, const uint16_t *z
 
 int mote_intn_matmul_layout(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int bits, int G,
                             int layout, const float *x, int T, int K, int N, float *y, int threads) {
-    if (layout != MOTE_INTN_ROWS && (layout != MOTE_INTN_IL16 || bits != 4 || G != 128 || N % 16 != 0)) return -1;
+    if (layout != MOTE_INTN_ROWS && !mote_intn_il16_ok(layout, bits, G, N)) return -1;
     if (K == 0 || N == 0 || T == 0) {   /* empty sums (y = 0) or nothing to compute: no kernel runs */
         memset(y, 0, sizeof(float) * (size_t)T * (size_t)N);
         return 0;

@@ -250,17 +250,20 @@ TGT static inline __attribute__((always_inline)) void gemv_flat(const mote_intn_
 static int flat_ok(const mote_intn_args *a) { return a->T == 1 && a->G == 128; }
 
 
-/* ---- GEMV (T == 1) over the MOTE_INTN_IL16 layout (4-bit, G = 128, blocks of 16 rows; kernels.h) ----
- * Output rows in the 16 lanes: per 64-byte line (4 bytes of each of 16 rows) one load, AND / shift / AND
- * and two vpdpbusd whose s8 operand is 4 activation bytes broadcast from memory ({1to16}): values
- * 4j..4j+3 (low nibbles) and 64+4j.. (high). No horizontal sums: per group and block one exact
- * correction (acc - zero sumx), one int32 -> float, a multiply by scale * (1 / s) and an add, so each
+/* ---- GEMV (T == 1) over the MOTE_INTN_IL16 layout (4 or 8 bits, G = 128, blocks of 16 rows; kernels.h) ----
+ * Output rows in the 16 lanes: per 64-byte line (4 bytes of each of 16 rows) one load and vpdpbusd whose s8
+ * operand is 4 activation bytes broadcast from memory ({1to16}). 4-bit: 16 lines a group, AND / shift / AND and
+ * two vpdpbusd per line (values 4j..4j+3 in the low nibbles, 64+4j.. in the high); 8-bit: 32 lines a group,
+ * one vpdpbusd per line on the bytes as loaded (values 4j..4j+3). No horizontal sums: per group and block one
+ * exact correction (acc - zero sumx), one int32 -> float, a multiply by scale * (1 / s) and an add, so each
  * row sums its groups' products in group order, as the scalar path does (bit-identical to it).
- * The weights are one sequential stream with no software prefetch: the hardware prefetchers keep up with it
- * (q/k/v, o and gate/up of the 0.5B step stream at ~90% of the DRAM probe, level with a plain read). On Zen 4
- * (EPYC family 25 model 17, 1 thread, 2026-12-06, benchmarks/intn_layout_ab.py; docs/KERNELS.md section 4),
- * il16 / rows layout over a decode step's int4 matrices: no prefetch 1.09-1.12x, L2 hint 2 KiB 1.08x, L1 hint
- * 1 / 2 / 4 / 8 KiB 0.89-0.96x, L2 hint 12 KiB (the rows GEMV's) 0.79x. -DMOTE_INTN_IL_PF=bytes turns it on. */
+ * The weights are one sequential stream with no software prefetch: the hardware prefetchers keep up with it.
+ * On Zen 4 (EPYC family 25 model 17, 1 thread; docs/KERNELS.md section 4): int4, a decode step's matrices
+ * (2026-12-06, benchmarks/intn_layout_ab.py), il16 / rows layout with no prefetch 1.09-1.12x, L2 hint 2 KiB
+ * 1.08x, L1 hint 1 / 2 / 4 / 8 KiB 0.89-0.96x, L2 hint 12 KiB (the rows GEMV's) 0.79x; int8, the 0.5B lm_head
+ * (896 -> 151936, 2026-12-06, probe 33.5-35.3 GB/s, three runs) no prefetch 1.11-1.31x (81-98% of the probe;
+ * a plain read 98%), L2 hint 1 / 2 KiB level with none, L2 4 KiB 1.29x, L2 8 KiB 0.87x, L1 1 / 2 / 4 KiB
+ * 1.04-1.14x; 2 accumulators level with 4, 8 slower (1.14-1.25x). -DMOTE_INTN_IL_PF=bytes turns a prefetch on. */
 #ifndef MOTE_INTN_IL_PF
 #define MOTE_INTN_IL_PF 0
 #endif
@@ -269,25 +272,29 @@ static int flat_ok(const mote_intn_args *a) { return a->T == 1 && a->G == 128; }
 #endif
 #define DPBUSD_B(acc, xv, p) __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(xv), "m"(*(const int32_t *)(p)))
 
-TGT static void gemv_il16(const mote_intn_args *a, int n0, int n1) {
+TGT static inline __attribute__((always_inline)) void gemv_il16(const mote_intn_args *a, int n0, int n1, const int bits) {
     const int ng = a->ng;
     const __m512i lo4 = _mm512_set1_epi8(0x0F);
     for (int n = n0; n < n1; n += 16) {   /* n0, n1: multiples of 16 */
-        const uint8_t *p = a->w + (int64_t)n * a->rb;                                        /* [ng][16][16][4] */
+        const uint8_t *p = a->w + (int64_t)n * a->rb;                                        /* [ng][lines][16][4] */
         const uint16_t *s16 = a->scales + (int64_t)n * ng, *z16 = a->zeros + (int64_t)n * ng;   /* [ng][16] */
         __m512 y = _mm512_setzero_ps();
         for (int g = 0; g < ng; g++) {
             const int8_t *x = a->xq + (int64_t)g * 128;
             __m512i acc[4];   /* 4 chains of 8 vpdpbusd: the exact group dot of 16 rows */
             for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_si512();
-#pragma GCC unroll 16
-            for (int j = 0; j < 16; j++) {
+#pragma GCC unroll 32
+            for (int j = 0; j < 4 * bits; j++) {   /* the group's 16 (4-bit) or 32 (8-bit) lines */
 #if MOTE_INTN_IL_PF > 0
                 _mm_prefetch((const char *)(p + MOTE_INTN_IL_PF), MOTE_INTN_IL_PF_HINT);
 #endif
                 const __m512i raw = _mm512_loadu_si512(p);
-                DPBUSD_B(acc[(2 * j) % 4], _mm512_and_si512(raw, lo4), x + 4 * j);
-                DPBUSD_B(acc[(2 * j + 1) % 4], _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4), x + 64 + 4 * j);
+                if (bits == 4) {
+                    DPBUSD_B(acc[(2 * j) % 4], _mm512_and_si512(raw, lo4), x + 4 * j);
+                    DPBUSD_B(acc[(2 * j + 1) % 4], _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4), x + 64 + 4 * j);
+                } else {
+                    DPBUSD_B(acc[j % 4], raw, x + 4 * j);
+                }
                 p += 64;
             }
             const __m512i dot = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
@@ -447,10 +454,11 @@ TGT static void gemm_il(const mote_intn_args *a, int n0, int n1, uint8_t *scratc
 TGT void mote_intn_il16_block_to_rows_avx512(const mote_intn_args *a, int n, uint8_t *w, uint16_t *scales,
                                              uint16_t *zeros) {
     const int ng = a->ng;
+    const int64_t nc = a->rb / 64;   /* 64-byte chunks of a row */
     const uint8_t *src = a->w + (int64_t)n * a->rb;
-    for (int g = 0; g < ng; g++) {
+    for (int64_t c = 0; c < nc; c++) {
         __m512i r[16], t[16];
-        for (int j = 0; j < 16; j++) r[j] = _mm512_loadu_si512(src + ((int64_t)g * 16 + j) * 64);   /* line j */
+        for (int j = 0; j < 16; j++) r[j] = _mm512_loadu_si512(src + (c * 16 + j) * 64);   /* line j */
         for (int j = 0; j < 16; j += 2) {
             t[j] = _mm512_unpacklo_epi32(r[j], r[j + 1]);
             t[j + 1] = _mm512_unpackhi_epi32(r[j], r[j + 1]);
@@ -470,7 +478,7 @@ TGT void mote_intn_il16_block_to_rows_avx512(const mote_intn_args *a, int n, uin
             r[k] = _mm512_shuffle_i32x4(t[k], t[k + 8], 0x88);
             r[k + 8] = _mm512_shuffle_i32x4(t[k], t[k + 8], 0xDD);
         }
-        for (int q = 0; q < 16; q++) _mm512_storeu_si512(w + (int64_t)q * a->rb + g * 64, r[q]);   /* row q */
+        for (int q = 0; q < 16; q++) _mm512_storeu_si512(w + (int64_t)q * a->rb + c * 64, r[q]);   /* row q */
     }
     const uint16_t *s16 = a->scales + (int64_t)n * ng, *z16 = a->zeros + (int64_t)n * ng;
     for (int g = 0; g < ng; g++)
@@ -482,7 +490,8 @@ TGT void mote_intn_il16_block_to_rows_avx512(const mote_intn_args *a, int n, uin
 
 TGT void mote_intn_rows_avx512(const mote_intn_args *a, int n0, int n1, uint8_t *scratch) {
     if (a->il16) {   /* the driver sends IL16 weights here only for T == 1 (else de-interleaved rows) */
-        gemv_il16(a, n0, n1);
+        if (a->bits == 8) gemv_il16(a, n0, n1, 8);
+        else gemv_il16(a, n0, n1, 4);
         return;
     }
     if (a->xil) {

@@ -87,10 +87,12 @@ int mote_ternary_matmul(int tpb, const uint8_t *w, float gamma, const float *x, 
 /* ---- int-N group-wise (intn.c): packed layout in mote_edge/quant/intn.py ----
  * Two layouts of the same bytes (mote_edge/quant/intn.py, docs/KERNELS.md section 2):
  *   MOTE_INTN_ROWS  rows one after the other: packed [N, rb], scales / zeros [N, ng];
- *   MOTE_INTN_IL16  4-bit, G = 128, N % 16 == 0 only: blocks of 16 rows, per block and group 16 lines of
- *                   64 bytes, line j = 4 bytes of each of the 16 rows (bytes 4j..4j+3 of the row's group:
- *                   values 4j..4j+3 in the low nibbles, 64+4j.. in the high), i.e. packed
- *                   [N/16][ng][16 lines][16 rows][4 bytes], scales / zeros [N/16][ng][16 rows]. */
+ *   MOTE_INTN_IL16  4 or 8 bits, G = 128, N % 16 == 0 only: blocks of 16 rows; a row's rb bytes are rb / 64
+ *                   chunks of 64 (one per group at 4 bits, two at 8), and per block and chunk 16 lines of 64
+ *                   bytes, line j = bytes 64c + 4j .. 64c + 4j + 3 of each of the 16 rows (4-bit: values 4j..4j+3
+ *                   of the group in the low nibbles, 64+4j.. in the high; 8-bit: values 64h + 4j.. of chunk h of
+ *                   the group), i.e. packed [N/16][rb/64 chunks][16 lines][16 rows][4 bytes], scales / zeros
+ *                   [N/16][ng][16 rows]. */
 #define MOTE_INTN_ROWS 0
 #define MOTE_INTN_IL16 1
 
@@ -127,7 +129,9 @@ void mote_intn_rows_dotprod(const mote_intn_args *a, int n0, int n1, uint8_t *sc
 
 int mote_intn_matmul(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int bits, int G,
                      const float *x, int T, int K, int N, float *y, int threads);
-/* the same for either layout (MOTE_INTN_ROWS / MOTE_INTN_IL16; IL16 needs bits 4, G 128, N % 16 == 0: -1 else).
+/* whether (bits, G, N) can take `layout` MOTE_INTN_IL16 (bits 4 or 8, G 128, N % 16 == 0) */
+int mote_intn_il16_ok(int layout, int bits, int G, int N);
+/* the same for either layout (MOTE_INTN_ROWS / MOTE_INTN_IL16; IL16 needs mote_intn_il16_ok: -1 else).
  * IL16 runs natively in the AVX-512 GEMV (T = 1); every other path de-interleaves 16 rows at a time
  * into scratch and runs its row kernel on them. */
 int mote_intn_matmul_layout(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int bits, int G,

@@ -21,7 +21,7 @@
 #include "kernels.h"
 
 /* a stored [N, K] weight and how to multiply by it */
-/* MOTE_LIN_INTN16: int-N in the MOTE_INTN_IL16 layout (4-bit, G = 128, rows interleaved by 16; kernels.h) */
+/* MOTE_LIN_INTN16: int-N in the MOTE_INTN_IL16 layout (4 or 8 bits, G = 128, rows interleaved by 16; kernels.h) */
 typedef enum { MOTE_LIN_F32 = 0, MOTE_LIN_INTN = 1, MOTE_LIN_TERN = 2, MOTE_LIN_TERN2 = 3, MOTE_LIN_INTN16 = 4 } mote_lin_kind;
 
 typedef struct {

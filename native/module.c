@@ -161,8 +161,8 @@ static PyObject *py_intn_matmul(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "y*y*y*iiy*iiiw*|ii", &b[0], &b[1], &b[2], &bits, &G, &b[3], &T, &K, &N, &b[4],
                           &threads, &layout))
         return NULL;
-    if (layout != MOTE_INTN_ROWS && (layout != MOTE_INTN_IL16 || bits != 4 || G != 128 || N % 16 != 0)) {
-        PyErr_Format(PyExc_ValueError, "layout %d: 0 (rows) or 1 (16-row interleaved: bits 4, group_size 128, "
+    if (layout != MOTE_INTN_ROWS && !mote_intn_il16_ok(layout, bits, G, N)) {
+        PyErr_Format(PyExc_ValueError, "layout %d: 0 (rows) or 1 (16-row interleaved: bits 4 or 8, group_size 128, "
                      "N %% 16 == 0), got bits %d, group_size %d, N %d", layout, bits, G, N);
         goto done;
     }
@@ -286,8 +286,8 @@ static int take_linear(buf_bag *bag, PyObject *spec, int N, int K, mote_linear *
             return L->w ? 0 : -1;
         }
         case MOTE_LIN_INTN16:
-            if (L->bits != 4 || L->G != 128 || N % 16 != 0) {
-                PyErr_Format(PyExc_ValueError, "%s: the 16-row interleaved int-N layout needs bits 4, group_size 128 "
+            if (!mote_intn_il16_ok(MOTE_INTN_IL16, L->bits, L->G, N)) {
+                PyErr_Format(PyExc_ValueError, "%s: the 16-row interleaved int-N layout needs bits 4 or 8, group_size 128 "
                              "and N %% 16 == 0, got bits %d, group_size %d, N %d", name, L->bits, L->G, N);
                 return -1;
             }

@@ -163,9 +163,10 @@ class ResidentWeights:
     group (q/k/v, gate/up) are copied into one fused [sum N, ...] weight there, so fusing costs no
     second copy. Peak during the load: the arena plus one tensor.
 
-    With the AVX-512 kernels (or `intn_layout="il16"`), every int-N weight that can take it (4-bit, G = 128,
-    N % 16 == 0) is re-laid in the arena into the il16 layout, block by block through a small buffer (no second
-    copy), and its Linear / Embedding carries the layout (mote_edge/quant/intn.py)."""
+    With the AVX-512 kernels (or `intn_layout="il16"`), every int-N weight that can take it (4 or 8 bits,
+    G = 128, N % 16 == 0: the int4 matrices and the int8 embedding / lm_head) is re-laid in the arena into the
+    il16 layout, block by block through a small buffer (no second copy), and its Linear / Embedding carries the
+    layout (mote_edge/quant/intn.py)."""
 
     def __init__(self, f: MoteFile, threads: int, intn_layout: str = "auto"):
         self.entries = f.tensors

@@ -101,21 +101,26 @@ WRONG = [
 ]
 
 
-# intn_matmul with layout 1 (il16: int4, G = 128, N % 16 == 0): [16, 10] -> one group per row
-INTN_IL16 = (u8(16 * 64), f16(16), f16(16), 4, 128, f32(T * K), T, K, 16, f32(T * 16), 1, 1)
-IL16_WRONG = [(11, 2, "layout"), (11, -1, "layout"), (3, 8, "layout"), (4, 64, "layout"), (0, u8(16 * 64 - 1), "packed"),
-              (1, f16(15), "scales"), (2, f16(17), "zeros"), (9, f32(T * 16 - 1), "out")]
+# intn_matmul with layout 1 (il16: int4 or int8, G = 128, N % 16 == 0): [16, 10] -> one group per row
+def intn_il16(bits: int) -> tuple:
+    return (u8(16 * 16 * bits), f16(16), f16(16), bits, 128, f32(T * K), T, K, 16, f32(T * 16), 1, 1)
 
 
+IL16_WRONG = [(11, 2, "layout"), (11, -1, "layout"), (3, 2, "layout"), (3, 3, "layout"), (4, 64, "layout"),
+              (0, None, "packed"), (1, f16(15), "scales"), (2, f16(17), "zeros"), (9, f32(T * 16 - 1), "out")]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("index, value, words", IL16_WRONG, ids=[f"arg{i}-{w}" for i, _, w in IL16_WRONG])
-def test_intn_il16_layout_checks(index, value, words):
-    _native.intn_matmul(*INTN_IL16)
-    bad = list(INTN_IL16)
-    bad[index] = value
+def test_intn_il16_layout_checks(index, value, words, bits):
+    good = intn_il16(bits)
+    _native.intn_matmul(*good)
+    bad = list(good)
+    bad[index] = u8(16 * 16 * bits - 1) if index == 0 else value  # packed one byte short
     with pytest.raises(ValueError, match=words):
         _native.intn_matmul(*bad)
-    n12 = list(INTN_IL16)
-    n12[0], n12[1], n12[2], n12[8], n12[9] = u8(12 * 64), f16(12), f16(12), 12, f32(T * 12)
+    n12 = list(good)
+    n12[0], n12[1], n12[2], n12[8], n12[9] = u8(12 * 16 * bits), f16(12), f16(12), 12, f32(T * 12)
     _native.intn_matmul(*n12[:-1], 0)  # N = 12 in the rows layout runs
     with pytest.raises(ValueError, match="layout"):
         _native.intn_matmul(*n12)       # and is refused as il16
@@ -160,9 +165,10 @@ def spec(kind, n, k, **parts):
     if kind == 1:
         ng = (k + 31) // 32
         return (1, n, k, parts.get("w", u8(n * ng * 16)), parts.get("scales", f16(n * ng)), f16(n * ng), 4, 32, 0.0)
-    if kind == 4:  # int4, G = 128, rows interleaved by 16 (n % 16 == 0)
-        ng = (k + 127) // 128
-        return (4, n, k, parts.get("w", u8(n * ng * 64)), parts.get("scales", f16(n * ng)), f16(n * ng), 4, 128, 0.0)
+    if kind == 4:  # int4 (or int8: bits=8), G = 128, rows interleaved by 16 (n % 16 == 0)
+        ng, bits = (k + 127) // 128, parts.get("bits", 4)
+        return (4, n, k, parts.get("w", u8(n * ng * 16 * bits)), parts.get("scales", f16(n * ng)), f16(n * ng), bits, 128,
+                0.0)
     return (kind, n, k, parts.get("w", u8(n * ((k + 6 - kind) // (7 - kind)))), None, None, 0, 0, 1.0)
 
 
@@ -195,7 +201,10 @@ ATTN_WRONG = [
     (dict(o=spec(1, H, NQ, scales=f16(1))), "scales"), (dict(o=spec(2, H, NQ, w=u8(1))), "o has"),
     (dict(o=(0, H, NQ)), "linear spec"),
     (dict(o=(4, H, NQ, u8(H * 16), f16(H), f16(H), 4, 32, 0.0)), "interleaved"),
-    (dict(o=(4, H, NQ, u8(H * 128), f16(H), f16(H), 8, 128, 0.0)), "interleaved"),
+    (dict(o=(4, H, NQ, u8(H * 32), f16(H), f16(H), 2, 128, 0.0)), "interleaved"),
+    (dict(o=(4, H, NQ, u8(H * 48), f16(H), f16(H), 3, 128, 0.0)), "interleaved"),
+    (dict(o=(4, H, NQ, u8(H * 128), f16(H), f16(H), 8, 64, 0.0)), "interleaved"),
+    (dict(o=spec(4, H, NQ, bits=8, w=u8(H * 128 - 1))), "o has"),
     (dict(qkv=(spec(4, NQ + 2 * NK, H, scales=f16(1)),)), "scales"),
     (dict(qkv=(spec(4, NQ + 2 * NK, H, w=u8(64)),)), "qkv has"),
 ]
@@ -210,6 +219,7 @@ def test_attn_and_ffn_steps_run_on_every_path(path):
     for gu in ((spec(0, 2 * I, H),), (spec(2, I, H), spec(3, I, H)), (spec(1, I, H), spec(0, I, H)), (spec(4, 2 * I, H),)):
         _native.ffn_step(*ffn_args(gate_up=gu))
     _native.attn_step(x, 0, h, attn_layer(qkv=(spec(1, NQ + 2 * NK, H),), o=spec(4, H, NQ)), 1)
+    _native.attn_step(x, 0, h, attn_layer(qkv=(spec(4, NQ + 2 * NK, H, bits=8),), o=spec(4, H, NQ, bits=8)), 1)
     assert not x.any() and not h.any()  # zero weights and input: zero output, no NaN from the norms
 
 

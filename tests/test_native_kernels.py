@@ -274,19 +274,24 @@ def _il16(wq: IntNWeight) -> IntNWeight:
     return IntNWeight(*interleave_il16(wq.packed, wq.scales, wq.zeros), wq.bits, wq.group_size, wq.N, wq.K, "il16")
 
 
-def test_il16_layout_round_trip():
+@pytest.mark.parametrize("bits", [4, 8])
+def test_il16_layout_round_trip(bits):
     rng = np.random.default_rng(5)
     for N, K in [(16, 128), (48, 300), (32, 4864)]:
-        wq = quantize_intn(rng.standard_normal((N, K)).astype(np.float32), 4, 128)
+        wq = quantize_intn(rng.standard_normal((N, K)).astype(np.float32), bits, 128)
         il = _il16(wq)
         assert il.packed.shape == wq.packed.shape and not np.array_equal(il.packed, wq.packed)
         back = as_rows(il)
         for a, b in ((back.packed, wq.packed), (back.scales, wq.scales), (back.zeros, wq.zeros)):
             assert np.array_equal(a, b)
-        # line j of group g of block b holds bytes 4j..4j+3 of that group of each of the block's 16 rows
-        b, g, j, r = N // 16 - 1, K // 128 - 1 if K >= 128 else 0, 7, 5
-        line = il.packed.reshape(-1)[((b * il.scales.shape[1] + g) * 16 + j) * 64:][:64].reshape(16, 4)
-        assert np.array_equal(line[r], wq.packed[16 * b + r, g * 64 + 4 * j:g * 64 + 4 * j + 4])
+        # line j of 64-byte chunk c (a group at 4 bits, half of one at 8) of block b holds bytes 64c + 4j ..
+        # 64c + 4j + 3 of each of the block's 16 rows
+        nc = wq.packed.shape[1] // 64
+        assert nc == (K + 127) // 128 * bits // 4
+        b, c, j, r = N // 16 - 1, nc - 1, 7, 5
+        line = il.packed.reshape(-1)[((b * nc + c) * 16 + j) * 64:][:64].reshape(16, 4)
+        assert np.array_equal(line[r], wq.packed[16 * b + r, c * 64 + 4 * j:c * 64 + 4 * j + 4])
+        g = il.scales.shape[1] - 1
         assert il.scales.reshape(-1, il.scales.shape[1], 16)[b, g, r] == wq.scales[16 * b + r, g]
         ids = np.array([N - 1, 0, 17 % N, 3, 3])
         rows = take_rows(il, ids)
@@ -312,13 +317,14 @@ def test_group_order_reference_is_the_scalar_path():
         kernels.set_kernel_path("auto")
 
 
+@pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("T", [1, 2, 9, 17])
-def test_il16_matches_rows_layout(path, T):
+def test_il16_matches_rows_layout(path, T, bits):
     """The AVX-512 GEMV (T = 1) reads il16 natively in group order: bit-exact with intn_matmul_group_order.
     Every other path and T de-interleaves 16 rows into scratch: the rows layout's result, bit for bit."""
     rng = np.random.default_rng(T)
     for N, K in [(16, 128), (48, 896), (32, 4864), (64, 1000)]:
-        wq = quantize_intn(rng.standard_normal((N, K)).astype(np.float32), 4, 128)
+        wq = quantize_intn(rng.standard_normal((N, K)).astype(np.float32), bits, 128)
         x = rng.standard_normal((T, K)).astype(np.float32)
         ys = [kernels.intn_matmul(x, _il16(wq), threads=th) for th in (1, 2)]
         assert np.array_equal(ys[0], ys[1])
@@ -330,7 +336,7 @@ def test_il16_matches_rows_layout(path, T):
 def test_il16_refused_where_it_does_not_apply():
     rng = np.random.default_rng(7)
     x = rng.standard_normal((1, 256)).astype(np.float32)
-    for bits, G, N in [(8, 128, 16), (4, 64, 16), (4, 128, 24)]:
+    for bits, G, N in [(2, 128, 16), (3, 128, 16), (4, 64, 16), (8, 32, 16), (4, 128, 24), (8, 128, 40)]:
         wq = quantize_intn(rng.standard_normal((N, 256)).astype(np.float32), bits, G)
         wq.layout = "il16"
         with pytest.raises(ValueError, match="il16"):

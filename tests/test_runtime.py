@@ -266,9 +266,9 @@ def test_auto_layout_is_slab2_only_when_every_expert_fits(exported):
 
 
 def test_il16_layout_at_load_keeps_weights_outputs_and_tokens(tiny_ckpt, export_once, monkeypatch):
-    """With the AVX-512 kernels the int4 G = 128 weights are re-laid into the il16 layout in the arena (same
-    bytes, same arena: the plan does not change); every Linear / Embedding reads them right on every path,
-    and greedy tokens are those of the rows layout."""
+    """With the AVX-512 kernels the int4 / int8 G = 128 weights are re-laid into the il16 layout in the arena
+    (same bytes, same arena: the plan does not change); every Linear / Embedding reads them right on every path
+    (the int8 embedding table also serves as the tied lm_head), and greedy tokens are those of the rows layout."""
     from mote_edge.quant import kernels
     from mote_edge.quant.intn import il16_ok
     from mote_edge.runtime import engine as engine_module
@@ -280,14 +280,15 @@ def test_il16_layout_at_load_keeps_weights_outputs_and_tokens(tiny_ckpt, export_
         rows, il = ResidentWeights(f, 1, "rows"), ResidentWeights(f, 1, "il16")
         assert il.arena.capacity == rows.arena.capacity
         names = [n for n, e in f.tensors.items() if e.scheme.kind == "intn" and len(e.shape) == 2]
-        plain = [n for n in names if n in rows._parts and not n.endswith("embed_tokens.weight")]  # not fused at load
+        plain = [n for n in names if n in rows._parts]  # not fused at load; the embedding table is the lm_head
         linears = [(n, rows.linear(n), il.linear(n)) for n in plain]
+        emb = "model.embed_tokens.weight"
+        assert f.tensors[emb].scheme.bits == 8 and il.linear(emb).native_spec()[0] == 4
         linears += [("qkv0", rows.fused_linear([f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkv"]).fused,
                      il.fused_linear([f"model.layers.0.self_attn.{p}_proj.weight" for p in "qkv"]).fused)]
         assert any(b.native_spec()[0] == 4 for _, _, b in linears)
         for name, a, b in linears:
-            sc = a.w.bits == 4 and a.w.group_size == 128 and il16_ok(a.w.bits, a.w.group_size, a.N)
-            assert b.native_spec()[0] == (4 if sc else 1), name
+            assert b.native_spec()[0] == (4 if il16_ok(a.w.bits, a.w.group_size, a.N) else 1), name
             for p in kernels.available_paths():
                 kernels.set_kernel_path(p)
                 for T in (1, 3):
@@ -299,8 +300,7 @@ def test_il16_layout_at_load_keeps_weights_outputs_and_tokens(tiny_ckpt, export_
                         kernels.set_kernel_path(p)
                     assert np.array_equal(ya, yb), (name, p, T)
             kernels.set_kernel_path("auto")
-        ids = np.array([0, 5, 17, 3])
-        emb = "model.embed_tokens.weight"
+        ids = np.array([0, 5, 17, 3, f.tensors[emb].shape[0] - 1])
         assert np.array_equal(rows.embedding(emb)(ids), il.embedding(emb)(ids))
     tokens = {}
     for layout in ("rows", "il16"):

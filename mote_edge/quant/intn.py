@@ -14,11 +14,13 @@ value j + i*m at bits [i*p, (i+1)*p), i = 0 .. 8/p - 1. bits 8/4/2 = one plane o
 bits 3 = the 2-bit plane of (q & 3) followed by the 1-bit plane of (q >> 2).
 So every plane unpacks with shifts and masks into contiguous runs of columns.
 
-The same bytes in another order, "il16" (IntNWeight.layout; 4-bit, G = 128, N % 16 == 0 only): blocks of 16
-rows; per block and group, 16 lines of 64 bytes, line j = bytes 4j..4j+3 of that group of each of the 16 rows
-(values 4j..4j+3 in the low nibbles, 64+4j.. in the high): packed [N/16, ng, 16 lines, 16 rows, 4 bytes],
-scales / zeros [N/16, ng, 16 rows]; the arrays keep their [N, row bytes] / [N, ng] shapes. The AVX-512 GEMV
-reads it with the 16 output rows in its lanes (docs/KERNELS.md); interleave_il16 / deinterleave_il16 convert.
+The same bytes in another order, "il16" (IntNWeight.layout; 4 or 8 bits, G = 128, N % 16 == 0 only): blocks
+of 16 rows; a row's bytes are chunks of 64 (one per group at 4 bits, two at 8) and per block and chunk c come 16
+lines of 64 bytes, line j = bytes 64c + 4j .. 64c + 4j + 3 of each of the 16 rows (4-bit: values 4j..4j+3 of the
+group in the low nibbles, 64+4j.. in the high; 8-bit: values 4j..4j+3 of the chunk): packed [N/16, chunks,
+16 lines, 16 rows, 4 bytes], scales / zeros [N/16, ng, 16 rows]; the arrays keep their [N, row bytes] / [N, ng]
+shapes. The AVX-512 GEMV reads it with the 16 output rows in its lanes (docs/KERNELS.md); interleave_il16 /
+deinterleave_il16 convert.
 
 The matmul the C kernel computes (intn_matmul_reference): activations are quantized to int8 per
 (token, group) exactly like BitLinear does per token: s = 127 / max(max|x_g|, 1e-5),
@@ -176,15 +178,21 @@ LAYOUTS = ("rows", "il16")
 IL16_ROWS = 16
 
 
+IL16_BITS = (4, 8)
+IL16_CHUNK = 64  # bytes of a row per 16 lines of a block (one group at 4 bits, half a group at 8)
+
+
 def il16_ok(bits: int, group_size: int, N: int) -> bool:
     """Whether a [N, K] weight at bits / group_size can take the il16 layout."""
-    return bits == 4 and group_size == 128 and N % IL16_ROWS == 0
+    return bits in IL16_BITS and group_size == 128 and N % IL16_ROWS == 0
 
 
 def interleave_il16(packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Rows layout (packed [N, ng * 64], scales / zeros [N, ng]) -> the il16 layout, same shapes, new arrays."""
+    """Rows layout (packed [N, rb], rb = ng * 64 or ng * 128; scales / zeros [N, ng]) -> the il16 layout, same
+    shapes, new arrays."""
     N, ng = scales.shape
-    p = packed.reshape(N // IL16_ROWS, IL16_ROWS, ng, 16, 4).transpose(0, 2, 3, 1, 4)  # [N/16, ng, line, row, 4]
+    nc = packed.size // N // IL16_CHUNK
+    p = packed.reshape(N // IL16_ROWS, IL16_ROWS, nc, 16, 4).transpose(0, 2, 3, 1, 4)  # [N/16, chunk, line, row, 4]
     sz = [a.reshape(N // IL16_ROWS, IL16_ROWS, ng).transpose(0, 2, 1) for a in (scales, zeros)]  # [N/16, ng, row]
     return (np.ascontiguousarray(p).reshape(packed.shape),
             *(np.ascontiguousarray(a).reshape(N, ng) for a in sz))
@@ -193,7 +201,8 @@ def interleave_il16(packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray) -
 def deinterleave_il16(packed: np.ndarray, scales: np.ndarray, zeros: np.ndarray) -> tuple[np.ndarray, ...]:
     """The il16 layout -> the rows layout (interleave_il16's inverse), new arrays."""
     N, ng = scales.shape
-    p = packed.reshape(N // IL16_ROWS, ng, 16, IL16_ROWS, 4).transpose(0, 3, 1, 2, 4)  # [N/16, row, ng, line, 4]
+    nc = packed.size // N // IL16_CHUNK
+    p = packed.reshape(N // IL16_ROWS, nc, 16, IL16_ROWS, 4).transpose(0, 3, 1, 2, 4)  # [N/16, row, chunk, line, 4]
     sz = [a.reshape(N // IL16_ROWS, ng, IL16_ROWS).transpose(0, 2, 1) for a in (scales, zeros)]
     return (np.ascontiguousarray(p).reshape(packed.shape),
             *(np.ascontiguousarray(a).reshape(N, ng) for a in sz))
@@ -213,9 +222,9 @@ def take_rows(wq: IntNWeight, ids: np.ndarray) -> IntNWeight:
     """Rows ids [R] of wq as an [R, K] weight in the rows layout (an embedding lookup; either layout)."""
     if wq.layout == "rows":
         return IntNWeight(wq.packed[ids], wq.scales[ids], wq.zeros[ids], wq.bits, wq.group_size, len(ids), wq.K)
-    ng = wq.scales.shape[1]
+    ng, nc = wq.scales.shape[1], wq.packed.size // wq.N // IL16_CHUNK
     blk, row = ids // IL16_ROWS, ids % IL16_ROWS
-    packed = wq.packed.reshape(-1, ng, 16, IL16_ROWS, 4)[blk, :, :, row].reshape(len(ids), -1)  # [R, ng * 64]
+    packed = wq.packed.reshape(-1, nc, 16, IL16_ROWS, 4)[blk, :, :, row].reshape(len(ids), -1)  # [R, nc * 64]
     scales, zeros = (a.reshape(-1, ng, IL16_ROWS)[blk, :, row] for a in (wq.scales, wq.zeros))  # [R, ng]
     return IntNWeight(packed, scales, zeros, wq.bits, wq.group_size, len(ids), wq.K)
 

@@ -127,7 +127,7 @@ def intn_matmul(x: np.ndarray, w: IntNWeight, threads: int = 1, out: np.ndarray 
     zeros = _array(w.zeros, np.float16, "zeros", (w.N, ng))
     if w.layout not in LAYOUTS or (w.layout == "il16" and not il16_ok(w.bits, w.group_size, w.N)):
         raise ValueError(f"int-N layout {w.layout!r} with bits {w.bits}, group_size {w.group_size}, N {w.N}: "
-                         f"'rows', or 'il16' for bits 4, group_size 128, N % 16 == 0")
+                         f"'rows', or 'il16' for bits 4 or 8, group_size 128, N % 16 == 0")
     y = _out(out, T, w.N, vec)
     _native.intn_matmul(w.packed, scales, zeros, w.bits, w.group_size, x, T, w.K, w.N, y, int(threads),
                         LAYOUTS.index(w.layout))

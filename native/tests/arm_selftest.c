@@ -200,13 +200,13 @@ static void check_intn(int bits, int G, int T, int K, int N, int xkind, int wkin
     free(w), free(sc), free(zp), free(x), free(ref), free(got);
 }
 
-/* int4, G = 128 in the 16-row interleaved layout (kernels.h MOTE_INTN_IL16): every path gives what it gives on
+/* int4 / int8, G = 128 in the 16-row interleaved layout (kernels.h MOTE_INTN_IL16): every path gives what it gives on
  * the rows layout, byte for byte (the paths without an IL16 kernel de-interleave 16 rows into scratch), except
  * the AVX-512 GEMV (T = 1), which reads the layout natively and sums each row's groups in the scalar order:
  * there the scalar path's rows-layout result, byte for byte, for any floats. */
-static void check_intn_il16(int T, int K, int N, int xkind, int threads) {
+static void check_intn_il16(int bits, int T, int K, int N, int xkind, int threads) {
     const int ng = (K + 127) / 128;
-    const int64_t rb = (int64_t)ng * 64;
+    const int64_t rb = (int64_t)ng * 16 * bits, nc = rb / 64;   /* nc 64-byte chunks a row */
     uint8_t *w = malloc((size_t)(N * rb)), *wi = malloc((size_t)(N * rb));
     uint16_t *sc = malloc(sizeof(uint16_t) * (size_t)(N * ng)), *zp = malloc(sizeof(uint16_t) * (size_t)(N * ng));
     uint16_t *sci = malloc(sizeof(uint16_t) * (size_t)(N * ng)), *zpi = malloc(sizeof(uint16_t) * (size_t)(N * ng));
@@ -216,33 +216,37 @@ static void check_intn_il16(int T, int K, int N, int xkind, int threads) {
     fill_bytes(w, (size_t)(N * rb), W_RANDOM);
     for (int i = 0; i < N * ng; i++) {
         sc[i] = (i % 7 == 0) ? 0x3C00 : rnd_half();
-        zp[i] = half_of_int((int)(rnd() % 16));
+        zp[i] = half_of_int((int)(rnd() % (1u << bits)));
     }
-    for (int b = 0; b < N / 16; b++)   /* [N/16][ng][16 lines][16 rows][4 bytes], scales / zeros [N/16][ng][16] */
-        for (int g = 0; g < ng; g++)
-            for (int r = 0; r < 16; r++) {
+    for (int b = 0; b < N / 16; b++)   /* [N/16][nc][16 lines][16 rows][4 bytes], scales / zeros [N/16][ng][16] */
+        for (int r = 0; r < 16; r++) {
+            for (int64_t c = 0; c < nc; c++)
                 for (int j = 0; j < 16; j++)
-                    memcpy(wi + (((int64_t)b * ng + g) * 16 + j) * 64 + 4 * r, w + (int64_t)(16 * b + r) * rb + g * 64 + 4 * j, 4);
+                    memcpy(wi + (((int64_t)b * nc + c) * 16 + j) * 64 + 4 * r, w + (int64_t)(16 * b + r) * rb + c * 64 + 4 * j, 4);
+            for (int g = 0; g < ng; g++) {
                 sci[((int64_t)b * ng + g) * 16 + r] = sc[(int64_t)(16 * b + r) * ng + g];
                 zpi[((int64_t)b * ng + g) * 16 + r] = zp[(int64_t)(16 * b + r) * ng + g];
             }
+        }
     fill_x(x, (size_t)T * K, xkind);
     char what[128];
-    snprintf(what, sizeof what, "intn il16 T=%d K=%d N=%d x=%s threads=%d", T, K, N, xkind_name[xkind], threads);
+    snprintf(what, sizeof what, "intn il16 bits=%d T=%d K=%d N=%d x=%s threads=%d", bits, T, K, N, xkind_name[xkind], threads);
     use(MOTE_PATH_SCALAR);
-    if (mote_intn_matmul(w, sc, zp, 4, 128, x, T, K, N, sref, threads) != 0) exit(3);
+    if (mote_intn_matmul(w, sc, zp, bits, 128, x, T, K, N, sref, threads) != 0) exit(3);
     for (int i = -1; i < nsimd; i++) {
         const mote_path p = i < 0 ? MOTE_PATH_SCALAR : simd[i];
         use(p);
-        if (mote_intn_matmul(w, sc, zp, 4, 128, x, T, K, N, ref, threads) != 0) exit(3);
+        if (mote_intn_matmul(w, sc, zp, bits, 128, x, T, K, N, ref, threads) != 0) exit(3);
         memset(got, 0xA5, sizeof(float) * (size_t)(T * N));
-        if (mote_intn_matmul_layout(wi, sci, zpi, 4, 128, MOTE_INTN_IL16, x, T, K, N, got, threads) != 0) exit(3);
+        if (mote_intn_matmul_layout(wi, sci, zpi, bits, 128, MOTE_INTN_IL16, x, T, K, N, got, threads) != 0) exit(3);
         compare(p == MOTE_PATH_AVX512 && T == 1 ? sref : ref, got, sizeof(float) * (size_t)(T * N), p, what);
     }
     /* what the layout does not allow: -1, nothing written */
-    if (mote_intn_matmul_layout(wi, sci, zpi, 4, 64, MOTE_INTN_IL16, x, T, K, N, got, threads) != -1 ||
-        (N > 16 && mote_intn_matmul_layout(wi, sci, zpi, 4, 128, MOTE_INTN_IL16, x, T, K, N - 1, got, threads) != -1) ||
-        mote_intn_matmul_layout(wi, sci, zpi, 4, 128, 2, x, T, K, N, got, threads) != -1) {
+    if (mote_intn_matmul_layout(wi, sci, zpi, bits, 64, MOTE_INTN_IL16, x, T, K, N, got, threads) != -1 ||
+        mote_intn_matmul_layout(wi, sci, zpi, 2, 128, MOTE_INTN_IL16, x, T, K, N, got, threads) != -1 ||
+        mote_intn_matmul_layout(wi, sci, zpi, 3, 128, MOTE_INTN_IL16, x, T, K, N, got, threads) != -1 ||
+        (N > 16 && mote_intn_matmul_layout(wi, sci, zpi, bits, 128, MOTE_INTN_IL16, x, T, K, N - 1, got, threads) != -1) ||
+        mote_intn_matmul_layout(wi, sci, zpi, bits, 128, 2, x, T, K, N, got, threads) != -1) {
         printf("FAIL %s: an invalid layout call did not return -1\n", what);
         failures++;
     }
@@ -478,16 +482,18 @@ int main(int argc, char **argv) {
         }
     printf("intn: %d checks\n", checks - c2);
 
-    /* int4 G = 128, 16-row interleaved: GEMV, T = 2 tiles, tokens-in-lanes GEMM; partial groups; every input kind */
+    /* int4 / int8 G = 128, 16-row interleaved: GEMV, T = 2 tiles, tokens-in-lanes GEMM; partial groups; every input kind */
     const int cil = checks;
     static const int il_shape[][3] = {{1, 896, 48}, {1, 4864, 32}, {1, 200, 16}, {2, 1000, 32}, {9, 896, 16},
                                       {17, 300, 48}, {1, 128, 64}};
-    for (size_t s = 0; s < sizeof il_shape / sizeof il_shape[0]; s++)
-        for (int th = 1; th <= 2; th++) check_intn_il16(il_shape[s][0], il_shape[s][1], il_shape[s][2], X_NORMAL, th);
-    for (int kind = 0; kind < X_KINDS; kind++) {
-        if (kind == X_SPECIAL && !nan_ok) continue;
-        check_intn_il16(1, 384, 32, kind, 1);
-        check_intn_il16(3, 384, 32, kind, 1);
+    for (int bits = 4; bits <= 8; bits += 4) {
+        for (size_t s = 0; s < sizeof il_shape / sizeof il_shape[0]; s++)
+            for (int th = 1; th <= 2; th++) check_intn_il16(bits, il_shape[s][0], il_shape[s][1], il_shape[s][2], X_NORMAL, th);
+        for (int kind = 0; kind < X_KINDS; kind++) {
+            if (kind == X_SPECIAL && !nan_ok) continue;
+            check_intn_il16(bits, 1, 384, 32, kind, 1);
+            check_intn_il16(bits, 3, 384, 32, kind, 1);
+        }
     }
     printf("intn il16: %d checks\n", checks - cil);
 
