@@ -1,12 +1,13 @@
-"""The int4 G = 128 GEMVs of a decode step in the two int-N layouts, in one process: the rows layout (the
+"""The int-N G = 128 GEMVs of a decode step in the two int-N layouts, in one process: the rows layout (the
 AVX-512 GEMV over (row, group) pairs) against il16 (16 rows interleaved, output rows in the lanes;
 mote_edge/quant/intn.py), on the same model's resident weights loaded twice, plus a plain read of the same
-bytes and the DRAM probe. Cold: one pass reads every layer's q/k/v, o, gate/up, down once, in the step's
-order (> L3 per pass); passes alternate between the layouts.
+bytes and the DRAM probe. Cold: one pass reads every layer's int4 q/k/v, o, gate/up, down once, in the step's
+order, then the int8 lm_head (> L3 per pass); passes alternate between the layouts.
 
     python benchmarks/intn_layout_ab.py models/q05-b4.mote [--threads 1] [--reps 15]
 
-Prints per matrix kind and for the whole mix: ms per pass, GB/s, % of the probe, and il16 / rows.
+Prints per matrix kind, for the int4 mix and for the whole pass: ms per pass, GB/s, % of the probe, and
+il16 / rows.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 
 from mote_edge import _native
 
-KINDS = ("q/k/v", "o", "gate/up", "down")
+KINDS = ("q/k/v", "o", "gate/up", "down", "lm_head")
+INT4 = KINDS[:4]
 
 
 def layer_matrices(w, i: int, prefix: str) -> list[tuple[str, object]]:
@@ -50,7 +52,9 @@ def main() -> None:
     with MoteFile(args.mote) as f:
         nl = f.config.decoder.num_hidden_layers
         sets = {lay: ResidentWeights(f, th, lay) for lay in ("rows", "il16")}
-        mats = {lay: [m for i in range(nl) for m in layer_matrices(w, i, "")] for lay, w in sets.items()}
+        head = "model.embed_tokens.weight" if f.config.decoder.tie_word_embeddings else "lm_head.weight"
+        mats = {lay: [m for i in range(nl) for m in layer_matrices(w, i, "")] + [("lm_head", w.linear(head))]
+                for lay, w in sets.items()}
     assert all(lin.w.layout == "il16" for _, lin in mats["il16"]), "every matrix should take the il16 layout"
     rng = np.random.default_rng(0)
     x = (rng.standard_normal(max(lin.K for _, lin in mats["rows"])) * 0.5).astype(np.float32)
@@ -62,7 +66,7 @@ def main() -> None:
         for kind, lin in mats[lay]:
             w = lin.w
             t0 = time.perf_counter()
-            _native.intn_matmul(w.packed, w.scales, w.zeros, 4, 128, x[:lin.K], 1, lin.K, lin.N, y[:lin.N], th,
+            _native.intn_matmul(w.packed, w.scales, w.zeros, w.bits, 128, x[:lin.K], 1, lin.K, lin.N, y[:lin.N], th,
                                 0 if lay == "rows" else 1)
             t[kind] += time.perf_counter() - t0
         return t
@@ -88,13 +92,14 @@ def main() -> None:
     d = float(np.median(dram))
     total = sum(nbytes.values())
     print(f"{th} thread(s), path {kernels.kernel_path()}, DRAM probe {d / 1e9:.1f} GB/s, {nl} layers, "
-          f"{total / 1e6:.1f} MB of int4 per pass, medians of {args.reps}")
+          f"{total / 1e6:.1f} MB per pass ({sum(nbytes[k] for k in INT4) / 1e6:.1f} MB int4), medians of {args.reps}")
     print(f"  {'':10s} {'MB':>6s}" + "".join(f" {n:>22s}" for n in runs) + f" {'il16/rows':>10s}")
-    for k in KINDS + ("all",):
-        nb = total if k == "all" else nbytes[k]
+    for k in KINDS + ("int4", "all"):
+        part = KINDS if k == "all" else INT4 if k == "int4" else (k,)
+        nb = sum(nbytes[kk] for kk in part)
         cells, gbs = "", {}
         for name, rr in runs.items():
-            ms = 1e3 * float(np.median([sum(p.values()) if k == "all" else p[k] for p in rr]))
+            ms = 1e3 * float(np.median([sum(p[kk] for kk in part) for p in rr]))
             gbs[name] = nb / ms / 1e6
             cells += f" {ms:6.2f} ms {gbs[name]:5.1f} GB/s {100 * gbs[name] * 1e9 / d:3.0f}%"
         print(f"  {k:10s} {nb / 1e6:6.1f}{cells} {gbs['il16'] / gbs['rows']:10.3f}")

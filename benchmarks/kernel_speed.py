@@ -92,7 +92,7 @@ def make_ternary(K, N, ncopies, threads, layout="file"):
 
 
 def make_intn(bits, K, N, ncopies, threads, G=128, layout="rows"):
-    """layout "il16": the 16-row interleaved layout the runtime loads int4 G = 128 weights in on AVX-512."""
+    """layout "il16": the 16-row interleaved layout the runtime loads int4 / int8 G = 128 weights in on AVX-512."""
     from mote_edge.quant import kernels
     from mote_edge.quant.intn import IntNWeight, interleave_il16, intn_row_bytes
     rng = np.random.default_rng(0)
@@ -165,6 +165,7 @@ KERNELS = {  # name -> (maker, is ours)
     "mote int4 g128": (lambda K, N, c, t: make_intn(4, K, N, c, t), True),
     "mote int4 g128 il16": (lambda K, N, c, t: make_intn(4, K, N, c, t, layout="il16"), True),
     "mote int8 g128": (lambda K, N, c, t: make_intn(8, K, N, c, t), True),
+    "mote int8 g128 il16": (lambda K, N, c, t: make_intn(8, K, N, c, t, layout="il16"), True),
     "numpy fp32": (make_numpy, False),
     "ORT MatMulNBits 2-bit b128": (lambda K, N, c, t: make_ort(2, K, N, c, t), False),
     "ORT MatMulNBits 4-bit b128": (lambda K, N, c, t: make_ort(4, K, N, c, t), False),
@@ -243,7 +244,8 @@ def report(results: list[dict]) -> None:
                                  ("mote int2 g128", "ORT MatMulNBits 2-bit b128"),
                                  ("mote int4 g128", "ORT MatMulNBits 4-bit b128"),
                                  ("mote int4 g128 il16", "ORT MatMulNBits 4-bit b128"),
-                                 ("mote int4 g128 il16", "mote int4 g128")]:
+                                 ("mote int4 g128 il16", "mote int4 g128"),
+                                 ("mote int8 g128 il16", "mote int8 g128")]:
                 for o in (ours, ours + HUGE_SUFFIX):
                     if (shape, o) not in by or (shape, theirs) not in by:
                         continue

@@ -449,7 +449,7 @@ TGT static void gemm_il(const mote_intn_args *a, int n0, int n1, uint8_t *scratc
     }
 }
 
-/* mote_intn_il16_block_to_rows (intn.c) with each group's 16 lines x 16 rows of 4 bytes transposed in registers
+/* mote_intn_il16_block_to_rows (intn.c) with each 64-byte chunk's 16 lines x 16 rows of 4 bytes transposed in registers
  * (a 16 x 16 transpose of 32-bit words: unpack 32, unpack 64, two 128-bit lane shuffles) */
 TGT void mote_intn_il16_block_to_rows_avx512(const mote_intn_args *a, int n, uint8_t *w, uint16_t *scales,
                                              uint16_t *zeros) {
