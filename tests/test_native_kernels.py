@@ -3,7 +3,7 @@
 Ternary: bit-exact (integer accumulators and the same float32 scaling as bitlinear_reference).
 Int-N: integer part exact; the float sum over groups within 1e-5 of sum_g |acc_g * scale_g / s_g|
 (the SIMD paths sum per-lane partial products in a different order), plus an exactly representable
-case that must match bit for bit. The il16 layout (int4, G = 128): the AVX-512 GEMV bit-exact with the
+case that must match bit for bit. The il16 layout (int4 and int8, G = 128): the AVX-512 GEMV bit-exact with the
 group-order reference (intn_matmul_group_order, = the scalar path), every other path bit-exact with its own
 rows-layout result.
 """
@@ -268,7 +268,7 @@ def test_read_sum():
     assert _native.read_sum(a) == _native.read_sum(a, 2) == int(a.sum())
 
 
-# ---------------------------------------------------------------- int4 G = 128 in the il16 layout
+# ---------------------------------------------------------------- int4 and int8 G = 128 in the il16 layout
 
 def _il16(wq: IntNWeight) -> IntNWeight:
     return IntNWeight(*interleave_il16(wq.packed, wq.scales, wq.zeros), wq.bits, wq.group_size, wq.N, wq.K, "il16")
@@ -308,7 +308,8 @@ def test_group_order_reference_is_the_scalar_path():
     rng = np.random.default_rng(6)
     kernels.set_kernel_path("scalar")
     try:
-        for bits, G, T, N, K in [(4, 128, 1, 20, 900), (4, 128, 3, 7, 4864), (8, 64, 2, 5, 333), (2, 32, 1, 9, 97)]:
+        for bits, G, T, N, K in [(4, 128, 1, 20, 900), (4, 128, 3, 7, 4864), (8, 64, 2, 5, 333), (8, 128, 1, 33, 1000),
+                                 (2, 32, 1, 9, 97)]:
             wq = quantize_intn(rng.standard_normal((N, K)).astype(np.float32), bits, G)
             x = rng.standard_normal((T, K)).astype(np.float32)
             assert np.array_equal(kernels.intn_matmul(x, wq).view(np.uint32),
