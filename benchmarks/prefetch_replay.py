@@ -17,7 +17,9 @@ prefetch is in before its wave) and with the clock measured by benchmarks/expert
 a wave's compute with every expert cached, the shared expert's overlap; runtime/simulate.py Clock), where
 only an expert whose read ended before its wave counts as a hit and the fastest pair is the default's
 evidence. The tiny trace runs on the 0.5B's clock (its records are tiny: the 0.5B's ratio of read to
-compute is the question). Writes benchmarks/out/prefetch-replay.json.
+compute is the question). Last, with the clock, `expected` with an oracle of a longer horizon (the next
+--oracle-depths waves' real experts): how far ahead a predictor must look for its reads to be in time.
+Writes benchmarks/out/prefetch-replay.json.
 """
 
 from __future__ import annotations
@@ -68,6 +70,20 @@ def replay(waves, slabs: list[int], clock=None) -> dict:
                                                  "overlap_ms": clock.overlap_ms}}
 
 
+def oracle_horizons(waves, slabs: list[int], clock, depths: list[int]) -> dict:
+    """`expected` with an oracle prefetch of each horizon, on the clock, next to Belady's MIN: hit rate by slabs."""
+    from mote_edge.runtime.simulate import simulate
+
+    rows = {"belady": [simulate(waves, s, "belady", "none", clock)["hit_rate"] for s in slabs]}
+    for d in depths:
+        rows[f"oracle-{d}"] = [simulate(waves, s, "expected", f"oracle-{d}", clock)["hit_rate"] for s in slabs]
+    print(f"\n  expected + an oracle prefetch of the next N waves, with the clock: hit rate % by slabs")
+    print(f"{'slabs':>7} " + " ".join(f"{k:>10}" for k in rows))
+    for i, s in enumerate(slabs):
+        print(f"{s:>7} " + " ".join(f"{100 * v[i]:>10.1f}" for v in rows.values()))
+    return {"slabs": slabs, "hit_rate": rows}
+
+
 def show(name: str, rep: dict) -> None:
     rows = rep["results"]
     cols = [(r["policy"], r["prefetch"]) for r in rows if r["slabs"] == rows[0]["slabs"]]
@@ -90,6 +106,7 @@ def main() -> None:
     ap.add_argument("--questions", type=int, default=100, help="held-out prompts routed by the tiny model")
     ap.add_argument("--tokens", type=int, default=2000, help="decode steps per synthetic trace")
     ap.add_argument("--json", type=Path, default=OUT / "prefetch-replay.json")
+    ap.add_argument("--oracle-depths", default="2,3,4,6", help="oracle horizons (decode waves) replayed with the clock")
     args = ap.parse_args()
     from route_model import RouteModel, synth_trace
 
@@ -113,6 +130,10 @@ def main() -> None:
             result["traces"][key] = replay(waves, SYNTH_SLABS, clock)
             show(f"{name} shape, fitted routing ({args.tokens} tokens, {len(layers) * experts} experts)",
                  result["traces"][key])
+        clock = clock_of(name)
+        if clock is not None:
+            result["traces"][f"{name}-clock-oracle"] = oracle_horizons(
+                waves, SYNTH_SLABS, clock, [int(d) for d in args.oracle_depths.split(",")])
     args.json.write_text(json.dumps(result, indent=1))
     print(f"\nwrote {args.json}")
 

@@ -258,8 +258,10 @@ def simulate(
                                                    "of the distinct experts in the trace)."),
     policies: str = typer.Option("lru,lfu,layer,belady", help="Policies to compare: lru, lfu, layer, belady."),
     prefetch: Optional[str] = typer.Option(None, help="Prefetches to compare: none, lookahead-1, lookahead-2 (the "
-                                                      "trace's predictions), oracle (default: none and oracle, plus "
-                                                      "the lookaheads when the trace has predictions)."),
+                                                      "trace's predictions), oracle (the next 2 waves' real experts), "
+                                                      "oracle-N (the next N waves'; with a clock: how far ahead a read "
+                                                      "must start) (default: none and oracle, plus the lookaheads when "
+                                                      "the trace has predictions)."),
     read_ms: Optional[float] = typer.Option(None, help="With --wave-ms: a clock. One expert record's read time "
                                                        "(its bytes over the disk's speed); a prefetch still reading "
                                                        "when its wave comes is a miss and a stall."),

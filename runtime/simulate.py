@@ -17,6 +17,8 @@ Prefetch, after each decode wave (the runtime reads them while the wave computes
     lookahead-1  the trace's predictions for the next MoE layer
     lookahead-2  ... for the next two MoE layers
     oracle       the experts the next two decode waves really use (what a perfect lookahead-2 reads)
+    oracle-N     ... the next N decode waves (a perfect predictor N MoE layers ahead: how far ahead a
+                 prefetch must look to be in time on a clock; benchmarks/prefetch_replay.py)
 A prefetch takes a free slab, or the slab of the cached expert (chosen by the policy) whose layer comes
 back later than the prefetched one's, as the runtime does; it stops when there is none.
 
@@ -106,13 +108,22 @@ def _accesses(waves: list[Wave]) -> list[Key]:
     return [(w.layer, e) for w in waves for e in w.experts]
 
 
+def oracle_depth(prefetch: str) -> int | None:
+    """The horizon of an oracle prefetch ("oracle": ORACLE_DEPTH, "oracle-N": N >= 1), None for any other name."""
+    if prefetch == "oracle":
+        return ORACLE_DEPTH
+    name, _, depth = prefetch.partition("-")
+    return int(depth) if name == "oracle" and depth.isdigit() and int(depth) >= 1 else None
+
+
 def _prefetches(waves: list[Wave], i: int, prefetch: str) -> list[Key]:
     """What wave i prefetches, nearest layer first."""
     w = waves[i]
     if prefetch == "none" or w.tokens != 1:
         return []
-    if prefetch == "oracle":
-        return [(n.layer, e) for n in waves[i + 1:i + 1 + ORACLE_DEPTH] for e in n.experts]
+    depth = oracle_depth(prefetch)
+    if depth is not None:
+        return [(n.layer, e) for n in waves[i + 1:i + 1 + depth] for e in n.experts]
     depth = int(prefetch.rsplit("-", 1)[1])
     return [(layer, e) for layer, experts in w.predicted[:depth] for e in experts]
 
@@ -150,8 +161,8 @@ def simulate(waves: list[Wave], slabs: int, policy: str, prefetch: str = "none",
     prefetches (misses), the stall and the replay's decode time in ms."""
     if policy not in POLICIES:
         raise MoteError(f"unknown cache policy {policy!r} (choose from {', '.join(POLICIES)})")
-    if prefetch not in PREFETCHES:
-        raise MoteError(f"unknown prefetch {prefetch!r} (choose from {', '.join(PREFETCHES)})")
+    if prefetch not in PREFETCHES and oracle_depth(prefetch) is None:
+        raise MoteError(f"unknown prefetch {prefetch!r} (choose from {', '.join(PREFETCHES)}, oracle-N)")
     if slabs < 1:
         raise MoteError("a cache needs at least 1 slab")
     layers = sorted({w.layer for w in waves} | {layer for w in waves for layer, _ in w.predicted})
@@ -275,7 +286,7 @@ def best_pairs(results: list[dict], baseline: str = "belady") -> list[dict]:
     for slabs in sorted({r["slabs"] for r in results}):
         rows = [r for r in results if r["slabs"] == slabs]
         ref = next((r for r in rows if r["policy"] == baseline and r["prefetch"] == "none"), None)
-        runtime = [r for r in rows if r["policy"] != "belady" and r["prefetch"] != "oracle"]
+        runtime = [r for r in rows if r["policy"] != "belady" and oracle_depth(r["prefetch"]) is None]
         if not runtime:
             continue
         best = max(runtime, key=lambda r: r["hit_rate"])

@@ -358,3 +358,18 @@ def test_best_pairs_name_the_fastest_pair_with_a_clock():
     (best,) = best_pairs(results)
     runtime = [r for r in results if r["policy"] != "belady"]
     assert best["fastest"]["time_ms"] == min(r["time_ms"] for r in runtime)
+
+
+def test_an_oracle_must_look_as_far_ahead_as_a_read_takes():
+    from mote_edge.runtime.simulate import Clock
+
+    # 3 MoE layers, each switching to a new expert every 4 tokens; a read takes 2.5 waves of compute
+    waves = [Wave(layer, [(t // 4) % 4], 1, []) for t in range(80) for layer in (0, 2, 4)]
+    clock = Clock(2.5, 1.0, 0.5)
+    runs = {p: simulate(waves, 6, "layer", p, clock) for p in ("none", "oracle", "oracle-2", "oracle-4")}
+    assert {**runs["oracle"], "prefetch": "oracle-2"} == runs["oracle-2"]  # "oracle" looks 2 waves ahead
+    assert runs["oracle-2"]["hits"] == runs["none"]["hits"] and runs["oracle-2"]["prefetch_late"] >= 50  # too late
+    assert runs["oracle-4"]["hits"] >= runs["none"]["hits"] + 30  # 4 waves ahead: in before the wave
+    assert runs["oracle-4"]["time_ms"] < runs["oracle-2"]["time_ms"] < runs["none"]["time_ms"]
+    with pytest.raises(MoteError, match="unknown prefetch"):
+        simulate(waves, 6, "layer", "oracle-0")
