@@ -308,6 +308,82 @@ TGT static inline __attribute__((always_inline)) void gemv_il16(const mote_intn_
 }
 
 
+/* ---- GEMM (T >= MOTE_INTN_IL_MIN) over the MOTE_INTN_IL16 layout: output rows in the lanes, as the GEMV ----
+ * Per block of 16 rows and tile of NT (<= 8) tokens: each 64-byte line is loaded (and at 4 bits split into its
+ * nibbles) once and feeds one vpdpbusd chain per token, the token's 4 activation bytes broadcast from xq. Per
+ * group and token one exact correction (acc - zero sumx) and one FMA with scale * (1 / s): per (row, token) the
+ * operations of the tokens-in-lanes GEMM the rows layout takes (gemm_il below, same exact int32, same product,
+ * same fused add in group order), so il16 and rows give the same bytes. No de-interleave, no unpacked copy, no
+ * xil: the block's weights (16 rb bytes: 7-38 KiB at the 0.5B's shapes) stay in L1 / L2 across the token tiles.
+ * The next block's lines are prefetched into L2, spread over the token tiles. */
+#define IL16_NT 8
+
+TGT static inline __attribute__((always_inline)) void gemm_il16_tile(const mote_intn_args *a, int n, int t0,
+                                                                     const int NT, const int bits, const uint8_t *pf,
+                                                                     int64_t pf_bytes) {
+    const int ng = a->ng;
+    const int64_t kp = a->kp;
+    const __m512i lo4 = _mm512_set1_epi8(0x0F);
+    const uint8_t *p = a->w + (int64_t)n * a->rb;                                            /* [ng][lines][16][4] */
+    const uint16_t *s16 = a->scales + (int64_t)n * ng, *z16 = a->zeros + (int64_t)n * ng;   /* [ng][16] */
+    const int8_t *x0 = a->xq + (int64_t)t0 * kp;
+    const int64_t pf_step = ng > 0 ? ((pf_bytes / ng) + 63) & ~(int64_t)63 : 0;
+    __m512 y[IL16_NT];
+    for (int t = 0; t < NT; t++) y[t] = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char *)(pf + g * pf_step + o), _MM_HINT_T1);
+        const int8_t *xg = x0 + (int64_t)g * 128;
+        __m512i acc[IL16_NT];
+        for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_si512();
+#pragma GCC unroll 32
+        for (int j = 0; j < 4 * bits; j++) {   /* the group's 16 (4-bit) or 32 (8-bit) lines */
+            const __m512i raw = _mm512_loadu_si512(p);
+            if (bits == 4) {
+                const __m512i lo = _mm512_and_si512(raw, lo4), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4);
+                for (int t = 0; t < NT; t++) {
+                    DPBUSD_B(acc[t], lo, xg + t * kp + 4 * j);
+                    DPBUSD_B(acc[t], hi, xg + t * kp + 64 + 4 * j);
+                }
+            } else {
+                for (int t = 0; t < NT; t++) DPBUSD_B(acc[t], raw, xg + t * kp + 4 * j);
+            }
+            p += 64;
+        }
+        const __m512 sc = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(s16 + g * 16)));
+        const __m512i z = _mm512_cvtps_epi32(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(z16 + g * 16))));
+        for (int t = 0; t < NT; t++) {
+            const int64_t ix = (int64_t)(t0 + t) * ng + g;
+            const __m512i c = _mm512_sub_epi32(acc[t], _mm512_mullo_epi32(z, _mm512_set1_epi32(a->sumx[ix])));
+            y[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(sc, _mm512_set1_ps(a->rs[ix])), y[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) _mm512_storeu_ps(a->y + (int64_t)(t0 + t) * a->N + n, y[t]);
+}
+
+TGT static inline __attribute__((always_inline)) void gemm_il16(const mote_intn_args *a, int n0, int n1, const int bits) {
+    const int T = a->T, ntiles = (T + IL16_NT - 1) / IL16_NT;
+    const int64_t blk = 16 * a->rb;
+    for (int n = n0; n < n1; n += 16) {   /* n0, n1: multiples of 16 */
+        /* the next block (if any) into L2, a share per token tile */
+        const int64_t share = n + 16 < n1 ? (blk / ntiles + 63) & ~(int64_t)63 : 0;
+        const uint8_t *next = a->w + (int64_t)(n + 16) * a->rb;
+        int t = 0, i = 0;
+        for (; t + IL16_NT <= T; t += IL16_NT, i++) gemm_il16_tile(a, n, t, IL16_NT, bits, next + i * share, share);
+        const uint8_t *pf = next + i * share;
+        switch (T - t) {
+            case 7: gemm_il16_tile(a, n, t, 7, bits, pf, share); break;
+            case 6: gemm_il16_tile(a, n, t, 6, bits, pf, share); break;
+            case 5: gemm_il16_tile(a, n, t, 5, bits, pf, share); break;
+            case 4: gemm_il16_tile(a, n, t, 4, bits, pf, share); break;
+            case 3: gemm_il16_tile(a, n, t, 3, bits, pf, share); break;
+            case 2: gemm_il16_tile(a, n, t, 2, bits, pf, share); break;
+            case 1: gemm_il16_tile(a, n, t, 1, bits, pf, share); break;
+            default: break;
+        }
+    }
+}
+
+
 /* ---- GEMM with tokens in lanes (T >= MOTE_INTN_IL_MIN) ----
  * vpdpbusd lanes = 16 tokens: the u8 operand is 4 activation bytes of each of 16 tokens (xil, offset
  * by +128 to be unsigned), the s8 operand 4 weight bytes of one row broadcast from memory
@@ -489,9 +565,14 @@ TGT void mote_intn_il16_block_to_rows_avx512(const mote_intn_args *a, int n, uin
 }
 
 TGT void mote_intn_rows_avx512(const mote_intn_args *a, int n0, int n1, uint8_t *scratch) {
-    if (a->il16) {   /* the driver sends IL16 weights here only for T == 1 (else de-interleaved rows) */
-        if (a->bits == 8) gemv_il16(a, n0, n1, 8);
-        else gemv_il16(a, n0, n1, 4);
+    if (a->il16) {   /* the driver sends IL16 weights here for T == 1 and T >= MOTE_INTN_IL_MIN (else de-interleaved rows) */
+        if (a->T == 1) {
+            if (a->bits == 8) gemv_il16(a, n0, n1, 8);
+            else gemv_il16(a, n0, n1, 4);
+        } else {
+            if (a->bits == 8) gemm_il16(a, n0, n1, 8);
+            else gemm_il16(a, n0, n1, 4);
+        }
         return;
     }
     if (a->xil) {
