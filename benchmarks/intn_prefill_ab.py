@@ -20,6 +20,7 @@ from mote_edge.quant.intn import IntNWeight, interleave_il16, intn_row_bytes
 SHAPES = ((1152, 896), (896, 896), (9728, 896), (896, 4864))   # [N, K]: q/k/v, o, gate/up, down
 
 
+
 def weights(bits: int, N: int, K: int) -> tuple[IntNWeight, IntNWeight]:
     """(rows, il16) copies of one random G = 128 weight."""
     rng = np.random.default_rng(0)
@@ -37,11 +38,12 @@ def main() -> None:
     ap.add_argument("--T", type=int, nargs="+", default=[64, 236])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--shapes", default="", help="comma-separated indices into the shapes (q/k/v, o, gate/up, down)")
     args = ap.parse_args()
     print(f"kernel path {kernels.kernel_path()}, {args.threads} thread(s), median of {args.reps} alternating calls")
     print(f"{'bits':>4s} {'[N, K]':>12s} {'T':>4s} {'rows ms':>8s} {'il16 ms':>8s} {'il16/rows':>9s}")
     for bits in args.bits:
-        for N, K in SHAPES:
+        for N, K in [SHAPES[int(i)] for i in args.shapes.split(",")] if args.shapes else SHAPES:
             rows, il = weights(bits, N, K)
             for T in args.T:
                 x = np.random.default_rng(T).standard_normal((T, K)).astype(np.float32)

@@ -317,8 +317,11 @@ TGT static inline __attribute__((always_inline)) void gemv_il16(const mote_intn_
  * xil: the block's weights (16 rb bytes: 7-38 KiB at the 0.5B's shapes) stay in L1 / L2 across the token tiles.
  * The next block's lines are prefetched into L2, spread over the token tiles. */
 #define IL16_NT 8
+#ifndef MOTE_IL16_GEMM_PF
+#define MOTE_IL16_GEMM_PF 1
+#endif
 
-TGT static inline __attribute__((always_inline)) void gemm_il16_tile(const mote_intn_args *a, int n, int t0,
+TGT static inline __attribute__((always_inline)) void gemm_il16_tile(const mote_intn_args *a, int n, int n_end, int t0,
                                                                      const int NT, const int bits, const uint8_t *pf,
                                                                      int64_t pf_bytes) {
     const int ng = a->ng;
@@ -358,6 +361,13 @@ TGT static inline __attribute__((always_inline)) void gemm_il16_tile(const mote_
         }
     }
     for (int t = 0; t < NT; t++) _mm512_storeu_ps(a->y + (int64_t)(t0 + t) * a->N + n, y[t]);
+    /* the next tile's y lines (tokens t0 + NT.., or the next block's first tokens) for writing: every line of y
+     * is a store miss (a T x N output at the prefill shapes is 0.8-9 MiB, token rows N * 4 bytes apart), which
+     * stalled the tiles once y outgrew the L2 (9728 x 236: 24 -> 21 us per block with this, 2026-12-06) */
+    const int tn = t0 + NT < a->T ? t0 + NT : 0, nn = t0 + NT < a->T ? n : n + 16;
+    if (nn < n_end)
+        for (int t = tn; t < tn + IL16_NT && t < a->T; t++)
+            _mm_prefetch((const char *)(a->y + (int64_t)t * a->N + nn), _MM_HINT_ET0);
 }
 
 TGT static inline __attribute__((always_inline)) void gemm_il16(const mote_intn_args *a, int n0, int n1, const int bits) {
@@ -365,19 +375,19 @@ TGT static inline __attribute__((always_inline)) void gemm_il16(const mote_intn_
     const int64_t blk = 16 * a->rb;
     for (int n = n0; n < n1; n += 16) {   /* n0, n1: multiples of 16 */
         /* the next block (if any) into L2, a share per token tile */
-        const int64_t share = n + 16 < n1 ? (blk / ntiles + 63) & ~(int64_t)63 : 0;
-        const uint8_t *next = a->w + (int64_t)(n + 16) * a->rb;
+        const int64_t share = MOTE_IL16_GEMM_PF && n + 16 * MOTE_IL16_GEMM_PF < n1 ? (blk / ntiles + 63) & ~(int64_t)63 : 0;
+        const uint8_t *next = a->w + (int64_t)(n + 16 * MOTE_IL16_GEMM_PF) * a->rb;
         int t = 0, i = 0;
-        for (; t + IL16_NT <= T; t += IL16_NT, i++) gemm_il16_tile(a, n, t, IL16_NT, bits, next + i * share, share);
+        for (; t + IL16_NT <= T; t += IL16_NT, i++) gemm_il16_tile(a, n, n1, t, IL16_NT, bits, next + i * share, share);
         const uint8_t *pf = next + i * share;
         switch (T - t) {
-            case 7: gemm_il16_tile(a, n, t, 7, bits, pf, share); break;
-            case 6: gemm_il16_tile(a, n, t, 6, bits, pf, share); break;
-            case 5: gemm_il16_tile(a, n, t, 5, bits, pf, share); break;
-            case 4: gemm_il16_tile(a, n, t, 4, bits, pf, share); break;
-            case 3: gemm_il16_tile(a, n, t, 3, bits, pf, share); break;
-            case 2: gemm_il16_tile(a, n, t, 2, bits, pf, share); break;
-            case 1: gemm_il16_tile(a, n, t, 1, bits, pf, share); break;
+            case 7: gemm_il16_tile(a, n, n1, t, 7, bits, pf, share); break;
+            case 6: gemm_il16_tile(a, n, n1, t, 6, bits, pf, share); break;
+            case 5: gemm_il16_tile(a, n, n1, t, 5, bits, pf, share); break;
+            case 4: gemm_il16_tile(a, n, n1, t, 4, bits, pf, share); break;
+            case 3: gemm_il16_tile(a, n, n1, t, 3, bits, pf, share); break;
+            case 2: gemm_il16_tile(a, n, n1, t, 2, bits, pf, share); break;
+            case 1: gemm_il16_tile(a, n, n1, t, 1, bits, pf, share); break;
             default: break;
         }
     }
