@@ -1,8 +1,9 @@
 """Prefill (T >= 2) int-N G = 128 matmuls in the two int-N layouts, in one process: the rows layout against
 il16 (16 rows interleaved; mote_edge/quant/intn.py), same weights, same activations, calls alternating. Shapes:
-the 0.5B's prefill matrices [N, K] (fused q/k/v, o, fused gate/up, down) at T = 64 and 236 (a 236-position prefill).
+the 0.5B's (or --model 1.5b: the 1.5B's) prefill matrices [N, K] (fused q/k/v, o, fused gate/up, down) at T = 64
+and 236 (a 236-position prefill).
 
-    python benchmarks/intn_prefill_ab.py [--bits 4 8] [--threads 1] [--reps 15] [--T 64 236]
+    python benchmarks/intn_prefill_ab.py [--model 0.5b] [--bits 4 8] [--threads 1] [--reps 15] [--T 64 236]
 
 Prints per (bits, shape, T): ms per call in each layout (median) and il16 / rows speed (> 1: il16 faster).
 """
@@ -17,8 +18,8 @@ import numpy as np
 from mote_edge.quant import kernels
 from mote_edge.quant.intn import IntNWeight, interleave_il16, intn_row_bytes
 
-SHAPES = ((1152, 896), (896, 896), (9728, 896), (896, 4864))   # [N, K]: q/k/v, o, gate/up, down
-
+SHAPES = {"0.5b": ((1152, 896), (896, 896), (9728, 896), (896, 4864)),   # [N, K]: q/k/v, o, gate/up, down
+          "1.5b": ((2048, 1536), (1536, 1536), (17920, 1536), (1536, 8960))}
 
 
 def weights(bits: int, N: int, K: int) -> tuple[IntNWeight, IntNWeight]:
@@ -34,6 +35,7 @@ def weights(bits: int, N: int, K: int) -> tuple[IntNWeight, IntNWeight]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=sorted(SHAPES), default="0.5b", help="whose matrix shapes")
     ap.add_argument("--bits", type=int, nargs="+", default=[4, 8], choices=(4, 8))
     ap.add_argument("--T", type=int, nargs="+", default=[64, 236])
     ap.add_argument("--threads", type=int, default=1)
@@ -43,7 +45,8 @@ def main() -> None:
     print(f"kernel path {kernels.kernel_path()}, {args.threads} thread(s), median of {args.reps} alternating calls")
     print(f"{'bits':>4s} {'[N, K]':>12s} {'T':>4s} {'rows ms':>8s} {'il16 ms':>8s} {'il16/rows':>9s}")
     for bits in args.bits:
-        for N, K in [SHAPES[int(i)] for i in args.shapes.split(",")] if args.shapes else SHAPES:
+        shapes = SHAPES[args.model]
+        for N, K in [shapes[int(i)] for i in args.shapes.split(",")] if args.shapes else shapes:
             rows, il = weights(bits, N, K)
             for T in args.T:
                 x = np.random.default_rng(T).standard_normal((T, K)).astype(np.float32)
