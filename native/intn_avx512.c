@@ -315,7 +315,9 @@ TGT static inline __attribute__((always_inline)) void gemv_il16(const mote_intn_
  * operations of the tokens-in-lanes GEMM the rows layout takes (gemm_il below, same exact int32, same product,
  * same fused add in group order), so il16 and rows give the same bytes. No de-interleave, no unpacked copy, no
  * xil: the block's weights (16 rb bytes: 7-38 KiB at the 0.5B's shapes) stay in L1 / L2 across the token tiles.
- * The next block's lines are prefetched into L2, spread over the token tiles. */
+ * The block MOTE_IL16_GEMM_PF blocks ahead is prefetched into L2, spread over the token tiles (0: none; 1, 2 and 4
+ * level at [9728, 896] x 236, int4; int8 there 0.90x the rows layout without it, 0.98x with it; 2026-12-06).
+ * IL16_NT: 8 tokens = 8 int32 + 8 float accumulators, half the vector registers. */
 #define IL16_NT 8
 #ifndef MOTE_IL16_GEMM_PF
 #define MOTE_IL16_GEMM_PF 1
