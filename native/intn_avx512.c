@@ -372,10 +372,93 @@ TGT static inline __attribute__((always_inline)) void gemm_il16_tile(const mote_
             _mm_prefetch((const char *)(a->y + (int64_t)t * a->N + nn), _MM_HINT_ET0);
 }
 
+/* two blocks (32 rows) x NT (<= 4) tokens: each token's 4 activation bytes broadcast once into a register and fed
+ * to both blocks' lines; a token's 32 outputs are 128 contiguous bytes of y */
+#define IL16_NT2 4
+TGT static inline __attribute__((always_inline)) void gemm_il16_tile2(const mote_intn_args *a, int n, int n_end, int t0,
+                                                                      const int NT, const int bits, const uint8_t *pf,
+                                                                      int64_t pf_bytes) {
+    const int ng = a->ng;
+    const int64_t kp = a->kp, rb16 = 16 * a->rb;
+    const __m512i lo4 = _mm512_set1_epi8(0x0F);
+    const uint8_t *p = a->w + (int64_t)n * a->rb;
+    const uint16_t *s16 = a->scales + (int64_t)n * ng, *z16 = a->zeros + (int64_t)n * ng;   /* block b: + 16 b ng */
+    const int8_t *x0 = a->xq + (int64_t)t0 * kp;
+    const int64_t pf_step = ng > 0 ? ((pf_bytes / ng) + 63) & ~(int64_t)63 : 0;
+    __m512 y[2][IL16_NT2];
+    for (int b = 0; b < 2; b++)
+        for (int t = 0; t < NT; t++) y[b][t] = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char *)(pf + g * pf_step + o), _MM_HINT_T1);
+        const int8_t *xg = x0 + (int64_t)g * 128;
+        __m512i acc[2][IL16_NT2];
+        for (int b = 0; b < 2; b++)
+            for (int t = 0; t < NT; t++) acc[b][t] = _mm512_setzero_si512();
+#pragma GCC unroll 32
+        for (int j = 0; j < 4 * bits; j++) {
+            const __m512i r0 = _mm512_loadu_si512(p), r1 = _mm512_loadu_si512(p + rb16);
+            if (bits == 4) {
+                const __m512i l0 = _mm512_and_si512(r0, lo4), h0 = _mm512_and_si512(_mm512_srli_epi16(r0, 4), lo4);
+                const __m512i l1 = _mm512_and_si512(r1, lo4), h1 = _mm512_and_si512(_mm512_srli_epi16(r1, 4), lo4);
+                for (int t = 0; t < NT; t++) {
+                    const __m512i xl = _mm512_set1_epi32(*(const int32_t *)(const void *)(xg + t * kp + 4 * j));
+                    const __m512i xh = _mm512_set1_epi32(*(const int32_t *)(const void *)(xg + t * kp + 64 + 4 * j));
+                    DPBUSD(acc[0][t], l0, xl);
+                    DPBUSD(acc[1][t], l1, xl);
+                    DPBUSD(acc[0][t], h0, xh);
+                    DPBUSD(acc[1][t], h1, xh);
+                }
+            } else {
+                for (int t = 0; t < NT; t++) {
+                    const __m512i xv = _mm512_set1_epi32(*(const int32_t *)(const void *)(xg + t * kp + 4 * j));
+                    DPBUSD(acc[0][t], r0, xv);
+                    DPBUSD(acc[1][t], r1, xv);
+                }
+            }
+            p += 64;
+        }
+        for (int b = 0; b < 2; b++) {
+            const uint16_t *sb = s16 + (int64_t)b * 16 * ng + g * 16, *zb = z16 + (int64_t)b * 16 * ng + g * 16;
+            const __m512 sc = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)sb));
+            const __m512i z = _mm512_cvtps_epi32(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)zb)));
+            for (int t = 0; t < NT; t++) {
+                const int64_t ix = (int64_t)(t0 + t) * ng + g;
+                const __m512i c = _mm512_sub_epi32(acc[b][t], _mm512_mullo_epi32(z, _mm512_set1_epi32(a->sumx[ix])));
+                y[b][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(sc, _mm512_set1_ps(a->rs[ix])), y[b][t]);
+            }
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        _mm512_storeu_ps(a->y + (int64_t)(t0 + t) * a->N + n, y[0][t]);
+        _mm512_storeu_ps(a->y + (int64_t)(t0 + t) * a->N + n + 16, y[1][t]);
+    }
+    const int tn = t0 + NT < a->T ? t0 + NT : 0, nn = t0 + NT < a->T ? n : n + 32;
+    if (nn + 32 <= n_end)
+        for (int t = tn; t < tn + IL16_NT2 && t < a->T; t++) {
+            _mm_prefetch((const char *)(a->y + (int64_t)t * a->N + nn), _MM_HINT_ET0);
+            _mm_prefetch((const char *)(a->y + (int64_t)t * a->N + nn + 16), _MM_HINT_ET0);
+        }
+}
+
 TGT static inline __attribute__((always_inline)) void gemm_il16(const mote_intn_args *a, int n0, int n1, const int bits) {
     const int T = a->T, ntiles = (T + IL16_NT - 1) / IL16_NT;
     const int64_t blk = 16 * a->rb;
-    for (int n = n0; n < n1; n += 16) {   /* n0, n1: multiples of 16 */
+    int n = n0;
+    const int ntiles2 = (T + IL16_NT2 - 1) / IL16_NT2;
+    for (; n + 32 <= n1; n += 32) {
+        const int64_t share = n + 64 <= n1 ? (2 * blk / ntiles2 + 63) & ~(int64_t)63 : 0;
+        const uint8_t *next = a->w + (int64_t)(n + 32) * a->rb;
+        int t = 0, i = 0;
+        for (; t + IL16_NT2 <= T; t += IL16_NT2, i++) gemm_il16_tile2(a, n, n1, t, IL16_NT2, bits, next + i * share, share);
+        const uint8_t *pf = next + i * share;
+        switch (T - t) {
+            case 3: gemm_il16_tile2(a, n, n1, t, 3, bits, pf, share); break;
+            case 2: gemm_il16_tile2(a, n, n1, t, 2, bits, pf, share); break;
+            case 1: gemm_il16_tile2(a, n, n1, t, 1, bits, pf, share); break;
+            default: break;
+        }
+    }
+    for (; n < n1; n += 16) {   /* n0, n1: multiples of 16 */
         /* the next block (if any) into L2, a share per token tile */
         const int64_t share = MOTE_IL16_GEMM_PF && n + 16 * MOTE_IL16_GEMM_PF < n1 ? (blk / ntiles + 63) & ~(int64_t)63 : 0;
         const uint8_t *next = a->w + (int64_t)(n + 16 * MOTE_IL16_GEMM_PF) * a->rb;
