@@ -309,19 +309,20 @@ TGT static inline __attribute__((always_inline)) void gemv_il16(const mote_intn_
 
 
 /* ---- GEMM (T >= MOTE_INTN_IL_MIN) over the MOTE_INTN_IL16 layout: output rows in the lanes, as the GEMV ----
- * Per block of 16 rows and tile of NT (<= 8) tokens: each 64-byte line is loaded (and at 4 bits split into its
- * nibbles) once and feeds one vpdpbusd chain per token, the token's 4 activation bytes broadcast from xq. Per
- * group and token one exact correction (acc - zero sumx) and one FMA with scale * (1 / s): per (row, token) the
- * operations of the tokens-in-lanes GEMM the rows layout takes (gemm_il below, same exact int32, same product,
- * same fused add in group order), so il16 and rows give the same bytes. No de-interleave, no unpacked copy, no
- * xil: the block's weights (16 rb bytes: 7-38 KiB at the 0.5B's shapes) stay in L1 / L2 across the token tiles.
- * The block MOTE_IL16_GEMM_PF blocks ahead is prefetched into L2, spread over the token tiles (0: none; 1, 2 and 4
- * level at [9728, 896] x 236, int4; int8 there 0.90x the rows layout without it, 0.98x with it; 2026-12-06).
- * IL16_NT: 8 tokens = 8 int32 + 8 float accumulators, half the vector registers. */
-#define IL16_NT 8
-#ifndef MOTE_IL16_GEMM_PF
-#define MOTE_IL16_GEMM_PF 1
-#endif
+ * Per pair of blocks (32 rows) and tile of up to 4 tokens (gemm_il16_tile2; a part's odd last block: one block x
+ * up to 8 tokens, gemm_il16_tile): each 64-byte line is loaded (and at 4 bits split into its nibbles) once and
+ * feeds one vpdpbusd chain per token, the token's 4 activation bytes broadcast from xq. Per group and token one
+ * exact correction (acc - zero sumx) and one FMA with scale * (1 / s): per (row, token) the operations of the
+ * tokens-in-lanes GEMM the rows layout takes (gemm_il below, same exact int32, same product, same fused add in group
+ * order), so il16 and rows give the same bytes. No de-interleave, no unpacked copy, no xil: the tile's weights
+ * (32 row lengths: 14-76 KiB at the 0.5B's shapes) stay in L1 / L2 across the token tiles; the next pair (block)
+ * is prefetched into L2, a share per token tile (int8 [9728, 896] x 236: 0.90 -> 0.98x the rows layout with it,
+ * one block x 8 tokens). Two blocks x 4 tokens rather than one x 8: each broadcast feeds two vpdpbusd, and a
+ * token's outputs are 128 contiguous bytes of y ([T, N], token rows N * 4 bytes apart, 0.8-17 MiB at the prefill
+ * shapes: every line a store miss, each on its own 4 KiB page); one block x 8 tokens ran at 1.06-1.29x the rows
+ * layout at the 0.5B's prefill shapes and 1.00x at [17920, 1536] x 236 (1.08x with y on huge pages), two x 4 at
+ * 1.21-1.45x and 1.17x (2026-12-06, benchmarks/intn_prefill_ab.py). */
+#define IL16_NT 8   /* one block: 8 int32 + 8 float accumulators */
 
 TGT static inline __attribute__((always_inline)) void gemm_il16_tile(const mote_intn_args *a, int n, int n_end, int t0,
                                                                      const int NT, const int bits, const uint8_t *pf,
@@ -364,8 +365,8 @@ TGT static inline __attribute__((always_inline)) void gemm_il16_tile(const mote_
     }
     for (int t = 0; t < NT; t++) _mm512_storeu_ps(a->y + (int64_t)(t0 + t) * a->N + n, y[t]);
     /* the next tile's y lines (tokens t0 + NT.., or the next block's first tokens) for writing: every line of y
-     * is a store miss (a T x N output at the prefill shapes is 0.8-9 MiB, token rows N * 4 bytes apart), which
-     * stalled the tiles once y outgrew the L2 (9728 x 236: 24 -> 21 us per block with this, 2026-12-06) */
+     * is a store miss (9728 x 236, one block x 8 tokens: 24 -> 21 us per block with this, 2026-12-06; prefetching
+     * 2 or 4 tiles ahead was slower) */
     const int tn = t0 + NT < a->T ? t0 + NT : 0, nn = t0 + NT < a->T ? n : n + 16;
     if (nn < n_end)
         for (int t = tn; t < tn + IL16_NT && t < a->T; t++)
@@ -373,7 +374,8 @@ TGT static inline __attribute__((always_inline)) void gemm_il16_tile(const mote_
 }
 
 /* two blocks (32 rows) x NT (<= 4) tokens: each token's 4 activation bytes broadcast once into a register and fed
- * to both blocks' lines; a token's 32 outputs are 128 contiguous bytes of y */
+ * to both blocks' lines (8 int32 + 8 float accumulators); a token's 32 outputs are 128 contiguous bytes of y, whose
+ * lines for the next tile are prefetched for writing as in gemm_il16_tile */
 #define IL16_NT2 4
 TGT static inline __attribute__((always_inline)) void gemm_il16_tile2(const mote_intn_args *a, int n, int n_end, int t0,
                                                                       const int NT, const int bits, const uint8_t *pf,
@@ -460,8 +462,8 @@ TGT static inline __attribute__((always_inline)) void gemm_il16(const mote_intn_
     }
     for (; n < n1; n += 16) {   /* n0, n1: multiples of 16 */
         /* the next block (if any) into L2, a share per token tile */
-        const int64_t share = MOTE_IL16_GEMM_PF && n + 16 * MOTE_IL16_GEMM_PF < n1 ? (blk / ntiles + 63) & ~(int64_t)63 : 0;
-        const uint8_t *next = a->w + (int64_t)(n + 16 * MOTE_IL16_GEMM_PF) * a->rb;
+        const int64_t share = n + 16 < n1 ? (blk / ntiles + 63) & ~(int64_t)63 : 0;
+        const uint8_t *next = a->w + (int64_t)(n + 16) * a->rb;
         int t = 0, i = 0;
         for (; t + IL16_NT <= T; t += IL16_NT, i++) gemm_il16_tile(a, n, n1, t, IL16_NT, bits, next + i * share, share);
         const uint8_t *pf = next + i * share;
