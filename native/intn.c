@@ -209,7 +209,9 @@ int mote_intn_matmul_layout(const uint8_t *w, const uint16_t *scales, const uint
     a.T = T;
     const mote_path path = mote_get_path();
     a.ntb = (T + 15) / 16;
-    const int il = path == MOTE_PATH_AVX512 && T >= MOTE_INTN_IL_MIN;   /* tokens in lanes (intn_avx512.c) */
+    /* IL16 natively: the AVX-512 GEMV (T = 1) and GEMM (T >= MOTE_INTN_IL_MIN; intn_avx512.c), reading xq */
+    const int il16_native = a.il16 && path == MOTE_PATH_AVX512 && (T == 1 || T >= MOTE_INTN_IL_MIN);
+    const int il = path == MOTE_PATH_AVX512 && T >= MOTE_INTN_IL_MIN && !il16_native;   /* tokens in lanes */
     /* this thread's activation buffer (scratch.h): xq [T, kp] + 128 | sumx [T, ng] | rs [T, ng]
      * (| xil [ntb, kp, 16] + 64 | sumx_il [ntb, ng, 16] | rs_il [ntb, ng, 16] when il), each 64-byte aligned */
     const size_t xq_bytes = up64((size_t)T * a.kp + 128), sum_bytes = up64(sizeof(int32_t) * ((size_t)T * a.ng + 1));
@@ -257,8 +259,7 @@ int mote_intn_matmul_layout(const uint8_t *w, const uint16_t *scales, const uint
         a.sumx_il = sumx_il;
         a.rs_il = rs_il;
     }
-    /* IL16 natively: the AVX-512 GEMV (T = 1; intn_avx512.c) */
-    intn_job job = {&a, intn_rows_for(path), a.il16 && !(path == MOTE_PATH_AVX512 && T == 1), 0};
+    intn_job job = {&a, intn_rows_for(path), a.il16 && !il16_native, 0};
     int nth = threads < 1 ? 1 : threads;
     if (nth > (N + 15) / 16) nth = (N + 15) / 16;
     mote_parallel(nth, intn_task, &job);

@@ -308,6 +308,179 @@ TGT static inline __attribute__((always_inline)) void gemv_il16(const mote_intn_
 }
 
 
+/* ---- GEMM (T >= MOTE_INTN_IL_MIN) over the MOTE_INTN_IL16 layout: output rows in the lanes, as the GEMV ----
+ * Per pair of blocks (32 rows) and tile of up to 4 tokens (gemm_il16_tile2; a part's odd last block: one block x
+ * up to 8 tokens, gemm_il16_tile): each 64-byte line is loaded (and at 4 bits split into its nibbles) once and
+ * feeds one vpdpbusd chain per token, the token's 4 activation bytes broadcast from xq. Per group and token one
+ * exact correction (acc - zero sumx) and one FMA with scale * (1 / s): per (row, token) the operations of the
+ * tokens-in-lanes GEMM the rows layout takes (gemm_il below, same exact int32, same product, same fused add in group
+ * order), so il16 and rows give the same bytes. No de-interleave, no unpacked copy, no xil: the tile's weights
+ * (32 row lengths: 14-76 KiB at the 0.5B's shapes) stay in L1 / L2 across the token tiles; the next pair (block)
+ * is prefetched into L2, a share per token tile (int8 [9728, 896] x 236: 0.90 -> 0.98x the rows layout with it,
+ * one block x 8 tokens). Two blocks x 4 tokens rather than one x 8: each broadcast feeds two vpdpbusd, and a
+ * token's outputs are 128 contiguous bytes of y ([T, N], token rows N * 4 bytes apart, 0.8-17 MiB at the prefill
+ * shapes: every line a store miss, each on its own 4 KiB page); one block x 8 tokens ran at 1.06-1.29x the rows
+ * layout at the 0.5B's prefill shapes and 1.00x at [17920, 1536] x 236 (1.08x with y on huge pages), two x 4 at
+ * 1.21-1.45x and 1.17x (2026-12-06, benchmarks/intn_prefill_ab.py). */
+#define IL16_NT 8   /* one block: 8 int32 + 8 float accumulators */
+
+TGT static inline __attribute__((always_inline)) void gemm_il16_tile(const mote_intn_args *a, int n, int n_end, int t0,
+                                                                     const int NT, const int bits, const uint8_t *pf,
+                                                                     int64_t pf_bytes) {
+    const int ng = a->ng;
+    const int64_t kp = a->kp;
+    const __m512i lo4 = _mm512_set1_epi8(0x0F);
+    const uint8_t *p = a->w + (int64_t)n * a->rb;                                            /* [ng][lines][16][4] */
+    const uint16_t *s16 = a->scales + (int64_t)n * ng, *z16 = a->zeros + (int64_t)n * ng;   /* [ng][16] */
+    const int8_t *x0 = a->xq + (int64_t)t0 * kp;
+    const int64_t pf_step = ng > 0 ? ((pf_bytes / ng) + 63) & ~(int64_t)63 : 0;
+    __m512 y[IL16_NT];
+    for (int t = 0; t < NT; t++) y[t] = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char *)(pf + g * pf_step + o), _MM_HINT_T1);
+        const int8_t *xg = x0 + (int64_t)g * 128;
+        __m512i acc[IL16_NT];
+        for (int t = 0; t < NT; t++) acc[t] = _mm512_setzero_si512();
+#pragma GCC unroll 32
+        for (int j = 0; j < 4 * bits; j++) {   /* the group's 16 (4-bit) or 32 (8-bit) lines */
+            const __m512i raw = _mm512_loadu_si512(p);
+            if (bits == 4) {
+                const __m512i lo = _mm512_and_si512(raw, lo4), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), lo4);
+                for (int t = 0; t < NT; t++) {
+                    DPBUSD_B(acc[t], lo, xg + t * kp + 4 * j);
+                    DPBUSD_B(acc[t], hi, xg + t * kp + 64 + 4 * j);
+                }
+            } else {
+                for (int t = 0; t < NT; t++) DPBUSD_B(acc[t], raw, xg + t * kp + 4 * j);
+            }
+            p += 64;
+        }
+        const __m512 sc = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(s16 + g * 16)));
+        const __m512i z = _mm512_cvtps_epi32(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(z16 + g * 16))));
+        for (int t = 0; t < NT; t++) {
+            const int64_t ix = (int64_t)(t0 + t) * ng + g;
+            const __m512i c = _mm512_sub_epi32(acc[t], _mm512_mullo_epi32(z, _mm512_set1_epi32(a->sumx[ix])));
+            y[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(sc, _mm512_set1_ps(a->rs[ix])), y[t]);
+        }
+    }
+    for (int t = 0; t < NT; t++) _mm512_storeu_ps(a->y + (int64_t)(t0 + t) * a->N + n, y[t]);
+    /* the next tile's y lines (tokens t0 + NT.., or the next block's first tokens) for writing: every line of y
+     * is a store miss (9728 x 236, one block x 8 tokens: 24 -> 21 us per block with this, 2026-12-06; prefetching
+     * 2 or 4 tiles ahead was slower) */
+    const int tn = t0 + NT < a->T ? t0 + NT : 0, nn = t0 + NT < a->T ? n : n + 16;
+    if (nn < n_end)
+        for (int t = tn; t < tn + IL16_NT && t < a->T; t++)
+            _mm_prefetch((const char *)(a->y + (int64_t)t * a->N + nn), _MM_HINT_ET0);
+}
+
+/* two blocks (32 rows) x NT (<= 4) tokens: each token's 4 activation bytes broadcast once into a register and fed
+ * to both blocks' lines (8 int32 + 8 float accumulators); a token's 32 outputs are 128 contiguous bytes of y, whose
+ * lines for the next tile are prefetched for writing as in gemm_il16_tile */
+#define IL16_NT2 4
+TGT static inline __attribute__((always_inline)) void gemm_il16_tile2(const mote_intn_args *a, int n, int n_end, int t0,
+                                                                      const int NT, const int bits, const uint8_t *pf,
+                                                                      int64_t pf_bytes) {
+    const int ng = a->ng;
+    const int64_t kp = a->kp, rb16 = 16 * a->rb;
+    const __m512i lo4 = _mm512_set1_epi8(0x0F);
+    const uint8_t *p = a->w + (int64_t)n * a->rb;
+    const uint16_t *s16 = a->scales + (int64_t)n * ng, *z16 = a->zeros + (int64_t)n * ng;   /* block b: + 16 b ng */
+    const int8_t *x0 = a->xq + (int64_t)t0 * kp;
+    const int64_t pf_step = ng > 0 ? ((pf_bytes / ng) + 63) & ~(int64_t)63 : 0;
+    __m512 y[2][IL16_NT2];
+    for (int b = 0; b < 2; b++)
+        for (int t = 0; t < NT; t++) y[b][t] = _mm512_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        for (int64_t o = 0; o < pf_step; o += 64) _mm_prefetch((const char *)(pf + g * pf_step + o), _MM_HINT_T1);
+        const int8_t *xg = x0 + (int64_t)g * 128;
+        __m512i acc[2][IL16_NT2];
+        for (int b = 0; b < 2; b++)
+            for (int t = 0; t < NT; t++) acc[b][t] = _mm512_setzero_si512();
+#pragma GCC unroll 32
+        for (int j = 0; j < 4 * bits; j++) {
+            const __m512i r0 = _mm512_loadu_si512(p), r1 = _mm512_loadu_si512(p + rb16);
+            if (bits == 4) {
+                const __m512i l0 = _mm512_and_si512(r0, lo4), h0 = _mm512_and_si512(_mm512_srli_epi16(r0, 4), lo4);
+                const __m512i l1 = _mm512_and_si512(r1, lo4), h1 = _mm512_and_si512(_mm512_srli_epi16(r1, 4), lo4);
+                for (int t = 0; t < NT; t++) {
+                    const __m512i xl = _mm512_set1_epi32(*(const int32_t *)(const void *)(xg + t * kp + 4 * j));
+                    const __m512i xh = _mm512_set1_epi32(*(const int32_t *)(const void *)(xg + t * kp + 64 + 4 * j));
+                    DPBUSD(acc[0][t], l0, xl);
+                    DPBUSD(acc[1][t], l1, xl);
+                    DPBUSD(acc[0][t], h0, xh);
+                    DPBUSD(acc[1][t], h1, xh);
+                }
+            } else {
+                for (int t = 0; t < NT; t++) {
+                    const __m512i xv = _mm512_set1_epi32(*(const int32_t *)(const void *)(xg + t * kp + 4 * j));
+                    DPBUSD(acc[0][t], r0, xv);
+                    DPBUSD(acc[1][t], r1, xv);
+                }
+            }
+            p += 64;
+        }
+        for (int b = 0; b < 2; b++) {
+            const uint16_t *sb = s16 + (int64_t)b * 16 * ng + g * 16, *zb = z16 + (int64_t)b * 16 * ng + g * 16;
+            const __m512 sc = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)sb));
+            const __m512i z = _mm512_cvtps_epi32(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)zb)));
+            for (int t = 0; t < NT; t++) {
+                const int64_t ix = (int64_t)(t0 + t) * ng + g;
+                const __m512i c = _mm512_sub_epi32(acc[b][t], _mm512_mullo_epi32(z, _mm512_set1_epi32(a->sumx[ix])));
+                y[b][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(sc, _mm512_set1_ps(a->rs[ix])), y[b][t]);
+            }
+        }
+    }
+    for (int t = 0; t < NT; t++) {
+        _mm512_storeu_ps(a->y + (int64_t)(t0 + t) * a->N + n, y[0][t]);
+        _mm512_storeu_ps(a->y + (int64_t)(t0 + t) * a->N + n + 16, y[1][t]);
+    }
+    const int tn = t0 + NT < a->T ? t0 + NT : 0, nn = t0 + NT < a->T ? n : n + 32;
+    if (nn + 32 <= n_end)
+        for (int t = tn; t < tn + IL16_NT2 && t < a->T; t++) {
+            _mm_prefetch((const char *)(a->y + (int64_t)t * a->N + nn), _MM_HINT_ET0);
+            _mm_prefetch((const char *)(a->y + (int64_t)t * a->N + nn + 16), _MM_HINT_ET0);
+        }
+}
+
+TGT static inline __attribute__((always_inline)) void gemm_il16(const mote_intn_args *a, int n0, int n1, const int bits) {
+    const int T = a->T, ntiles = (T + IL16_NT - 1) / IL16_NT;
+    const int64_t blk = 16 * a->rb;
+    int n = n0;
+    const int ntiles2 = (T + IL16_NT2 - 1) / IL16_NT2;
+    for (; n + 32 <= n1; n += 32) {
+        const int64_t share = n + 64 <= n1 ? (2 * blk / ntiles2 + 63) & ~(int64_t)63 : 0;
+        const uint8_t *next = a->w + (int64_t)(n + 32) * a->rb;
+        int t = 0, i = 0;
+        for (; t + IL16_NT2 <= T; t += IL16_NT2, i++) gemm_il16_tile2(a, n, n1, t, IL16_NT2, bits, next + i * share, share);
+        const uint8_t *pf = next + i * share;
+        switch (T - t) {
+            case 3: gemm_il16_tile2(a, n, n1, t, 3, bits, pf, share); break;
+            case 2: gemm_il16_tile2(a, n, n1, t, 2, bits, pf, share); break;
+            case 1: gemm_il16_tile2(a, n, n1, t, 1, bits, pf, share); break;
+            default: break;
+        }
+    }
+    for (; n < n1; n += 16) {   /* n0, n1: multiples of 16 */
+        /* the next block (if any) into L2, a share per token tile */
+        const int64_t share = n + 16 < n1 ? (blk / ntiles + 63) & ~(int64_t)63 : 0;
+        const uint8_t *next = a->w + (int64_t)(n + 16) * a->rb;
+        int t = 0, i = 0;
+        for (; t + IL16_NT <= T; t += IL16_NT, i++) gemm_il16_tile(a, n, n1, t, IL16_NT, bits, next + i * share, share);
+        const uint8_t *pf = next + i * share;
+        switch (T - t) {
+            case 7: gemm_il16_tile(a, n, n1, t, 7, bits, pf, share); break;
+            case 6: gemm_il16_tile(a, n, n1, t, 6, bits, pf, share); break;
+            case 5: gemm_il16_tile(a, n, n1, t, 5, bits, pf, share); break;
+            case 4: gemm_il16_tile(a, n, n1, t, 4, bits, pf, share); break;
+            case 3: gemm_il16_tile(a, n, n1, t, 3, bits, pf, share); break;
+            case 2: gemm_il16_tile(a, n, n1, t, 2, bits, pf, share); break;
+            case 1: gemm_il16_tile(a, n, n1, t, 1, bits, pf, share); break;
+            default: break;
+        }
+    }
+}
+
+
 /* ---- GEMM with tokens in lanes (T >= MOTE_INTN_IL_MIN) ----
  * vpdpbusd lanes = 16 tokens: the u8 operand is 4 activation bytes of each of 16 tokens (xil, offset
  * by +128 to be unsigned), the s8 operand 4 weight bytes of one row broadcast from memory
@@ -489,9 +662,14 @@ TGT void mote_intn_il16_block_to_rows_avx512(const mote_intn_args *a, int n, uin
 }
 
 TGT void mote_intn_rows_avx512(const mote_intn_args *a, int n0, int n1, uint8_t *scratch) {
-    if (a->il16) {   /* the driver sends IL16 weights here only for T == 1 (else de-interleaved rows) */
-        if (a->bits == 8) gemv_il16(a, n0, n1, 8);
-        else gemv_il16(a, n0, n1, 4);
+    if (a->il16) {   /* the driver sends IL16 weights here for T == 1 and T >= MOTE_INTN_IL_MIN (else de-interleaved rows) */
+        if (a->T == 1) {
+            if (a->bits == 8) gemv_il16(a, n0, n1, 8);
+            else gemv_il16(a, n0, n1, 4);
+        } else {
+            if (a->bits == 8) gemm_il16(a, n0, n1, 8);
+            else gemm_il16(a, n0, n1, 4);
+        }
         return;
     }
     if (a->xil) {

@@ -132,8 +132,9 @@ int mote_intn_matmul(const uint8_t *w, const uint16_t *scales, const uint16_t *z
 /* whether (bits, G, N) can take `layout` MOTE_INTN_IL16 (bits 4 or 8, G 128, N % 16 == 0) */
 int mote_intn_il16_ok(int layout, int bits, int G, int N);
 /* the same for either layout (MOTE_INTN_ROWS / MOTE_INTN_IL16; IL16 needs mote_intn_il16_ok: -1 else).
- * IL16 runs natively in the AVX-512 GEMV (T = 1); every other path de-interleaves 16 rows at a time
- * into scratch and runs its row kernel on them. */
+ * IL16 runs natively in the AVX-512 GEMV (T = 1, the scalar path's order) and GEMM (T >= MOTE_INTN_IL_MIN, the
+ * rows layout's result); every other path and T de-interleaves 16 rows at a time into scratch and runs its row
+ * kernel on them. */
 int mote_intn_matmul_layout(const uint8_t *w, const uint16_t *scales, const uint16_t *zeros, int bits, int G,
                             int layout, const float *x, int T, int K, int N, float *y, int threads);
 /* the 16 rows of IL16 block n / 16 -> the rows layout: w [16, rb], scales / zeros [16, ng] */

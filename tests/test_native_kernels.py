@@ -319,10 +319,12 @@ def test_group_order_reference_is_the_scalar_path():
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-@pytest.mark.parametrize("T", [1, 2, 9, 17])
+@pytest.mark.parametrize("T", [1, 2, 3, 8, 9, 17, 64, 236])
 def test_il16_matches_rows_layout(path, T, bits):
     """The AVX-512 GEMV (T = 1) reads il16 natively in group order: bit-exact with intn_matmul_group_order.
-    Every other path and T de-interleaves 16 rows into scratch: the rows layout's result, bit for bit."""
+    The AVX-512 GEMM (T >= 8) reads il16 natively with the rows layout's tokens-in-lanes operations per (row,
+    token); every other path and T de-interleaves 16 rows into scratch: the rows layout's result, bit for bit.
+    The scalar path (the reference) is intn_matmul_group_order in either layout."""
     rng = np.random.default_rng(T)
     for N, K in [(16, 128), (48, 896), (32, 4864), (64, 1000)]:
         wq = quantize_intn(rng.standard_normal((N, K)).astype(np.float32), bits, 128)
@@ -331,6 +333,8 @@ def test_il16_matches_rows_layout(path, T, bits):
         assert np.array_equal(ys[0], ys[1])
         want = intn_matmul_group_order(x, wq) if path == "avx512" and T == 1 else kernels.intn_matmul(x, wq)
         assert np.array_equal(ys[0].view(np.uint32), want.view(np.uint32))
+        if path == "scalar":
+            assert np.array_equal(ys[0].view(np.uint32), intn_matmul_group_order(x, wq).view(np.uint32))
         _intn_close(x, wq, ys[0])
 
 

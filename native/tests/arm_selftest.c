@@ -201,7 +201,8 @@ static void check_intn(int bits, int G, int T, int K, int N, int xkind, int wkin
 }
 
 /* int4 / int8, G = 128 in the 16-row interleaved layout (kernels.h MOTE_INTN_IL16): every path gives what it gives on
- * the rows layout, byte for byte (the paths without an IL16 kernel de-interleave 16 rows into scratch), except
+ * the rows layout, byte for byte (the AVX-512 GEMM, T >= MOTE_INTN_IL_MIN, reads the layout natively with the rows
+ * layout's per-(row, token) operations; the paths without an IL16 kernel de-interleave 16 rows into scratch), except
  * the AVX-512 GEMV (T = 1), which reads the layout natively and sums each row's groups in the scalar order:
  * there the scalar path's rows-layout result, byte for byte, for any floats. */
 static void check_intn_il16(int bits, int T, int K, int N, int xkind, int threads) {
@@ -482,10 +483,12 @@ int main(int argc, char **argv) {
         }
     printf("intn: %d checks\n", checks - c2);
 
-    /* int4 / int8 G = 128, 16-row interleaved: GEMV, T = 2 tiles, tokens-in-lanes GEMM; partial groups; every input kind */
+    /* int4 / int8 G = 128, 16-row interleaved: GEMV, T = 2 tiles, the AVX-512 il16 GEMM (T >= 8: token tiles of
+     * 8 and every remainder 1..7, one and several blocks per thread); partial groups; every input kind */
     const int cil = checks;
-    static const int il_shape[][3] = {{1, 896, 48}, {1, 4864, 32}, {1, 200, 16}, {2, 1000, 32}, {9, 896, 16},
-                                      {17, 300, 48}, {1, 128, 64}};
+    static const int il_shape[][3] = {{1, 896, 48}, {1, 4864, 32}, {1, 200, 16}, {2, 1000, 32}, {7, 896, 16},
+                                      {8, 896, 16}, {9, 896, 16}, {17, 300, 48}, {1, 128, 64}, {64, 896, 48},
+                                      {236, 1000, 32}, {31, 4864, 16}};
     for (int bits = 4; bits <= 8; bits += 4) {
         for (size_t s = 0; s < sizeof il_shape / sizeof il_shape[0]; s++)
             for (int th = 1; th <= 2; th++) check_intn_il16(bits, il_shape[s][0], il_shape[s][1], il_shape[s][2], X_NORMAL, th);
