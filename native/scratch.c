@@ -25,9 +25,8 @@
 #define PAGE 4096
 
 typedef struct {
-    void *block[MOTE_SCR_COUNT];   /* PAGE-aligned: posix_memalign'd, or its own mapping if mapped */
-    size_t cap[MOTE_SCR_COUNT];    /* usable bytes from the slot's offset */
-    size_t mapped[MOTE_SCR_COUNT]; /* bytes of the block's own mapping (0: from malloc) */
+    void *block[MOTE_SCR_COUNT];   /* PAGE-aligned: posix_memalign'd, or its own mapping (mapped()) */
+    size_t cap[MOTE_SCR_COUNT];    /* usable bytes from the slot's offset (0: no block) */
     int hold;                      /* mote_scratch_hold: release keeps every block */
     int registered;                /* the exit destructor is armed */
 } scratch_set;
@@ -36,32 +35,40 @@ static _Thread_local scratch_set tls;
 static pthread_key_t exit_key;
 static pthread_once_t key_once = PTHREAD_ONCE_INIT;
 
+static size_t offset_of(mote_scratch_slot slot) { return ((size_t)slot * MOTE_SCRATCH_STAGGER) % PAGE; }
+
+/* a block of `total` bytes (whole pages) that outlives no call (> MOTE_SCRATCH_KEEP) is its own mapping, so
+ * freeing it returns its pages to the system at once and leaves malloc's heap and its mmap threshold as
+ * they were */
+static int mapped(size_t total) {
+#ifdef MOTE_SCRATCH_MMAP
+    return total > MOTE_SCRATCH_KEEP;
+#else
+    (void)total;
+    return 0;
+#endif
+}
+
 static void free_block(scratch_set *s, int i) {
 #ifdef MOTE_SCRATCH_MMAP
-    if (s->mapped[i]) (void)munmap(s->block[i], s->mapped[i]);
+    const size_t total = s->cap[i] + offset_of((mote_scratch_slot)i);
+    if (s->block[i] && mapped(total)) (void)munmap(s->block[i], total);
     else
 #endif
         free(s->block[i]);
     s->block[i] = NULL;
     s->cap[i] = 0;
-    s->mapped[i] = 0;
 }
 
-/* a PAGE-aligned block of `total` bytes (a multiple of PAGE): one that outlives no call
- * (> MOTE_SCRATCH_KEEP) is its own mapping, so freeing it returns its pages to the system at once and
- * leaves malloc's heap and its mmap threshold as they were */
-static void *alloc_block(scratch_set *s, int i, size_t total) {
-    void *p = NULL;
+static void *alloc_block(size_t total) {
 #ifdef MOTE_SCRATCH_MMAP
-    if (total > MOTE_SCRATCH_KEEP) {
-        p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (p == MAP_FAILED) return NULL;
-        s->mapped[i] = total;
-        return p;
+    if (mapped(total)) {
+        void *p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        return p == MAP_FAILED ? NULL : p;
     }
 #endif
-    if (posix_memalign(&p, PAGE, total) != 0) return NULL;
-    return p;
+    void *p = NULL;
+    return posix_memalign(&p, PAGE, total) == 0 ? p : NULL;
 }
 
 static void free_set(void *set) {
@@ -70,8 +77,6 @@ static void free_set(void *set) {
 }
 
 static void make_key(void) { (void)pthread_key_create(&exit_key, free_set); }
-
-static size_t offset_of(mote_scratch_slot slot) { return ((size_t)slot * MOTE_SCRATCH_STAGGER) % PAGE; }
 
 void *mote_scratch(mote_scratch_slot slot, size_t bytes) {
     scratch_set *s = &tls;
@@ -85,7 +90,7 @@ void *mote_scratch(mote_scratch_slot slot, size_t bytes) {
         if (bytes > SIZE_MAX - 2 * PAGE) return NULL;
         size_t total = (off + bytes + PAGE - 1) / PAGE * PAGE;   /* whole pages */
         if (!total) total = PAGE;
-        void *p = alloc_block(s, slot, total);
+        void *p = alloc_block(total);
         if (!p) return NULL;
         s->block[slot] = p;
         s->cap[slot] = total - off;
@@ -103,7 +108,7 @@ void mote_scratch_hold(int on) {
     s->hold = on != 0;
     if (!s->hold)
         for (int i = 0; i < MOTE_SCR_COUNT; i++)
-            if (s->cap[i] > MOTE_SCRATCH_KEEP) free_block(s, i);
+            if (s->cap[i] > MOTE_SCRATCH_KEEP) free_block(s, i);   /* the large ones */
 }
 
 size_t mote_scratch_held(void) {

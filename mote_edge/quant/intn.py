@@ -176,8 +176,6 @@ def quantize_intn(w: np.ndarray, bits: int, group_size: int = 128) -> IntNWeight
 
 LAYOUTS = ("rows", "il16")
 IL16_ROWS = 16
-
-
 IL16_BITS = (4, 8)
 IL16_CHUNK = 64  # bytes of a row per 16 lines of a block (one group at 4 bits, half a group at 8)
 
