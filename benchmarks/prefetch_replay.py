@@ -36,7 +36,7 @@ TINY = HERE.parent / "examples" / "tiny-mote"
 SHAPES = {"q05": (list(range(0, 24, 2)), 8, 1), "q15": (list(range(0, 28, 2)), 8, 1)}  # MoE layers, experts, top_k
 SYNTH_SLABS = [2, 4, 8, 17, 24, 32, 48, 64]
 CLOCK_FILES = {"q05": OUT / "expert-timeline-q05-b4.json", "q15": OUT / "expert-timeline-q15-b4.json"}
-PREFETCHES = ["none", "lookahead-1", "lookahead-2", "oracle"]
+PREFETCHES = ["none", "lookahead-1", "lookahead-2", "lookahead-3", "lookahead-4", "oracle"]
 
 
 def tiny_trace(questions: int) -> tuple[Path, dict]:
@@ -84,6 +84,40 @@ def oracle_horizons(waves, slabs: list[int], clock, depths: list[int]) -> dict:
     return {"slabs": slabs, "hit_rate": rows}
 
 
+def recall_horizons(model, shape: str, tokens: int, slabs: list[int], clock, recalls: list[float],
+                    depths: list[int]) -> dict:
+    """`expected` with lookahead-N on the clock, on synth traces whose predictor keeps `recall` at every depth
+    (the fitted skew and stickiness): the recall a router N MoE layers ahead needs for its reads to pay.
+    Hit rate by slabs, and the replayed decode time's speed-up over `expected` without prefetch."""
+    from dataclasses import replace
+
+    from route_model import synth_trace
+
+    from mote_edge.runtime.simulate import simulate
+
+    layers, experts, top_k = SHAPES[shape]
+    hit_rate: dict[str, list[float]] = {}
+    speedup: dict[str, list[float]] = {}
+    for recall in recalls:
+        waves = synth_trace(replace(model, lookahead_recall=(recall,)), layers, experts, top_k, tokens, seed=1,
+                            depth=max(depths))
+        if not hit_rate:  # the routes are the same at every recall: only the predictions differ
+            hit_rate["belady"] = [simulate(waves, s, "belady", "none", clock)["hit_rate"] for s in slabs]
+            base = [simulate(waves, s, "expected", "none", clock) for s in slabs]
+            hit_rate["expected"] = [r["hit_rate"] for r in base]
+        for d in depths:
+            runs = [simulate(waves, s, "expected", f"lookahead-{d}", clock) for s in slabs]
+            hit_rate[f"la{d}@{recall:g}"] = [r["hit_rate"] for r in runs]
+            speedup[f"la{d}@{recall:g}"] = [b["time_ms"] / r["time_ms"] for b, r in zip(base, runs)]
+    print(f"\n  {shape}: expected + lookahead-N at recall r (every depth), with the clock: hit rate % by slabs, "
+          f"then decode speed-up over expected without prefetch")
+    print(f"{'slabs':>7} " + " ".join(f"{k:>10}" for k in hit_rate))
+    for i, s in enumerate(slabs):
+        print(f"{s:>7} " + " ".join(f"{100 * v[i]:>10.1f}" for v in hit_rate.values()))
+        print(f"{'':>7} {'':>10} {'':>10} " + " ".join(f"{v[i]:>9.2f}x" for v in speedup.values()))
+    return {"slabs": slabs, "recalls": recalls, "depths": depths, "hit_rate": hit_rate, "speedup": speedup}
+
+
 def show(name: str, rep: dict) -> None:
     rows = rep["results"]
     cols = [(r["policy"], r["prefetch"]) for r in rows if r["slabs"] == rows[0]["slabs"]]
@@ -107,6 +141,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2000, help="decode steps per synthetic trace")
     ap.add_argument("--json", type=Path, default=OUT / "prefetch-replay.json")
     ap.add_argument("--oracle-depths", default="2,3,4,6", help="oracle horizons (decode waves) replayed with the clock")
+    ap.add_argument("--recalls", default="0.6,0.8,0.9,0.95",
+                    help="predictor recalls replayed with the clock at lookahead 2-4 (synth shapes)")
     args = ap.parse_args()
     from route_model import RouteModel, synth_trace
 
@@ -134,6 +170,8 @@ def main() -> None:
         if clock is not None:
             result["traces"][f"{name}-clock-oracle"] = oracle_horizons(
                 waves, SYNTH_SLABS, clock, [int(d) for d in args.oracle_depths.split(",")])
+            result["traces"][f"{name}-clock-recall"] = recall_horizons(
+                model, name, args.tokens, SYNTH_SLABS[3:], clock, [float(r) for r in args.recalls.split(",")], [2, 3, 4])
     args.json.write_text(json.dumps(result, indent=1))
     print(f"\nwrote {args.json}")
 

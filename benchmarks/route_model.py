@@ -8,7 +8,7 @@ two numbers, then replayed at any model size:
     skew s      expert popularity follows p_i ~ (i + 1)^-s (Zipf fit to the sorted usage counts)
     stickiness r  P(token t's top-1 expert = token t-1's) = r + (1 - r) * sum_i p_i^2
 
-plus, for router-lookahead prefetch, the lookahead's recall d MoE layers ahead (d = 1, 2): the share of a
+plus, for router-lookahead prefetch, the lookahead's recall d MoE layers ahead (d = 1 .. 4): the share of a
 decode wave's experts that the router of its layer, applied d MoE layers earlier, predicted (fitted on
 a trace of the tiny MoTE: `fit_lookahead_recall`). A generator's `predict(d)` keeps each of the next
 route's experts with that probability and draws the others by popularity, from a random stream of its
@@ -34,7 +34,7 @@ import numpy as np
 class RouteModel:
     skew: float  # Zipf exponent of expert popularity (0 = uniform)
     stickiness: float  # probability that a token repeats the previous token's top-1 expert
-    lookahead_recall: tuple[float, ...] = ()  # by MoE layers ahead (1, 2): share of the experts predicted
+    lookahead_recall: tuple[float, ...] = ()  # by MoE layers ahead (1, 2, ...): share of the experts predicted
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -66,36 +66,36 @@ def fit_route_model(routes: list[np.ndarray], n_experts: int) -> RouteModel:
 
 class RouteGenerator:
     """Routes of one MoE layer: route(h [T, H]) -> (ids [T, k], weights [T, k]), like MoE.route;
-    predict(depth) -> the next route's expert ids as a lookahead `depth` MoE layers earlier sees them."""
+    predict(depth) -> an upcoming route's expert ids as a lookahead `depth` MoE layers earlier sees them
+    (`cycle`: the model's MoE layers; a depth past it predicts a later token's route)."""
 
-    def __init__(self, model: RouteModel, n_experts: int, top_k: int, seed: int):
+    def __init__(self, model: RouteModel, n_experts: int, top_k: int, seed: int, cycle: int = 1 << 30):
         self.rng = np.random.default_rng(seed)
         self.perm = self.rng.permutation(n_experts)  # which ids are popular in this layer
         self.probs = zipf_probs(n_experts, model.skew)
-        self.model, self.top_k, self.prev = model, top_k, None
-        self.next: list[int] | None = None  # the next route (ranks), drawn early by predict()
+        self.model, self.top_k, self.cycle, self.prev = model, top_k, cycle, None
+        self.upcoming: list[list[int]] = []  # the next routes (ranks), drawn early by predict()
         self.guess_rng = np.random.default_rng(seed + 7_919_000)  # prediction noise: never touches the routes
 
     def _route(self) -> list[int]:
-        if self.next is not None:
-            chosen, self.next = self.next, None
-            return chosen
-        return self._one()
+        return self.upcoming.pop(0) if self.upcoming else self._one()
 
     def predict(self, depth: int) -> list[int]:
-        """Each of the next route's experts with probability lookahead_recall[depth - 1] (0 when not
-        fitted), else one drawn by popularity among the rest."""
-        if self.next is None:
-            self.next = self._one()
+        """Each expert of the route `depth` MoE layers ahead with probability lookahead_recall[depth - 1]
+        (the last fitted one past its end, 0 when none), else one drawn by popularity among the rest."""
+        visit = (depth - 1) // self.cycle  # 0: this layer's next route
+        while len(self.upcoming) <= visit:
+            self.upcoming.append(self._one())
+        route = self.upcoming[visit]
         recall = self.model.lookahead_recall
         r = recall[min(depth, len(recall)) - 1] if recall else 0.0
         guess = []
-        for rank in self.next:
+        for rank in route:
             if self.guess_rng.random() < r:
                 guess.append(rank)
                 continue
             rest = self.probs.copy()
-            rest[self.next + guess] = 0.0
+            rest[route + guess] = 0.0
             guess.append(int(self.guess_rng.choice(len(rest), p=rest / rest.sum())) if rest.sum() > 0 else rank)
         return self.perm[guess].tolist()
 
@@ -140,19 +140,20 @@ def fit_lookahead_recall(waves) -> tuple[float, ...]:
     return tuple(round(hit[d] / total[d], 4) for d in sorted(total) if total[d])
 
 
-def synth_trace(model: RouteModel, layers: list[int], n_experts: int, top_k: int, tokens: int, seed: int = 0):
+def synth_trace(model: RouteModel, layers: list[int], n_experts: int, top_k: int, tokens: int, seed: int = 0,
+                depth: int = 4):
     """`tokens` decode steps of a model with these MoE layers: one wave per layer per token, each with
-    the lookahead's predictions of the next two MoE layers (runtime/simulate.py Wave)."""
+    the lookahead's predictions of the next `depth` MoE layers (runtime/simulate.py Wave)."""
     from mote_edge.runtime.simulate import Wave
 
-    gens = [RouteGenerator(model, n_experts, top_k, seed * 1000 + layer) for layer in layers]
+    gens = [RouteGenerator(model, n_experts, top_k, seed * 1000 + layer, len(layers)) for layer in layers]
     h = np.zeros((1, 1), np.float32)
     waves = []
     for _ in range(tokens):
         for n, layer in enumerate(layers):
-            ahead = [(n + d) % len(layers) for d in (1, 2)]
-            predicted = [(layers[m], gens[m].predict(d)) for d, m in zip((1, 2), ahead)]
-            ids, _ = gens[n](h)
+            ids, _ = gens[n](h)  # routed first, as in the runtime (MoE._begin_wave)
+            predicted = [(layers[(n + d) % len(layers)], gens[(n + d) % len(layers)].predict(d))
+                         for d in range(1, depth + 1)]
             waves.append(Wave(layer, list(dict.fromkeys(ids[0].tolist())), 1, predicted))
     return waves
 
@@ -160,9 +161,10 @@ def synth_trace(model: RouteModel, layers: list[int], n_experts: int, top_k: int
 def install(engine, model: RouteModel, seed: int = 0) -> None:
     """Replace every MoE layer's router of a loaded Engine by a RouteGenerator."""
     cfg = engine.config
-    for moe in moe_layers(engine):
+    layers = moe_layers(engine)
+    for moe in layers:
         moe.routing = RouteGenerator(model, cfg.moe.experts_in_layer(moe.layer), cfg.moe.top_k_experts,
-                                     seed * 1000 + moe.layer)
+                                     seed * 1000 + moe.layer, len(layers))
 
 
 def record_routes(engine) -> dict[int, list[np.ndarray]]:

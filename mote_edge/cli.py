@@ -127,8 +127,9 @@ def run(
     prefetch: str = typer.Option("auto", help="Expert prefetch: lookahead (the next MoE layer's router "
                                                         "applied to the current hidden state picks experts to read "
                                                         "ahead, into top_k loader buffers the plan adds), lookahead2 "
-                                                        "(the next two layers'), gap (the next layer's predicted "
-                                                        "experts into the slabs a wave frees: no buffers), none, or "
+                                                        ".. lookahead4 (the next 2 .. 4 layers'), gap (the next "
+                                                        "layer's predicted experts into the slabs a wave frees: no "
+                                                        "buffers), none, or "
                                                         "auto (default: lookahead2 when the budget holds its buffers "
                                                         "and its slabs half the experts; gap at the minimum budget "
                                                         "with records of 4 MiB or more; else none)."),
@@ -257,11 +258,11 @@ def simulate(
     slabs: Optional[str] = typer.Option(None, help="Comma-separated slab counts (default: 1, 2, 4 and quarters "
                                                    "of the distinct experts in the trace)."),
     policies: str = typer.Option("lru,lfu,layer,belady", help="Policies to compare: lru, lfu, layer, belady."),
-    prefetch: Optional[str] = typer.Option(None, help="Prefetches to compare: none, lookahead-1, lookahead-2 (the "
-                                                      "trace's predictions), oracle (the next 2 waves' real experts), "
+    prefetch: Optional[str] = typer.Option(None, help="Prefetches to compare: none, lookahead-N (the "
+                                                      "trace's predictions N MoE layers ahead), oracle (the next 2 waves' real experts), "
                                                       "oracle-N (the next N waves'; with a clock: how far ahead a read "
-                                                      "must start) (default: none and oracle, plus the lookaheads when "
-                                                      "the trace has predictions)."),
+                                                      "must start) (default: none, every lookahead the trace has "
+                                                      "predictions for, oracle)."),
     read_ms: Optional[float] = typer.Option(None, help="With --wave-ms: a clock. One expert record's read time "
                                                        "(its bytes over the disk's speed); a prefetch still reading "
                                                        "when its wave comes is a miss and a stall."),
@@ -275,7 +276,7 @@ def simulate(
 
     belady (Belady's MIN, offline optimum) is the upper bound of demand loading; an expert prefetched
     before it is needed counts as a hit (with a clock: one whose read ended before its wave)."""
-    from mote_edge.runtime.simulate import Clock, best_pairs, default_slab_counts, has_predictions, read_trace, sweep
+    from mote_edge.runtime.simulate import Clock, best_pairs, default_slab_counts, prediction_depth, read_trace, sweep
 
     if (read_ms is None) != (wave_ms is None):
         raise MoteError("a replay clock needs both --read-ms and --wave-ms")
@@ -286,7 +287,7 @@ def simulate(
     except ValueError:
         raise MoteError(f"--slabs must be comma-separated integers, got {slabs!r}") from None
     names = [p.strip() for p in policies.split(",") if p.strip()]
-    default = ["none", "lookahead-1", "lookahead-2", "oracle"] if has_predictions(waves) else ["none", "oracle"]
+    default = ["none", *[f"lookahead-{d}" for d in range(1, prediction_depth(waves) + 1)], "oracle"]
     fetches = [p.strip() for p in prefetch.split(",") if p.strip()] if prefetch else default
     # belady is the reference of demand loading: replayed without prefetch only
     results = [r for r in sweep(waves, counts, names, fetches, clock)

@@ -28,6 +28,8 @@ from .native_layer import AttentionStep, default_decoder_path, ffn_chunk, ffn_st
 from .plan import ATTN_QUERY_CHUNK, PREFILL_CHUNK
 from .weights import Linear, ResidentWeights
 
+TRACE_LOOKAHEAD = 4  # MoE layers ahead whose routers' predictions a trace records (`mote-edge simulate`)
+
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:  # [T, H]
@@ -182,8 +184,9 @@ class MoE:
         needed = sorted(set(idx.reshape(-1).tolist()), key=lambda e: not self.cache.is_cached(self.layer, e))
         self.cache.begin_wave(self.layer, needed)
         tracing, decoding = self.cache.trace is not None, residual is not None and h.shape[0] == 1
-        predicted = [(a.layer, a.predict(residual)) for a in self.lookaheads] if decoding and (
-            tracing or self.prefetch_depth) else []
+        # the trace records every lookahead's prediction; otherwise only the prefetched ones are computed
+        ahead = self.lookaheads if tracing else self.lookaheads[:self.prefetch_depth]
+        predicted = [(a.layer, a.predict(residual)) for a in ahead] if decoding else []
         if self.prefetch_depth:
             self.cache.prefetch([(layer, experts) for layer, experts in predicted[:self.prefetch_depth]])
         if tracing:
@@ -315,11 +318,11 @@ class Decoder:
     def enable_lookahead(self, depth: int, wrap: bool = True) -> None:
         """Each MoE layer prefetches the experts the routers of the next `depth` MoE layers predict
         (decode steps; 0: none; the order wraps to the next token's layers, unless `wrap` is False: then
-        the last MoE layers prefetch only this token's). The predictions of the next two go into a trace
-        either way."""
+        the last MoE layers prefetch only this token's). The predictions of the next TRACE_LOOKAHEAD (or
+        `depth`, if deeper) go into a trace either way."""
         moe = [layer for layer in self.layers if isinstance(layer.mlp, MoE)]
         for n, layer in enumerate(moe):
-            ahead = [(d, moe[(n + d) % len(moe)]) for d in (1, 2)]
+            ahead = [(d, moe[(n + d) % len(moe)]) for d in range(1, max(depth, TRACE_LOOKAHEAD) + 1)]
             layer.mlp.lookaheads = [Lookahead(a.mlp.layer, a.ln_post, a.mlp, a.eps, d) for d, a in ahead]
             layer.mlp.prefetch_depth = depth if wrap else min(depth, len(moe) - 1 - n)
 

@@ -170,9 +170,9 @@ class Engine:
              expert_loader: str = "thread", kv_bits: int = 32) -> "Engine":
         """Plan, check the budget, read the resident weights, allocate the expert slabs. vision=False
         plans no image phase (its memory goes to the expert cache): the Engine then refuses images.
-        prefetch "lookahead" ("lookahead2"): while a MoE layer runs, the next (two) MoE layers' routers
-        predict their experts and the loader reads them ahead (decode steps) into loader buffers the
-        plan adds (top_k slabs per layer ahead); "gap": the next MoE layer's predicted experts into the
+        prefetch "lookahead" ("lookahead2" .. "lookahead4"): while a MoE layer runs, the next (2 .. 4) MoE
+        layers' routers predict their experts and the loader reads them ahead (decode steps) into loader
+        buffers the plan adds (top_k slabs per layer ahead); "gap": the next MoE layer's predicted experts into the
         cache's own slabs as each wave frees them (no loader buffers; small chunks, a mispredicted read
         aborted and its slab handed to the demand read); "none": experts load when a wave needs them; "auto"
         (default): lookahead2 when its buffers fit beside top_k cache slabs and the slabs hold at least

@@ -2,10 +2,10 @@
 
 A trace (`mote-edge run --trace-out routes.jsonl`) has one JSON line per MoE wave:
     {"layer": 3, "experts": [5, 1], "tokens": 1,
-     "predicted": [{"layer": 5, "experts": [2]}, {"layer": 7, "experts": [0]}]}
+     "predicted": [{"layer": 5, "experts": [2]}, {"layer": 7, "experts": [0]}, ...]}
 `experts` lists the distinct experts the wave used; `predicted` (decode waves) what the routers of the
-next two MoE layers, applied to this layer's MoE input, predicted for them (runtime/decoder.py
-Lookahead). Replaying follows the runtime: within a wave, experts already cached are used first, then
+next MoE layers (four in a runtime trace, nearest first), applied to this layer's MoE input, predicted
+for them (runtime/decoder.py Lookahead). Replaying follows the runtime: within a wave, experts already cached are used first, then
 the misses are loaded one by one (a wave never evicts an expert it still needs, as long as at least
 one slab exists).
 
@@ -14,8 +14,7 @@ runtime's default) and belady (Belady's MIN, the offline optimum of demand loadi
 
 Prefetch, after each decode wave (the runtime reads them while the wave computes):
     none         demand loads only
-    lookahead-1  the trace's predictions for the next MoE layer
-    lookahead-2  ... for the next two MoE layers
+    lookahead-N  the trace's predictions for the next N MoE layers (a runtime trace records 4)
     oracle       the experts the next two decode waves really use (what a perfect lookahead-2 reads)
     oracle-N     ... the next N decode waves (a perfect predictor N MoE layers ahead: how far ahead a
                  prefetch must look to be in time on a clock; benchmarks/prefetch_replay.py)
@@ -45,7 +44,7 @@ from mote_edge.errors import MoteError
 
 from .cache_policy import POLICIES, Key, RoutingCounts, pick_victim, waves_until
 
-PREFETCHES = ("none", "lookahead-1", "lookahead-2", "oracle")
+PREFETCHES = ("none", "lookahead-N", "oracle", "oracle-N")
 ORACLE_DEPTH = 2
 NEVER = 1 << 62  # the next use of an expert the trace never uses again
 
@@ -116,6 +115,17 @@ def oracle_depth(prefetch: str) -> int | None:
     return int(depth) if name == "oracle" and depth.isdigit() and int(depth) >= 1 else None
 
 
+def lookahead_depth(prefetch: str) -> int | None:
+    """The depth of a lookahead prefetch ("lookahead-N", N >= 1), None for any other name."""
+    name, _, depth = prefetch.partition("-")
+    return int(depth) if name == "lookahead" and depth.isdigit() and int(depth) >= 1 else None
+
+
+def prediction_depth(waves: list[Wave]) -> int:
+    """How many MoE layers ahead the trace's predictions go (0: none)."""
+    return max((len(w.predicted) for w in waves), default=0)
+
+
 def _prefetches(waves: list[Wave], i: int, prefetch: str) -> list[Key]:
     """What wave i prefetches, nearest layer first."""
     w = waves[i]
@@ -124,7 +134,7 @@ def _prefetches(waves: list[Wave], i: int, prefetch: str) -> list[Key]:
     depth = oracle_depth(prefetch)
     if depth is not None:
         return [(n.layer, e) for n in waves[i + 1:i + 1 + depth] for e in n.experts]
-    depth = int(prefetch.rsplit("-", 1)[1])
+    depth = lookahead_depth(prefetch)
     return [(layer, e) for layer, experts in w.predicted[:depth] for e in experts]
 
 
@@ -161,8 +171,11 @@ def simulate(waves: list[Wave], slabs: int, policy: str, prefetch: str = "none",
     prefetches (misses), the stall and the replay's decode time in ms."""
     if policy not in POLICIES:
         raise MoteError(f"unknown cache policy {policy!r} (choose from {', '.join(POLICIES)})")
-    if prefetch not in PREFETCHES and oracle_depth(prefetch) is None:
-        raise MoteError(f"unknown prefetch {prefetch!r} (choose from {', '.join(PREFETCHES)}, oracle-N)")
+    if prefetch != "none" and oracle_depth(prefetch) is None and lookahead_depth(prefetch) is None:
+        raise MoteError(f"unknown prefetch {prefetch!r} (choose from {', '.join(PREFETCHES)})")
+    if (lookahead_depth(prefetch) or 0) > prediction_depth(waves):
+        raise MoteError(f"prefetch {prefetch} needs predictions {lookahead_depth(prefetch)} MoE layers ahead; the "
+                        f"trace has {prediction_depth(waves)}")
     if slabs < 1:
         raise MoteError("a cache needs at least 1 slab")
     layers = sorted({w.layer for w in waves} | {layer for w in waves for layer, _ in w.predicted})
@@ -266,10 +279,6 @@ def simulate(waves: list[Wave], slabs: int, policy: str, prefetch: str = "none",
 def sweep(waves: list[Wave], slab_counts: list[int], policies: list[str], prefetches: list[str] = ("none",),
           clock: Clock | None = None) -> list[dict]:
     return [simulate(waves, s, p, f, clock) for s in slab_counts for p in policies for f in prefetches]
-
-
-def has_predictions(waves: list[Wave]) -> bool:
-    return any(w.predicted for w in waves)
 
 
 def default_slab_counts(waves: list[Wave]) -> list[int]:

@@ -48,31 +48,33 @@ def test_install_routes_a_real_engine(tiny_b4_mote):
 
 
 def test_predictions_never_change_the_routes_and_fit_recovers_the_recall():
-    model = RouteModel(0.8, 0.3, (0.7, 0.4))
+    model = RouteModel(0.8, 0.3, (0.7, 0.4, 0.5, 0.3))
     plain = RouteGenerator(model, n_experts=8, top_k=2, seed=5)
     predicted = RouteGenerator(model, n_experts=8, top_k=2, seed=5)
     h = np.zeros((1, 4), np.float32)
     for step in range(300):
         if step % 3:
-            predicted.predict(1 + step % 2)
+            predicted.predict(1 + step % 4)
         assert plain(h)[0].tolist() == predicted(h)[0].tolist()
-    waves = _routes.synth_trace(model, [0, 2, 4, 6], n_experts=8, top_k=2, tokens=3000, seed=2)
-    assert len(waves) == 4 * 3000 and all(len(w.predicted) == 2 for w in waves)
-    recall = _routes.fit_lookahead_recall(waves)
-    # a wrong guess is drawn by popularity among the other experts, never the true one: recall is the fitted one
-    assert recall == pytest.approx((0.7, 0.4), abs=0.02)
+    for layers in ([0, 2, 4, 6], [0, 2]):  # 4 ahead: this token's layers, or (2 MoE layers) the next tokens'
+        waves = _routes.synth_trace(model, layers, n_experts=8, top_k=2, tokens=3000, seed=2)
+        assert len(waves) == len(layers) * 3000 and all(len(w.predicted) == 4 for w in waves)
+        recall = _routes.fit_lookahead_recall(waves)
+        # a wrong guess is drawn by popularity among the other experts, never the true one: recall is the fitted one
+        assert recall == pytest.approx(model.lookahead_recall, abs=0.02)
 
 
 def test_an_installed_generator_answers_the_lookahead(tiny_b4_mote):
     from mote_edge.runtime.engine import Engine
 
     with Engine.load(tiny_b4_mote) as engine:
-        install(engine, RouteModel(1.0, 0.2, (1.0, 1.0)), seed=3)
+        install(engine, RouteModel(1.0, 0.2, (1.0,)), seed=3)
         engine.experts.trace = []
         list(engine.generate_ids("hello", max_new_tokens=6, ignore_eos=True))
         waves = _routes.waves_of(engine.experts.trace)
-    # recall 1: every prediction is the wave it predicts
-    assert _routes.fit_lookahead_recall(waves) == (1.0, 1.0)
+    # recall 1: every prediction, 1-4 MoE layers ahead (2 MoE layers: 3 and 4 are the next token's), is the wave
+    # it predicts
+    assert _routes.fit_lookahead_recall(waves) == (1.0, 1.0, 1.0, 1.0)
 
 
 def test_lookahead_recall_on_the_shipped_trained_model_beats_chance(shipped_tiny_mote):

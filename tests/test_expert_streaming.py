@@ -1,6 +1,6 @@
 """The expert loader and router-lookahead prefetch change when records are read, never what is computed:
 identical greedy tokens with the serial loader, the thread loader, and the thread loader with
-lookahead prefetch one and two MoE layers ahead and the "gap" prefetch (one ahead, into the slabs waves
+lookahead prefetch one to four MoE layers ahead and the "gap" prefetch (one ahead, into the slabs waves
 free), at budgets from the minimum to every expert cached (with evictions below full). Every mode at a slab
 count gets the budget of that many slabs: with lookahead prefetch, top_k of them per layer ahead are the
 plan's loader buffers; the gap prefetch has none."""
@@ -77,6 +77,62 @@ def test_same_tokens_with_and_without_prefetch_at_every_budget(tiny_b4_mote):
     # wave's end, from an expert needed later
     assert gap_at_minimum["prefetches"] > 0
     assert gap_at_minimum["prefetch_evicting"] == gap_at_minimum["prefetches"]
+
+
+@pytest.fixture(scope="module")
+def six_moe_layers_mote(tmp_path_factory):
+    """A tiny model whose 6 decoder layers are all MoE (6 experts each, top-1): deep enough for lookahead3/4
+    (the tiny preset has 2 MoE layers of 4 experts, fewer than lookahead4's 4 x top_k loader buffers)."""
+    from mote_edge.config import ModelConfig, MoEConfig, ProjectorConfig
+    from mote_edge.exporters.export import ExportOptions, export_checkpoint
+    from mote_edge.exporters.synth import synthesize
+    from mote_edge.presets import TINY_DECODER, TINY_VISION
+
+    decoder = type(TINY_DECODER)(**{**TINY_DECODER.__dict__, "num_hidden_layers": 6})
+    moe = MoEConfig(moe_layers_idx=list(range(6)), num_experts=[6] * 6, top_k_experts=1, expert_type="ternary",
+                    shared_expert=True)
+    cfg = ModelConfig(decoder=decoder, vision=type(TINY_VISION)(**TINY_VISION.__dict__), projector=ProjectorConfig(),
+                      moe=moe).validate()
+    root = tmp_path_factory.mktemp("six-moe")
+    synthesize(cfg, root / "ckpt", seed=3, dtype="fp32", progress=False)
+    export_checkpoint(root / "ckpt", root / "model.mote", ExportOptions(bits=4, group_size=32, progress=False))
+    return root / "model.mote"
+
+
+@pytest.mark.parametrize("cache_slabs", [1, 4, 18])
+def test_deep_lookahead_changes_no_token_and_prefetches_into_its_buffers(six_moe_layers_mote, cache_slabs):
+    """lookahead3 / lookahead4 (the routers of the next 3 / 4 MoE layers) beside none and lookahead2, at the
+    same budget (cache slabs + 4 loader buffers): the same greedy tokens, with evictions."""
+    with MoteFile(six_moe_layers_mote) as f:
+        budget = plan_file(f, 256, cache_slabs, vision=False, loader_slabs=4).total_bytes
+    results = {prefetch: _run(six_moe_layers_mote, budget, "thread", prefetch)
+               for prefetch in ("none", "lookahead2", "lookahead3", "lookahead4")}
+    reference = results["none"][0]
+    for prefetch, (ids, experts) in results.items():
+        assert ids == reference, prefetch
+        assert experts["loader_slabs"] == PREFETCH_BUFFERED[prefetch]
+        assert experts["slabs"] == cache_slabs + 4  # the loader buffers among them
+        assert experts["evictions"] > 0
+        if prefetch != "none":
+            assert 0 < experts["prefetch_used"] <= experts["prefetches"], prefetch
+
+
+def test_lookahead4_asks_the_cache_for_the_next_four_layers_in_decode_order(six_moe_layers_mote):
+    with MoteFile(six_moe_layers_mote) as f:
+        budget = plan_file(f, 256, 8, vision=False, loader_slabs=4).total_bytes
+    with Engine.load(six_moe_layers_mote, memory_budget=budget, threads=1, max_context=256, vision=False,
+                     prefetch="lookahead4") as engine:
+        asked, prefetch, cache = [], engine.experts.prefetch, engine.experts
+
+        def recorded(predicted):
+            asked.append((cache.layer, [layer for layer, _ in predicted]))
+            prefetch(predicted)
+        engine.experts.prefetch = recorded
+        list(engine.generate_ids(PROMPT, max_new_tokens=4, ignore_eos=True))
+    # the prefill's waves predict nothing; each decode step (3 after the first token) asks once per MoE layer
+    # for the next four, wrapping to the next token's layers
+    assert asked[:6] == [(n, []) for n in range(6)]
+    assert asked[6:] == [(n, [(n + d) % 6 for d in (1, 2, 3, 4)]) for _ in range(3) for n in range(6)]
 
 
 def test_prefetch_below_its_minimum_names_the_loader_buffers(tiny_b4_mote):

@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO, run_cli
 from mote_edge.errors import MoteError
 from mote_edge.runtime.cache_policy import RUNTIME_POLICIES
+from mote_edge.runtime.decoder import TRACE_LOOKAHEAD
 from mote_edge.runtime.simulate import POLICIES, Clock, Wave, best_pairs, read_trace, simulate, sweep
 
 IMAGE = REPO / "examples" / "images" / "shapes.png"
@@ -269,6 +270,8 @@ def test_prefill_waves_prefetch_nothing_and_unknown_prefetch_is_an_error():
     assert simulate(waves, 2, "layer", "lookahead-1")["prefetches"] == 0
     with pytest.raises(MoteError, match="unknown prefetch"):
         simulate(waves, 2, "layer", "psychic")
+    with pytest.raises(MoteError, match="needs predictions 2 MoE layers ahead; the trace has 1"):
+        simulate(waves, 2, "layer", "lookahead-2")
 
 
 def test_traces_round_trip_their_predictions(tmp_path):
@@ -289,10 +292,13 @@ def test_a_runtime_trace_records_the_lookahead_and_simulate_replays_it(tiny_b4_m
     assert r.returncode == 0, r.stderr
     waves = read_trace(trace)
     decode = [w for w in waves if w.tokens == 1]
-    assert decode and all(len(w.predicted) == 2 for w in decode)
+    assert decode and all(len(w.predicted) == TRACE_LOOKAHEAD for w in decode)
+    # the tiny model has 2 MoE layers: 3 and 4 ahead are the next token's
+    assert all([layer for layer, _ in w.predicted] == [b.layer for b in decode[i + 1:i + 5]]
+               for i, w in enumerate(decode[:-4]))
     assert all(w.predicted == [] for w in waves if w.tokens > 1)  # prefill waves predict nothing
     r = run_cli("simulate", str(trace), "--slabs", "2,4")
-    assert r.returncode == 0 and "layer+la1" in r.stdout and "layer+oracle" in r.stdout
+    assert r.returncode == 0 and "layer+la1" in r.stdout and "layer+la4" in r.stdout and "layer+oracle" in r.stdout
     r = run_cli("simulate", str(trace), "--prefetch", "sometimes")
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("error: unknown prefetch")
 
