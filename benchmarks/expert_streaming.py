@@ -12,7 +12,8 @@ Budgets (text prompt, context 1024, ignore_eos; the modes interleaved, medians o
     minimum+buf  top_k cache slabs + top_k loader buffers: the smallest plan with prefetch; every mode gets
                  the same bytes (without prefetch they are 2 x top_k cache slabs)
     half         half the experts' slabs, routed by the trained tiny MoTE's fitted skew, stickiness and
-                 lookahead recall (benchmarks/route_model.py; the synth router is random)
+                 lookahead recall (benchmarks/route_model.py; the synth router is random; --recall R: a
+                 predictor of recall R at every depth instead); prefetch none, lookahead 1-4 ahead, adaptive
     full         every expert cached, same routing, timed after a first answer of as many tokens has read
                  the experts it uses: the loader must cost nothing when nothing misses
 "minimum" and "minimum+buf" keep the synth model's own (random) router. --budgets picks some of them.
@@ -38,7 +39,8 @@ PROMPT = "Describe the picture in detail. What shapes are there, what colors do 
 MODES = {"minimum": [("serial", "none"), ("thread", "none"), ("thread", "gap")],
          "minimum-fitted": [("serial", "none"), ("thread", "none"), ("thread", "gap")],
          "minimum+buf": [("serial", "none"), ("thread", "none"), ("thread", "lookahead")],
-         "half": [("serial", "none"), ("thread", "none"), ("thread", "lookahead"), ("thread", "lookahead2")],
+         "half": [("serial", "none"), ("thread", "none"), ("thread", "lookahead"), ("thread", "lookahead2"),
+                  ("thread", "lookahead3"), ("thread", "lookahead4"), ("thread", "adaptive")],
          "full": [("serial", "none"), ("thread", "none")]}
 SKEWED = ("minimum-fitted", "half", "full")
 
@@ -72,7 +74,8 @@ def decode(mote: Path, budget: int | None, tokens: int, threads: int, loader: st
             "loader_bytes_per_s": e["loader_bytes_per_s"], "decode_bytes_per_s": decode_read / sum(steps),
             "prefetches": e["prefetches"], "prefetch_used": e["prefetch_used"],
             "prefetch_wasted_bytes": e["prefetch_wasted_bytes"], "prefetch_aborted": e["prefetch_aborted"],
-            "prefetch_evicting": e["prefetch_evicting"], "prefetch_handovers": e["prefetch_handovers"]}
+            "prefetch_evicting": e["prefetch_evicting"], "prefetch_handovers": e["prefetch_handovers"],
+            "prefetch_depth": e["prefetch_depth"] or 0}
 
 
 def policy_ab(mote: Path, tokens: int, threads: int, rounds: int, routing: dict, policies=("layer", "expected")) -> None:
@@ -138,11 +141,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--questions", type=int, default=100, help="tiny-MoTE prompts to fit the routing on")
     ap.add_argument("--budgets", default=",".join(MODES), help="comma list of " + ", ".join(MODES))
+    ap.add_argument("--recall", type=float, default=None,
+                    help="the fitted routing's lookahead recall replaced by this one at every depth (a stronger "
+                         "predictor than the tiny MoTE's router)")
     ap.add_argument("--cache-policy", default=DEFAULT_POLICY, choices=RUNTIME_POLICIES, help="every run's eviction policy")
     ap.add_argument("--policy-ab", type=int, default=0, metavar="ROUNDS",
                     help="instead: layer against expected at half the experts, ROUNDS alternated runs each")
     args = ap.parse_args()
     routing = fitted_routing(args.questions)
+    if args.recall is not None:
+        routing = {**routing, "lookahead_recall": [args.recall]}
     if args.policy_ab:
         policy_ab(args.mote, args.tokens, args.threads, args.policy_ab, routing)
         return
@@ -164,7 +172,7 @@ def main() -> None:
               "direct_read_bytes_per_s": probe, "probes": probes, "budgets": {}}
     full = statistics.median(r["tok_s"] for r in runs["full"]["thread/none"]) if "full" in runs else float("nan")
     keys = ("tok_s", "stall_ms", "loader_bytes_per_s", "decode_bytes_per_s", "hit_rate", "prefetches", "prefetch_used",
-            "prefetch_wasted_bytes", "prefetch_aborted", "prefetch_evicting", "prefetch_handovers")
+            "prefetch_wasted_bytes", "prefetch_aborted", "prefetch_evicting", "prefetch_handovers", "prefetch_depth")
     for name, modes in runs.items():
         base = statistics.median(r["tok_s"] for r in modes["serial/none"])
         result["budgets"][name] = {"budget_bytes": budgets[name]}
@@ -182,11 +190,13 @@ def main() -> None:
                   f"{med['prefetch_used']:.0f}/{med['prefetches']:.0f} used ({med['prefetch_evicting']:.0f} into cached "
                   f"experts' slabs), {med['prefetch_aborted']:.0f} aborted ({med['prefetch_handovers']:.0f} slabs handed to "
                   f"demand reads), "
-                  f"{med['prefetch_wasted_bytes'] / 2**20:.0f} MiB wasted", flush=True)
+                  f"{med['prefetch_wasted_bytes'] / 2**20:.0f} MiB wasted"
+                  + (f", depth {med['prefetch_depth']:.0f} at the end" if mode.endswith("adaptive") else ""), flush=True)
     out = HERE / "out"
     out.mkdir(exist_ok=True)
     suffix = ("" if set(budgets) == set(MODES) else "-" + "-".join(budgets)) + (
-        "" if args.cache_policy == DEFAULT_POLICY else f"-{args.cache_policy}")
+        "" if args.cache_policy == DEFAULT_POLICY else f"-{args.cache_policy}") + (
+        "" if args.recall is None else f"-recall{args.recall:g}")
     (out / f"expert-streaming-{args.mote.stem}{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 

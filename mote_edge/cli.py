@@ -125,14 +125,15 @@ def run(
                                                    "more memory, a faster kernel), auto (slab2 when the budget "
                                                    "caches every expert in it; default)."),
     prefetch: str = typer.Option("auto", help="Expert prefetch: lookahead (the next MoE layer's router "
-                                                        "applied to the current hidden state picks experts to read "
-                                                        "ahead, into top_k loader buffers the plan adds), lookahead2 "
-                                                        ".. lookahead4 (the next 2 .. 4 layers'), gap (the next "
-                                                        "layer's predicted experts into the slabs a wave frees: no "
-                                                        "buffers), none, or "
-                                                        "auto (default: lookahead2 when the budget holds its buffers "
-                                                        "and its slabs half the experts; gap at the minimum budget "
-                                                        "with records of 4 MiB or more; else none)."),
+                                              "applied to the current hidden state picks experts to read "
+                                              "ahead, into top_k loader buffers the plan adds), lookahead2 "
+                                              ".. lookahead4 (the next 2 .. 4 layers'), adaptive (up to 3 "
+                                              "layers ahead, as deep as the lookahead's recall measured while "
+                                              "decoding earns: none below 75%), gap (the next layer's "
+                                              "predicted experts into the slabs a wave frees: no buffers), "
+                                              "none, or auto (default: adaptive when the budget holds its "
+                                              "buffers and its slabs half the experts; gap at the minimum "
+                                              "budget with records of 4 MiB or more; else none)."),
     kv_bits: int = typer.Option(32, help="KV cache storage: 32 (float32) or 8 (int8 with a scale per head and "
                                          "position: ~4x less KV memory, like llama.cpp's -ctk q8_0)."),
     report: bool = typer.Option(False, "--report", help="Print the memory and speed report to stderr."),

@@ -24,6 +24,7 @@ from mote_edge.config import ModelConfig
 
 from .expert_cache import ExpertCache, FirstPart
 from .kv_cache import KVCache
+from .lookahead_recall import LookaheadRecall
 from .native_layer import AttentionStep, default_decoder_path, ffn_chunk, ffn_step, held_scratch, matmul_f32, route_top_k
 from .plan import ATTN_QUERY_CHUNK, PREFILL_CHUNK
 from .weights import Linear, ResidentWeights
@@ -164,6 +165,7 @@ class MoE:
         self.last_routes: np.ndarray | None = None
         self.lookaheads: list[Lookahead] = []  # the next MoE layers' routers (Decoder.enable_lookahead)
         self.prefetch_depth = 0  # how many of them prefetch (decode steps)
+        self.recall: LookaheadRecall | None = None  # set: the depth is the one its measured recall earns
         # routes in place of the router, same signature as route() (benchmarks/route_model.py replays
         # fitted routing statistics through it); the lookahead keeps predicting with the router
         self.routing: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
@@ -184,11 +186,18 @@ class MoE:
         needed = sorted(set(idx.reshape(-1).tolist()), key=lambda e: not self.cache.is_cached(self.layer, e))
         self.cache.begin_wave(self.layer, needed)
         tracing, decoding = self.cache.trace is not None, residual is not None and h.shape[0] == 1
-        # the trace records every lookahead's prediction; otherwise only the prefetched ones are computed
-        ahead = self.lookaheads if tracing else self.lookaheads[:self.prefetch_depth]
+        recall = self.recall
+        if recall is not None:  # the predictions earlier waves made for this layer, scored (decode steps)
+            recall.routed(self.layer, needed, score=decoding)
+        # the trace and the recall score every lookahead's prediction; otherwise only the prefetched ones are made
+        ahead = self.lookaheads if tracing else self.lookaheads[:recall.max_depth if recall else self.prefetch_depth]
         predicted = [(a.layer, a.predict(residual)) for a in ahead] if decoding else []
-        if self.prefetch_depth:
-            self.cache.prefetch([(layer, experts) for layer, experts in predicted[:self.prefetch_depth]])
+        if recall is not None:
+            for a, (layer, experts) in zip(ahead, predicted):
+                recall.predicted(layer, a.depth, experts)
+        depth = recall.depth() if recall is not None else self.prefetch_depth
+        if depth:
+            self.cache.prefetch(predicted[:depth])
         if tracing:
             wave = {"layer": self.layer, "experts": needed, "tokens": int(h.shape[0])}
             self.cache.trace.append({**wave, "predicted": [{"layer": la, "experts": ex} for la, ex in predicted]}
@@ -251,15 +260,18 @@ class Lookahead:
     layer's MoE input predict the experts that layer will route to (mixtral-offloading, FATE).
     `depth`: how many MoE layers ahead in decode order (wrapping to the next token's)."""
 
-    def __init__(self, layer: int, norm: np.ndarray, moe: MoE, eps: float, depth: int = 1):
-        self.layer, self.norm, self.moe, self.eps, self.depth = layer, norm, moe, eps, depth
+    def __init__(self, layer: int, norm: np.ndarray, moe: MoE, depth: int = 1):
+        self.layer, self.norm, self.moe, self.depth = layer, norm, moe, depth
 
     def predict(self, residual: np.ndarray) -> list[int]:
         """The predicted experts, the most tokens' choices first. A `routing` that predicts its own
         routes (benchmarks/route_model.py, at a measured accuracy) answers for the router."""
         if self.moe.routing is not None and hasattr(self.moe.routing, "predict"):
             return self.moe.routing.predict(self.depth)
-        idx, _ = self.moe.router_top_k(rms_norm(residual, self.norm, self.eps))
+        # the norm's 1 / rms scales every router logit of a row alike: the top k are those of norm * residual
+        idx, _ = self.moe.router_top_k(residual * self.norm)  # [T, k]
+        if idx.shape[0] == 1:  # a decode step: the top k, most likely first
+            return idx[0].tolist()
         experts, counts = np.unique(idx, return_counts=True)
         return experts[np.argsort(-counts, kind="stable")].tolist()
 
@@ -311,20 +323,24 @@ class Decoder:
         self.length = 0
         self.threads = w.threads
         self.native = default_decoder_path() == "native"
+        self.lookahead_recall: LookaheadRecall | None = None  # enable_lookahead(adaptive=True)
         for i, layer in enumerate(self.layers):
             layer.attn_step = AttentionStep(layer.attn, layer.ln_in, layer.ln_post, layer.eps, self.rope, self.kv, i,
                                             w.threads)
 
-    def enable_lookahead(self, depth: int, wrap: bool = True) -> None:
+    def enable_lookahead(self, depth: int, wrap: bool = True, adaptive: bool = False) -> None:
         """Each MoE layer prefetches the experts the routers of the next `depth` MoE layers predict
         (decode steps; 0: none; the order wraps to the next token's layers, unless `wrap` is False: then
-        the last MoE layers prefetch only this token's). The predictions of the next TRACE_LOOKAHEAD (or
-        `depth`, if deeper) go into a trace either way."""
+        the last MoE layers prefetch only this token's). `adaptive`: at most `depth` ahead, as deep as the
+        lookahead's recall measured so far earns (runtime/lookahead_recall.py). The predictions of the next
+        TRACE_LOOKAHEAD (or `depth`, if deeper) go into a trace either way."""
         moe = [layer for layer in self.layers if isinstance(layer.mlp, MoE)]
+        self.lookahead_recall = LookaheadRecall(depth) if adaptive and depth and moe else None
         for n, layer in enumerate(moe):
             ahead = [(d, moe[(n + d) % len(moe)]) for d in range(1, max(depth, TRACE_LOOKAHEAD) + 1)]
-            layer.mlp.lookaheads = [Lookahead(a.mlp.layer, a.ln_post, a.mlp, a.eps, d) for d, a in ahead]
+            layer.mlp.lookaheads = [Lookahead(a.mlp.layer, a.ln_post, a.mlp, d) for d, a in ahead]
             layer.mlp.prefetch_depth = depth if wrap else min(depth, len(moe) - 1 - n)
+            layer.mlp.recall = self.lookahead_recall
 
     def reset(self) -> None:
         self.length = 0

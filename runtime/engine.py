@@ -95,25 +95,29 @@ def gap_prefetch_pays(cache_slabs: int, minimum_slabs: int, record_bytes: int) -
 
 def _fit_with_prefetch(f: MoteFile, context: int, budget: int | None, layout: str, vision: bool, kv_bits: int,
                        prefetch: str, loader: str) -> tuple[MemoryPlan, str]:
-    """The plan and the prefetch it runs. "auto": lookahead2 when the budget holds its loader buffers and
-    its slabs (cache and buffers) hold at least half the experts, but not every expert; else none. Measured
-    (benchmarks/expert_streaming.py, docs/BENCHMARKS.md): at half the experts cached lookahead2 decoded
-    faster than none on the 0.5B and 1.5B; one slab above the minimum, lookahead's mispredicted reads made
-    decoding slower than none; the replay with the disk's clock (benchmarks/prefetch_replay.py) finds
-    prefetch 2-28% slower than none below half the experts (the demand misses keep the disk busy, the
-    prefetches land late) and 0-10% faster from half up. Below that: "gap" where gap_prefetch_pays."""
+    """The plan and the prefetch it runs. "auto": adaptive (lookahead as deep as its measured recall earns,
+    at most 3 MoE layers) when the budget holds its loader buffers and its slabs (cache and buffers) hold at
+    least half the experts, but not every expert; else none. Measured (benchmarks/expert_streaming.py,
+    docs/BENCHMARKS.md): at half the experts cached a lookahead pays with a router that predicts well
+    (recall 0.9: lookahead-3 1.05-1.13x none) and not with the trained tiny MoTE's (recall 0.53-0.62:
+    lookahead-2 0.93-0.99x); one slab above the minimum, lookahead's mispredicted reads made decoding slower
+    than none; the replay with the disk's clock (benchmarks/prefetch_replay.py) finds prefetch 2-28% slower
+    than none below half the experts (the demand misses keep the disk busy, the prefetches land late).
+    Below that: "gap" where gap_prefetch_pays."""
     if prefetch != "auto":
         return fit_file_budget(f, context, budget, layout, vision, kv_bits,
                                loader_slabs(f.config, PREFETCH_BUFFERED[prefetch])), prefetch
+    plan = fit_file_budget(f, context, budget, layout, vision, kv_bits)
+    if plan.expert_slabs >= plan.total_experts:  # every expert cached: nothing to prefetch, no buffers
+        return plan, "none"
     if loader == "thread" and budget is not None:
         try:
-            plan = fit_file_budget(f, context, budget, layout, vision, kv_bits,
-                                   loader_slabs(f.config, PREFETCH_BUFFERED["lookahead2"]))
-            if lookahead_pays(plan.expert_slabs, plan.loader_slabs, plan.total_experts):
-                return plan, "lookahead2"
+            buffered = fit_file_budget(f, context, budget, layout, vision, kv_bits,
+                                       loader_slabs(f.config, PREFETCH_BUFFERED["adaptive"]))
+            if lookahead_pays(buffered.expert_slabs, buffered.loader_slabs, buffered.total_experts):
+                return buffered, "adaptive"
         except BudgetError:  # its buffers do not fit beside the minimum cache
             pass
-    plan = fit_file_budget(f, context, budget, layout, vision, kv_bits)
     if loader == "thread" and budget is not None and gap_prefetch_pays(
             plan.expert_slabs, minimum_slabs(f.config), max(e.nbytes for e in f.experts.values())):
         return plan, "gap"
@@ -149,7 +153,8 @@ class Engine:
         # the gap prefetch predicts no expert across the lm_head: with the synth 0.5B's random router it was
         # right 1 time in 61 and its reads slowed the lm_head; at a trained router's recall it was level
         # (docs/BENCHMARKS.md, "The gap prefetch at the minimum budget")
-        self.decoder.enable_lookahead(PREFETCH_DEPTH[self.prefetch], wrap=self.prefetch != "gap")
+        self.decoder.enable_lookahead(PREFETCH_DEPTH[self.prefetch], wrap=self.prefetch != "gap",
+                                      adaptive=self.prefetch == "adaptive")
         if self.prefetch == "gap":  # its prefetch holds the slab the next demand miss needs: small chunks
             self.experts.prefetch_chunk = GAP_CHUNK
         self.vision_enabled = vision
@@ -175,7 +180,7 @@ class Engine:
         buffers the plan adds (top_k slabs per layer ahead); "gap": the next MoE layer's predicted experts into the
         cache's own slabs as each wave frees them (no loader buffers; small chunks, a mispredicted read
         aborted and its slab handed to the demand read); "none": experts load when a wave needs them; "auto"
-        (default): lookahead2 when its buffers fit beside top_k cache slabs and the slabs hold at least
+        (default): adaptive when its buffers fit beside top_k cache slabs and the slabs hold at least
         half the experts; gap at the minimum budget where records are large (gap_prefetch_pays); none
         otherwise, when every expert is cached or when they do not fit.
         expert_loader "thread": records are read by a loader thread, overlapped with compute (O_DIRECT

@@ -33,13 +33,15 @@ from .weights import Linear
 
 EXPERT_LOADERS = ("thread", "serial")
 DEFAULT_READERS = 2  # loader threads: a demand miss never waits behind a prefetch's read
-# how many MoE layers ahead the routers predict and prefetch (runtime/decoder.py Lookahead)
-PREFETCH_DEPTH = {"none": 0, "gap": 1, "lookahead": 1, "lookahead2": 2, "lookahead3": 3, "lookahead4": 4}
+# how many MoE layers ahead the routers predict and prefetch (runtime/decoder.py Lookahead); "adaptive": at
+# most 3, as deep as the lookahead's measured recall earns (runtime/lookahead_recall.py)
+PREFETCH_DEPTH = {"none": 0, "gap": 1, "lookahead": 1, "lookahead2": 2, "lookahead3": 3, "lookahead4": 4, "adaptive": 3}
 # "gap": lookahead-1 into the cache's own slabs (no loader buffers): the slab a wave frees at its end is
 # refilled with the next MoE layer's predicted expert while the decoder computes up to that layer's routing
 # MoE layers of loader buffers (top_k slabs each)
-PREFETCH_BUFFERED = {"none": 0, "gap": 0, "lookahead": 1, "lookahead2": 2, "lookahead3": 3, "lookahead4": 4}
-# auto: lookahead2 when the budget holds its loader buffers beside top_k cache slabs (runtime/engine.py)
+PREFETCH_BUFFERED = {"none": 0, "gap": 0, "lookahead": 1, "lookahead2": 2, "lookahead3": 3, "lookahead4": 4,
+                     "adaptive": 3}
+# auto: adaptive when the budget holds its loader buffers beside top_k cache slabs (runtime/engine.py)
 PREFETCH_MODES = ("auto", *PREFETCH_DEPTH)
 DEFAULT_PREFETCH = "auto"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from .budget import format_bytes
+from .lookahead_recall import RECALL_TO_PREFETCH
 from .memory import page_cache_bytes, read_status
 
 
@@ -40,6 +41,7 @@ def build_report(engine) -> dict:
     experts = None
     if cache is not None:
         st = cache.stats
+        recall = engine.decoder.lookahead_recall
         experts = {"policy": cache.policy, "layout": cache.layout, "slabs": len(cache.slabs), "total": len(engine.file.experts), "hits": st.hits, "misses": st.misses,
                    "hit_rate": st.hit_rate, "evictions": st.evictions, "bytes_read": st.bytes_read,
                    "stall_ms": st.stall_ms, "io_path": cache.io_path, "crc_path": cache.reader.crc_path,
@@ -50,6 +52,8 @@ def build_report(engine) -> dict:
                    "prefetch_wasted_bytes": st.prefetch_wasted_bytes, "prefetch_cancelled": st.prefetch_cancelled,
                    "prefetch_aborted": st.prefetch_aborted, "prefetch_evicting": st.prefetch_evicting,
                    "prefetch_handovers": st.prefetch_handovers, "prefetch_chunk": cache.prefetch_chunk,
+                   "lookahead_recall": None if recall is None else recall.as_list(),
+                   "prefetch_depth": None if recall is None else recall.depth(),
                    "load_read_ms": st.load_read_ms,
                    "load_crc_ms": st.load_crc_ms, "load_place_ms": st.load_place_ms,
                    "first_parts": st.first_parts, "checked_later": st.checked_later,
@@ -107,6 +111,10 @@ def report_text(r: dict) -> str:
                   f"used ({e['prefetch_late']} late), {e['prefetch_cancelled']} cancelled, {e['prefetch_aborted']} "
                   f"aborted (chunks of {format_bytes(e['prefetch_chunk'])}; {e['prefetch_handovers']} demand reads "
                   f"took their slab), {format_bytes(e['prefetch_wasted_bytes'])} wasted"]
+        if e["lookahead_recall"] is not None:
+            lines.append("lookahead recall     " + ", ".join(
+                f"{d} ahead {'-' if r is None else f'{100 * r:.0f}%'}" for d, r in enumerate(e["lookahead_recall"], 1))
+                + f"; prefetching {e['prefetch_depth']} ahead now (adaptive: recall >= {100 * RECALL_TO_PREFETCH:.0f}%)")
     lines += [f"image encode         {t['image_encode_ms']:.1f} ms",
               f"time to first token  {t['ttft_ms']:.1f} ms",
               f"prompt               {r['prompt_tokens']} positions: {r['reused_tokens']} reused from the KV cache, "

@@ -112,6 +112,27 @@ def tiny_b4_mote(tiny_ckpt, export_once) -> Path:
     return export_once(tiny_ckpt, bits=4, group_size=32)
 
 
+@pytest.fixture(scope="session")
+def six_moe_layers_mote(tmp_path_factory) -> Path:
+    """A tiny model whose 6 decoder layers are all MoE (6 experts each, top-1): deep enough for lookahead3/4
+    (the tiny preset has 2 MoE layers of 4 experts, fewer than lookahead4's 4 x top_k loader buffers)."""
+    from mote_edge.config import ModelConfig, MoEConfig, ProjectorConfig
+    from mote_edge.exporters.export import ExportOptions, export_checkpoint
+    from mote_edge.exporters.synth import synthesize
+    from mote_edge.presets import TINY_DECODER, TINY_VISION
+
+    decoder = type(TINY_DECODER)(**{**TINY_DECODER.__dict__, "num_hidden_layers": 6})
+    moe = MoEConfig(moe_layers_idx=list(range(6)), num_experts=[6] * 6, top_k_experts=1, expert_type="ternary",
+                    shared_expert=True)
+    cfg = ModelConfig(decoder=decoder, vision=type(TINY_VISION)(**TINY_VISION.__dict__), projector=ProjectorConfig(),
+                      moe=moe).validate()
+    root = tmp_path_factory.mktemp("six-moe")
+    synthesize(cfg, root / "ckpt", seed=3, dtype="fp32", progress=False)
+    export_checkpoint(root / "ckpt", root / "model.mote", ExportOptions(bits=4, group_size=32, progress=False))
+    (root / "model.mote").chmod(0o444)
+    return root / "model.mote"
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300):
     """Run `mote-edge ARGS` in a subprocess; returns CompletedProcess with text output."""
     import subprocess

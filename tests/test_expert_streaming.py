@@ -79,26 +79,6 @@ def test_same_tokens_with_and_without_prefetch_at_every_budget(tiny_b4_mote):
     assert gap_at_minimum["prefetch_evicting"] == gap_at_minimum["prefetches"]
 
 
-@pytest.fixture(scope="module")
-def six_moe_layers_mote(tmp_path_factory):
-    """A tiny model whose 6 decoder layers are all MoE (6 experts each, top-1): deep enough for lookahead3/4
-    (the tiny preset has 2 MoE layers of 4 experts, fewer than lookahead4's 4 x top_k loader buffers)."""
-    from mote_edge.config import ModelConfig, MoEConfig, ProjectorConfig
-    from mote_edge.exporters.export import ExportOptions, export_checkpoint
-    from mote_edge.exporters.synth import synthesize
-    from mote_edge.presets import TINY_DECODER, TINY_VISION
-
-    decoder = type(TINY_DECODER)(**{**TINY_DECODER.__dict__, "num_hidden_layers": 6})
-    moe = MoEConfig(moe_layers_idx=list(range(6)), num_experts=[6] * 6, top_k_experts=1, expert_type="ternary",
-                    shared_expert=True)
-    cfg = ModelConfig(decoder=decoder, vision=type(TINY_VISION)(**TINY_VISION.__dict__), projector=ProjectorConfig(),
-                      moe=moe).validate()
-    root = tmp_path_factory.mktemp("six-moe")
-    synthesize(cfg, root / "ckpt", seed=3, dtype="fp32", progress=False)
-    export_checkpoint(root / "ckpt", root / "model.mote", ExportOptions(bits=4, group_size=32, progress=False))
-    return root / "model.mote"
-
-
 @pytest.mark.parametrize("cache_slabs", [1, 4, 18])
 def test_deep_lookahead_changes_no_token_and_prefetches_into_its_buffers(six_moe_layers_mote, cache_slabs):
     """lookahead3 / lookahead4 (the routers of the next 3 / 4 MoE layers) beside none and lookahead2, at the
@@ -254,25 +234,34 @@ def test_split_reads_and_the_timeline_change_no_token(tiny_b4_mote):
     assert runs[True] == runs[False]
 
 
-def test_auto_prefetch_runs_lookahead2_where_the_budget_holds_its_buffers(tiny_b4_mote):
-    with MoteFile(tiny_b4_mote) as f:
-        top_k, total = f.config.moe.top_k_experts, len(f.experts)
+def test_auto_prefetch_runs_adaptive_where_the_budget_holds_its_buffers(six_moe_layers_mote, tiny_b4_mote):
+    for mote in (six_moe_layers_mote, tiny_b4_mote):
+        with MoteFile(mote) as f:
+            top_k, total = f.config.moe.top_k_experts, len(f.experts)
+            buffers = PREFETCH_BUFFERED["adaptive"] * top_k
 
-        def budget(slabs):
-            return plan_file(f, 256, slabs, vision=False).total_bytes
-        cases = [(budget(top_k), "thread", "none", 0), (budget(2 * top_k), "thread", "none", 0),
-                 (budget(3 * top_k), "thread", "lookahead2", 2 * top_k), (budget(3 * top_k), "serial", "none", 0),
-                 (None, "thread", "none", 0)]
-    for b, loader, want, buffers in cases:
-        with Engine.load(tiny_b4_mote, memory_budget=b, threads=1, max_context=256, vision=False,
-                         expert_loader=loader) as engine:
-            assert engine.prefetch == want, (b, loader)
-            assert engine.plan.loader_slabs == buffers
-            assert len(engine.experts.slabs) == (total if b is None else engine.plan.expert_slabs + buffers)
+            def budget(slabs):
+                return plan_file(f, 256, slabs, vision=False).total_bytes
+            cases = [(budget(top_k), "thread", "none", 0),
+                     (budget(total // 2 - 1), "thread", "none", 0),  # with its buffers, below half the experts
+                     (budget(total - 1), "serial", "none", 0),
+                     (budget(total), "thread", "none", 0),  # every expert fits: no buffers
+                     (None, "thread", "none", 0)]
+            if total // 2 >= top_k + buffers:  # the 6-layer model (36 experts); not the tiny one (8, top-2)
+                cases += [(budget(total // 2), "thread", "adaptive", buffers),
+                          (budget(total - 1), "thread", "adaptive", buffers)]
+        assert any(want == "adaptive" for _, _, want, _ in cases) or mote == tiny_b4_mote
+        for b, loader, want, n_buffers in cases:
+            with Engine.load(mote, memory_budget=b, threads=1, max_context=256, vision=False,
+                             expert_loader=loader) as engine:
+                assert engine.prefetch == want, (mote, b, loader)
+                assert engine.plan.loader_slabs == n_buffers
+                assert len(engine.experts.slabs) == (total if b is None else engine.plan.expert_slabs + n_buffers)
+                assert (engine.decoder.lookahead_recall is not None) == (want == "adaptive")
 
 
 @pytest.mark.parametrize("cache, buffers, total, runs", [
-    (12, 4, 32, True),    # exactly half: lookahead2
+    (12, 4, 32, True),    # exactly half: adaptive
     (11, 4, 32, False),   # one slab below half: the clocked replay finds prefetch slower than none
     (2, 4, 32, False),    # the minimum cache beside the buffers
     (2, 4, 8, True),      # a small model: the buffers alone hold half

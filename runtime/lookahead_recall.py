@@ -1,0 +1,71 @@
+"""The router lookahead's recall, measured while decoding, and the prefetch depth it earns.
+
+Each decode wave's lookahead predicts the experts of the next MoE layers (runtime/decoder.py Lookahead).
+When one of those layers routes, the predictions made for it 1, 2, ... MoE layers earlier are scored:
+recall at depth d = the share of the experts it routed that were predicted d layers ahead, a running
+estimate over about the last WINDOW scored experts. `--prefetch adaptive` (what `auto` runs from half
+the experts cached) prefetches as deep as the leading depths whose recall is at least
+RECALL_TO_PREFETCH, so a router that predicts badly costs a few router calls a wave and no disk time,
+and one that predicts well reads further ahead.
+
+Measured (benchmarks/expert_streaming.py at half the experts, synth 0.5B / 1.5B, 2-core EPYC, 2026-12-06;
+docs/BENCHMARKS.md "Deeper lookahead"): at the trained tiny MoTE's recall (53-62%) lookahead-2 decoded
+0.93x / 0.99x as fast as no prefetch and deeper was slower still; with a predictor of recall 0.9,
+lookahead-3 1.05x / 1.13x and lookahead-4 1.06x / 1.00x.
+"""
+
+from __future__ import annotations
+
+RECALL_TO_PREFETCH = 0.75  # between the recalls measured to lose (0.53-0.62) and to win (0.9)
+WINDOW = 256  # scored experts (about) in the running estimate
+MIN_SCORED = 24  # experts scored at a depth before its recall counts
+
+
+class LookaheadRecall:
+    """The lookahead's recall by depth (1 .. max_depth), scored as the predicted layers route."""
+
+    def __init__(self, max_depth: int):
+        if max_depth < 1:
+            raise ValueError(f"a lookahead recall needs a depth >= 1, got {max_depth}")
+        self.max_depth = max_depth
+        self.hits = [0.0] * max_depth  # decayed: experts predicted right
+        self.scored = [0.0] * max_depth  # decayed: experts scored
+        self.count = [0] * max_depth  # experts scored, ever
+        self.pending: dict[int, dict[int, list[int]]] = {}  # layer -> depth -> the experts predicted for it
+
+    def predicted(self, layer: int, depth: int, experts: list[int]) -> None:
+        """A wave's lookahead predicted `experts` for `layer`, `depth` MoE layers ahead."""
+        if 1 <= depth <= self.max_depth:
+            self.pending.setdefault(layer, {})[depth] = experts
+
+    def routed(self, layer: int, experts, score: bool = True) -> None:
+        """`layer` routed to `experts`: its pending predictions are scored (score=False: dropped, for a
+        prefill wave, which no decode wave's lookahead predicted)."""
+        predictions = self.pending.pop(layer, None)
+        if not predictions or not score:
+            return
+        routed = set(experts)
+        keep = 1.0 - len(routed) / WINDOW
+        for depth, guess in predictions.items():
+            i = depth - 1
+            self.hits[i] = self.hits[i] * keep + len(routed.intersection(guess))
+            self.scored[i] = self.scored[i] * keep + len(routed)
+            self.count[i] += len(routed)
+
+    def recall(self, depth: int) -> float | None:
+        """The running recall `depth` MoE layers ahead; None until MIN_SCORED experts were scored there."""
+        i = depth - 1
+        return self.hits[i] / self.scored[i] if self.count[i] >= MIN_SCORED and self.scored[i] > 0 else None
+
+    def depth(self) -> int:
+        """How many MoE layers ahead to prefetch: the leading depths whose recall is RECALL_TO_PREFETCH or more."""
+        d = 0
+        while d < self.max_depth:
+            r = self.recall(d + 1)
+            if r is None or r < RECALL_TO_PREFETCH:
+                break
+            d += 1
+        return d
+
+    def as_list(self) -> list[float | None]:
+        return [self.recall(d) for d in range(1, self.max_depth + 1)]
