@@ -78,20 +78,26 @@ def decode(mote: Path, budget: int | None, tokens: int, threads: int, loader: st
             "prefetch_depth": e["prefetch_depth"] or 0}
 
 
-def policy_ab(mote: Path, tokens: int, threads: int, rounds: int, routing: dict, policies=("layer", "expected")) -> None:
-    """Two cache policies at half the experts (fitted routing, thread loader, no prefetch), one Engine per
-    run, alternated ABBA in this process: the medians of decode tok/s, hit rate and stall."""
+def alternated(mote: Path, tokens: int, threads: int, rounds: int, routing: dict, variants: dict[str, dict]) -> None:
+    """Variants of the thread loader at half the experts (fitted routing), one Engine per run, run in a rotated
+    order each round in this process: the medians of decode tok/s, hit rate and stall, and the median of each
+    round's tok/s over the first variant's."""
     budget = budgets_of(mote)["half"]
-    runs: dict = {p: [] for p in policies}
+    names = list(variants)
+    runs: dict = {name: [] for name in names}
     for r in range(rounds):
-        for pol in policies if r % 2 == 0 else policies[::-1]:
-            runs[pol].append(decode(mote, budget, tokens, threads, "thread", "none", routing, cache_policy=pol))
-            d = runs[pol][-1]
-            print(f"{pol:9s} {d['tok_s']:6.2f} tok/s, hit {100 * d['hit_rate']:4.1f}%, stall {d['stall_ms']:5.0f} ms", flush=True)
-    for pol, ds in runs.items():
-        print(f"{pol:9s} median {statistics.median(d['tok_s'] for d in ds):6.2f} tok/s, hit "
-              f"{100 * statistics.median(d['hit_rate'] for d in ds):4.1f}%, stall "
-              f"{statistics.median(d['stall_ms'] for d in ds):5.0f} ms")
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            v = {"prefetch": "none", "cache_policy": DEFAULT_POLICY, **variants[name]}
+            runs[name].append(decode(mote, budget, tokens, threads, "thread", v["prefetch"], routing,
+                                     cache_policy=v["cache_policy"]))
+            d = runs[name][-1]
+            print(f"{name:11s} {d['tok_s']:6.2f} tok/s, hit {100 * d['hit_rate']:4.1f}%, stall {d['stall_ms']:5.0f} ms, "
+                  f"depth {d['prefetch_depth']}", flush=True)
+    for name, ds in runs.items():
+        paired = statistics.median(d["tok_s"] / b["tok_s"] for d, b in zip(ds, runs[names[0]]))
+        print(f"{name:11s} median {statistics.median(d['tok_s'] for d in ds):6.2f} tok/s ({paired:.3f}x {names[0]}, "
+              f"median of the rounds' ratios), hit {100 * statistics.median(d['hit_rate'] for d in ds):4.1f}%, "
+              f"stall {statistics.median(d['stall_ms'] for d in ds):5.0f} ms")
 
 
 def direct_read_probe(mote: Path, seconds: float = 2.0) -> float:
@@ -147,12 +153,20 @@ def main() -> None:
     ap.add_argument("--cache-policy", default=DEFAULT_POLICY, choices=RUNTIME_POLICIES, help="every run's eviction policy")
     ap.add_argument("--policy-ab", type=int, default=0, metavar="ROUNDS",
                     help="instead: layer against expected at half the experts, ROUNDS alternated runs each")
+    ap.add_argument("--prefetch-ab", type=int, default=0, metavar="ROUNDS",
+                    help="instead: prefetch none, lookahead2, lookahead3 and adaptive at half the experts, ROUNDS "
+                         "rounds in a rotated order")
     args = ap.parse_args()
     routing = fitted_routing(args.questions)
     if args.recall is not None:
         routing = {**routing, "lookahead_recall": [args.recall]}
     if args.policy_ab:
-        policy_ab(args.mote, args.tokens, args.threads, args.policy_ab, routing)
+        alternated(args.mote, args.tokens, args.threads, args.policy_ab, routing,
+                   {"layer": {"cache_policy": "layer"}, "expected": {"cache_policy": "expected"}})
+        return
+    if args.prefetch_ab:
+        alternated(args.mote, args.tokens, args.threads, args.prefetch_ab, routing,
+                   {p: {"prefetch": p} for p in ("none", "lookahead2", "lookahead3", "adaptive")})
         return
     budgets = {k: v for k, v in budgets_of(args.mote).items() if k in args.budgets.split(",")}
     runs: dict = {b: {f"{l}/{p}": [] for l, p in MODES[b]} for b in budgets}

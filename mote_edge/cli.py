@@ -129,7 +129,7 @@ def run(
                                               "ahead, into top_k loader buffers the plan adds), lookahead2 "
                                               ".. lookahead4 (the next 2 .. 4 layers'), adaptive (up to 3 "
                                               "layers ahead, as deep as the lookahead's recall measured while "
-                                              "decoding earns: none below 75%), gap (the next layer's "
+                                              "decoding earns: none below 80%), gap (the next layer's "
                                               "predicted experts into the slabs a wave frees: no buffers), "
                                               "none, or auto (default: adaptive when the budget holds its "
                                               "buffers and its slabs half the experts; gap at the minimum "

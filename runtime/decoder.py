@@ -32,7 +32,6 @@ from .weights import Linear, ResidentWeights
 TRACE_LOOKAHEAD = 4  # MoE layers ahead whose routers' predictions a trace records (`mote-edge simulate`)
 
 
-
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:  # [T, H]
     return w * (x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + np.float32(eps)))
 

@@ -99,8 +99,8 @@ def _fit_with_prefetch(f: MoteFile, context: int, budget: int | None, layout: st
     at most 3 MoE layers) when the budget holds its loader buffers and its slabs (cache and buffers) hold at
     least half the experts, but not every expert; else none. Measured (benchmarks/expert_streaming.py,
     docs/BENCHMARKS.md): at half the experts cached a lookahead pays with a router that predicts well
-    (recall 0.9: lookahead-3 1.05-1.13x none) and not with the trained tiny MoTE's (recall 0.53-0.62:
-    lookahead-2 0.93-0.99x); one slab above the minimum, lookahead's mispredicted reads made decoding slower
+    (recall 0.9: 1.06-1.15x none) and, at the trained tiny MoTE's (recall 0.53-0.62), stays within the runs'
+    noise of none (0.90-1.08x) while reading GBs of mispredicted records; one slab above the minimum, lookahead's mispredicted reads made decoding slower
     than none; the replay with the disk's clock (benchmarks/prefetch_replay.py) finds prefetch 2-28% slower
     than none below half the experts (the demand misses keep the disk busy, the prefetches land late).
     Below that: "gap" where gap_prefetch_pays."""

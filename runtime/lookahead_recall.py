@@ -8,15 +8,16 @@ the experts cached) prefetches as deep as the leading depths whose recall is at 
 RECALL_TO_PREFETCH, so a router that predicts badly costs a few router calls a wave and no disk time,
 and one that predicts well reads further ahead.
 
-Measured (benchmarks/expert_streaming.py at half the experts, synth 0.5B / 1.5B, 2-core EPYC, 2026-12-06;
-docs/BENCHMARKS.md "Deeper lookahead"): at the trained tiny MoTE's recall (53-62%) lookahead-2 decoded
-0.93x / 0.99x as fast as no prefetch and deeper was slower still; with a predictor of recall 0.9,
-lookahead-3 1.05x / 1.13x and lookahead-4 1.06x / 1.00x.
+Measured (benchmarks/expert_streaming.py at half the experts cached, synth 0.5B / 1.5B, 2-core EPYC,
+2026-12-06; docs/BENCHMARKS.md "Deeper lookahead and the adaptive prefetch"): with a predictor of recall 0.9
+reading ahead pays (lookahead-2 / -3 1.06-1.15x no prefetch, hit rate 62 -> 74-86%); at the trained tiny MoTE's
+recall (53-62%) and at 0.75 it is within the runs' noise of no prefetch (0.90-1.08x) while reading 0.6-1.9 GB
+of mispredicted records per 64 tokens. Below the threshold nothing is read ahead.
 """
 
 from __future__ import annotations
 
-RECALL_TO_PREFETCH = 0.75  # between the recalls measured to lose (0.53-0.62) and to win (0.9)
+RECALL_TO_PREFETCH = 0.8  # between the recalls measured not to pay (0.53-0.62, 0.75) and to pay (0.9)
 WINDOW = 256  # scored experts (about) in the running estimate
 MIN_SCORED = 24  # experts scored at a depth before its recall counts
 
