@@ -100,10 +100,10 @@ def _fit_with_prefetch(f: MoteFile, context: int, budget: int | None, layout: st
     least half the experts, but not every expert; else none. Measured (benchmarks/expert_streaming.py,
     docs/BENCHMARKS.md): at half the experts cached a lookahead pays with a router that predicts well
     (recall 0.9: 1.06-1.15x none) and, at the trained tiny MoTE's (recall 0.53-0.62), stays within the runs'
-    noise of none (0.90-1.08x) while reading GBs of mispredicted records; one slab above the minimum, lookahead's mispredicted reads made decoding slower
-    than none; the replay with the disk's clock (benchmarks/prefetch_replay.py) finds prefetch 2-28% slower
-    than none below half the experts (the demand misses keep the disk busy, the prefetches land late).
-    Below that: "gap" where gap_prefetch_pays."""
+    noise of none (0.90-1.08x) while reading GBs of mispredicted records; one slab above the minimum,
+    lookahead's mispredicted reads made decoding slower than none; the replay with the disk's clock
+    (benchmarks/prefetch_replay.py) finds prefetch 2-28% slower than none below half the experts (the demand
+    misses keep the disk busy, the prefetches land late). Below that: "gap" where gap_prefetch_pays."""
     if prefetch != "auto":
         return fit_file_budget(f, context, budget, layout, vision, kv_bits,
                                loader_slabs(f.config, PREFETCH_BUFFERED[prefetch])), prefetch
@@ -177,9 +177,11 @@ class Engine:
         plans no image phase (its memory goes to the expert cache): the Engine then refuses images.
         prefetch "lookahead" ("lookahead2" .. "lookahead4"): while a MoE layer runs, the next (2 .. 4) MoE
         layers' routers predict their experts and the loader reads them ahead (decode steps) into loader
-        buffers the plan adds (top_k slabs per layer ahead); "gap": the next MoE layer's predicted experts into the
-        cache's own slabs as each wave frees them (no loader buffers; small chunks, a mispredicted read
-        aborted and its slab handed to the demand read); "none": experts load when a wave needs them; "auto"
+        buffers the plan adds (top_k slabs per layer ahead); "gap": the next MoE layer's predicted experts into
+        the cache's own slabs as each wave frees them (no loader buffers; small chunks, a mispredicted read
+        aborted and its slab handed to the demand read); "adaptive": up to 3 layers ahead into loader buffers,
+        as deep as the leading depths whose recall, scored while decoding, is at least RECALL_TO_PREFETCH
+        (runtime/lookahead_recall.py; none below it); "none": experts load when a wave needs them; "auto"
         (default): adaptive when its buffers fit beside top_k cache slabs and the slabs hold at least
         half the experts; gap at the minimum budget where records are large (gap_prefetch_pays); none
         otherwise, when every expert is cached or when they do not fit.

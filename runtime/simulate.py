@@ -5,9 +5,9 @@ A trace (`mote-edge run --trace-out routes.jsonl`) has one JSON line per MoE wav
      "predicted": [{"layer": 5, "experts": [2]}, {"layer": 7, "experts": [0]}, ...]}
 `experts` lists the distinct experts the wave used; `predicted` (decode waves) what the routers of the
 next MoE layers (four in a runtime trace, nearest first), applied to this layer's MoE input, predicted
-for them (runtime/decoder.py Lookahead). Replaying follows the runtime: within a wave, experts already cached are used first, then
-the misses are loaded one by one (a wave never evicts an expert it still needs, as long as at least
-one slab exists).
+for them (runtime/decoder.py Lookahead). Replaying follows the runtime: within a wave, experts already
+cached are used first, then the misses are loaded one by one (a wave never evicts an expert it still
+needs, as long as at least one slab exists).
 
 Policies (runtime/cache_policy.py, the same rule the runtime uses): lru, lfu, layer, expected (the
 runtime's default) and belady (Belady's MIN, the offline optimum of demand loading).
