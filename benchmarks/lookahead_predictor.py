@@ -7,10 +7,12 @@ The runtime's lookahead applies the router of the MoE layer d waves ahead to the
 layer's MoE input (runtime/decoder.py Lookahead). Here, for every (source MoE layer, depth d) pair, a linear
 map from that residual (rms-normalised, plus a bias) to the later layer's router logits (its own router on
 its own input: the routing it will take) is fitted by ridge regression on the decode waves of --train
-training-split questions, and both predictors are scored on --test held-out questions: recall = the share
-of the experts the later layer routed to that the top-k of the prediction holds (both sides have k experts,
-so precision is the same number). Depths past the model's MoE layers wrap to the next tokens' layers, as in
-the runtime. Nothing here ships: it measures whether a predictor stored with the model would be worth it.
+training-split questions, and both predictors are scored on --test held-out questions; a third starts as the
+router lookahead and takes a normalised-LMS step toward the later logits after each held-out wave (learning
+while it decodes, no training data). Recall = the share of the experts the later layer routed to that the
+top-k of the prediction holds (both sides have k experts, so precision is the same number). Depths past the
+model's MoE layers wrap to the next tokens' layers, as in the runtime. Nothing here ships: it measures whether
+a predictor stored with the model, or learned while decoding, would be worth it.
 """
 
 from __future__ import annotations
@@ -71,7 +73,23 @@ def _recall(scores: np.ndarray, routed: list[set], k: int) -> tuple[int, int]:
     return sum(len(set(p) & t) for p, t in zip(top.tolist(), routed)), sum(len(t) for t in routed)
 
 
-def measure(path: str, train: int, test: int, tokens: int, ridge: float = 1.0) -> dict:
+def _online(x: np.ndarray, logits: np.ndarray, routed: list[set], start: np.ndarray, k: int,
+            step: float) -> tuple[int, int]:
+    """Hits of a predictor that starts as the router lookahead (`start` [E, H]) and, after each prediction,
+    takes one normalised-LMS step toward the later layer's logits: learning while it decodes, no data ahead."""
+    w, b = start.astype(np.float64), np.zeros(start.shape[0])
+    got = total = 0
+    for u, y, t in zip(x, logits, routed):  # in decode order
+        z = w @ u + b  # [E]
+        got += len(set(np.argsort(-z, kind="stable")[:k].tolist()) & t)
+        total += len(t)
+        err = y - z
+        w += (step / (u @ u + 1e-6)) * np.outer(err, u)
+        b += step * err
+    return got, total
+
+
+def measure(path: str, train: int, test: int, tokens: int, ridge: float = 1.0, step: float = 0.1) -> dict:
     from mote_edge.runtime.engine import Engine
     from mote_edge.training.data import heldout_seeds, train_seeds
 
@@ -81,11 +99,11 @@ def measure(path: str, train: int, test: int, tokens: int, ridge: float = 1.0) -
         score_on = decode_waves(engine, heldout_seeds(test), tokens)
         result = {}
         for depth in DEPTHS:
-            hits = {"router": [0, 0], "learned": [0, 0]}
+            hits = {"router": [0, 0], "learned": [0, 0], "online": [0, 0]}
             for n, source in enumerate(moe):
                 later = layers[moe[(n + depth) % len(moe)]]
                 x_fit, logits_fit, _ = _pairs(fit_on, source, depth)
-                x, _, routed = _pairs(score_on, source, depth)
+                x, logits, routed = _pairs(score_on, source, depth)
                 if not len(x) or not len(x_fit):
                     continue
                 f = _features(x_fit)
@@ -95,6 +113,9 @@ def measure(path: str, train: int, test: int, tokens: int, ridge: float = 1.0) -
                     got, total = _recall(scores, routed, k)
                     hits[name][0] += got
                     hits[name][1] += total
+                got, total = _online(x, logits, routed, later.mlp.router * later.ln_post, k, step)
+                hits["online"][0] += got
+                hits["online"][1] += total
             result[depth] = {name: got / total for name, (got, total) in hits.items() if total}
         return {"k": k, "experts": engine.config.moe.num_experts[0], "recall": result}
 
@@ -106,13 +127,15 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=100, help="held-out questions to score on")
     ap.add_argument("--tokens", type=int, default=16, help="tokens decoded per question (EOS ignored)")
     ap.add_argument("--ridge", type=float, default=1.0)
+    ap.add_argument("--step", type=float, default=0.1, help="the online predictor's normalised-LMS step")
     args = ap.parse_args()
-    r = measure(args.model, args.train, args.test, args.tokens, args.ridge)
-    print(f"top-{r['k']} of {r['experts']} experts (chance {100 * r['k'] / r['experts']:.0f}%); recall of the "
-          f"router lookahead and of a ridge predictor fitted on {args.train} training questions, on {args.test} "
-          f"held-out ones")
+    r = measure(args.model, args.train, args.test, args.tokens, args.ridge, args.step)
+    print(f"top-{r['k']} of {r['experts']} experts (chance {100 * r['k'] / r['experts']:.0f}%); recall on {args.test} "
+          f"held-out questions of the router lookahead, a ridge predictor fitted on {args.train} training questions, "
+          f"and one learning online from the router (NLMS step {args.step:g}) as the held-out questions decode")
     for depth, v in r["recall"].items():
-        print(f"{depth} MoE layers ahead: router {100 * v['router']:.1f}%, learned {100 * v['learned']:.1f}%")
+        print(f"{depth} MoE layers ahead: router {100 * v['router']:.1f}%, learned {100 * v['learned']:.1f}%, "
+              f"online {100 * v['online']:.1f}%")
 
 
 if __name__ == "__main__":
