@@ -12,7 +12,8 @@ router lookahead and takes a normalised-LMS step toward the later logits after e
 while it decodes, no training data). Recall = the share of the experts the later layer routed to that the
 top-k of the prediction holds (both sides have k experts, so precision is the same number). Depths past the
 model's MoE layers wrap to the next tokens' layers, as in the runtime. Nothing here ships: it measures whether
-a predictor stored with the model, or learned while decoding, would be worth it.
+a predictor stored with the model, or learned while decoding, would be worth it; last, the fitted predictors
+installed in an Engine (`Decoder.set_lookahead_predictor`) and the recall its adaptive prefetch measures.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def measure(path: str, train: int, test: int, tokens: int, ridge: float = 1.0, s
         k, moe, layers = engine.config.moe.top_k_experts, engine.config.moe_layers, engine.decoder.layers
         fit_on = decode_waves(engine, train_seeds(train), tokens)
         score_on = decode_waves(engine, heldout_seeds(test), tokens)
-        result = {}
+        result, predictors = {}, {}
         for depth in DEPTHS:
             hits = {"router": [0, 0], "learned": [0, 0], "online": [0, 0]}
             for n, source in enumerate(moe):
@@ -108,6 +109,7 @@ def measure(path: str, train: int, test: int, tokens: int, ridge: float = 1.0, s
                     continue
                 f = _features(x_fit)
                 w = np.linalg.solve(f.T @ f + ridge * np.eye(f.shape[1]), f.T @ logits_fit)  # [H + 1, E]
+                predictors[(source, depth)] = (w[:-1].T.copy(), w[-1].copy())  # weight [E, H], bias [E]
                 router = (x * later.ln_post) @ later.mlp.router.T  # the runtime's lookahead (same top-k)
                 for name, scores in (("router", router), ("learned", _features(x) @ w)):
                     got, total = _recall(scores, routed, k)
@@ -117,7 +119,24 @@ def measure(path: str, train: int, test: int, tokens: int, ridge: float = 1.0, s
                 hits["online"][0] += got
                 hits["online"][1] += total
             result[depth] = {name: got / total for name, (got, total) in hits.items() if total}
-        return {"k": k, "experts": engine.config.moe.num_experts[0], "recall": result}
+        return {"k": k, "experts": engine.config.moe.num_experts[0], "recall": result, "predictors": predictors}
+
+
+def runtime_recall(path: str, predictors: dict | None, test: int, tokens: int, depth: int = 3) -> list:
+    """The recall by depth the runtime itself measures (runtime/lookahead_recall.py, what `--prefetch adaptive`
+    decides on) over the held-out questions, with the fitted predictors installed (None: the router's)."""
+    from mote_edge.runtime.engine import Engine
+    from mote_edge.training.data import heldout_seeds, make_example
+
+    with Engine.load(path, threads=1) as engine:
+        engine.decoder.enable_lookahead(depth, adaptive=True)
+        for (layer, d), (weight, bias) in (predictors or {}).items():
+            if d <= depth:
+                engine.decoder.set_lookahead_predictor(layer, d, weight, bias)
+        for seed in heldout_seeds(test):
+            ex = make_example(seed)
+            list(engine.generate_ids(ex.question, ex.image, max_new_tokens=tokens, ignore_eos=True))
+        return engine.decoder.lookahead_recall.as_list()
 
 
 def main() -> None:
@@ -136,6 +155,10 @@ def main() -> None:
     for depth, v in r["recall"].items():
         print(f"{depth} MoE layers ahead: router {100 * v['router']:.1f}%, learned {100 * v['learned']:.1f}%, "
               f"online {100 * v['online']:.1f}%")
+    for name, predictors in (("router", None), ("learned", r["predictors"])):
+        got = runtime_recall(args.model, predictors, args.test, args.tokens)
+        print(f"as the runtime scores it (running recall, runtime/lookahead_recall.py), {name}: "
+              + ", ".join(f"{d} ahead {100 * v:.1f}%" for d, v in enumerate(got, 1) if v is not None))
 
 
 if __name__ == "__main__":

@@ -186,14 +186,14 @@ class MoE:
         self.cache.begin_wave(self.layer, needed)
         tracing, decoding = self.cache.trace is not None, residual is not None and h.shape[0] == 1
         recall = self.recall
-        if recall is not None:  # the predictions earlier waves made for this layer, scored (decode steps)
-            recall.routed(self.layer, needed, score=decoding)
+        if recall is not None:  # the predictions earlier waves made for this one, scored (decode steps)
+            recall.routed(needed, decoding)
         # the trace and the recall score every lookahead's prediction; otherwise only the prefetched ones are made
         ahead = self.lookaheads if tracing else self.lookaheads[:recall.max_depth if recall else self.prefetch_depth]
         predicted = [(a.layer, a.predict(residual)) for a in ahead] if decoding else []
         if recall is not None:
-            for a, (layer, experts) in zip(ahead, predicted):
-                recall.predicted(layer, a.depth, experts)
+            for a, (_, experts) in zip(ahead, predicted):
+                recall.predicted(a.depth, experts)
         depth = recall.depth() if recall is not None else self.prefetch_depth
         if depth:
             self.cache.prefetch(predicted[:depth])
@@ -256,19 +256,28 @@ class MoE:
 
 class Lookahead:
     """Router lookahead: a later MoE layer's norm and router applied to the residual stream at this
-    layer's MoE input predict the experts that layer will route to (mixtral-offloading, FATE).
-    `depth`: how many MoE layers ahead in decode order (wrapping to the next token's)."""
+    layer's MoE input predict the experts that layer will route to (mixtral-offloading, FATE), or a linear
+    `predictor` (weight [E, H], bias [E]) of that layer's router logits from the rms-normalised residual,
+    fitted for the pair (benchmarks/lookahead_predictor.py). `depth`: how many MoE layers ahead in decode
+    order (wrapping to the next token's)."""
 
-    def __init__(self, layer: int, norm: np.ndarray, moe: MoE, depth: int = 1):
-        self.layer, self.norm, self.moe, self.depth = layer, norm, moe, depth
+    def __init__(self, layer: int, norm: np.ndarray, moe: MoE, eps: float, depth: int = 1):
+        self.layer, self.norm, self.moe, self.eps, self.depth = layer, norm, moe, eps, depth
+        self.predictor: tuple[np.ndarray, np.ndarray] | None = None
 
     def predict(self, residual: np.ndarray) -> list[int]:
         """The predicted experts, the most tokens' choices first. A `routing` that predicts its own
         routes (benchmarks/route_model.py, at a measured accuracy) answers for the router."""
         if self.moe.routing is not None and hasattr(self.moe.routing, "predict"):
             return self.moe.routing.predict(self.depth)
-        # the norm's 1 / rms scales every router logit of a row alike: the top k are those of norm * residual
-        idx, _ = self.moe.router_top_k(residual * self.norm)  # [T, k]
+        if self.predictor is not None:
+            weight, bias = self.predictor
+            unit = residual / np.sqrt(np.mean(residual * residual, axis=-1, keepdims=True) + np.float32(self.eps))
+            scores = unit @ weight.T + bias  # [T, E]
+            idx = np.argsort(-scores, axis=-1, kind="stable")[:, :self.moe.top_k]
+        else:
+            # the norm's 1 / rms scales every router logit of a row alike: the top k are those of norm * residual
+            idx, _ = self.moe.router_top_k(residual * self.norm)  # [T, k]
         if idx.shape[0] == 1:  # a decode step: the top k, most likely first
             return idx[0].tolist()
         experts, counts = np.unique(idx, return_counts=True)
@@ -337,9 +346,24 @@ class Decoder:
         self.lookahead_recall = LookaheadRecall(depth) if adaptive and depth and moe else None
         for n, layer in enumerate(moe):
             ahead = [(d, moe[(n + d) % len(moe)]) for d in range(1, max(depth, TRACE_LOOKAHEAD) + 1)]
-            layer.mlp.lookaheads = [Lookahead(a.mlp.layer, a.ln_post, a.mlp, d) for d, a in ahead]
+            layer.mlp.lookaheads = [Lookahead(a.mlp.layer, a.ln_post, a.mlp, a.eps, d) for d, a in ahead]
             layer.mlp.prefetch_depth = depth if wrap else min(depth, len(moe) - 1 - n)
             layer.mlp.recall = self.lookahead_recall
+
+    def set_lookahead_predictor(self, layer: int, depth: int, weight: np.ndarray, bias: np.ndarray) -> None:
+        """MoE layer `layer`'s lookahead `depth` layers ahead predicts with weight [E, H] and bias [E] (the
+        later layer's router logits from the rms-normalised residual) instead of that layer's router. Call
+        after enable_lookahead; predictions only pick what to prefetch: results never change."""
+        moe = self.layers[layer].mlp if 0 <= layer < len(self.layers) else None
+        if not isinstance(moe, MoE) or not 1 <= depth <= len(moe.lookaheads):
+            raise ValueError(f"no lookahead {depth} MoE layers ahead of layer {layer}")
+        target = moe.lookaheads[depth - 1].moe
+        e, h = target.router.shape
+        weight, bias = np.asarray(weight, np.float32), np.asarray(bias, np.float32)
+        if weight.shape != (e, h) or bias.shape != (e,):
+            raise ValueError(f"a lookahead predictor for layer {target.layer} is [{e}, {h}] + [{e}], got "
+                             f"{list(weight.shape)} + {list(bias.shape)}")
+        moe.lookaheads[depth - 1].predictor = (np.ascontiguousarray(weight), bias)
 
     def reset(self) -> None:
         self.length = 0

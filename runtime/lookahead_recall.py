@@ -1,7 +1,7 @@
 """The router lookahead's recall, measured while decoding, and the prefetch depth it earns.
 
-Each decode wave's lookahead predicts the experts of the next MoE layers (runtime/decoder.py Lookahead).
-When one of those layers routes, the predictions made for it 1, 2, ... MoE layers earlier are scored:
+Each decode wave's lookahead predicts the experts of the next MoE waves (runtime/decoder.py Lookahead).
+When one of those waves routes, the predictions made for it 1, 2, ... MoE waves earlier are scored:
 recall at depth d = the share of the experts it routed that were predicted d layers ahead, a running
 estimate over about the last WINDOW scored experts. `--prefetch adaptive` (what `auto` runs from half
 the experts cached) prefetches as deep as the leading depths whose recall is at least
@@ -23,7 +23,9 @@ MIN_SCORED = 24  # experts scored at a depth before its recall counts
 
 
 class LookaheadRecall:
-    """The lookahead's recall by depth (1 .. max_depth), scored as the predicted layers route."""
+    """The lookahead's recall by depth (1 .. max_depth), scored as the predicted waves route. A prediction
+    is for the decode wave `depth` MoE waves later (with fewer MoE layers than depths, a later token's wave
+    of the same layer: keyed by wave, not by layer)."""
 
     def __init__(self, max_depth: int):
         if max_depth < 1:
@@ -32,18 +34,23 @@ class LookaheadRecall:
         self.hits = [0.0] * max_depth  # decayed: experts predicted right
         self.scored = [0.0] * max_depth  # decayed: experts scored
         self.count = [0] * max_depth  # experts scored, ever
-        self.pending: dict[int, dict[int, list[int]]] = {}  # layer -> depth -> the experts predicted for it
+        self.wave = 0  # decode waves so far
+        self.pending: dict[int, dict[int, list[int]]] = {}  # decode wave -> depth -> the experts predicted for it
 
-    def predicted(self, layer: int, depth: int, experts: list[int]) -> None:
-        """A wave's lookahead predicted `experts` for `layer`, `depth` MoE layers ahead."""
+    def predicted(self, depth: int, experts: list[int]) -> None:
+        """The running decode wave's lookahead predicted `experts` for the wave `depth` MoE waves later."""
         if 1 <= depth <= self.max_depth:
-            self.pending.setdefault(layer, {})[depth] = experts
+            self.pending.setdefault(self.wave + depth, {})[depth] = experts
 
-    def routed(self, layer: int, experts, score: bool = True) -> None:
-        """`layer` routed to `experts`: its pending predictions are scored (score=False: dropped, for a
-        prefill wave, which no decode wave's lookahead predicted)."""
-        predictions = self.pending.pop(layer, None)
-        if not predictions or not score:
+    def routed(self, experts, decoding: bool = True) -> None:
+        """A wave routed to `experts`: a decode wave scores the predictions made for it; a prefill wave (a new
+        prompt: the decode waves predicted so far will not come) drops every pending one."""
+        if not decoding:
+            self.pending.clear()
+            return
+        self.wave += 1
+        predictions = self.pending.pop(self.wave, None)
+        if not predictions:
             return
         routed = set(experts)
         keep = 1.0 - len(routed) / WINDOW

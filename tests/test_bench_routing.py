@@ -93,9 +93,30 @@ def test_a_learned_lookahead_predictor_beats_the_router_on_held_out_questions(sh
     """benchmarks/lookahead_predictor.py: a ridge map from the residual to a later MoE layer's router logits,
     fitted on training questions, predicts held-out routes better than that layer's router applied early
     (measured on 300 / 100 questions: 81.7 / 77.8 / 74.1 / 73.2% against 62.5 / 56.9 / 53.2 / 56.9% 1-4 ahead)."""
-    r = load_benchmark("lookahead_predictor").measure(str(shipped_tiny_mote), train=120, test=40, tokens=8)
+    bench = load_benchmark("lookahead_predictor")
+    r = bench.measure(str(shipped_tiny_mote), train=120, test=40, tokens=8)
     assert set(r["recall"]) == {1, 2, 3, 4}
     for depth, v in r["recall"].items():
         assert v["learned"] > v["router"] + 0.05, (depth, v)
     assert r["recall"][1]["learned"] > 0.75
+    # installed in an Engine, the runtime's own running recall (what --prefetch adaptive decides on) sees it too
+    # (the tiny model has 2 MoE layers: 3 ahead is the next token's wave of the same layer as 1 ahead)
+    router = bench.runtime_recall(str(shipped_tiny_mote), None, test=40, tokens=8)
+    learned = bench.runtime_recall(str(shipped_tiny_mote), r["predictors"], test=40, tokens=8)
+    assert all(a > b + 0.05 for a, b in zip(learned, router)), (learned, router)
+
+
+def test_a_lookahead_predictor_of_the_wrong_shape_is_refused(tiny_b4_mote):
+    from mote_edge.runtime.engine import Engine
+
+    with Engine.load(tiny_b4_mote) as engine:
+        engine.decoder.enable_lookahead(2, adaptive=True)
+        e, h = engine.decoder.layers[2].mlp.router.shape
+        engine.decoder.set_lookahead_predictor(0, 1, np.zeros((e, h)), np.zeros(e))
+        with pytest.raises(ValueError, match=r"lookahead predictor for layer 2 is \[4, 64\] \+ \[4\]"):
+            engine.decoder.set_lookahead_predictor(0, 1, np.zeros((e, h + 1)), np.zeros(e))
+        with pytest.raises(ValueError, match="no lookahead 9 MoE layers ahead of layer 0"):
+            engine.decoder.set_lookahead_predictor(0, 9, np.zeros((e, h)), np.zeros(e))
+        with pytest.raises(ValueError, match="no lookahead 1 MoE layers ahead of layer 1"):  # not a MoE layer
+            engine.decoder.set_lookahead_predictor(1, 1, np.zeros((e, h)), np.zeros(e))
 

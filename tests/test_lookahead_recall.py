@@ -3,6 +3,7 @@ which prefetches as deep as that recall earns: scored against the routes the lay
 prefetch behind a router that predicts badly, three layers ahead behind one that predicts well, and
 never a changed token."""
 
+import numpy as np
 import pytest
 
 from conftest import load_benchmark
@@ -17,28 +18,43 @@ PROMPT = "What color is the circle? Is it left or right of the star?"
 
 
 def _feed(recall: LookaheadRecall, waves: int, right: dict[int, bool]) -> None:
-    """`waves` decode waves over layers 0..3 (top-1, expert 1 routed): each predicts the next layers at
-    every depth, right (expert 1) or wrong (expert 2) as `right[depth]` says."""
-    for n in range(waves):
-        layer = n % 4
-        recall.routed(layer, [1])
+    """`waves` decode waves (top-1, expert 1 routed): each predicts the next waves at every depth, right
+    (expert 1) or wrong (expert 2) as `right[depth]` says."""
+    for _ in range(waves):
+        recall.routed([1])
         for d in range(1, recall.max_depth + 1):
-            recall.predicted((layer + d) % 4, d, [1 if right[d] else 2])
+            recall.predicted(d, [1 if right[d] else 2])
 
 
-def test_recall_is_scored_per_depth_when_the_predicted_layer_routes():
+def test_recall_is_scored_per_depth_when_the_predicted_wave_routes():
     recall = LookaheadRecall(3)
-    recall.predicted(2, 1, [5, 6])
-    recall.predicted(2, 2, [5, 7])
+    recall.routed([0])  # wave 1
+    recall.predicted(1, [5, 6])  # for wave 2
+    recall.predicted(2, [5, 7])  # for wave 3
     assert recall.recall(1) is None  # nothing scored yet
-    recall.routed(2, [5, 6])
+    recall.routed([5, 6])  # wave 2
+    assert recall.count == [2, 0, 0] and recall.hits == [2.0, 0.0, 0.0]
+    recall.routed([5, 6])  # wave 3: the depth-2 prediction, 1 of 2 right
     assert recall.count == [2, 2, 0] and recall.hits == [2.0, 1.0, 0.0]
-    recall.routed(2, [5, 6])  # its predictions were used up: nothing scored twice
+    recall.routed([5, 6])  # wave 4: nothing was predicted for it
     assert recall.count == [2, 2, 0]
-    recall.predicted(3, 1, [0])
-    recall.routed(3, [4], score=False)  # a prefill wave: the stale prediction is dropped, not scored
-    recall.routed(3, [0])
+    recall.predicted(1, [0])
+    recall.routed([4], decoding=False)  # a prefill wave (a new prompt): the pending prediction is dropped
+    recall.routed([0])
     assert recall.count == [2, 2, 0]
+
+
+def test_predictions_for_the_same_layer_at_different_tokens_are_kept_apart():
+    """A model of 2 MoE layers predicting 3 ahead: the wave 3 later is the same layer as the next one, one
+    token later; each prediction is scored against its own wave."""
+    recall = LookaheadRecall(3)
+    routes = [[i % 5] for i in range(40)]  # wave n routes to expert n % 5
+    for n, experts in enumerate(routes):
+        recall.routed(experts)
+        for d in (1, 2, 3):
+            if n + d < len(routes):
+                recall.predicted(d, routes[n + d])  # a perfect predictor
+    assert [recall.recall(d) for d in (1, 2, 3)] == [1.0, 1.0, 1.0]
 
 
 def test_depth_is_the_leading_depths_at_or_above_the_threshold():
@@ -94,3 +110,23 @@ def test_adaptive_on_the_models_own_router_changes_no_token(six_moe_layers_mote)
     ids, experts = _adaptive_run(six_moe_layers_mote, None)
     assert ids == _adaptive_run(six_moe_layers_mote, None, prefetch="none")[0]
     assert all(r is None or 0.0 <= r <= 1.0 for r in experts["lookahead_recall"])
+
+
+def test_a_predictor_equal_to_the_router_predicts_what_the_router_does(six_moe_layers_mote):
+    """A linear predictor whose weight is the later layer's router times its norm (bias 0) ranks the experts
+    as the router lookahead does (1 / rms scales every logit alike): the same recall, the same tokens."""
+    with MoteFile(six_moe_layers_mote) as f:
+        budget = plan_file(f, 256, len(f.experts) // 2, vision=False).total_bytes
+    runs = []
+    for install in (False, True):
+        with Engine.load(six_moe_layers_mote, memory_budget=budget, threads=1, max_context=256, vision=False,
+                         prefetch="adaptive") as engine:
+            if install:
+                for layer in engine.config.moe_layers:
+                    for a in engine.decoder.layers[layer].mlp.lookaheads[:3]:
+                        engine.decoder.set_lookahead_predictor(layer, a.depth, a.moe.router * a.norm,
+                                                               np.zeros(a.moe.router.shape[0]))
+            ids = list(engine.generate_ids(PROMPT, max_new_tokens=40, ignore_eos=True))
+            runs.append((ids, engine.report()["experts"]["lookahead_recall"]))
+    assert runs[0] == runs[1]
+    assert all(r is not None for r in runs[0][1])
