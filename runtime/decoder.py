@@ -272,8 +272,7 @@ class Lookahead:
             return self.moe.routing.predict(self.depth)
         if self.predictor is not None:
             weight, bias = self.predictor
-            unit = residual / np.sqrt(np.mean(residual * residual, axis=-1, keepdims=True) + np.float32(self.eps))
-            scores = unit @ weight.T + bias  # [T, E]
+            scores = rms_norm(residual, np.float32(1.0), self.eps) @ weight.T + bias  # [T, E]
             idx = np.argsort(-scores, axis=-1, kind="stable")[:, :self.moe.top_k]
         else:
             # the norm's 1 / rms scales every router logit of a row alike: the top k are those of norm * residual

@@ -37,10 +37,9 @@ DEFAULT_READERS = 2  # loader threads: a demand miss never waits behind a prefet
 # most 3, as deep as the lookahead's measured recall earns (runtime/lookahead_recall.py)
 PREFETCH_DEPTH = {"none": 0, "gap": 1, "lookahead": 1, "lookahead2": 2, "lookahead3": 3, "lookahead4": 4, "adaptive": 3}
 # "gap": lookahead-1 into the cache's own slabs (no loader buffers): the slab a wave frees at its end is
-# refilled with the next MoE layer's predicted expert while the decoder computes up to that layer's routing
-# MoE layers of loader buffers (top_k slabs each)
-PREFETCH_BUFFERED = {"none": 0, "gap": 0, "lookahead": 1, "lookahead2": 2, "lookahead3": 3, "lookahead4": 4,
-                     "adaptive": 3}
+# refilled with the next MoE layer's predicted expert while the decoder computes up to that layer's routing.
+# The others read into loader buffers: top_k slabs per MoE layer ahead
+PREFETCH_BUFFERED = {mode: 0 if mode == "gap" else depth for mode, depth in PREFETCH_DEPTH.items()}
 # auto: adaptive when the budget holds its loader buffers beside top_k cache slabs (runtime/engine.py)
 PREFETCH_MODES = ("auto", *PREFETCH_DEPTH)
 DEFAULT_PREFETCH = "auto"

@@ -126,16 +126,17 @@ def prediction_depth(waves: list[Wave]) -> int:
     return max((len(w.predicted) for w in waves), default=0)
 
 
-def _prefetches(waves: list[Wave], i: int, prefetch: str) -> list[Key]:
-    """What wave i prefetches, nearest layer first."""
+def _prefetches(waves: list[Wave], i: int, oracle: int | None, ahead: int | None) -> list[Key]:
+    """What wave i prefetches, nearest layer first: the next `oracle` waves' experts, or its predictions
+    `ahead` MoE layers deep (neither: nothing)."""
     w = waves[i]
-    if prefetch == "none" or w.tokens != 1:
+    if w.tokens != 1:
         return []
-    depth = oracle_depth(prefetch)
-    if depth is not None:
-        return [(n.layer, e) for n in waves[i + 1:i + 1 + depth] for e in n.experts]
-    depth = lookahead_depth(prefetch)
-    return [(layer, e) for layer, experts in w.predicted[:depth] for e in experts]
+    if oracle is not None:
+        return [(n.layer, e) for n in waves[i + 1:i + 1 + oracle] for e in n.experts]
+    if ahead is not None:
+        return [(layer, e) for layer, experts in w.predicted[:ahead] for e in experts]
+    return []
 
 
 class _Disk:
@@ -171,11 +172,11 @@ def simulate(waves: list[Wave], slabs: int, policy: str, prefetch: str = "none",
     prefetches (misses), the stall and the replay's decode time in ms."""
     if policy not in POLICIES:
         raise MoteError(f"unknown cache policy {policy!r} (choose from {', '.join(POLICIES)})")
-    if prefetch != "none" and oracle_depth(prefetch) is None and lookahead_depth(prefetch) is None:
+    oracle, ahead = oracle_depth(prefetch), lookahead_depth(prefetch)  # parsed once, not per wave
+    if prefetch != "none" and oracle is None and ahead is None:
         raise MoteError(f"unknown prefetch {prefetch!r} (choose from {', '.join(PREFETCHES)})")
-    if (lookahead_depth(prefetch) or 0) > prediction_depth(waves):
-        raise MoteError(f"prefetch {prefetch} needs predictions {lookahead_depth(prefetch)} MoE layers ahead; the "
-                        f"trace has {prediction_depth(waves)}")
+    if ahead is not None and ahead > (recorded := prediction_depth(waves)):
+        raise MoteError(f"prefetch {prefetch} needs predictions {ahead} MoE layers ahead; the trace has {recorded}")
     if slabs < 1:
         raise MoteError("a cache needs at least 1 slab")
     layers = sorted({w.layer for w in waves} | {layer for w in waves for layer, _ in w.predicted})
@@ -246,7 +247,7 @@ def simulate(waves: list[Wave], slabs: int, policy: str, prefetch: str = "none",
             last[key], count[key], nxt[key] = tick, count[key] + 1, next_use(key, index_of[key])
         pos += len(w.experts)
         here = cycle[w.layer]
-        for key in _prefetches(waves, i, prefetch):
+        for key in _prefetches(waves, i, oracle, ahead):
             if key in last:
                 continue
             queued_at = now
