@@ -1,66 +1,25 @@
 """GPTQ calibration: run the float reference model on prompts (+ images) and collect, for every
 linear layer the recipe quantizes with GPTQ, the Hessian H = 2 X^T X / T of its inputs.
 
-Calibration data: a .jsonl file, one {"prompt": "...", "image": "path"} per line (image optional,
-relative to the file), or the built-in set (rendered shapes + questions, deterministic).
+Calibration data: mote_edge/calibration.py (a .jsonl file of {"prompt", "image"}, or the built-in set).
 Memory: the float model plus one K x K float32 matrix per distinct linear input (q/k/v share one,
 gate/up share one). A layer-by-layer pass would bound this; not needed at the sizes we ship.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from mote_edge.calibration import builtin_samples, file_samples
 from mote_edge.chat import encode_prompt
-from mote_edge.errors import ExportError
 from mote_edge.image import load_image, preprocess
 from mote_edge.progress import byte_progress
 from mote_edge.quant.recipe import Recipe
 from mote_edge.schema import checkpoint_tensors
 
 from .checkpoint import Checkpoint
-
-COLORS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220), "yellow": (230, 210, 30)}
-QUESTIONS = ("What color is the {shape}?", "How many shapes are there?", "Where is the {color} {shape}?",
-             "Is there a {color} {shape}?", "Describe the image.")
-
-
-def builtin_samples(n: int, seed: int = 0) -> list[tuple[str, "object"]]:
-    """n (prompt, PIL image) pairs: one or two coloured circles/squares on a white canvas."""
-    from PIL import Image, ImageDraw
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        img = Image.new("RGB", (96, 96), "white")
-        draw = ImageDraw.Draw(img)
-        color, shape = list(COLORS)[i % len(COLORS)], ("circle", "square")[(i // 4) % 2]
-        for _ in range(1 + i % 2):
-            x, y = (int(v) for v in rng.integers(0, 60, 2))
-            box = (x, y, x + 30, y + 30)
-            (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=COLORS[color])
-        out.append((QUESTIONS[i % len(QUESTIONS)].format(shape=shape, color=color), img))
-    return out
-
-
-def file_samples(path: Path, n: int) -> list[tuple[str, object]]:
-    try:
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"cannot read calibration file {path}: {e}") from None
-    samples = []
-    for d in lines[:n]:
-        if not isinstance(d, dict) or "prompt" not in d:
-            raise ExportError(f"calibration file {path}: every line needs a \"prompt\"")
-        image = load_image(path.parent / d["image"]) if d.get("image") else None
-        samples.append((d["prompt"], image))
-    if not samples:
-        raise ExportError(f"calibration file {path} has no samples")
-    return samples
-
 
 def _input_key(name: str) -> str:
     """Linear layers that read the same input share one Hessian."""

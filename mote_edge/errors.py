@@ -30,5 +30,9 @@ class FormatError(MoteError):
     """A .mote file is not one, is truncated or corrupt, or has an unsupported version."""
 
 
+class CalibrationError(MoteError):
+    """A calibration file cannot be read or holds no usable samples."""
+
+
 class ExportError(MoteError):
     """The exporter cannot do what was asked (bad recipe, unsupported bits, ...)."""

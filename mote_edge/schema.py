@@ -15,6 +15,8 @@ Roles:
   router                    the gate `wg` of an MoE layer
   residual_mlp, residual_coef   MoE-LLaVA `use_residual` (PR-MoE) dense branch and its mixer
   vision, projector         CLIP vision tower and the mm projector
+  lookahead                 a fitted lookahead predictor (not in checkpoints: `mote-edge fit-lookahead`
+                            adds them to a .mote file; lookahead_tensors)
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ PROJECTOR_PREFIX = "model.mm_projector."
 PROJECTOR_PREFIX_ALIASES = ("model.mm_projector.image_spatial_proj.",)
 SWIGLU_PROJS = ("gate_proj", "up_proj", "down_proj")
 VISION_ROLES = ("vision", "projector")  # exported to the ONNX vision section, not stored as tensors
+LOOKAHEAD_ROLE = "lookahead"
+MAX_LOOKAHEAD_DEPTH = 4  # MoE layers ahead a stored predictor may look (the runtime traces 4)
 
 
 @dataclass(frozen=True)
@@ -160,6 +164,31 @@ def decoder_tensors(cfg: ModelConfig) -> list[TensorSpec]:
     out.append(TensorSpec("model.norm.weight", (dc.hidden_size,), "norm"))
     if not dc.tie_word_embeddings:
         out.append(TensorSpec("lm_head.weight", (dc.vocab_size, dc.hidden_size), "lm_head"))
+    return out
+
+
+def lookahead_target(cfg: ModelConfig, layer: int, depth: int) -> int:
+    """The MoE layer `depth` MoE layers after MoE layer `layer` in decode order (past the last one, the next
+    token's: the order wraps)."""
+    moe = sorted(cfg.moe_layers)  # decode order
+    return moe[(moe.index(layer) + depth) % len(moe)]
+
+
+def lookahead_name(layer: int, depth: int, part: str) -> str:
+    """"model.layers.4.mlp.lookahead.2.weight": MoE layer 4's predictor of the routing 2 MoE layers ahead."""
+    return f"model.layers.{layer}.mlp.lookahead.{depth}.{part}"
+
+
+def lookahead_tensors(cfg: ModelConfig, depth: int) -> list[TensorSpec]:
+    """A .mote file's lookahead predictors 1 .. `depth` MoE layers ahead of every MoE layer: weight [E, H]
+    and bias [E] map the rms-normalised residual at the layer's MoE input to the router logits of the
+    target layer (lookahead_target; E its experts). Not part of a checkpoint."""
+    out = []
+    for i in sorted(cfg.moe_layers):
+        for d in range(1, depth + 1):
+            e = cfg.moe.experts_in_layer(lookahead_target(cfg, i, d))
+            out.append(TensorSpec(lookahead_name(i, d, "weight"), (e, cfg.decoder.hidden_size), LOOKAHEAD_ROLE, layer=i))
+            out.append(TensorSpec(lookahead_name(i, d, "bias"), (e,), LOOKAHEAD_ROLE, layer=i))
     return out
 
 

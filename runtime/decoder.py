@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from mote_edge.config import ModelConfig
+from mote_edge.schema import MAX_LOOKAHEAD_DEPTH, lookahead_name
 
 from .expert_cache import ExpertCache, FirstPart
 from .kv_cache import KVCache
@@ -29,7 +30,7 @@ from .native_layer import AttentionStep, default_decoder_path, ffn_chunk, ffn_st
 from .plan import ATTN_QUERY_CHUNK, PREFILL_CHUNK
 from .weights import Linear, ResidentWeights
 
-TRACE_LOOKAHEAD = 4  # MoE layers ahead whose routers' predictions a trace records (`mote-edge simulate`)
+TRACE_LOOKAHEAD = MAX_LOOKAHEAD_DEPTH  # MoE layers ahead whose predictions a trace records (`mote-edge simulate`)
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:  # [T, H]
@@ -168,6 +169,8 @@ class MoE:
         # routes in place of the router, same signature as route() (benchmarks/route_model.py replays
         # fitted routing statistics through it); the lookahead keeps predicting with the router
         self.routing: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+        # called with (this layer, h [1, H], the residual [1, H]) at each decode wave (Decoder.observe_decode_waves)
+        self.observer: Callable[["MoE", np.ndarray, np.ndarray], None] | None = None
 
     def route(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """h [T, H] -> (expert ids [T, k], weights [T, k]): `routing` if one is set, else the router."""
@@ -185,6 +188,8 @@ class MoE:
         needed = sorted(set(idx.reshape(-1).tolist()), key=lambda e: not self.cache.is_cached(self.layer, e))
         self.cache.begin_wave(self.layer, needed)
         tracing, decoding = self.cache.trace is not None, residual is not None and h.shape[0] == 1
+        if decoding and self.observer is not None:
+            self.observer(self, h, residual)
         recall = self.recall
         if recall is not None:  # the predictions earlier waves made for this one, scored (decode steps)
             recall.routed(needed, decoding)
@@ -258,8 +263,8 @@ class Lookahead:
     """Router lookahead: a later MoE layer's norm and router applied to the residual stream at this
     layer's MoE input predict the experts that layer will route to (mixtral-offloading, FATE), or a linear
     `predictor` (weight [E, H], bias [E]) of that layer's router logits from the rms-normalised residual,
-    fitted for the pair (benchmarks/lookahead_predictor.py). `depth`: how many MoE layers ahead in decode
-    order (wrapping to the next token's)."""
+    fitted for the pair (`mote-edge fit-lookahead` stores them in the file: mote_edge/lookahead_fit.py).
+    `depth`: how many MoE layers ahead in decode order (wrapping to the next token's)."""
 
     def __init__(self, layer: int, norm: np.ndarray, moe: MoE, eps: float, depth: int = 1):
         self.layer, self.norm, self.moe, self.eps, self.depth = layer, norm, moe, eps, depth
@@ -331,21 +336,28 @@ class Decoder:
         self.threads = w.threads
         self.native = default_decoder_path() == "native"
         self.lookahead_recall: LookaheadRecall | None = None  # enable_lookahead(adaptive=True)
+        # the file's fitted lookahead predictors, (MoE layer, depth) -> (weight [E, H], bias [E]) (FORMAT.md section 11)
+        self.stored_predictors = {(i, d): (w.matrix(lookahead_name(i, d, "weight")), w.vector(lookahead_name(i, d, "bias")))
+                                  for i in cfg.moe_layers for d in range(1, MAX_LOOKAHEAD_DEPTH + 1)
+                                  if lookahead_name(i, d, "weight") in w.entries}
         for i, layer in enumerate(self.layers):
             layer.attn_step = AttentionStep(layer.attn, layer.ln_in, layer.ln_post, layer.eps, self.rope, self.kv, i,
                                             w.threads)
 
-    def enable_lookahead(self, depth: int, wrap: bool = True, adaptive: bool = False) -> None:
+    def enable_lookahead(self, depth: int, wrap: bool = True, adaptive: bool = False, stored: bool = True) -> None:
         """Each MoE layer prefetches the experts the routers of the next `depth` MoE layers predict
         (decode steps; 0: none; the order wraps to the next token's layers, unless `wrap` is False: then
         the last MoE layers prefetch only this token's). `adaptive`: at most `depth` ahead, as deep as the
         lookahead's recall measured so far earns (runtime/lookahead_recall.py). The predictions of the next
-        TRACE_LOOKAHEAD (or `depth`, if deeper) go into a trace either way."""
+        TRACE_LOOKAHEAD (or `depth`, if deeper) go into a trace either way. `stored`: predict with the file's
+        fitted predictors where it has them (else every lookahead applies the later layer's router)."""
         moe = [layer for layer in self.layers if isinstance(layer.mlp, MoE)]
         self.lookahead_recall = LookaheadRecall(depth) if adaptive and depth and moe else None
         for n, layer in enumerate(moe):
             ahead = [(d, moe[(n + d) % len(moe)]) for d in range(1, max(depth, TRACE_LOOKAHEAD) + 1)]
             layer.mlp.lookaheads = [Lookahead(a.mlp.layer, a.ln_post, a.mlp, a.eps, d) for d, a in ahead]
+            for a in layer.mlp.lookaheads:
+                a.predictor = self.stored_predictors.get((layer.mlp.layer, a.depth)) if stored else None
             layer.mlp.prefetch_depth = depth if wrap else min(depth, len(moe) - 1 - n)
             layer.mlp.recall = self.lookahead_recall
 
@@ -363,6 +375,13 @@ class Decoder:
             raise ValueError(f"a lookahead predictor for layer {target.layer} is [{e}, {h}] + [{e}], got "
                              f"{list(weight.shape)} + {list(bias.shape)}")
         moe.lookaheads[depth - 1].predictor = (np.ascontiguousarray(weight), bias)
+
+    def observe_decode_waves(self, observer: Callable[[MoE, np.ndarray, np.ndarray], None] | None) -> None:
+        """Call observer(MoE layer, h [1, H] its normed input, the residual [1, H] it came from) at every
+        decode wave, before the layer routes (mote_edge/lookahead_fit.py records what it fits on); None: stop."""
+        for layer in self.layers:
+            if isinstance(layer.mlp, MoE):
+                layer.mlp.observer = observer
 
     def reset(self) -> None:
         self.length = 0

@@ -127,7 +127,7 @@ def _fit_with_prefetch(f: MoteFile, context: int, budget: int | None, layout: st
 class Engine:
     def __init__(self, file: MoteFile, plan: MemoryPlan, budget: int | None, threads: int, baseline_rss: int,
                  cache_policy: str = DEFAULT_POLICY, vision: bool = True, prefetch: str = "none",
-                 expert_loader: str = "thread"):
+                 expert_loader: str = "thread", lookahead_predictor: bool = True):
         self.file, self.plan, self.budget, self.threads = file, plan, budget, threads
         self.baseline_rss = baseline_rss
         cfg = self.config = file.config
@@ -154,7 +154,9 @@ class Engine:
         # right 1 time in 61 and its reads slowed the lm_head; at a trained router's recall it was level
         # (docs/BENCHMARKS.md, "The gap prefetch at the minimum budget")
         self.decoder.enable_lookahead(PREFETCH_DEPTH[self.prefetch], wrap=self.prefetch != "gap",
-                                      adaptive=self.prefetch == "adaptive")
+                                      adaptive=self.prefetch == "adaptive", stored=lookahead_predictor)
+        # what predicts the experts to prefetch: the file's fitted predictors (`mote-edge fit-lookahead`) or the routers
+        self.lookahead_predictor = "fitted" if lookahead_predictor and self.decoder.stored_predictors else "router"
         if self.prefetch == "gap":  # its prefetch holds the slab the next demand miss needs: small chunks
             self.experts.prefetch_chunk = GAP_CHUNK
         self.vision_enabled = vision
@@ -172,7 +174,7 @@ class Engine:
     def load(cls, path: str | Path, memory_budget: str | int | None = None, threads: int | None = None,
              max_context: int | None = None, cache_policy: str = DEFAULT_POLICY,
              expert_layout: str = "auto", vision: bool = True, prefetch: str = DEFAULT_PREFETCH,
-             expert_loader: str = "thread", kv_bits: int = 32) -> "Engine":
+             expert_loader: str = "thread", kv_bits: int = 32, lookahead_predictor: bool = True) -> "Engine":
         """Plan, check the budget, read the resident weights, allocate the expert slabs. vision=False
         plans no image phase (its memory goes to the expert cache): the Engine then refuses images.
         prefetch "lookahead" ("lookahead2" .. "lookahead4"): while a MoE layer runs, the next (2 .. 4) MoE
@@ -187,7 +189,9 @@ class Engine:
         otherwise, when every expert is cached or when they do not fit.
         expert_loader "thread": records are read by a loader thread, overlapped with compute (O_DIRECT
         where the filesystem allows it); "serial": read on the decoding thread when needed.
-        kv_bits 8 keeps the KV cache as int8 with a scale per head and position (~4x smaller than 32)."""
+        kv_bits 8 keeps the KV cache as int8 with a scale per head and position (~4x smaller than 32).
+        lookahead_predictor: the lookahead predicts with the lookahead predictors the file stores (fitted by
+        `mote-edge fit-lookahead`; docs/FORMAT.md section 11) where it has them; False: with the routers."""
         t0 = time.perf_counter()
         baseline = read_status()["VmRSS"]
         threads = int(threads if threads is not None else _usable_cpus())
@@ -217,7 +221,8 @@ class Engine:
             plan, prefetch = _fit_with_prefetch(f, context, budget, expert_layout, vision, kv_bits, prefetch,
                                                 expert_loader)
             try:
-                engine = cls(f, plan, budget, threads, baseline, cache_policy, vision, prefetch, expert_loader)
+                engine = cls(f, plan, budget, threads, baseline, cache_policy, vision, prefetch, expert_loader,
+                             lookahead_predictor)
             except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
                 # the tokenizer and chat template blocks are read here, not validated on open
                 raise FormatError(f"{f.name}: tokenizer or chat template metadata is unusable "

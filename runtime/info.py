@@ -10,7 +10,7 @@ from .budget import format_bytes
 from .plan import default_context, minimum_plan_file, plan_file
 
 ROLE_ORDER = ("embed", "lm_head", "attn", "attn_bias", "norm", "ffn", "router", "shared_expert", "ternary_expert",
-              "fp_expert", "residual_mlp", "residual_coef", "vision", "projector")
+              "fp_expert", "residual_mlp", "residual_coef", "lookahead", "vision", "projector")
 
 
 def info_dict(f: MoteFile, context: int | None = None) -> dict:
@@ -33,7 +33,8 @@ def info_dict(f: MoteFile, context: int | None = None) -> dict:
                     f"layers, top-{cfg.moe.top_k_experts}, shared expert: {'yes' if cfg.moe.shared_expert else 'no'}")
                    if cfg.moe_layers else "dense",
             "prompt": _prompt_line(f.metadata),
-        },
+        } | ({"lookahead": _lookahead_line(f)} if cfg.moe_layers else {}),
+        "lookahead": f.metadata.get("lookahead") if f.lookahead_depth else None,
         "recipe": {role: s.label for role, s in f.recipe.roles.items()} | {"vision": f"int{f.recipe.vision_bits}"
                                                                             if f.recipe.vision_bits == 8 else
                                                                             f"fp{f.recipe.vision_bits}"},
@@ -61,6 +62,20 @@ def _vision_line(f: MoteFile) -> str:
             f"{format_bytes(largest.nbytes)})")
 
 
+def _lookahead_line(f: MoteFile) -> str:
+    """What predicts the experts to prefetch: the routers, or the stored fitted predictors and their held-out recall."""
+    if not f.lookahead_depth:
+        return "the routers predict prefetches (no fitted predictors: `mote-edge fit-lookahead` adds them)"
+    la = f.metadata["lookahead"]
+    pct = lambda rs: "/".join("-" if r is None else f"{100 * r:.0f}" for r in rs)  # noqa: E731
+    line = f"fitted predictors 1..{f.lookahead_depth} MoE layers ahead"
+    if "waves" in la and "samples" in la:
+        line += f" (on {la['waves']} decode waves of {la['samples']} prompts)"
+    if "recall" in la and "router_recall" in la:
+        line += f"; held-out recall {pct(la['recall'])}% (routers {pct(la['router_recall'])}%)"
+    return line
+
+
 def _prompt_line(meta: dict) -> str:
     """Chat template, BOS and stop conditions, as the runtime will use them."""
     template = ChatTemplate.from_dict(meta.get("chat_template", {"name": "v1"}))
@@ -74,7 +89,7 @@ def _prompt_line(meta: dict) -> str:
 
 def info_text(d: dict) -> str:
     lines = [f"{d['file']}  ({format_bytes(d['file_bytes'])}, .mote v{d['version']}, {d['created_by']})", ""]
-    lines += [f"  {k:<8} {v}" for k, v in d["model"].items()]
+    lines += [f"  {k:<9} {v}" for k, v in d["model"].items()]
     lines += ["", "  recipe:   " + ", ".join(f"{r}={s}" for r, s in d["recipe"].items()), "",
               f"  {'role':<16}{'params':>16}{'bytes':>16}{'bits/weight':>13}"]
     for role, r in d["roles"].items():

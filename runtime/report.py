@@ -54,6 +54,7 @@ def build_report(engine) -> dict:
                    "prefetch_handovers": st.prefetch_handovers, "prefetch_chunk": cache.prefetch_chunk,
                    "lookahead_recall": None if recall is None else recall.as_list(),
                    "prefetch_depth": None if recall is None else recall.depth(),
+                   "lookahead_predictor": engine.lookahead_predictor,
                    "load_read_ms": st.load_read_ms,
                    "load_crc_ms": st.load_crc_ms, "load_place_ms": st.load_place_ms,
                    "first_parts": st.first_parts, "checked_later": st.checked_later,
@@ -112,7 +113,7 @@ def report_text(r: dict) -> str:
                   f"aborted (chunks of {format_bytes(e['prefetch_chunk'])}; {e['prefetch_handovers']} demand reads "
                   f"took their slab), {format_bytes(e['prefetch_wasted_bytes'])} wasted"]
         if e["lookahead_recall"] is not None:
-            lines.append("lookahead recall     " + ", ".join(
+            lines.append(f"lookahead recall     ({e['lookahead_predictor']}) " + ", ".join(
                 f"{d} ahead {'-' if r is None else f'{100 * r:.0f}%'}" for d, r in enumerate(e["lookahead_recall"], 1))
                 + f"; prefetching {e['prefetch_depth']} ahead now (adaptive: recall >= {100 * RECALL_TO_PREFETCH:.0f}%)")
     lines += [f"image encode         {t['image_encode_ms']:.1f} ms",

@@ -5,7 +5,7 @@ import struct
 MAGIC = b"MOTE"
 TRAILER_MAGIC = b"MOTE-END"
 VERSION_MAJOR = 1
-VERSION_MINOR = 1  # 1: the native vision section (format "native")
+VERSION_MINOR = 2  # 1: the native vision section (format "native"); 2: lookahead predictors
 
 # Header, 64 bytes, little-endian:
 #   magic 4s | major u16 | minor u16 | flags u32 | header_crc32 u32 | metadata_offset u64 |

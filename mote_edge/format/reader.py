@@ -154,6 +154,7 @@ class MoteFile:
         except FormatError as e:
             raise self._fail(str(e)) from None
         self.config, self.recipe = d.config, d.recipe
+        self.lookahead_depth = d.lookahead_depth  # stored lookahead predictors (docs/FORMAT.md section 11)
         self.tensors, self.experts, self.vision = d.tensors, d.experts, d.vision
         self._extents = d.extents
 

@@ -25,7 +25,8 @@ from mote_edge.image import ImagePreprocessConfig
 from mote_edge.quant.intn import BITS as INTN_BITS
 from mote_edge.quant.intn import GROUP_SIZES
 from mote_edge.quant.recipe import FLOAT_ONLY_ROLES, METHODS, RECIPE_ROLES, Recipe, Scheme
-from mote_edge.schema import SWIGLU_PROJS, decoder_tensors, projection_of
+from mote_edge.schema import (LOOKAHEAD_ROLE, MAX_LOOKAHEAD_DEPTH, SWIGLU_PROJS, decoder_tensors, lookahead_tensors,
+                               projection_of)
 
 from .constants import FLAG_HAS_VISION, SECTION_ALIGN, TENSOR_ALIGN
 from .encoding import PART_DTYPES
@@ -40,7 +41,7 @@ MAX_DIMS = 4
 MAX_LAYERS = 4096  # decoder or vision blocks a config may claim (the directory then bounds them)
 SCHEME_KINDS = ("f32", "f16", "intn", "ternary")
 SCHEME_KEYS = ("kind", "bits", "group_size", "method")
-DIRECTORY_ROLES = tuple(r for r in RECIPE_ROLES if r != "vision") + ("ternary_expert",)
+DIRECTORY_ROLES = tuple(r for r in RECIPE_ROLES if r != "vision") + ("ternary_expert", LOOKAHEAD_ROLE)
 VISION_BITS = (8, 16, 32)
 VISION_FIELDS = {"input": "pixel_values", "output": "image_features"}  # of an ONNX vision section
 VISION_TENSOR_ROLES = ("vision", "projector")
@@ -59,6 +60,7 @@ class Directory:
     experts: dict[tuple[int, int], ExpertEntry]
     vision: BlobEntry | None
     extents: list[tuple[int, int]]  # (offset, nbytes) of every entry, sorted
+    lookahead_depth: int = 0  # stored lookahead predictors 1 .. this many MoE layers ahead (0: none)
 
 
 def fail(what: str) -> FormatError:
@@ -143,7 +145,7 @@ def allowed_kinds(role: str) -> tuple[str, ...]:
     """Scheme kinds the runtime can run a tensor of `role` with."""
     if role == "ternary_expert":
         return ("ternary",)
-    if role in FLOAT_ONLY_ROLES:
+    if role in FLOAT_ONLY_ROLES or role == LOOKAHEAD_ROLE:
         return ("f32", "f16")
     return ("f32", "f16", "intn")
 
@@ -444,27 +446,52 @@ def image_config_from_json(value: Any, cfg: ModelConfig) -> ImagePreprocessConfi
     return image
 
 
-def expected_tensor_count(cfg: ModelConfig) -> tuple[int, int]:
-    """(resident tensors, expert records) the config implies, without listing them."""
+def lookahead_from_json(value: Any, cfg: ModelConfig) -> int:
+    """The `lookahead` block (docs/FORMAT.md section 11): the depth of the stored predictors, 0 when the
+    block is absent or null. Its other fields describe the fit (shown by `info`, not used to run)."""
+    if value is None:
+        return 0
+    d = as_dict(value, "metadata lookahead")
+    depth = as_int(field_of(d, "depth", "metadata lookahead"), "metadata lookahead depth", 1, MAX_LOOKAHEAD_DEPTH)
+    if not cfg.moe_layers:
+        raise fail("metadata lookahead is set, but the model has no MoE layers")
+    for key in ("samples", "waves"):
+        if key in d:
+            as_int(d[key], f"metadata lookahead {key}")
+    for key in ("recall", "router_recall"):
+        if key in d:
+            items = as_list(d[key], f"metadata lookahead {key}")
+            if len(items) != depth:
+                raise fail(f"metadata lookahead {key} has {len(items)} entries, its depth is {depth}")
+            for v in items:
+                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1):
+                    raise fail(f"metadata lookahead {key} entries must be numbers from 0 to 1 or null, got {show(v)}")
+    return depth
+
+
+def expected_tensor_count(cfg: ModelConfig, lookahead_depth: int = 0) -> tuple[int, int]:
+    """(resident tensors, expert records) the config (and `lookahead_depth` predictors) imply, without
+    listing them."""
     moe_layers = set(cfg.moe_layers)
     per_moe = 10 + 3 * cfg.moe.shared_expert + 5 * cfg.moe.use_residual if cfg.moe is not None else 0
     layers = cfg.decoder.num_hidden_layers
     resident = 2 + (not cfg.decoder.tie_word_embeddings) + 12 * (layers - len(moe_layers)) + per_moe * len(moe_layers)
+    resident += 2 * lookahead_depth * len(moe_layers)
     records = sum(cfg.moe.num_experts) if moe_layers else 0
     return resident, records
 
 
 def check_model(cfg: ModelConfig, recipe: Recipe, d: Directory) -> None:
-    """The directory holds exactly the tensors the config implies, with their shapes and roles,
-    stored with the schemes the recipe says."""
-    want_resident, want_records = expected_tensor_count(cfg)
+    """The directory holds exactly the tensors the config implies (and the lookahead predictors its
+    `lookahead` block does), with their shapes and roles, stored with the schemes the recipe says."""
+    want_resident, want_records = expected_tensor_count(cfg, d.lookahead_depth)
     if len(d.tensors) != want_resident:
         raise fail(f"tensor directory has {len(d.tensors)} tensors, the model config implies {want_resident}")
     if len(d.experts) != want_records:
         raise fail(f"expert directory has {len(d.experts)} records, the model config implies {want_records}")
     want_experts: dict[tuple[int, int], dict[str, Any]] = {}
     seen = set()
-    for spec in decoder_tensors(cfg):
+    for spec in decoder_tensors(cfg) + lookahead_tensors(cfg, d.lookahead_depth):
         if spec.expert is not None:
             want_experts.setdefault((spec.layer, spec.expert), {})[projection_of(spec.name)] = spec
             continue
@@ -569,6 +596,7 @@ def validate_metadata(meta: Any, flags: int, data_size: int, container_only: boo
     check_sections(field_of(meta, "sections", "metadata"), tensors, experts, data_size)
     d = Directory(cfg, recipe, tensors, experts, vision, extents)
     if not container_only:
+        d.lookahead_depth = lookahead_from_json(meta.get("lookahead"), cfg)
         check_model(cfg, recipe, d)
         check_vision_entry(vision, recipe, cfg)
         image_config_from_json(meta["image_preprocess"], cfg)
