@@ -101,8 +101,8 @@ def test_a_learned_lookahead_predictor_beats_the_router_on_held_out_questions(sh
     assert r["recall"][1]["learned"] > 0.75
     # installed in an Engine, the runtime's own running recall (what --prefetch adaptive decides on) sees it too
     # (the tiny model has 2 MoE layers: 3 ahead is the next token's wave of the same layer as 1 ahead)
-    router = bench.runtime_recall(str(shipped_tiny_mote), None, test=40, tokens=8)
-    learned = bench.runtime_recall(str(shipped_tiny_mote), r["predictors"], test=40, tokens=8)
+    router, _ = bench.runtime_recall(str(shipped_tiny_mote), None, test=40, tokens=8)
+    learned, _ = bench.runtime_recall(str(shipped_tiny_mote), r["predictors"], test=40, tokens=8)
     assert all(a > b + 0.05 for a, b in zip(learned, router)), (learned, router)
 
 
