@@ -62,7 +62,8 @@ test-selftest:
 	build/selftest/selftest
 
 # The main job: export the shipped trained tiny MoTE at 4 bits, check it, and answer questions about a
-# held-out task image under a memory budget, with the memory and speed report.
+# held-out task image under a memory budget, with the memory and speed report. Then fit its lookahead
+# predictors on 200 training questions (tiny-mote-la.mote: what the expert prefetch predicts with).
 demo: $(STAMP)
 	$(BIN)/mote-edge export examples/tiny-mote --bits 4 -o $(OUT)/tiny-mote.mote --force
 	$(BIN)/mote-edge info $(OUT)/tiny-mote.mote
@@ -71,6 +72,9 @@ demo: $(STAMP)
 		--prompt "How many shapes are there?" --memory-budget 40MB
 	$(BIN)/mote-edge run $(OUT)/tiny-mote.mote --image examples/images/task-0.png \
 		--prompt "What color is the star?" --memory-budget 40MB --report
+	$(BIN)/python -m mote_edge.training.calibration -n 200 -o $(OUT)/calib-tiny/calib.jsonl
+	$(BIN)/mote-edge fit-lookahead $(OUT)/tiny-mote.mote -o $(OUT)/tiny-mote-la.mote --force \
+		--calib $(OUT)/calib-tiny/calib.jsonl --samples 200 --ignore-eos
 
 bench: bench-memory bench-kernels bench-decode bench-sweep bench-accuracy bench-peer
 
@@ -133,6 +137,7 @@ wheel-check: $(STAMP)
 	bin/python -c "import mote_edge, sys; from mote_edge.runtime.engine import Engine; \
 		sys.exit(0 if mote_edge.__file__.startswith('$(abspath $(WHEEL_VENV))') else 'mote_edge came from ' + mote_edge.__file__)"; \
 	bin/mote-edge info $(abspath $(OUT))/tiny-mote.mote; \
+	bin/mote-edge fit-lookahead $(abspath $(OUT))/tiny-mote.mote -o $(abspath $(OUT))/wheel-la.mote --force --samples 8; \
 	answer=$$(bin/mote-edge run $(abspath $(OUT))/tiny-mote.mote --image $(abspath examples/images/task-0.png) \
 		--prompt "What color is the star?" --memory-budget 40MB); \
 	echo "$$answer"; \

@@ -147,9 +147,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--questions", type=int, default=100, help="tiny-MoTE prompts to fit the routing on")
     ap.add_argument("--budgets", default=",".join(MODES), help="comma list of " + ", ".join(MODES))
-    ap.add_argument("--recall", type=float, default=None,
+    ap.add_argument("--recall", default=None,
                     help="the fitted routing's lookahead recall replaced by this one at every depth (a stronger "
-                         "predictor than the tiny MoTE's router)")
+                         "predictor than the tiny MoTE's router), or a comma list by depth (1, 2, ...; the last "
+                         "one for deeper), e.g. what `mote-edge fit-lookahead` measured")
     ap.add_argument("--cache-policy", default=DEFAULT_POLICY, choices=RUNTIME_POLICIES, help="every run's eviction policy")
     ap.add_argument("--policy-ab", type=int, default=0, metavar="ROUNDS",
                     help="instead: layer against expected at half the experts, ROUNDS alternated runs each")
@@ -159,7 +160,7 @@ def main() -> None:
     args = ap.parse_args()
     routing = fitted_routing(args.questions)
     if args.recall is not None:
-        routing = {**routing, "lookahead_recall": [args.recall]}
+        routing = {**routing, "lookahead_recall": [float(r) for r in args.recall.split(",")]}
     if args.policy_ab:
         alternated(args.mote, args.tokens, args.threads, args.policy_ab, routing,
                    {"layer": {"cache_policy": "layer"}, "expected": {"cache_policy": "expected"}})
@@ -210,7 +211,7 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     suffix = ("" if set(budgets) == set(MODES) else "-" + "-".join(budgets)) + (
         "" if args.cache_policy == DEFAULT_POLICY else f"-{args.cache_policy}") + (
-        "" if args.recall is None else f"-recall{args.recall:g}")
+        "" if args.recall is None else f"-recall{args.recall.replace(',', '-')}")
     (out / f"expert-streaming-{args.mote.stem}{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
