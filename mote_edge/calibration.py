@@ -48,6 +48,8 @@ def file_samples(path: Path, n: int) -> list[tuple[str, object]]:
     for d in lines[:n]:
         if not isinstance(d, dict) or not isinstance(d.get("prompt"), str):
             raise CalibrationError(f"calibration file {path}: every line needs a \"prompt\" string")
+        if d.get("image") is not None and not isinstance(d["image"], str):
+            raise CalibrationError(f"calibration file {path}: \"image\" must be a path string, got {d['image']!r:.40}")
         image = load_image(path.parent / d["image"]) if d.get("image") else None
         samples.append((d["prompt"], image))
     if not samples:

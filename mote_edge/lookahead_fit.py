@@ -20,6 +20,7 @@ of the file (mote_edge/format/rewrite.py) as f32 resident tensors, with a `looka
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,6 +160,10 @@ def fit_lookahead(model: str | Path, output: str | Path, samples: list[tuple[str
         raise MoteError(f"lookahead depth must be 1 to {MAX_LOOKAHEAD_DEPTH}, got {opts.depth}")
     if not 0 <= opts.holdout < 1:
         raise MoteError(f"holdout must be at least 0 and below 1, got {opts.holdout}")
+    if not (math.isfinite(opts.ridge) and opts.ridge > 0):
+        raise MoteError(f"ridge must be a positive number, got {opts.ridge}")
+    if Path(output).is_dir():
+        raise MoteError(f"{output} is a directory")
     if opts.tokens < 2:
         raise MoteError(f"tokens must be at least 2 (the first token is decoded by the prefill), got {opts.tokens}")
     with Engine.load(model, memory_budget=opts.memory_budget, prefetch="none") as engine:
