@@ -60,6 +60,19 @@ def fp_source(tiny_fp_ckpt, tmp_path_factory):
     return export_4bit(tiny_fp_ckpt, tmp_path_factory)
 
 
+@pytest.fixture(scope="module")
+def fitted_source(tiny_ckpt, tmp_path_factory):
+    """The tiny MoTE at 4 bits with lookahead predictors 1..3 ahead (`fit-lookahead`, docs/FORMAT.md section 11)."""
+    from mote_edge.calibration import builtin_samples
+    from mote_edge.lookahead_fit import FitOptions, fit_lookahead
+
+    folder = tmp_path_factory.mktemp("fuzz-fitted")
+    plain = folder / "plain.mote"
+    plain.write_bytes(export_4bit(tiny_ckpt, tmp_path_factory))
+    fit_lookahead(plain, folder / "fitted.mote", builtin_samples(4), FitOptions(depth=3, tokens=4, ignore_eos=True))
+    return (folder / "fitted.mote").read_bytes()
+
+
 class CaseTimeout(Exception):
     pass
 
@@ -158,6 +171,11 @@ def test_random_structural_mutations_give_one_line_errors_or_runs(source, tmp_pa
 
 def test_random_structural_mutations_of_an_fp_expert_model(fp_source, tmp_path):
     fuzz(fp_source, tmp_path / "m.mote", CASES // 3, 1_000_000)
+
+
+def test_random_structural_mutations_of_a_file_with_lookahead_predictors(fitted_source, tmp_path):
+    assert metadata_of(fitted_source)["lookahead"]["depth"] == 3
+    fuzz(fitted_source, tmp_path / "m.mote", CASES // 6, 4_000_000)
 
 
 def test_config_changes_with_a_rebuilt_directory_run_or_give_one_line_errors(source, fp_source, tmp_path):
