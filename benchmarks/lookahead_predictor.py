@@ -5,9 +5,10 @@
 
 The runtime's lookahead applies the router of the MoE layer d waves ahead to the residual stream at this
 layer's MoE input (runtime/decoder.py Lookahead). Here, for every (source MoE layer, depth d) pair, a linear
-map from that residual (rms-normalised, plus a bias) to the later layer's router logits (its own router on
-its own input: the routing it will take) is fitted by ridge regression (mote_edge/lookahead_fit.py, what
-`mote-edge fit-lookahead` stores in a file) on the decode waves of --train training-split questions, and both predictors are scored on --test held-out questions; a third starts as the
+map from that residual (rms-normalised, plus a bias) to the later layer's routes (1 per expert it routed to)
+is fitted by ridge regression (mote_edge/lookahead_fit.py, what `mote-edge fit-lookahead` stores in a file)
+on the decode waves of --train training-split questions, and both predictors are scored on --test held-out
+questions; a third starts as the
 router lookahead and takes a normalised-LMS step toward the later logits after each held-out wave (learning
 while it decodes, no training data). Recall = the share of the experts the later layer routed to that the
 top-k of the prediction holds (both sides have k experts, so precision is the same number). Depths past the
@@ -49,7 +50,7 @@ def _online(x: np.ndarray, logits: np.ndarray, routed: list[set], start: np.ndar
 def measure(path: str, train: int, test: int, tokens: int, ridge: float = 1.0, step: float = 0.1) -> dict:
     """Recall 1-4 ahead of the router lookahead, the ridge predictor (mote_edge/lookahead_fit.py, what
     `mote-edge fit-lookahead` stores) and the online one, on the held-out questions' decode waves."""
-    from mote_edge.lookahead_fit import FitOptions, hits, pairs, record_waves, ridge_fit
+    from mote_edge.lookahead_fit import FitOptions, hits, pairs, record_waves, ridge_fit, routes_matrix
     from mote_edge.runtime.engine import Engine
     from mote_edge.schema import lookahead_target
     from mote_edge.training.data import heldout_seeds, train_seeds
@@ -66,11 +67,12 @@ def measure(path: str, train: int, test: int, tokens: int, ridge: float = 1.0, s
             for source in sorted(cfg.moe_layers):
                 target = lookahead_target(cfg, source, depth)
                 later = layers[target]
-                x_fit, logits_fit, _ = pairs(fit_on, source, depth, target)
+                x_fit, _, routed_fit = pairs(fit_on, source, depth, target)
                 x, logits, routed = pairs(score_on, source, depth, target)
                 if not len(x) or not len(x_fit):
                     continue
-                w, b = predictors[(source, depth)] = ridge_fit(x_fit, logits_fit, ridge)  # [E, H], [E]
+                e = later.mlp.router.shape[0]
+                w, b = predictors[(source, depth)] = ridge_fit(x_fit, routes_matrix(routed_fit, e), ridge)  # [E, H], [E]
                 router = later.mlp.router * later.ln_post  # the runtime's lookahead (same top-k)
                 n = sum(map(len, routed))
                 for name, (g, t) in (("router", (hits(x @ router.T, routed, k), n)),
