@@ -601,3 +601,26 @@ def test_cli_run_report_names_the_predictor(six_fitted):
         assert line is not None and line.startswith(f"lookahead recall     {label} 1 ahead "), r.stderr
         outs[flag] = r.stdout
     assert len(set(outs.values())) == 1  # the same answer whichever predicts
+
+
+def test_an_fp_expert_model_with_an_onnx_vision_section_round_trips(tiny_fp_ckpt, tmp_path):
+    """The MoE-LLaVA layout (int-N fp experts, no shared expert) with the ONNX vision section written in one
+    piece: fit-lookahead copies its records and the ONNX bytes unchanged, and the copy runs the same tokens."""
+    from mote_edge.exporters.export import ExportOptions, export_checkpoint
+
+    src = tmp_path / "fp-onnx.mote"
+    export_checkpoint(tiny_fp_ckpt, src, ExportOptions(bits=4, vision_format="onnx", progress=False))
+    out = tmp_path / "fp-onnx-la.mote"
+    result = fit_lookahead(src, out, builtin_samples(6), FitOptions(depth=2, tokens=6, ignore_eos=True))
+    with MoteFile(src) as a, MoteFile(out) as b:
+        verify_file(b)
+        assert b.vision.format == "onnx" and a.read_vision() == b.read_vision()
+        assert b.lookahead_depth == 2 and set(result.predictors) == {(i, d) for i in a.config.moe_layers for d in (1, 2)}
+        for key in a.experts:
+            assert a.read_expert_record(*key) == b.read_expert_record(*key)
+    image = make_example(heldout_seeds(1)[0])
+    answers = []
+    for path in (src, out):
+        with Engine.load(path, threads=1, max_context=CTX) as engine:
+            answers.append(list(engine.generate_ids(image.question, image.image, max_new_tokens=6, ignore_eos=True)))
+    assert answers[0] == answers[1]
