@@ -262,7 +262,7 @@ class MoE:
 class Lookahead:
     """Router lookahead: a later MoE layer's norm and router applied to the residual stream at this
     layer's MoE input predict the experts that layer will route to (mixtral-offloading, FATE), or a linear
-    `predictor` (weight [E, H], bias [E]) of that layer's router logits from the rms-normalised residual,
+    `predictor` (weight [E, H], bias [E]) scoring that layer's experts from the rms-normalised residual,
     fitted for the pair (`mote-edge fit-lookahead` stores them in the file: mote_edge/lookahead_fit.py).
     `depth`: how many MoE layers ahead in decode order (wrapping to the next token's)."""
 
@@ -362,8 +362,8 @@ class Decoder:
             layer.mlp.recall = self.lookahead_recall
 
     def set_lookahead_predictor(self, layer: int, depth: int, weight: np.ndarray, bias: np.ndarray) -> None:
-        """MoE layer `layer`'s lookahead `depth` layers ahead predicts with weight [E, H] and bias [E] (the
-        later layer's router logits from the rms-normalised residual) instead of that layer's router. Call
+        """MoE layer `layer`'s lookahead `depth` layers ahead predicts with weight [E, H] and bias [E] (scores
+        of the later layer's experts from the rms-normalised residual) instead of that layer's router. Call
         after enable_lookahead; predictions only pick what to prefetch: results never change."""
         moe = self.layers[layer].mlp if 0 <= layer < len(self.layers) else None
         if not isinstance(moe, MoE) or not 1 <= depth <= len(moe.lookaheads):
