@@ -124,9 +124,10 @@ def run(
                                                    "trits), slab2 (re-laid to 2 bits per trit when loaded: 25% "
                                                    "more memory, a faster kernel), auto (slab2 when the budget "
                                                    "caches every expert in it; default)."),
-    prefetch: str = typer.Option("auto", help="Expert prefetch: lookahead (the next MoE layer's router "
-                                              "applied to the current hidden state picks experts to read "
-                                              "ahead, into top_k loader buffers the plan adds), lookahead2 "
+    prefetch: str = typer.Option("auto", help="Expert prefetch: lookahead (the next MoE layer's router, or "
+                                              "the file's fitted predictor (`fit-lookahead`), applied to the "
+                                              "current hidden state picks experts to read ahead, into top_k "
+                                              "loader buffers the plan adds), lookahead2 "
                                               ".. lookahead4 (the next 2 .. 4 layers'), adaptive (up to 3 "
                                               "layers ahead, as deep as the lookahead's recall measured while "
                                               "decoding earns: none below 80%), gap (the next layer's "
