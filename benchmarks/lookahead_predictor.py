@@ -50,7 +50,7 @@ def _online(x: np.ndarray, logits: np.ndarray, routed: list[set], start: np.ndar
 def measure(path: str, train: int, test: int, tokens: int, ridge: float = 1.0, step: float = 0.1) -> dict:
     """Recall 1-4 ahead of the router lookahead, the ridge predictor (mote_edge/lookahead_fit.py, what
     `mote-edge fit-lookahead` stores) and the online one, on the held-out questions' decode waves."""
-    from mote_edge.lookahead_fit import FitOptions, hits, pairs, record_waves, ridge_fit, routes_matrix
+    from mote_edge.lookahead_fit import FitOptions, hits, pairs, record_waves, ridge_fit, router_lookahead, routes_matrix
     from mote_edge.runtime.engine import Engine
     from mote_edge.schema import lookahead_target
     from mote_edge.training.data import heldout_seeds, train_seeds
@@ -66,14 +66,12 @@ def measure(path: str, train: int, test: int, tokens: int, ridge: float = 1.0, s
             got = {"router": [0, 0], "learned": [0, 0], "online": [0, 0]}
             for source in sorted(cfg.moe_layers):
                 target = lookahead_target(cfg, source, depth)
-                later = layers[target]
+                router = router_lookahead(layers[target])  # [E, H]: the runtime's lookahead (same top-k)
                 x_fit, _, routed_fit = pairs(fit_on, source, depth, target)
                 x, logits, routed = pairs(score_on, source, depth, target)
                 if not len(x) or not len(x_fit):
                     continue
-                e = later.mlp.router.shape[0]
-                w, b = predictors[(source, depth)] = ridge_fit(x_fit, routes_matrix(routed_fit, e), ridge)  # [E, H], [E]
-                router = later.mlp.router * later.ln_post  # the runtime's lookahead (same top-k)
+                w, b = predictors[(source, depth)] = ridge_fit(x_fit, routes_matrix(routed_fit, router.shape[0]), ridge)
                 n = sum(map(len, routed))
                 for name, (g, t) in (("router", (hits(x @ router.T, routed, k), n)),
                                      ("learned", (hits(x @ w.T + b, routed, k), n)),

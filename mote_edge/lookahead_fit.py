@@ -76,10 +76,9 @@ def record_waves(engine: Engine, samples: list[tuple[str, object]], opts: FitOpt
     """Decode each (prompt, image) sample; its decode waves in order."""
     eps, out, current = engine.config.decoder.rms_norm_eps, [], []
 
-    def observe(moe: MoE, h: np.ndarray, residual: np.ndarray) -> None:  # h, residual [1, H]
-        logits = h[0] @ moe.router.T  # [E]
-        top = np.argsort(-logits, kind="stable")[:moe.top_k]
-        current.append(Wave(moe.layer, rms_norm(residual[0], np.float32(1.0), eps), logits, frozenset(top.tolist())))
+    def observe(moe: MoE, h: np.ndarray, residual: np.ndarray, routed: list[int]) -> None:  # h, residual [1, H]
+        unit = rms_norm(residual[0], np.float32(1.0), eps)
+        current.append(Wave(moe.layer, unit, h[0] @ moe.router.T, frozenset(routed)))
 
     engine.decoder.observe_decode_waves(observe)
     try:
@@ -123,6 +122,12 @@ def ridge_fit(x: np.ndarray, y: np.ndarray, ridge: float) -> tuple[np.ndarray, n
     return wb[:-1].T.astype(np.float32), wb[-1].astype(np.float32)
 
 
+def router_lookahead(layer) -> np.ndarray:
+    """[E, H]: the router lookahead of a MoE decoder layer as a predictor of the rms-normalised residual (its
+    norm and router: the top-k of these scores are runtime/decoder.py Lookahead's without a predictor)."""
+    return (layer.mlp.router * layer.ln_post).astype(np.float32)
+
+
 def hits(scores: np.ndarray, routed: list, k: int) -> int:
     """How many of the routed experts the top k of each row of scores [N, E] holds."""
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -141,20 +146,21 @@ def fit(engine: Engine, samples: list[list[Wave]], opts: FitOptions) -> FitResul
         total = 0
         for source in sorted(cfg.moe_layers):
             target = lookahead_target(cfg, source, depth)
-            e, h = layers[target].mlp.router.shape
-            x_all, _, routed_all = pairs(samples, source, depth, target)
-            if not len(x_all):  # no calibration pair: a predictor equal to the router lookahead's ranking
-                w, b = (layers[target].mlp.router * layers[target].ln_post).astype(np.float32), np.zeros(e, np.float32)
-            else:
-                w, b = ridge_fit(x_all, routes_matrix(routed_all, e), opts.ridge)
-            result.predictors[(source, depth)] = (w, b)
+            router = router_lookahead(layers[target])  # [E, H]
+            e, h = router.shape
             x_fit, _, routed_fit = pairs(train, source, depth, target)
             x_test, _, routed = pairs(test, source, depth, target)
             if len(x_fit) and len(x_test):
                 w_fit, b_fit = ridge_fit(x_fit, routes_matrix(routed_fit, e), opts.ridge)
                 got["fitted"] += hits(x_test @ w_fit.T + b_fit, routed, k)
-                got["router"] += hits(x_test @ (layers[target].mlp.router * layers[target].ln_post).T, routed, k)
+                got["router"] += hits(x_test @ router.T, routed, k)
                 total += sum(map(len, routed))
+            x_all = np.concatenate([x_fit.reshape(-1, h), x_test.reshape(-1, h)])  # every sample's pairs, in order
+            if not len(x_all):  # no calibration pair: a predictor equal to the router lookahead's ranking
+                w, b = router, np.zeros(e, np.float32)
+            else:
+                w, b = ridge_fit(x_all, routes_matrix(routed_fit + routed, e), opts.ridge)
+            result.predictors[(source, depth)] = (w, b)
         result.recall.append(got["fitted"] / total if total else None)
         result.router_recall.append(got["router"] / total if total else None)
     return result

@@ -169,8 +169,9 @@ class MoE:
         # routes in place of the router, same signature as route() (benchmarks/route_model.py replays
         # fitted routing statistics through it); the lookahead keeps predicting with the router
         self.routing: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
-        # called with (this layer, h [1, H], the residual [1, H]) at each decode wave (Decoder.observe_decode_waves)
-        self.observer: Callable[["MoE", np.ndarray, np.ndarray], None] | None = None
+        # called with (this layer, h [1, H], the residual [1, H], the experts it routed to) at each decode wave
+        # (Decoder.observe_decode_waves)
+        self.observer: Callable[["MoE", np.ndarray, np.ndarray, list[int]], None] | None = None
 
     def route(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """h [T, H] -> (expert ids [T, k], weights [T, k]): `routing` if one is set, else the router."""
@@ -189,7 +190,7 @@ class MoE:
         self.cache.begin_wave(self.layer, needed)
         tracing, decoding = self.cache.trace is not None, residual is not None and h.shape[0] == 1
         if decoding and self.observer is not None:
-            self.observer(self, h, residual)
+            self.observer(self, h, residual, needed)
         recall = self.recall
         if recall is not None:  # the predictions earlier waves made for this one, scored (decode steps)
             recall.routed(needed, decoding)
@@ -376,9 +377,10 @@ class Decoder:
                              f"{list(weight.shape)} + {list(bias.shape)}")
         moe.lookaheads[depth - 1].predictor = (np.ascontiguousarray(weight), bias)
 
-    def observe_decode_waves(self, observer: Callable[[MoE, np.ndarray, np.ndarray], None] | None) -> None:
-        """Call observer(MoE layer, h [1, H] its normed input, the residual [1, H] it came from) at every
-        decode wave, before the layer routes (mote_edge/lookahead_fit.py records what it fits on); None: stop."""
+    def observe_decode_waves(self, observer: Callable[[MoE, np.ndarray, np.ndarray, list[int]], None] | None) -> None:
+        """Call observer(MoE layer, h [1, H] its normed input, the residual [1, H] it came from, the experts it
+        routed to) at every decode wave, once it has routed (mote_edge/lookahead_fit.py records what it fits
+        on); None: stop."""
         for layer in self.layers:
             if isinstance(layer.mlp, MoE):
                 layer.mlp.observer = observer

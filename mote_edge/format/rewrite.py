@@ -76,9 +76,11 @@ def rewrite(src: MoteFile, path: str | Path, add: list[NewTensor] = (), keep: Ca
 
 
 def _copy_vision(src: MoteFile, writer: MoteWriter) -> None:
-    data = src.read_vision()  # checksum verified
+    """An ONNX section in one piece; native blocks one at a time through one buffer (each checksum verified)."""
     if not src.vision.blocks:
-        writer.write_vision(data)
+        writer.write_vision(src.read_vision())
         return
+    buf = bytearray(max(block.nbytes for block in src.vision.blocks))
     for block in writer.vision.blocks:
-        writer.write_vision_block(block, data[block.offset:block.offset + block.nbytes])
+        src.read_vision_block_into(block, buf)
+        writer.write_vision_block(block, bytes(buf[:block.nbytes]))
