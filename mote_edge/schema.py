@@ -181,8 +181,8 @@ def lookahead_name(layer: int, depth: int, part: str) -> str:
 
 def lookahead_tensors(cfg: ModelConfig, depth: int) -> list[TensorSpec]:
     """A .mote file's lookahead predictors 1 .. `depth` MoE layers ahead of every MoE layer: weight [E, H]
-    and bias [E] map the rms-normalised residual at the layer's MoE input to the router logits of the
-    target layer (lookahead_target; E its experts). Not part of a checkpoint."""
+    and bias [E] score the target layer's experts (lookahead_target; E of them) from the rms-normalised
+    residual at the layer's MoE input. Not part of a checkpoint."""
     out = []
     for i in sorted(cfg.moe_layers):
         for d in range(1, depth + 1):
