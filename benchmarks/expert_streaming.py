@@ -12,8 +12,10 @@ Budgets (text prompt, context 1024, ignore_eos; the modes interleaved, medians o
     minimum+buf  top_k cache slabs + top_k loader buffers: the smallest plan with prefetch; every mode gets
                  the same bytes (without prefetch they are 2 x top_k cache slabs)
     half         half the experts' slabs, routed by the trained tiny MoTE's fitted skew, stickiness and
-                 lookahead recall (benchmarks/route_model.py; the synth router is random; --recall R: a
-                 predictor of recall R at every depth instead); prefetch none, lookahead 1-4 ahead, adaptive
+                 lookahead recall (benchmarks/route_model.py, from prefetch_replay.py's last run: the recall of
+                 its fitted lookahead predictors unless it ran with --predictor router; the synth router is
+                 random; --recall R: a predictor of recall R at every depth instead); prefetch none,
+                 lookahead 1-4 ahead, adaptive
     full         every expert cached, same routing, timed after a first answer of as many tokens has read
                  the experts it uses: the loader must cost nothing when nothing misses
 "minimum" and "minimum+buf" keep the synth model's own (random) router. --budgets picks some of them.
@@ -119,12 +121,12 @@ def direct_read_probe(mote: Path, seconds: float = 2.0) -> float:
 def fitted_routing(questions: int) -> dict:
     """The tiny MoTE's fitted routing (skew, stickiness, lookahead recall), from prefetch_replay.py's
     output when it exists, else measured now."""
-    saved = HERE / "out" / "prefetch-replay.json"
+    saved = HERE / "out" / "prefetch-replay.json"  # prefetch_replay.py's default: with fitted predictors
     if saved.exists():
         return json.loads(saved.read_text())["tiny_fit"]["mean"]
     from prefetch_replay import tiny_trace
 
-    return tiny_trace(questions)[1]["mean"]
+    return tiny_trace(questions, "fitted", 300)[1]["mean"]
 
 
 def budgets_of(mote: Path) -> dict[str, int | None]:

@@ -1,12 +1,14 @@
 """Cache policy x prefetch replayed on routing traces against Belady's MIN (`mote-edge simulate`'s
 replay): which default the runtime should ship, and how close it comes to the offline optimum.
 
-    python benchmarks/prefetch_replay.py [--questions 100] [--tokens 2000]
+    python benchmarks/prefetch_replay.py [--questions 100] [--tokens 2000] [--predictor fitted|router]
 
 Traces:
     tiny        the shipped trained tiny MoTE (examples/tiny-mote at --bits 4) over held-out task prompts
                 (image + question + 16 greedy tokens, EOS ignored: the answers are a token or two), recorded
-                by the runtime with the lookahead's predictions
+                by the runtime with the lookahead's predictions: by default those of lookahead predictors
+                fitted on --train training questions (`mote-edge fit-lookahead`, 1-4 MoE layers ahead, as
+                `make demo` ships them); `--predictor router`: the routers' (the file without predictors)
     q05 / q15   synthetic decode traces at the Qwen2.5-0.5B / 1.5B synth shapes (12 / 14 MoE layers of
                 8 experts, top-1), routed by the tiny model's fitted skew, stickiness and lookahead recall
                 (benchmarks/route_model.py): a trained router's statistics at the sizes the budget targets
@@ -39,14 +41,31 @@ CLOCK_FILES = {"q05": OUT / "expert-timeline-q05-b4.json", "q15": OUT / "expert-
 PREFETCHES = ["none", "lookahead-1", "lookahead-2", "lookahead-3", "lookahead-4", "oracle"]
 
 
-def tiny_trace(questions: int) -> tuple[Path, dict]:
+def tiny_trace(questions: int, predictor: str, train: int) -> tuple[Path, dict]:
     from route_model import measure_tiny_routing  # a sibling: a script's folder is sys.path[0]
 
-    mote, trace = OUT / "tiny-mote-b4.mote", OUT / "tiny-trace.jsonl"
+    mote, trace = OUT / "tiny-mote-b4.mote", OUT / f"tiny-trace-{predictor}.jsonl"
     if not mote.exists():
         subprocess.run([sys.executable, "-m", "mote_edge.cli", "export", str(TINY), "--bits", "4", "-o", str(mote),
                         "--force"], check=True, capture_output=True)
+    if predictor == "fitted":
+        mote = fitted_predictors(mote, train)
     return trace, measure_tiny_routing(mote, questions, trace_out=trace, max_new_tokens=16, ignore_eos=True)
+
+
+def fitted_predictors(mote: Path, train: int) -> Path:
+    """`mote` with lookahead predictors 1-4 MoE layers ahead fitted on `train` training-split questions (16
+    tokens each, EOS ignored; the held-out questions the trace decodes stay unseen)."""
+    from mote_edge.lookahead_fit import FitOptions, fit_lookahead
+    from mote_edge.training.data import make_example, train_seeds
+
+    out = OUT / f"{mote.stem}-la{train}.mote"
+    samples = [(ex.question, ex.image) for ex in map(make_example, train_seeds(train))]
+    result = fit_lookahead(mote, out, samples, FitOptions(depth=4, tokens=16, ignore_eos=True))
+    pct = lambda rs: " / ".join("-" if r is None else f"{100 * r:.1f}" for r in rs)  # noqa: E731
+    print(f"fitted lookahead predictors on {train} training questions: held-out recall {pct(result.recall)}% "
+          f"1-4 ahead (routers {pct(result.router_recall)}%)")
+    return out
 
 
 def clock_of(shape: str):
@@ -139,7 +158,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--questions", type=int, default=100, help="held-out prompts routed by the tiny model")
     ap.add_argument("--tokens", type=int, default=2000, help="decode steps per synthetic trace")
-    ap.add_argument("--json", type=Path, default=OUT / "prefetch-replay.json")
+    ap.add_argument("--predictor", choices=["fitted", "router"], default="fitted",
+                    help="the tiny trace's lookahead: predictors fitted on --train questions, or the routers")
+    ap.add_argument("--train", type=int, default=300, help="training questions the fitted predictors see")
+    ap.add_argument("--json", type=Path, help="default benchmarks/out/prefetch-replay[-router].json")
     ap.add_argument("--oracle-depths", default="2,3,4,6", help="oracle horizons (decode waves) replayed with the clock")
     ap.add_argument("--recalls", default="0.6,0.8,0.9,0.95",
                     help="predictor recalls replayed with the clock at lookahead 2-4 (synth shapes)")
@@ -149,11 +171,12 @@ def main() -> None:
     from mote_edge.runtime.simulate import read_trace
 
     OUT.mkdir(parents=True, exist_ok=True)
-    trace, fit = tiny_trace(args.questions)
+    json_out = args.json or OUT / ("prefetch-replay.json" if args.predictor == "fitted" else "prefetch-replay-router.json")
+    trace, fit = tiny_trace(args.questions, args.predictor, args.train)
     model = RouteModel(**{**fit["mean"], "lookahead_recall": tuple(fit["mean"]["lookahead_recall"])})
     print(f"tiny MoTE over {args.questions} held-out prompts: skew {model.skew:.2f}, stickiness {model.stickiness:.2f}, "
           f"lookahead recall " + ", ".join(f"{d} ahead {100 * r:.1f}%" for d, r in enumerate(model.lookahead_recall, 1)))
-    result = {"tiny_fit": fit, "traces": {}}
+    result = {"predictor": args.predictor, "tiny_fit": fit, "traces": {}}
     waves = read_trace(trace)
     for clock in (None, *[c for c in [clock_of("q05")] if c is not None]):
         key = "tiny" if clock is None else "tiny-clock"
@@ -172,8 +195,8 @@ def main() -> None:
                 waves, SYNTH_SLABS, clock, [int(d) for d in args.oracle_depths.split(",")])
             result["traces"][f"{name}-clock-recall"] = recall_horizons(
                 model, name, args.tokens, SYNTH_SLABS[3:], clock, [float(r) for r in args.recalls.split(",")], [2, 3, 4])
-    args.json.write_text(json.dumps(result, indent=1))
-    print(f"\nwrote {args.json}")
+    json_out.write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {json_out}")
 
 
 if __name__ == "__main__":
