@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -188,7 +189,9 @@ def ab_steps(mote: Path, switch: str, tokens: int, threads: int, fitted: bool = 
 def read_contention(mote: Path, threads: int, reps: int = 3, calls: int = 40) -> dict:
     """The lm_head (a 2-thread native GEMV streaming its weights from DRAM) timed alone and while a loader
     thread reads expert records back to back (O_DIRECT, whole records or GAP_CHUNK chunks, CRC-32 checked):
-    what a read overlapped with compute costs the compute on this machine. Median ms per call, interleaved."""
+    what a read overlapped with compute costs the compute on this machine. Median ms per call, interleaved. Two
+    more modes take the read apart: the records read and not checked (`os.preadv`), and the CRC-32 computed over
+    a record in memory at the rate the reads came in, without reading."""
     import random
     import threading
 
@@ -199,7 +202,10 @@ def read_contention(mote: Path, threads: int, reps: int = 3, calls: int = 40) ->
     from mote_edge.runtime.expert_loader import GAP_CHUNK
     from mote_edge.runtime.hugepages import huge_buffer
 
-    modes = {"alone": None, "whole records": 0, f"{GAP_CHUNK >> 10} KiB chunks": GAP_CHUNK}
+    from mote_edge import _native
+
+    modes = {"alone": None, "whole records": 0, f"{GAP_CHUNK >> 10} KiB chunks": GAP_CHUNK,
+             "reads without CRC": "read", "CRC without reads": "crc"}
     times: dict[str, list[float]] = {m: [] for m in modes}
     with Engine.load(mote, memory_budget=None, threads=threads, max_context=256, vision=False) as engine:
         head, f = engine.decoder.lm_head, engine.file
@@ -207,16 +213,28 @@ def read_contention(mote: Path, threads: int, reps: int = 3, calls: int = 40) ->
         keys = list(f.experts)
         buf = huge_buffer(max(-(-e.nbytes // 4096) * 4096 for e in f.experts.values()))
         reader = ExpertReader(f, direct=True)
+        fd = os.open(mote, os.O_RDONLY | os.O_DIRECT)
         state = {"chunk": None, "stop": False}
 
         def read_loop() -> None:
-            rng = random.Random(0)
+            rng, read_s = random.Random(0), 0.002
             while not state["stop"]:
                 chunk = state["chunk"]
                 if chunk is None:
                     time.sleep(0.001)
                     continue
-                reader.read_into(*rng.choice(keys), buf, check=(lambda: chunk) if chunk else None)
+                key = rng.choice(keys)
+                if chunk == "read":
+                    e = f.expert_entry(*key)
+                    os.preadv(fd, [buf[:-(-e.nbytes // 4096) * 4096]], f.header.data_offset + e.offset)
+                elif chunk == "crc":
+                    time.sleep(read_s)
+                    _native.crc32(buf[:f.expert_entry(*key).nbytes])
+                else:
+                    t0 = time.perf_counter()
+                    reader.read_into(*key, buf, check=(lambda: chunk) if chunk else None)
+                    if chunk == 0:
+                        read_s = 0.9 * (time.perf_counter() - t0)  # the read, less its CRC (the crc mode's pace)
 
         loop = threading.Thread(target=read_loop, daemon=True)
         loop.start()
@@ -233,6 +251,7 @@ def read_contention(mote: Path, threads: int, reps: int = 3, calls: int = 40) ->
             state["stop"] = True
             loop.join()
             reader.close()
+            os.close(fd)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"lm_head ({threads} threads, {reader.io_path} reads): " + ", ".join(
         f"{k} {v:.2f} ms ({v / med['alone']:.2f}x)" for k, v in med.items()))
