@@ -187,7 +187,7 @@ def main() -> None:
           + ", ".join(f"{100 * r:.1f}%" for r in routing["lookahead_recall"]))
     result = {"model": args.mote.name, "cache_policy": args.cache_policy, "threads": args.threads, "tokens": args.tokens, "routing": routing,
               "direct_read_bytes_per_s": probe, "probes": probes, "budgets": {}}
-    full = statistics.median(r["tok_s"] for r in runs["full"]["thread/none"]) if "full" in runs else float("nan")
+    full = statistics.median(r["tok_s"] for r in runs["full"]["thread/none"]) if "full" in runs else None
     keys = ("tok_s", "stall_ms", "loader_bytes_per_s", "decode_bytes_per_s", "hit_rate", "prefetches", "prefetch_used",
             "prefetch_wasted_bytes", "prefetch_aborted", "prefetch_evicting", "prefetch_handovers", "prefetch_depth")
     for name, modes in runs.items():
@@ -197,10 +197,11 @@ def main() -> None:
             med = {k: statistics.median(r[k] for r in rs) for k in keys}
             med.update(slabs=rs[0]["slabs"], loader_slabs=rs[0]["loader_slabs"], io_path=rs[0]["io_path"],
                        crc_path=rs[0]["crc_path"], runs=[r["tok_s"] for r in rs], vs_serial=med["tok_s"] / base,
-                       vs_full=med["tok_s"] / full, disk_share=med["decode_bytes_per_s"] / probe)
+                       vs_full=None if full is None else med["tok_s"] / full, disk_share=med["decode_bytes_per_s"] / probe)
             result["budgets"][name][mode] = med
             print(f"{name:11s} {rs[0]['slabs']:3d} slabs ({rs[0]['loader_slabs']} buffers) {mode:17s} "
-                  f"{med['tok_s']:6.2f} tok/s ({med['vs_serial']:.2f}x serial, {med['vs_full']:.2f}x full)  "
+                  f"{med['tok_s']:6.2f} tok/s ({med['vs_serial']:.2f}x serial"
+                  + ("" if full is None else f", {med['vs_full']:.2f}x full") + ")  "
                   f"{rs[0]['io_path']:8s} {rs[0]['crc_path']:6s} loader {med['loader_bytes_per_s'] / 2**20:5.0f} MiB/s busy, "
                   f"decode {med['decode_bytes_per_s'] / 2**20:5.0f} MiB/s ({med['disk_share']:.0%} of probe), "
                   f"stall {med['stall_ms']:5.0f} ms, hit {100 * med['hit_rate']:4.1f}%, prefetch "
