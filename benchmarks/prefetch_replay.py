@@ -7,8 +7,8 @@ Traces:
     tiny        the shipped trained tiny MoTE (examples/tiny-mote at --bits 4) over held-out task prompts
                 (image + question + 16 greedy tokens, EOS ignored: the answers are a token or two), recorded
                 by the runtime with the lookahead's predictions: by default those of lookahead predictors
-                fitted on --train training questions (`mote-edge fit-lookahead`, 1-4 MoE layers ahead, as
-                `make demo` ships them); `--predictor router`: the routers' (the file without predictors)
+                fitted on --train training questions (`mote-edge fit-lookahead`'s fit, 1-4 MoE layers ahead;
+                `make demo` ships 1-3); `--predictor router`: the routers' (the file without predictors)
     q05 / q15   synthetic decode traces at the Qwen2.5-0.5B / 1.5B synth shapes (12 / 14 MoE layers of
                 8 experts, top-1), routed by the tiny model's fitted skew, stickiness and lookahead recall
                 (benchmarks/route_model.py): a trained router's statistics at the sizes the budget targets
