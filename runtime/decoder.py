@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from mote_edge.config import ModelConfig
-from mote_edge.schema import MAX_LOOKAHEAD_DEPTH, lookahead_name
+from mote_edge.schema import MAX_LOOKAHEAD_DEPTH, lookahead_name, lookahead_target
 
 from .expert_cache import ExpertCache, FirstPart
 from .kv_cache import KVCache
@@ -355,7 +355,9 @@ class Decoder:
         moe = [layer for layer in self.layers if isinstance(layer.mlp, MoE)]
         self.lookahead_recall = LookaheadRecall(depth) if adaptive and depth and moe else None
         for n, layer in enumerate(moe):
-            ahead = [(d, moe[(n + d) % len(moe)]) for d in range(1, max(depth, TRACE_LOOKAHEAD) + 1)]
+            # the MoE layer d ahead in decode order, as the file's predictors are keyed (schema.lookahead_target)
+            ahead = [(d, self.layers[lookahead_target(self.cfg, layer.mlp.layer, d)])
+                     for d in range(1, max(depth, TRACE_LOOKAHEAD) + 1)]
             layer.mlp.lookaheads = [Lookahead(a.mlp.layer, a.ln_post, a.mlp, a.eps, d) for d, a in ahead]
             for a in layer.mlp.lookaheads:
                 a.predictor = self.stored_predictors.get((layer.mlp.layer, a.depth)) if stored else None
